@@ -1,0 +1,15 @@
+//! plec: a compiler and runtime for TorchEasyRec multi-task model configs.
+//!
+//! Stages, each in its own module and depending only on those before it:
+//! `syntax` (text format to syntax tree), `schema` (binding the tree to
+//! protobuf descriptors: typed config plus span map), `lint` (semantic
+//! rules), `ir` (model graph), `passes` (graph rewrites), `plan` (the
+//! serialized compiled plan), `data` (parquet to model inputs), `runtime`
+//! (candle execution and training), `metrics`. `diag` holds the diagnostic
+//! types shared by all stages; `cli` is the only module that knows them all.
+
+pub mod diag;
+pub mod proto;
+pub mod syntax;
+pub mod data;
+pub mod plan;

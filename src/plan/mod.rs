@@ -1,0 +1,6 @@
+//! The compiled plan: the prost message (`crate::proto::plan`) and its file
+//! envelope (version, checksum, atomic write).
+
+pub mod file;
+
+pub use crate::proto::plan::*;

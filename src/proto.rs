@@ -1,0 +1,19 @@
+//! Code generated from `proto/` by `build.rs`.
+
+/// TorchEasyRec's config schema (`tzrec.protos`).
+#[allow(clippy::all, missing_docs)]
+pub mod tzrec {
+    pub mod protos {
+        include!(concat!(env!("OUT_DIR"), "/tzrec.protos.rs"));
+    }
+}
+
+/// The compiled plan format (`plec.plan`).
+#[allow(clippy::all, missing_docs)]
+pub mod plan {
+    include!(concat!(env!("OUT_DIR"), "/plec.plan.rs"));
+}
+
+/// Encoded `FileDescriptorSet` of every file under `proto/`: the schema the
+/// binder checks configs against by default.
+pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
