@@ -13,3 +13,6 @@ pub mod proto;
 pub mod syntax;
 pub mod data;
 pub mod plan;
+pub mod schema;
+pub mod cli;
+pub mod runtime;

@@ -1,0 +1,71 @@
+//! The command line: argument parsing and dispatch to the stages. The only
+//! module that knows every stage, and the only place exit codes are chosen:
+//! 0 clean, 1 problems found, 2 could not run.
+
+pub mod check;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// plec: check, compile and run TorchEasyRec multi-task model configs.
+#[derive(Debug, Parser)]
+#[command(name = "plec", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check config files: syntax, schema and semantic lint, every problem at once.
+    Check(check::CheckArgs),
+}
+
+/// Outcome of a command, mapped to the process exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Clean,
+    /// Exit 1: the inputs have problems (reported).
+    Problems,
+}
+
+/// A failure to run at all (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunError(pub String);
+
+impl RunError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        RunError(msg.into())
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Check(args) => check::execute(&args),
+    };
+    match result {
+        Ok(Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(Outcome::Problems) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Whether stdout is a terminal (for color and progress bars).
+pub fn stdout_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
+}
