@@ -14,5 +14,8 @@ pub mod syntax;
 pub mod data;
 pub mod plan;
 pub mod schema;
+pub mod lint;
 pub mod cli;
 pub mod runtime;
+pub mod ir;
+pub mod passes;

@@ -1,0 +1,269 @@
+//! Task losses, per-sample loss weights and predictions.
+//!
+//! Every loss is computed per sample (`[B]`) and reduced as
+//! `sum_i(loss_i * w_i) / B`, where the weights follow semantics.md: the
+//! sample weight (or 1), times `in_task_space_weight` where the indicator
+//! label is > 0 and `out_task_space_weight` elsewhere, divided by their
+//! batch mean, times the tower `weight`. A task with several losses sums
+//! them; the total loss is the sum over tasks.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::error::{bad_batch, invalid_plan, Result};
+use super::ops;
+use crate::data::batch::Batch;
+use crate::proto::plan::{DataSpec, Loss, LossKind, Task};
+
+/// Binary cross-entropy on logits, `max(x, 0) - x y + log(1 + e^-|x|)`:
+/// finite for any logit (candle-nn's overflows near +-30).
+pub fn bce_with_logits(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    let softplus = (x.relu()? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
+    softplus - (x * y)?
+}
+
+/// Binary focal loss (torchvision's `sigmoid_focal_loss`, as TorchEasyRec):
+/// `alpha_t (1 - p_t)^gamma bce`, with `p_t = p y + (1 - p)(1 - y)` and
+/// `alpha_t = alpha y + (1 - alpha)(1 - y)` (no alpha factor when alpha < 0).
+pub fn binary_focal(x: &Tensor, y: &Tensor, gamma: f32, alpha: f32) -> candle_core::Result<Tensor> {
+    let bce = bce_with_logits(x, y)?;
+    let p = ops::sigmoid(x)?;
+    let one_minus_y = (y.neg()? + 1.0)?;
+    let p_t = ((&p * y)? + ((p.neg()? + 1.0)? * &one_minus_y)?)?;
+    let base = (p_t.neg()? + 1.0)?;
+    let modulating = if gamma == 0.0 {
+        base.ones_like()?
+    } else {
+        // Clamped so the gradient of base^gamma stays finite for gamma < 1.
+        base.maximum(&(base.ones_like()? * 1e-12)?)?
+            .powf(gamma as f64)?
+    };
+    let loss = (bce * modulating)?;
+    if alpha >= 0.0 {
+        let alpha_t = ((y * alpha as f64)? + (one_minus_y * (1.0 - alpha as f64))?)?;
+        loss * alpha_t
+    } else {
+        Ok(loss)
+    }
+}
+
+/// Softmax cross-entropy: `logsumexp(x) - x[label]`, with the label given
+/// as a one-hot `[B, C]`.
+pub fn softmax_cross_entropy(x: &Tensor, onehot: &Tensor) -> candle_core::Result<Tensor> {
+    let lse = ops::log_sum_exp(x)?.squeeze(1)?;
+    lse - (x * onehot)?.sum(1)?
+}
+
+/// Squared error `(x - y)^2`.
+pub fn l2(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    (x - y)?.sqr()
+}
+
+/// What one task's loss needs from a batch, on the device.
+#[derive(Debug)]
+pub struct TaskTargets {
+    /// Labels `[B]`.
+    pub labels: Tensor,
+    /// One-hot labels `[B, C]` for softmax cross-entropy.
+    pub onehot: Option<Tensor>,
+    /// Final per-sample weights `[B]` (normalized, times the tower weight).
+    pub weights: Tensor,
+}
+
+fn column<'a>(names: &[String], cols: &'a [Vec<f32>], name: &str, what: &str) -> Result<&'a [f32]> {
+    let i = names
+        .iter()
+        .position(|n| n == name)
+        .ok_or_else(|| invalid_plan!("{what} \"{name}\" is not among the plan's data fields"))?;
+    cols.get(i)
+        .map(|c| c.as_slice())
+        .ok_or_else(|| bad_batch!("the batch lacks the {what} column \"{name}\""))
+}
+
+/// The label column of a task.
+pub fn task_labels<'a>(data: &DataSpec, task: &Task, batch: &'a Batch) -> Result<&'a [f32]> {
+    let labels = column(&data.label_fields, &batch.labels, &task.label_name, "label")?;
+    if labels.len() != batch.rows {
+        return Err(bad_batch!(
+            "label \"{}\" has {} values for {} rows",
+            task.label_name,
+            labels.len(),
+            batch.rows
+        ));
+    }
+    Ok(labels)
+}
+
+/// The per-sample weights of a task, on the host, as the module doc says.
+pub fn sample_weights(data: &DataSpec, task: &Task, batch: &Batch) -> Result<Vec<f32>> {
+    let rows = batch.rows;
+    let mut w = vec![1.0f32; rows];
+    let mut weighted = false;
+    if !task.sample_weight_name.is_empty() {
+        let sw = column(
+            &data.sample_weight_fields,
+            &batch.sample_weights,
+            &task.sample_weight_name,
+            "sample weight",
+        )?;
+        if sw.len() != rows {
+            return Err(bad_batch!(
+                "sample weight \"{}\" has {} values for {} rows",
+                task.sample_weight_name,
+                sw.len(),
+                rows
+            ));
+        }
+        w.copy_from_slice(sw);
+        weighted = true;
+    }
+    if !task.task_space_indicator_label.is_empty() {
+        let ind = column(
+            &data.label_fields,
+            &batch.labels,
+            &task.task_space_indicator_label,
+            "task space indicator label",
+        )?;
+        if ind.len() != rows {
+            return Err(bad_batch!(
+                "label \"{}\" has {} values for {} rows",
+                task.task_space_indicator_label,
+                ind.len(),
+                rows
+            ));
+        }
+        for (wi, &l) in w.iter_mut().zip(ind) {
+            *wi *= if l > 0.0 {
+                task.in_task_space_weight
+            } else {
+                task.out_task_space_weight
+            };
+        }
+        weighted = true;
+    }
+    if weighted {
+        let mean = w.iter().map(|&x| x as f64).sum::<f64>() / rows as f64;
+        // A batch whose weights are all zero contributes no loss.
+        let inv = if mean > 0.0 { 1.0 / mean } else { 0.0 };
+        for wi in &mut w {
+            *wi = (*wi as f64 * inv) as f32;
+        }
+    }
+    for wi in &mut w {
+        *wi *= task.weight;
+    }
+    Ok(w)
+}
+
+/// Uploads a task's labels and weights for one batch.
+pub fn task_targets(
+    data: &DataSpec,
+    task: &Task,
+    batch: &Batch,
+    dtype: DType,
+    device: &Device,
+) -> Result<TaskTargets> {
+    let labels = task_labels(data, task, batch)?;
+    let weights = sample_weights(data, task, batch)?;
+    let needs_onehot = task
+        .losses
+        .iter()
+        .any(|l| LossKind::try_from(l.kind) == Ok(LossKind::SoftmaxCrossEntropy));
+    let onehot = if needs_onehot {
+        let c = task.num_class as usize;
+        let mut oh = vec![0f32; batch.rows * c];
+        for (r, &l) in labels.iter().enumerate() {
+            if !(l >= 0.0 && (l as usize) < c && l.fract() == 0.0) {
+                return Err(bad_batch!(
+                    "label \"{}\" is {} but task \"{}\" has {} classes",
+                    task.label_name,
+                    l,
+                    task.tower_name,
+                    c
+                ));
+            }
+            oh[r * c + l as usize] = 1.0;
+        }
+        Some(Tensor::from_vec(oh, (batch.rows, c), device)?.to_dtype(dtype)?)
+    } else {
+        None
+    };
+    Ok(TaskTargets {
+        labels: Tensor::from_slice(labels, batch.rows, device)?.to_dtype(dtype)?,
+        onehot,
+        weights: Tensor::from_vec(weights, batch.rows, device)?.to_dtype(dtype)?,
+    })
+}
+
+/// Per-sample loss `[B]` of one configured loss.
+pub fn per_sample_loss(
+    loss: &Loss,
+    task: &Task,
+    logits: &Tensor,
+    t: &TaskTargets,
+) -> Result<Tensor> {
+    let kind = LossKind::try_from(loss.kind).unwrap_or(LossKind::LossUnspecified);
+    let binary = || -> Result<Tensor> {
+        if logits.dim(1)? != 1 {
+            return Err(invalid_plan!(
+                "task \"{}\" uses {:?} but has {} logits per sample",
+                task.tower_name,
+                kind,
+                logits.dim(1)?
+            ));
+        }
+        Ok(logits.squeeze(1)?)
+    };
+    match kind {
+        LossKind::BinaryCrossEntropy => Ok(bce_with_logits(&binary()?, &t.labels)?),
+        LossKind::BinaryFocalLoss => {
+            Ok(binary_focal(&binary()?, &t.labels, loss.gamma, loss.alpha)?)
+        }
+        LossKind::L2Loss => Ok(l2(&binary()?, &t.labels)?),
+        LossKind::SoftmaxCrossEntropy => match &t.onehot {
+            Some(oh) => Ok(softmax_cross_entropy(logits, oh)?),
+            None => Err(invalid_plan!(
+                "task \"{}\" lacks one-hot labels",
+                task.tower_name
+            )),
+        },
+        LossKind::LossUnspecified => Err(invalid_plan!(
+            "task \"{}\" has a loss without a kind",
+            task.tower_name
+        )),
+    }
+}
+
+/// A task's loss (scalar): every configured loss, weighted and averaged.
+pub fn task_loss(task: &Task, logits: &Tensor, t: &TaskTargets) -> Result<Tensor> {
+    let rows = logits.dim(0)? as f64;
+    let mut total: Option<Tensor> = None;
+    for l in &task.losses {
+        let per = per_sample_loss(l, task, logits, t)?;
+        let reduced = ((per * &t.weights)?.sum_all()? / rows)?;
+        total = Some(match total {
+            Some(acc) => (acc + reduced)?,
+            None => reduced,
+        });
+    }
+    total.ok_or_else(|| invalid_plan!("task \"{}\" has no loss", task.tower_name))
+}
+
+/// Whether a task is a regression (its first loss is L2): its prediction is
+/// the logit itself, as in TorchEasyRec.
+pub fn is_regression(task: &Task) -> bool {
+    task.losses
+        .first()
+        .is_some_and(|l| LossKind::try_from(l.kind) == Ok(LossKind::L2Loss))
+}
+
+/// Predictions `[B, num_class]`: sigmoid for one class, softmax for more,
+/// the raw logit for regression.
+pub fn predictions(task: &Task, logits: &Tensor) -> Result<Tensor> {
+    if is_regression(task) {
+        Ok(logits.clone())
+    } else if logits.dim(1)? == 1 {
+        Ok(ops::sigmoid(logits)?)
+    } else {
+        Ok(ops::softmax(logits, 1)?)
+    }
+}

@@ -1,0 +1,41 @@
+//! The runtime: executes a compiled plan with candle.
+//!
+//! `model` loads a plan's parameters and tables onto a device and runs its
+//! ops (`ops`, `embedding`); `loss` turns logits into task losses;
+//! `optim` holds the dense and sparse optimizers and the learning-rate
+//! schedules; `train` is the loop that ties them together and writes the
+//! trained plan; `eval` evaluates and predicts. Batches come from a
+//! `source::BatchSource`, which the data reader plugs into.
+//!
+//! Entry points for the CLI: [`train()`] (or [`train_with`] to choose the
+//! metrics), [`evaluate`], [`predict`], [`Model::from_plan`],
+//! [`set_threads`].
+
+pub mod embedding;
+pub mod error;
+pub mod eval;
+pub mod loss;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod rng;
+pub mod source;
+pub mod train;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{BoxError, Result, RuntimeError};
+pub use eval::{evaluate, evaluate_with, predict, predict_batch, TaskMetricSink, TaskPredictions};
+pub use model::{Mode, Model};
+pub use source::{vec_source, BatchIter, BatchSource};
+pub use train::{train, train_with, Progress, TrainOptions, TrainReport, Trainer};
+
+/// Sets the CPU thread counts of candle (matmul on rayon's global pool,
+/// element-wise ops on candle's own pool). Both are fixed at first use, so
+/// call this before any tensor work and before other threads start.
+pub fn set_threads(n: usize) {
+    let n = n.max(1).to_string();
+    std::env::set_var("RAYON_NUM_THREADS", &n);
+    std::env::set_var("CANDLE_NUM_THREADS", &n);
+}

@@ -1,0 +1,191 @@
+//! The dense op kernels of a plan, as functions over candle tensors.
+//!
+//! Each function implements one `OpKind` exactly as plan.proto describes it
+//! and is differentiable through candle's autograd. They are independent of
+//! dtype and device, so the gradient tests run them in f64 and the runtime
+//! in f32 on whichever device the model lives on.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+use crate::proto::plan::Activation;
+
+/// `y = x W^T + b` with `W` `[out, in]` as in torch. `x` is `[.., in]`; any
+/// leading axes are flattened into one matrix multiply.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let y = if dims.len() == 2 {
+        x.matmul(&w.t()?)?
+    } else {
+        let inner = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.contiguous()?.reshape((rows, inner))?.matmul(&w.t()?)?;
+        let mut out = dims.clone();
+        let last = out.len() - 1;
+        out[last] = w.dim(0)?;
+        y.reshape(out)?
+    };
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// `E` independent linears: `x` `[B, in]` (shared by all experts) or
+/// `[E, B, in]`, `w` `[E, out, in]`, `b` `[E, out]`; output `[E, B, out]`.
+pub fn batched_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (e, out, inp) = w.dims3()?;
+    match x.rank() {
+        2 => {
+            // One wide multiply instead of E small ones: the input is shared.
+            let bsz = x.dim(0)?;
+            let y = x.matmul(&w.reshape((e * out, inp))?.t()?)?;
+            let y = match b {
+                Some(b) => y.broadcast_add(&b.reshape(e * out)?)?,
+                None => y,
+            };
+            y.reshape((bsz, e, out))?.transpose(0, 1)?.contiguous()
+        }
+        _ => {
+            let y = x.contiguous()?.matmul(&w.transpose(1, 2)?)?;
+            match b {
+                Some(b) => y.broadcast_add(&b.unsqueeze(1)?),
+                None => Ok(y),
+            }
+        }
+    }
+}
+
+/// Batch statistics of `x` over `axis`: the mean and the biased variance,
+/// both with `axis` kept (size 1).
+pub fn batch_moments(x: &Tensor, axis: usize) -> Result<(Tensor, Tensor)> {
+    let mean = x.mean_keepdim(axis)?;
+    let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(axis)?;
+    Ok((mean, var))
+}
+
+/// Normalizes `x` with the given statistics (axis kept) and applies the
+/// per-feature `gamma`, `beta` (shape of `x` without `axis`).
+pub fn batch_norm_apply(
+    x: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    axis: usize,
+    eps: f64,
+) -> Result<Tensor> {
+    let inv = (var + eps)?.sqrt()?.recip()?;
+    let xhat = x.broadcast_sub(mean)?.broadcast_mul(&inv)?;
+    xhat.broadcast_mul(&gamma.unsqueeze(axis)?)?
+        .broadcast_add(&beta.unsqueeze(axis)?)
+}
+
+/// Layer normalization over the last axis with `gamma`, `beta` of the last
+/// axis' width.
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xhat = xc.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?;
+    xhat.broadcast_mul(gamma)?.broadcast_add(beta)
+}
+
+/// The logistic function as `(tanh(x / 2) + 1) / 2`: equal to `1 / (1 +
+/// e^-x)`, but neither it nor its gradient overflows for large `|x|`.
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    ((x * 0.5)?.tanh()? + 1.0)? * 0.5
+}
+
+/// `min(x, 0)`, differentiable.
+fn negative_part(x: &Tensor) -> Result<Tensor> {
+    x.minimum(&x.zeros_like()?)
+}
+
+/// An element-wise activation. `alpha` is the leaky-relu slope (0 means
+/// torch's default 0.01) or the elu alpha (0 means 1.0); `slope` is the
+/// prelu parameter (`[1]` or the last axis' width).
+pub fn activation(
+    x: &Tensor,
+    kind: Activation,
+    alpha: f32,
+    slope: Option<&Tensor>,
+) -> Result<Tensor> {
+    match kind {
+        Activation::ActNone => Ok(x.clone()),
+        Activation::Relu => x.relu(),
+        Activation::Sigmoid => sigmoid(x),
+        Activation::Tanh => x.tanh(),
+        Activation::LeakyRelu => {
+            let a = if alpha == 0.0 { 0.01 } else { alpha as f64 };
+            x.relu()? + (negative_part(x)? * a)?
+        }
+        Activation::Gelu => x.gelu_erf(),
+        Activation::Silu => x.silu(),
+        Activation::Elu => {
+            let a = if alpha == 0.0 { 1.0 } else { alpha as f64 };
+            x.elu(a)
+        }
+        Activation::Prelu => match slope {
+            Some(s) => x.relu()? + negative_part(x)?.broadcast_mul(s)?,
+            None => candle_core::bail!("prelu needs its slope parameter"),
+        },
+    }
+}
+
+/// Inverted dropout with a mask given by the caller: `mask` holds 0 or 1
+/// per element; kept elements are scaled by `1 / (1 - ratio)`.
+pub fn dropout_with_mask(x: &Tensor, mask: &Tensor, ratio: f32) -> Result<Tensor> {
+    let scale = 1.0 / (1.0 - ratio as f64);
+    x.mul(&(mask * scale)?)
+}
+
+/// Builds a dropout keep-mask on `device` from a seeded host generator.
+pub fn dropout_mask(
+    shape: &[usize],
+    ratio: f32,
+    rng: &mut super::rng::SplitMix64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let keep: Vec<f32> = (0..n)
+        .map(|_| {
+            if rng.next_f64() < ratio as f64 {
+                0.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    Tensor::from_vec(keep, shape, device)?.to_dtype(dtype)
+}
+
+/// Softmax along `axis`, shifted by the (constant) maximum for stability.
+pub fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
+    let max = x.max_keepdim(axis)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(axis)?)
+}
+
+/// `log(sum(exp(x)))` along the last axis, kept as `[.., 1]`.
+pub fn log_sum_exp(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    x.broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        .broadcast_add(&max)
+}
+
+/// Mixes experts: `w` `[B, K]`, `e` `[K, B, D]` to `[B, D]` with
+/// `out[b] = sum_k w[b, k] e[k, b]`.
+pub fn gate_mix(w: &Tensor, e: &Tensor) -> Result<Tensor> {
+    let wt = w.t()?.unsqueeze(2)?;
+    e.broadcast_mul(&wt)?.sum(0)
+}
+
+/// Resolves a possibly negative axis against a rank.
+pub fn resolve_axis(axis: i64, rank: usize) -> Option<usize> {
+    let a = if axis < 0 { axis + rank as i64 } else { axis };
+    (a >= 0 && (a as usize) < rank).then_some(a as usize)
+}

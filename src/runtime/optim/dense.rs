@@ -1,0 +1,150 @@
+//! Dense optimizers over the model's trainable `Var`s, following torch's
+//! update rules: SGD (momentum, Nesterov, L2 weight decay), Adagrad
+//! (`initial_accumulator_value`), Adam (L2 weight decay) and AdamW
+//! (decoupled weight decay). Parameters marked `no_decay` never decay.
+
+use candle_core::{backprop::GradStore, Tensor, Var};
+
+use super::eps_of;
+use crate::proto::plan::{Optimizer, OptimizerKind};
+use crate::runtime::error::{invalid_plan, Result};
+
+/// Per-parameter optimizer state.
+#[derive(Debug, Default)]
+struct State {
+    /// Momentum buffer (SGD), accumulated squares (Adagrad) or first moment
+    /// (Adam).
+    a: Option<Tensor>,
+    /// Second moment (Adam).
+    b: Option<Tensor>,
+}
+
+/// A dense optimizer and its state.
+#[derive(Debug)]
+pub struct DenseOptimizer {
+    kind: OptimizerKind,
+    cfg: Optimizer,
+    state: Vec<State>,
+    /// Steps taken, for Adam's bias correction.
+    steps: u64,
+}
+
+impl DenseOptimizer {
+    /// An optimizer for `num_params` parameters (indexed like the plan's).
+    pub fn new(cfg: &Optimizer, num_params: usize) -> Result<Self> {
+        let kind = OptimizerKind::try_from(cfg.kind).unwrap_or(OptimizerKind::OptimizerUnspecified);
+        match kind {
+            OptimizerKind::Sgd
+            | OptimizerKind::Adagrad
+            | OptimizerKind::Adam
+            | OptimizerKind::Adamw => {}
+            other => {
+                return Err(invalid_plan!(
+                    "{other:?} is not a dense optimizer (use sgd, adagrad, adam or adamw)"
+                ))
+            }
+        }
+        Ok(Self {
+            kind,
+            cfg: cfg.clone(),
+            state: (0..num_params).map(|_| State::default()).collect(),
+            steps: 0,
+        })
+    }
+
+    /// The optimizer's settings.
+    pub fn config(&self) -> &Optimizer {
+        &self.cfg
+    }
+
+    /// One update of every parameter in `params` (plan index, var,
+    /// no_decay) that has a gradient in `grads`, with learning rate `lr`.
+    pub fn step(
+        &mut self,
+        params: &[(usize, &Var, bool)],
+        grads: &GradStore,
+        lr: f64,
+    ) -> Result<()> {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let c = &self.cfg;
+        let eps = eps_of(c);
+        for &(i, var, no_decay) in params {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let p = var.as_tensor();
+            let wd = if no_decay { 0.0 } else { c.weight_decay as f64 };
+            let st = &mut self.state[i];
+            let new = match self.kind {
+                OptimizerKind::Sgd => {
+                    let mut g = if wd > 0.0 {
+                        (g + (p * wd)?)?
+                    } else {
+                        g.clone()
+                    };
+                    if c.momentum > 0.0 {
+                        let m = c.momentum as f64;
+                        let buf = match &st.a {
+                            Some(b) => ((b * m)? + &g)?,
+                            None => g.clone(),
+                        };
+                        g = if c.nesterov {
+                            (&g + (&buf * m)?)?
+                        } else {
+                            buf.clone()
+                        };
+                        st.a = Some(buf);
+                    }
+                    (p - (g * lr)?)?
+                }
+                OptimizerKind::Adagrad => {
+                    let g = if wd > 0.0 {
+                        (g + (p * wd)?)?
+                    } else {
+                        g.clone()
+                    };
+                    let acc = match &st.a {
+                        Some(a) => a.clone(),
+                        None => (p.zeros_like()? + c.initial_accumulator_value as f64)?,
+                    };
+                    let acc = (acc + g.sqr()?)?;
+                    let upd = g.div(&(acc.sqrt()? + eps)?)?;
+                    st.a = Some(acc);
+                    (p - (upd * lr)?)?
+                }
+                OptimizerKind::Adam | OptimizerKind::Adamw => {
+                    let decoupled = self.kind == OptimizerKind::Adamw;
+                    let g = if wd > 0.0 && !decoupled {
+                        (g + (p * wd)?)?
+                    } else {
+                        g.clone()
+                    };
+                    let (b1, b2) = (c.beta1 as f64, c.beta2 as f64);
+                    let m = match &st.a {
+                        Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
+                        None => (&g * (1.0 - b1))?,
+                    };
+                    let v = match &st.b {
+                        Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
+                        None => (g.sqr()? * (1.0 - b2))?,
+                    };
+                    let mhat = (&m / (1.0 - b1.powi(t)))?;
+                    let vhat = (&v / (1.0 - b2.powi(t)))?;
+                    let upd = mhat.div(&(vhat.sqrt()? + eps)?)?;
+                    st.a = Some(m);
+                    st.b = Some(v);
+                    let base = if decoupled && wd > 0.0 {
+                        (p * (1.0 - lr * wd))?
+                    } else {
+                        p.clone()
+                    };
+                    (base - (upd * lr)?)?
+                }
+                other => return Err(invalid_plan!("{other:?} is not a dense optimizer")),
+            };
+            var.set(&new)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,25 @@
+//! Optimizers: dense ones over the model's `Var`s, sparse ones over the
+//! embedding rows a batch touched, and the learning-rate schedules both use.
+
+pub mod dense;
+pub mod schedule;
+pub mod sparse;
+
+use crate::proto::plan::{Optimizer, OptimizerKind};
+
+/// torch's Adagrad epsilon, used when the plan leaves `eps` at 0 (a zero
+/// epsilon divides zero by zero for a row that never had a gradient).
+pub const DEFAULT_ADAGRAD_EPS: f64 = 1e-10;
+/// torch's Adam epsilon, used when the plan leaves `eps` at 0.
+pub const DEFAULT_ADAM_EPS: f64 = 1e-8;
+
+/// The epsilon an optimizer uses.
+pub fn eps_of(opt: &Optimizer) -> f64 {
+    if opt.eps > 0.0 {
+        return opt.eps as f64;
+    }
+    match OptimizerKind::try_from(opt.kind) {
+        Ok(OptimizerKind::Adam | OptimizerKind::Adamw) => DEFAULT_ADAM_EPS,
+        _ => DEFAULT_ADAGRAD_EPS,
+    }
+}

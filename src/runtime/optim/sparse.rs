@@ -1,0 +1,156 @@
+//! Sparse optimizers for embedding tables: they update only the rows a
+//! batch gathered (and the same rows of their state), in place on the
+//! device, never a table-sized gradient.
+//!
+//! Rules (per touched row `r` with summed gradient `g`, after the optional
+//! L2 term `g += weight_decay * r`): sgd `r -= lr g`; adagrad (element-wise
+//! accumulator starting at `initial_accumulator_value`) `s += g^2; r -= lr
+//! g / (sqrt(s) + eps)`; rowwise_adagrad (one accumulator per row, as
+//! fbgemm's) `s += mean(g^2); r -= lr g / (sqrt(s) + eps)`; adam (and adamw
+//! with decoupled decay) with moments per element and bias correction by
+//! the global sparse step count, as fbgemm's.
+
+use candle_core::{backprop::GradStore, Tensor};
+
+use super::eps_of;
+use crate::proto::plan::{Optimizer, OptimizerKind};
+use crate::runtime::embedding::{Gathered, Table};
+use crate::runtime::error::{invalid_plan, Result};
+
+/// Optimizer state of one table, allocated at its first update.
+#[derive(Debug, Default)]
+struct TableState {
+    acc: Option<Tensor>,
+    m: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+/// A sparse optimizer and its per-table state.
+#[derive(Debug)]
+pub struct SparseOptimizer {
+    kind: OptimizerKind,
+    cfg: Optimizer,
+    state: Vec<TableState>,
+    steps: u64,
+}
+
+/// The state tensor in `slot`, created by `init` on first use.
+fn state_or(slot: &mut Option<Tensor>, init: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+    if let Some(t) = slot {
+        return Ok(t.clone());
+    }
+    let t = init()?;
+    *slot = Some(t.clone());
+    Ok(t)
+}
+
+/// Writes `src` `[U, w]` into rows `ids` of `dst` `[N, w]`, in place.
+fn write_rows(dst: &Tensor, ids: &Tensor, src: &Tensor) -> Result<()> {
+    let (u, w) = src.dims2()?;
+    let idx = ids.unsqueeze(1)?.broadcast_as((u, w))?.contiguous()?;
+    dst.scatter_set(&idx, &src.contiguous()?, 0)?;
+    Ok(())
+}
+
+impl SparseOptimizer {
+    /// An optimizer for `num_tables` tables.
+    pub fn new(cfg: &Optimizer, num_tables: usize) -> Result<Self> {
+        let kind = OptimizerKind::try_from(cfg.kind).unwrap_or(OptimizerKind::OptimizerUnspecified);
+        if kind == OptimizerKind::OptimizerUnspecified {
+            return Err(invalid_plan!("the sparse optimizer has no kind"));
+        }
+        Ok(Self {
+            kind,
+            cfg: cfg.clone(),
+            state: (0..num_tables).map(|_| TableState::default()).collect(),
+            steps: 0,
+        })
+    }
+
+    /// The optimizer's settings.
+    pub fn config(&self) -> &Optimizer {
+        &self.cfg
+    }
+
+    /// Applies the gradients of the gathered rows to their tables.
+    pub fn step(
+        &mut self,
+        tables: &mut [Table],
+        gathered: &[Gathered],
+        grads: &GradStore,
+        lr: f64,
+    ) -> Result<()> {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let c = &self.cfg;
+        let eps = eps_of(c);
+        let wd = c.weight_decay as f64;
+        for g in gathered {
+            if g.host_ids.is_empty() {
+                continue;
+            }
+            let Some(grad) = grads.get(g.rows.as_tensor()) else {
+                continue;
+            };
+            let table = &tables[g.table];
+            let st = &mut self.state[g.table];
+            let rows = g.rows.as_tensor();
+            let decoupled = self.kind == OptimizerKind::Adamw;
+            let grad = if wd > 0.0 && !decoupled {
+                (grad + (rows * wd)?)?
+            } else {
+                grad.clone()
+            };
+            let shape = table.weight.dims().to_vec();
+            let dtype = table.weight.dtype();
+            let device = table.weight.device();
+            let new = match self.kind {
+                OptimizerKind::Sgd => (rows - (grad * lr)?)?,
+                OptimizerKind::Adagrad => {
+                    let acc = state_or(&mut st.acc, || {
+                        Ok((Tensor::zeros(shape.as_slice(), dtype, device)?
+                            + c.initial_accumulator_value as f64)?)
+                    })?;
+                    let s = (acc.index_select(&g.ids, 0)? + grad.sqr()?)?;
+                    let upd = grad.div(&(s.sqrt()? + eps)?)?;
+                    write_rows(&acc, &g.ids, &s)?;
+                    (rows - (upd * lr)?)?
+                }
+                OptimizerKind::RowwiseAdagrad => {
+                    let acc = state_or(&mut st.acc, || {
+                        Ok((Tensor::zeros((shape[0], 1), dtype, device)?
+                            + c.initial_accumulator_value as f64)?)
+                    })?;
+                    let s = (acc.index_select(&g.ids, 0)? + grad.sqr()?.mean_keepdim(1)?)?;
+                    let upd = grad.broadcast_div(&(s.sqrt()? + eps)?)?;
+                    write_rows(&acc, &g.ids, &s)?;
+                    (rows - (upd * lr)?)?
+                }
+                OptimizerKind::Adam | OptimizerKind::Adamw => {
+                    let zeros = || Ok(Tensor::zeros(shape.as_slice(), dtype, device)?);
+                    let m_all = state_or(&mut st.m, zeros)?;
+                    let v_all = state_or(&mut st.v, zeros)?;
+                    let (b1, b2) = (c.beta1 as f64, c.beta2 as f64);
+                    let m = ((m_all.index_select(&g.ids, 0)? * b1)? + (&grad * (1.0 - b1))?)?;
+                    let v = ((v_all.index_select(&g.ids, 0)? * b2)? + (grad.sqr()? * (1.0 - b2))?)?;
+                    let mhat = (&m / (1.0 - b1.powi(t)))?;
+                    let vhat = (&v / (1.0 - b2.powi(t)))?;
+                    let upd = mhat.div(&(vhat.sqrt()? + eps)?)?;
+                    write_rows(&m_all, &g.ids, &m)?;
+                    write_rows(&v_all, &g.ids, &v)?;
+                    let base = if decoupled && wd > 0.0 {
+                        (rows * (1.0 - lr * wd))?
+                    } else {
+                        rows.clone()
+                    };
+                    (base - (upd * lr)?)?
+                }
+                OptimizerKind::OptimizerUnspecified => {
+                    return Err(invalid_plan!("the sparse optimizer has no kind"))
+                }
+            };
+            write_rows(&table.weight, &g.ids, &new)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,453 @@
+//! The training loop: steps over a batch source for the plan's epochs or
+//! steps, logs, evaluates, checkpoints, and writes the trained plan and the
+//! metrics.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::error::{invalid_plan, Result, RuntimeError};
+use super::eval::{self, MetricFactory};
+use super::loss;
+use super::model::{Mode, Model};
+use super::optim::{dense::DenseOptimizer, schedule, sparse::SparseOptimizer};
+use super::source::BatchSource;
+use crate::data::batch::Batch;
+use crate::plan::file;
+use crate::proto::plan::Plan;
+
+/// Logging interval when the plan leaves `log_step_count_steps` at 0.
+pub const DEFAULT_LOG_STEPS: u64 = 100;
+
+/// How progress is shown on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Progress {
+    /// A progress bar when stderr is a terminal, log lines otherwise.
+    #[default]
+    Auto,
+    /// Log lines only.
+    Lines,
+    /// Nothing.
+    Silent,
+}
+
+/// Overrides and outputs of a training run.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Where `plan.bin` and `metrics.json` go; nothing is written when None.
+    pub out_dir: Option<PathBuf>,
+    /// Overrides the plan's epochs (and clears its steps).
+    pub num_epochs: Option<u64>,
+    /// Overrides the plan's steps (and clears its epochs).
+    pub num_steps: Option<u64>,
+    /// Run seed (dropout); defaults to the plan's seed.
+    pub seed: Option<u64>,
+    /// Overrides `log_step_count_steps`.
+    pub log_every: Option<u64>,
+    /// Evaluate (and checkpoint) every this many steps when an eval source
+    /// is given; defaults to `save_checkpoints_steps` (0: only at the end).
+    pub eval_every: Option<u64>,
+    /// How progress is shown.
+    pub progress: Progress,
+}
+
+/// What a training run did.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// Optimizer steps taken in this run.
+    pub steps: u64,
+    /// Passes over the data started.
+    pub epochs: u64,
+    /// Samples trained on.
+    pub samples: u64,
+    /// Total loss (sum over tasks) of every step.
+    pub losses: Vec<f32>,
+    /// Each task's loss at the last step.
+    pub task_losses: Vec<(String, f32)>,
+    /// Evaluations during training: (step, metrics).
+    pub evals: Vec<(u64, Vec<(String, f64)>)>,
+    /// The final evaluation, when an eval source was given.
+    pub eval: Option<Vec<(String, f64)>>,
+    /// Wall time of the training steps (evaluation excluded).
+    pub train_seconds: f64,
+    /// The trained plan (`trained_steps` updated).
+    pub plan: Plan,
+}
+
+impl TrainReport {
+    /// Optimizer steps per second.
+    pub fn steps_per_sec(&self) -> f64 {
+        self.steps as f64 / self.train_seconds.max(1e-9)
+    }
+
+    /// Samples per second.
+    pub fn samples_per_sec(&self) -> f64 {
+        self.samples as f64 / self.train_seconds.max(1e-9)
+    }
+
+    /// The report as the JSON written to `metrics.json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let obj = |m: &[(String, f64)]| {
+            serde_json::Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                    .collect(),
+            )
+        };
+        serde_json::json!({
+            "steps": self.steps,
+            "trained_steps": self.plan.trained_steps,
+            "epochs": self.epochs,
+            "samples": self.samples,
+            "train_seconds": self.train_seconds,
+            "steps_per_sec": self.steps_per_sec(),
+            "samples_per_sec": self.samples_per_sec(),
+            "final_loss": self.losses.last(),
+            "task_losses": self.task_losses.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            "evals": self.evals.iter().map(|(s, m)| serde_json::json!({"step": s, "metrics": obj(m)})).collect::<Vec<_>>(),
+            "eval": self.eval.as_deref().map(obj),
+        })
+    }
+}
+
+/// The model and optimizers of a run, stepping one batch at a time.
+#[derive(Debug)]
+pub struct Trainer {
+    /// The model being trained.
+    pub model: Model,
+    dense: DenseOptimizer,
+    sparse: SparseOptimizer,
+    seed: u64,
+    /// Global step (the plan's `trained_steps` plus steps of this run).
+    pub global_step: u64,
+}
+
+/// The loss of one step.
+#[derive(Debug, Clone)]
+pub struct StepLoss {
+    /// Sum over tasks.
+    pub total: f32,
+    /// Per task, in plan order.
+    pub tasks: Vec<f32>,
+}
+
+impl Trainer {
+    /// Loads the plan onto `device` and sets up its optimizers.
+    pub fn new(plan: &Plan, seed: u64, device: &Device) -> Result<Self> {
+        Self::with_dtype(plan, seed, device, DType::F32)
+    }
+
+    /// As `new`, with the model in `dtype`.
+    pub fn with_dtype(plan: &Plan, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
+        let model = Model::from_plan_with_dtype(plan, device, dtype)?;
+        let train = plan
+            .train
+            .as_ref()
+            .ok_or_else(|| invalid_plan!("the plan has no training settings"))?;
+        let dense_cfg = train
+            .dense_optimizer
+            .as_ref()
+            .ok_or_else(|| invalid_plan!("the plan has no dense optimizer"))?;
+        let dense = DenseOptimizer::new(dense_cfg, plan.params.len())?;
+        let sparse = match &train.sparse_optimizer {
+            Some(s) => SparseOptimizer::new(s, plan.tables.len())?,
+            None if plan.tables.is_empty() => SparseOptimizer::new(dense_cfg, 0)?,
+            None => return Err(invalid_plan!("the plan has tables but no sparse optimizer")),
+        };
+        Ok(Self {
+            model,
+            dense,
+            sparse,
+            seed,
+            global_step: plan.trained_steps,
+        })
+    }
+
+    /// One optimizer step on `batch` during epoch `epoch`.
+    pub fn step(&mut self, batch: &Batch, epoch: u64) -> Result<StepLoss> {
+        let step = self.global_step;
+        let plan = self.model.structure().clone();
+        let data = plan.data.clone().unwrap_or_default();
+        let fwd = self.model.forward(
+            batch,
+            Mode::Train {
+                seed: self.seed,
+                step,
+            },
+        )?;
+        let mut total: Option<Tensor> = None;
+        let mut task_losses = Vec::with_capacity(plan.tasks.len());
+        for (task, logits) in plan.tasks.iter().zip(&fwd.logits) {
+            let targets =
+                loss::task_targets(&data, task, batch, self.model.dtype(), self.model.device())?;
+            let l = loss::task_loss(task, logits, &targets)?;
+            task_losses.push(l.clone());
+            total = Some(match total {
+                Some(t) => (t + l)?,
+                None => l,
+            });
+        }
+        let total = total.ok_or_else(|| invalid_plan!("the plan has no tasks"))?;
+        let host: Vec<f32> = task_losses
+            .iter()
+            .map(|l| l.to_dtype(DType::F32)?.to_scalar::<f32>())
+            .collect::<candle_core::Result<_>>()?;
+        for (task, &v) in plan.tasks.iter().zip(&host) {
+            if !v.is_finite() {
+                return Err(RuntimeError::Diverged {
+                    task: task.tower_name.clone(),
+                    step,
+                    value: v,
+                });
+            }
+        }
+        let grads = total.backward()?;
+        let dense_lr = schedule::learning_rate(self.dense.config(), step, epoch);
+        let sparse_lr = schedule::learning_rate(self.sparse.config(), step, epoch);
+        let params = self.model.trainable();
+        self.dense.step(&params, &grads, dense_lr)?;
+        self.sparse
+            .step(self.model.tables_mut(), &fwd.gathered, &grads, sparse_lr)?;
+        self.global_step += 1;
+        Ok(StepLoss {
+            total: host.iter().sum(),
+            tasks: host,
+        })
+    }
+
+    /// The plan with trained values and `trained_steps` written back.
+    pub fn to_plan(&self) -> Result<Plan> {
+        let mut plan = self.model.to_plan()?;
+        plan.trained_steps = self.global_step;
+        Ok(plan)
+    }
+}
+
+/// Shows progress as a bar or log lines.
+struct Reporter {
+    bar: Option<indicatif::ProgressBar>,
+    lines: bool,
+    every: u64,
+}
+
+impl Reporter {
+    fn new(mode: Progress, total_steps: Option<u64>, every: u64) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let bar = (mode == Progress::Auto && tty).then(|| {
+            let bar = match total_steps {
+                Some(n) => indicatif::ProgressBar::new(n),
+                None => indicatif::ProgressBar::new_spinner(),
+            };
+            let style = indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{wide_bar}] {pos}/{len} steps, {msg}, ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar
+        });
+        Self {
+            lines: bar.is_none() && mode != Progress::Silent,
+            bar,
+            every,
+        }
+    }
+
+    fn step(&self, step: u64, loss: f32, samples_per_sec: f64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            if step % 10 == 0 || step == 1 {
+                bar.set_message(format!("loss {loss:.5}, {samples_per_sec:.0} samples/s"));
+            }
+        } else if self.lines && step % self.every == 0 {
+            eprintln!("step {step}: loss {loss:.6}, {samples_per_sec:.0} samples/s");
+        }
+    }
+
+    fn line(&self, msg: &str) {
+        if let Some(bar) = &self.bar {
+            bar.println(msg);
+        } else if self.lines {
+            eprintln!("{msg}");
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn format_metrics(step: u64, m: &[(String, f64)]) -> String {
+    let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v:.6}")).collect();
+    format!("eval at step {step}: {}", parts.join(", "))
+}
+
+/// Writes the trained plan and the metrics into `dir`, atomically.
+fn write_outputs(dir: &Path, report: &TrainReport) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    file::save(&report.plan, &dir.join("plan.bin"))?;
+    let path = dir.join("metrics.json");
+    let text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
+    file::write_atomic(&path, text.as_bytes())
+        .map_err(|source| RuntimeError::Write { path, source })
+}
+
+/// Trains `plan` on `train_data` (see `TrainOptions`), evaluating on
+/// `eval_data` when given, with the default metrics.
+pub fn train(
+    plan: &Plan,
+    train_data: &mut dyn BatchSource,
+    eval_data: Option<&mut dyn BatchSource>,
+    opts: &TrainOptions,
+    device: &Device,
+) -> Result<TrainReport> {
+    train_with(
+        plan,
+        train_data,
+        eval_data,
+        opts,
+        device,
+        &eval::default_metrics,
+    )
+}
+
+/// As `train`, with the metric accumulators built by `metrics`.
+pub fn train_with(
+    plan: &Plan,
+    train_data: &mut dyn BatchSource,
+    mut eval_data: Option<&mut dyn BatchSource>,
+    opts: &TrainOptions,
+    device: &Device,
+    metrics: MetricFactory<'_>,
+) -> Result<TrainReport> {
+    let settings = plan.train.clone().unwrap_or_default();
+    let (epochs, steps) = match (opts.num_epochs, opts.num_steps) {
+        (_, Some(s)) => (None, Some(s)),
+        (Some(e), None) => (Some(e), None),
+        (None, None) if settings.num_steps > 0 => (None, Some(settings.num_steps)),
+        (None, None) if settings.num_epochs > 0 => (Some(settings.num_epochs), None),
+        (None, None) => {
+            return Err(invalid_plan!(
+                "the plan sets neither num_epochs nor num_steps"
+            ))
+        }
+    };
+    let seed = opts.seed.unwrap_or(plan.seed);
+    let every = opts
+        .log_every
+        .or((settings.log_step_count_steps > 0).then_some(settings.log_step_count_steps))
+        .unwrap_or(DEFAULT_LOG_STEPS)
+        .max(1);
+    let eval_every = opts.eval_every.unwrap_or(settings.save_checkpoints_steps);
+    let mut trainer = Trainer::new(plan, seed, device)?;
+    let reporter = Reporter::new(opts.progress, steps, every);
+    for t in &plan.tasks {
+        if t.weight == 0.0 {
+            reporter.line(&format!(
+                "warning: task \"{}\" has weight 0, its loss is not trained",
+                t.tower_name
+            ));
+        }
+    }
+    let mut report = TrainReport {
+        steps: 0,
+        epochs: 0,
+        samples: 0,
+        losses: Vec::new(),
+        task_losses: Vec::new(),
+        evals: Vec::new(),
+        eval: None,
+        train_seconds: 0.0,
+        plan: Plan::default(),
+    };
+    let mut train_time = 0.0f64;
+    let mut epoch = 0u64;
+    'epochs: loop {
+        if let Some(e) = epochs {
+            if epoch >= e {
+                break;
+            }
+        }
+        let iter = train_data.open(epoch).map_err(RuntimeError::Data)?;
+        report.epochs += 1;
+        let mut batches_this_epoch = 0u64;
+        let mut t0 = Instant::now();
+        for batch in iter {
+            let batch = batch.map_err(RuntimeError::Data)?;
+            let loss = trainer.step(&batch, epoch)?;
+            batches_this_epoch += 1;
+            report.steps += 1;
+            report.samples += batch.rows as u64;
+            report.losses.push(loss.total);
+            report.task_losses = plan
+                .tasks
+                .iter()
+                .zip(&loss.tasks)
+                .map(|(t, &l)| (t.tower_name.clone(), l))
+                .collect();
+            let now = Instant::now();
+            train_time += now.duration_since(t0).as_secs_f64();
+            t0 = now;
+            reporter.step(
+                report.steps,
+                loss.total,
+                report.samples as f64 / train_time.max(1e-9),
+            );
+            if eval_every > 0 && report.steps % eval_every == 0 {
+                if let Some(ev) = eval_data.as_deref_mut() {
+                    let m = eval::evaluate_with(&mut trainer.model, ev, metrics)?;
+                    reporter.line(&format_metrics(trainer.global_step, &m));
+                    report.evals.push((trainer.global_step, m));
+                }
+                if let Some(dir) = &opts.out_dir {
+                    let plan_now = trainer.to_plan()?;
+                    file::save(&plan_now, &dir_ready(dir)?.join("plan.bin"))?;
+                }
+                t0 = Instant::now();
+            }
+            if steps.is_some_and(|s| report.steps >= s) {
+                break 'epochs;
+            }
+        }
+        if batches_this_epoch == 0 {
+            return Err(RuntimeError::Data(
+                format!("the training data yielded no batches in epoch {epoch}").into(),
+            ));
+        }
+        epoch += 1;
+    }
+    reporter.finish();
+    report.train_seconds = train_time;
+    if let Some(ev) = eval_data.as_deref_mut() {
+        let m = eval::evaluate_with(&mut trainer.model, ev, metrics)?;
+        reporter.line(&format_metrics(trainer.global_step, &m));
+        report.eval = Some(m);
+    }
+    report.plan = trainer.to_plan()?;
+    reporter.line(&format!(
+        "trained {} steps ({} samples) in {:.1}s: {:.1} steps/s, {:.0} samples/s",
+        report.steps,
+        report.samples,
+        report.train_seconds,
+        report.steps_per_sec(),
+        report.samples_per_sec()
+    ));
+    if let Some(dir) = &opts.out_dir {
+        write_outputs(dir, &report)?;
+    }
+    Ok(report)
+}
+
+fn dir_ready(dir: &Path) -> Result<&Path> {
+    std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(dir)
+}
