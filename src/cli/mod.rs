@@ -3,6 +3,9 @@
 //! 0 clean, 1 problems found, 2 could not run.
 
 pub mod check;
+pub mod compile;
+pub mod graph;
+pub mod inspect;
 
 use std::process::ExitCode;
 
@@ -20,6 +23,12 @@ pub struct Cli {
 pub enum Command {
     /// Check config files: syntax, schema and semantic lint, every problem at once.
     Check(check::CheckArgs),
+    /// Compile a config to a plan file (checks it first).
+    Compile(compile::CompileArgs),
+    /// Draw the model graph as Graphviz DOT.
+    Graph(graph::GraphArgs),
+    /// Summarize a config, or show what a plan file holds.
+    Inspect(inspect::InspectArgs),
 }
 
 /// Outcome of a command, mapped to the process exit code.
@@ -53,6 +62,9 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Check(args) => check::execute(&args),
+        Command::Compile(args) => compile::execute(&args),
+        Command::Graph(args) => graph::execute(&args),
+        Command::Inspect(args) => inspect::execute(&args),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

@@ -1,0 +1,527 @@
+//! The model graph: nodes a modeler talks about (input columns, features,
+//! embedding tables, the feature group, experts, gates, towers, losses,
+//! metrics) and edges that carry tensor shapes with a symbolic batch axis.
+//!
+//! Every node knows how to infer its output shapes from its inputs
+//! ([`Node::infer`]); [`ModelGraph::check`] re-runs that inference over the
+//! whole graph and compares it with the shapes the edges carry, which is
+//! what the pass driver calls after every patch.
+
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+use crate::proto::plan;
+
+/// A tensor shape; [`BATCH`] marks the symbolic batch axis.
+pub type Shape = Vec<i64>;
+
+/// The symbolic batch dimension, as in `plan.proto`.
+pub const BATCH: i64 = -1;
+
+/// `[B, width]`.
+pub fn batch_shape(width: u64) -> Shape {
+    vec![BATCH, width as i64]
+}
+
+/// A tensor flowing from one node's output port to another's input port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Edge {
+    /// Shape of the source port's output.
+    pub shape: Shape,
+    /// Which output of the source.
+    pub src_port: u32,
+    /// Which input of the destination; inputs are read in port order.
+    pub dst_port: u32,
+    /// For an edge from a stacked `[E, B, D]` output into a gate: the experts
+    /// `[start, start + len)` it contributes.
+    pub experts: Option<(u32, u32)>,
+}
+
+impl Edge {
+    /// A plain edge between port `src_port` and port `dst_port`.
+    pub fn new(shape: Shape, src_port: u32, dst_port: u32) -> Self {
+        Edge {
+            shape,
+            src_port,
+            dst_port,
+            experts: None,
+        }
+    }
+}
+
+/// How a parameter's initial values are produced (deterministic from the
+/// compile seed and the parameter's name, so a rewrite that moves or
+/// concatenates parameters keeps their numbers).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Init {
+    /// Uniform in `[-bound, bound]`, seeded by the compile seed and the name.
+    Uniform { bound: f32 },
+    /// Every element equal.
+    Constant(f32),
+    /// The row-major concatenation of the parts along axis 0 (also how
+    /// `[out, in]` weights stack into `[E, out, in]`).
+    Concat(Vec<ParamSpec>),
+}
+
+/// A dense parameter or buffer: name, shape and how to initialize it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub init: Init,
+    /// False for buffers (batch-norm running statistics).
+    pub trainable: bool,
+    /// Excluded from weight decay (biases, norms).
+    pub no_decay: bool,
+}
+
+impl ParamSpec {
+    /// Number of elements.
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// The concatenation of `parts` along axis 0 as a new parameter.
+    pub fn concat(name: String, parts: Vec<ParamSpec>) -> ParamSpec {
+        let trainable = parts.iter().all(|p| p.trainable);
+        let no_decay = parts.iter().all(|p| p.no_decay);
+        let rows: u64 = parts.iter().map(|p| p.shape.first().copied().unwrap_or(1)).sum();
+        let mut shape = parts.first().map(|p| p.shape.clone()).unwrap_or_default();
+        if let Some(first) = shape.first_mut() {
+            *first = rows;
+        }
+        ParamSpec {
+            name,
+            shape,
+            init: Init::Concat(parts),
+            trainable,
+            no_decay,
+        }
+    }
+
+    /// Stacks equally shaped parts into a new leading axis.
+    pub fn stack(name: String, parts: Vec<ParamSpec>) -> ParamSpec {
+        let mut shape = vec![parts.len() as u64];
+        shape.extend(parts.first().map(|p| p.shape.clone()).unwrap_or_default());
+        let mut p = ParamSpec::concat(name, parts);
+        p.shape = shape;
+        p
+    }
+}
+
+/// `y = x W^T + b` with `W` `[out, in]` as in torch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearParams {
+    pub in_dim: u64,
+    pub out_dim: u64,
+    pub weight: ParamSpec,
+    pub bias: Option<ParamSpec>,
+}
+
+/// The normalization after a linear layer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Norm {
+    None,
+    /// gamma, beta, running mean, running var.
+    Batch([ParamSpec; 4]),
+    /// gamma, beta.
+    Layer([ParamSpec; 2]),
+}
+
+/// An element-wise activation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Act {
+    pub kind: plan::Activation,
+    /// Leaky-relu slope or elu alpha (0: the torch default).
+    pub alpha: f32,
+    /// The PReLU slope parameter.
+    pub slope: Option<ParamSpec>,
+}
+
+/// One perceptron of an MLP: Linear, then norm, activation, dropout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseLayer {
+    pub linear: LinearParams,
+    pub norm: Norm,
+    pub act: Act,
+    /// Dropout ratio (0: none).
+    pub dropout: f32,
+}
+
+/// What an MLP is for; experts are what `FuseParallelExperts` batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpRole {
+    Expert,
+    Bottom,
+    GateMlp,
+    TaskMlp,
+    Relation,
+}
+
+impl MlpRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MlpRole::Expert => "expert",
+            MlpRole::Bottom => "bottom mlp",
+            MlpRole::GateMlp => "gate mlp",
+            MlpRole::TaskMlp => "task mlp",
+            MlpRole::Relation => "relation mlp",
+        }
+    }
+}
+
+/// An MLP block (`MLP { hidden_units ... }`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpBlock {
+    pub name: String,
+    pub role: MlpRole,
+    pub layers: Vec<DenseLayer>,
+}
+
+impl MlpBlock {
+    pub fn in_dim(&self) -> u64 {
+        self.layers.first().map_or(0, |l| l.linear.in_dim)
+    }
+    pub fn out_dim(&self) -> u64 {
+        self.layers.last().map_or(0, |l| l.linear.out_dim)
+    }
+    /// Hidden widths, in order.
+    pub fn widths(&self) -> Vec<u64> {
+        self.layers.iter().map(|l| l.linear.out_dim).collect()
+    }
+}
+
+/// A gate: Linear(selector -> experts), softmax, weighted sum of experts.
+/// Input port 0 is the selector (or, once its linear joined a fused
+/// multiply, the gate logits); ports 1.. are the experts in mixing order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateBlock {
+    pub name: String,
+    pub num_experts: u64,
+    pub expert_dim: u64,
+    pub selector_dim: u64,
+    /// `None` once the gate's linear joined a [`FusedExperts`] multiply.
+    pub head: Option<LinearParams>,
+}
+
+/// A gate linear that joined a fused expert multiply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateHead {
+    pub gate: String,
+    pub linear: LinearParams,
+}
+
+/// Parallel experts with the same widths reading one input, computed as one
+/// batched chain; gates reading that input join its first multiply.
+/// Output port 0 is the stacked experts `[E, B, D]`; port `1 + j` the
+/// logits `[B, K_j]` of `gates[j]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FusedExperts {
+    pub name: String,
+    pub experts: Vec<MlpBlock>,
+    pub gates: Vec<GateHead>,
+}
+
+impl FusedExperts {
+    pub fn in_dim(&self) -> u64 {
+        self.experts.first().map_or(0, MlpBlock::in_dim)
+    }
+    pub fn out_dim(&self) -> u64 {
+        self.experts.first().map_or(0, MlpBlock::out_dim)
+    }
+}
+
+/// A task tower's head: optional MLP, then Linear(-> num_class) = logits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TowerBlock {
+    pub name: String,
+    pub mlp: Option<MlpBlock>,
+    pub logits: LinearParams,
+    /// Labels, losses, metrics and weights; `logits` is set by emit.
+    pub task: plan::Task,
+}
+
+impl TowerBlock {
+    pub fn in_dim(&self) -> u64 {
+        self.mlp.as_ref().map_or(self.logits.in_dim, MlpBlock::in_dim)
+    }
+}
+
+/// A resolved feature: its plan spec (minus the table index) and width.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureNode {
+    pub spec: plan::FeatureSpec,
+    /// Table name for embedded features.
+    pub table: Option<String>,
+    pub width: u64,
+}
+
+/// An embedding table (shared by features with the same embedding name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableNode {
+    pub name: String,
+    pub rows: u64,
+    pub dim: u64,
+}
+
+/// A node of the model graph.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    /// A parquet column.
+    InputColumn { name: String },
+    /// A feature transform (hash, bucketize, vocab, normalize...).
+    Feature(FeatureNode),
+    EmbeddingTable(TableNode),
+    /// The concatenation of its features' outputs, in listed order.
+    FeatureGroup { name: String, width: u64 },
+    Mlp(MlpBlock),
+    Gate(GateBlock),
+    /// Concatenation of `[B, d_i]` inputs along the last axis.
+    Concat { name: String },
+    Tower(TowerBlock),
+    Loss { task: String, loss: plan::Loss },
+    Metric { task: String, metric: plan::Metric },
+    FusedExperts(FusedExperts),
+}
+
+impl Node {
+    /// A short name for messages and drawings.
+    pub fn name(&self) -> String {
+        match self {
+            Node::InputColumn { name } => name.clone(),
+            Node::Feature(f) => f.spec.name.clone(),
+            Node::EmbeddingTable(t) => t.name.clone(),
+            Node::FeatureGroup { name, .. } => name.clone(),
+            Node::Mlp(m) => m.name.clone(),
+            Node::Gate(g) => g.name.clone(),
+            Node::Concat { name } => name.clone(),
+            Node::Tower(t) => t.name.clone(),
+            Node::Loss { task, loss } => format!("{task}.{}", loss_name(loss.kind)),
+            Node::Metric { task, metric } => format!("{task}.{}", metric_name(metric.kind)),
+            Node::FusedExperts(f) => f.name.clone(),
+        }
+    }
+
+    /// Output shapes per port from the input edges (sorted by port).
+    pub fn infer(&self, inputs: &[&Edge]) -> Result<Vec<Shape>, String> {
+        let one = |w: u64| -> Result<u64, String> {
+            match inputs {
+                [e] if e.shape.len() == 2 && e.shape[0] == BATCH && e.shape[1] == w as i64 => Ok(w),
+                [e] => Err(format!("expects [B, {w}], got {:?}", e.shape)),
+                _ => Err(format!("expects one input, got {}", inputs.len())),
+            }
+        };
+        match self {
+            Node::InputColumn { .. } => Ok(vec![vec![BATCH]]),
+            Node::EmbeddingTable(t) => Ok(vec![vec![t.rows as i64, t.dim as i64]]),
+            Node::Feature(f) => Ok(vec![batch_shape(f.width)]),
+            Node::FeatureGroup { width, .. } => {
+                let sum: i64 = inputs.iter().map(|e| e.shape.get(1).copied().unwrap_or(0)).sum();
+                if sum != *width as i64 {
+                    return Err(format!("features sum to {sum} wide, the group says {width}"));
+                }
+                Ok(vec![batch_shape(*width)])
+            }
+            Node::Mlp(m) => {
+                one(m.in_dim())?;
+                Ok(vec![batch_shape(m.out_dim())])
+            }
+            Node::Concat { .. } => {
+                let mut sum = 0;
+                for e in inputs {
+                    if e.shape.len() != 2 || e.shape[0] != BATCH {
+                        return Err(format!("concatenates a {:?} input", e.shape));
+                    }
+                    sum += e.shape[1];
+                }
+                Ok(vec![vec![BATCH, sum]])
+            }
+            Node::Tower(t) => {
+                one(t.in_dim())?;
+                Ok(vec![batch_shape(t.logits.out_dim)])
+            }
+            Node::Loss { .. } | Node::Metric { .. } => Ok(vec![]),
+            Node::Gate(g) => infer_gate(g, inputs),
+            Node::FusedExperts(f) => {
+                one(f.in_dim())?;
+                let e = f.experts.len() as i64;
+                let mut out = vec![vec![e, BATCH, f.out_dim() as i64]];
+                for h in &f.gates {
+                    out.push(batch_shape(h.linear.out_dim));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn infer_gate(g: &GateBlock, inputs: &[&Edge]) -> Result<Vec<Shape>, String> {
+    let Some((sel, experts)) = inputs.split_first() else {
+        return Err("has no selector".into());
+    };
+    if sel.dst_port != 0 {
+        return Err("has no selector on port 0".into());
+    }
+    let want = match &g.head {
+        Some(h) => h.in_dim,
+        None => g.num_experts,
+    };
+    if sel.shape != batch_shape(want) {
+        return Err(format!("selector is {:?}, expected [B, {want}]", sel.shape));
+    }
+    let mut count = 0u64;
+    for e in experts {
+        let d = match (e.shape.as_slice(), e.experts) {
+            ([BATCH, d], None) => {
+                count += 1;
+                *d
+            }
+            ([n, BATCH, d], Some((start, len))) if (start + len) as i64 <= *n => {
+                count += len as u64;
+                *d
+            }
+            (s, r) => return Err(format!("mixes an expert input {s:?} (range {r:?})")),
+        };
+        if d != g.expert_dim as i64 {
+            return Err(format!(
+                "mixes experts of different widths ({d} and {})",
+                g.expert_dim
+            ));
+        }
+    }
+    if count != g.num_experts {
+        return Err(format!("mixes {count} experts, its linear has {}", g.num_experts));
+    }
+    Ok(vec![batch_shape(g.expert_dim)])
+}
+
+/// Short name of a loss kind.
+pub fn loss_name(kind: i32) -> &'static str {
+    match plan::LossKind::try_from(kind) {
+        Ok(plan::LossKind::BinaryCrossEntropy) => "binary_cross_entropy",
+        Ok(plan::LossKind::SoftmaxCrossEntropy) => "softmax_cross_entropy",
+        Ok(plan::LossKind::L2Loss) => "l2_loss",
+        Ok(plan::LossKind::BinaryFocalLoss) => "binary_focal_loss",
+        _ => "loss",
+    }
+}
+
+/// Short name of a metric kind.
+pub fn metric_name(kind: i32) -> &'static str {
+    match plan::MetricKind::try_from(kind) {
+        Ok(plan::MetricKind::Auc) => "auc",
+        Ok(plan::MetricKind::GroupedAuc) => "grouped_auc",
+        Ok(plan::MetricKind::MeanSquaredError) => "mean_squared_error",
+        Ok(plan::MetricKind::MeanAbsoluteError) => "mean_absolute_error",
+        Ok(plan::MetricKind::Accuracy) => "accuracy",
+        Ok(plan::MetricKind::NormalizedEntropy) => "normalized_entropy",
+        _ => "metric",
+    }
+}
+
+/// The lowered model: the graph plus what the model kind is.
+#[derive(Debug, Clone)]
+pub struct ModelGraph {
+    pub graph: StableDiGraph<Node, Edge>,
+    /// "ple", "mmoe", "dbmtl" or "simple_multi_task".
+    pub model_kind: String,
+    /// Extraction layers (PLE), 1 for one MoE layer, 0 without experts.
+    pub layers: usize,
+}
+
+impl ModelGraph {
+    /// An empty graph of a model kind.
+    pub fn new(model_kind: &str) -> Self {
+        ModelGraph {
+            graph: StableDiGraph::new(),
+            model_kind: model_kind.to_string(),
+            layers: 0,
+        }
+    }
+
+    /// Input edges of `n` sorted by destination port.
+    pub fn inputs(&self, n: NodeIndex) -> Vec<(NodeIndex, &Edge)> {
+        let mut v: Vec<(NodeIndex, &Edge)> = self
+            .graph
+            .edges_directed(n, Direction::Incoming)
+            .map(|e| (e.source(), e.weight()))
+            .collect();
+        v.sort_by_key(|(_, e)| e.dst_port);
+        v
+    }
+
+    /// Output edges of `n` (destination, edge).
+    pub fn outputs(&self, n: NodeIndex) -> Vec<(NodeIndex, &Edge)> {
+        let mut v: Vec<(NodeIndex, &Edge)> = self
+            .graph
+            .edges_directed(n, Direction::Outgoing)
+            .map(|e| (e.target(), e.weight()))
+            .collect();
+        v.sort_by_key(|(t, e)| (t.index(), e.dst_port));
+        v
+    }
+
+    /// The feature group node.
+    pub fn feature_group(&self) -> Option<NodeIndex> {
+        self.graph
+            .node_indices()
+            .find(|&n| matches!(self.graph[n], Node::FeatureGroup { .. }))
+    }
+
+    /// Checks consistency: no cycle, unique input ports, and every edge's
+    /// shape equal to what its source infers from its own inputs.
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if petgraph::algo::is_cyclic_directed(&self.graph) {
+            problems.push("the graph has a cycle".to_string());
+        }
+        for n in self.graph.node_indices() {
+            let node = &self.graph[n];
+            let inputs = self.inputs(n);
+            let is_feature_side = matches!(
+                node,
+                Node::InputColumn { .. } | Node::EmbeddingTable(_) | Node::Feature(_)
+            );
+            if !is_feature_side {
+                for w in inputs.windows(2) {
+                    if w[0].1.dst_port == w[1].1.dst_port {
+                        problems.push(format!("{}: two inputs on port {}", node.name(), w[0].1.dst_port));
+                    }
+                }
+            }
+            let edges: Vec<&Edge> = inputs.iter().map(|(_, e)| *e).collect();
+            let inferred = if is_feature_side {
+                node.infer(&[])
+            } else {
+                node.infer(&edges)
+            };
+            match inferred {
+                Err(msg) => problems.push(format!("{}: {msg}", node.name())),
+                Ok(shapes) => {
+                    for (_, e) in self.outputs(n) {
+                        match shapes.get(e.src_port as usize) {
+                            Some(s) if *s == e.shape => {}
+                            Some(s) => problems.push(format!(
+                                "{}: output {} is {s:?} but its edge says {:?}",
+                                node.name(),
+                                e.src_port,
+                                e.shape
+                            )),
+                            None => problems.push(format!(
+                                "{}: has no output port {}",
+                                node.name(),
+                                e.src_port
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}

@@ -1,0 +1,992 @@
+//! Lowering: typed config to model graph, one function per model kind
+//! (`ple`, `mmoe`, `dbmtl`, `simple_multi_task`) built from shared
+//! building blocks (features, MLP, gate, tower).
+
+use std::collections::HashMap;
+
+use petgraph::stable_graph::NodeIndex;
+
+use super::error::IrError;
+use super::graph::*;
+use super::shape::{self, dropout_of, feature_width};
+use crate::proto::plan;
+use crate::proto::tzrec::protos::{
+    feature_config::Feature, loss_config::Loss, metric_config::Metric, model_config::Model,
+    EasyRecConfig, FeatureConfig, FeatureGroupType, FgMode, LossConfig, MetricConfig, Mlp,
+};
+
+/// Lowers a typed config to the model graph, or every reason it cannot be.
+pub fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> {
+    let shape_errors = shape::check_config(config);
+    if !shape_errors.is_empty() {
+        return Err(shape_errors.into_iter().map(IrError::Shape).collect());
+    }
+    let Some(mc) = &config.model_config else {
+        return Err(vec![IrError::invalid("the config has no model_config", "model_config")]);
+    };
+    let kind = match &mc.model {
+        Some(Model::Ple(_)) => "ple",
+        Some(Model::Mmoe(_)) => "mmoe",
+        Some(Model::Dbmtl(_)) => "dbmtl",
+        Some(Model::SimpleMultiTask(_)) => "simple_multi_task",
+        Some(other) => {
+            let name = format!("{other:?}");
+            let name = name.split('(').next().unwrap_or("this model").to_string();
+            return Err(vec![IrError::unsupported(
+                format!("model kind `{name}`"),
+                "model_config",
+            )]);
+        }
+        None => {
+            return Err(vec![IrError::invalid(
+                "model_config names no model (ple, mmoe, dbmtl or simple_multi_task)",
+                "model_config",
+            )])
+        }
+    };
+    let mut b = Builder {
+        g: ModelGraph::new(kind),
+        errors: Vec::new(),
+    };
+    let group = b.features(config);
+    if let Some(group) = group {
+        match &mc.model {
+            Some(Model::Ple(m)) => b.ple(m, group),
+            Some(Model::Mmoe(m)) => b.mmoe(m, group),
+            Some(Model::Dbmtl(m)) => b.dbmtl(m, group),
+            Some(Model::SimpleMultiTask(m)) => {
+                for (t, tower) in m.task_towers.iter().enumerate() {
+                    let path = format!("model_config.simple_multi_task.task_towers[{t}]");
+                    let task = TaskDesc::from_tower(tower);
+                    b.tower(&path, &task, tower.mlp.as_ref(), group);
+                }
+            }
+            _ => {}
+        }
+    }
+    if b.errors.is_empty() && !b.g.graph.node_weights().any(|n| matches!(n, Node::Tower(_))) {
+        b.errors.push(IrError::invalid(
+            "the model has no task towers",
+            format!("model_config.{kind}.task_towers"),
+        ));
+    }
+    if !b.errors.is_empty() {
+        return Err(b.errors);
+    }
+    b.g.check().map_err(|p| vec![IrError::Inconsistent(p)])?;
+    Ok(b.g)
+}
+
+/// One output of a node: `[B, width]` at `port`.
+#[derive(Debug, Clone, Copy)]
+struct Out {
+    node: NodeIndex,
+    port: u32,
+    width: u64,
+}
+
+struct Builder {
+    g: ModelGraph,
+    errors: Vec<IrError>,
+}
+
+/// A linear layer with torch's default init: weight and bias uniform in
+/// `+-1/sqrt(fan_in)`.
+pub fn linear(name: &str, in_dim: u64, out_dim: u64, bias: bool) -> LinearParams {
+    let bound = 1.0 / (in_dim.max(1) as f32).sqrt();
+    LinearParams {
+        in_dim,
+        out_dim,
+        weight: ParamSpec {
+            name: format!("{name}.weight"),
+            shape: vec![out_dim, in_dim],
+            init: Init::Uniform { bound },
+            trainable: true,
+            no_decay: false,
+        },
+        bias: bias.then(|| ParamSpec {
+            name: format!("{name}.bias"),
+            shape: vec![out_dim],
+            init: Init::Uniform { bound },
+            trainable: true,
+            no_decay: true,
+        }),
+    }
+}
+
+fn constant(name: String, shape: Vec<u64>, value: f32, trainable: bool) -> ParamSpec {
+    ParamSpec {
+        name,
+        shape,
+        init: Init::Constant(value),
+        trainable,
+        no_decay: true,
+    }
+}
+
+/// Parses a torch activation name (`nn.ReLU`, `nn.LeakyReLU(negative_slope=0.2)`).
+pub fn parse_activation(text: &str, name: &str, width: u64) -> Result<Act, String> {
+    let text = text.trim();
+    let (head, args) = match text.split_once('(') {
+        Some((h, a)) => (h.trim(), a.trim_end_matches(')').trim()),
+        None => (text, ""),
+    };
+    let head = head.strip_prefix("nn.").or_else(|| head.strip_prefix("torch.nn.")).unwrap_or(head);
+    let number = || -> f32 {
+        args.rsplit('=')
+            .next()
+            .and_then(|v| v.trim().parse::<f32>().ok())
+            .unwrap_or(0.0)
+    };
+    let kind = match head.to_ascii_lowercase().as_str() {
+        "" | "identity" | "none" => plan::Activation::ActNone,
+        "relu" => plan::Activation::Relu,
+        "sigmoid" => plan::Activation::Sigmoid,
+        "tanh" => plan::Activation::Tanh,
+        "leakyrelu" => plan::Activation::LeakyRelu,
+        "gelu" => plan::Activation::Gelu,
+        "silu" => plan::Activation::Silu,
+        "elu" => plan::Activation::Elu,
+        "prelu" => plan::Activation::Prelu,
+        _ => return Err(format!("activation `{text}`")),
+    };
+    let _ = width;
+    Ok(Act {
+        kind,
+        alpha: match kind {
+            plan::Activation::LeakyRelu | plan::Activation::Elu => number(),
+            _ => 0.0,
+        },
+        // torch.nn.PReLU(): one slope shared by all channels, initialized 0.25.
+        slope: (kind == plan::Activation::Prelu)
+            .then(|| constant(format!("{name}.prelu.slope"), vec![1], 0.25, true)),
+    })
+}
+
+/// Everything a tower needs besides its input and MLPs.
+struct TaskDesc {
+    name: String,
+    label: String,
+    num_class: u32,
+    losses: Vec<LossConfig>,
+    metrics: Vec<MetricConfig>,
+    weight: f32,
+    sample_weight_name: String,
+    indicator: String,
+    in_weight: f32,
+    out_weight: f32,
+}
+
+impl TaskDesc {
+    fn from_tower(t: &crate::proto::tzrec::protos::TaskTower) -> Self {
+        TaskDesc {
+            name: t.tower_name.clone(),
+            label: t.label_name.clone(),
+            num_class: t.num_class.unwrap_or(1),
+            losses: t.losses.clone(),
+            metrics: t.metrics.clone(),
+            weight: t.weight.unwrap_or(1.0),
+            sample_weight_name: t.sample_weight_name.clone().unwrap_or_default(),
+            indicator: t.task_space_indicator_label.clone().unwrap_or_default(),
+            in_weight: t.in_task_space_weight.unwrap_or(1.0),
+            out_weight: t.out_task_space_weight.unwrap_or(1.0),
+        }
+    }
+
+    fn from_bayes(t: &crate::proto::tzrec::protos::BayesTaskTower) -> Self {
+        TaskDesc {
+            name: t.tower_name.clone(),
+            label: t.label_name.clone().unwrap_or_default(),
+            num_class: t.num_class.unwrap_or(1),
+            losses: t.losses.clone(),
+            metrics: t.metrics.clone(),
+            weight: t.weight.unwrap_or(1.0),
+            sample_weight_name: t.sample_weight_name.clone().unwrap_or_default(),
+            indicator: t.task_space_indicator_label.clone().unwrap_or_default(),
+            in_weight: t.in_task_space_weight.unwrap_or(1.0),
+            out_weight: t.out_task_space_weight.unwrap_or(1.0),
+        }
+    }
+}
+
+impl Builder {
+    fn add(&mut self, node: Node) -> NodeIndex {
+        self.g.graph.add_node(node)
+    }
+
+    fn connect(&mut self, from: Out, to: NodeIndex, port: u32) {
+        self.g
+            .graph
+            .add_edge(from.node, to, Edge::new(batch_shape(from.width), from.port, port));
+    }
+
+    /// Adds features, columns, tables and the first feature group; returns
+    /// the group's output.
+    fn features(&mut self, config: &EasyRecConfig) -> Option<Out> {
+        let mc = config.model_config.as_ref()?;
+        let Some(group) = mc.feature_groups.first() else {
+            self.errors.push(IrError::invalid(
+                "the model has no feature group",
+                "model_config.feature_groups",
+            ));
+            return None;
+        };
+        let gpath = "model_config.feature_groups[0]";
+        if group.group_type != FeatureGroupType::Deep as i32 {
+            self.errors.push(IrError::unsupported(
+                "a feature group that is not DEEP",
+                format!("{gpath}.group_type"),
+            ));
+        }
+        let fg_none = config
+            .data_config
+            .as_ref()
+            .and_then(|d| d.fg_mode)
+            .is_none_or(|m| m == FgMode::FgNone as i32);
+        let by_name: HashMap<&str, (usize, &FeatureConfig)> = config
+            .feature_configs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, fc)| feature_name(fc).map(|n| (n, (i, fc))))
+            .collect();
+        let mut columns: HashMap<String, NodeIndex> = HashMap::new();
+        let mut tables: HashMap<String, (NodeIndex, TableNode, usize)> = HashMap::new();
+        let mut feature_nodes: HashMap<usize, NodeIndex> = HashMap::new();
+        // Resolve every supported feature (unused ones become dead nodes);
+        // unsupported ones are an error only when the group uses them.
+        let mut order: Vec<usize> = (0..config.feature_configs.len()).collect();
+        order.sort_by_key(|&i| {
+            let name = feature_name(&config.feature_configs[i]).unwrap_or("");
+            (!group.feature_names.iter().any(|n| n == name), i)
+        });
+        for i in order {
+            let fc = &config.feature_configs[i];
+            let used = feature_name(fc).is_some_and(|n| group.feature_names.iter().any(|g| g == n));
+            let path = format!("feature_configs[{i}]");
+            let node = match resolve_feature(fc, &path, fg_none) {
+                Ok(Some(node)) => node,
+                Ok(None) => continue,
+                Err(e) => {
+                    if used {
+                        self.errors.push(e);
+                    }
+                    continue;
+                }
+            };
+            let columns_of = node.spec.input_columns.clone();
+            let table = node.table.clone();
+            let dim = node.spec.embedding_dim as u64;
+            let rows = node.spec.num_ids;
+            let fnode = self.add(Node::Feature(node));
+            feature_nodes.insert(i, fnode);
+            for c in columns_of {
+                let cnode = *columns
+                    .entry(c.clone())
+                    .or_insert_with(|| self.g.graph.add_node(Node::InputColumn { name: c }));
+                self.g.graph.add_edge(cnode, fnode, Edge::new(vec![BATCH], 0, 0));
+            }
+            if let Some(t) = table {
+                let tnode = match tables.get(&t) {
+                    Some((tn, existing, first)) => {
+                        if existing.dim != dim || existing.rows != rows {
+                            if used {
+                                self.errors.push(IrError::invalid(
+                                    format!(
+                                        "features sharing embedding \"{t}\" disagree on its size: {}x{} (feature_configs[{first}]) and {rows}x{dim}",
+                                        existing.rows, existing.dim
+                                    ),
+                                    format!("{path}"),
+                                ));
+                            }
+                            continue;
+                        }
+                        *tn
+                    }
+                    None => {
+                        let tn_data = TableNode {
+                            name: t.clone(),
+                            rows,
+                            dim,
+                        };
+                        let tn = self.add(Node::EmbeddingTable(tn_data.clone()));
+                        tables.insert(t.clone(), (tn, tn_data, i));
+                        tn
+                    }
+                };
+                self.g.graph.add_edge(
+                    tnode,
+                    fnode,
+                    Edge::new(vec![rows as i64, dim as i64], 0, 1),
+                );
+            }
+        }
+        let mut width = 0;
+        let mut members = Vec::new();
+        for (k, name) in group.feature_names.iter().enumerate() {
+            match by_name.get(name.as_str()) {
+                None => self.errors.push(IrError::invalid(
+                    format!("the feature group names feature \"{name}\", which is not defined"),
+                    format!("{gpath}.feature_names[{k}]"),
+                )),
+                Some((i, fc)) => {
+                    if let (Some(&fnode), Some(w)) = (feature_nodes.get(i), feature_width(fc)) {
+                        width += w;
+                        members.push((fnode, w));
+                    }
+                }
+            }
+        }
+        if members.is_empty() && self.errors.is_empty() {
+            self.errors.push(IrError::invalid(
+                "the feature group has no features",
+                format!("{gpath}.feature_names"),
+            ));
+        }
+        let gnode = self.add(Node::FeatureGroup {
+            name: group.group_name.clone(),
+            width,
+        });
+        for (k, (fnode, w)) in members.into_iter().enumerate() {
+            self.g
+                .graph
+                .add_edge(fnode, gnode, Edge::new(batch_shape(w), 0, k as u32));
+        }
+        Some(Out {
+            node: gnode,
+            port: 0,
+            width,
+        })
+    }
+
+    fn mlp(&mut self, name: &str, role: MlpRole, path: &str, mlp: &Mlp, input: Out) -> Out {
+        let mut layers = Vec::new();
+        let mut in_dim = input.width;
+        let use_bn = mlp.use_bn.unwrap_or(false);
+        let use_ln = mlp.use_ln.unwrap_or(false);
+        if use_bn && use_ln {
+            self.errors.push(IrError::invalid(
+                "an MLP cannot use both batch norm and layer norm",
+                path,
+            ));
+        }
+        for (k, &units) in mlp.hidden_units.iter().enumerate() {
+            let out = units as u64;
+            let lname = format!("{name}.layer{k}");
+            let act = match parse_activation(mlp.activation(), &lname, out) {
+                Ok(a) => a,
+                Err(what) => {
+                    self.errors
+                        .push(IrError::unsupported(what, format!("{path}.activation")));
+                    Act {
+                        kind: plan::Activation::ActNone,
+                        alpha: 0.0,
+                        slope: None,
+                    }
+                }
+            };
+            let norm = if use_bn {
+                Norm::Batch([
+                    constant(format!("{lname}.bn.gamma"), vec![out], 1.0, true),
+                    constant(format!("{lname}.bn.beta"), vec![out], 0.0, true),
+                    constant(format!("{lname}.bn.running_mean"), vec![out], 0.0, false),
+                    constant(format!("{lname}.bn.running_var"), vec![out], 1.0, false),
+                ])
+            } else if use_ln {
+                Norm::Layer([
+                    constant(format!("{lname}.ln.gamma"), vec![out], 1.0, true),
+                    constant(format!("{lname}.ln.beta"), vec![out], 0.0, true),
+                ])
+            } else {
+                Norm::None
+            };
+            let bias = mlp.bias.unwrap_or(true) && !use_bn;
+            layers.push(DenseLayer {
+                linear: linear(&lname, in_dim, out, bias),
+                norm,
+                act,
+                dropout: dropout_of(mlp, k),
+            });
+            in_dim = out;
+        }
+        let node = self.add(Node::Mlp(MlpBlock {
+            name: name.to_string(),
+            role,
+            layers,
+        }));
+        self.connect(input, node, 0);
+        Out {
+            node,
+            port: 0,
+            width: in_dim,
+        }
+    }
+
+    fn gate(&mut self, name: &str, path: &str, selector: Out, experts: &[Out]) -> Out {
+        let k = experts.len() as u64;
+        let d = experts.first().map_or(0, |e| e.width);
+        if experts.iter().any(|e| e.width != d) {
+            let widths: Vec<String> = experts.iter().map(|e| e.width.to_string()).collect();
+            self.errors.push(IrError::Shape(shape::ShapeError {
+                code: "plec::gate-width",
+                message: format!("gate \"{name}\" mixes experts of different widths ({})", widths.join(", ")),
+                labels: vec![shape::PathLabel {
+                    path: path.to_string(),
+                    text: "experts mixed here".into(),
+                    primary: true,
+                }],
+                help: "make every expert this gate mixes end in the same width".into(),
+            }));
+        }
+        let node = self.add(Node::Gate(GateBlock {
+            name: name.to_string(),
+            num_experts: k,
+            expert_dim: d,
+            selector_dim: selector.width,
+            head: Some(linear(&format!("{name}.linear"), selector.width, k, true)),
+        }));
+        self.connect(selector, node, 0);
+        for (i, e) in experts.iter().enumerate() {
+            self.connect(*e, node, i as u32 + 1);
+        }
+        Out {
+            node,
+            port: 0,
+            width: d,
+        }
+    }
+
+    fn tower(&mut self, path: &str, task: &TaskDesc, mlp: Option<&Mlp>, input: Out) {
+        let name = &task.name;
+        let mut in_dim = input.width;
+        let mlp_block = mlp.map(|m| {
+            // Build the MLP standalone, then move it into the tower node.
+            let out = self.mlp(&format!("{name}.mlp"), MlpRole::TaskMlp, &format!("{path}.mlp"), m, input);
+            in_dim = out.width;
+            let node = self.g.graph.remove_node(out.node);
+            match node {
+                Some(Node::Mlp(b)) => b,
+                _ => MlpBlock {
+                    name: String::new(),
+                    role: MlpRole::TaskMlp,
+                    layers: Vec::new(),
+                },
+            }
+        });
+        let num_class = task.num_class as u64;
+        let plan_task = match self.plan_task(path, task) {
+            Some(t) => t,
+            None => return,
+        };
+        let node = self.add(Node::Tower(TowerBlock {
+            name: name.clone(),
+            mlp: mlp_block,
+            logits: linear(&format!("{name}.logits"), in_dim, num_class, true),
+            task: plan_task.clone(),
+        }));
+        self.connect(input, node, 0);
+        for loss in &plan_task.losses {
+            let l = self.add(Node::Loss {
+                task: name.clone(),
+                loss: loss.clone(),
+            });
+            self.g
+                .graph
+                .add_edge(node, l, Edge::new(batch_shape(num_class), 0, 0));
+        }
+        for metric in &plan_task.metrics {
+            let m = self.add(Node::Metric {
+                task: name.clone(),
+                metric: metric.clone(),
+            });
+            self.g
+                .graph
+                .add_edge(node, m, Edge::new(batch_shape(num_class), 0, 0));
+        }
+    }
+
+    fn plan_task(&mut self, path: &str, t: &TaskDesc) -> Option<plan::Task> {
+        let mut losses = Vec::new();
+        for (k, l) in t.losses.iter().enumerate() {
+            let (kind, gamma, alpha) = match &l.loss {
+                Some(Loss::BinaryCrossEntropy(_)) => (plan::LossKind::BinaryCrossEntropy, 0.0, 0.0),
+                Some(Loss::SoftmaxCrossEntropy(_)) => (plan::LossKind::SoftmaxCrossEntropy, 0.0, 0.0),
+                Some(Loss::L2Loss(_)) => (plan::LossKind::L2Loss, 0.0, 0.0),
+                Some(Loss::BinaryFocalLoss(f)) => (
+                    plan::LossKind::BinaryFocalLoss,
+                    f.gamma.unwrap_or(2.0),
+                    f.alpha.unwrap_or(0.5),
+                ),
+                Some(Loss::JrcLoss(_)) => {
+                    self.errors
+                        .push(IrError::unsupported("loss `jrc_loss`", format!("{path}.losses[{k}]")));
+                    continue;
+                }
+                None => continue,
+            };
+            losses.push(plan::Loss {
+                kind: kind as i32,
+                gamma,
+                alpha,
+            });
+        }
+        if losses.is_empty() {
+            // TorchEasyRec needs a loss; plec picks the one the logits fit.
+            let kind = if t.num_class > 1 {
+                plan::LossKind::SoftmaxCrossEntropy
+            } else {
+                plan::LossKind::BinaryCrossEntropy
+            };
+            losses.push(plan::Loss {
+                kind: kind as i32,
+                gamma: 0.0,
+                alpha: 0.0,
+            });
+        }
+        let mut metrics = Vec::new();
+        for (k, m) in t.metrics.iter().enumerate() {
+            let metric = match &m.metric {
+                Some(Metric::Auc(a)) => plan::Metric {
+                    kind: plan::MetricKind::Auc as i32,
+                    thresholds: a.thresholds.unwrap_or(200),
+                    grouping_key: String::new(),
+                },
+                Some(Metric::GroupedAuc(g)) => plan::Metric {
+                    kind: plan::MetricKind::GroupedAuc as i32,
+                    thresholds: 0,
+                    grouping_key: g.grouping_key.clone(),
+                },
+                Some(Metric::MeanSquaredError(_)) => plan::Metric {
+                    kind: plan::MetricKind::MeanSquaredError as i32,
+                    ..Default::default()
+                },
+                Some(Metric::MeanAbsoluteError(_)) => plan::Metric {
+                    kind: plan::MetricKind::MeanAbsoluteError as i32,
+                    ..Default::default()
+                },
+                Some(Metric::Accuracy(_)) => plan::Metric {
+                    kind: plan::MetricKind::Accuracy as i32,
+                    ..Default::default()
+                },
+                Some(other) => {
+                    let name = format!("{other:?}");
+                    let name = name.split('(').next().unwrap_or("this metric").to_string();
+                    self.errors.push(IrError::unsupported(
+                        format!("metric `{name}`"),
+                        format!("{path}.metrics[{k}]"),
+                    ));
+                    continue;
+                }
+                None => continue,
+            };
+            metrics.push(metric);
+        }
+        Some(plan::Task {
+            tower_name: t.name.clone(),
+            label_name: t.label.clone(),
+            num_class: t.num_class,
+            logits: 0,
+            losses,
+            metrics,
+            weight: t.weight,
+            sample_weight_name: t.sample_weight_name.clone(),
+            task_space_indicator_label: t.indicator.clone(),
+            in_task_space_weight: t.in_weight,
+            out_task_space_weight: t.out_weight,
+        })
+    }
+
+    fn ple(&mut self, m: &crate::proto::tzrec::protos::Ple, group: Out) {
+        let base = "model_config.ple";
+        let tasks = m.task_towers.len();
+        let mut task_in = vec![group; tasks];
+        let mut shared_in = group;
+        let layers = m.extraction_networks.len();
+        self.g.layers = layers;
+        for (l, net) in m.extraction_networks.iter().enumerate() {
+            let p = format!("{base}.extraction_networks[{l}]");
+            let lname = &net.network_name;
+            let mut task_experts = Vec::with_capacity(tasks);
+            for (t, tower) in m.task_towers.iter().enumerate() {
+                let experts: Vec<Out> = (0..net.expert_num_per_task)
+                    .map(|k| {
+                        self.mlp(
+                            &format!("{lname}.{}.expert{k}", tower.tower_name),
+                            MlpRole::Expert,
+                            &format!("{p}.task_expert_net"),
+                            &net.task_expert_net,
+                            task_in[t],
+                        )
+                    })
+                    .collect();
+                task_experts.push(experts);
+            }
+            let mut shared = Vec::new();
+            if let Some(share_net) = &net.share_expert_net {
+                for k in 0..net.share_num.unwrap_or(0) {
+                    shared.push(self.mlp(
+                        &format!("{lname}.shared.expert{k}"),
+                        MlpRole::Expert,
+                        &format!("{p}.share_expert_net"),
+                        share_net,
+                        shared_in,
+                    ));
+                }
+            }
+            let mut next_task = Vec::with_capacity(tasks);
+            for (t, tower) in m.task_towers.iter().enumerate() {
+                let mut mixed = task_experts[t].clone();
+                mixed.extend(shared.iter().copied());
+                next_task.push(self.gate(
+                    &format!("{lname}.{}.gate", tower.tower_name),
+                    &p,
+                    task_in[t],
+                    &mixed,
+                ));
+            }
+            if l + 1 < layers {
+                let mut all: Vec<Out> = task_experts.iter().flatten().copied().collect();
+                all.extend(shared.iter().copied());
+                shared_in = self.gate(&format!("{lname}.shared.gate"), &p, shared_in, &all);
+            }
+            task_in = next_task;
+        }
+        for (t, tower) in m.task_towers.iter().enumerate() {
+            let path = format!("{base}.task_towers[{t}]");
+            let task = TaskDesc::from_tower(tower);
+            self.tower(&path, &task, tower.mlp.as_ref(), task_in[t]);
+        }
+    }
+
+    /// Experts on `input` and one gate per task (after an optional gate
+    /// MLP); returns each task's mixed output.
+    fn moe(
+        &mut self,
+        base: &str,
+        expert_mlp: &Mlp,
+        gate_mlp: Option<&Mlp>,
+        num_expert: u32,
+        tower_names: &[String],
+        input: Out,
+    ) -> Vec<Out> {
+        self.g.layers = 1;
+        let experts: Vec<Out> = (0..num_expert)
+            .map(|k| {
+                self.mlp(
+                    &format!("expert{k}"),
+                    MlpRole::Expert,
+                    &format!("{base}.expert_mlp"),
+                    expert_mlp,
+                    input,
+                )
+            })
+            .collect();
+        tower_names
+            .iter()
+            .map(|name| {
+                let selector = match gate_mlp {
+                    Some(g) => self.mlp(
+                        &format!("{name}.gate_mlp"),
+                        MlpRole::GateMlp,
+                        &format!("{base}.gate_mlp"),
+                        g,
+                        input,
+                    ),
+                    None => input,
+                };
+                self.gate(&format!("{name}.gate"), base, selector, &experts)
+            })
+            .collect()
+    }
+
+    fn mmoe(&mut self, m: &crate::proto::tzrec::protos::MMoE, group: Out) {
+        let base = "model_config.mmoe";
+        let names: Vec<String> = m.task_towers.iter().map(|t| t.tower_name.clone()).collect();
+        let outs = self.moe(base, &m.expert_mlp, m.gate_mlp.as_ref(), m.num_expert, &names, group);
+        for (t, tower) in m.task_towers.iter().enumerate() {
+            let path = format!("{base}.task_towers[{t}]");
+            let task = TaskDesc::from_tower(tower);
+            self.tower(&path, &task, tower.mlp.as_ref(), outs[t]);
+        }
+    }
+
+    fn dbmtl(&mut self, m: &crate::proto::tzrec::protos::Dbmtl, group: Out) {
+        let base = "model_config.dbmtl";
+        if m.mask_net.is_some() {
+            self.errors
+                .push(IrError::unsupported("DBMTL `mask_net`", format!("{base}.mask_net")));
+        }
+        let input = match &m.bottom_mlp {
+            Some(b) => self.mlp("bottom", MlpRole::Bottom, &format!("{base}.bottom_mlp"), b, group),
+            None => group,
+        };
+        let names: Vec<String> = m.task_towers.iter().map(|t| t.tower_name.clone()).collect();
+        let inputs = match &m.expert_mlp {
+            Some(e) => self.moe(
+                base,
+                e,
+                m.gate_mlp.as_ref(),
+                m.num_expert.unwrap_or(3),
+                &names,
+                input,
+            ),
+            None => vec![input; names.len()],
+        };
+        let mut rel: HashMap<&str, Out> = HashMap::new();
+        for (t, tower) in m.task_towers.iter().enumerate() {
+            let path = format!("{base}.task_towers[{t}]");
+            let name = &tower.tower_name;
+            let task_out = match &tower.mlp {
+                Some(mlp) => self.mlp(
+                    &format!("{name}.mlp"),
+                    MlpRole::TaskMlp,
+                    &format!("{path}.mlp"),
+                    mlp,
+                    inputs[t],
+                ),
+                None => inputs[t],
+            };
+            let rel_out = match &tower.relation_mlp {
+                Some(rmlp) => {
+                    let mut parts = vec![task_out];
+                    for (k, r) in tower.relation_tower_names.iter().enumerate() {
+                        match rel.get(r.as_str()) {
+                            Some(o) => parts.push(*o),
+                            None => self.errors.push(IrError::invalid(
+                                format!("relation tower \"{r}\" is not an earlier tower"),
+                                format!("{path}.relation_tower_names[{k}]"),
+                            )),
+                        }
+                    }
+                    let concat_out = if parts.len() > 1 {
+                        let width = parts.iter().map(|p| p.width).sum();
+                        let c = self.add(Node::Concat {
+                            name: format!("{name}.relation_input"),
+                        });
+                        for (k, p) in parts.iter().enumerate() {
+                            self.connect(*p, c, k as u32);
+                        }
+                        Out {
+                            node: c,
+                            port: 0,
+                            width,
+                        }
+                    } else {
+                        task_out
+                    };
+                    self.mlp(
+                        &format!("{name}.relation_mlp"),
+                        MlpRole::Relation,
+                        &format!("{path}.relation_mlp"),
+                        rmlp,
+                        concat_out,
+                    )
+                }
+                None => task_out,
+            };
+            rel.insert(name.as_str(), rel_out);
+            let task = TaskDesc::from_bayes(tower);
+            self.tower(&path, &task, None, rel_out);
+        }
+    }
+}
+
+fn feature_name(fc: &FeatureConfig) -> Option<&str> {
+    match fc.feature.as_ref()? {
+        Feature::IdFeature(f) => Some(&f.feature_name),
+        Feature::RawFeature(f) => Some(&f.feature_name),
+        Feature::ComboFeature(f) => Some(&f.feature_name),
+        Feature::SequenceIdFeature(f) => Some(&f.feature_name),
+        Feature::SequenceRawFeature(f) => Some(&f.feature_name),
+        _ => None,
+    }
+}
+
+/// The input column of an expression `side:name` (the whole text without a side).
+fn input_column(expression: &str) -> String {
+    match expression.split_once(':') {
+        Some((_, name)) => name.trim().to_string(),
+        None => expression.trim().to_string(),
+    }
+}
+
+/// Parses `method=log10,threshold=1e-10,default=-10` and friends.
+pub fn parse_normalizer(text: &str) -> Result<plan::Normalizer, String> {
+    let mut method = "";
+    let mut kv: HashMap<&str, f64> = HashMap::new();
+    for part in text.split([',', ';']).map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!("`{part}` is not key=value"));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k == "method" {
+            method = v;
+        } else {
+            let x: f64 = v.parse().map_err(|_| format!("`{v}` is not a number"))?;
+            kv.insert(k, x);
+        }
+    }
+    let get = |k: &str, d: f64| kv.get(k).copied().unwrap_or(d);
+    let (kind, a, b) = match method {
+        "log10" => (plan::NormalizerKind::Log10, get("threshold", 1e-10), get("default", -10.0)),
+        "zscore" => (
+            plan::NormalizerKind::Zscore,
+            get("mean", 0.0),
+            get("standard_deviation", 1.0),
+        ),
+        "minmax" => (plan::NormalizerKind::Minmax, get("min", 0.0), get("max", 1.0)),
+        "" => return Err("no `method=`".into()),
+        m => return Err(format!("unknown method `{m}` (log10, zscore or minmax)")),
+    };
+    Ok(plan::Normalizer {
+        kind: kind as i32,
+        a,
+        b,
+        c: 0.0,
+    })
+}
+
+fn pooling(p: Option<&str>) -> i32 {
+    match p {
+        Some("mean") => plan::Pooling::Mean as i32,
+        _ => plan::Pooling::Sum as i32,
+    }
+}
+
+/// Resolves a feature config into its node; `Ok(None)` for kinds that are
+/// not features of a group (never), `Err` for unsupported kinds.
+fn resolve_feature(fc: &FeatureConfig, path: &str, fg_none: bool) -> Result<Option<FeatureNode>, IrError> {
+    let Some(feature) = &fc.feature else {
+        return Ok(None);
+    };
+    let columns = |name: &str, exprs: &[&str]| -> Vec<String> {
+        if fg_none {
+            vec![name.to_string()]
+        } else {
+            exprs.iter().map(|e| input_column(e)).collect()
+        }
+    };
+    let width = feature_width(fc).unwrap_or(0);
+    let node = match feature {
+        Feature::IdFeature(f) => {
+            let (kind, num_ids) = if let Some(h) = f.hash_bucket_size {
+                (plan::FeatureKind::IdHash, h)
+            } else if let Some(n) = f.num_buckets {
+                (plan::FeatureKind::IdNumBuckets, n)
+            } else if !f.vocab_list.is_empty() {
+                let n = f.vocab_list.len() as u64;
+                (
+                    plan::FeatureKind::IdVocab,
+                    if f.default_bucketize_value.is_some() { n.max(1) } else { n + 2 },
+                )
+            } else if !f.vocab_dict.is_empty() {
+                let max = f.vocab_dict.values().copied().max().unwrap_or(0);
+                (plan::FeatureKind::IdVocab, (max + 1).max(2))
+            } else {
+                return Err(IrError::invalid(
+                    format!(
+                        "id feature \"{}\" sets none of hash_bucket_size, num_buckets, vocab_list, vocab_dict",
+                        f.feature_name
+                    ),
+                    format!("{path}.id_feature"),
+                ));
+            };
+            let table = f.embedding_name.clone().unwrap_or_else(|| f.feature_name.clone());
+            FeatureNode {
+                spec: plan::FeatureSpec {
+                    name: f.feature_name.clone(),
+                    kind: kind as i32,
+                    input_columns: columns(&f.feature_name, &[&f.expression]),
+                    num_ids,
+                    vocab: f.vocab_list.clone(),
+                    vocab_dict: f.vocab_dict.clone().into_iter().collect(),
+                    default_value: f.default_value.clone().unwrap_or_default(),
+                    separator: f.separator.clone().unwrap_or_else(|| "\x1d".into()),
+                    pooling: pooling(f.pooling.as_deref()),
+                    embedding_dim: f.embedding_dim,
+                    default_bucketize_value: f.default_bucketize_value,
+                    ..Default::default()
+                },
+                table: Some(table),
+                width,
+            }
+        }
+        Feature::RawFeature(f) => {
+            if f.dense_emb.is_some() {
+                return Err(IrError::unsupported(
+                    "raw feature dense embeddings (autodis, mlp)",
+                    format!("{path}.raw_feature"),
+                ));
+            }
+            let normalizer = match f.normalizer.as_deref() {
+                Some(n) if !n.trim().is_empty() => Some(parse_normalizer(n).map_err(|m| {
+                    IrError::invalid(
+                        format!("cannot read normalizer \"{n}\": {m}"),
+                        format!("{path}.raw_feature.normalizer"),
+                    )
+                })?),
+                _ => None,
+            };
+            let bucketized = !f.boundaries.is_empty();
+            let table = f.embedding_name.clone().unwrap_or_else(|| f.feature_name.clone());
+            FeatureNode {
+                spec: plan::FeatureSpec {
+                    name: f.feature_name.clone(),
+                    kind: if bucketized {
+                        plan::FeatureKind::RawBucketized
+                    } else {
+                        plan::FeatureKind::RawDense
+                    } as i32,
+                    input_columns: columns(&f.feature_name, &[&f.expression]),
+                    num_ids: if bucketized { f.boundaries.len() as u64 + 1 } else { 0 },
+                    boundaries: f.boundaries.iter().map(|&b| b as f64).collect(),
+                    value_dim: f.value_dim.unwrap_or(1),
+                    normalizer,
+                    default_value: f.default_value.clone().unwrap_or_else(|| "0".into()),
+                    separator: f.separator.clone().unwrap_or_else(|| "\x1d".into()),
+                    pooling: pooling(f.pooling.as_deref()),
+                    embedding_dim: if bucketized { f.embedding_dim.unwrap_or(0) } else { 0 },
+                    ..Default::default()
+                },
+                table: bucketized.then_some(table),
+                width,
+            }
+        }
+        Feature::ComboFeature(f) => {
+            let (kind, num_ids) = if let Some(h) = f.hash_bucket_size {
+                (plan::FeatureKind::ComboHash, h)
+            } else if !f.vocab_list.is_empty() {
+                (plan::FeatureKind::ComboHash, f.vocab_list.len() as u64 + 2)
+            } else {
+                return Err(IrError::invalid(
+                    format!("combo feature \"{}\" needs hash_bucket_size", f.feature_name),
+                    format!("{path}.combo_feature"),
+                ));
+            };
+            let exprs: Vec<&str> = f.expression.iter().map(String::as_str).collect();
+            let table = f.embedding_name.clone().unwrap_or_else(|| f.feature_name.clone());
+            FeatureNode {
+                spec: plan::FeatureSpec {
+                    name: f.feature_name.clone(),
+                    kind: kind as i32,
+                    input_columns: columns(&f.feature_name, &exprs),
+                    num_ids,
+                    vocab: f.vocab_list.clone(),
+                    default_value: f.default_value.clone().unwrap_or_default(),
+                    separator: f.separator.clone().unwrap_or_else(|| "\x1d".into()),
+                    pooling: pooling(f.pooling.as_deref()),
+                    embedding_dim: f.embedding_dim.unwrap_or(0),
+                    default_bucketize_value: f.default_bucketize_value,
+                    ..Default::default()
+                },
+                table: Some(table),
+                width,
+            }
+        }
+        other => {
+            let name = format!("{other:?}");
+            let name = name.split('(').next().unwrap_or("this feature kind").to_string();
+            return Err(IrError::unsupported(format!("feature kind `{name}`"), path));
+        }
+    };
+    Ok(Some(node))
+}

@@ -1,0 +1,347 @@
+//! A plain-Rust reference evaluator of plan ops (forward, evaluation mode):
+//! `Vec<f32>` tensors, no BLAS, no candle. It is slow and obviously
+//! correct, which is what the pass-equivalence tests need, and it is
+//! independent of `runtime` so it can check the runtime too.
+//!
+//! Feature-group outputs are not computed here: the caller supplies them
+//! (random inputs in tests), keyed by the FEATURE_GROUP op's name.
+
+use std::collections::HashMap;
+
+use super::init::from_le_bytes;
+use crate::proto::plan::{Activation, OpKind, Plan};
+
+/// A dense row-major tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        Tensor { shape, data }
+    }
+
+    fn zeros(shape: Vec<usize>) -> Self {
+        let n = shape.iter().product();
+        Tensor {
+            shape,
+            data: vec![0.0; n],
+        }
+    }
+}
+
+/// Why evaluation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("reference evaluation failed at op \"{op}\": {message}")]
+pub struct EvalError {
+    pub op: String,
+    pub message: String,
+}
+
+fn resolve(axis: i32, rank: usize) -> Option<usize> {
+    let a = if axis < 0 { axis as i64 + rank as i64 } else { axis as i64 };
+    (a >= 0 && (a as usize) < rank).then_some(a as usize)
+}
+
+/// Splits a shape around `axis` into (outer, size, inner).
+fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    let outer = shape[..axis].iter().product();
+    let inner = shape[axis + 1..].iter().product();
+    (outer, shape[axis], inner)
+}
+
+/// Runs every op of `plan`; returns each task's logits by tower name.
+pub fn evaluate(
+    plan: &Plan,
+    groups: &HashMap<String, Tensor>,
+) -> Result<HashMap<String, Tensor>, EvalError> {
+    let params: Vec<Tensor> = plan
+        .params
+        .iter()
+        .map(|p| Tensor::new(p.shape.iter().map(|&d| d as usize).collect(), from_le_bytes(&p.data)))
+        .collect();
+    let mut values: Vec<Option<Tensor>> = vec![None; plan.values.len()];
+    for op in &plan.ops {
+        let err = |m: String| EvalError {
+            op: op.name.clone(),
+            message: m,
+        };
+        let inputs: Vec<&Tensor> = op
+            .inputs
+            .iter()
+            .map(|&i| {
+                values
+                    .get(i as usize)
+                    .and_then(|v| v.as_ref())
+                    .ok_or_else(|| err(format!("input {i} not computed")))
+            })
+            .collect::<Result<_, _>>()?;
+        let p = |i: usize| -> Result<&Tensor, EvalError> {
+            op.params
+                .get(i)
+                .and_then(|&k| params.get(k as usize))
+                .ok_or_else(|| err(format!("parameter {i} missing")))
+        };
+        let x = inputs.first().copied();
+        let kind = OpKind::try_from(op.kind).map_err(|_| err("unknown op kind".into()))?;
+        let out = match kind {
+            OpKind::FeatureGroup => groups
+                .get(&op.name)
+                .cloned()
+                .ok_or_else(|| err("no input given for this feature group".into()))?,
+            OpKind::Linear => {
+                let x = x.ok_or_else(|| err("no input".into()))?;
+                let w = p(0)?;
+                let b = if op.params.len() > 1 { Some(p(1)?) } else { None };
+                linear(x, &w.data, w.shape[0], w.shape[1], b.map(|b| b.data.as_slice()))
+                    .map_err(err)?
+            }
+            OpKind::BatchedLinear => {
+                let x = x.ok_or_else(|| err("no input".into()))?;
+                let w = p(0)?;
+                let (e, o, i) = (w.shape[0], w.shape[1], w.shape[2]);
+                let b = if op.params.len() > 1 { Some(p(1)?) } else { None };
+                let (bsz, shared) = match x.shape.as_slice() {
+                    [bsz, inn] if *inn == i => (*bsz, true),
+                    [ee, bsz, inn] if *ee == e && *inn == i => (*bsz, false),
+                    s => return Err(err(format!("input {s:?} does not fit weight {:?}", w.shape))),
+                };
+                let mut out = Tensor::zeros(vec![e, bsz, o]);
+                for k in 0..e {
+                    let xs = if shared {
+                        &x.data[..]
+                    } else {
+                        &x.data[k * bsz * i..(k + 1) * bsz * i]
+                    };
+                    let xt = Tensor::new(vec![bsz, i], xs.to_vec());
+                    let y = linear(
+                        &xt,
+                        &w.data[k * o * i..(k + 1) * o * i],
+                        o,
+                        i,
+                        b.map(|b| &b.data[k * o..(k + 1) * o]),
+                    )
+                    .map_err(err)?;
+                    out.data[k * bsz * o..(k + 1) * bsz * o].copy_from_slice(&y.data);
+                }
+                out
+            }
+            OpKind::BatchNorm => {
+                let x = x.ok_or_else(|| err("no input".into()))?;
+                let ax = plan.values[op.inputs[0] as usize]
+                    .shape
+                    .iter()
+                    .position(|&d| d == -1)
+                    .unwrap_or(0);
+                let eps = if op.eps > 0.0 { op.eps } else { 1e-5 };
+                let (g, b, m, v) = (p(0)?, p(1)?, p(2)?, p(3)?);
+                let (outer, size, inner) = split(&x.shape, ax);
+                let mut out = x.clone();
+                for o in 0..outer {
+                    for s in 0..size {
+                        for i in 0..inner {
+                            let idx = (o * size + s) * inner + i;
+                            let f = o * inner + i;
+                            out.data[idx] =
+                                (x.data[idx] - m.data[f]) / (v.data[f] + eps).sqrt() * g.data[f] + b.data[f];
+                        }
+                    }
+                }
+                out
+            }
+            OpKind::LayerNorm => {
+                let x = x.ok_or_else(|| err("no input".into()))?;
+                let eps = if op.eps > 0.0 { op.eps } else { 1e-5 };
+                let (g, b) = (p(0)?, p(1)?);
+                let d = *x.shape.last().unwrap_or(&1);
+                let mut out = x.clone();
+                for row in out.data.chunks_mut(d) {
+                    let mean = row.iter().sum::<f32>() / d as f32;
+                    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = (*v - mean) / (var + eps).sqrt() * g.data[j] + b.data[j];
+                    }
+                }
+                out
+            }
+            OpKind::Activation => {
+                let x = x.ok_or_else(|| err("no input".into()))?;
+                let act = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
+                let slope = if act == Activation::Prelu { p(0)?.data[0] } else { 0.0 };
+                let f = |v: f32| -> f32 {
+                    match act {
+                        Activation::ActNone => v,
+                        Activation::Relu => v.max(0.0),
+                        Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+                        Activation::Tanh => v.tanh(),
+                        Activation::LeakyRelu => {
+                            let a = if op.alpha == 0.0 { 0.01 } else { op.alpha };
+                            if v >= 0.0 { v } else { a * v }
+                        }
+                        Activation::Gelu => 0.5 * v * (1.0 + erf(v / std::f32::consts::SQRT_2)),
+                        Activation::Silu => v / (1.0 + (-v).exp()),
+                        Activation::Elu => {
+                            let a = if op.alpha == 0.0 { 1.0 } else { op.alpha };
+                            if v >= 0.0 { v } else { a * (v.exp() - 1.0) }
+                        }
+                        Activation::Prelu => {
+                            if v >= 0.0 { v } else { slope * v }
+                        }
+                    }
+                };
+                Tensor::new(x.shape.clone(), x.data.iter().map(|&v| f(v)).collect())
+            }
+            OpKind::Dropout => x.ok_or_else(|| err("no input".into()))?.clone(),
+            OpKind::Concat => {
+                let first = x.ok_or_else(|| err("no input".into()))?;
+                let ax = resolve(op.axis, first.shape.len()).ok_or_else(|| err("bad axis".into()))?;
+                let mut shape = first.shape.clone();
+                shape[ax] = inputs.iter().map(|t| t.shape[ax]).sum();
+                let (outer, _, inner) = split(&first.shape, ax);
+                let mut data = Vec::with_capacity(shape.iter().product());
+                for o in 0..outer {
+                    for t in &inputs {
+                        let chunk = t.shape[ax] * inner;
+                        data.extend_from_slice(&t.data[o * chunk..(o + 1) * chunk]);
+                    }
+                }
+                Tensor::new(shape, data)
+            }
+            OpKind::Slice => {
+                let x = x.ok_or_else(|| err("no input".into()))?;
+                let ax = resolve(op.axis, x.shape.len()).ok_or_else(|| err("bad axis".into()))?;
+                let (outer, size, inner) = split(&x.shape, ax);
+                let (start, len) = (op.start as usize, op.length as usize);
+                if start + len > size {
+                    return Err(err(format!("slice [{start}, {}) of {size}", start + len)));
+                }
+                let mut shape = x.shape.clone();
+                shape[ax] = len;
+                let mut data = Vec::with_capacity(outer * len * inner);
+                for o in 0..outer {
+                    let base = o * size * inner;
+                    data.extend_from_slice(&x.data[base + start * inner..base + (start + len) * inner]);
+                }
+                Tensor::new(shape, data)
+            }
+            OpKind::Stack => {
+                let first = x.ok_or_else(|| err("no input".into()))?;
+                let mut shape = vec![inputs.len()];
+                shape.extend(first.shape.iter());
+                let data = inputs.iter().flat_map(|t| t.data.iter().copied()).collect();
+                Tensor::new(shape, data)
+            }
+            OpKind::Softmax => {
+                let x = x.ok_or_else(|| err("no input".into()))?;
+                let ax = resolve(op.axis, x.shape.len()).ok_or_else(|| err("bad axis".into()))?;
+                let (outer, size, inner) = split(&x.shape, ax);
+                let mut out = x.clone();
+                for o in 0..outer {
+                    for i in 0..inner {
+                        let at = |s: usize| (o * size + s) * inner + i;
+                        let max = (0..size).map(|s| x.data[at(s)]).fold(f32::NEG_INFINITY, f32::max);
+                        let sum: f32 = (0..size).map(|s| (x.data[at(s)] - max).exp()).sum();
+                        for s in 0..size {
+                            out.data[at(s)] = (x.data[at(s)] - max).exp() / sum;
+                        }
+                    }
+                }
+                out
+            }
+            OpKind::GateMix => {
+                let (w, e) = match inputs.as_slice() {
+                    [w, e] => (*w, *e),
+                    _ => return Err(err("needs two inputs".into())),
+                };
+                let (k, bsz, d) = match e.shape.as_slice() {
+                    [k, b, d] => (*k, *b, *d),
+                    s => return Err(err(format!("experts are {s:?}"))),
+                };
+                if w.shape != [bsz, k] {
+                    return Err(err(format!("weights {:?} do not fit experts {:?}", w.shape, e.shape)));
+                }
+                let mut out = Tensor::zeros(vec![bsz, d]);
+                for b in 0..bsz {
+                    for kk in 0..k {
+                        let wt = w.data[b * k + kk];
+                        for j in 0..d {
+                            out.data[b * d + j] += wt * e.data[(kk * bsz + b) * d + j];
+                        }
+                    }
+                }
+                out
+            }
+            OpKind::OpUnspecified => return Err(err("op has no kind".into())),
+        };
+        let idx = op.output as usize;
+        if idx >= values.len() {
+            return Err(err("output value out of range".into()));
+        }
+        values[idx] = Some(out);
+    }
+    let mut logits = HashMap::new();
+    for t in &plan.tasks {
+        let v = values
+            .get(t.logits as usize)
+            .and_then(|v| v.clone())
+            .ok_or_else(|| EvalError {
+                op: t.tower_name.clone(),
+                message: "logits never computed".into(),
+            })?;
+        logits.insert(t.tower_name.clone(), v);
+    }
+    Ok(logits)
+}
+
+/// `x W^T + b` over the last axis of `x`.
+fn linear(x: &Tensor, w: &[f32], out: usize, inp: usize, b: Option<&[f32]>) -> Result<Tensor, String> {
+    if x.shape.last() != Some(&inp) {
+        return Err(format!("input {:?} is not {inp} wide", x.shape));
+    }
+    let rows = x.data.len() / inp.max(1);
+    let mut shape = x.shape.clone();
+    if let Some(l) = shape.last_mut() {
+        *l = out;
+    }
+    let mut data = vec![0.0f32; rows * out];
+    for r in 0..rows {
+        let xr = &x.data[r * inp..(r + 1) * inp];
+        for o in 0..out {
+            let wr = &w[o * inp..(o + 1) * inp];
+            let mut acc = 0.0f64;
+            for (a, c) in xr.iter().zip(wr) {
+                acc += (*a as f64) * (*c as f64);
+            }
+            data[r * out + o] = acc as f32 + b.map_or(0.0, |b| b[o]);
+        }
+    }
+    Ok(Tensor::new(shape, data))
+}
+
+/// Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7).
+fn erf(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs() as f64);
+    let y = 1.0
+        - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t
+            + 0.254_829_592)
+            * t
+            * (-(x as f64) * (x as f64)).exp();
+    (if x >= 0.0 { y } else { -y }) as f32
+}
+
+/// Random feature-group inputs for every FEATURE_GROUP op of `plan`
+/// (uniform in [-1, 1), deterministic from `seed`).
+pub fn random_group_inputs(plan: &Plan, batch: usize, seed: u64) -> HashMap<String, Tensor> {
+    let mut rng = super::init::SplitMix64::new(seed);
+    let mut out = HashMap::new();
+    for op in &plan.ops {
+        if op.kind == OpKind::FeatureGroup as i32 {
+            let w = plan.values[op.output as usize].shape.get(1).copied().unwrap_or(0).max(0) as usize;
+            let data = (0..batch * w).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+            out.insert(op.name.clone(), Tensor::new(vec![batch, w], data));
+        }
+    }
+    out
+}

@@ -1,0 +1,701 @@
+//! Emit: the (optimized) model graph to the plan of `plan.proto`.
+//!
+//! Features and tables come from the feature group's inputs; ops are
+//! written in a topological order of the graph, each graph node expanding
+//! into the plan ops that compute it; dense parameters are initialized here
+//! (deterministically from the seed and each parameter's name, see
+//! `ir::init`); tasks and training settings come from the towers and the
+//! config's `train_config`.
+//!
+//! Embedding tables are emitted with `data` empty, `INIT_UNIFORM` and
+//! `init_scale = sqrt(1 / num_rows)`: that is torchrec's default for
+//! `EmbeddingBagConfig` (weight_init_min/max = -/+ sqrt(1/num_embeddings)),
+//! which is what TorchEasyRec trains with, so the same config starts from
+//! the same distribution in both tools. The runtime initializes the rows
+//! deterministically from `init_seed` (derived from the seed and the table
+//! name), which keeps multi-million-row tables out of the plan file.
+
+use std::collections::HashMap;
+
+use petgraph::stable_graph::NodeIndex;
+use sha2::{Digest, Sha256};
+
+use crate::ir::graph::*;
+use crate::ir::init;
+use crate::proto::plan::*;
+use crate::proto::tzrec::protos::{
+    dense_optimizer, sparse_optimizer, EasyRecConfig, TrainConfig,
+};
+
+/// Why a graph could not be emitted (a bug in an earlier stage).
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error("the model graph has a cycle")]
+    Cycle,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Hex SHA-256 of a config text.
+pub fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Emits the plan of `graph` (lowered from `config`, whose text is
+/// `source_text`), initializing dense parameters from `seed`.
+pub fn emit(
+    graph: &ModelGraph,
+    config: &EasyRecConfig,
+    source_text: &str,
+    seed: u64,
+) -> Result<Plan, EmitError> {
+    let mut e = Emitter {
+        g: graph,
+        seed,
+        plan: Plan {
+            format_version: super::file::FORMAT_VERSION,
+            source_config_sha256: sha256_hex(source_text),
+            seed,
+            model_kind: graph.model_kind.clone(),
+            data: Some(data_spec(config)),
+            train: Some(train_settings(config.train_config.as_ref())),
+            ..Default::default()
+        },
+        values: HashMap::new(),
+    };
+    let order = petgraph::algo::toposort(&graph.graph, None).map_err(|_| EmitError::Cycle)?;
+    for n in order {
+        e.node(n)?;
+    }
+    e.plan.forward_flops_per_sample = forward_flops(&e.plan);
+    Ok(e.plan)
+}
+
+/// Forward FLOPs per sample (2 per multiply-add) of linears, batched
+/// linears and gate mixes; element-wise ops are not counted.
+pub fn forward_flops(plan: &Plan) -> u64 {
+    let shape = |p: u32| -> Vec<u64> {
+        plan.params
+            .get(p as usize)
+            .map(|p| p.shape.clone())
+            .unwrap_or_default()
+    };
+    let mut flops = 0u64;
+    for op in &plan.ops {
+        match OpKind::try_from(op.kind) {
+            Ok(OpKind::Linear) | Ok(OpKind::BatchedLinear) => {
+                if let Some(&w) = op.params.first() {
+                    flops += 2 * shape(w).iter().product::<u64>();
+                }
+            }
+            Ok(OpKind::GateMix) => {
+                if let Some(&x) = op.inputs.get(1) {
+                    let s = &plan.values[x as usize].shape;
+                    if s.len() == 3 {
+                        flops += 2 * (s[0].max(0) * s[2].max(0)) as u64;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    flops
+}
+
+fn data_spec(config: &EasyRecConfig) -> DataSpec {
+    let d = config.data_config.clone().unwrap_or_default();
+    let batch = d.batch_size.unwrap_or(1024);
+    DataSpec {
+        batch_size: batch,
+        eval_batch_size: d.eval_batch_size.filter(|&b| b > 0).unwrap_or(batch),
+        label_fields: d.label_fields.clone(),
+        sample_weight_fields: d.sample_weight_fields.clone(),
+        fg_none: d.fg_mode.is_none_or(|m| m == crate::proto::tzrec::protos::FgMode::FgNone as i32),
+        shuffle: d.shuffle.unwrap_or(false),
+        drop_remainder: d.drop_remainder.unwrap_or(false),
+    }
+}
+
+macro_rules! schedule {
+    ($lr:expr, $m:ident) => {{
+        use $m::LearningRate as L;
+        match $lr {
+            None | Some(L::ConstantLearningRate(_)) => LearningRate::default(),
+            Some(L::ExponentialDecayLearningRate(x)) => LearningRate {
+                kind: ScheduleKind::ExponentialDecay as i32,
+                decay_steps: x.decay_size.unwrap_or(0) as u64,
+                decay_rate: x.decay_factor.unwrap_or(0.95),
+                min_lr: x.min_learning_rate.unwrap_or(0.0),
+                staircase: x.staircase.unwrap_or(true),
+                warmup_steps: x.warmup_size.unwrap_or(0) as u64,
+                by_epoch: x.by_epoch.unwrap_or(false),
+                ..Default::default()
+            },
+            Some(L::ManualStepLearningRate(x)) => LearningRate {
+                kind: ScheduleKind::ManualStep as i32,
+                schedule_steps: x.schedule_sizes.iter().map(|&s| s as u64).collect(),
+                learning_rates: x.learning_rates.clone(),
+                warmup_steps: if x.warmup.unwrap_or(false) {
+                    x.schedule_sizes.first().copied().unwrap_or(0) as u64
+                } else {
+                    0
+                },
+                by_epoch: x.by_epoch.unwrap_or(false),
+                ..Default::default()
+            },
+            Some(L::CosineAnnealingLearningRate(x)) => LearningRate {
+                kind: ScheduleKind::CosineAnnealing as i32,
+                t_max: x.t_max.unwrap_or(0) as u64,
+                eta_min: x.min_learning_rate.unwrap_or(0.0),
+                warmup_steps: x.warmup_size.unwrap_or(0) as u64,
+                by_epoch: x.by_epoch.unwrap_or(false),
+                ..Default::default()
+            },
+            // Warm restarts and linear decay have no plan schedule yet:
+            // constant is the closest safe reading.
+            Some(_) => LearningRate::default(),
+        }
+    }};
+}
+
+fn sparse(opt: &crate::proto::tzrec::protos::SparseOptimizer) -> Optimizer {
+    use sparse_optimizer::Optimizer as O;
+    let mut o = match &opt.optimizer {
+        Some(O::SgdOptimizer(x)) => Optimizer {
+            kind: OptimizerKind::Sgd as i32,
+            lr: x.lr,
+            ..Default::default()
+        },
+        Some(O::AdagradOptimizer(x)) => Optimizer {
+            kind: OptimizerKind::Adagrad as i32,
+            lr: x.lr,
+            initial_accumulator_value: x.initial_accumulator_value.unwrap_or(0.0),
+            eps: 1e-10,
+            ..Default::default()
+        },
+        Some(O::AdamOptimizer(x)) => Optimizer {
+            kind: OptimizerKind::Adam as i32,
+            lr: x.lr,
+            beta1: x.beta1.unwrap_or(0.9),
+            beta2: x.beta2.unwrap_or(0.999),
+            eps: 1e-8,
+            weight_decay: x.weight_decay.unwrap_or(0.0),
+            ..Default::default()
+        },
+        Some(O::RowwiseAdagradOptimizer(x)) => Optimizer {
+            kind: OptimizerKind::RowwiseAdagrad as i32,
+            lr: x.lr,
+            weight_decay: x.weight_decay.unwrap_or(0.0),
+            initial_accumulator_value: x.initial_accumulator_value.unwrap_or(0.0),
+            eps: 1e-10,
+            ..Default::default()
+        },
+        // Other fused optimizers: plain SGD at the same rate.
+        _ => Optimizer {
+            kind: OptimizerKind::Sgd as i32,
+            lr: 0.002,
+            ..Default::default()
+        },
+    };
+    o.schedule = Some(schedule!(&opt.learning_rate, sparse_optimizer));
+    o
+}
+
+fn dense(opt: &crate::proto::tzrec::protos::DenseOptimizer) -> Optimizer {
+    use dense_optimizer::Optimizer as O;
+    let mut o = match &opt.optimizer {
+        Some(O::SgdOptimizer(x)) => Optimizer {
+            kind: OptimizerKind::Sgd as i32,
+            lr: x.lr,
+            momentum: x.momentum.unwrap_or(0.9),
+            nesterov: x.nesterov.unwrap_or(false),
+            weight_decay: x.weight_decay.unwrap_or(0.0),
+            ..Default::default()
+        },
+        Some(O::AdagradOptimizer(x)) => Optimizer {
+            kind: OptimizerKind::Adagrad as i32,
+            lr: x.lr,
+            weight_decay: x.weight_decay.unwrap_or(0.0),
+            initial_accumulator_value: x.initial_accumulator_value.unwrap_or(0.0),
+            eps: x.eps.unwrap_or(1e-10),
+            ..Default::default()
+        },
+        Some(O::AdamOptimizer(x)) => Optimizer {
+            kind: OptimizerKind::Adam as i32,
+            lr: x.lr,
+            beta1: x.beta1.unwrap_or(0.9),
+            beta2: x.beta2.unwrap_or(0.999),
+            eps: x.eps.unwrap_or(1e-8),
+            weight_decay: x.weight_decay.unwrap_or(0.0),
+            ..Default::default()
+        },
+        Some(O::AdamwOptimizer(x)) => Optimizer {
+            kind: OptimizerKind::Adamw as i32,
+            lr: x.lr,
+            beta1: x.beta1.unwrap_or(0.9),
+            beta2: x.beta2.unwrap_or(0.999),
+            eps: x.eps.unwrap_or(1e-8),
+            weight_decay: x.weight_decay.unwrap_or(0.0),
+            ..Default::default()
+        },
+        _ => Optimizer {
+            kind: OptimizerKind::Sgd as i32,
+            lr: 0.002,
+            ..Default::default()
+        },
+    };
+    o.schedule = Some(schedule!(&opt.learning_rate, dense_optimizer));
+    o
+}
+
+/// Training settings; without `num_steps` or `num_epochs` one epoch.
+fn train_settings(t: Option<&TrainConfig>) -> TrainSettings {
+    let Some(t) = t else {
+        return TrainSettings {
+            sparse_optimizer: Some(sparse(&Default::default())),
+            dense_optimizer: Some(dense(&Default::default())),
+            num_epochs: 1,
+            num_steps: 0,
+            save_checkpoints_steps: 1000,
+            log_step_count_steps: 100,
+        };
+    };
+    let steps = t.num_steps.unwrap_or(0) as u64;
+    TrainSettings {
+        sparse_optimizer: Some(sparse(&t.sparse_optimizer)),
+        dense_optimizer: Some(dense(&t.dense_optimizer)),
+        num_epochs: if steps > 0 {
+            0
+        } else {
+            t.num_epochs.filter(|&e| e > 0).unwrap_or(1) as u64
+        },
+        num_steps: steps,
+        save_checkpoints_steps: t.save_checkpoints_steps.unwrap_or(1000) as u64,
+        log_step_count_steps: t.log_step_count_steps.unwrap_or(100) as u64,
+    }
+}
+
+struct Emitter<'a> {
+    g: &'a ModelGraph,
+    seed: u64,
+    plan: Plan,
+    /// (node, output port) -> value index.
+    values: HashMap<(NodeIndex, u32), u32>,
+}
+
+/// One contribution of experts to a gate.
+enum Piece {
+    Single(u32),
+    Range { value: u32, total: i64, start: u32, len: u32 },
+}
+
+impl Emitter<'_> {
+    fn value(&mut self, name: &str, shape: Shape) -> u32 {
+        self.plan.values.push(Value {
+            name: name.to_string(),
+            shape,
+        });
+        (self.plan.values.len() - 1) as u32
+    }
+
+    fn shape(&self, v: u32) -> Shape {
+        self.plan.values[v as usize].shape.clone()
+    }
+
+    fn param(&mut self, spec: &ParamSpec) -> u32 {
+        let data = init::materialize(spec, self.seed);
+        self.plan.params.push(Parameter {
+            name: spec.name.clone(),
+            shape: spec.shape.clone(),
+            data: init::to_le_bytes(&data),
+            trainable: spec.trainable,
+            no_decay: spec.no_decay,
+        });
+        (self.plan.params.len() - 1) as u32
+    }
+
+    /// Appends an op and returns its output value.
+    fn op(&mut self, name: &str, kind: OpKind, inputs: Vec<u32>, shape: Shape, params: Vec<u32>) -> u32 {
+        let out = self.value(name, shape);
+        self.plan.ops.push(Op {
+            name: name.to_string(),
+            kind: kind as i32,
+            inputs,
+            output: out,
+            params,
+            ..Default::default()
+        });
+        out
+    }
+
+    fn last_op(&mut self) -> &mut Op {
+        let n = self.plan.ops.len() - 1;
+        &mut self.plan.ops[n]
+    }
+
+    fn input(&self, n: NodeIndex, port: u32) -> Result<u32, EmitError> {
+        let inputs = self.g.inputs(n);
+        let (src, e) = inputs
+            .iter()
+            .find(|(_, e)| e.dst_port == port)
+            .ok_or_else(|| EmitError::Internal(format!("{} has no input {port}", self.g.graph[n].name())))?;
+        self.values
+            .get(&(*src, e.src_port))
+            .copied()
+            .ok_or_else(|| EmitError::Internal(format!("{} reads a value not computed", self.g.graph[n].name())))
+    }
+
+    fn node(&mut self, n: NodeIndex) -> Result<(), EmitError> {
+        let node = self.g.graph[n].clone();
+        match &node {
+            Node::InputColumn { .. }
+            | Node::Feature(_)
+            | Node::EmbeddingTable(_)
+            | Node::Loss { .. }
+            | Node::Metric { .. } => {}
+            Node::FeatureGroup { name, width } => {
+                let features = self.features(n);
+                let out = self.op(name, OpKind::FeatureGroup, vec![], batch_shape(*width), vec![]);
+                self.last_op().features = features;
+                self.values.insert((n, 0), out);
+            }
+            Node::Mlp(m) => {
+                let x = self.input(n, 0)?;
+                let out = self.mlp(m, x);
+                self.values.insert((n, 0), out);
+            }
+            Node::Concat { name } => {
+                let inputs: Vec<u32> = (0..self.g.inputs(n).len() as u32)
+                    .map(|p| self.input(n, p))
+                    .collect::<Result<_, _>>()?;
+                let width: i64 = inputs.iter().map(|&v| self.shape(v)[1]).sum();
+                let out = self.op(name, OpKind::Concat, inputs, vec![BATCH, width], vec![]);
+                self.last_op().axis = 1;
+                self.values.insert((n, 0), out);
+            }
+            Node::Tower(t) => {
+                let mut x = self.input(n, 0)?;
+                if let Some(m) = &t.mlp {
+                    x = self.mlp(m, x);
+                }
+                let out = self.linear(&format!("{}.logits", t.name), &t.logits, x);
+                let mut task = t.task.clone();
+                task.logits = out;
+                self.plan.tasks.push(task);
+                self.values.insert((n, 0), out);
+            }
+            Node::Gate(g) => {
+                let out = self.gate(n, g)?;
+                self.values.insert((n, 0), out);
+            }
+            Node::FusedExperts(f) => {
+                let x = self.input(n, 0)?;
+                let (experts, logits) = self.fused(f, x);
+                self.values.insert((n, 0), experts);
+                for (j, l) in logits.into_iter().enumerate() {
+                    self.values.insert((n, 1 + j as u32), l);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Feature specs and tables for the group's inputs; returns the
+    /// group's feature indices.
+    fn features(&mut self, group: NodeIndex) -> Vec<u32> {
+        let mut indices = Vec::new();
+        for (src, _) in self.g.inputs(group) {
+            let Node::Feature(f) = &self.g.graph[src] else {
+                continue;
+            };
+            if let Some(i) = self.plan.features.iter().position(|s| s.name == f.spec.name) {
+                indices.push(i as u32);
+                continue;
+            }
+            let mut spec = f.spec.clone();
+            if let Some(t) = &f.table {
+                let ti = match self.plan.tables.iter().position(|x| &x.name == t) {
+                    Some(i) => i,
+                    None => {
+                        let rows = spec.num_ids;
+                        self.plan.tables.push(EmbeddingTable {
+                            name: t.clone(),
+                            num_rows: rows,
+                            dim: spec.embedding_dim,
+                            init: InitKind::InitUniform as i32,
+                            init_scale: (1.0 / rows.max(1) as f64).sqrt() as f32,
+                            init_seed: init::name_seed(self.seed, &format!("table:{t}")),
+                            data: Vec::new(),
+                        });
+                        self.plan.tables.len() - 1
+                    }
+                };
+                spec.table = ti as u32;
+            }
+            self.plan.features.push(spec);
+            indices.push((self.plan.features.len() - 1) as u32);
+        }
+        indices
+    }
+
+    fn linear(&mut self, name: &str, l: &LinearParams, x: u32) -> u32 {
+        let mut params = vec![self.param(&l.weight)];
+        if let Some(b) = &l.bias {
+            params.push(self.param(b));
+        }
+        let mut shape = self.shape(x);
+        if let Some(last) = shape.last_mut() {
+            *last = l.out_dim as i64;
+        }
+        self.op(name, OpKind::Linear, vec![x], shape, params)
+    }
+
+    /// Norm, activation and dropout after a linear, on any shape.
+    fn post(&mut self, name: &str, norm: &Norm, act: &Act, dropout: f32, mut x: u32) -> u32 {
+        let shape = self.shape(x);
+        match norm {
+            Norm::None => {}
+            Norm::Batch(ps) => {
+                let params = ps.iter().map(|p| self.param(p)).collect();
+                x = self.op(&format!("{name}.bn"), OpKind::BatchNorm, vec![x], shape.clone(), params);
+                let op = self.last_op();
+                op.eps = 1e-5;
+                op.momentum = 0.1;
+            }
+            Norm::Layer(ps) => {
+                let params = ps.iter().map(|p| self.param(p)).collect();
+                x = self.op(&format!("{name}.ln"), OpKind::LayerNorm, vec![x], shape.clone(), params);
+                self.last_op().eps = 1e-5;
+            }
+        }
+        if act.kind != Activation::ActNone {
+            let params = act.slope.iter().map(|p| self.param(p)).collect();
+            x = self.op(&format!("{name}.act"), OpKind::Activation, vec![x], shape.clone(), params);
+            let op = self.last_op();
+            op.activation = act.kind as i32;
+            op.alpha = act.alpha;
+        }
+        if dropout > 0.0 {
+            x = self.op(&format!("{name}.dropout"), OpKind::Dropout, vec![x], shape, vec![]);
+            self.last_op().ratio = dropout;
+        }
+        x
+    }
+
+    fn mlp(&mut self, m: &MlpBlock, mut x: u32) -> u32 {
+        for (k, layer) in m.layers.iter().enumerate() {
+            let name = format!("{}.layer{k}", m.name);
+            x = self.linear(&name, &layer.linear, x);
+            x = self.post(&name, &layer.norm, &layer.act, layer.dropout, x);
+        }
+        x
+    }
+
+    fn gate(&mut self, n: NodeIndex, g: &GateBlock) -> Result<u32, EmitError> {
+        let sel = self.input(n, 0)?;
+        let logits = match &g.head {
+            Some(h) => self.linear(&format!("{}.linear", g.name), h, sel),
+            None => sel,
+        };
+        let k = g.num_experts as i64;
+        let d = g.expert_dim as i64;
+        let weights = self.op(&format!("{}.softmax", g.name), OpKind::Softmax, vec![logits], vec![BATCH, k], vec![]);
+        self.last_op().axis = 1;
+        // Expert pieces in port order, contiguous ranges of one source merged.
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut last_src: Option<(NodeIndex, u32)> = None;
+        for (src, e) in self.g.inputs(n).into_iter().skip(1) {
+            let v = *self
+                .values
+                .get(&(src, e.src_port))
+                .ok_or_else(|| EmitError::Internal(format!("{} mixes a value not computed", g.name)))?;
+            match e.experts {
+                None => pieces.push(Piece::Single(v)),
+                Some((start, len)) => {
+                    if let (Some(Piece::Range { start: s, len: l, .. }), Some(prev)) = (pieces.last_mut(), last_src) {
+                        if prev == (src, e.src_port) && *s + *l == start {
+                            *l += len;
+                            continue;
+                        }
+                    }
+                    pieces.push(Piece::Range {
+                        value: v,
+                        total: e.shape[0],
+                        start,
+                        len,
+                    });
+                }
+            }
+            last_src = Some((src, e.src_port));
+        }
+        let mut parts = Vec::new();
+        let mut singles = Vec::new();
+        let flush = |this: &mut Self, singles: &mut Vec<u32>, parts: &mut Vec<u32>| {
+            if !singles.is_empty() {
+                let shape = vec![singles.len() as i64, BATCH, d];
+                let name = format!("{}.experts{}", g.name, parts.len());
+                parts.push(this.op(&name, OpKind::Stack, std::mem::take(singles), shape, vec![]));
+            }
+        };
+        for p in pieces {
+            match p {
+                Piece::Single(v) => singles.push(v),
+                Piece::Range { value, total, start, len } => {
+                    flush(self, &mut singles, &mut parts);
+                    if start == 0 && len as i64 == total {
+                        parts.push(value);
+                    } else {
+                        let name = format!("{}.experts{}", g.name, parts.len());
+                        let v = self.op(&name, OpKind::Slice, vec![value], vec![len as i64, BATCH, d], vec![]);
+                        let op = self.last_op();
+                        op.axis = 0;
+                        op.start = start as i64;
+                        op.length = len as i64;
+                        parts.push(v);
+                    }
+                }
+            }
+        }
+        flush(self, &mut singles, &mut parts);
+        let experts = if parts.len() == 1 {
+            parts[0]
+        } else {
+            let v = self.op(&format!("{}.experts", g.name), OpKind::Concat, parts, vec![k, BATCH, d], vec![]);
+            self.last_op().axis = 0;
+            v
+        };
+        Ok(self.op(&format!("{}.mix", g.name), OpKind::GateMix, vec![weights, experts], vec![BATCH, d], vec![]))
+    }
+
+    /// The fused expert chain; returns the stacked experts `[E, B, D]` and
+    /// each joined gate's logits.
+    fn fused(&mut self, f: &FusedExperts, x: u32) -> (u32, Vec<u32>) {
+        let e = f.experts.len();
+        let name = &f.name;
+        let first: Vec<&DenseLayer> = f.experts.iter().filter_map(|m| m.layers.first()).collect();
+        let Some(l0) = first.first().copied() else {
+            return (x, Vec::new());
+        };
+        let h1 = l0.linear.out_dim as i64;
+        let stack_norm = |norm_of: &dyn Fn(&DenseLayer) -> Norm, layers: &[&DenseLayer], lname: &str, wide: bool| -> Norm {
+            let norms: Vec<Norm> = layers.iter().map(|l| norm_of(l)).collect();
+            let join = |i: usize, what: &str| -> ParamSpec {
+                let parts: Vec<ParamSpec> = norms
+                    .iter()
+                    .filter_map(|n| match n {
+                        Norm::Batch(p) => p.get(i).cloned(),
+                        Norm::Layer(p) => p.get(i).cloned(),
+                        Norm::None => None,
+                    })
+                    .collect();
+                let pname = format!("{lname}.{what}");
+                if wide {
+                    ParamSpec::concat(pname, parts)
+                } else {
+                    ParamSpec::stack(pname, parts)
+                }
+            };
+            match norms.first() {
+                Some(Norm::Batch(_)) => Norm::Batch([
+                    join(0, "bn.gamma"),
+                    join(1, "bn.beta"),
+                    join(2, "bn.running_mean"),
+                    join(3, "bn.running_var"),
+                ]),
+                Some(Norm::Layer(_)) => Norm::Layer([join(0, "ln.gamma"), join(1, "ln.beta")]),
+                _ => Norm::None,
+            }
+        };
+        let act = Act {
+            kind: l0.act.kind,
+            alpha: l0.act.alpha,
+            slope: None,
+        };
+        let lname0 = format!("{name}.layer0");
+        let mut logits = Vec::new();
+        let mut h = if f.gates.is_empty() {
+            let w = ParamSpec::stack(
+                format!("{lname0}.weight"),
+                first.iter().map(|l| l.linear.weight.clone()).collect(),
+            );
+            let mut params = vec![self.param(&w)];
+            let biases: Option<Vec<ParamSpec>> = first.iter().map(|l| l.linear.bias.clone()).collect();
+            if let Some(b) = biases {
+                params.push(self.param(&ParamSpec::stack(format!("{lname0}.bias"), b)));
+            }
+            let y = self.op(&lname0, OpKind::BatchedLinear, vec![x], vec![e as i64, BATCH, h1], params);
+            let norm = stack_norm(&|l: &DenseLayer| l.norm.clone(), &first, &lname0, false);
+            self.post(&lname0, &norm, &act, l0.dropout, y)
+        } else {
+            let mut ws: Vec<ParamSpec> = first.iter().map(|l| l.linear.weight.clone()).collect();
+            let mut bs: Vec<ParamSpec> = first.iter().filter_map(|l| l.linear.bias.clone()).collect();
+            for gh in &f.gates {
+                ws.push(gh.linear.weight.clone());
+                bs.extend(gh.linear.bias.clone());
+            }
+            let total: i64 = e as i64 * h1 + f.gates.iter().map(|g| g.linear.out_dim as i64).sum::<i64>();
+            let w = self.param(&ParamSpec::concat(format!("{lname0}.wide.weight"), ws));
+            let b = self.param(&ParamSpec::concat(format!("{lname0}.wide.bias"), bs));
+            let wide = self.op(&format!("{lname0}.wide"), OpKind::Linear, vec![x], vec![BATCH, total], vec![w, b]);
+            let mut offset = e as i64 * h1;
+            for gh in &f.gates {
+                let k = gh.linear.out_dim as i64;
+                let v = self.op(&format!("{}.logits", gh.gate), OpKind::Slice, vec![wide], vec![BATCH, k], vec![]);
+                let op = self.last_op();
+                op.axis = 1;
+                op.start = offset;
+                op.length = k;
+                offset += k;
+                logits.push(v);
+            }
+            let xe = self.op(&format!("{lname0}.experts"), OpKind::Slice, vec![wide], vec![BATCH, e as i64 * h1], vec![]);
+            let op = self.last_op();
+            op.axis = 1;
+            op.start = 0;
+            op.length = e as i64 * h1;
+            let norm = stack_norm(&|l: &DenseLayer| l.norm.clone(), &first, &lname0, true);
+            let y = self.post(&lname0, &norm, &act, l0.dropout, xe);
+            let parts: Vec<u32> = (0..e)
+                .map(|k| {
+                    let v = self.op(&format!("{lname0}.expert{k}"), OpKind::Slice, vec![y], vec![BATCH, h1], vec![]);
+                    let op = self.last_op();
+                    op.axis = 1;
+                    op.start = k as i64 * h1;
+                    op.length = h1;
+                    v
+                })
+                .collect();
+            self.op(&format!("{lname0}.stack"), OpKind::Stack, parts, vec![e as i64, BATCH, h1], vec![])
+        };
+        let depth = f.experts.first().map_or(0, |m| m.layers.len());
+        for li in 1..depth {
+            let layers: Vec<&DenseLayer> = f.experts.iter().filter_map(|m| m.layers.get(li)).collect();
+            let Some(l) = layers.first().copied() else { break };
+            let lname = format!("{name}.layer{li}");
+            let w = ParamSpec::stack(format!("{lname}.weight"), layers.iter().map(|l| l.linear.weight.clone()).collect());
+            let mut params = vec![self.param(&w)];
+            let biases: Option<Vec<ParamSpec>> = layers.iter().map(|l| l.linear.bias.clone()).collect();
+            if let Some(b) = biases {
+                params.push(self.param(&ParamSpec::stack(format!("{lname}.bias"), b)));
+            }
+            let y = self.op(
+                &lname,
+                OpKind::BatchedLinear,
+                vec![h],
+                vec![e as i64, BATCH, l.linear.out_dim as i64],
+                params,
+            );
+            let norm = stack_norm(&|l: &DenseLayer| l.norm.clone(), &layers, &lname, false);
+            let act = Act {
+                kind: l.act.kind,
+                alpha: l.act.alpha,
+                slope: None,
+            };
+            h = self.post(&lname, &norm, &act, l.dropout, y);
+        }
+        (h, logits)
+    }
+}
