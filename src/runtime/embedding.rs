@@ -136,6 +136,10 @@ pub struct Lookup {
     pub pooled: Vec<Option<Tensor>>,
 }
 
+/// One feature's bags in a batch: (feature, table, ids, offsets, row of
+/// each id).
+type Bags<'a> = (usize, usize, &'a [u32], &'a [u32], Vec<u32>);
+
 /// Checks a bag structure and returns, per id, the row it belongs to.
 fn bag_rows(
     feature: &FeatureSpec,
@@ -235,7 +239,7 @@ pub fn lookup(
         pooled: vec![None; features.len()],
     };
     // Validate every needed feature first and remember its bag rows.
-    let mut bags: Vec<(usize, usize, &[u32], &[u32], Vec<u32>)> = Vec::new();
+    let mut bags: Vec<Bags<'_>> = Vec::new();
     for &f in needed {
         let spec = &features[f];
         let t = spec.table as usize;

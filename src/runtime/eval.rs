@@ -9,11 +9,13 @@ use super::model::{Mode, Model};
 use super::source::BatchSource;
 use super::RuntimeError;
 use crate::data::batch::Batch;
-use crate::proto::plan::{MetricKind, Task};
+use crate::metrics::TaskMetrics;
+use crate::proto::plan::Task;
 
 /// Accumulates one task's metrics over batches. `probs` is row-major
-/// `[rows, num_class]` (the raw logit for regression tasks), `labels` and
-/// `weights` are `rows` long.
+/// `[rows, num_class]` (the prediction itself for regression tasks),
+/// `labels` and `weights` are `rows` long, `group_keys` are the batch's
+/// grouping-key columns by name.
 pub trait TaskMetricSink {
     /// Adds one batch.
     fn update(
@@ -21,7 +23,7 @@ pub trait TaskMetricSink {
         probs: &[f32],
         labels: &[f32],
         weights: Option<&[f32]>,
-        group_keys: Option<&[String]>,
+        group_keys: &[(String, Vec<String>)],
     );
     /// The metrics, named `<metric>_<tower_name>`.
     fn finish(self: Box<Self>) -> Vec<(String, f64)>;
@@ -79,21 +81,6 @@ pub fn predict(model: &mut Model, batches: &mut dyn BatchSource) -> Result<Vec<T
     Ok(out)
 }
 
-/// The grouping-key column a task's grouped AUC needs, if any.
-fn group_keys<'a>(task: &Task, batch: &'a Batch) -> Option<&'a [String]> {
-    let key = task
-        .metrics
-        .iter()
-        .find(|m| MetricKind::try_from(m.kind) == Ok(MetricKind::GroupedAuc))?
-        .grouping_key
-        .as_str();
-    batch
-        .group_keys
-        .iter()
-        .find(|(name, _)| name == key)
-        .map(|(_, v)| v.as_slice())
-}
-
 /// Evaluates over one pass of `batches`: each task's weighted mean loss
 /// (`loss_<tower_name>`) and the metrics the factory's accumulators report.
 pub fn evaluate_with(
@@ -130,7 +117,7 @@ pub fn evaluate_with(
                     .and_then(|i| batch.sample_weights.get(i))
                     .map(|c| c.as_slice())
             };
-            sinks[ti].update(&probs, labels, weights, group_keys(task, &batch));
+            sinks[ti].update(&probs, labels, weights, &batch.group_keys);
         }
         rows += batch.rows;
     }
@@ -154,15 +141,31 @@ pub fn evaluate_with(
 pub struct NoMetrics;
 
 impl TaskMetricSink for NoMetrics {
-    fn update(&mut self, _: &[f32], _: &[f32], _: Option<&[f32]>, _: Option<&[String]>) {}
+    fn update(&mut self, _: &[f32], _: &[f32], _: Option<&[f32]>, _: &[(String, Vec<String>)]) {}
     fn finish(self: Box<Self>) -> Vec<(String, f64)> {
         Vec::new()
     }
 }
 
-/// The accumulators plec reports with by default.
-pub fn default_metrics(_task: &Task) -> Box<dyn TaskMetricSink> {
-    Box::new(NoMetrics)
+impl TaskMetricSink for TaskMetrics {
+    fn update(
+        &mut self,
+        probs: &[f32],
+        labels: &[f32],
+        weights: Option<&[f32]>,
+        group_keys: &[(String, Vec<String>)],
+    ) {
+        self.update_batch(probs, labels, weights, group_keys);
+    }
+    fn finish(self: Box<Self>) -> Vec<(String, f64)> {
+        TaskMetrics::finish(&self)
+    }
+}
+
+/// The accumulators plec reports with by default: the task's configured
+/// metrics (`crate::metrics::TaskMetrics`).
+pub fn default_metrics(task: &Task) -> Box<dyn TaskMetricSink> {
+    Box::new(TaskMetrics::new(task))
 }
 
 /// Evaluates with the default metrics (see `evaluate_with`).

@@ -31,11 +31,16 @@ pub use model::{Mode, Model};
 pub use source::{vec_source, BatchIter, BatchSource};
 pub use train::{train, train_with, Progress, TrainOptions, TrainReport, Trainer};
 
-/// Sets the CPU thread counts of candle (matmul on rayon's global pool,
-/// element-wise ops on candle's own pool). Both are fixed at first use, so
-/// call this before any tensor work and before other threads start.
-pub fn set_threads(n: usize) {
-    let n = n.max(1).to_string();
-    std::env::set_var("RAYON_NUM_THREADS", &n);
-    std::env::set_var("CANDLE_NUM_THREADS", &n);
+/// Sets the CPU thread counts of candle: `matmul` threads on rayon's
+/// global pool, `elementwise` threads on candle's own pool. Both are fixed
+/// at first use, so call this before any tensor work and before other
+/// threads start.
+///
+/// Candle's element-wise pool synchronizes with a spinning barrier: on a
+/// machine whose cores are busy with other work, more than one element-wise
+/// thread made a training step 2.5 times slower (the mid-size benchmark in
+/// `runtime::tests::runs`: 346 ms with 2, 136 ms with 1, on 2 shared cores).
+pub fn set_threads(matmul: usize, elementwise: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", matmul.max(1).to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", elementwise.max(1).to_string());
 }

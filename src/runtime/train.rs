@@ -120,6 +120,10 @@ pub struct Trainer {
     dense: DenseOptimizer,
     sparse: SparseOptimizer,
     seed: u64,
+    /// The plan's tasks and data spec, kept apart from the model so a step
+    /// borrows them while the model runs.
+    tasks: Vec<crate::proto::plan::Task>,
+    data: crate::proto::plan::DataSpec,
     /// Global step (the plan's `trained_steps` plus steps of this run).
     pub global_step: u64,
 }
@@ -161,6 +165,8 @@ impl Trainer {
             dense,
             sparse,
             seed,
+            tasks: plan.tasks.clone(),
+            data: plan.data.clone().unwrap_or_default(),
             global_step: plan.trained_steps,
         })
     }
@@ -168,8 +174,6 @@ impl Trainer {
     /// One optimizer step on `batch` during epoch `epoch`.
     pub fn step(&mut self, batch: &Batch, epoch: u64) -> Result<StepLoss> {
         let step = self.global_step;
-        let plan = self.model.structure().clone();
-        let data = plan.data.clone().unwrap_or_default();
         let fwd = self.model.forward(
             batch,
             Mode::Train {
@@ -178,10 +182,15 @@ impl Trainer {
             },
         )?;
         let mut total: Option<Tensor> = None;
-        let mut task_losses = Vec::with_capacity(plan.tasks.len());
-        for (task, logits) in plan.tasks.iter().zip(&fwd.logits) {
-            let targets =
-                loss::task_targets(&data, task, batch, self.model.dtype(), self.model.device())?;
+        let mut task_losses = Vec::with_capacity(self.tasks.len());
+        for (task, logits) in self.tasks.iter().zip(&fwd.logits) {
+            let targets = loss::task_targets(
+                &self.data,
+                task,
+                batch,
+                self.model.dtype(),
+                self.model.device(),
+            )?;
             let l = loss::task_loss(task, logits, &targets)?;
             task_losses.push(l.clone());
             total = Some(match total {
@@ -194,7 +203,7 @@ impl Trainer {
             .iter()
             .map(|l| l.to_dtype(DType::F32)?.to_scalar::<f32>())
             .collect::<candle_core::Result<_>>()?;
-        for (task, &v) in plan.tasks.iter().zip(&host) {
+        for (task, &v) in self.tasks.iter().zip(&host) {
             if !v.is_finite() {
                 return Err(RuntimeError::Diverged {
                     task: task.tower_name.clone(),
@@ -257,10 +266,10 @@ impl Reporter {
     fn step(&self, step: u64, loss: f32, samples_per_sec: f64) {
         if let Some(bar) = &self.bar {
             bar.inc(1);
-            if step % 10 == 0 || step == 1 {
+            if step.is_multiple_of(10) || step == 1 {
                 bar.set_message(format!("loss {loss:.5}, {samples_per_sec:.0} samples/s"));
             }
-        } else if self.lines && step % self.every == 0 {
+        } else if self.lines && step.is_multiple_of(self.every) {
             eprintln!("step {step}: loss {loss:.6}, {samples_per_sec:.0} samples/s");
         }
     }
@@ -399,7 +408,7 @@ pub fn train_with(
                 loss.total,
                 report.samples as f64 / train_time.max(1e-9),
             );
-            if eval_every > 0 && report.steps % eval_every == 0 {
+            if eval_every > 0 && report.steps.is_multiple_of(eval_every) {
                 if let Some(ev) = eval_data.as_deref_mut() {
                     let m = eval::evaluate_with(&mut trainer.model, ev, metrics)?;
                     reporter.line(&format_metrics(trainer.global_step, &m));
@@ -424,7 +433,7 @@ pub fn train_with(
     }
     reporter.finish();
     report.train_seconds = train_time;
-    if let Some(ev) = eval_data.as_deref_mut() {
+    if let Some(ev) = eval_data {
         let m = eval::evaluate_with(&mut trainer.model, ev, metrics)?;
         reporter.line(&format_metrics(trainer.global_step, &m));
         report.eval = Some(m);

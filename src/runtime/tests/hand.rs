@@ -1,6 +1,7 @@
 //! A tiny model computed by hand: one embedded feature (dim 2) -> LINEAR ->
 //! logits, BCE; forward, loss and one optimizer step compared for dense and
 //! sparse SGD, Adagrad, rowwise Adagrad and Adam.
+#![allow(clippy::needless_range_loop)] // indices mirror the hand formulas
 
 use candle_core::Device;
 

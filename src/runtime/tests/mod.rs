@@ -313,7 +313,7 @@ pub(crate) fn complex_batch(rows: usize, seed: u64) -> Batch {
         .map(|&v| v as f32)
         .collect();
     let click: Vec<f32> = (0..rows)
-        .map(|i| ((i * 7 + seed as usize) % 3 == 0) as u8 as f32)
+        .map(|i| (i * 7 + seed as usize).is_multiple_of(3) as u8 as f32)
         .collect();
     let cls: Vec<f32> = (0..rows)
         .map(|i| ((i + seed as usize) % 3) as f32)

@@ -35,7 +35,11 @@ fn plan_round_trip_gives_same_predictions() {
 
 #[test]
 fn train_writes_outputs_and_is_deterministic() {
-    let plan = complex_plan(1, 0.3);
+    let mut plan = complex_plan(1, 0.3);
+    plan.tasks[0].metrics = vec![Metric {
+        kind: MetricKind::Auc as i32,
+        ..Default::default()
+    }];
     let batches: Vec<_> = (0..4).map(|i| complex_batch(12, 10 + i)).collect();
     let dir = tempfile::tempdir().unwrap();
     let mut o = opts(10);
@@ -307,6 +311,75 @@ fn bench_mid_size() {
         n as f64 / s,
         n as f64 * 1024.0 / s,
         s * 1000.0 / n as f64
+    );
+    // Phase breakdown of one step, for finding hot spots.
+    let b = &batches[0];
+    let data = plan.data.clone().unwrap();
+    let mut phase = [0f64; 5];
+    let mut dense = crate::runtime::optim::dense::DenseOptimizer::new(
+        plan.train
+            .as_ref()
+            .unwrap()
+            .dense_optimizer
+            .as_ref()
+            .unwrap(),
+        plan.params.len(),
+    )
+    .unwrap();
+    let mut sparse = crate::runtime::optim::sparse::SparseOptimizer::new(
+        plan.train
+            .as_ref()
+            .unwrap()
+            .sparse_optimizer
+            .as_ref()
+            .unwrap(),
+        2,
+    )
+    .unwrap();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let fwd = tr
+            .model
+            .forward(b, crate::runtime::Mode::Train { seed: 1, step: 0 })
+            .unwrap();
+        let t1 = t.elapsed().as_secs_f64();
+        let mut total = None::<candle_core::Tensor>;
+        for (task, l) in plan.tasks.iter().zip(&fwd.logits) {
+            let tg = crate::runtime::loss::task_targets(
+                &data,
+                task,
+                b,
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let x = crate::runtime::loss::task_loss(task, l, &tg).unwrap();
+            total = Some(match total {
+                Some(a) => (a + x).unwrap(),
+                None => x,
+            });
+        }
+        let total = total.unwrap();
+        total.to_scalar::<f32>().unwrap();
+        let t2 = t.elapsed().as_secs_f64();
+        let grads = total.backward().unwrap();
+        let t3 = t.elapsed().as_secs_f64();
+        dense.step(&tr.model.trainable(), &grads, 0.0).unwrap();
+        let t4 = t.elapsed().as_secs_f64();
+        sparse
+            .step(tr.model.tables_mut(), &fwd.gathered, &grads, 0.0)
+            .unwrap();
+        let t5 = t.elapsed().as_secs_f64();
+        for (p, v) in phase
+            .iter_mut()
+            .zip([t1, t2 - t1, t3 - t2, t4 - t3, t5 - t4])
+        {
+            *p += v * 1000.0 / 5.0;
+        }
+    }
+    eprintln!(
+        "ms per phase: forward {:.1}, loss {:.1}, backward {:.1}, dense {:.1}, sparse {:.1}",
+        phase[0], phase[1], phase[2], phase[3], phase[4]
     );
     let t0 = std::time::Instant::now();
     for b in &batches {
