@@ -388,3 +388,86 @@ fn bench_mid_size() {
     let s = t0.elapsed().as_secs_f64();
     eprintln!("eval forward: {:.0} samples/s", 8.0 * 1024.0 / s);
 }
+
+/// Random batch for any plan: ids below each table's rows (bags of 1-2),
+/// dense values for raw features, 0/1 labels.
+fn random_batch(plan: &Plan, rows: usize, seed: u64) -> crate::data::batch::Batch {
+    let mut r = crate::runtime::rng::SplitMix64::new(seed);
+    let features = plan
+        .features
+        .iter()
+        .map(|f| {
+            if FeatureKind::try_from(f.kind) == Ok(FeatureKind::RawDense) {
+                let dim = f.value_dim.max(1) as usize;
+                crate::data::batch::FeatureInput::Dense {
+                    values: (0..rows * dim).map(|_| r.next_f64() as f32).collect(),
+                    dim,
+                }
+            } else {
+                let n = plan.tables[f.table as usize].num_rows;
+                let bags: Vec<Vec<u32>> = (0..rows)
+                    .map(|_| {
+                        (0..1 + r.next_u64() % 2)
+                            .map(|_| (r.next_u64() % n) as u32)
+                            .collect()
+                    })
+                    .collect();
+                let refs: Vec<&[u32]> = bags.iter().map(|b| b.as_slice()).collect();
+                ids(&refs)
+            }
+        })
+        .collect();
+    let labels = plan
+        .data
+        .as_ref()
+        .map(|d| d.label_fields.len())
+        .unwrap_or(0);
+    let labels = (0..labels)
+        .map(|_| {
+            (0..rows)
+                .map(|_| (r.next_f64() < 0.3) as u8 as f32)
+                .collect()
+        })
+        .collect();
+    batch(rows, features, labels)
+}
+
+/// Runs plans written by `plec compile` (every `*.plan` in
+/// `$PLEC_PLANS_DIR`): a few training steps, evaluation, prediction.
+#[test]
+#[ignore = "needs compiled plans: PLEC_PLANS_DIR=dir cargo test --release --lib compiled_plans -- --ignored --nocapture"]
+fn compiled_plans() {
+    let Ok(dir) = std::env::var("PLEC_PLANS_DIR") else {
+        return;
+    };
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "plan"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let plan = crate::plan::file::load(&path).unwrap();
+        let batches: Vec<_> = (0..3).map(|i| random_batch(&plan, 512, i)).collect();
+        let mut o = opts(6);
+        o.eval_every = Some(3);
+        let t = std::time::Instant::now();
+        let r = train(
+            &plan,
+            &mut vec_source(batches.clone()),
+            Some(&mut vec_source(batches[..1].to_vec())),
+            &o,
+            &Device::Cpu,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        eprintln!(
+            "{}: losses {:?}, {:.2} steps/s at batch 512 ({:.1}s in all), eval {:?}",
+            path.display(),
+            r.losses,
+            r.steps_per_sec(),
+            t.elapsed().as_secs_f64(),
+            r.eval
+        );
+        assert!(r.losses.iter().all(|l| l.is_finite()));
+    }
+}
