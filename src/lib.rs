@@ -8,14 +8,15 @@
 //! (candle execution and training), `metrics`. `diag` holds the diagnostic
 //! types shared by all stages; `cli` is the only module that knows them all.
 
-pub mod diag;
-pub mod proto;
-pub mod syntax;
-pub mod data;
-pub mod plan;
-pub mod schema;
-pub mod lint;
 pub mod cli;
-pub mod runtime;
+pub mod data;
+pub mod diag;
 pub mod ir;
+pub mod lint;
+pub mod metrics;
 pub mod passes;
+pub mod plan;
+pub mod proto;
+pub mod runtime;
+pub mod schema;
+pub mod syntax;

@@ -1,4 +1,21 @@
-//! Parquet to model inputs: reading record batches, encoding feature columns
-//! as the plan's feature specs say, and synthetic data generation.
+//! Parquet to model inputs: resolving input files, reading record batches,
+//! encoding feature columns as the plan's feature specs say, and synthetic
+//! data generation. Hands the runtime [`Batch`]es.
 
+pub mod assemble;
 pub mod batch;
+pub mod column;
+pub mod encode;
+pub mod error;
+pub mod fields;
+pub mod reader;
+pub mod rng;
+pub mod synth;
+
+pub use batch::{Batch, FeatureInput};
+pub use error::{DataError, RowLoc};
+pub use reader::{Batches, DataSource, KeptBatches, KeptColumns, ReadOptions};
+pub use synth::{generate, SynthReport, TaskReport};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,578 @@
+//! The parquet reader: resolves input paths to files, checks every file's
+//! columns against the plan before any training starts, and streams encoded
+//! [`Batch`]es from a background thread through a bounded channel, so the
+//! next few batches are ready while the model computes.
+//!
+//! # Shuffling
+//! With shuffling on, each epoch (seeded by `seed` and `epoch`) reads the
+//! files in a shuffled order, the row groups of each file in a shuffled
+//! order, and shuffles rows within a buffer of
+//! [`ReadOptions::shuffle_buffer_batches`] batches. Rows farther apart than
+//! that buffer and in the same row group stay near each other: write files
+//! with many row groups (or pre-shuffle them) for a stronger shuffle.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use arrow_array::{ArrayRef, RecordBatch};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use parquet::arrow::ProjectionMask;
+
+use super::assemble::{Assembler, Chunk};
+use super::batch::Batch;
+use super::column::classify;
+use super::encode::{BatchLoc, FeatureEncoder};
+use super::error::{DataError, Result};
+use super::fields::{
+    key_shape_ok, number_shape_ok, read_keys, read_numbers, KEY_EXPECTED, NUMBER_EXPECTED,
+};
+use super::rng::SplitMix64;
+use crate::proto::plan::{MetricKind, Plan};
+
+/// Batches kept ready ahead of the consumer by default.
+pub const DEFAULT_PREFETCH: usize = 3;
+/// Batches of rows mixed together when shuffling, by default: enough to
+/// break up runs of similar rows, small enough to stay cache-friendly.
+pub const DEFAULT_SHUFFLE_BUFFER_BATCHES: usize = 8;
+
+/// How one pass over the data is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOptions {
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub drop_remainder: bool,
+    pub seed: u64,
+    pub epoch: u64,
+    /// Encoded batches buffered ahead of the consumer.
+    pub prefetch: usize,
+    pub shuffle_buffer_batches: usize,
+}
+
+impl ReadOptions {
+    /// Training pass: shuffle and drop_remainder as the plan's data spec says.
+    pub fn train(plan: &Plan, batch_size: usize, seed: u64, epoch: u64) -> Self {
+        let data = plan.data.clone().unwrap_or_default();
+        ReadOptions {
+            batch_size,
+            shuffle: data.shuffle,
+            drop_remainder: data.drop_remainder,
+            seed,
+            epoch,
+            prefetch: DEFAULT_PREFETCH,
+            shuffle_buffer_batches: DEFAULT_SHUFFLE_BUFFER_BATCHES,
+        }
+    }
+
+    /// Evaluation / prediction pass: file order, every row, no shuffling.
+    pub fn eval(batch_size: usize) -> Self {
+        ReadOptions {
+            batch_size,
+            shuffle: false,
+            drop_remainder: false,
+            seed: 0,
+            epoch: 0,
+            prefetch: DEFAULT_PREFETCH,
+            shuffle_buffer_batches: DEFAULT_SHUFFLE_BUFFER_BATCHES,
+        }
+    }
+}
+
+/// One input file, opened and checked.
+#[derive(Debug, Clone)]
+struct FileInfo {
+    path: PathBuf,
+    meta: ArrowReaderMetadata,
+    /// Root column indices to read.
+    projection: Vec<usize>,
+    /// First file row of each row group.
+    rg_start: Vec<u64>,
+    rows: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    files: Vec<FileInfo>,
+    encoders: Vec<FeatureEncoder>,
+    labels: Vec<String>,
+    weights: Vec<String>,
+    group_keys: Vec<String>,
+    keep: Vec<String>,
+}
+
+/// Input files plus what the plan reads from them.
+#[derive(Debug, Clone)]
+pub struct DataSource {
+    inner: Arc<Inner>,
+}
+
+/// Expands inputs (files, directories, globs) into a file list. A
+/// directory contributes its `*.parquet` files (not recursive), sorted; a
+/// glob its matches, sorted; a file itself. Each input must yield a file.
+pub fn resolve_inputs<S: AsRef<str>>(inputs: &[S]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        let input = input.as_ref();
+        let path = Path::new(input);
+        let mut found: Vec<PathBuf> = Vec::new();
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|e| DataError::Io {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if p.is_file() && p.extension().is_some_and(|e| e == "parquet") {
+                    found.push(p);
+                }
+            }
+        } else if input.contains(['*', '?', '[']) {
+            let paths = glob::glob(input).map_err(|e| DataError::Io {
+                path: path.to_path_buf(),
+                detail: format!("bad glob pattern: {e}"),
+            })?;
+            found.extend(paths.flatten().filter(|p| p.is_file()));
+        } else if path.exists() {
+            found.push(path.to_path_buf());
+        } else {
+            return Err(DataError::Io {
+                path: path.to_path_buf(),
+                detail: "no such file or directory".to_string(),
+            });
+        }
+        if found.is_empty() {
+            return Err(DataError::NoFiles {
+                input: input.to_string(),
+            });
+        }
+        found.sort();
+        files.extend(found);
+    }
+    if files.is_empty() {
+        return Err(DataError::NoFiles {
+            input: String::new(),
+        });
+    }
+    Ok(files)
+}
+
+impl DataSource {
+    /// Resolves `inputs` and checks every file against `plan`: all needed
+    /// columns present, with types the plan can read. Reads only footers.
+    pub fn open<S: AsRef<str>>(plan: &Plan, inputs: &[S]) -> Result<Self> {
+        Self::open_with_keep(plan, inputs, &[])
+    }
+
+    /// Like [`Self::open`], also passing the `keep` columns through to
+    /// [`Self::batches_with_kept`] unchanged (for `predict --keep`).
+    pub fn open_with_keep<S: AsRef<str>>(
+        plan: &Plan,
+        inputs: &[S],
+        keep: &[String],
+    ) -> Result<Self> {
+        let encoders = plan
+            .features
+            .iter()
+            .map(FeatureEncoder::new)
+            .collect::<Result<Vec<_>>>()?;
+        let data = plan.data.clone().unwrap_or_default();
+        let group_keys: Vec<String> = {
+            let mut seen = BTreeSet::new();
+            let mut keys = Vec::new();
+            for m in plan.tasks.iter().flat_map(|t| &t.metrics) {
+                if m.kind == MetricKind::GroupedAuc as i32
+                    && !m.grouping_key.is_empty()
+                    && seen.insert(m.grouping_key.clone())
+                {
+                    keys.push(m.grouping_key.clone());
+                }
+            }
+            keys
+        };
+        let mut inner = Inner {
+            files: Vec::new(),
+            encoders,
+            labels: data.label_fields.clone(),
+            weights: data.sample_weight_fields.clone(),
+            group_keys,
+            keep: keep.to_vec(),
+        };
+        let paths = resolve_inputs(inputs)?;
+        let mut kept_types: Vec<Option<arrow_schema::DataType>> = vec![None; keep.len()];
+        for path in paths {
+            let info = inner.check_file(path, &mut kept_types)?;
+            inner.files.push(info);
+        }
+        Ok(DataSource {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The resolved input files, in read order (before shuffling).
+    pub fn files(&self) -> Vec<&Path> {
+        self.inner.files.iter().map(|f| f.path.as_path()).collect()
+    }
+
+    /// Total rows over all files.
+    pub fn num_rows(&self) -> u64 {
+        self.inner.files.iter().map(|f| f.rows).sum()
+    }
+
+    /// Names of the grouping-key columns carried in [`Batch::group_keys`].
+    pub fn group_key_columns(&self) -> &[String] {
+        &self.inner.group_keys
+    }
+
+    /// A training pass: shuffling and `drop_remainder` as the plan says.
+    /// The plan given to [`Self::open`] decides; see [`ReadOptions::train`].
+    pub fn batches(&self, opts: &ReadOptions) -> Batches {
+        Batches {
+            inner: self.spawn(opts),
+        }
+    }
+
+    /// Like [`Self::batches`], each batch with its kept columns (in `keep`
+    /// order, same rows as the batch).
+    pub fn batches_with_kept(&self, opts: &ReadOptions) -> KeptBatches {
+        KeptBatches {
+            inner: self.spawn(opts),
+            names: self.inner.keep.clone(),
+        }
+    }
+
+    fn spawn(&self, opts: &ReadOptions) -> ChunkStream {
+        let (tx, rx) = sync_channel(opts.prefetch.max(1));
+        let inner = Arc::clone(&self.inner);
+        let opts = opts.clone();
+        let handle = std::thread::Builder::new()
+            .name("plec-reader".to_string())
+            .spawn(move || {
+                let mut send = |item: Result<Chunk>| tx.send(item).is_ok();
+                if let Err(e) = inner.read_all(&opts, &mut send) {
+                    send(Err(e));
+                }
+            });
+        match handle {
+            Ok(h) => ChunkStream {
+                rx: Some(rx),
+                handle: Some(h),
+                spawn_error: None,
+            },
+            Err(e) => ChunkStream {
+                rx: None,
+                handle: None,
+                spawn_error: Some(e.to_string()),
+            },
+        }
+    }
+}
+
+impl Inner {
+    fn check_file(
+        &self,
+        path: PathBuf,
+        kept_types: &mut [Option<arrow_schema::DataType>],
+    ) -> Result<FileInfo> {
+        let file = File::open(&path).map_err(|e| DataError::Io {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| {
+            DataError::NotParquet {
+                file: path.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+        let schema = meta.schema().clone();
+        let mut projection = BTreeSet::new();
+        let available = || {
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut lookup =
+            |column: &str, needed_by: &dyn Fn() -> String| -> Result<&arrow_schema::DataType> {
+                match schema.index_of(column) {
+                    Ok(i) => {
+                        projection.insert(i);
+                        Ok(schema.field(i).data_type())
+                    }
+                    Err(_) => Err(DataError::MissingColumn {
+                        file: path.clone(),
+                        column: column.to_string(),
+                        needed_by: needed_by(),
+                        available: available(),
+                    }),
+                }
+            };
+        let wrong = |column: &str,
+                     dt: &arrow_schema::DataType,
+                     needed_by: String,
+                     expected: &str| DataError::WrongType {
+            file: path.clone(),
+            column: column.to_string(),
+            found: dt.to_string(),
+            needed_by,
+            expected: expected.to_string(),
+        };
+        for enc in &self.encoders {
+            for c in enc.columns() {
+                let by = || format!("feature `{}`", enc.name());
+                let dt = lookup(c, &by)?;
+                enc.check_shape(classify(dt))
+                    .map_err(|exp| wrong(c, dt, by(), exp))?;
+            }
+        }
+        for (cols, what) in [(&self.labels, "label"), (&self.weights, "sample weight")] {
+            for c in cols {
+                let by = || format!("the {what} `{c}`");
+                let dt = lookup(c, &by)?;
+                if !number_shape_ok(classify(dt)) {
+                    return Err(wrong(c, dt, by(), NUMBER_EXPECTED));
+                }
+            }
+        }
+        for c in &self.group_keys {
+            let by = || "grouped AUC (grouping key)".to_string();
+            let dt = lookup(c, &by)?;
+            if !key_shape_ok(classify(dt)) {
+                return Err(wrong(c, dt, by(), KEY_EXPECTED));
+            }
+        }
+        for (c, seen) in self.keep.iter().zip(kept_types.iter_mut()) {
+            let dt = lookup(c, &|| "--keep".to_string())?;
+            match seen {
+                Some(first) if first != dt => {
+                    return Err(wrong(
+                        c,
+                        dt,
+                        "--keep (same type in every file)".to_string(),
+                        &first.to_string(),
+                    ))
+                }
+                Some(_) => {}
+                None => *seen = Some(dt.clone()),
+            }
+        }
+        let md = meta.metadata();
+        let mut rg_start = Vec::with_capacity(md.num_row_groups());
+        let mut rows = 0u64;
+        for rg in md.row_groups() {
+            rg_start.push(rows);
+            rows += rg.num_rows().max(0) as u64;
+        }
+        Ok(FileInfo {
+            path,
+            meta,
+            projection: projection.into_iter().collect(),
+            rg_start,
+            rows,
+        })
+    }
+
+    /// Reads every file once, sending finished chunks; stops early (Ok)
+    /// when the receiver hangs up.
+    fn read_all(
+        &self,
+        opts: &ReadOptions,
+        send: &mut dyn FnMut(Result<Chunk>) -> bool,
+    ) -> Result<()> {
+        let mut file_order: Vec<usize> = (0..self.files.len()).collect();
+        let mut order_rng = SplitMix64::from_words(&[opts.seed, opts.epoch, 1]);
+        let row_rng = SplitMix64::from_words(&[opts.seed, opts.epoch, 2]);
+        if opts.shuffle {
+            order_rng.shuffle(&mut file_order);
+        }
+        let mut asm = Assembler::new(
+            opts.batch_size,
+            opts.drop_remainder,
+            opts.shuffle.then_some(row_rng),
+            opts.shuffle_buffer_batches,
+        );
+        let read_size = opts.batch_size.clamp(1, 1 << 16);
+        for fi in file_order {
+            let info = &self.files[fi];
+            let file = File::open(&info.path).map_err(|e| DataError::Io {
+                path: info.path.clone(),
+                detail: e.to_string(),
+            })?;
+            let mut rgs: Vec<usize> = (0..info.rg_start.len()).collect();
+            if opts.shuffle {
+                order_rng.shuffle(&mut rgs);
+            }
+            for rg in rgs {
+                let corrupt = |detail: String| DataError::Corrupt {
+                    file: info.path.clone(),
+                    row_group: rg,
+                    detail,
+                };
+                let input = file.try_clone().map_err(|e| corrupt(e.to_string()))?;
+                let mask = ProjectionMask::roots(
+                    info.meta.parquet_schema(),
+                    info.projection.iter().copied(),
+                );
+                let reader =
+                    ParquetRecordBatchReaderBuilder::new_with_metadata(input, info.meta.clone())
+                        .with_projection(mask)
+                        .with_row_groups(vec![rg])
+                        .with_batch_size(read_size)
+                        .build()
+                        .map_err(|e| corrupt(e.to_string()))?;
+                let mut first_row = info.rg_start[rg];
+                for rb in reader {
+                    let rb = rb.map_err(|e| corrupt(e.to_string()))?;
+                    let loc = BatchLoc {
+                        file: &info.path,
+                        first_row,
+                        row_group: rg,
+                    };
+                    first_row += rb.num_rows() as u64;
+                    let chunk = self.encode(&rb, &loc)?;
+                    for out in asm.push(chunk) {
+                        if !send(Ok(out)) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        for out in asm.finish() {
+            if !send(Ok(out)) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes one record batch: features, labels, weights, keys, kept.
+    fn encode(&self, rb: &RecordBatch, loc: &BatchLoc<'_>) -> Result<Chunk> {
+        let column = |name: &str| -> Result<&ArrayRef> {
+            rb.column_by_name(name)
+                .ok_or_else(|| DataError::MissingColumn {
+                    file: loc.file.to_path_buf(),
+                    column: name.to_string(),
+                    needed_by: "the plan".to_string(),
+                    available: String::new(),
+                })
+        };
+        let mut features = Vec::with_capacity(self.encoders.len());
+        for enc in &self.encoders {
+            let cols = enc
+                .columns()
+                .iter()
+                .map(|c| column(c))
+                .collect::<Result<Vec<_>>>()?;
+            features.push(enc.encode(&cols, loc)?);
+        }
+        let labels = self
+            .labels
+            .iter()
+            .map(|c| read_numbers(column(c)?, c, "label", loc))
+            .collect::<Result<Vec<_>>>()?;
+        let sample_weights = self
+            .weights
+            .iter()
+            .map(|c| read_numbers(column(c)?, c, "sample weight", loc))
+            .collect::<Result<Vec<_>>>()?;
+        let group_keys = self
+            .group_keys
+            .iter()
+            .map(|c| Ok((c.clone(), read_keys(column(c)?, c, loc)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let kept = self
+            .keep
+            .iter()
+            .map(|c| column(c).cloned())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Chunk {
+            batch: Batch {
+                rows: rb.num_rows(),
+                features,
+                labels,
+                sample_weights,
+                group_keys,
+            },
+            kept,
+        })
+    }
+}
+
+/// The receiving end of the reader thread.
+struct ChunkStream {
+    rx: Option<Receiver<Result<Chunk>>>,
+    handle: Option<JoinHandle<()>>,
+    spawn_error: Option<String>,
+}
+
+impl ChunkStream {
+    fn next_chunk(&mut self) -> Option<Result<Chunk>> {
+        if let Some(detail) = self.spawn_error.take() {
+            return Some(Err(DataError::ReaderStopped { detail }));
+        }
+        let rx = self.rx.as_ref()?;
+        match rx.recv() {
+            Ok(Err(e)) => {
+                // An error ends the pass: never train on what follows it.
+                self.rx = None;
+                Some(Err(e))
+            }
+            Ok(ok) => Some(ok),
+            Err(_) => {
+                self.rx = None;
+                let handle = self.handle.take()?;
+                match handle.join() {
+                    Ok(()) => None,
+                    Err(panic) => {
+                        let detail = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "panic".to_string());
+                        Some(Err(DataError::ReaderStopped { detail }))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Encoded batches of one pass, read ahead on a background thread. After
+/// an error the iterator ends. Dropping it stops the thread.
+pub struct Batches {
+    inner: ChunkStream,
+}
+
+impl Iterator for Batches {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next_chunk().map(|r| r.map(|c| c.batch))
+    }
+}
+
+/// Kept (pass-through) columns of one batch: `(column name, values)`, in
+/// the order given to [`DataSource::open_with_keep`].
+pub type KeptColumns = Vec<(String, ArrayRef)>;
+
+/// Like [`Batches`], each batch with its kept columns.
+pub struct KeptBatches {
+    inner: ChunkStream,
+    names: Vec<String>,
+}
+
+impl Iterator for KeptBatches {
+    type Item = Result<(Batch, KeptColumns)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let names = &self.names;
+        self.inner
+            .next_chunk()
+            .map(|r| r.map(|c| (c.batch, names.iter().cloned().zip(c.kept).collect())))
+    }
+}
