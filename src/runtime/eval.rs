@@ -82,7 +82,8 @@ pub fn predict(model: &mut Model, batches: &mut dyn BatchSource) -> Result<Vec<T
 }
 
 /// Evaluates over one pass of `batches`: each task's weighted mean loss
-/// (`loss_<tower_name>`) and the metrics the factory's accumulators report.
+/// (`loss_<tower_name>`) and the metrics the factory's accumulators report
+/// (binary and regression tasks only: the metrics read one number per row).
 pub fn evaluate_with(
     model: &mut Model,
     batches: &mut dyn BatchSource,
@@ -117,7 +118,11 @@ pub fn evaluate_with(
                     .and_then(|i| batch.sample_weights.get(i))
                     .map(|c| c.as_slice())
             };
-            sinks[ti].update(&probs, labels, weights, &batch.group_keys);
+            // The metrics take one number per row; multi-class tasks report
+            // their loss only.
+            if task.num_class <= 1 {
+                sinks[ti].update(&probs, labels, weights, &batch.group_keys);
+            }
         }
         rows += batch.rows;
     }
