@@ -57,13 +57,55 @@ pub fn check_source(schema: &Schema, source: &str) -> Checked {
             bound: None,
         };
     };
+    let syntax_ok = !diagnostics.iter().any(Diagnostic::is_error);
     let bound = schema::bind(schema, &document, source);
     diagnostics.extend(bound.diagnostics.iter().cloned());
+    // Lint needs a well-formed tree; its rules tolerate fields that schema
+    // errors left out.
+    if syntax_ok && schema.is_tzrec() {
+        if let Some(config) = schema::typed_config(&bound) {
+            let mut semantic = crate::lint::run(&config, &bound.spans);
+            semantic.extend(crate::ir::shape_diagnostics(&config, &bound.spans));
+            let broken = blocks_with_schema_errors(&bound);
+            semantic.retain(|d| {
+                let Some(span) = d.primary_span() else {
+                    return true;
+                };
+                !broken
+                    .iter()
+                    .any(|b| span.start < b.end && b.start < span.end.max(span.start + 1))
+            });
+            diagnostics.extend(semantic);
+        }
+    }
     diag::sort_by_position(&mut diagnostics);
     Checked {
         diagnostics,
         bound: Some(bound),
     }
+}
+
+/// Whole spans (name to closing brace) of the innermost blocks that hold a
+/// schema error. Semantic findings inside them are dropped: they are usually
+/// consequences of the schema error (a misspelled `num_buckets` also leaves
+/// the feature without a bucket setting), and reappear once it is fixed.
+fn blocks_with_schema_errors(bound: &schema::Bound) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    for d in bound.diagnostics.iter().filter(|d| d.is_error()) {
+        let Some(err) = d.primary_span() else {
+            continue;
+        };
+        let innermost = bound
+            .spans
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.value.start < err.start && err.end <= s.value.end && s.value.len() > 1)
+            .min_by_key(|s| s.value.len());
+        if let Some(block) = innermost {
+            out.push(block.whole());
+        }
+    }
+    out
 }
 
 pub fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
@@ -93,7 +135,12 @@ pub fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
             }
         }
         match args.format {
-            Format::Human => out.push_str(&diag::render_human(&name, source, &checked.diagnostics, color)),
+            Format::Human => out.push_str(&diag::render_human(
+                &name,
+                source,
+                &checked.diagnostics,
+                color,
+            )),
             Format::Json => out.push_str(&diag::render_json(&name, source, &checked.diagnostics)),
         }
     }

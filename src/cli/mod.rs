@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod compile;
+pub mod explain;
 pub mod graph;
 pub mod inspect;
 
@@ -23,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Check config files: syntax, schema and semantic lint, every problem at once.
     Check(check::CheckArgs),
+    /// Explain a diagnostic code: what it means, an example, how to fix it.
+    Explain(explain::ExplainArgs),
     /// Compile a config to a plan file (checks it first).
     Compile(compile::CompileArgs),
     /// Draw the model graph as Graphviz DOT.
@@ -62,6 +65,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Check(args) => check::execute(&args),
+        Command::Explain(args) => explain::execute(&args),
         Command::Compile(args) => compile::execute(&args),
         Command::Graph(args) => graph::execute(&args),
         Command::Inspect(args) => inspect::execute(&args),

@@ -1,0 +1,358 @@
+//! What every rule reads: the typed config seen through a few uniform
+//! views (features of every kind, task towers of every model family, every
+//! MLP with its path), plus span lookups. Built once per file.
+
+use std::ops::Range;
+
+use crate::proto::tzrec::protos::{
+    feature_config::Feature as FeatureOneof, model_config::Model, ComboFeature, DataConfig,
+    EasyRecConfig, FeatureGroupConfig, FgMode, IdFeature, LossConfig, Mlp, RawFeature,
+};
+use crate::schema::SpanMap;
+
+/// A feature plec models (id, raw or combo, plain or sequence variant).
+pub(super) struct Feature<'a> {
+    /// Path of the feature block, e.g. `feature_configs[3].id_feature`.
+    pub path: String,
+    pub name: &'a str,
+    pub kind: FeatureKind<'a>,
+}
+
+pub(super) enum FeatureKind<'a> {
+    Id(&'a IdFeature),
+    Raw(&'a RawFeature),
+    Combo(&'a ComboFeature),
+}
+
+impl Feature<'_> {
+    /// `id feature`, `raw feature` or `combo feature`.
+    pub fn kind_words(&self) -> &'static str {
+        match self.kind {
+            FeatureKind::Id(_) => "id feature",
+            FeatureKind::Raw(_) => "raw feature",
+            FeatureKind::Combo(_) => "combo feature",
+        }
+    }
+
+    pub fn field(&self, name: &str) -> String {
+        format!("{}.{name}", self.path)
+    }
+
+    pub fn embedding_name(&self) -> Option<&str> {
+        match self.kind {
+            FeatureKind::Id(f) => f.embedding_name.as_deref(),
+            FeatureKind::Raw(f) => f.embedding_name.as_deref(),
+            FeatureKind::Combo(f) => f.embedding_name.as_deref(),
+        }
+        .filter(|s| !s.is_empty())
+    }
+
+    pub fn pooling(&self) -> Option<&str> {
+        match self.kind {
+            FeatureKind::Id(f) => f.pooling.as_deref(),
+            FeatureKind::Raw(f) => f.pooling.as_deref(),
+            FeatureKind::Combo(f) => f.pooling.as_deref(),
+        }
+    }
+
+    /// Whether the feature's value enters a group as is (a raw feature
+    /// without boundaries or a dense embedding).
+    pub fn is_dense(&self) -> bool {
+        matches!(self.kind, FeatureKind::Raw(f) if f.boundaries.is_empty() && f.dense_emb.is_none())
+    }
+}
+
+/// A task tower of any multi-task family (`TaskTower` or `BayesTaskTower`).
+pub(super) struct Tower<'a> {
+    /// Path of the tower block, e.g. `model_config.ple.task_towers[1]`.
+    pub path: String,
+    pub index: usize,
+    pub name: &'a str,
+    /// The label as written (None when absent).
+    pub label: Option<&'a str>,
+    pub num_class: Option<u32>,
+    pub losses: &'a [LossConfig],
+    pub weight: Option<f32>,
+    pub sample_weight_name: Option<&'a str>,
+    pub task_space_label: Option<&'a str>,
+    pub in_task_space_weight: Option<f32>,
+    pub out_task_space_weight: Option<f32>,
+    /// DBMTL only.
+    pub relations: &'a [String],
+    /// DBMTL only.
+    pub relation_mlp: Option<&'a Mlp>,
+    /// A DBMTL tower (its label defaults to `label_fields[index]`).
+    pub bayes: bool,
+}
+
+impl Tower<'_> {
+    pub fn field(&self, name: &str) -> String {
+        format!("{}.{name}", self.path)
+    }
+}
+
+/// The multi-task model of the config, if it is one plec models.
+pub(super) struct MultiTask<'a> {
+    /// `ple`, `mmoe`, `dbmtl` or `simple_multi_task`.
+    pub family: &'static str,
+    pub towers: Vec<Tower<'a>>,
+    /// Every MLP of the model with its path.
+    pub mlps: Vec<(String, &'a Mlp)>,
+}
+
+/// The typed config and span map with uniform views over them.
+pub(super) struct Ctx<'a> {
+    pub config: &'a EasyRecConfig,
+    pub spans: &'a SpanMap,
+    pub features: Vec<Feature<'a>>,
+    /// Feature blocks plec does not model (lookup, match, sequence...):
+    /// their names are unknown to lint, so name checks stand back.
+    pub unchecked_features: usize,
+    pub data: Option<&'a DataConfig>,
+    pub groups: &'a [FeatureGroupConfig],
+    pub model: Option<MultiTask<'a>>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(config: &'a EasyRecConfig, spans: &'a SpanMap) -> Self {
+        let mut features = Vec::new();
+        let mut unchecked_features = 0;
+        for (i, fc) in config.feature_configs.iter().enumerate() {
+            let base = format!("feature_configs[{i}]");
+            let (field, name, kind) = match &fc.feature {
+                Some(FeatureOneof::IdFeature(f)) => {
+                    ("id_feature", f.feature_name.as_str(), FeatureKind::Id(f))
+                }
+                Some(FeatureOneof::SequenceIdFeature(f)) => (
+                    "sequence_id_feature",
+                    f.feature_name.as_str(),
+                    FeatureKind::Id(f),
+                ),
+                Some(FeatureOneof::RawFeature(f)) => {
+                    ("raw_feature", f.feature_name.as_str(), FeatureKind::Raw(f))
+                }
+                Some(FeatureOneof::SequenceRawFeature(f)) => (
+                    "sequence_raw_feature",
+                    f.feature_name.as_str(),
+                    FeatureKind::Raw(f),
+                ),
+                Some(FeatureOneof::ComboFeature(f)) => (
+                    "combo_feature",
+                    f.feature_name.as_str(),
+                    FeatureKind::Combo(f),
+                ),
+                Some(FeatureOneof::SequenceComboFeature(f)) => (
+                    "sequence_combo_feature",
+                    f.feature_name.as_str(),
+                    FeatureKind::Combo(f),
+                ),
+                Some(_) => {
+                    unchecked_features += 1;
+                    continue;
+                }
+                None => continue,
+            };
+            features.push(Feature {
+                path: format!("{base}.{field}"),
+                name,
+                kind,
+            });
+        }
+        let groups = config
+            .model_config
+            .as_ref()
+            .map_or(&[][..], |m| m.feature_groups.as_slice());
+        Ctx {
+            config,
+            spans,
+            features,
+            unchecked_features,
+            data: config.data_config.as_ref(),
+            groups,
+            model: config
+                .model_config
+                .as_ref()
+                .and_then(|m| multi_task(m.model.as_ref())),
+        }
+    }
+
+    /// Span of the value at `path`.
+    pub fn value(&self, path: &str) -> Option<Range<usize>> {
+        self.spans.value(path)
+    }
+
+    /// Span of the field name at `path`.
+    pub fn name(&self, path: &str) -> Option<Range<usize>> {
+        self.spans.name(path)
+    }
+
+    /// The value at `path`, else the nearest enclosing block's name.
+    pub fn best(&self, path: &str) -> Option<Range<usize>> {
+        self.spans.best(path)
+    }
+
+    /// Whether `path` was written in the source.
+    pub fn written(&self, path: &str) -> bool {
+        self.spans.contains(path)
+    }
+
+    /// How feature generation runs (FG_NONE when there is no data_config).
+    pub fn fg_mode(&self) -> FgMode {
+        self.data.map_or(FgMode::FgNone, |d| d.fg_mode())
+    }
+
+    /// Whether the file has feature definitions to check names against.
+    pub fn has_features(&self) -> bool {
+        !self.config.feature_configs.is_empty()
+    }
+
+    /// The label column a tower trains on: its `label_name`, or for a DBMTL
+    /// tower without one, `label_fields` at its position.
+    pub fn tower_label(&self, t: &Tower<'a>) -> Option<&'a str> {
+        if let Some(l) = t.label {
+            return Some(l);
+        }
+        if t.bayes {
+            return self
+                .data
+                .and_then(|d| d.label_fields.get(t.index))
+                .map(String::as_str);
+        }
+        None
+    }
+
+    pub fn feature(&self, name: &str) -> Option<&Feature<'a>> {
+        self.features.iter().find(|f| f.name == name)
+    }
+
+    pub fn feature_names(&self) -> impl Iterator<Item = &str> {
+        self.features.iter().map(|f| f.name)
+    }
+}
+
+fn opt_str(s: &Option<String>) -> Option<&str> {
+    s.as_deref()
+}
+
+fn multi_task(model: Option<&Model>) -> Option<MultiTask<'_>> {
+    let mut mlps = Vec::new();
+    let mut towers = Vec::new();
+    let (family, path) = match model? {
+        Model::Ple(m) => {
+            let path = "model_config.ple".to_string();
+            for (i, n) in m.extraction_networks.iter().enumerate() {
+                let np = format!("{path}.extraction_networks[{i}]");
+                mlps.push((format!("{np}.task_expert_net"), &n.task_expert_net));
+                if let Some(s) = &n.share_expert_net {
+                    mlps.push((format!("{np}.share_expert_net"), s));
+                }
+            }
+            push_task_towers(&path, &m.task_towers, &mut towers);
+            ("ple", path)
+        }
+        Model::Mmoe(m) => {
+            let path = "model_config.mmoe".to_string();
+            mlps.push((format!("{path}.expert_mlp"), &m.expert_mlp));
+            if let Some(g) = &m.gate_mlp {
+                mlps.push((format!("{path}.gate_mlp"), g));
+            }
+            push_task_towers(&path, &m.task_towers, &mut towers);
+            ("mmoe", path)
+        }
+        Model::SimpleMultiTask(m) => {
+            let path = "model_config.simple_multi_task".to_string();
+            push_task_towers(&path, &m.task_towers, &mut towers);
+            ("simple_multi_task", path)
+        }
+        Model::Dbmtl(m) => {
+            let path = "model_config.dbmtl".to_string();
+            for (name, mlp) in [
+                ("bottom_mlp", &m.bottom_mlp),
+                ("expert_mlp", &m.expert_mlp),
+                ("gate_mlp", &m.gate_mlp),
+            ] {
+                if let Some(mlp) = mlp {
+                    mlps.push((format!("{path}.{name}"), mlp));
+                }
+            }
+            if let Some(top) = m.mask_net.as_ref().and_then(|n| n.top_mlp.as_ref()) {
+                mlps.push((format!("{path}.mask_net.top_mlp"), top));
+            }
+            for (i, t) in m.task_towers.iter().enumerate() {
+                towers.push(Tower {
+                    path: format!("{path}.task_towers[{i}]"),
+                    index: i,
+                    name: &t.tower_name,
+                    label: opt_str(&t.label_name),
+                    num_class: t.num_class,
+                    losses: &t.losses,
+                    weight: t.weight,
+                    sample_weight_name: opt_str(&t.sample_weight_name),
+                    task_space_label: opt_str(&t.task_space_indicator_label),
+                    in_task_space_weight: t.in_task_space_weight,
+                    out_task_space_weight: t.out_task_space_weight,
+                    relations: &t.relation_tower_names,
+                    relation_mlp: t.relation_mlp.as_ref(),
+                    bayes: true,
+                });
+            }
+            ("dbmtl", path)
+        }
+        _ => return None,
+    };
+    for t in &towers {
+        if let Some(m) = t.relation_mlp {
+            mlps.push((t.field("relation_mlp"), m));
+        }
+    }
+    let tower_mlps: Vec<(String, &Mlp)> = match model? {
+        Model::Ple(m) => tower_mlps(&path, m.task_towers.iter().map(|t| t.mlp.as_ref())),
+        Model::Mmoe(m) => tower_mlps(&path, m.task_towers.iter().map(|t| t.mlp.as_ref())),
+        Model::SimpleMultiTask(m) => {
+            tower_mlps(&path, m.task_towers.iter().map(|t| t.mlp.as_ref()))
+        }
+        Model::Dbmtl(m) => tower_mlps(&path, m.task_towers.iter().map(|t| t.mlp.as_ref())),
+        _ => Vec::new(),
+    };
+    mlps.extend(tower_mlps);
+    Some(MultiTask {
+        family,
+        towers,
+        mlps,
+    })
+}
+
+fn tower_mlps<'a>(
+    path: &str,
+    mlps: impl Iterator<Item = Option<&'a Mlp>>,
+) -> Vec<(String, &'a Mlp)> {
+    mlps.enumerate()
+        .filter_map(|(i, m)| m.map(|m| (format!("{path}.task_towers[{i}].mlp"), m)))
+        .collect()
+}
+
+fn push_task_towers<'a>(
+    path: &str,
+    src: &'a [crate::proto::tzrec::protos::TaskTower],
+    out: &mut Vec<Tower<'a>>,
+) {
+    for (i, t) in src.iter().enumerate() {
+        out.push(Tower {
+            path: format!("{path}.task_towers[{i}]"),
+            index: i,
+            name: &t.tower_name,
+            // `label_name` is required in TaskTower: empty means absent.
+            label: Some(t.label_name.as_str()).filter(|l| !l.is_empty()),
+            num_class: t.num_class,
+            losses: &t.losses,
+            weight: t.weight,
+            sample_weight_name: opt_str(&t.sample_weight_name),
+            task_space_label: opt_str(&t.task_space_indicator_label),
+            in_task_space_weight: t.in_task_space_weight,
+            out_task_space_weight: t.out_task_space_weight,
+            relations: &[],
+            relation_mlp: None,
+            bayes: false,
+        });
+    }
+}
