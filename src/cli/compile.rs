@@ -78,7 +78,18 @@ pub enum BuildError {
 }
 
 /// Lowers a checked source to its (optimized) model graph.
-pub fn build_graph(source: &str, opts: BuildOptions) -> Result<(ModelGraph, Vec<Applied>, Vec<Diagnostic>, crate::proto::tzrec::protos::EasyRecConfig), BuildError> {
+pub fn build_graph(
+    source: &str,
+    opts: BuildOptions,
+) -> Result<
+    (
+        ModelGraph,
+        Vec<Applied>,
+        Vec<Diagnostic>,
+        crate::proto::tzrec::protos::EasyRecConfig,
+    ),
+    BuildError,
+> {
     let schema = Schema::builtin().map_err(|e| BuildError::Schema(e.to_string()))?;
     let checked = super::check::check_source(&schema, source);
     if checked.has_errors() {
@@ -133,8 +144,15 @@ pub fn report(path: &Path, source: &str, err: BuildError) -> Result<Outcome, Run
     }
 }
 
+/// Writes to stdout, ignoring a closed pipe (`plec inspect x | head`).
+pub(super) fn print_out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 pub(super) fn read(path: &Path) -> Result<String, RunError> {
-    std::fs::read_to_string(path).map_err(|e| RunError::new(format!("cannot read {}: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| RunError::new(format!("cannot read {}: {e}", path.display())))
 }
 
 /// `1.23M`-style counts.
@@ -166,7 +184,11 @@ pub fn execute(args: &CompileArgs) -> Result<Outcome, RunError> {
     built.plan.source_path = args.file.display().to_string();
     plan::file::save(&built.plan, &args.output).map_err(|e| RunError::new(e.to_string()))?;
     let s = ir::summarize(&built.graph, &built.plan);
-    let fused = built.applied.iter().filter(|a| a.pass == "FuseParallelExperts").count();
+    let fused = built
+        .applied
+        .iter()
+        .filter(|a| a.pass == "FuseParallelExperts")
+        .count();
     println!(
         "plec compile: {} -> {}: {} {} features, {} experts, {} gates, {} towers, {} ops, {} dense params, {} embedding params, {} FLOP/sample{}",
         args.file.display(),

@@ -8,7 +8,7 @@ use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 use crate::ir::graph::{MlpBlock, ModelGraph, Node};
 use crate::proto::plan::FeatureKind;
 
-use super::compile::{build_graph, read, report, BuildOptions};
+use super::compile::{build_graph, print_out, read, report, BuildOptions};
 use super::{Outcome, RunError};
 
 #[derive(Debug, clap::Args)]
@@ -31,13 +31,23 @@ fn esc(s: &str) -> String {
 }
 
 fn widths(m: &MlpBlock) -> String {
-    m.widths().iter().map(u64::to_string).collect::<Vec<_>>().join("-")
+    m.widths()
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 fn shape_text(shape: &[i64]) -> String {
     let dims: Vec<String> = shape
         .iter()
-        .map(|&d| if d < 0 { "B".to_string() } else { d.to_string() })
+        .map(|&d| {
+            if d < 0 {
+                "B".to_string()
+            } else {
+                d.to_string()
+            }
+        })
         .collect();
     format!("[{}]", dims.join(", "))
 }
@@ -47,7 +57,8 @@ pub fn to_dot(g: &ModelGraph, with_inputs: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", esc(&g.model_kind));
     out.push_str("  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=10];\n  edge [fontname=\"Helvetica\", fontsize=9];\n");
-    let shown = |n: &Node| with_inputs || !matches!(n, Node::InputColumn { .. } | Node::EmbeddingTable(_));
+    let shown =
+        |n: &Node| with_inputs || !matches!(n, Node::InputColumn { .. } | Node::EmbeddingTable(_));
     for n in g.graph.node_indices() {
         let node = &g.graph[n];
         if !shown(node) {
@@ -59,9 +70,15 @@ pub fn to_dot(g: &ModelGraph, with_inputs: bool) -> String {
                 let kind = FeatureKind::try_from(f.spec.kind)
                     .map(|k| k.as_str_name().to_ascii_lowercase())
                     .unwrap_or_default();
-                (format!("{}\\n{kind}, {} wide", f.spec.name, f.width), "shape=box, style=rounded")
+                (
+                    format!("{}\\n{kind}, {} wide", f.spec.name, f.width),
+                    "shape=box, style=rounded",
+                )
             }
-            Node::EmbeddingTable(t) => (format!("table {}\\n{} x {}", t.name, t.rows, t.dim), "shape=cylinder"),
+            Node::EmbeddingTable(t) => (
+                format!("table {}\\n{} x {}", t.name, t.rows, t.dim),
+                "shape=cylinder",
+            ),
             Node::FeatureGroup { name, width } => (
                 format!("feature group {name}\\n{width} wide"),
                 "shape=box, style=\"bold,filled\", fillcolor=\"#e8e8e8\"",
@@ -88,7 +105,10 @@ pub fn to_dot(g: &ModelGraph, with_inputs: bool) -> String {
                 )
             }
             Node::Gate(gt) => (
-                format!("{}\\nmixes {} experts, {} wide", gt.name, gt.num_experts, gt.expert_dim),
+                format!(
+                    "{}\\nmixes {} experts, {} wide",
+                    gt.name, gt.num_experts, gt.expert_dim
+                ),
                 "shape=invtrapezium, style=filled, fillcolor=\"#fce5cd\"",
             ),
             Node::Concat { name } => (format!("{name}\\nconcat"), "shape=box"),
@@ -96,14 +116,22 @@ pub fn to_dot(g: &ModelGraph, with_inputs: bool) -> String {
                 format!(
                     "tower {}\\n{}-> {} logits",
                     t.name,
-                    t.mlp.as_ref().map(|m| format!("{} ", widths(m))).unwrap_or_default(),
+                    t.mlp
+                        .as_ref()
+                        .map(|m| format!("{} ", widths(m)))
+                        .unwrap_or_default(),
                     t.logits.out_dim
                 ),
                 "shape=box, style=filled, fillcolor=\"#d9ead3\"",
             ),
             Node::Loss { .. } | Node::Metric { .. } => (node.name(), "shape=note"),
         };
-        let _ = writeln!(out, "  n{} [label=\"{}\", {attrs}];", n.index(), esc(&label).replace("\\\\n", "\\n"));
+        let _ = writeln!(
+            out,
+            "  n{} [label=\"{}\", {attrs}];",
+            n.index(),
+            esc(&label).replace("\\\\n", "\\n")
+        );
     }
     for e in (&g.graph).edge_references() {
         if !shown(&g.graph[e.source()]) || !shown(&g.graph[e.target()]) {
@@ -140,7 +168,7 @@ pub fn execute(args: &GraphArgs) -> Result<Outcome, RunError> {
     match &args.output {
         Some(p) => crate::plan::file::write_atomic(p, dot.as_bytes())
             .map_err(|e| RunError::new(format!("cannot write {}: {e}", p.display())))?,
-        None => print!("{dot}"),
+        None => print_out(&dot),
     }
     Ok(Outcome::Clean)
 }

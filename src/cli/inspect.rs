@@ -8,7 +8,7 @@ use serde_json::{json, Value as Json};
 use crate::ir::{self, Summary};
 use crate::proto::plan::{self as p, Plan};
 
-use super::compile::{build, human_count, read, report, BuildOptions};
+use super::compile::{build, human_count, print_out, read, report, BuildOptions};
 use super::{Outcome, RunError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -39,11 +39,18 @@ pub fn summary_table(s: &Summary) -> String {
         ("gates", s.gates.to_string()),
         ("towers", s.towers.to_string()),
         ("ops", s.ops.to_string()),
-        ("dense params", format!("{} ({})", s.dense_params, human_count(s.dense_params))),
+        (
+            "dense params",
+            format!("{} ({})", s.dense_params, human_count(s.dense_params)),
+        ),
         ("embedding tables", s.embedding_tables.to_string()),
         (
             "embedding params",
-            format!("{} ({})", s.embedding_params, human_count(s.embedding_params)),
+            format!(
+                "{} ({})",
+                s.embedding_params,
+                human_count(s.embedding_params)
+            ),
         ),
         (
             "forward FLOPs/sample",
@@ -58,7 +65,10 @@ pub fn summary_table(s: &Summary) -> String {
 }
 
 fn enum_name<E: TryFrom<i32>>(v: i32, f: impl Fn(E) -> &'static str) -> String {
-    E::try_from(v).map(f).map(str::to_string).unwrap_or_else(|_| v.to_string())
+    E::try_from(v)
+        .map(f)
+        .map(str::to_string)
+        .unwrap_or_else(|_| v.to_string())
 }
 
 fn optimizer_json(o: &Option<p::Optimizer>) -> Json {
@@ -215,14 +225,22 @@ pub fn plan_human(plan: &Plan, with_ops: bool) -> String {
         }
     ));
     out.push_str(&format!("\nfeatures ({}):\n", plan.features.len()));
-    for (f, fj) in plan.features.iter().zip(j["features"].as_array().into_iter().flatten()) {
+    for (f, fj) in plan
+        .features
+        .iter()
+        .zip(j["features"].as_array().into_iter().flatten())
+    {
         out.push_str(&format!(
             "  {:<24} {:<16} cols {:<28} ids {:<10} dim {}\n",
             f.name,
             fj["kind"].as_str().unwrap_or(""),
             f.input_columns.join(","),
             f.num_ids,
-            if f.embedding_dim > 0 { f.embedding_dim } else { f.value_dim }
+            if f.embedding_dim > 0 {
+                f.embedding_dim
+            } else {
+                f.value_dim
+            }
         ));
     }
     out.push_str(&format!("\ntables ({}):\n", plan.tables.len()));
@@ -232,7 +250,11 @@ pub fn plan_human(plan: &Plan, with_ops: bool) -> String {
             t.name,
             t.num_rows,
             t.dim,
-            if t.data.is_empty() { "initialized at run time" } else { "trained" }
+            if t.data.is_empty() {
+                "initialized at run time"
+            } else {
+                "trained"
+            }
         ));
     }
     out.push_str(&format!("\nops ({}):", plan.ops.len()));
@@ -244,7 +266,11 @@ pub fn plan_human(plan: &Plan, with_ops: bool) -> String {
     out.push('\n');
     if with_ops {
         for op in &plan.ops {
-            let shape = plan.values.get(op.output as usize).map(|v| v.shape.clone()).unwrap_or_default();
+            let shape = plan
+                .values
+                .get(op.output as usize)
+                .map(|v| v.shape.clone())
+                .unwrap_or_default();
             out.push_str(&format!(
                 "  {:<44} {:<14} {:?}\n",
                 op.name,
@@ -260,7 +286,11 @@ pub fn plan_human(plan: &Plan, with_ops: bool) -> String {
         human_count(plan.forward_flops_per_sample)
     ));
     out.push_str(&format!("\ntasks ({}):\n", plan.tasks.len()));
-    for (t, tj) in plan.tasks.iter().zip(j["tasks"].as_array().into_iter().flatten()) {
+    for (t, tj) in plan
+        .tasks
+        .iter()
+        .zip(j["tasks"].as_array().into_iter().flatten())
+    {
         out.push_str(&format!(
             "  {:<12} label {:<10} classes {} losses {} metrics {} weight {}\n",
             t.tower_name, t.label_name, t.num_class, tj["losses"], tj["metrics"], t.weight
@@ -277,10 +307,11 @@ pub fn execute(args: &InspectArgs) -> Result<Outcome, RunError> {
     let bytes = std::fs::read(&args.file)
         .map_err(|e| RunError::new(format!("cannot read {}: {e}", args.file.display())))?;
     if bytes.starts_with(crate::plan::file::MAGIC) {
-        let plan = crate::plan::file::decode(&bytes, &args.file).map_err(|e| RunError::new(e.to_string()))?;
+        let plan = crate::plan::file::decode(&bytes, &args.file)
+            .map_err(|e| RunError::new(e.to_string()))?;
         match args.format {
-            Format::Human => print!("{}", plan_human(&plan, args.ops)),
-            Format::Json => println!("{}", plan_json(&plan, args.ops)),
+            Format::Human => print_out(&plan_human(&plan, args.ops)),
+            Format::Json => print_out(&format!("{}\n", plan_json(&plan, args.ops))),
         }
         return Ok(Outcome::Clean);
     }
@@ -291,8 +322,11 @@ pub fn execute(args: &InspectArgs) -> Result<Outcome, RunError> {
     };
     let s = ir::summarize(&built.graph, &built.plan);
     match args.format {
-        Format::Human => print!("{}", summary_table(&s)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default()),
+        Format::Human => print_out(&summary_table(&s)),
+        Format::Json => print_out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&s).unwrap_or_default()
+        )),
     }
     Ok(Outcome::Clean)
 }

@@ -86,7 +86,10 @@ impl ParamSpec {
     pub fn concat(name: String, parts: Vec<ParamSpec>) -> ParamSpec {
         let trainable = parts.iter().all(|p| p.trainable);
         let no_decay = parts.iter().all(|p| p.no_decay);
-        let rows: u64 = parts.iter().map(|p| p.shape.first().copied().unwrap_or(1)).sum();
+        let rows: u64 = parts
+            .iter()
+            .map(|p| p.shape.first().copied().unwrap_or(1))
+            .sum();
         let mut shape = parts.first().map(|p| p.shape.clone()).unwrap_or_default();
         if let Some(first) = shape.first_mut() {
             *first = rows;
@@ -244,7 +247,9 @@ pub struct TowerBlock {
 
 impl TowerBlock {
     pub fn in_dim(&self) -> u64 {
-        self.mlp.as_ref().map_or(self.logits.in_dim, MlpBlock::in_dim)
+        self.mlp
+            .as_ref()
+            .map_or(self.logits.in_dim, MlpBlock::in_dim)
     }
 }
 
@@ -269,19 +274,32 @@ pub struct TableNode {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
     /// A parquet column.
-    InputColumn { name: String },
+    InputColumn {
+        name: String,
+    },
     /// A feature transform (hash, bucketize, vocab, normalize...).
     Feature(FeatureNode),
     EmbeddingTable(TableNode),
     /// The concatenation of its features' outputs, in listed order.
-    FeatureGroup { name: String, width: u64 },
+    FeatureGroup {
+        name: String,
+        width: u64,
+    },
     Mlp(MlpBlock),
     Gate(GateBlock),
     /// Concatenation of `[B, d_i]` inputs along the last axis.
-    Concat { name: String },
+    Concat {
+        name: String,
+    },
     Tower(TowerBlock),
-    Loss { task: String, loss: plan::Loss },
-    Metric { task: String, metric: plan::Metric },
+    Loss {
+        task: String,
+        loss: plan::Loss,
+    },
+    Metric {
+        task: String,
+        metric: plan::Metric,
+    },
     FusedExperts(FusedExperts),
 }
 
@@ -317,9 +335,14 @@ impl Node {
             Node::EmbeddingTable(t) => Ok(vec![vec![t.rows as i64, t.dim as i64]]),
             Node::Feature(f) => Ok(vec![batch_shape(f.width)]),
             Node::FeatureGroup { width, .. } => {
-                let sum: i64 = inputs.iter().map(|e| e.shape.get(1).copied().unwrap_or(0)).sum();
+                let sum: i64 = inputs
+                    .iter()
+                    .map(|e| e.shape.get(1).copied().unwrap_or(0))
+                    .sum();
                 if sum != *width as i64 {
-                    return Err(format!("features sum to {sum} wide, the group says {width}"));
+                    return Err(format!(
+                        "features sum to {sum} wide, the group says {width}"
+                    ));
                 }
                 Ok(vec![batch_shape(*width)])
             }
@@ -391,7 +414,10 @@ fn infer_gate(g: &GateBlock, inputs: &[&Edge]) -> Result<Vec<Shape>, String> {
         }
     }
     if count != g.num_experts {
-        return Err(format!("mixes {count} experts, its linear has {}", g.num_experts));
+        return Err(format!(
+            "mixes {count} experts, its linear has {}",
+            g.num_experts
+        ));
     }
     Ok(vec![batch_shape(g.expert_dim)])
 }
@@ -486,7 +512,11 @@ impl ModelGraph {
             if !is_feature_side {
                 for w in inputs.windows(2) {
                     if w[0].1.dst_port == w[1].1.dst_port {
-                        problems.push(format!("{}: two inputs on port {}", node.name(), w[0].1.dst_port));
+                        problems.push(format!(
+                            "{}: two inputs on port {}",
+                            node.name(),
+                            w[0].1.dst_port
+                        ));
                     }
                 }
             }

@@ -22,7 +22,10 @@ pub fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> {
         return Err(shape_errors.into_iter().map(IrError::Shape).collect());
     }
     let Some(mc) = &config.model_config else {
-        return Err(vec![IrError::invalid("the config has no model_config", "model_config")]);
+        return Err(vec![IrError::invalid(
+            "the config has no model_config",
+            "model_config",
+        )]);
     };
     let kind = match &mc.model {
         Some(Model::Ple(_)) => "ple",
@@ -64,7 +67,13 @@ pub fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> {
             _ => {}
         }
     }
-    if b.errors.is_empty() && !b.g.graph.node_weights().any(|n| matches!(n, Node::Tower(_))) {
+    if b.errors.is_empty()
+        && !b
+            .g
+            .graph
+            .node_weights()
+            .any(|n| matches!(n, Node::Tower(_)))
+    {
         b.errors.push(IrError::invalid(
             "the model has no task towers",
             format!("model_config.{kind}.task_towers"),
@@ -131,7 +140,10 @@ pub fn parse_activation(text: &str, name: &str, width: u64) -> Result<Act, Strin
         Some((h, a)) => (h.trim(), a.trim_end_matches(')').trim()),
         None => (text, ""),
     };
-    let head = head.strip_prefix("nn.").or_else(|| head.strip_prefix("torch.nn.")).unwrap_or(head);
+    let head = head
+        .strip_prefix("nn.")
+        .or_else(|| head.strip_prefix("torch.nn."))
+        .unwrap_or(head);
     let number = || -> f32 {
         args.rsplit('=')
             .next()
@@ -215,9 +227,11 @@ impl Builder {
     }
 
     fn connect(&mut self, from: Out, to: NodeIndex, port: u32) {
-        self.g
-            .graph
-            .add_edge(from.node, to, Edge::new(batch_shape(from.width), from.port, port));
+        self.g.graph.add_edge(
+            from.node,
+            to,
+            Edge::new(batch_shape(from.width), from.port, port),
+        );
     }
 
     /// Adds features, columns, tables and the first feature group; returns
@@ -283,7 +297,9 @@ impl Builder {
                 let cnode = *columns
                     .entry(c.clone())
                     .or_insert_with(|| self.g.graph.add_node(Node::InputColumn { name: c }));
-                self.g.graph.add_edge(cnode, fnode, Edge::new(vec![BATCH], 0, 0));
+                self.g
+                    .graph
+                    .add_edge(cnode, fnode, Edge::new(vec![BATCH], 0, 0));
             }
             if let Some(t) = table {
                 let tnode = match tables.get(&t) {
@@ -295,7 +311,7 @@ impl Builder {
                                         "features sharing embedding \"{t}\" disagree on its size: {}x{} (feature_configs[{first}]) and {rows}x{dim}",
                                         existing.rows, existing.dim
                                     ),
-                                    format!("{path}"),
+                                    path.clone(),
                                 ));
                             }
                             continue;
@@ -313,11 +329,9 @@ impl Builder {
                         tn
                     }
                 };
-                self.g.graph.add_edge(
-                    tnode,
-                    fnode,
-                    Edge::new(vec![rows as i64, dim as i64], 0, 1),
-                );
+                self.g
+                    .graph
+                    .add_edge(tnode, fnode, Edge::new(vec![rows as i64, dim as i64], 0, 1));
             }
         }
         let mut width = 0;
@@ -428,7 +442,10 @@ impl Builder {
             let widths: Vec<String> = experts.iter().map(|e| e.width.to_string()).collect();
             self.errors.push(IrError::Shape(shape::ShapeError {
                 code: "plec::gate-width",
-                message: format!("gate \"{name}\" mixes experts of different widths ({})", widths.join(", ")),
+                message: format!(
+                    "gate \"{name}\" mixes experts of different widths ({})",
+                    widths.join(", ")
+                ),
                 labels: vec![shape::PathLabel {
                     path: path.to_string(),
                     text: "experts mixed here".into(),
@@ -460,7 +477,13 @@ impl Builder {
         let mut in_dim = input.width;
         let mlp_block = mlp.map(|m| {
             // Build the MLP standalone, then move it into the tower node.
-            let out = self.mlp(&format!("{name}.mlp"), MlpRole::TaskMlp, &format!("{path}.mlp"), m, input);
+            let out = self.mlp(
+                &format!("{name}.mlp"),
+                MlpRole::TaskMlp,
+                &format!("{path}.mlp"),
+                m,
+                input,
+            );
             in_dim = out.width;
             let node = self.g.graph.remove_node(out.node);
             match node {
@@ -487,7 +510,7 @@ impl Builder {
         for loss in &plan_task.losses {
             let l = self.add(Node::Loss {
                 task: name.clone(),
-                loss: loss.clone(),
+                loss: *loss,
             });
             self.g
                 .graph
@@ -509,7 +532,9 @@ impl Builder {
         for (k, l) in t.losses.iter().enumerate() {
             let (kind, gamma, alpha) = match &l.loss {
                 Some(Loss::BinaryCrossEntropy(_)) => (plan::LossKind::BinaryCrossEntropy, 0.0, 0.0),
-                Some(Loss::SoftmaxCrossEntropy(_)) => (plan::LossKind::SoftmaxCrossEntropy, 0.0, 0.0),
+                Some(Loss::SoftmaxCrossEntropy(_)) => {
+                    (plan::LossKind::SoftmaxCrossEntropy, 0.0, 0.0)
+                }
                 Some(Loss::L2Loss(_)) => (plan::LossKind::L2Loss, 0.0, 0.0),
                 Some(Loss::BinaryFocalLoss(f)) => (
                     plan::LossKind::BinaryFocalLoss,
@@ -517,8 +542,10 @@ impl Builder {
                     f.alpha.unwrap_or(0.5),
                 ),
                 Some(Loss::JrcLoss(_)) => {
-                    self.errors
-                        .push(IrError::unsupported("loss `jrc_loss`", format!("{path}.losses[{k}]")));
+                    self.errors.push(IrError::unsupported(
+                        "loss `jrc_loss`",
+                        format!("{path}.losses[{k}]"),
+                    ));
                     continue;
                 }
                 None => continue,
@@ -701,7 +728,14 @@ impl Builder {
     fn mmoe(&mut self, m: &crate::proto::tzrec::protos::MMoE, group: Out) {
         let base = "model_config.mmoe";
         let names: Vec<String> = m.task_towers.iter().map(|t| t.tower_name.clone()).collect();
-        let outs = self.moe(base, &m.expert_mlp, m.gate_mlp.as_ref(), m.num_expert, &names, group);
+        let outs = self.moe(
+            base,
+            &m.expert_mlp,
+            m.gate_mlp.as_ref(),
+            m.num_expert,
+            &names,
+            group,
+        );
         for (t, tower) in m.task_towers.iter().enumerate() {
             let path = format!("{base}.task_towers[{t}]");
             let task = TaskDesc::from_tower(tower);
@@ -712,11 +746,19 @@ impl Builder {
     fn dbmtl(&mut self, m: &crate::proto::tzrec::protos::Dbmtl, group: Out) {
         let base = "model_config.dbmtl";
         if m.mask_net.is_some() {
-            self.errors
-                .push(IrError::unsupported("DBMTL `mask_net`", format!("{base}.mask_net")));
+            self.errors.push(IrError::unsupported(
+                "DBMTL `mask_net`",
+                format!("{base}.mask_net"),
+            ));
         }
         let input = match &m.bottom_mlp {
-            Some(b) => self.mlp("bottom", MlpRole::Bottom, &format!("{base}.bottom_mlp"), b, group),
+            Some(b) => self.mlp(
+                "bottom",
+                MlpRole::Bottom,
+                &format!("{base}.bottom_mlp"),
+                b,
+                group,
+            ),
             None => group,
         };
         let names: Vec<String> = m.task_towers.iter().map(|t| t.tower_name.clone()).collect();
@@ -813,7 +855,11 @@ fn input_column(expression: &str) -> String {
 pub fn parse_normalizer(text: &str) -> Result<plan::Normalizer, String> {
     let mut method = "";
     let mut kv: HashMap<&str, f64> = HashMap::new();
-    for part in text.split([',', ';']).map(str::trim).filter(|p| !p.is_empty()) {
+    for part in text
+        .split([',', ';'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         let Some((k, v)) = part.split_once('=') else {
             return Err(format!("`{part}` is not key=value"));
         };
@@ -827,13 +873,21 @@ pub fn parse_normalizer(text: &str) -> Result<plan::Normalizer, String> {
     }
     let get = |k: &str, d: f64| kv.get(k).copied().unwrap_or(d);
     let (kind, a, b) = match method {
-        "log10" => (plan::NormalizerKind::Log10, get("threshold", 1e-10), get("default", -10.0)),
+        "log10" => (
+            plan::NormalizerKind::Log10,
+            get("threshold", 1e-10),
+            get("default", -10.0),
+        ),
         "zscore" => (
             plan::NormalizerKind::Zscore,
             get("mean", 0.0),
             get("standard_deviation", 1.0),
         ),
-        "minmax" => (plan::NormalizerKind::Minmax, get("min", 0.0), get("max", 1.0)),
+        "minmax" => (
+            plan::NormalizerKind::Minmax,
+            get("min", 0.0),
+            get("max", 1.0),
+        ),
         "" => return Err("no `method=`".into()),
         m => return Err(format!("unknown method `{m}` (log10, zscore or minmax)")),
     };
@@ -854,7 +908,11 @@ fn pooling(p: Option<&str>) -> i32 {
 
 /// Resolves a feature config into its node; `Ok(None)` for kinds that are
 /// not features of a group (never), `Err` for unsupported kinds.
-fn resolve_feature(fc: &FeatureConfig, path: &str, fg_none: bool) -> Result<Option<FeatureNode>, IrError> {
+fn resolve_feature(
+    fc: &FeatureConfig,
+    path: &str,
+    fg_none: bool,
+) -> Result<Option<FeatureNode>, IrError> {
     let Some(feature) = &fc.feature else {
         return Ok(None);
     };
@@ -876,7 +934,11 @@ fn resolve_feature(fc: &FeatureConfig, path: &str, fg_none: bool) -> Result<Opti
                 let n = f.vocab_list.len() as u64;
                 (
                     plan::FeatureKind::IdVocab,
-                    if f.default_bucketize_value.is_some() { n.max(1) } else { n + 2 },
+                    if f.default_bucketize_value.is_some() {
+                        n.max(1)
+                    } else {
+                        n + 2
+                    },
                 )
             } else if !f.vocab_dict.is_empty() {
                 let max = f.vocab_dict.values().copied().max().unwrap_or(0);
@@ -890,7 +952,10 @@ fn resolve_feature(fc: &FeatureConfig, path: &str, fg_none: bool) -> Result<Opti
                     format!("{path}.id_feature"),
                 ));
             };
-            let table = f.embedding_name.clone().unwrap_or_else(|| f.feature_name.clone());
+            let table = f
+                .embedding_name
+                .clone()
+                .unwrap_or_else(|| f.feature_name.clone());
             FeatureNode {
                 spec: plan::FeatureSpec {
                     name: f.feature_name.clone(),
@@ -927,7 +992,10 @@ fn resolve_feature(fc: &FeatureConfig, path: &str, fg_none: bool) -> Result<Opti
                 _ => None,
             };
             let bucketized = !f.boundaries.is_empty();
-            let table = f.embedding_name.clone().unwrap_or_else(|| f.feature_name.clone());
+            let table = f
+                .embedding_name
+                .clone()
+                .unwrap_or_else(|| f.feature_name.clone());
             FeatureNode {
                 spec: plan::FeatureSpec {
                     name: f.feature_name.clone(),
@@ -937,14 +1005,22 @@ fn resolve_feature(fc: &FeatureConfig, path: &str, fg_none: bool) -> Result<Opti
                         plan::FeatureKind::RawDense
                     } as i32,
                     input_columns: columns(&f.feature_name, &[&f.expression]),
-                    num_ids: if bucketized { f.boundaries.len() as u64 + 1 } else { 0 },
+                    num_ids: if bucketized {
+                        f.boundaries.len() as u64 + 1
+                    } else {
+                        0
+                    },
                     boundaries: f.boundaries.iter().map(|&b| b as f64).collect(),
                     value_dim: f.value_dim.unwrap_or(1),
                     normalizer,
                     default_value: f.default_value.clone().unwrap_or_else(|| "0".into()),
                     separator: f.separator.clone().unwrap_or_else(|| "\x1d".into()),
                     pooling: pooling(f.pooling.as_deref()),
-                    embedding_dim: if bucketized { f.embedding_dim.unwrap_or(0) } else { 0 },
+                    embedding_dim: if bucketized {
+                        f.embedding_dim.unwrap_or(0)
+                    } else {
+                        0
+                    },
                     ..Default::default()
                 },
                 table: bucketized.then_some(table),
@@ -958,12 +1034,18 @@ fn resolve_feature(fc: &FeatureConfig, path: &str, fg_none: bool) -> Result<Opti
                 (plan::FeatureKind::ComboHash, f.vocab_list.len() as u64 + 2)
             } else {
                 return Err(IrError::invalid(
-                    format!("combo feature \"{}\" needs hash_bucket_size", f.feature_name),
+                    format!(
+                        "combo feature \"{}\" needs hash_bucket_size",
+                        f.feature_name
+                    ),
                     format!("{path}.combo_feature"),
                 ));
             };
             let exprs: Vec<&str> = f.expression.iter().map(String::as_str).collect();
-            let table = f.embedding_name.clone().unwrap_or_else(|| f.feature_name.clone());
+            let table = f
+                .embedding_name
+                .clone()
+                .unwrap_or_else(|| f.feature_name.clone());
             FeatureNode {
                 spec: plan::FeatureSpec {
                     name: f.feature_name.clone(),
@@ -984,7 +1066,11 @@ fn resolve_feature(fc: &FeatureConfig, path: &str, fg_none: bool) -> Result<Opti
         }
         other => {
             let name = format!("{other:?}");
-            let name = name.split('(').next().unwrap_or("this feature kind").to_string();
+            let name = name
+                .split('(')
+                .next()
+                .unwrap_or("this feature kind")
+                .to_string();
             return Err(IrError::unsupported(format!("feature kind `{name}`"), path));
         }
     };

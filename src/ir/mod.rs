@@ -18,7 +18,7 @@ pub mod shape;
 pub mod summary;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use error::IrError;
 pub use graph::{ModelGraph, Node};

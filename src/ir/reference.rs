@@ -41,7 +41,11 @@ pub struct EvalError {
 }
 
 fn resolve(axis: i32, rank: usize) -> Option<usize> {
-    let a = if axis < 0 { axis as i64 + rank as i64 } else { axis as i64 };
+    let a = if axis < 0 {
+        axis as i64 + rank as i64
+    } else {
+        axis as i64
+    };
     (a >= 0 && (a as usize) < rank).then_some(a as usize)
 }
 
@@ -60,7 +64,12 @@ pub fn evaluate(
     let params: Vec<Tensor> = plan
         .params
         .iter()
-        .map(|p| Tensor::new(p.shape.iter().map(|&d| d as usize).collect(), from_le_bytes(&p.data)))
+        .map(|p| {
+            Tensor::new(
+                p.shape.iter().map(|&d| d as usize).collect(),
+                from_le_bytes(&p.data),
+            )
+        })
         .collect();
     let mut values: Vec<Option<Tensor>> = vec![None; plan.values.len()];
     for op in &plan.ops {
@@ -94,19 +103,38 @@ pub fn evaluate(
             OpKind::Linear => {
                 let x = x.ok_or_else(|| err("no input".into()))?;
                 let w = p(0)?;
-                let b = if op.params.len() > 1 { Some(p(1)?) } else { None };
-                linear(x, &w.data, w.shape[0], w.shape[1], b.map(|b| b.data.as_slice()))
-                    .map_err(err)?
+                let b = if op.params.len() > 1 {
+                    Some(p(1)?)
+                } else {
+                    None
+                };
+                linear(
+                    x,
+                    &w.data,
+                    w.shape[0],
+                    w.shape[1],
+                    b.map(|b| b.data.as_slice()),
+                )
+                .map_err(err)?
             }
             OpKind::BatchedLinear => {
                 let x = x.ok_or_else(|| err("no input".into()))?;
                 let w = p(0)?;
                 let (e, o, i) = (w.shape[0], w.shape[1], w.shape[2]);
-                let b = if op.params.len() > 1 { Some(p(1)?) } else { None };
+                let b = if op.params.len() > 1 {
+                    Some(p(1)?)
+                } else {
+                    None
+                };
                 let (bsz, shared) = match x.shape.as_slice() {
                     [bsz, inn] if *inn == i => (*bsz, true),
                     [ee, bsz, inn] if *ee == e && *inn == i => (*bsz, false),
-                    s => return Err(err(format!("input {s:?} does not fit weight {:?}", w.shape))),
+                    s => {
+                        return Err(err(format!(
+                            "input {s:?} does not fit weight {:?}",
+                            w.shape
+                        )))
+                    }
                 };
                 let mut out = Tensor::zeros(vec![e, bsz, o]);
                 for k in 0..e {
@@ -144,8 +172,9 @@ pub fn evaluate(
                         for i in 0..inner {
                             let idx = (o * size + s) * inner + i;
                             let f = o * inner + i;
-                            out.data[idx] =
-                                (x.data[idx] - m.data[f]) / (v.data[f] + eps).sqrt() * g.data[f] + b.data[f];
+                            out.data[idx] = (x.data[idx] - m.data[f]) / (v.data[f] + eps).sqrt()
+                                * g.data[f]
+                                + b.data[f];
                         }
                     }
                 }
@@ -169,7 +198,11 @@ pub fn evaluate(
             OpKind::Activation => {
                 let x = x.ok_or_else(|| err("no input".into()))?;
                 let act = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
-                let slope = if act == Activation::Prelu { p(0)?.data[0] } else { 0.0 };
+                let slope = if act == Activation::Prelu {
+                    p(0)?.data[0]
+                } else {
+                    0.0
+                };
                 let f = |v: f32| -> f32 {
                     match act {
                         Activation::ActNone => v,
@@ -178,16 +211,28 @@ pub fn evaluate(
                         Activation::Tanh => v.tanh(),
                         Activation::LeakyRelu => {
                             let a = if op.alpha == 0.0 { 0.01 } else { op.alpha };
-                            if v >= 0.0 { v } else { a * v }
+                            if v >= 0.0 {
+                                v
+                            } else {
+                                a * v
+                            }
                         }
                         Activation::Gelu => 0.5 * v * (1.0 + erf(v / std::f32::consts::SQRT_2)),
                         Activation::Silu => v / (1.0 + (-v).exp()),
                         Activation::Elu => {
                             let a = if op.alpha == 0.0 { 1.0 } else { op.alpha };
-                            if v >= 0.0 { v } else { a * (v.exp() - 1.0) }
+                            if v >= 0.0 {
+                                v
+                            } else {
+                                a * (v.exp() - 1.0)
+                            }
                         }
                         Activation::Prelu => {
-                            if v >= 0.0 { v } else { slope * v }
+                            if v >= 0.0 {
+                                v
+                            } else {
+                                slope * v
+                            }
                         }
                     }
                 };
@@ -196,7 +241,8 @@ pub fn evaluate(
             OpKind::Dropout => x.ok_or_else(|| err("no input".into()))?.clone(),
             OpKind::Concat => {
                 let first = x.ok_or_else(|| err("no input".into()))?;
-                let ax = resolve(op.axis, first.shape.len()).ok_or_else(|| err("bad axis".into()))?;
+                let ax =
+                    resolve(op.axis, first.shape.len()).ok_or_else(|| err("bad axis".into()))?;
                 let mut shape = first.shape.clone();
                 shape[ax] = inputs.iter().map(|t| t.shape[ax]).sum();
                 let (outer, _, inner) = split(&first.shape, ax);
@@ -222,7 +268,9 @@ pub fn evaluate(
                 let mut data = Vec::with_capacity(outer * len * inner);
                 for o in 0..outer {
                     let base = o * size * inner;
-                    data.extend_from_slice(&x.data[base + start * inner..base + (start + len) * inner]);
+                    data.extend_from_slice(
+                        &x.data[base + start * inner..base + (start + len) * inner],
+                    );
                 }
                 Tensor::new(shape, data)
             }
@@ -241,7 +289,9 @@ pub fn evaluate(
                 for o in 0..outer {
                     for i in 0..inner {
                         let at = |s: usize| (o * size + s) * inner + i;
-                        let max = (0..size).map(|s| x.data[at(s)]).fold(f32::NEG_INFINITY, f32::max);
+                        let max = (0..size)
+                            .map(|s| x.data[at(s)])
+                            .fold(f32::NEG_INFINITY, f32::max);
                         let sum: f32 = (0..size).map(|s| (x.data[at(s)] - max).exp()).sum();
                         for s in 0..size {
                             out.data[at(s)] = (x.data[at(s)] - max).exp() / sum;
@@ -260,7 +310,10 @@ pub fn evaluate(
                     s => return Err(err(format!("experts are {s:?}"))),
                 };
                 if w.shape != [bsz, k] {
-                    return Err(err(format!("weights {:?} do not fit experts {:?}", w.shape, e.shape)));
+                    return Err(err(format!(
+                        "weights {:?} do not fit experts {:?}",
+                        w.shape, e.shape
+                    )));
                 }
                 let mut out = Tensor::zeros(vec![bsz, d]);
                 for b in 0..bsz {
@@ -296,7 +349,13 @@ pub fn evaluate(
 }
 
 /// `x W^T + b` over the last axis of `x`.
-fn linear(x: &Tensor, w: &[f32], out: usize, inp: usize, b: Option<&[f32]>) -> Result<Tensor, String> {
+fn linear(
+    x: &Tensor,
+    w: &[f32],
+    out: usize,
+    inp: usize,
+    b: Option<&[f32]>,
+) -> Result<Tensor, String> {
     if x.shape.last() != Some(&inp) {
         return Err(format!("input {:?} is not {inp} wide", x.shape));
     }
@@ -338,8 +397,15 @@ pub fn random_group_inputs(plan: &Plan, batch: usize, seed: u64) -> HashMap<Stri
     let mut out = HashMap::new();
     for op in &plan.ops {
         if op.kind == OpKind::FeatureGroup as i32 {
-            let w = plan.values[op.output as usize].shape.get(1).copied().unwrap_or(0).max(0) as usize;
-            let data = (0..batch * w).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+            let w = plan.values[op.output as usize]
+                .shape
+                .get(1)
+                .copied()
+                .unwrap_or(0)
+                .max(0) as usize;
+            let data = (0..batch * w)
+                .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+                .collect();
             out.insert(op.name.clone(), Tensor::new(vec![batch, w], data));
         }
     }

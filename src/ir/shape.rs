@@ -135,7 +135,10 @@ pub fn explain(code: &str) -> Option<&'static str> {
     } else {
         format!("plec::{code}")
     };
-    SHAPE_CODES.iter().find(|(c, _)| *c == code).map(|(_, t)| *t)
+    SHAPE_CODES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, t)| *t)
 }
 
 /// Shape diagnostics of a typed config, labelled through `spans`.
@@ -146,10 +149,10 @@ pub fn shape_diagnostics(config: &EasyRecConfig, spans: &SpanMap) -> Vec<Diagnos
         .collect()
 }
 
-/// Output width of a feature in its group, when it can be computed:
-/// id and combo features `embedding_dim`, raw features `value_dim` (default
-/// 1) or `embedding_dim` with boundaries. `None` for unsupported kinds and
-/// missing dims.
+/// Output width of a feature in its group, when it can be computed: id and
+/// combo features are `embedding_dim` wide; raw features `value_dim` wide
+/// (default 1), or `embedding_dim` with boundaries. `None` for unsupported
+/// kinds and missing dims.
 pub fn feature_width(fc: &FeatureConfig) -> Option<u64> {
     let w = match fc.feature.as_ref()? {
         Feature::IdFeature(f) => f.embedding_dim as u64,
@@ -184,7 +187,11 @@ pub fn check_config(config: &EasyRecConfig) -> Vec<ShapeError> {
             let base = "model_config.ple";
             for (i, net) in ple.extraction_networks.iter().enumerate() {
                 let p = format!("{base}.extraction_networks[{i}]");
-                let task_ok = check_mlp(&mut out, &format!("{p}.task_expert_net"), &net.task_expert_net);
+                let task_ok = check_mlp(
+                    &mut out,
+                    &format!("{p}.task_expert_net"),
+                    &net.task_expert_net,
+                );
                 let share_num = net.share_num.unwrap_or(0);
                 if net.expert_num_per_task == 0 && share_num == 0 {
                     out.push(
@@ -383,12 +390,7 @@ fn check_mlp(out: &mut Vec<ShapeError>, path: &str, mlp: &Mlp) -> bool {
     ok
 }
 
-fn check_tower(
-    out: &mut Vec<ShapeError>,
-    path: &str,
-    mlp: Option<&Mlp>,
-    num_class: Option<u32>,
-) {
+fn check_tower(out: &mut Vec<ShapeError>, path: &str, mlp: Option<&Mlp>, num_class: Option<u32>) {
     if let Some(m) = mlp {
         check_mlp(out, &format!("{path}.mlp"), m);
     }

@@ -37,7 +37,9 @@ impl Pass for RemoveDeadNodes {
                 }
                 // A loss or metric lives with its tower.
                 let sink = matches!(g[n], Node::Loss { .. } | Node::Metric { .. });
-                !(sink && g.neighbors_directed(n, petgraph::Direction::Incoming).any(|p| live.contains(&p)))
+                !(sink
+                    && g.neighbors_directed(n, petgraph::Direction::Incoming)
+                        .any(|p| live.contains(&p)))
             })
             .collect();
         if dead.is_empty() {
@@ -50,7 +52,11 @@ impl Pass for RemoveDeadNodes {
             String::new()
         };
         Some(Patch {
-            description: format!("remove {} dead nodes ({}{more})", dead.len(), names.join(", ")),
+            description: format!(
+                "remove {} dead nodes ({}{more})",
+                dead.len(),
+                names.join(", ")
+            ),
             remove_nodes: dead,
             ..Default::default()
         })

@@ -85,12 +85,14 @@ impl Pass for FuseParallelExperts {
                 continue;
             }
             let inputs = graph.inputs(n);
-            let [(src, e)] = inputs.as_slice() else { continue };
+            let [(src, e)] = inputs.as_slice() else {
+                continue;
+            };
             let outs = graph.outputs(n);
             let only_gates = !outs.is_empty()
-                && outs
-                    .iter()
-                    .all(|(t, e)| matches!(g[*t], Node::Gate(_)) && e.dst_port >= 1 && e.experts.is_none());
+                && outs.iter().all(|(t, e)| {
+                    matches!(g[*t], Node::Gate(_)) && e.dst_port >= 1 && e.experts.is_none()
+                });
             let Some(sig) = signature(m) else { continue };
             if !only_gates {
                 continue;
@@ -114,7 +116,12 @@ impl Pass for FuseParallelExperts {
         let out_dim = blocks[0].out_dim();
         let first_has_bias = sig.first().is_some_and(|s| s.6);
         // Gates whose selector is this same input join the first multiply.
-        let mut joined: Vec<(NodeIndex, petgraph::stable_graph::EdgeIndex, GateBlock, LinearParams)> = Vec::new();
+        let mut joined: Vec<(
+            NodeIndex,
+            petgraph::stable_graph::EdgeIndex,
+            GateBlock,
+            LinearParams,
+        )> = Vec::new();
         if first_has_bias {
             for n in g.node_indices() {
                 let Node::Gate(gate) = &g[n] else { continue };
@@ -160,7 +167,11 @@ impl Pass for FuseParallelExperts {
                 } else {
                     format!(
                         " with gates {}",
-                        joined.iter().map(|j| j.2.name.as_str()).collect::<Vec<_>>().join(", ")
+                        joined
+                            .iter()
+                            .map(|j| j.2.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 }
             ),
@@ -193,7 +204,9 @@ impl Pass for FuseParallelExperts {
                 Target::Old(n),
                 Edge::new(batch_shape(head.out_dim), 1 + j as u32, 0),
             ));
-            patch.replace_nodes.push((n, Node::Gate(GateBlock { head: None, ..gate })));
+            patch
+                .replace_nodes
+                .push((n, Node::Gate(GateBlock { head: None, ..gate })));
         }
         patch.remove_nodes = members;
         Some(patch)

@@ -23,9 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::ir::graph::*;
 use crate::ir::init;
 use crate::proto::plan::*;
-use crate::proto::tzrec::protos::{
-    dense_optimizer, sparse_optimizer, EasyRecConfig, TrainConfig,
-};
+use crate::proto::tzrec::protos::{dense_optimizer, sparse_optimizer, EasyRecConfig, TrainConfig};
 
 /// Why a graph could not be emitted (a bug in an earlier stage).
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +111,9 @@ fn data_spec(config: &EasyRecConfig) -> DataSpec {
         eval_batch_size: d.eval_batch_size.filter(|&b| b > 0).unwrap_or(batch),
         label_fields: d.label_fields.clone(),
         sample_weight_fields: d.sample_weight_fields.clone(),
-        fg_none: d.fg_mode.is_none_or(|m| m == crate::proto::tzrec::protos::FgMode::FgNone as i32),
+        fg_none: d
+            .fg_mode
+            .is_none_or(|m| m == crate::proto::tzrec::protos::FgMode::FgNone as i32),
         shuffle: d.shuffle.unwrap_or(false),
         drop_remainder: d.drop_remainder.unwrap_or(false),
     }
@@ -289,7 +289,12 @@ struct Emitter<'a> {
 /// One contribution of experts to a gate.
 enum Piece {
     Single(u32),
-    Range { value: u32, total: i64, start: u32, len: u32 },
+    Range {
+        value: u32,
+        total: i64,
+        start: u32,
+        len: u32,
+    },
 }
 
 impl Emitter<'_> {
@@ -318,7 +323,14 @@ impl Emitter<'_> {
     }
 
     /// Appends an op and returns its output value.
-    fn op(&mut self, name: &str, kind: OpKind, inputs: Vec<u32>, shape: Shape, params: Vec<u32>) -> u32 {
+    fn op(
+        &mut self,
+        name: &str,
+        kind: OpKind,
+        inputs: Vec<u32>,
+        shape: Shape,
+        params: Vec<u32>,
+    ) -> u32 {
         let out = self.value(name, shape);
         self.plan.ops.push(Op {
             name: name.to_string(),
@@ -341,11 +353,18 @@ impl Emitter<'_> {
         let (src, e) = inputs
             .iter()
             .find(|(_, e)| e.dst_port == port)
-            .ok_or_else(|| EmitError::Internal(format!("{} has no input {port}", self.g.graph[n].name())))?;
+            .ok_or_else(|| {
+                EmitError::Internal(format!("{} has no input {port}", self.g.graph[n].name()))
+            })?;
         self.values
             .get(&(*src, e.src_port))
             .copied()
-            .ok_or_else(|| EmitError::Internal(format!("{} reads a value not computed", self.g.graph[n].name())))
+            .ok_or_else(|| {
+                EmitError::Internal(format!(
+                    "{} reads a value not computed",
+                    self.g.graph[n].name()
+                ))
+            })
     }
 
     fn node(&mut self, n: NodeIndex) -> Result<(), EmitError> {
@@ -358,7 +377,13 @@ impl Emitter<'_> {
             | Node::Metric { .. } => {}
             Node::FeatureGroup { name, width } => {
                 let features = self.features(n);
-                let out = self.op(name, OpKind::FeatureGroup, vec![], batch_shape(*width), vec![]);
+                let out = self.op(
+                    name,
+                    OpKind::FeatureGroup,
+                    vec![],
+                    batch_shape(*width),
+                    vec![],
+                );
                 self.last_op().features = features;
                 self.values.insert((n, 0), out);
             }
@@ -411,7 +436,12 @@ impl Emitter<'_> {
             let Node::Feature(f) = &self.g.graph[src] else {
                 continue;
             };
-            if let Some(i) = self.plan.features.iter().position(|s| s.name == f.spec.name) {
+            if let Some(i) = self
+                .plan
+                .features
+                .iter()
+                .position(|s| s.name == f.spec.name)
+            {
                 indices.push(i as u32);
                 continue;
             }
@@ -460,26 +490,50 @@ impl Emitter<'_> {
             Norm::None => {}
             Norm::Batch(ps) => {
                 let params = ps.iter().map(|p| self.param(p)).collect();
-                x = self.op(&format!("{name}.bn"), OpKind::BatchNorm, vec![x], shape.clone(), params);
+                x = self.op(
+                    &format!("{name}.bn"),
+                    OpKind::BatchNorm,
+                    vec![x],
+                    shape.clone(),
+                    params,
+                );
                 let op = self.last_op();
                 op.eps = 1e-5;
                 op.momentum = 0.1;
             }
             Norm::Layer(ps) => {
                 let params = ps.iter().map(|p| self.param(p)).collect();
-                x = self.op(&format!("{name}.ln"), OpKind::LayerNorm, vec![x], shape.clone(), params);
+                x = self.op(
+                    &format!("{name}.ln"),
+                    OpKind::LayerNorm,
+                    vec![x],
+                    shape.clone(),
+                    params,
+                );
                 self.last_op().eps = 1e-5;
             }
         }
         if act.kind != Activation::ActNone {
             let params = act.slope.iter().map(|p| self.param(p)).collect();
-            x = self.op(&format!("{name}.act"), OpKind::Activation, vec![x], shape.clone(), params);
+            x = self.op(
+                &format!("{name}.act"),
+                OpKind::Activation,
+                vec![x],
+                shape.clone(),
+                params,
+            );
             let op = self.last_op();
             op.activation = act.kind as i32;
             op.alpha = act.alpha;
         }
         if dropout > 0.0 {
-            x = self.op(&format!("{name}.dropout"), OpKind::Dropout, vec![x], shape, vec![]);
+            x = self.op(
+                &format!("{name}.dropout"),
+                OpKind::Dropout,
+                vec![x],
+                shape,
+                vec![],
+            );
             self.last_op().ratio = dropout;
         }
         x
@@ -502,20 +556,31 @@ impl Emitter<'_> {
         };
         let k = g.num_experts as i64;
         let d = g.expert_dim as i64;
-        let weights = self.op(&format!("{}.softmax", g.name), OpKind::Softmax, vec![logits], vec![BATCH, k], vec![]);
+        let weights = self.op(
+            &format!("{}.softmax", g.name),
+            OpKind::Softmax,
+            vec![logits],
+            vec![BATCH, k],
+            vec![],
+        );
         self.last_op().axis = 1;
         // Expert pieces in port order, contiguous ranges of one source merged.
         let mut pieces: Vec<Piece> = Vec::new();
         let mut last_src: Option<(NodeIndex, u32)> = None;
         for (src, e) in self.g.inputs(n).into_iter().skip(1) {
-            let v = *self
-                .values
-                .get(&(src, e.src_port))
-                .ok_or_else(|| EmitError::Internal(format!("{} mixes a value not computed", g.name)))?;
+            let v = *self.values.get(&(src, e.src_port)).ok_or_else(|| {
+                EmitError::Internal(format!("{} mixes a value not computed", g.name))
+            })?;
             match e.experts {
                 None => pieces.push(Piece::Single(v)),
                 Some((start, len)) => {
-                    if let (Some(Piece::Range { start: s, len: l, .. }), Some(prev)) = (pieces.last_mut(), last_src) {
+                    if let (
+                        Some(Piece::Range {
+                            start: s, len: l, ..
+                        }),
+                        Some(prev),
+                    ) = (pieces.last_mut(), last_src)
+                    {
                         if prev == (src, e.src_port) && *s + *l == start {
                             *l += len;
                             continue;
@@ -543,13 +608,24 @@ impl Emitter<'_> {
         for p in pieces {
             match p {
                 Piece::Single(v) => singles.push(v),
-                Piece::Range { value, total, start, len } => {
+                Piece::Range {
+                    value,
+                    total,
+                    start,
+                    len,
+                } => {
                     flush(self, &mut singles, &mut parts);
                     if start == 0 && len as i64 == total {
                         parts.push(value);
                     } else {
                         let name = format!("{}.experts{}", g.name, parts.len());
-                        let v = self.op(&name, OpKind::Slice, vec![value], vec![len as i64, BATCH, d], vec![]);
+                        let v = self.op(
+                            &name,
+                            OpKind::Slice,
+                            vec![value],
+                            vec![len as i64, BATCH, d],
+                            vec![],
+                        );
                         let op = self.last_op();
                         op.axis = 0;
                         op.start = start as i64;
@@ -563,11 +639,23 @@ impl Emitter<'_> {
         let experts = if parts.len() == 1 {
             parts[0]
         } else {
-            let v = self.op(&format!("{}.experts", g.name), OpKind::Concat, parts, vec![k, BATCH, d], vec![]);
+            let v = self.op(
+                &format!("{}.experts", g.name),
+                OpKind::Concat,
+                parts,
+                vec![k, BATCH, d],
+                vec![],
+            );
             self.last_op().axis = 0;
             v
         };
-        Ok(self.op(&format!("{}.mix", g.name), OpKind::GateMix, vec![weights, experts], vec![BATCH, d], vec![]))
+        Ok(self.op(
+            &format!("{}.mix", g.name),
+            OpKind::GateMix,
+            vec![weights, experts],
+            vec![BATCH, d],
+            vec![],
+        ))
     }
 
     /// The fused expert chain; returns the stacked experts `[E, B, D]` and
@@ -580,7 +668,11 @@ impl Emitter<'_> {
             return (x, Vec::new());
         };
         let h1 = l0.linear.out_dim as i64;
-        let stack_norm = |norm_of: &dyn Fn(&DenseLayer) -> Norm, layers: &[&DenseLayer], lname: &str, wide: bool| -> Norm {
+        let stack_norm = |norm_of: &dyn Fn(&DenseLayer) -> Norm,
+                          layers: &[&DenseLayer],
+                          lname: &str,
+                          wide: bool|
+         -> Norm {
             let norms: Vec<Norm> = layers.iter().map(|l| norm_of(l)).collect();
             let join = |i: usize, what: &str| -> ParamSpec {
                 let parts: Vec<ParamSpec> = norms
@@ -622,28 +714,49 @@ impl Emitter<'_> {
                 first.iter().map(|l| l.linear.weight.clone()).collect(),
             );
             let mut params = vec![self.param(&w)];
-            let biases: Option<Vec<ParamSpec>> = first.iter().map(|l| l.linear.bias.clone()).collect();
+            let biases: Option<Vec<ParamSpec>> =
+                first.iter().map(|l| l.linear.bias.clone()).collect();
             if let Some(b) = biases {
                 params.push(self.param(&ParamSpec::stack(format!("{lname0}.bias"), b)));
             }
-            let y = self.op(&lname0, OpKind::BatchedLinear, vec![x], vec![e as i64, BATCH, h1], params);
+            let y = self.op(
+                &lname0,
+                OpKind::BatchedLinear,
+                vec![x],
+                vec![e as i64, BATCH, h1],
+                params,
+            );
             let norm = stack_norm(&|l: &DenseLayer| l.norm.clone(), &first, &lname0, false);
             self.post(&lname0, &norm, &act, l0.dropout, y)
         } else {
             let mut ws: Vec<ParamSpec> = first.iter().map(|l| l.linear.weight.clone()).collect();
-            let mut bs: Vec<ParamSpec> = first.iter().filter_map(|l| l.linear.bias.clone()).collect();
+            let mut bs: Vec<ParamSpec> =
+                first.iter().filter_map(|l| l.linear.bias.clone()).collect();
             for gh in &f.gates {
                 ws.push(gh.linear.weight.clone());
                 bs.extend(gh.linear.bias.clone());
             }
-            let total: i64 = e as i64 * h1 + f.gates.iter().map(|g| g.linear.out_dim as i64).sum::<i64>();
+            let total: i64 =
+                e as i64 * h1 + f.gates.iter().map(|g| g.linear.out_dim as i64).sum::<i64>();
             let w = self.param(&ParamSpec::concat(format!("{lname0}.wide.weight"), ws));
             let b = self.param(&ParamSpec::concat(format!("{lname0}.wide.bias"), bs));
-            let wide = self.op(&format!("{lname0}.wide"), OpKind::Linear, vec![x], vec![BATCH, total], vec![w, b]);
+            let wide = self.op(
+                &format!("{lname0}.wide"),
+                OpKind::Linear,
+                vec![x],
+                vec![BATCH, total],
+                vec![w, b],
+            );
             let mut offset = e as i64 * h1;
             for gh in &f.gates {
                 let k = gh.linear.out_dim as i64;
-                let v = self.op(&format!("{}.logits", gh.gate), OpKind::Slice, vec![wide], vec![BATCH, k], vec![]);
+                let v = self.op(
+                    &format!("{}.logits", gh.gate),
+                    OpKind::Slice,
+                    vec![wide],
+                    vec![BATCH, k],
+                    vec![],
+                );
                 let op = self.last_op();
                 op.axis = 1;
                 op.start = offset;
@@ -651,7 +764,13 @@ impl Emitter<'_> {
                 offset += k;
                 logits.push(v);
             }
-            let xe = self.op(&format!("{lname0}.experts"), OpKind::Slice, vec![wide], vec![BATCH, e as i64 * h1], vec![]);
+            let xe = self.op(
+                &format!("{lname0}.experts"),
+                OpKind::Slice,
+                vec![wide],
+                vec![BATCH, e as i64 * h1],
+                vec![],
+            );
             let op = self.last_op();
             op.axis = 1;
             op.start = 0;
@@ -660,7 +779,13 @@ impl Emitter<'_> {
             let y = self.post(&lname0, &norm, &act, l0.dropout, xe);
             let parts: Vec<u32> = (0..e)
                 .map(|k| {
-                    let v = self.op(&format!("{lname0}.expert{k}"), OpKind::Slice, vec![y], vec![BATCH, h1], vec![]);
+                    let v = self.op(
+                        &format!("{lname0}.expert{k}"),
+                        OpKind::Slice,
+                        vec![y],
+                        vec![BATCH, h1],
+                        vec![],
+                    );
                     let op = self.last_op();
                     op.axis = 1;
                     op.start = k as i64 * h1;
@@ -668,16 +793,29 @@ impl Emitter<'_> {
                     v
                 })
                 .collect();
-            self.op(&format!("{lname0}.stack"), OpKind::Stack, parts, vec![e as i64, BATCH, h1], vec![])
+            self.op(
+                &format!("{lname0}.stack"),
+                OpKind::Stack,
+                parts,
+                vec![e as i64, BATCH, h1],
+                vec![],
+            )
         };
         let depth = f.experts.first().map_or(0, |m| m.layers.len());
         for li in 1..depth {
-            let layers: Vec<&DenseLayer> = f.experts.iter().filter_map(|m| m.layers.get(li)).collect();
-            let Some(l) = layers.first().copied() else { break };
+            let layers: Vec<&DenseLayer> =
+                f.experts.iter().filter_map(|m| m.layers.get(li)).collect();
+            let Some(l) = layers.first().copied() else {
+                break;
+            };
             let lname = format!("{name}.layer{li}");
-            let w = ParamSpec::stack(format!("{lname}.weight"), layers.iter().map(|l| l.linear.weight.clone()).collect());
+            let w = ParamSpec::stack(
+                format!("{lname}.weight"),
+                layers.iter().map(|l| l.linear.weight.clone()).collect(),
+            );
             let mut params = vec![self.param(&w)];
-            let biases: Option<Vec<ParamSpec>> = layers.iter().map(|l| l.linear.bias.clone()).collect();
+            let biases: Option<Vec<ParamSpec>> =
+                layers.iter().map(|l| l.linear.bias.clone()).collect();
             if let Some(b) = biases {
                 params.push(self.param(&ParamSpec::stack(format!("{lname}.bias"), b)));
             }
