@@ -190,3 +190,93 @@ fn layer_norm_experts_are_not_fused() {
     .expect("ok");
     assert!(applied.is_empty());
 }
+
+/// A case's model with every feature made a dense raw feature (value_dim
+/// 2), so a batch can feed the group directly.
+fn dense_variant(source: &str) -> String {
+    let model = &source[source.find("model_config {").unwrap_or(0)..];
+    let mut out = String::new();
+    for line in model.lines() {
+        if let Some(name) = line.trim().strip_prefix("feature_names: ") {
+            let name = name.trim_matches('"');
+            out.push_str(&format!(
+                "feature_configs {{ raw_feature {{ feature_name: \"{name}\" expression: \"user:{name}\" value_dim: 2 }} }}\n"
+            ));
+        }
+    }
+    out + model
+}
+
+#[test]
+fn candle_runtime_agrees_with_the_reference_evaluator() {
+    use crate::data::batch::{Batch, FeatureInput};
+    use crate::runtime::{Mode, Model};
+    use candle_core::Device;
+    for (name, source) in cases() {
+        let source = dense_variant(&source);
+        let (config, _) = typed(&source);
+        for fuse in [false, true] {
+            let mut g = crate::ir::lower(&config).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            optimize(&mut g, &pipeline(fuse), None).expect("passes");
+            let plan = crate::plan::emit::emit(&g, &config, &source, 3).expect("emit");
+            let rows = 6;
+            let mut rng = crate::ir::init::SplitMix64::new(9);
+            let feats: Vec<Vec<f32>> = plan
+                .features
+                .iter()
+                .map(|_| {
+                    (0..rows * 2)
+                        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+                        .collect()
+                })
+                .collect();
+            let group_op = plan
+                .ops
+                .iter()
+                .find(|o| o.kind == crate::plan::OpKind::FeatureGroup as i32)
+                .expect("group op");
+            let mut group = Vec::new();
+            for r in 0..rows {
+                for &f in &group_op.features {
+                    group.extend_from_slice(&feats[f as usize][r * 2..r * 2 + 2]);
+                }
+            }
+            let width = group.len() / rows;
+            let inputs = std::collections::HashMap::from([(
+                group_op.name.clone(),
+                crate::ir::reference::Tensor::new(vec![rows, width], group),
+            )]);
+            let want = evaluate(&plan, &inputs).expect("reference");
+            let batch = Batch {
+                rows,
+                features: feats
+                    .into_iter()
+                    .map(|values| FeatureInput::Dense { values, dim: 2 })
+                    .collect(),
+                labels: vec![vec![0.0; rows]; 2],
+                sample_weights: vec![],
+                group_keys: vec![],
+            };
+            let mut model =
+                Model::from_plan(&plan, &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let fwd = model
+                .forward(&batch, Mode::Eval)
+                .unwrap_or_else(|e| panic!("{name}/{fuse}: {e}"));
+            for (task, logits) in plan.tasks.iter().zip(&fwd.logits) {
+                let got: Vec<f32> = logits
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1())
+                    .expect("logits");
+                let exp = &want[&task.tower_name].data;
+                assert_eq!(got.len(), exp.len());
+                for (a, b) in got.iter().zip(exp) {
+                    assert!(
+                        (a - b).abs() <= 1e-4,
+                        "{name} fuse={fuse} {}: {a} vs {b}",
+                        task.tower_name
+                    );
+                }
+            }
+        }
+    }
+}
