@@ -61,7 +61,9 @@ it in a DEEP group.",
     },
     Rule {
         code: "plec::cvr-without-task-space",
-        severity: Severity::Warning,
+        // Advice, not a warning: the official PLE/MMoE examples train their
+        // cvr tower on every impression on purpose.
+        severity: Severity::Advice,
         summary: "a conversion-like tower has no task space although conversions depend on clicks",
         explain: "\
 A conversion (buy, pay, order...) can only follow a click. A CVR tower trained
@@ -75,7 +77,9 @@ Example:
     task_towers { tower_name: \"cvr\" label_name: \"buy\" ... }
 
 Fix: add `task_space_indicator_label: \"clk\"` to the cvr tower, or rename it
-(e.g. `ctcvr`) if the impression space is what you mean.",
+(e.g. `ctcvr`) if the impression space is what you mean. This is advice, not a
+warning: TorchEasyRec's own PLE and MMoE examples train the cvr tower on all
+impressions.",
         check: cvr_without_task_space,
     },
     Rule {
