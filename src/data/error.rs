@@ -14,7 +14,8 @@ use thiserror::Error;
 /// Where in a file a bad value sits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowLoc {
-    pub file: PathBuf,
+    /// Shared, so an error stays small (clippy's `result_large_err`).
+    pub file: std::sync::Arc<std::path::Path>,
     /// 0-based row index from the start of the file.
     pub row: u64,
     pub row_group: usize,
@@ -125,7 +126,7 @@ pub enum DataError {
         at: RowLoc,
         column: String,
         feature: String,
-        value: i128,
+        value: i64,
         num_ids: u64,
     },
 
@@ -141,7 +142,7 @@ pub enum DataError {
         column: String,
         feature: String,
         value: String,
-        expected: String,
+        expected: &'static str,
     },
 
     #[error("{at}: column `{column}` has {found} values in a row, but feature `{feature}` needs {expected}")]

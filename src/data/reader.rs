@@ -37,6 +37,10 @@ use crate::proto::plan::{MetricKind, Plan};
 
 /// Batches kept ready ahead of the consumer by default.
 pub const DEFAULT_PREFETCH: usize = 3;
+/// Encoding threads by default: encoding is the costly part of reading
+/// (arrow decoding alone runs ~8 M rows/s), and two threads keep the
+/// reader ahead of the model without taking its cores.
+pub const DEFAULT_ENCODE_THREADS: usize = 2;
 /// Batches of rows mixed together when shuffling, by default: enough to
 /// break up runs of similar rows, small enough to stay cache-friendly.
 pub const DEFAULT_SHUFFLE_BUFFER_BATCHES: usize = 8;
@@ -52,6 +56,12 @@ pub struct ReadOptions {
     /// Encoded batches buffered ahead of the consumer.
     pub prefetch: usize,
     pub shuffle_buffer_batches: usize,
+    /// Threads encoding record batches (decoding stays on the reader
+    /// thread). Any count gives the same batches.
+    pub encode_threads: usize,
+    /// Fill [`Batch::group_keys`] (needed only for grouped AUC; building
+    /// the key strings costs time, so training passes leave it off).
+    pub group_keys: bool,
 }
 
 impl ReadOptions {
@@ -66,6 +76,8 @@ impl ReadOptions {
             epoch,
             prefetch: DEFAULT_PREFETCH,
             shuffle_buffer_batches: DEFAULT_SHUFFLE_BUFFER_BATCHES,
+            group_keys: false,
+            encode_threads: DEFAULT_ENCODE_THREADS,
         }
     }
 
@@ -79,6 +91,8 @@ impl ReadOptions {
             epoch: 0,
             prefetch: DEFAULT_PREFETCH,
             shuffle_buffer_batches: DEFAULT_SHUFFLE_BUFFER_BATCHES,
+            group_keys: true,
+            encode_threads: DEFAULT_ENCODE_THREADS,
         }
     }
 }
@@ -398,6 +412,11 @@ impl Inner {
             opts.shuffle_buffer_batches,
         );
         let read_size = opts.batch_size.clamp(1, 1 << 16);
+        let threads = opts.encode_threads.max(1);
+        // Record batches encoded per thread at a time: about 8192 rows, so
+        // small batch sizes do not pay a thread start per batch.
+        let group = threads * (8192 / read_size).max(1);
+        let mut pending: Vec<Pending> = Vec::with_capacity(group);
         for fi in file_order {
             let info = &self.files[fi];
             let file = File::open(&info.path).map_err(|e| DataError::Io {
@@ -429,20 +448,22 @@ impl Inner {
                 let mut first_row = info.rg_start[rg];
                 for rb in reader {
                     let rb = rb.map_err(|e| corrupt(e.to_string()))?;
-                    let loc = BatchLoc {
-                        file: &info.path,
+                    let rows = rb.num_rows() as u64;
+                    pending.push(Pending {
+                        rb,
+                        file: fi,
                         first_row,
                         row_group: rg,
-                    };
-                    first_row += rb.num_rows() as u64;
-                    let chunk = self.encode(&rb, &loc)?;
-                    for out in asm.push(chunk) {
-                        if !send(Ok(out)) {
-                            return Ok(());
-                        }
+                    });
+                    first_row += rows;
+                    if pending.len() >= group && !self.flush(&mut pending, opts, &mut asm, send)? {
+                        return Ok(());
                     }
                 }
             }
+        }
+        if !self.flush(&mut pending, opts, &mut asm, send)? {
+            return Ok(());
         }
         for out in asm.finish() {
             if !send(Ok(out)) {
@@ -452,8 +473,61 @@ impl Inner {
         Ok(())
     }
 
+    /// Encodes the pending record batches (in parallel when
+    /// `encode_threads` > 1; results keep their order, so the output is
+    /// the same for any thread count) and feeds them to the assembler.
+    /// Returns false when the receiver hung up.
+    fn flush(
+        &self,
+        pending: &mut Vec<Pending>,
+        opts: &ReadOptions,
+        asm: &mut Assembler,
+        send: &mut dyn FnMut(Result<Chunk>) -> bool,
+    ) -> Result<bool> {
+        let encode_one = |p: &Pending| {
+            let loc = BatchLoc {
+                file: &self.files[p.file].path,
+                first_row: p.first_row,
+                row_group: p.row_group,
+            };
+            self.encode(&p.rb, &loc, opts.group_keys)
+        };
+        let threads = opts.encode_threads.max(1).min(pending.len());
+        let chunks: Vec<Result<Chunk>> = if threads <= 1 {
+            pending.iter().map(encode_one).collect()
+        } else {
+            let per = pending.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = pending
+                    .chunks(per)
+                    .map(|part| {
+                        scope.spawn(move || part.iter().map(encode_one).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| match h.join() {
+                        Ok(v) => v,
+                        Err(_) => vec![Err(DataError::ReaderStopped {
+                            detail: "an encoding thread panicked".to_string(),
+                        })],
+                    })
+                    .collect()
+            })
+        };
+        pending.clear();
+        for chunk in chunks {
+            for out in asm.push(chunk?) {
+                if !send(Ok(out)) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Encodes one record batch: features, labels, weights, keys, kept.
-    fn encode(&self, rb: &RecordBatch, loc: &BatchLoc<'_>) -> Result<Chunk> {
+    fn encode(&self, rb: &RecordBatch, loc: &BatchLoc<'_>, with_keys: bool) -> Result<Chunk> {
         let column = |name: &str| -> Result<&ArrayRef> {
             rb.column_by_name(name)
                 .ok_or_else(|| DataError::MissingColumn {
@@ -482,11 +556,14 @@ impl Inner {
             .iter()
             .map(|c| read_numbers(column(c)?, c, "sample weight", loc))
             .collect::<Result<Vec<_>>>()?;
-        let group_keys = self
-            .group_keys
-            .iter()
-            .map(|c| Ok((c.clone(), read_keys(column(c)?, c, loc)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let group_keys = if !with_keys {
+            Vec::new()
+        } else {
+            self.group_keys
+                .iter()
+                .map(|c| Ok((c.clone(), read_keys(column(c)?, c, loc)?)))
+                .collect::<Result<Vec<_>>>()?
+        };
         let kept = self
             .keep
             .iter()
@@ -503,6 +580,14 @@ impl Inner {
             kept,
         })
     }
+}
+
+/// A decoded record batch waiting to be encoded.
+struct Pending {
+    rb: RecordBatch,
+    file: usize,
+    first_row: u64,
+    row_group: usize,
 }
 
 /// The receiving end of the reader thread.

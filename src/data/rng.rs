@@ -26,7 +26,7 @@ impl SplitMix64 {
 
     /// Next 64 random bits.
     #[inline]
-    pub fn next(&mut self) -> u64 {
+    pub fn next_word(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix64(self.state)
     }
@@ -34,14 +34,14 @@ impl SplitMix64 {
     /// Uniform in [0, 1) with 53 bits.
     #[inline]
     pub fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        (self.next_word() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// Uniform in [0, n) (Lemire's multiply-shift; bias below 2^-32 for the
     /// sizes used here).
     #[inline]
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next() as u128 * n as u128) >> 64) as usize
+        ((self.next_word() as u128 * n as u128) >> 64) as usize
     }
 
     /// Standard normal (Box-Muller).
@@ -71,14 +71,14 @@ pub fn mix64(mut z: u64) -> u64 {
 
 impl RngCore for SplitMix64 {
     fn next_u32(&mut self) -> u32 {
-        (self.next() >> 32) as u32
+        (self.next_word() >> 32) as u32
     }
     fn next_u64(&mut self) -> u64 {
-        self.next()
+        self.next_word()
     }
     fn fill_bytes(&mut self, dst: &mut [u8]) {
         for chunk in dst.chunks_mut(8) {
-            let b = self.next().to_le_bytes();
+            let b = self.next_word().to_le_bytes();
             chunk.copy_from_slice(&b[..chunk.len()]);
         }
     }

@@ -167,7 +167,7 @@ fn gen_for(kind: FeatureKind, spec: &crate::proto::plan::FeatureSpec, combo: boo
             dim: spec.value_dim as usize,
         },
         FeatureKind::RawDense => {
-            let n = spec.normalizer.clone().unwrap_or_default();
+            let n = spec.normalizer.unwrap_or_default();
             let dist =
                 match NormalizerKind::try_from(n.kind).unwrap_or(NormalizerKind::NormalizerNone) {
                     NormalizerKind::Log10 => FloatDist::LogNormal,

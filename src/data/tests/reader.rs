@@ -166,7 +166,7 @@ fn inputs_dirs_globs_and_kept_columns() {
     good_file(dir.path(), "a.parquet", 0);
     std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
     let d = dir.path().to_str().unwrap().to_string();
-    let files = resolve_inputs(&[d.clone()]).unwrap();
+    let files = resolve_inputs(std::slice::from_ref(&d)).unwrap();
     assert_eq!(
         files
             .iter()
@@ -218,6 +218,15 @@ fn shuffle_is_deterministic_and_complete() {
     let mut sorted = a.clone();
     sorted.sort();
     assert_eq!(sorted, (0..30).collect::<Vec<_>>());
+    // Any number of encoding threads gives the same batches.
+    let with_threads = |n| {
+        let mut o = ReadOptions::train(&p, 3, 5, 0);
+        o.encode_threads = n;
+        collect(&src, &o)
+    };
+    let one = with_threads(1);
+    assert_eq!(one, with_threads(3));
+    assert!(one.iter().all(|b| b.group_keys.is_empty()));
     // Labels travel with their rows.
     for b in collect(&src, &ReadOptions::train(&p, 4, 3, 0)) {
         let want: Vec<f32> = items(&b).iter().map(|i| (i % 2) as f32).collect();
@@ -373,7 +382,46 @@ fn throughput() {
     let t = std::time::Instant::now();
     let rep = crate::data::synth::generate(&p, rows, 1000, 7, dir.path()).unwrap();
     println!("synth {rows} rows: {:.2}s", t.elapsed().as_secs_f64());
+    let t = std::time::Instant::now();
+    let file = std::fs::File::open(&rep.train_path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .with_batch_size(8192)
+        .build()
+        .unwrap();
+    let n: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "arrow decode only, batch 8192: {:.2} M rows/s",
+        n as f64 / s / 1e6
+    );
+    let mut no_keys = p.clone();
+    no_keys.tasks[0]
+        .metrics
+        .retain(|m| m.kind != MetricKind::GroupedAuc as i32);
+    let src = DataSource::open(&no_keys, &[rep.train_path.to_str().unwrap()]).unwrap();
+    let t = std::time::Instant::now();
+    let n: usize = src
+        .batches(&ReadOptions::eval(8192))
+        .map(|b| b.unwrap().rows)
+        .sum();
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "read+encode without group keys, batch 8192: {:.2} M rows/s",
+        n as f64 / s / 1e6
+    );
     let src = DataSource::open(&p, &[rep.train_path.to_str().unwrap()]).unwrap();
+    for threads in [1, 2, 4] {
+        let mut o = ReadOptions::train(&no_keys, 8192, 0, 0);
+        o.encode_threads = threads;
+        let t = std::time::Instant::now();
+        let n: usize = src.batches(&o).map(|b| b.unwrap().rows).sum();
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "train pass, {threads} encode threads, batch 8192: {:.2} M rows/s",
+            n as f64 / s / 1e6
+        );
+    }
     for bs in [1024, 8192] {
         let t = std::time::Instant::now();
         let n: usize = src
