@@ -26,12 +26,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|p| p.strip_prefix(root).map(Path::to_path_buf))
         .collect::<Result<_, _>>()?;
-    let fds = protox::compile(&relative, [root])?;
+    let mut compiler = protox::Compiler::new([root])?;
+    compiler.include_imports(true).open_files(&relative)?;
+    // Encoded by protox itself: going through prost_types would drop custom
+    // options such as `(plec.unchecked)`, which prost cannot represent.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("descriptor_set.bin"),
-        prost::Message::encode_to_vec(&fds),
+        compiler.encode_file_descriptor_set(),
     )?;
+    let fds = compiler.file_descriptor_set();
     prost_build::Config::new()
         .btree_map(["."])
         .compile_fds(fds)?;

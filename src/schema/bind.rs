@@ -166,9 +166,10 @@ impl Binder<'_> {
                 }
                 Some(_) => {}
                 None => {
-                    state
-                        .oneof
-                        .insert(oneof.name().to_string(), (name.clone(), field.name_span.clone()));
+                    state.oneof.insert(
+                        oneof.name().to_string(),
+                        (name.clone(), field.name_span.clone()),
+                    );
                 }
             }
         }
@@ -184,7 +185,10 @@ impl Binder<'_> {
                             format!("`{name}` takes a single value, not a list"),
                         )
                         .with_primary(list.span.clone(), "a list is not allowed here")
-                        .with_secondary(field.name_span.clone(), format!("`{name}` is not repeated"))
+                        .with_secondary(
+                            field.name_span.clone(),
+                            format!("`{name}` is not repeated"),
+                        )
                         .with_help("remove the brackets and give one value"),
                     );
                     return;
@@ -211,9 +215,15 @@ impl Binder<'_> {
 
     fn missing_colon(&mut self, field: &ast::Field, name: &str) {
         self.diags.push(
-            Diagnostic::error("plec::missing-colon", format!("expected `:` after `{name}`"))
-                .with_primary(field.name_span.clone(), "a scalar field needs a colon before its value")
-                .with_help(format!("write `{name}: value`")),
+            Diagnostic::error(
+                "plec::missing-colon",
+                format!("expected `:` after `{name}`"),
+            )
+            .with_primary(
+                field.name_span.clone(),
+                "a scalar field needs a colon before its value",
+            )
+            .with_help(format!("write `{name}: value`")),
         );
     }
 
@@ -326,7 +336,8 @@ impl Binder<'_> {
         };
         let converted = match (fd.kind(), value) {
             (Kind::Message(sub), ast::Value::Message(m)) => {
-                self.spans.insert(field_path.to_string(), span.clone(), false);
+                self.spans
+                    .insert(field_path.to_string(), span.clone(), false);
                 self.spans.insert(elem_path.clone(), span, false);
                 let mut sub_msg = DynamicMessage::new(sub.clone());
                 self.sub_message(&sub, field, m, &elem_path, &mut sub_msg);
@@ -343,7 +354,8 @@ impl Binder<'_> {
             (kind, ast::Value::Scalar(s)) => {
                 let v = self.scalar(fd, &kind, field, s);
                 if v.is_some() {
-                    self.spans.insert(field_path.to_string(), span.clone(), false);
+                    self.spans
+                        .insert(field_path.to_string(), span.clone(), false);
                     self.spans.insert(elem_path, span, false);
                 }
                 v
@@ -363,7 +375,9 @@ impl Binder<'_> {
             let Kind::Message(entry_desc) = fd.kind() else {
                 return;
             };
-            let key = entry.get_field(&entry_desc.map_entry_key_field()).into_owned();
+            let key = entry
+                .get_field(&entry_desc.map_entry_key_field())
+                .into_owned();
             let val = entry
                 .get_field(&entry_desc.map_entry_value_field())
                 .into_owned();
@@ -420,10 +434,17 @@ impl Binder<'_> {
         self.diags.push(
             Diagnostic::error(
                 "plec::wrong-value-kind",
-                format!("`{name}` is a `{}` block, not {}", sub.name(), s.kind.describe()),
+                format!(
+                    "`{name}` is a `{}` block, not {}",
+                    sub.name(),
+                    s.kind.describe()
+                ),
             )
             .with_primary(s.span.clone(), format!("expected `{{ ... }}`"))
-            .with_help(format!("write `{name} {{ ... }}` with the fields of `{}`", sub.name())),
+            .with_help(format!(
+                "write `{name} {{ ... }}` with the fields of `{}`",
+                sub.name()
+            )),
         );
     }
 
@@ -435,7 +456,10 @@ impl Binder<'_> {
                 format!("`{name}` takes {}, not a block", expected_for(&fd.kind())),
             )
             .with_primary(m.span.clone(), "a block is not allowed here")
-            .with_secondary(field.name_span.clone(), format!("`{name}` is a scalar field"))
+            .with_secondary(
+                field.name_span.clone(),
+                format!("`{name}` is a scalar field"),
+            )
             .with_help(format!("write `{name}: value`")),
         );
     }

@@ -10,12 +10,26 @@ use crate::syntax::ast::ScalarKind;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConvertError {
     /// The literal is of another kind than the field.
-    WrongKind { expected: String },
+    WrongKind {
+        expected: String,
+    },
     FloatForInteger,
-    Negative { type_name: &'static str },
-    OutOfRange { type_name: &'static str, min: String, max: String },
-    UnknownEnum { enum_name: String, valid: Vec<String> },
-    UnknownEnumNumber { enum_name: String, valid: Vec<String> },
+    Negative {
+        type_name: &'static str,
+    },
+    OutOfRange {
+        type_name: &'static str,
+        min: String,
+        max: String,
+    },
+    UnknownEnum {
+        enum_name: String,
+        valid: Vec<String>,
+    },
+    UnknownEnumNumber {
+        enum_name: String,
+        valid: Vec<String>,
+    },
     InvalidUtf8,
     InvalidBool,
 }
@@ -24,9 +38,12 @@ pub enum ConvertError {
 pub fn expected_for(kind: &Kind) -> String {
     match kind {
         Kind::Double | Kind::Float => "a number".into(),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            "an integer".into()
-        }
+        Kind::Int32
+        | Kind::Sint32
+        | Kind::Sfixed32
+        | Kind::Int64
+        | Kind::Sint64
+        | Kind::Sfixed64 => "an integer".into(),
         Kind::Uint32 | Kind::Fixed32 | Kind::Uint64 | Kind::Fixed64 => {
             "a non-negative integer".into()
         }
@@ -42,11 +59,9 @@ fn float_ident(text: &str) -> Option<f64> {
         Some(b) => (true, b),
         None => (false, text),
     };
-    let lower = body.to_ascii_lowercase();
-    let lower = lower.strip_suffix('f').unwrap_or(&lower);
-    let v = match lower {
-        "inf" | "infinity" => f64::INFINITY,
-        "nan" => f64::NAN,
+    let v = match body.to_ascii_lowercase().as_str() {
+        "inf" | "inff" | "infinity" | "infinityf" => f64::INFINITY,
+        "nan" | "nanf" => f64::NAN,
         _ => return None,
     };
     Some(if neg { -v } else { v })
@@ -111,6 +126,16 @@ pub fn convert(kind: &Kind, scalar: &ScalarKind, text: &str) -> Result<Value, Co
         Kind::Double | Kind::Float => {
             let v = match scalar {
                 ScalarKind::Float(v) => *v,
+                // protobuf reads float fields with a decimal parser, so a
+                // hex integer is not a float there.
+                ScalarKind::Integer { .. }
+                    if text.trim_start_matches(['-', '+']).starts_with(['0'])
+                        && text.contains(['x', 'X']) =>
+                {
+                    return Err(ConvertError::WrongKind {
+                        expected: "a decimal number".into(),
+                    })
+                }
                 ScalarKind::Integer {
                     negative,
                     magnitude,
@@ -132,18 +157,12 @@ pub fn convert(kind: &Kind, scalar: &ScalarKind, text: &str) -> Result<Value, Co
                 Value::F64(v)
             }
         }
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(signed(
-            scalar,
-            i32::MIN as i128,
-            i32::MAX as i128,
-            "int32",
-        )? as i32),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(signed(
-            scalar,
-            i64::MIN as i128,
-            i64::MAX as i128,
-            "int64",
-        )? as i64),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            Value::I32(signed(scalar, i32::MIN as i128, i32::MAX as i128, "int32")? as i32)
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            Value::I64(signed(scalar, i64::MIN as i128, i64::MAX as i128, "int64")? as i64)
+        }
         Kind::Uint32 | Kind::Fixed32 => {
             Value::U32(signed(scalar, 0, u32::MAX as i128, "uint32")? as u32)
         }

@@ -64,11 +64,17 @@ impl Schema {
             return Err(SchemaError::NoProtos(dir.display().to_string()));
         }
         files.sort();
-        let fds = protox::compile(&files, [dir]).map_err(|e| SchemaError::Compile {
+        let compile_error = |e: protox::Error| SchemaError::Compile {
             dir: dir.display().to_string(),
             message: e.to_string(),
-        })?;
-        let pool = DescriptorPool::decode(prost::Message::encode_to_vec(&fds).as_slice())
+        };
+        let mut compiler = protox::Compiler::new([dir]).map_err(compile_error)?;
+        compiler
+            .include_imports(true)
+            .open_files(&files)
+            .map_err(compile_error)?;
+        // protox's own encoding keeps custom options (prost_types drops them).
+        let pool = DescriptorPool::decode(compiler.encode_file_descriptor_set().as_slice())
             .map_err(|e| SchemaError::Compile {
                 dir: dir.display().to_string(),
                 message: e.to_string(),
@@ -79,7 +85,10 @@ impl Schema {
     /// Uses `root` (a full message name) of `pool`.
     pub fn with_root(pool: DescriptorPool, root: &str) -> Result<Self, SchemaError> {
         let Some(root_desc) = pool.get_message_by_name(root) else {
-            let names: Vec<String> = pool.all_messages().map(|m| m.full_name().to_string()).collect();
+            let names: Vec<String> = pool
+                .all_messages()
+                .map(|m| m.full_name().to_string())
+                .collect();
             let close = crate::diag::closest_names(root, names.iter().map(String::as_str), 3);
             let hint = if close.is_empty() {
                 "; pass --root-message with a full name such as `pkg.Config`".to_string()

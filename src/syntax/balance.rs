@@ -62,22 +62,45 @@ pub fn check(source: &str) -> Vec<Diagnostic> {
                 Some(open) if closer(open.ch) == c => {
                     stack.pop();
                 }
-                Some(open) => {
-                    let open_at = open.at;
-                    let expected = closer(open.ch) as char;
-                    diags.push(
-                        Diagnostic::error(
-                            "plec::mismatched-bracket",
-                            format!("`{}` closes `{}`", c as char, open.ch as char),
-                        )
-                        .with_primary(i..i + 1, format!("expected `{expected}` here"))
-                        .with_secondary(open_at..open_at + 1, "opened here")
-                        .with_help(format!(
-                            "close `{}` with `{expected}` before this `{}`",
-                            open.ch as char, c as char
-                        )),
-                    );
-                    stack.pop();
+                Some(_) => {
+                    // A closer that matches an outer opener: the inner ones
+                    // were left open. One that matches nothing is stray.
+                    match stack.iter().rposition(|o| closer(o.ch) == c) {
+                        Some(depth) => {
+                            for open in stack.drain(depth + 1..).rev() {
+                                let expected = closer(open.ch) as char;
+                                diags.push(
+                                    Diagnostic::error(
+                                        "plec::unclosed-bracket",
+                                        format!("`{}` is never closed", open.ch as char),
+                                    )
+                                    .with_primary(open.at..open.at + 1, "opened here")
+                                    .with_secondary(
+                                        i..i + 1,
+                                        format!(
+                                            "expected `{expected}` before this `{}`",
+                                            c as char
+                                        ),
+                                    )
+                                    .with_help(format!("add the missing `{expected}`")),
+                                );
+                            }
+                            stack.pop();
+                        }
+                        None => diags.push(
+                            Diagnostic::error(
+                                "plec::mismatched-bracket",
+                                format!("unexpected `{}`", c as char),
+                            )
+                            .with_primary(i..i + 1, "nothing open here is closed by this")
+                            .with_help(format!(
+                                "remove this `{}`, or close the open `{}` with `{}`",
+                                c as char,
+                                stack.last().map_or(' ', |o| o.ch as char),
+                                stack.last().map_or(' ', |o| closer(o.ch) as char)
+                            )),
+                        ),
+                    }
                 }
                 None => diags.push(
                     Diagnostic::error("plec::stray-bracket", format!("unexpected `{}`", c as char))
@@ -92,8 +115,12 @@ pub fn check(source: &str) -> Vec<Diagnostic> {
         }
         i += 1;
     }
+    // miette cannot show a label on an empty span at the very end, so the
+    // end of the file is shown on its last visible character.
+    let last = source.trim_end().len();
+    let end_span =
+        last.saturating_sub(source[..last].chars().next_back().map_or(0, char::len_utf8))..last;
     for open in stack {
-        let end = source.len();
         let expected = closer(open.ch) as char;
         diags.push(
             Diagnostic::error(
@@ -101,7 +128,10 @@ pub fn check(source: &str) -> Vec<Diagnostic> {
                 format!("`{}` is never closed", open.ch as char),
             )
             .with_primary(open.at..open.at + 1, "opened here")
-            .with_secondary(end..end, format!("file ends here; expected `{expected}`"))
+            .with_secondary(
+                end_span.clone(),
+                format!("the file ends here, expected `{expected}` after this"),
+            )
             .with_help(format!("add the missing `{expected}`")),
         );
     }

@@ -133,7 +133,10 @@ pub fn unescape(body: &str) -> Result<Vec<u8>, (usize, String)> {
                     n += 1;
                 }
                 if v > 255 {
-                    return Err((at, format!("octal escape `{}` is above \\377", &body[at..i])));
+                    return Err((
+                        at,
+                        format!("octal escape `{}` is above \\377", &body[at..i]),
+                    ));
                 }
                 out.push(v as u8);
             }
@@ -150,23 +153,25 @@ pub fn unescape(body: &str) -> Result<Vec<u8>, (usize, String)> {
             }
             b'u' | b'U' => {
                 let len = if e == b'u' { 4 } else { 8 };
-                let digits = body.get(i..i + len).filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()));
+                let digits = body
+                    .get(i..i + len)
+                    .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()));
                 let Some(digits) = digits else {
                     return Err((at, format!("`\\{}` needs {len} hex digits", e as char)));
                 };
                 i += len;
                 let code = u32::from_str_radix(digits, 16).map_err(|e| (at, e.to_string()))?;
                 let Some(ch) = char::from_u32(code) else {
-                    return Err((at, format!("`\\{}{digits}` is not a valid code point", e as char)));
+                    return Err((
+                        at,
+                        format!("`\\{}{digits}` is not a valid code point", e as char),
+                    ));
                 };
                 let mut buf = [0u8; 4];
                 out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
             }
             other => {
-                return Err((
-                    at,
-                    format!("unknown escape `\\{}`", char::from(other)),
-                ));
+                return Err((at, format!("unknown escape `\\{}`", char::from(other))));
             }
         }
     }
@@ -181,11 +186,17 @@ mod tests {
     fn numbers() {
         assert_eq!(
             decode_number("0x1F"),
-            Ok(ScalarKind::Integer { negative: false, magnitude: 31 })
+            Ok(ScalarKind::Integer {
+                negative: false,
+                magnitude: 31
+            })
         );
         assert_eq!(
             decode_number("-017"),
-            Ok(ScalarKind::Integer { negative: true, magnitude: 15 })
+            Ok(ScalarKind::Integer {
+                negative: true,
+                magnitude: 15
+            })
         );
         assert_eq!(decode_number("1e-6"), Ok(ScalarKind::Float(1e-6)));
         assert_eq!(decode_number(".5"), Ok(ScalarKind::Float(0.5)));
@@ -199,7 +210,10 @@ mod tests {
 
     #[test]
     fn escapes() {
-        assert_eq!(unescape(r"a\tb\\\x41\101\u00e9"), Ok(b"a\tb\\AA\xc3\xa9".to_vec()));
+        assert_eq!(
+            unescape(r"a\tb\\\x41\101\u00e9"),
+            Ok(b"a\tb\\AA\xc3\xa9".to_vec())
+        );
         assert!(unescape(r"\q").is_err());
     }
 }

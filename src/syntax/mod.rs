@@ -8,8 +8,8 @@
 
 pub mod ast;
 mod balance;
-mod tree;
 pub mod literal;
+mod tree;
 
 use crate::diag::Diagnostic;
 

@@ -21,11 +21,29 @@ f: inf g: -nan h: .5 i: 1.0f
     let names: Vec<String> = d.fields.iter().map(|f| f.name.display()).collect();
     assert_eq!(
         names,
-        ["a", "b", "c", "m", "m2", "m3", "l", "lm", "e", "[ext.name]", "f", "g", "h", "i"]
+        [
+            "a",
+            "b",
+            "c",
+            "m",
+            "m2",
+            "m3",
+            "l",
+            "lm",
+            "e",
+            "[ext.name]",
+            "f",
+            "g",
+            "h",
+            "i"
+        ]
     );
     assert_eq!(d.comments.len(), 2);
     match &d.fields[2].value {
-        Value::Scalar(Scalar { kind: ScalarKind::String(s), .. }) => assert_eq!(s, b"xyz"),
+        Value::Scalar(Scalar {
+            kind: ScalarKind::String(s),
+            ..
+        }) => assert_eq!(s, b"xyz"),
         other => panic!("{other:?}"),
     }
     match &d.fields[7].value {
@@ -45,6 +63,9 @@ fn syntax_errors() {
     assert_eq!(codes("m { a: 1"), ["plec::unclosed-bracket"]);
     assert_eq!(codes("a: 1 }"), ["plec::stray-bracket"]);
     assert_eq!(codes("m { a: }"), ["plec::missing-value"]);
-    assert_eq!(codes("a: 1.2.3 b: 09"), ["plec::malformed-number", "plec::malformed-number"]);
+    assert_eq!(
+        codes("a: 1.2.3 b: 09"),
+        ["plec::malformed-number", "plec::malformed-number"]
+    );
     assert_eq!(codes("m { a }"), ["plec::missing-value"]);
 }

@@ -164,7 +164,17 @@ impl Builder {
     }
 
     fn strings(&mut self, pair: Pair<Rule>) -> Scalar {
-        let span = span_of(&pair);
+        // The pair's own span would run on over whitespace after the last
+        // string; the literal ends at its closing quote.
+        let mut span = span_of(&pair);
+        if let Some(last) = pair
+            .clone()
+            .into_inner()
+            .filter(|p| p.as_rule() == Rule::string)
+            .last()
+        {
+            span.end = last.as_span().end();
+        }
         let mut bytes = Vec::new();
         let mut ok = true;
         for s in self.significant(pair.into_inner()) {
@@ -240,6 +250,16 @@ fn ident_before(source: &str, end: usize) -> Option<(usize, &str)> {
     (!name.is_empty()).then_some((start, name))
 }
 
+fn missing_value(name_span: Span, name: &str, next: Span, next_text: &str) -> Diagnostic {
+    Diagnostic::error(
+        "plec::missing-value",
+        format!("field `{name}` has no value"),
+    )
+    .with_primary(name_span, "this field")
+    .with_secondary(next, format!("expected a value before {next_text}"))
+    .with_help("write `name: value` or `name { ... }`, or remove the field")
+}
+
 fn grammar_error(source: &str, err: &pest::error::Error<Rule>) -> Diagnostic {
     let pos = match err.location {
         pest::error::InputLocation::Pos(p) => p,
@@ -269,20 +289,27 @@ fn grammar_error(source: &str, err: &pest::error::Error<Rule>) -> Diagnostic {
         .with_secondary(here, format!("expected a value before {found_text}"))
         .with_help("write a value after the colon (`name: 1`, `name: \"text\"`, `name { ... }`), or remove the field");
     }
-    if let Some((_, t)) = found {
-        if t.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
-            // An identifier where a value was expected after a name without
-            // a colon is a field with no value followed by another field.
-            if let Some((ps, pname)) = ident_before(source, pos) {
-                if previous_significant(source, pos).is_some_and(|(i, _)| i + 1 == ps + pname.len())
-                {
-                    return Diagnostic::error(
-                        "plec::missing-value",
-                        format!("field `{pname}` has no value"),
-                    )
-                    .with_primary(ps..ps + pname.len(), "this field")
-                    .with_secondary(here, format!("expected `:` and a value before {found_text}"))
-                    .with_help("write `name: value` or `name { ... }`, or remove the field");
+    let positives: &[Rule] = match &err.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } => positives,
+        _ => &[],
+    };
+    // Right after a field name: the name has neither `:` nor a value.
+    if positives.contains(&Rule::colon) {
+        if let Some((end, _)) = previous_significant(source, pos) {
+            if let Some((ps, pname)) = ident_before(source, end + 1) {
+                return missing_value(ps..ps + pname.len(), pname, here, &found_text);
+            }
+        }
+    }
+    // `a: b :` — `b` reads as the value of `a` but is really the next
+    // field's name, so `a` has no value.
+    if found.is_some_and(|(_, t)| t == ":" || t == "{") {
+        if let Some((end, _)) = previous_significant(source, pos) {
+            if let Some((ident_start, _)) = ident_before(source, end + 1) {
+                if let Some((colon_at, b':')) = previous_significant(source, ident_start) {
+                    if let Some((s, n)) = ident_before(source, colon_at) {
+                        return missing_value(s..s + n.len(), n, ident_start..end + 1, "this name");
+                    }
                 }
             }
         }

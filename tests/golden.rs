@@ -1,0 +1,88 @@
+//! Golden tests: every `golden/<stage>/<case>.config` is checked, and the
+//! rendered human output and JSON lines are snapshotted with insta under
+//! `golden/snapshots/`. Each case also states what it must report in
+//! `# expect: CODE@LINE` comments; the errors and warnings found must be
+//! exactly those (advice is not listed).
+
+use std::path::{Path, PathBuf};
+
+use plec::cli::check::check_source;
+use plec::diag::{render_human, render_json, LineIndex, Severity};
+use plec::schema::Schema;
+
+fn cases(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            cases(&path, out);
+        } else if path.extension().is_some_and(|e| e == "config") {
+            out.push(path);
+        }
+    }
+}
+
+fn expectations(source: &str) -> Vec<String> {
+    let mut out: Vec<String> = source
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("# expect:"))
+        .map(|e| e.trim().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn golden_cases() {
+    let schema = Schema::builtin().expect("built-in schema");
+    let mut paths = Vec::new();
+    cases(Path::new("golden"), &mut paths);
+    paths.sort();
+    assert!(paths.len() >= 40, "only {} golden cases", paths.len());
+    let mut failures = Vec::new();
+    for path in &paths {
+        let source = std::fs::read_to_string(path).expect("read case");
+        let checked = check_source(&schema, &source);
+        let index = LineIndex::new(&source);
+        let mut found: Vec<String> = checked
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity != Severity::Advice)
+            .map(|d| {
+                let line = d.primary_span().map_or(0, |s| index.position(s.start).0);
+                format!("{}@{line}", d.code)
+            })
+            .collect();
+        found.sort();
+        let expected = expectations(&source);
+        if found != expected {
+            failures.push(format!(
+                "{}:\n  expected {expected:?}\n  found    {found:?}",
+                path.display()
+            ));
+        }
+        let name = path
+            .strip_prefix("golden")
+            .unwrap_or(path)
+            .with_extension("")
+            .display()
+            .to_string()
+            .replace(['/', '\\'], "__");
+        let file = path.display().to_string();
+        let snapshot = format!(
+            "{}\n--- json ---\n{}",
+            render_human(&file, &source, &checked.diagnostics, false),
+            render_json(&file, &source, &checked.diagnostics)
+        );
+        insta::with_settings!({
+            snapshot_path => "../golden/snapshots",
+            prepend_module_to_snapshot => false,
+            omit_expression => true,
+        }, {
+            insta::assert_snapshot!(name, snapshot);
+        });
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
