@@ -440,7 +440,7 @@ impl Binder<'_> {
                     s.kind.describe()
                 ),
             )
-            .with_primary(s.span.clone(), format!("expected `{{ ... }}`"))
+            .with_primary(s.span.clone(), "expected `{ ... }`")
             .with_help(format!(
                 "write `{name} {{ ... }}` with the fields of `{}`",
                 sub.name()
