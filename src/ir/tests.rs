@@ -346,3 +346,27 @@ fn every_shape_code_is_explained() {
     }
     assert!(explain("plec::no-such-code").is_none());
 }
+
+#[test]
+fn unsupported_optimizers_and_schedules_are_named() {
+    let base = std::fs::read_to_string("examples/mmoe_taobao.config").expect("example");
+    for (from, to, named) in [
+        ("adagrad_optimizer {", "lamb_optimizer {", "sparse optimizer lamb_optimizer"),
+        ("adam_optimizer {", "rmsprop_optimizer {", "dense optimizer rmsprop_optimizer"),
+        (
+            "constant_learning_rate {",
+            "linear_decay_learning_rate {",
+            "linear_decay_learning_rate",
+        ),
+    ] {
+        let text = base.replacen(from, to, 1);
+        let schema = crate::schema::Schema::builtin().expect("schema");
+        let checked = crate::cli::check::check_source(&schema, &text);
+        assert!(!checked.has_errors(), "check stays clean for {to}");
+        let bound = checked.bound.expect("bound");
+        let config = crate::schema::typed_config(&bound).expect("typed");
+        let graph = crate::ir::lower(&config).expect("lowers");
+        let err = crate::plan::emit::emit(&graph, &config, &text, 0).expect_err("unsupported");
+        assert!(err.to_string().contains(named), "{err}");
+    }
+}

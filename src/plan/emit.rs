@@ -32,6 +32,8 @@ pub enum EmitError {
     Cycle,
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("plec cannot run {0} yet; `plec check` accepts it, but training needs one of the supported kinds (see README)")]
+    Unsupported(String),
 }
 
 /// Hex SHA-256 of a config text.
@@ -59,7 +61,7 @@ pub fn emit(
             seed,
             model_kind: graph.model_kind.clone(),
             data: Some(data_spec(config)),
-            train: Some(train_settings(config.train_config.as_ref())),
+            train: Some(train_settings(config.train_config.as_ref())?),
             ..Default::default()
         },
         values: HashMap::new(),
@@ -68,6 +70,23 @@ pub fn emit(
     for n in order {
         e.node(n)?;
     }
+    // Tasks in the config's tower order (the order towers were lowered
+    // in), not the topological order they were emitted in: task order is
+    // what users see, and synthetic data chains binary tasks in that order.
+    let tower_order: Vec<&str> = graph
+        .graph
+        .node_indices()
+        .filter_map(|n| match &graph.graph[n] {
+            Node::Tower(t) => Some(t.task.tower_name.as_str()),
+            _ => None,
+        })
+        .collect();
+    e.plan.tasks.sort_by_key(|t| {
+        tower_order
+            .iter()
+            .position(|name| *name == t.tower_name)
+            .unwrap_or(usize::MAX)
+    });
     e.plan.forward_flops_per_sample = forward_flops(&e.plan);
     Ok(e.plan)
 }
@@ -103,67 +122,88 @@ pub fn forward_flops(plan: &Plan) -> u64 {
     flops
 }
 
+// Defaults come from the schema: prost's accessors (`x.momentum()`) return
+// the `[default = ...]` of the .proto files, the one source of truth.
+
 fn data_spec(config: &EasyRecConfig) -> DataSpec {
     let d = config.data_config.clone().unwrap_or_default();
-    let batch = d.batch_size.unwrap_or(1024);
+    let batch = d.batch_size();
     DataSpec {
         batch_size: batch,
         eval_batch_size: d.eval_batch_size.filter(|&b| b > 0).unwrap_or(batch),
         label_fields: d.label_fields.clone(),
         sample_weight_fields: d.sample_weight_fields.clone(),
-        fg_none: d
-            .fg_mode
-            .is_none_or(|m| m == crate::proto::tzrec::protos::FgMode::FgNone as i32),
-        shuffle: d.shuffle.unwrap_or(false),
-        drop_remainder: d.drop_remainder.unwrap_or(false),
+        fg_none: d.fg_mode() == crate::proto::tzrec::protos::FgMode::FgNone,
+        shuffle: d.shuffle(),
+        drop_remainder: d.drop_remainder(),
     }
+}
+
+fn unsupported(what: &str) -> EmitError {
+    EmitError::Unsupported(what.to_string())
 }
 
 macro_rules! schedule {
     ($lr:expr, $m:ident) => {{
         use $m::LearningRate as L;
         match $lr {
-            None | Some(L::ConstantLearningRate(_)) => LearningRate::default(),
-            Some(L::ExponentialDecayLearningRate(x)) => LearningRate {
+            None | Some(L::ConstantLearningRate(_)) => Ok(LearningRate::default()),
+            Some(L::ExponentialDecayLearningRate(x)) => Ok(LearningRate {
                 kind: ScheduleKind::ExponentialDecay as i32,
-                decay_steps: x.decay_size.unwrap_or(0) as u64,
-                decay_rate: x.decay_factor.unwrap_or(0.95),
-                min_lr: x.min_learning_rate.unwrap_or(0.0),
-                staircase: x.staircase.unwrap_or(true),
-                warmup_steps: x.warmup_size.unwrap_or(0) as u64,
-                by_epoch: x.by_epoch.unwrap_or(false),
+                decay_steps: x.decay_size() as u64,
+                decay_rate: x.decay_factor(),
+                min_lr: x.min_learning_rate(),
+                staircase: x.staircase(),
+                warmup_steps: x.warmup_size() as u64,
+                by_epoch: x.by_epoch(),
                 ..Default::default()
-            },
-            Some(L::ManualStepLearningRate(x)) => LearningRate {
+            }),
+            Some(L::ManualStepLearningRate(x)) => Ok(LearningRate {
                 kind: ScheduleKind::ManualStep as i32,
                 schedule_steps: x.schedule_sizes.iter().map(|&s| s as u64).collect(),
                 learning_rates: x.learning_rates.clone(),
-                warmup_steps: if x.warmup.unwrap_or(false) {
+                warmup_steps: if x.warmup() {
                     x.schedule_sizes.first().copied().unwrap_or(0) as u64
                 } else {
                     0
                 },
-                by_epoch: x.by_epoch.unwrap_or(false),
+                by_epoch: x.by_epoch(),
                 ..Default::default()
-            },
-            Some(L::CosineAnnealingLearningRate(x)) => LearningRate {
+            }),
+            Some(L::CosineAnnealingLearningRate(x)) => Ok(LearningRate {
                 kind: ScheduleKind::CosineAnnealing as i32,
-                t_max: x.t_max.unwrap_or(0) as u64,
-                eta_min: x.min_learning_rate.unwrap_or(0.0),
-                warmup_steps: x.warmup_size.unwrap_or(0) as u64,
-                by_epoch: x.by_epoch.unwrap_or(false),
+                t_max: x.t_max() as u64,
+                eta_min: x.min_learning_rate(),
+                warmup_steps: x.warmup_size() as u64,
+                by_epoch: x.by_epoch(),
                 ..Default::default()
-            },
-            // Warm restarts and linear decay have no plan schedule yet:
-            // constant is the closest safe reading.
-            Some(_) => LearningRate::default(),
+            }),
+            Some(L::CosineAnnealingWarmRestartsLearningRate(_)) => Err(unsupported(
+                "learning-rate schedule cosine_annealing_warm_restarts_learning_rate",
+            )),
+            Some(L::LinearDecayLearningRate(_)) => Err(unsupported(
+                "learning-rate schedule linear_decay_learning_rate",
+            )),
         }
     }};
 }
 
-fn sparse(opt: &crate::proto::tzrec::protos::SparseOptimizer) -> Optimizer {
+/// Adagrad's epsilon where the config has no field for it (fbgemm's fused
+/// Adagrad, which TorchEasyRec's sparse optimizer is, uses this value).
+const SPARSE_ADAGRAD_EPS: f32 = 1e-10;
+/// Adam's epsilon for the fused sparse Adam (torch's default).
+const SPARSE_ADAM_EPS: f32 = 1e-8;
+
+fn sparse(opt: &crate::proto::tzrec::protos::SparseOptimizer) -> Result<Optimizer, EmitError> {
     use sparse_optimizer::Optimizer as O;
     let mut o = match &opt.optimizer {
+        // TorchEasyRec requires a sparse optimizer; with none given, plain
+        // SGD at the schema's default rate is what its FusedSGD would use.
+        None => Optimizer {
+            kind: OptimizerKind::Sgd as i32,
+            lr: crate::proto::tzrec::protos::FusedSgdOptimizer::default().lr,
+            ..Default::default()
+        },
         Some(O::SgdOptimizer(x)) => Optimizer {
             kind: OptimizerKind::Sgd as i32,
             lr: x.lr,
@@ -172,110 +212,129 @@ fn sparse(opt: &crate::proto::tzrec::protos::SparseOptimizer) -> Optimizer {
         Some(O::AdagradOptimizer(x)) => Optimizer {
             kind: OptimizerKind::Adagrad as i32,
             lr: x.lr,
-            initial_accumulator_value: x.initial_accumulator_value.unwrap_or(0.0),
-            eps: 1e-10,
+            initial_accumulator_value: x.initial_accumulator_value(),
+            eps: SPARSE_ADAGRAD_EPS,
             ..Default::default()
         },
         Some(O::AdamOptimizer(x)) => Optimizer {
             kind: OptimizerKind::Adam as i32,
             lr: x.lr,
-            beta1: x.beta1.unwrap_or(0.9),
-            beta2: x.beta2.unwrap_or(0.999),
-            eps: 1e-8,
-            weight_decay: x.weight_decay.unwrap_or(0.0),
+            beta1: x.beta1(),
+            beta2: x.beta2(),
+            eps: SPARSE_ADAM_EPS,
+            weight_decay: x.weight_decay(),
             ..Default::default()
         },
         Some(O::RowwiseAdagradOptimizer(x)) => Optimizer {
             kind: OptimizerKind::RowwiseAdagrad as i32,
             lr: x.lr,
-            weight_decay: x.weight_decay.unwrap_or(0.0),
-            initial_accumulator_value: x.initial_accumulator_value.unwrap_or(0.0),
-            eps: 1e-10,
+            weight_decay: x.weight_decay(),
+            initial_accumulator_value: x.initial_accumulator_value(),
+            eps: SPARSE_ADAGRAD_EPS,
             ..Default::default()
         },
-        // Other fused optimizers: plain SGD at the same rate.
-        _ => Optimizer {
-            kind: OptimizerKind::Sgd as i32,
-            lr: 0.002,
-            ..Default::default()
-        },
+        Some(other) => {
+            return Err(unsupported(&format!(
+                "sparse optimizer {}",
+                sparse_name(other)
+            )))
+        }
     };
-    o.schedule = Some(schedule!(&opt.learning_rate, sparse_optimizer));
-    o
+    o.schedule = Some(schedule!(&opt.learning_rate, sparse_optimizer)?);
+    Ok(o)
 }
 
-fn dense(opt: &crate::proto::tzrec::protos::DenseOptimizer) -> Optimizer {
+fn sparse_name(o: &sparse_optimizer::Optimizer) -> &'static str {
+    use sparse_optimizer::Optimizer as O;
+    match o {
+        O::SgdOptimizer(_) => "sgd_optimizer",
+        O::AdagradOptimizer(_) => "adagrad_optimizer",
+        O::AdamOptimizer(_) => "adam_optimizer",
+        O::LarsSgdOptimizer(_) => "lars_sgd_optimizer",
+        O::LambOptimizer(_) => "lamb_optimizer",
+        O::PartialRowwiseLambOptimizer(_) => "partial_rowwise_lamb_optimizer",
+        O::PartialRowwiseAdamOptimizer(_) => "partial_rowwise_adam_optimizer",
+        O::RowwiseAdagradOptimizer(_) => "rowwise_adagrad_optimizer",
+        O::AdadeltaOptimizer(_) => "adadelta_optimizer",
+        O::RmspropOptimizer(_) => "rmsprop_optimizer",
+        O::FtrlOptimizer(_) => "ftrl_optimizer",
+    }
+}
+
+fn dense(opt: &crate::proto::tzrec::protos::DenseOptimizer) -> Result<Optimizer, EmitError> {
     use dense_optimizer::Optimizer as O;
+    if !opt.part_optimizers.is_empty() {
+        return Err(unsupported("dense part_optimizers"));
+    }
     let mut o = match &opt.optimizer {
+        None => Optimizer {
+            kind: OptimizerKind::Sgd as i32,
+            lr: crate::proto::tzrec::protos::SgdOptimizer::default().lr,
+            ..Default::default()
+        },
         Some(O::SgdOptimizer(x)) => Optimizer {
             kind: OptimizerKind::Sgd as i32,
             lr: x.lr,
-            momentum: x.momentum.unwrap_or(0.9),
-            nesterov: x.nesterov.unwrap_or(false),
-            weight_decay: x.weight_decay.unwrap_or(0.0),
+            momentum: x.momentum(),
+            nesterov: x.nesterov(),
+            weight_decay: x.weight_decay(),
             ..Default::default()
         },
         Some(O::AdagradOptimizer(x)) => Optimizer {
             kind: OptimizerKind::Adagrad as i32,
             lr: x.lr,
-            weight_decay: x.weight_decay.unwrap_or(0.0),
-            initial_accumulator_value: x.initial_accumulator_value.unwrap_or(0.0),
-            eps: x.eps.unwrap_or(1e-10),
+            weight_decay: x.weight_decay(),
+            initial_accumulator_value: x.initial_accumulator_value(),
+            eps: x.eps(),
             ..Default::default()
         },
         Some(O::AdamOptimizer(x)) => Optimizer {
             kind: OptimizerKind::Adam as i32,
             lr: x.lr,
-            beta1: x.beta1.unwrap_or(0.9),
-            beta2: x.beta2.unwrap_or(0.999),
-            eps: x.eps.unwrap_or(1e-8),
-            weight_decay: x.weight_decay.unwrap_or(0.0),
+            beta1: x.beta1(),
+            beta2: x.beta2(),
+            eps: x.eps(),
+            weight_decay: x.weight_decay(),
             ..Default::default()
         },
         Some(O::AdamwOptimizer(x)) => Optimizer {
             kind: OptimizerKind::Adamw as i32,
             lr: x.lr,
-            beta1: x.beta1.unwrap_or(0.9),
-            beta2: x.beta2.unwrap_or(0.999),
-            eps: x.eps.unwrap_or(1e-8),
-            weight_decay: x.weight_decay.unwrap_or(0.0),
+            beta1: x.beta1(),
+            beta2: x.beta2(),
+            eps: x.eps(),
+            weight_decay: x.weight_decay(),
             ..Default::default()
         },
-        _ => Optimizer {
-            kind: OptimizerKind::Sgd as i32,
-            lr: 0.002,
-            ..Default::default()
-        },
+        Some(O::AdadeltaOptimizer(_)) => {
+            return Err(unsupported("dense optimizer adadelta_optimizer"))
+        }
+        Some(O::RmspropOptimizer(_)) => {
+            return Err(unsupported("dense optimizer rmsprop_optimizer"))
+        }
     };
-    o.schedule = Some(schedule!(&opt.learning_rate, dense_optimizer));
-    o
+    o.schedule = Some(schedule!(&opt.learning_rate, dense_optimizer)?);
+    Ok(o)
 }
 
-/// Training settings; without `num_steps` or `num_epochs` one epoch.
-fn train_settings(t: Option<&TrainConfig>) -> TrainSettings {
-    let Some(t) = t else {
-        return TrainSettings {
-            sparse_optimizer: Some(sparse(&Default::default())),
-            dense_optimizer: Some(dense(&Default::default())),
-            num_epochs: 1,
-            num_steps: 0,
-            save_checkpoints_steps: 1000,
-            log_step_count_steps: 100,
-        };
-    };
+/// Training settings; without `num_steps` or `num_epochs` one epoch (lint
+/// reports that case as an error before compiling gets here).
+fn train_settings(t: Option<&TrainConfig>) -> Result<TrainSettings, EmitError> {
+    let default = TrainConfig::default();
+    let t = t.unwrap_or(&default);
     let steps = t.num_steps.unwrap_or(0) as u64;
-    TrainSettings {
-        sparse_optimizer: Some(sparse(&t.sparse_optimizer)),
-        dense_optimizer: Some(dense(&t.dense_optimizer)),
+    Ok(TrainSettings {
+        sparse_optimizer: Some(sparse(&t.sparse_optimizer)?),
+        dense_optimizer: Some(dense(&t.dense_optimizer)?),
         num_epochs: if steps > 0 {
             0
         } else {
             t.num_epochs.filter(|&e| e > 0).unwrap_or(1) as u64
         },
         num_steps: steps,
-        save_checkpoints_steps: t.save_checkpoints_steps.unwrap_or(1000) as u64,
-        log_step_count_steps: t.log_step_count_steps.unwrap_or(100) as u64,
-    }
+        save_checkpoints_steps: t.save_checkpoints_steps() as u64,
+        log_step_count_steps: t.log_step_count_steps() as u64,
+    })
 }
 
 struct Emitter<'a> {
