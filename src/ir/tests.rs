@@ -351,8 +351,16 @@ fn every_shape_code_is_explained() {
 fn unsupported_optimizers_and_schedules_are_named() {
     let base = std::fs::read_to_string("examples/mmoe_taobao.config").expect("example");
     for (from, to, named) in [
-        ("adagrad_optimizer {", "lamb_optimizer {", "sparse optimizer lamb_optimizer"),
-        ("adam_optimizer {", "rmsprop_optimizer {", "dense optimizer rmsprop_optimizer"),
+        (
+            "adagrad_optimizer {",
+            "lamb_optimizer {",
+            "sparse optimizer lamb_optimizer",
+        ),
+        (
+            "adam_optimizer {",
+            "rmsprop_optimizer {",
+            "dense optimizer rmsprop_optimizer",
+        ),
         (
             "constant_learning_rate {",
             "linear_decay_learning_rate {",
