@@ -2,11 +2,17 @@
 //! module that knows every stage, and the only place exit codes are chosen:
 //! 0 clean, 1 problems found, 2 could not run.
 
+pub mod bench;
 pub mod check;
 pub mod compile;
+pub mod demo;
+pub mod eval;
 pub mod explain;
+pub mod gen_data;
 pub mod graph;
 pub mod inspect;
+pub mod predict;
+pub mod run;
 
 use std::process::ExitCode;
 
@@ -32,6 +38,18 @@ pub enum Command {
     Graph(graph::GraphArgs),
     /// Summarize a config, or show what a plan file holds.
     Inspect(inspect::InspectArgs),
+    /// Train a plan or config on parquet data, evaluate, save the trained plan.
+    Run(run::RunArgs),
+    /// Evaluate a (trained) plan on parquet data.
+    Eval(eval::EvalArgs),
+    /// Write each task's predictions for parquet data to a parquet file.
+    Predict(predict::PredictArgs),
+    /// Generate synthetic parquet data for a config, with a planted model.
+    GenData(gen_data::GenDataArgs),
+    /// The PLE example end to end: check, compile, gen-data, train, evaluate.
+    Demo(demo::DemoArgs),
+    /// Training and evaluation throughput of the PLE example.
+    Bench(bench::BenchArgs),
 }
 
 /// Outcome of a command, mapped to the process exit code.
@@ -69,6 +87,12 @@ pub fn main() -> ExitCode {
         Command::Compile(args) => compile::execute(&args),
         Command::Graph(args) => graph::execute(&args),
         Command::Inspect(args) => inspect::execute(&args),
+        Command::Run(args) => run::execute(&args),
+        Command::Eval(args) => eval::execute(&args),
+        Command::Predict(args) => predict::execute(&args),
+        Command::GenData(args) => gen_data::execute(&args),
+        Command::Demo(args) => demo::execute(&args),
+        Command::Bench(args) => bench::execute(&args),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

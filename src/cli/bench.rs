@@ -1,0 +1,150 @@
+//! `plec bench`: training and evaluation throughput of the PLE example
+//! (or any config) on synthetic data, per batch size: samples/s, GFLOP/s
+//! from the plan's `forward_flops_per_sample` (training counted as three
+//! forward passes: forward, and backward for inputs and weights), and the
+//! peak resident memory. A benchmark, not a test: numbers depend on the
+//! machine and on what else runs on it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::runtime::{self, Model, Progress, TrainOptions};
+
+use super::compile::human_count;
+use super::gen_data;
+use super::run::{self, render_table, EvalSource};
+use super::{Outcome, RunError};
+
+/// The benchmarked config by default: the full PLE example.
+pub const PLE_EXAMPLE: &str = include_str!("../../examples/ple_taobao.config");
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Training rows generated (one epoch is timed per batch size).
+    #[arg(long, default_value_t = 65_536)]
+    pub rows: usize,
+    /// Evaluation rows generated.
+    #[arg(long, default_value_t = 16_384)]
+    pub eval_rows: usize,
+    /// Batch sizes to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1024,8192")]
+    pub batch_sizes: Vec<usize>,
+    /// Matrix-multiply threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Threads of candle's element-wise pool (see `plec run --help`).
+    #[arg(long, default_value_t = 1)]
+    pub elementwise_threads: usize,
+    /// Device: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Benchmark this config instead of the built-in PLE example.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Seed of the data and the parameters.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM`), if known.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the peak RSS to the current RSS (Linux; ignored elsewhere), so
+/// each batch size reports its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
+    let exec = run::ExecArgs {
+        threads: Some(args.threads),
+        elementwise_threads: args.elementwise_threads,
+        device: args.device.clone(),
+    };
+    let (device, threads) = exec.setup()?;
+    if args.batch_sizes.contains(&0) {
+        return Err(RunError::new("--batch-sizes must all be at least 1"));
+    }
+    let (name, plan) = match &args.config {
+        Some(path) => match run::load_plan(path, args.seed)? {
+            Ok(p) => (path.display().to_string(), p),
+            Err(outcome) => return Ok(outcome),
+        },
+        None => {
+            let path = PathBuf::from("examples/ple_taobao.config");
+            match run::compile_source(&path, PLE_EXAMPLE, args.seed)? {
+                Ok(p) => (format!("{} (built in)", path.display()), p),
+                Err(outcome) => return Ok(outcome),
+            }
+        }
+    };
+    let flops = plan.forward_flops_per_sample as f64;
+    let tmp = tempfile::Builder::new()
+        .prefix("plec-bench-")
+        .tempdir()
+        .map_err(|e| RunError::new(format!("cannot create a temporary directory: {e}")))?;
+    let t = Instant::now();
+    let truth = gen_data::generate(&plan, args.rows, args.eval_rows, args.seed, tmp.path())?;
+    println!(
+        "plec bench: {name}: {} FLOP/sample forward, {} train rows, {} eval rows (generated in {:.1}s), {threads} matmul thread{}, {} element-wise, device {}",
+        human_count(plan.forward_flops_per_sample),
+        truth.train_rows,
+        truth.eval_rows,
+        t.elapsed().as_secs_f64(),
+        if threads == 1 { "" } else { "s" },
+        args.elementwise_threads,
+        args.device,
+    );
+    let train_inputs = vec![truth.train_path.display().to_string()];
+    let eval_inputs = vec![truth.eval_path.display().to_string()];
+    let mut rows = vec![vec![
+        "batch".to_string(),
+        "train samples/s".to_string(),
+        "train GFLOP/s".to_string(),
+        "ms/step".to_string(),
+        "eval samples/s".to_string(),
+        "eval GFLOP/s".to_string(),
+        "peak RSS MiB".to_string(),
+    ]];
+    for &bs in &args.batch_sizes {
+        reset_peak_rss();
+        let mut train_src =
+            run::train_source(run::open_data(&plan, &train_inputs)?, &plan, bs, args.seed);
+        let opts = TrainOptions {
+            num_epochs: Some(1),
+            seed: Some(args.seed),
+            progress: Progress::Silent,
+            ..TrainOptions::default()
+        };
+        let report = runtime::train(&plan, &mut train_src, None, &opts, &device)
+            .map_err(run::runtime_error)?;
+        let train_sps = report.samples_per_sec();
+        let mut eval_src = EvalSource::new(run::open_data(&plan, &eval_inputs)?, bs);
+        let mut model = Model::from_plan(&report.plan, &device).map_err(run::runtime_error)?;
+        let t0 = Instant::now();
+        runtime::evaluate(&mut model, &mut eval_src).map_err(run::runtime_error)?;
+        let eval_sps = truth.eval_rows as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        let rss = peak_rss().map_or_else(|| "-".to_string(), |b| format!("{}", b >> 20));
+        println!(
+            "  batch {bs}: train {train_sps:.0} samples/s ({} steps), eval {eval_sps:.0} samples/s",
+            report.steps
+        );
+        rows.push(vec![
+            bs.to_string(),
+            format!("{train_sps:.0}"),
+            format!("{:.1}", 3.0 * flops * train_sps / 1e9),
+            format!("{:.1}", 1e3 / report.steps_per_sec().max(1e-9)),
+            format!("{eval_sps:.0}"),
+            format!("{:.1}", flops * eval_sps / 1e9),
+            rss,
+        ]);
+    }
+    print!("{}", render_table(&rows));
+    println!("(training GFLOP/s counts 3x the forward FLOPs; peak RSS is reset per batch size)");
+    Ok(Outcome::Clean)
+}

@@ -1,0 +1,617 @@
+//! End-to-end tests of the commands that run models, through the built
+//! `plec` binary: `gen-data` -> `run` -> `eval` -> `predict`, exit codes,
+//! outputs, determinism, learning against the Bayes limit and a
+//! logistic-regression baseline, and bad input data.
+//!
+//! All configs here are small (a few thousand rows, narrow experts), so
+//! the whole file runs in well under a minute on 2 cores (release build).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{Field, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+
+const PLEC: &str = env!("CARGO_BIN_EXE_plec");
+
+/// Features, labels and training settings shared by every test config.
+/// The three categorical columns (`a`, `b`, `c`) have few values, so the
+/// two pairwise interactions of the planted model (`a`x`b`, `b`x`c`, see
+/// `data::synth`) are learnable by a network and invisible to a logistic
+/// regression; they carry about a quarter of the logit variance.
+const HEADER: &str = r#"
+train_config {
+  sparse_optimizer { adagrad_optimizer { lr: 0.1 } constant_learning_rate {} }
+  dense_optimizer { adam_optimizer { lr: 0.005 } constant_learning_rate {} }
+  num_epochs: 1
+}
+data_config {
+  batch_size: 256
+  dataset_type: ParquetDataset
+  fg_mode: FG_NORMAL
+  label_fields: "clk"
+  label_fields: "buy"
+}
+feature_configs { id_feature { feature_name: "a" expression: "user:a" num_buckets: 8 embedding_dim: 8 } }
+feature_configs { id_feature { feature_name: "b" expression: "user:b" hash_bucket_size: 10 embedding_dim: 8 } }
+feature_configs { id_feature { feature_name: "c" expression: "item:c" num_buckets: 8 embedding_dim: 8 } }
+feature_configs { raw_feature { feature_name: "price" expression: "item:price" boundaries: [1, 5, 10, 20, 50, 100] embedding_dim: 8 } }
+"#;
+
+const GROUP: &str = r#"
+  feature_groups {
+    group_name: "all"
+    feature_names: ["a", "b", "c", "price"]
+    group_type: DEEP
+  }
+"#;
+
+const TOWERS: &str = r#"
+    task_towers {
+      tower_name: "ctr" label_name: "clk" mlp { hidden_units: [16] }
+      metrics { auc {} } losses { binary_cross_entropy {} }
+    }
+    task_towers {
+      tower_name: "cvr" label_name: "buy" mlp { hidden_units: [16] }
+      metrics { auc {} } losses { binary_cross_entropy {} }
+    }
+"#;
+
+fn ple_config() -> String {
+    format!(
+        r#"{HEADER}
+model_config {{
+{GROUP}
+  ple {{
+    extraction_networks {{
+      network_name: "layer1" expert_num_per_task: 2 share_num: 2
+      task_expert_net {{ hidden_units: [64, 32] }}
+      share_expert_net {{ hidden_units: [64, 32] }}
+    }}
+    extraction_networks {{
+      network_name: "layer2" expert_num_per_task: 2 share_num: 2
+      task_expert_net {{ hidden_units: [32, 16] }}
+      share_expert_net {{ hidden_units: [32, 16] }}
+    }}
+{TOWERS}
+  }}
+}}
+"#
+    )
+}
+
+fn mmoe_config() -> String {
+    format!(
+        r#"{HEADER}
+model_config {{
+{GROUP}
+  mmoe {{
+    expert_mlp {{ hidden_units: [64, 32] }}
+    num_expert: 3
+{TOWERS}
+  }}
+}}
+"#
+    )
+}
+
+/// Logistic regression on the features: towers without an MLP, so each
+/// task's logit is a linear function of the embeddings, i.e. one learned
+/// weight per feature value (plus the bucketized price), as in LR on
+/// one-hot features.
+fn lr_config() -> String {
+    format!(
+        r#"{HEADER}
+model_config {{
+{GROUP}
+  simple_multi_task {{
+    task_towers {{
+      tower_name: "ctr" label_name: "clk"
+      metrics {{ auc {{}} }} losses {{ binary_cross_entropy {{}} }}
+    }}
+    task_towers {{
+      tower_name: "cvr" label_name: "buy"
+      metrics {{ auc {{}} }} losses {{ binary_cross_entropy {{}} }}
+    }}
+  }}
+}}
+"#
+    )
+}
+
+fn plec(args: &[&str]) -> Output {
+    Command::new(PLEC)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the plec binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = plec(args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "plec {args:?} failed\n{}",
+        text(&o)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write config");
+    p
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    let t = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&t).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Generates data for `config` into `dir/data`; returns (train, eval, stdout).
+fn gen_data(dir: &Path, config: &Path, rows: usize) -> (PathBuf, PathBuf, String) {
+    let data = dir.join("data");
+    let out = ok(&[
+        "gen-data",
+        s(config),
+        "--rows",
+        &rows.to_string(),
+        "--eval-rows",
+        &(rows / 4).to_string(),
+        "-o",
+        s(&data),
+        "--seed",
+        "7",
+    ]);
+    (data.join("train.parquet"), data.join("eval.parquet"), out)
+}
+
+/// The Bayes AUC per task from gen-data's table (`task label train eval bayes`).
+fn bayes_aucs(gen_out: &str) -> Vec<(String, f64)> {
+    gen_out
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 5 && (f[0] == "ctr" || f[0] == "cvr"))
+                .then(|| (f[0].to_string(), f[4].parse().expect("bayes auc")))
+        })
+        .collect()
+}
+
+fn metric(m: &serde_json::Value, name: &str) -> f64 {
+    m["eval"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("metrics.json has no eval.{name}: {m}"))
+}
+
+fn read_parquet(p: &Path) -> RecordBatch {
+    let f = std::fs::File::open(p).expect("open parquet");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+        .expect("parquet footer")
+        .build()
+        .expect("reader");
+    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).collect();
+    arrow_select::concat::concat_batches(&batches[0].schema(), &batches).expect("concat")
+}
+
+fn write_parquet(p: &Path, rb: &RecordBatch) {
+    let f = std::fs::File::create(p).expect("create parquet");
+    let mut w = ArrowWriter::try_new(f, rb.schema(), None).expect("writer");
+    w.write(rb).expect("write");
+    w.close().expect("close");
+}
+
+/// `rb` with column `name` replaced by `col` (or removed when None).
+fn with_column(rb: &RecordBatch, name: &str, col: Option<ArrayRef>) -> RecordBatch {
+    let mut fields = Vec::new();
+    let mut cols = Vec::new();
+    for (f, c) in rb.schema().fields().iter().zip(rb.columns()) {
+        if f.name() == name {
+            if let Some(new) = &col {
+                fields.push(Field::new(name, new.data_type().clone(), true));
+                cols.push(new.clone());
+            }
+        } else {
+            fields.push(Field::new(f.name(), f.data_type().clone(), true));
+            cols.push(c.clone());
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("record batch")
+}
+
+#[test]
+fn gen_data_run_eval_predict_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "ple.config", &ple_config());
+    let (train, eval, gen_out) = gen_data(dir.path(), &config, 4000);
+    assert!(train.exists() && eval.exists(), "{gen_out}");
+    assert_eq!(bayes_aucs(&gen_out).len(), 2, "{gen_out}");
+
+    let out = dir.path().join("out");
+    let run_out = ok(&[
+        "run",
+        s(&config),
+        "--data",
+        s(&train),
+        "--eval",
+        s(&eval),
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
+        "-q",
+    ]);
+    assert!(run_out.contains("auc"), "{run_out}");
+    assert!(
+        run_out.contains("ctr") && run_out.contains("cvr"),
+        "{run_out}"
+    );
+    let m = read_json(&out.join("metrics.json"));
+    assert_eq!(m["samples"].as_u64(), Some(4000), "{m}");
+    assert!(out.join("plan.bin").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+
+    // eval of the trained plan reproduces the run's final evaluation.
+    let plan = out.join("plan.bin");
+    let ev = ok(&[
+        "eval",
+        s(&plan),
+        "--data",
+        s(&eval),
+        "--format",
+        "json",
+        "--threads",
+        "1",
+    ]);
+    let ev: serde_json::Value = serde_json::from_str(&ev).expect("eval json");
+    assert_eq!(ev["rows"].as_u64(), Some(1000));
+    for name in ["exact_auc_ctr", "exact_auc_cvr", "logloss_ctr", "auc_cvr"] {
+        let a = ev["metrics"][name].as_f64().expect(name);
+        let b = metric(&m, name);
+        assert!((a - b).abs() < 1e-6, "{name}: eval {a} vs run {b}");
+    }
+    let human = ok(&["eval", s(&plan), "--data", s(&eval)]);
+    assert!(human.contains("exact_auc"), "{human}");
+
+    // predict with an id column kept.
+    let pred = dir.path().join("pred.parquet");
+    ok(&[
+        "predict",
+        s(&plan),
+        "--data",
+        s(&eval),
+        "-o",
+        s(&pred),
+        "--keep",
+        "b",
+        "--keep",
+        "a",
+    ]);
+    let rb = read_parquet(&pred);
+    assert_eq!(rb.num_rows(), 1000);
+    let names: Vec<String> = rb
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["b", "a", "probs_ctr", "probs_cvr"]);
+    let input = read_parquet(&eval);
+    assert_eq!(
+        rb.column(0).as_ref(),
+        input.column_by_name("b").unwrap().as_ref(),
+        "kept column copied through in row order"
+    );
+    let probs = rb
+        .column(2)
+        .as_any()
+        .downcast_ref::<arrow_array::Float32Array>()
+        .expect("float probabilities");
+    assert!(probs.values().iter().all(|p| (0.0..=1.0).contains(p)));
+
+    // A --keep column that is not in the data is an error naming it.
+    let o = plec(&[
+        "predict",
+        s(&plan),
+        "--data",
+        s(&eval),
+        "-o",
+        s(&dir.path().join("p2.parquet")),
+        "--keep",
+        "user_key",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("user_key"), "{}", text(&o));
+    assert!(!dir.path().join("p2.parquet").exists());
+
+    // A plan file runs too (training continues from the trained plan).
+    let out2 = dir.path().join("out2");
+    ok(&[
+        "run",
+        s(&plan),
+        "--data",
+        &format!("{}/*.parquet", dir.path().join("data").display()),
+        "--steps",
+        "3",
+        "--out",
+        s(&out2),
+        "-q",
+    ]);
+    let m2 = read_json(&out2.join("metrics.json"));
+    assert_eq!(m2["steps"].as_u64(), Some(3));
+    assert!(m2["trained_steps"].as_u64().unwrap() > 3);
+}
+
+#[test]
+fn config_errors_and_bad_flags_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.config",
+        &ple_config().replace("feature_names: [\"a\"", "feature_names: [\"zz\""),
+    );
+    let o = plec(&["run", s(&bad), "--data", "nothing.parquet"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("zz"), "{}", text(&o));
+
+    let good = write(dir.path(), "ple.config", &ple_config());
+    let o = plec(&["run", s(&good), "--data", s(&dir.path().join("none"))]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("none"), "{}", text(&o));
+
+    let o = plec(&["run", s(&good), "--data", "x.parquet", "--device", "tpu"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("cpu"), "{}", text(&o));
+
+    #[cfg(not(feature = "cuda"))]
+    {
+        let o = plec(&[
+            "eval",
+            s(&good),
+            "--data",
+            "x.parquet",
+            "--device",
+            "cuda:0",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("--features cuda"), "{}", text(&o));
+    }
+}
+
+/// Same seed, same data, same threads: identical metrics and losses.
+#[test]
+fn same_seed_same_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "mmoe.config", &mmoe_config());
+    let (train, eval, _) = gen_data(dir.path(), &config, 3000);
+    let run = |name: &str| {
+        let out = dir.path().join(name);
+        ok(&[
+            "run",
+            s(&config),
+            "--data",
+            s(&train),
+            "--eval",
+            s(&eval),
+            "--epochs",
+            "2",
+            "--seed",
+            "11",
+            "--threads",
+            "2",
+            "--out",
+            s(&out),
+            "-q",
+        ]);
+        read_json(&out.join("metrics.json"))
+    };
+    let (a, b) = (run("one"), run("two"));
+    for key in ["eval", "final_loss", "task_losses", "steps", "samples"] {
+        assert_eq!(a[key], b[key], "{key} differs between identical runs");
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("one/plan.bin")).unwrap(),
+        std::fs::read(dir.path().join("two/plan.bin")).unwrap(),
+        "trained plans differ"
+    );
+}
+
+/// On gen-data output, PLE and MMoE reach an exact AUC within `MARGIN` of
+/// the Bayes limit on each task, and beat logistic regression (LR): on
+/// ctr, and on the mean AUC over both tasks.
+///
+/// `MARGIN` = 0.03 (measured: PLE about 0.022 below Bayes on both tasks
+/// after 8 epochs of 24,000 rows): the networks still miss part of the
+/// planted interactions and per-value effects at this data size, and the
+/// bucketized price loses part of its planted smooth effect. LR (trained
+/// to its plateau, 5 epochs) misses the interactions: about 0.034 below
+/// Bayes on ctr. On cvr, whose planted probability is a product along the
+/// ctr -> cvr funnel, LR and the networks end within about 0.001 of each
+/// other at this size, so cvr alone is not required to beat LR.
+#[test]
+fn ple_and_mmoe_near_bayes_and_above_lr() {
+    const MARGIN: f64 = 0.03;
+    let dir = tempfile::tempdir().unwrap();
+    let ple = write(dir.path(), "ple.config", &ple_config());
+    let mmoe = write(dir.path(), "mmoe.config", &mmoe_config());
+    let lr = write(dir.path(), "lr.config", &lr_config());
+    let (train, eval, gen_out) = gen_data(dir.path(), &ple, 24_000);
+    let bayes = bayes_aucs(&gen_out);
+    let train_eval = |config: &Path, name: &str, epochs: u32| {
+        let out = dir.path().join(name);
+        ok(&[
+            "run",
+            s(config),
+            "--data",
+            s(&train),
+            "--eval",
+            s(&eval),
+            "--epochs",
+            &epochs.to_string(),
+            "--threads",
+            "2",
+            "--out",
+            s(&out),
+            "-q",
+        ]);
+        read_json(&out.join("metrics.json"))
+    };
+    let base = train_eval(&lr, "lr", 5);
+    let mut report = String::new();
+    let mut failures = Vec::new();
+    for (name, config) in [("ple", &ple), ("mmoe", &mmoe)] {
+        let m = train_eval(config, name, 8);
+        let (mut sum, mut lr_sum) = (0.0, 0.0);
+        for (task, limit) in &bayes {
+            let auc = metric(&m, &format!("exact_auc_{task}"));
+            let lr_auc = metric(&base, &format!("exact_auc_{task}"));
+            report.push_str(&format!(
+                "{name} {task}: auc {auc:.4}, bayes {limit:.4}, lr {lr_auc:.4}\n"
+            ));
+            if auc < limit - MARGIN {
+                failures.push(format!(
+                    "{name} {task}: {auc:.4} < bayes {limit:.4} - {MARGIN}"
+                ));
+            }
+            if task == "ctr" && auc <= lr_auc {
+                failures.push(format!("{name} {task}: {auc:.4} <= lr {lr_auc:.4}"));
+            }
+            sum += auc;
+            lr_sum += lr_auc;
+        }
+        if sum <= lr_sum {
+            failures.push(format!("{name}: mean auc {sum:.4}/2 <= lr {lr_sum:.4}/2"));
+        }
+    }
+    eprint!("{report}");
+    assert!(failures.is_empty(), "{failures:?}\n{report}");
+}
+
+/// Each kind of bad data stops `plec run` with exit 2 and a message naming
+/// the file (and the column where there is one), and leaves no output.
+#[test]
+fn bad_data_is_an_error_with_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "ple.config", &ple_config());
+    let (train, _, _) = gen_data(dir.path(), &config, 600);
+    let good = read_parquet(&train);
+    let n = good.num_rows();
+
+    let labels_with = |v: Vec<Option<i64>>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
+    let mut null_label: Vec<Option<i64>> = vec![Some(0); n];
+    null_label[n - 5] = None;
+    let mut nan_label = vec![0.0f64; n];
+    nan_label[3] = f64::NAN;
+    let mut big_id: Vec<i64> = vec![1; n];
+    big_id[7] = 8;
+
+    let cases: Vec<(&str, RecordBatch, Vec<&str>)> = vec![
+        (
+            "missing_column",
+            with_column(&good, "price", None),
+            vec!["price"],
+        ),
+        (
+            "wrong_type",
+            with_column(&good, "a", Some(Arc::new(Float64Array::from(vec![1.5; n])))),
+            vec!["`a`"],
+        ),
+        (
+            "null_label",
+            with_column(&good, "clk", Some(labels_with(null_label))),
+            vec!["clk", "null", "row 595"],
+        ),
+        (
+            "id_out_of_range",
+            with_column(&good, "c", Some(Arc::new(Int64Array::from(big_id)))),
+            vec!["`c`", "row 7", "8"],
+        ),
+        (
+            "nan_label",
+            with_column(&good, "buy", Some(Arc::new(Float64Array::from(nan_label)))),
+            vec!["buy", "row 3", "NaN"],
+        ),
+        (
+            "string_label",
+            with_column(
+                &good,
+                "clk",
+                Some(Arc::new(StringArray::from(vec!["yes"; n]))),
+            ),
+            vec!["clk"],
+        ),
+    ];
+    let check = |name: &str, file: &Path, needles: &[&str]| {
+        let out = dir.path().join(format!("out_{name}"));
+        let o = plec(&[
+            "run",
+            s(&config),
+            "--data",
+            s(file),
+            "--epochs",
+            "1",
+            "--out",
+            s(&out),
+            "-q",
+        ]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{name}: {t}");
+        assert!(!t.contains("panicked"), "{name}: {t}");
+        assert!(
+            t.contains(s(file)),
+            "{name}: message does not name the file\n{t}"
+        );
+        for needle in needles {
+            assert!(t.contains(needle), "{name}: message lacks {needle:?}\n{t}");
+        }
+        assert!(!out.join("plan.bin").exists(), "{name}: plan.bin written");
+        assert!(
+            !out.join("metrics.json").exists(),
+            "{name}: metrics.json written"
+        );
+    };
+    for (name, rb, needles) in &cases {
+        let file = dir.path().join(format!("{name}.parquet"));
+        write_parquet(&file, rb);
+        check(name, &file, needles);
+    }
+
+    // A truncated file: the first half of a good one.
+    let bytes = std::fs::read(&train).unwrap();
+    let cut = dir.path().join("truncated.parquet");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    check("truncated", &cut, &["parquet"]);
+
+    // Bad rows after good ones: the run fails late, still without output.
+    let late = {
+        let mut v: Vec<Option<i64>> = vec![Some(1); n];
+        v[n - 1] = None;
+        with_column(&good, "clk", Some(labels_with(v)))
+    };
+    let file = dir.path().join("late.parquet");
+    write_parquet(&file, &late);
+    check("late", &file, &["clk", "null"]);
+}
