@@ -112,7 +112,7 @@ fn every_pass_preserves_outputs_on_every_example() {
 fn fusion_batches_ple_layer_one_with_its_gates() {
     let ple = examples()
         .into_iter()
-        .find(|(n, _)| n.starts_with("ple"))
+        .find(|(n, _)| n.starts_with("ple_taobao"))
         .expect("ple")
         .1;
     let (config, _) = typed(&ple);
@@ -159,7 +159,7 @@ fn fusion_batches_ple_layer_one_with_its_gates() {
 fn max_patches_stops_the_driver() {
     let ple = examples()
         .into_iter()
-        .find(|(n, _)| n.starts_with("ple"))
+        .find(|(n, _)| n.starts_with("ple_taobao"))
         .expect("ple")
         .1;
     let (config, _) = typed(&ple);
