@@ -86,3 +86,27 @@ fn golden_cases() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Every code a golden case produces is explained by `plec explain`.
+#[test]
+fn every_reported_code_is_explained() {
+    let schema = Schema::builtin().expect("built-in schema");
+    let mut paths = Vec::new();
+    cases(Path::new("golden"), &mut paths);
+    let mut codes = std::collections::BTreeSet::new();
+    for path in &paths {
+        let source = std::fs::read_to_string(path).expect("read case");
+        for d in check_source(&schema, &source).diagnostics {
+            codes.insert(d.code);
+        }
+    }
+    for code in &codes {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_plec"))
+            .args(["explain", code])
+            .output()
+            .expect("run plec explain");
+        assert!(out.status.success(), "no explanation for {code}");
+        assert!(out.stdout.len() > 80, "explanation of {code} is too short");
+    }
+    assert!(codes.len() >= 40, "{} codes", codes.len());
+}

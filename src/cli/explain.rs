@@ -3,7 +3,7 @@
 //! lists every code with its severity and summary.
 
 use crate::diag::{closest_names, one_of};
-use crate::{ir, lint};
+use crate::{ir, lint, schema, syntax};
 
 use super::{Outcome, RunError};
 
@@ -34,6 +34,14 @@ pub fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
                 rule.summary
             ));
         }
+        for (kind, codes) in [
+            ("syntax", syntax::explain::CODES),
+            ("schema", schema::explain::CODES),
+        ] {
+            for (code, text) in codes {
+                out.push_str(&format!("{code:<34} {kind:<8} {}\n", first_sentence(text)));
+            }
+        }
         for (code, text) in ir::SHAPE_CODES {
             out.push_str(&format!(
                 "{code:<34} {:<8} {}\n",
@@ -54,6 +62,15 @@ pub fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
         );
         return Ok(Outcome::Clean);
     }
+    let full = format!("plec::{}", code.trim().trim_start_matches("plec::"));
+    if let Some((c, text)) = syntax::explain::CODES
+        .iter()
+        .chain(schema::explain::CODES)
+        .find(|(c, _)| *c == full)
+    {
+        println!("{c}\n\n{text}");
+        return Ok(Outcome::Clean);
+    }
     if let Some(text) = ir::explain(code.trim()) {
         let bare = code.trim().trim_start_matches("plec::");
         println!("plec::{bare}\n\n{text}");
@@ -64,6 +81,8 @@ pub fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
     let known: Vec<&str> = lint::all_codes()
         .into_iter()
         .chain(ir::SHAPE_CODES.iter().map(|(c, _)| *c))
+        .chain(syntax::explain::CODES.iter().map(|(c, _)| *c))
+        .chain(schema::explain::CODES.iter().map(|(c, _)| *c))
         .map(|c| c.trim_start_matches("plec::"))
         .collect();
     let bare = code.trim().trim_start_matches("plec::");

@@ -8,6 +8,7 @@
 
 pub mod ast;
 mod balance;
+pub mod explain;
 pub mod literal;
 mod tree;
 
