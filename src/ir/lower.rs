@@ -189,35 +189,32 @@ struct TaskDesc {
     out_weight: f32,
 }
 
+/// `TaskTower` and `BayesTaskTower` share these fields; prost's accessors
+/// give the schema's defaults (`num_class` 1, weights 1.0).
+macro_rules! task_desc {
+    ($t:expr, $label:expr) => {
+        TaskDesc {
+            name: $t.tower_name.clone(),
+            label: $label,
+            num_class: $t.num_class(),
+            losses: $t.losses.clone(),
+            metrics: $t.metrics.clone(),
+            weight: $t.weight(),
+            sample_weight_name: $t.sample_weight_name().to_string(),
+            indicator: $t.task_space_indicator_label().to_string(),
+            in_weight: $t.in_task_space_weight(),
+            out_weight: $t.out_task_space_weight(),
+        }
+    };
+}
+
 impl TaskDesc {
     fn from_tower(t: &crate::proto::tzrec::protos::TaskTower) -> Self {
-        TaskDesc {
-            name: t.tower_name.clone(),
-            label: t.label_name.clone(),
-            num_class: t.num_class.unwrap_or(1),
-            losses: t.losses.clone(),
-            metrics: t.metrics.clone(),
-            weight: t.weight.unwrap_or(1.0),
-            sample_weight_name: t.sample_weight_name.clone().unwrap_or_default(),
-            indicator: t.task_space_indicator_label.clone().unwrap_or_default(),
-            in_weight: t.in_task_space_weight.unwrap_or(1.0),
-            out_weight: t.out_task_space_weight.unwrap_or(1.0),
-        }
+        task_desc!(t, t.label_name.clone())
     }
 
     fn from_bayes(t: &crate::proto::tzrec::protos::BayesTaskTower) -> Self {
-        TaskDesc {
-            name: t.tower_name.clone(),
-            label: t.label_name.clone().unwrap_or_default(),
-            num_class: t.num_class.unwrap_or(1),
-            losses: t.losses.clone(),
-            metrics: t.metrics.clone(),
-            weight: t.weight.unwrap_or(1.0),
-            sample_weight_name: t.sample_weight_name.clone().unwrap_or_default(),
-            indicator: t.task_space_indicator_label.clone().unwrap_or_default(),
-            in_weight: t.in_task_space_weight.unwrap_or(1.0),
-            out_weight: t.out_task_space_weight.unwrap_or(1.0),
-        }
+        task_desc!(t, t.label_name().to_string())
     }
 }
 
