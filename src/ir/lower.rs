@@ -372,8 +372,8 @@ impl Builder {
     fn mlp(&mut self, name: &str, role: MlpRole, path: &str, mlp: &Mlp, input: Out) -> Out {
         let mut layers = Vec::new();
         let mut in_dim = input.width;
-        let use_bn = mlp.use_bn.unwrap_or(false);
-        let use_ln = mlp.use_ln.unwrap_or(false);
+        let use_bn = mlp.use_bn();
+        let use_ln = mlp.use_ln();
         if use_bn && use_ln {
             self.errors.push(IrError::invalid(
                 "an MLP cannot use both batch norm and layer norm",
@@ -410,7 +410,7 @@ impl Builder {
             } else {
                 Norm::None
             };
-            let bias = mlp.bias.unwrap_or(true) && !use_bn;
+            let bias = mlp.bias() && !use_bn;
             layers.push(DenseLayer {
                 linear: linear(&lname, in_dim, out, bias),
                 norm,
@@ -535,8 +535,8 @@ impl Builder {
                 Some(Loss::L2Loss(_)) => (plan::LossKind::L2Loss, 0.0, 0.0),
                 Some(Loss::BinaryFocalLoss(f)) => (
                     plan::LossKind::BinaryFocalLoss,
-                    f.gamma.unwrap_or(2.0),
-                    f.alpha.unwrap_or(0.5),
+                    f.gamma(),
+                    f.alpha(),
                 ),
                 Some(Loss::JrcLoss(_)) => {
                     self.errors.push(IrError::unsupported(
@@ -571,7 +571,7 @@ impl Builder {
             let metric = match &m.metric {
                 Some(Metric::Auc(a)) => plan::Metric {
                     kind: plan::MetricKind::Auc as i32,
-                    thresholds: a.thresholds.unwrap_or(200),
+                    thresholds: a.thresholds(),
                     grouping_key: String::new(),
                 },
                 Some(Metric::GroupedAuc(g)) => plan::Metric {
@@ -646,7 +646,7 @@ impl Builder {
             }
             let mut shared = Vec::new();
             if let Some(share_net) = &net.share_expert_net {
-                for k in 0..net.share_num.unwrap_or(0) {
+                for k in 0..net.share_num() {
                     shared.push(self.mlp(
                         &format!("{lname}.shared.expert{k}"),
                         MlpRole::Expert,
@@ -764,7 +764,7 @@ impl Builder {
                 base,
                 e,
                 m.gate_mlp.as_ref(),
-                m.num_expert.unwrap_or(3),
+                m.num_expert(),
                 &names,
                 input,
             ),
@@ -1008,13 +1008,13 @@ fn resolve_feature(
                         0
                     },
                     boundaries: f.boundaries.iter().map(|&b| b as f64).collect(),
-                    value_dim: f.value_dim.unwrap_or(1),
+                    value_dim: f.value_dim(),
                     normalizer,
                     default_value: f.default_value.clone().unwrap_or_else(|| "0".into()),
                     separator: f.separator.clone().unwrap_or_else(|| "\x1d".into()),
                     pooling: pooling(f.pooling.as_deref()),
                     embedding_dim: if bucketized {
-                        f.embedding_dim.unwrap_or(0)
+                        f.embedding_dim()
                     } else {
                         0
                     },
@@ -1053,7 +1053,7 @@ fn resolve_feature(
                     default_value: f.default_value.clone().unwrap_or_default(),
                     separator: f.separator.clone().unwrap_or_else(|| "\x1d".into()),
                     pooling: pooling(f.pooling.as_deref()),
-                    embedding_dim: f.embedding_dim.unwrap_or(0),
+                    embedding_dim: f.embedding_dim(),
                     default_bucketize_value: f.default_bucketize_value,
                     ..Default::default()
                 },

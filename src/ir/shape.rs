@@ -157,7 +157,7 @@ pub fn feature_width(fc: &FeatureConfig) -> Option<u64> {
     let w = match fc.feature.as_ref()? {
         Feature::IdFeature(f) => f.embedding_dim as u64,
         Feature::RawFeature(f) if !f.boundaries.is_empty() => f.embedding_dim? as u64,
-        Feature::RawFeature(f) => f.value_dim.unwrap_or(1) as u64,
+        Feature::RawFeature(f) => f.value_dim() as u64,
         Feature::ComboFeature(f) => f.embedding_dim? as u64,
         _ => return None,
     };
@@ -192,7 +192,7 @@ pub fn check_config(config: &EasyRecConfig) -> Vec<ShapeError> {
                     &format!("{p}.task_expert_net"),
                     &net.task_expert_net,
                 );
-                let share_num = net.share_num.unwrap_or(0);
+                let share_num = net.share_num();
                 if net.expert_num_per_task == 0 && share_num == 0 {
                     out.push(
                         ShapeError::new(

@@ -76,8 +76,8 @@ fn train_length(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     let Some(tc) = &cx.config.train_config else {
         return;
     };
-    let epochs = tc.num_epochs.unwrap_or(0);
-    let steps = tc.num_steps.unwrap_or(0);
+    let epochs = tc.num_epochs();
+    let steps = tc.num_steps();
     if epochs == 0 && steps == 0 {
         let span = if cx.written("train_config.num_epochs") {
             cx.value("train_config.num_epochs")
@@ -105,8 +105,8 @@ fn both_train_lengths(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     let Some(tc) = &cx.config.train_config else {
         return;
     };
-    let epochs = tc.num_epochs.unwrap_or(0);
-    let steps = tc.num_steps.unwrap_or(0);
+    let epochs = tc.num_epochs();
+    let steps = tc.num_steps();
     if epochs == 0 || steps == 0 || epochs == steps {
         return;
     }

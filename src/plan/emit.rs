@@ -322,7 +322,7 @@ fn dense(opt: &crate::proto::tzrec::protos::DenseOptimizer) -> Result<Optimizer,
 fn train_settings(t: Option<&TrainConfig>) -> Result<TrainSettings, EmitError> {
     let default = TrainConfig::default();
     let t = t.unwrap_or(&default);
-    let steps = t.num_steps.unwrap_or(0) as u64;
+    let steps = t.num_steps() as u64;
     Ok(TrainSettings {
         sparse_optimizer: Some(sparse(&t.sparse_optimizer)?),
         dense_optimizer: Some(dense(&t.dense_optimizer)?),
