@@ -13,6 +13,7 @@ use super::eval::{self, MetricFactory};
 use super::loss;
 use super::model::{Mode, Model};
 use super::optim::{dense::DenseOptimizer, schedule, sparse::SparseOptimizer};
+use super::profile::{self, Phase, Phases};
 use super::source::BatchSource;
 use crate::data::batch::Batch;
 use crate::plan::file;
@@ -126,6 +127,8 @@ pub struct Trainer {
     data: crate::proto::plan::DataSpec,
     /// Global step (the plan's `trained_steps` plus steps of this run).
     pub global_step: u64,
+    /// Phase times when `PLEC_PROFILE` is set (see `profile`).
+    pub phases: Option<Phases>,
 }
 
 /// The loss of one step.
@@ -168,12 +171,14 @@ impl Trainer {
             tasks: plan.tasks.clone(),
             data: plan.data.clone().unwrap_or_default(),
             global_step: plan.trained_steps,
+            phases: profile::enabled().then(Phases::default),
         })
     }
 
     /// One optimizer step on `batch` during epoch `epoch`.
     pub fn step(&mut self, batch: &Batch, epoch: u64) -> Result<StepLoss> {
         let step = self.global_step;
+        self.mark(Phase::Data);
         let fwd = self.model.forward(
             batch,
             Mode::Train {
@@ -198,6 +203,7 @@ impl Trainer {
                 None => l,
             });
         }
+        self.mark(Phase::Forward);
         let total = total.ok_or_else(|| invalid_plan!("the plan has no tasks"))?;
         let host: Vec<f32> = task_losses
             .iter()
@@ -212,18 +218,40 @@ impl Trainer {
                 });
             }
         }
+        self.mark(Phase::Loss);
         let grads = total.backward()?;
+        self.mark(Phase::Backward);
         let dense_lr = schedule::learning_rate(self.dense.config(), step, epoch);
         let sparse_lr = schedule::learning_rate(self.sparse.config(), step, epoch);
         let params = self.model.trainable();
         self.dense.step(&params, &grads, dense_lr)?;
+        self.mark(Phase::Dense);
         self.sparse
             .step(self.model.tables_mut(), &fwd.gathered, &grads, sparse_lr)?;
+        self.mark(Phase::Sparse);
+        if let Some(p) = &mut self.phases {
+            p.step_done();
+        }
         self.global_step += 1;
         Ok(StepLoss {
             total: host.iter().sum(),
             tasks: host,
         })
+    }
+
+    /// Charges the time since the last mark to `phase` when profiling.
+    fn mark(&mut self, phase: Phase) {
+        if let Some(p) = &mut self.phases {
+            p.mark(phase);
+        }
+    }
+
+    /// Restarts the profile clock (after an evaluation, before a batch
+    /// is awaited) when profiling.
+    pub fn restart_clock(&mut self) {
+        if let Some(p) = &mut self.phases {
+            p.start();
+        }
     }
 
     /// The plan with trained values and `trained_steps` written back.
@@ -387,6 +415,7 @@ pub fn train_with(
         report.epochs += 1;
         let mut batches_this_epoch = 0u64;
         let mut t0 = Instant::now();
+        trainer.restart_clock();
         for batch in iter {
             let batch = batch.map_err(RuntimeError::Data)?;
             let loss = trainer.step(&batch, epoch)?;
@@ -419,6 +448,7 @@ pub fn train_with(
                     file::save(&plan_now, &dir_ready(dir)?.join("plan.bin"))?;
                 }
                 t0 = Instant::now();
+                trainer.restart_clock();
             }
             if steps.is_some_and(|s| report.steps >= s) {
                 break 'epochs;
@@ -432,6 +462,9 @@ pub fn train_with(
         epoch += 1;
     }
     reporter.finish();
+    if let Some(p) = &trainer.phases {
+        eprintln!("{}", p.summary());
+    }
     report.train_seconds = train_time;
     if let Some(ev) = eval_data {
         let m = eval::evaluate_with(&mut trainer.model, ev, metrics)?;

@@ -3,7 +3,11 @@
 //! (`initial_accumulator_value`), Adam (L2 weight decay) and AdamW
 //! (decoupled weight decay). Parameters marked `no_decay` never decay.
 
-use candle_core::{backprop::GradStore, Tensor, Var};
+use std::cell::RefCell;
+
+use candle_core::{backprop::GradStore, DType, Tensor, Var};
+
+use super::fused::AdamStep;
 
 use super::eps_of;
 use crate::proto::plan::{Optimizer, OptimizerKind};
@@ -17,6 +21,8 @@ struct State {
     a: Option<Tensor>,
     /// Second moment (Adam).
     b: Option<Tensor>,
+    /// Adam's moments on the host, for the fused CPU kernel.
+    host: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// A dense optimizer and its state.
@@ -27,6 +33,8 @@ pub struct DenseOptimizer {
     state: Vec<State>,
     /// Steps taken, for Adam's bias correction.
     steps: u64,
+    /// Whether Adam may use the fused CPU kernel (see `optim::fused`).
+    fused: bool,
 }
 
 impl DenseOptimizer {
@@ -49,12 +57,19 @@ impl DenseOptimizer {
             cfg: cfg.clone(),
             state: (0..num_params).map(|_| State::default()).collect(),
             steps: 0,
+            fused: true,
         })
     }
 
     /// The optimizer's settings.
     pub fn config(&self) -> &Optimizer {
         &self.cfg
+    }
+
+    /// Allows or forbids the fused CPU kernel (on by default; the tests
+    /// turn it off to compare against the tensor path).
+    pub fn set_fused(&mut self, on: bool) {
+        self.fused = on;
     }
 
     /// One update of every parameter in `params` (plan index, var,
@@ -112,6 +127,34 @@ impl DenseOptimizer {
                     let upd = g.div(&(acc.sqrt()? + eps)?)?;
                     st.a = Some(acc);
                     (p - (upd * lr)?)?
+                }
+                OptimizerKind::Adam | OptimizerKind::Adamw
+                    if self.fused
+                        && p.device().is_cpu()
+                        && p.dtype() == DType::F32
+                        && g.dtype() == DType::F32
+                        && p.is_contiguous()
+                        && g.is_contiguous()
+                        && st.a.is_none() =>
+                {
+                    let decoupled = self.kind == OptimizerKind::Adamw;
+                    let n = p.elem_count();
+                    let (m, v) = st.host.get_or_insert_with(|| (vec![0.0; n], vec![0.0; n]));
+                    let (b1, b2) = (c.beta1 as f64, c.beta2 as f64);
+                    let op = AdamStep {
+                        m: RefCell::new(m.as_mut_slice()),
+                        v: RefCell::new(v.as_mut_slice()),
+                        lr,
+                        beta1: b1,
+                        beta2: b2,
+                        eps,
+                        bias1: 1.0 - b1.powi(t),
+                        bias2: 1.0 - b2.powi(t),
+                        l2: if decoupled { 0.0 } else { wd },
+                        shrink: if decoupled { 1.0 - lr * wd } else { 1.0 },
+                    };
+                    p.inplace_op2(g, &op)?;
+                    continue;
                 }
                 OptimizerKind::Adam | OptimizerKind::Adamw => {
                     let decoupled = self.kind == OptimizerKind::Adamw;

@@ -2,6 +2,7 @@
 //! embedding rows a batch touched, and the learning-rate schedules both use.
 
 pub mod dense;
+pub mod fused;
 pub mod schedule;
 pub mod sparse;
 

@@ -3,6 +3,7 @@
 
 mod gradcheck;
 mod hand;
+mod kernels;
 mod losses;
 mod runs;
 

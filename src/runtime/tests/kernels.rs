@@ -1,0 +1,123 @@
+//! Kernel-level benchmarks on the PLE example's shapes (ignored by default:
+//! `cargo test --release --lib runtime::tests::kernels -- --ignored
+//! --nocapture`), and tests of the fast kernels against the plain candle
+//! path on random inputs.
+
+use candle_core::{Device, Tensor};
+
+use crate::runtime::ops;
+
+/// GFLOP/s of `f` doing `flops` per call: best of 5 rounds of `reps` calls.
+fn gflops(flops: f64, reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+    }
+    flops / best / 1e9
+}
+
+#[test]
+#[ignore = "benchmark: cargo test --release --lib runtime::tests::kernels::bench_gemm_shapes -- --ignored --nocapture"]
+fn bench_gemm_shapes() {
+    let dev = Device::Cpu;
+    for b in [1024usize, 8192] {
+        let x = Tensor::randn(0f32, 1.0, (b, 256), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (6158, 256), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 6158, &dev).unwrap();
+        let f = 2.0 * (b * 256 * 6158) as f64;
+        let g = gflops(f, 3, || {
+            ops::linear(&x, &w, Some(&bias)).unwrap();
+        });
+        eprintln!("batch {b}: wide linear 256->6158: {g:.1} GFLOP/s");
+        let x = Tensor::randn(0f32, 1.0, (6, b, 1024), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (6, 512, 1024), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, (6, 512), &dev).unwrap();
+        let f = 2.0 * (6 * b * 1024 * 512) as f64;
+        let g = gflops(f, 3, || {
+            ops::batched_linear(&x, &w, Some(&bias)).unwrap();
+        });
+        eprintln!("batch {b}: batched linear 6x 1024->512: {g:.1} GFLOP/s");
+        // The backward of the wide layer: dW = dY^T X.
+        let dy = Tensor::randn(0f32, 1.0, (b, 6158), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (b, 256), &dev).unwrap();
+        let f = 2.0 * (b * 256 * 6158) as f64;
+        let g = gflops(f, 3, || {
+            dy.t().unwrap().matmul(&x).unwrap();
+        });
+        eprintln!("batch {b}: dW = dY^T X (6158x{b}x256): {g:.1} GFLOP/s");
+    }
+}
+
+/// The fused CPU Adam/AdamW kernel agrees with the tensor formulation on
+/// random parameters and gradients over several steps (relative 1e-5: the
+/// same f32 arithmetic, in a different association order).
+#[test]
+fn fused_adam_matches_tensor_path() {
+    use crate::proto::plan::{Optimizer, OptimizerKind};
+    use crate::runtime::optim::dense::DenseOptimizer;
+    use candle_core::Var;
+
+    let dev = Device::Cpu;
+    for (kind, wd) in [
+        (OptimizerKind::Adam, 0.0),
+        (OptimizerKind::Adam, 0.01),
+        (OptimizerKind::Adamw, 0.01),
+    ] {
+        let cfg = Optimizer {
+            kind: kind as i32,
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: wd,
+            ..Default::default()
+        };
+        // 40 000 elements: several parallel chunks and a ragged last one.
+        let init = Tensor::randn(0f32, 1.0, (200, 200), &dev).unwrap();
+        let a = Var::from_tensor(&init.copy().unwrap()).unwrap();
+        let b = Var::from_tensor(&init.copy().unwrap()).unwrap();
+        let mut fused = DenseOptimizer::new(&cfg, 1).unwrap();
+        let mut plain = DenseOptimizer::new(&cfg, 1).unwrap();
+        plain.set_fused(false);
+        for step in 0..4 {
+            let g = Tensor::randn(0f32, 1.0, (200, 200), &dev).unwrap();
+            let lr = 0.01 * (step + 1) as f64;
+            for (opt, var) in [(&mut fused, &a), (&mut plain, &b)] {
+                // d/dp sum(p * g) = g.
+                let grads = (var.as_tensor() * &g)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                opt.step(&[(0, var, false)], &grads, lr).unwrap();
+            }
+        }
+        let diff = (a.as_tensor() - b.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let moved = (a.as_tensor() - &init)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(moved > 0.01, "{kind:?}: the parameters did not move");
+        assert!(
+            diff <= 1e-5,
+            "{kind:?} wd {wd}: fused and tensor Adam differ by {diff}"
+        );
+    }
+}
