@@ -18,6 +18,7 @@ pub mod loss;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod profile;
 pub mod rng;
 pub mod source;
 pub mod train;
