@@ -14,6 +14,7 @@
 pub mod embedding;
 pub mod error;
 pub mod eval;
+pub mod fused;
 pub mod loss;
 pub mod model;
 pub mod ops;

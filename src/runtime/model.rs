@@ -72,6 +72,175 @@ pub struct Model {
     embedded: Vec<usize>,
     /// Per op: the batch axis of its first input (from the value shape).
     batch_axis: Vec<usize>,
+    /// Per op: for a STACK of equal, consecutive slices of one matrix, the
+    /// single strided view that replaces it (see `StackOfSlices`).
+    stack_of_slices: Vec<Option<StackOfSlices>>,
+    /// Per op: for a LINEAR whose output only SLICEs read (along its last
+    /// axis), true: it is not computed; each SLICE multiplies by its own
+    /// rows of the weight instead (see `deferred_linears`).
+    deferred: Vec<bool>,
+    /// Per op: for such a SLICE, the LINEAR it reads.
+    slice_of_linear: Vec<Option<usize>>,
+    /// Per op: a LINEAR, BATCHED_LINEAR or slice of a deferred LINEAR with
+    /// a bias whose only reader is a relu: it leaves the bias to the relu,
+    /// which applies both in one fused kernel (`runtime::fused`).
+    bias_to_relu: Vec<bool>,
+}
+
+/// Finds the ops `Model::bias_to_relu` describes.
+fn bias_to_relu(plan: &Plan, slice_of_linear: &[Option<usize>]) -> Vec<bool> {
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.values.len()];
+    for (i, op) in plan.ops.iter().enumerate() {
+        for &v in &op.inputs {
+            if let Some(r) = readers.get_mut(v as usize) {
+                r.push(i);
+            }
+        }
+    }
+    let logits: Vec<usize> = plan.tasks.iter().map(|t| t.logits as usize).collect();
+    plan.ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let has_bias = match OpKind::try_from(op.kind) {
+                Ok(OpKind::Linear | OpKind::BatchedLinear) => op.params.len() > 1,
+                Ok(OpKind::Slice) => slice_of_linear[i]
+                    .and_then(|l| plan.ops.get(l))
+                    .is_some_and(|l| l.params.len() > 1),
+                _ => false,
+            };
+            let out = op.output as usize;
+            let only_relu = match readers.get(out).map(|r| r.as_slice()) {
+                Some([r]) => {
+                    let a = &plan.ops[*r];
+                    OpKind::try_from(a.kind) == Ok(OpKind::Activation)
+                        && Activation::try_from(a.activation) == Ok(Activation::Relu)
+                        && a.inputs.len() == 1
+                }
+                _ => false,
+            };
+            has_bias && only_relu && !logits.contains(&out)
+        })
+        .collect()
+}
+
+/// Finds LINEAR ops (rank-2 input) whose output is read only by SLICE ops
+/// along the last axis and is not a task's logits. The fused-expert pass
+/// emits one per PLE layer: all first-layer experts and gates in one wide
+/// multiply, then slices. Each slice `[B, len]` of `x W^T + b` equals
+/// `x W[s..s+len]^T + b[s..s+len]`, and computing it that way makes the
+/// backward pass pad only the weight's gradient (`[out, in]`) per slice
+/// instead of the activation's (`[B, out]`, far larger for big batches).
+/// The multiply-adds are the same.
+fn deferred_linears(plan: &Plan) -> (Vec<bool>, Vec<Option<usize>>) {
+    let n = plan.ops.len();
+    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); plan.values.len()];
+    for (i, op) in plan.ops.iter().enumerate() {
+        for &v in &op.inputs {
+            if let Some(c) = consumers.get_mut(v as usize) {
+                c.push(i);
+            }
+        }
+    }
+    let logits: Vec<usize> = plan.tasks.iter().map(|t| t.logits as usize).collect();
+    let mut deferred = vec![false; n];
+    let mut slice_of = vec![None; n];
+    for (i, op) in plan.ops.iter().enumerate() {
+        if OpKind::try_from(op.kind) != Ok(OpKind::Linear) || op.inputs.is_empty() {
+            continue;
+        }
+        let input_rank = plan
+            .values
+            .get(op.inputs[0] as usize)
+            .map_or(0, |v| v.shape.len());
+        let out = op.output as usize;
+        let out_rank = plan.values.get(out).map_or(0, |v| v.shape.len());
+        let readers = consumers.get(out).map_or(&[][..], |c| c.as_slice());
+        let all_slices = !readers.is_empty()
+            && readers.iter().all(|&c| {
+                let s = &plan.ops[c];
+                OpKind::try_from(s.kind) == Ok(OpKind::Slice)
+                    && s.inputs.len() == 1
+                    && ops::resolve_axis(s.axis as i64, out_rank) == Some(1)
+            });
+        if input_rank == 2 && out_rank == 2 && all_slices && !logits.contains(&out) {
+            deferred[i] = true;
+            for &c in readers {
+                slice_of[c] = Some(i);
+            }
+        }
+    }
+    (deferred, slice_of)
+}
+
+/// A STACK (axis 0) of `k` SLICEs of one rank-2 value along its last axis,
+/// each `len` wide and starting where the previous ended, from `start`:
+/// the fused-expert pass emits one per fused expert group. Computed as
+/// `x.narrow(1, start, k len).reshape(B, k, len).transpose(0, 1)`, so the
+/// backward pass is one transposed copy (and at most one zero-padding)
+/// instead of `k` full-width zero-paddings (candle's narrow backward pads
+/// every slice's gradient back to the full width) plus their sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StackOfSlices {
+    value: usize,
+    start: usize,
+    len: usize,
+    k: usize,
+}
+
+/// Finds the STACK ops that `StackOfSlices` describes.
+fn stacks_of_slices(plan: &Plan, deferred: &[bool]) -> Vec<Option<StackOfSlices>> {
+    let mut producer = vec![None; plan.values.len()];
+    for (i, op) in plan.ops.iter().enumerate() {
+        if let Some(p) = producer.get_mut(op.output as usize) {
+            *p = Some(i);
+        }
+    }
+    plan.ops
+        .iter()
+        .map(|op| {
+            if OpKind::try_from(op.kind) != Ok(OpKind::Stack) || op.inputs.len() < 2 {
+                return None;
+            }
+            let mut found: Option<StackOfSlices> = None;
+            for (j, &v) in op.inputs.iter().enumerate() {
+                let s = &plan.ops[(*producer.get(v as usize)?)?];
+                if OpKind::try_from(s.kind) != Ok(OpKind::Slice) || s.inputs.len() != 1 {
+                    return None;
+                }
+                let src = s.inputs[0] as usize;
+                if producer
+                    .get(src)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|p| deferred.get(p) == Some(&true))
+                {
+                    return None;
+                }
+                let rank = plan.values.get(src)?.shape.len();
+                if rank != 2 || ops::resolve_axis(s.axis as i64, rank) != Some(1) {
+                    return None;
+                }
+                let (start, len) = (s.start as usize, s.length as usize);
+                match found {
+                    None => {
+                        found = Some(StackOfSlices {
+                            value: src,
+                            start,
+                            len,
+                            k: op.inputs.len(),
+                        })
+                    }
+                    Some(f) => {
+                        if f.value != src || f.len != len || start != f.start + j * len {
+                            return None;
+                        }
+                    }
+                }
+            }
+            found.filter(|f| f.len > 0)
+        })
+        .collect()
 }
 
 fn param_count_ok(kind: OpKind, n: usize) -> bool {
@@ -126,6 +295,9 @@ impl Model {
             t.data.clear();
         }
         let (embedded, batch_axis) = validate(plan)?;
+        let (deferred, slice_of_linear) = deferred_linears(plan);
+        let stack_of_slices = stacks_of_slices(plan, &deferred);
+        let bias_to_relu = bias_to_relu(plan, &slice_of_linear);
         Ok(Self {
             device: device.clone(),
             dtype,
@@ -134,6 +306,10 @@ impl Model {
             tables,
             embedded,
             batch_axis,
+            stack_of_slices,
+            deferred,
+            slice_of_linear,
+            bias_to_relu,
         })
     }
 
@@ -233,7 +409,12 @@ impl Model {
         )?;
         let mut values: Vec<Option<Tensor>> = vec![None; plan.values.len()];
         let mut buffer_updates: Vec<(usize, Tensor)> = Vec::new();
+        // Biases left to the relu that reads the value (`bias_to_relu`).
+        let mut pending_bias: Vec<Option<Tensor>> = vec![None; plan.values.len()];
         for (oi, op) in plan.ops.iter().enumerate() {
+            if self.deferred[oi] {
+                continue;
+            }
             let kind = OpKind::try_from(op.kind).unwrap_or(OpKind::OpUnspecified);
             let input = |i: usize| -> Result<&Tensor> {
                 values[op.inputs[i] as usize].as_ref().ok_or_else(|| {
@@ -292,11 +473,19 @@ impl Model {
                     }
                     out
                 }
+                OpKind::Linear if self.bias_to_relu[oi] => {
+                    pending_bias[op.output as usize] = Some(self.param(op, 1).clone());
+                    ops::linear(input(0)?, self.param(op, 0), None)?
+                }
                 OpKind::Linear => ops::linear(
                     input(0)?,
                     self.param(op, 0),
                     (op.params.len() > 1).then(|| self.param(op, 1)),
                 )?,
+                OpKind::BatchedLinear if self.bias_to_relu[oi] => {
+                    pending_bias[op.output as usize] = Some(self.param(op, 1).clone());
+                    ops::batched_linear(input(0)?, self.param(op, 0), None)?
+                }
                 OpKind::BatchedLinear => ops::batched_linear(
                     input(0)?,
                     self.param(op, 0),
@@ -342,6 +531,12 @@ impl Model {
                     };
                     ops::layer_norm(input(0)?, self.param(op, 0), self.param(op, 1), eps)?
                 }
+                OpKind::Activation if pending_bias[op.inputs[0] as usize].is_some() => {
+                    let b = pending_bias[op.inputs[0] as usize]
+                        .take()
+                        .ok_or_else(|| invalid_plan!("op \"{}\" lost its bias", op.name))?;
+                    super::fused::bias_relu(input(0)?, &b)?
+                }
                 OpKind::Activation => {
                     let act = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
                     let slope = (!op.params.is_empty()).then(|| self.param(op, 0));
@@ -371,6 +566,35 @@ impl Model {
                     let ax = axis(xs[0].rank())?;
                     Tensor::cat(&xs, ax)?
                 }
+                OpKind::Slice if self.slice_of_linear[oi].is_some() => {
+                    let l = self.slice_of_linear[oi]
+                        .and_then(|l| plan.ops.get(l))
+                        .ok_or_else(|| invalid_plan!("op \"{}\" lost its linear", op.name))?;
+                    let x = values[l.inputs[0] as usize].as_ref().ok_or_else(|| {
+                        invalid_plan!("op \"{}\" reads a value not yet computed", l.name)
+                    })?;
+                    let w = self.param(l, 0);
+                    let (start, len) = (op.start as usize, op.length as usize);
+                    if start + len > w.dim(0)? {
+                        return Err(invalid_plan!(
+                            "op \"{}\" slices [{}, {}) of an axis of size {}",
+                            op.name,
+                            start,
+                            start + len,
+                            w.dim(0)?
+                        ));
+                    }
+                    let b = match l.params.len() > 1 {
+                        true => Some(self.param(l, 1).narrow(0, start, len)?),
+                        false => None,
+                    };
+                    if self.bias_to_relu[oi] {
+                        pending_bias[op.output as usize] = b;
+                        ops::linear(x, &w.narrow(0, start, len)?, None)?
+                    } else {
+                        ops::linear(x, &w.narrow(0, start, len)?, b.as_ref())?
+                    }
+                }
                 OpKind::Slice => {
                     let x = input(0)?;
                     let ax = axis(x.rank())?;
@@ -385,6 +609,25 @@ impl Model {
                         ));
                     }
                     x.narrow(ax, start, len)?
+                }
+                OpKind::Stack if self.stack_of_slices[oi].is_some() => {
+                    let f = self.stack_of_slices[oi]
+                        .ok_or_else(|| invalid_plan!("op \"{}\" lost its slices", op.name))?;
+                    let x = values[f.value].as_ref().ok_or_else(|| {
+                        invalid_plan!("op \"{}\" reads a value not yet computed", op.name)
+                    })?;
+                    let b = x.dim(0)?;
+                    if f.start + f.k * f.len > x.dim(1)? {
+                        return Err(invalid_plan!(
+                            "op \"{}\" stacks slices past the end of an axis of size {}",
+                            op.name,
+                            x.dim(1)?
+                        ));
+                    }
+                    x.narrow(1, f.start, f.k * f.len)?
+                        .reshape((b, f.k, f.len))?
+                        .transpose(0, 1)?
+                        .contiguous()?
                 }
                 OpKind::Stack => {
                     let xs = (0..op.inputs.len())

@@ -121,3 +121,120 @@ fn fused_adam_matches_tensor_path() {
         );
     }
 }
+
+/// The strided view that replaces a STACK of consecutive slices (see
+/// `model::StackOfSlices`) equals `Tensor::stack` of the slices, values and
+/// gradients, exactly (both only move numbers).
+#[test]
+fn stack_of_slices_view_matches_stack() {
+    use candle_core::Var;
+
+    let dev = Device::Cpu;
+    let (b, k, len, start) = (5usize, 3usize, 4usize, 2usize);
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, start + k * len + 1), &dev).unwrap())
+        .unwrap();
+    let r = Tensor::randn(0f32, 1.0, (k, b, len), &dev).unwrap();
+    let slices: Vec<Tensor> = (0..k)
+        .map(|i| x.as_tensor().narrow(1, start + i * len, len).unwrap())
+        .collect();
+    let plain = Tensor::stack(&slices, 0).unwrap();
+    let view = x
+        .as_tensor()
+        .narrow(1, start, k * len)
+        .unwrap()
+        .reshape((b, k, len))
+        .unwrap()
+        .transpose(0, 1)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let max_diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(max_diff(&plain, &view), 0.0);
+    let g1 = (&plain * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g2 = (&view * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (g1, g2) = (
+        g1.get(x.as_tensor()).unwrap().clone(),
+        g2.get(x.as_tensor()).unwrap().clone(),
+    );
+    assert_eq!(max_diff(&g1, &g2), 0.0);
+}
+
+/// The fused bias+relu kernel equals broadcast add + relu on random inputs,
+/// plain and batched: the output and the input gradient exactly, the bias
+/// gradient within 1e-4 relative (a column sum in a different order).
+#[test]
+fn bias_relu_matches_plain_ops() {
+    use crate::runtime::fused::{bias_relu, fusable, plain_bias_relu};
+    use candle_core::Var;
+
+    let dev = Device::Cpu;
+    // Rows not a multiple of the kernel's rows per task, and groups.
+    for (ydims, bdims) in [
+        (vec![300usize, 37], vec![37usize]),
+        (vec![3, 130, 20], vec![3, 20]),
+    ] {
+        let y =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, ydims.as_slice(), &dev).unwrap()).unwrap();
+        let b =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, bdims.as_slice(), &dev).unwrap()).unwrap();
+        assert!(fusable(y.as_tensor(), b.as_tensor()));
+        let r = Tensor::randn(0f32, 1.0, ydims.as_slice(), &dev).unwrap();
+        let fused = bias_relu(y.as_tensor(), b.as_tensor()).unwrap();
+        let plain = plain_bias_relu(y.as_tensor(), b.as_tensor()).unwrap();
+        let diff = |a: &Tensor, c: &Tensor| {
+            (a - c)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert_eq!(diff(&fused, &plain), 0.0);
+        let gf = (&fused * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gp = (&plain * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let dy = diff(
+            gf.get(y.as_tensor()).unwrap(),
+            gp.get(y.as_tensor()).unwrap(),
+        );
+        assert_eq!(dy, 0.0, "input gradients differ");
+        let (bf, bp) = (
+            gf.get(b.as_tensor()).unwrap(),
+            gp.get(b.as_tensor()).unwrap(),
+        );
+        let scale = bp
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1.0);
+        assert!(diff(bf, bp) <= 1e-4 * scale, "bias gradients differ");
+    }
+}
