@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""plec vs the PyTorch reference on the same data, back to back: one table.
+
+For each batch size: `plec run` (one epoch, 2 threads, evaluation at the
+end) then `plec eval` of the trained plan, then `reference/ple_torch.py` on
+the same parquet files. Peak RSS is each child process's own high-water mark
+(os.wait4). The measured ceiling is a large fp32 matmul in PyTorch on the
+same threads (`ple_torch.py --ceiling`). GFLOP/s counts training as three
+forward passes (forward, backward for inputs, backward for weights), as
+`plec bench` does. Standard library only; the reference needs torch.
+
+  python3 benches/compare.py --plec target/release/plec --python venv/bin/python
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(cmd, env=None):
+    """Runs cmd; returns (stdout, peak RSS MiB, wall seconds)."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    # Read before waiting so a full pipe cannot block the child.
+    out, err = p.stdout.read(), p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        sys.stderr.write(err.decode(errors="replace"))
+        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}")
+    return out.decode(), ru.ru_maxrss / 1024.0, wall
+
+
+def table(rows):
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--plec", default="target/release/plec")
+    ap.add_argument("--python", default=sys.executable, help="a python with torch")
+    ap.add_argument("--config", default="examples/ple_taobao.config")
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--eval-rows", type=int, default=50_000)
+    ap.add_argument("--batch-sizes", default="1024,8192")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default="/tmp/plec-compare")
+    ap.add_argument("--json", help="also write every measurement here")
+    args = ap.parse_args()
+
+    os.makedirs(args.work, exist_ok=True)
+    plan = os.path.join(args.work, "ple.bin")
+    plan_json = os.path.join(args.work, "ple.json")
+    data = os.path.join(args.work, f"data-{args.rows}-{args.eval_rows}")
+    run([args.plec, "compile", args.config, "-o", plan])
+    with open(plan_json, "w") as f:
+        f.write(run([args.plec, "inspect", plan, "--format", "json"])[0])
+    with open(plan_json) as f:
+        flops = json.load(f)["forward_flops_per_sample"]
+    train = os.path.join(data, "train.parquet")
+    evalp = os.path.join(data, "eval.parquet")
+    if not os.path.exists(evalp):
+        run([args.plec, "gen-data", args.config, "--rows", str(args.rows),
+             "--eval-rows", str(args.eval_rows), "-o", data, "--seed", "0"])
+    ref = os.path.join(HERE, "reference", "ple_torch.py")
+    ceiling = json.loads(run([args.python, "-W", "ignore", ref, "--ceiling",
+                              "--threads", str(args.threads)])[0])
+    ceil = ceiling["fp32_gflops"]
+    results = []
+    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        out = os.path.join(args.work, f"run-{bs}")
+        _, rss, _ = run([args.plec, "run", plan, "--data", train, "--eval", evalp,
+                         "--epochs", "1", "--batch-size", str(bs), "--threads",
+                         str(args.threads), "--eval-every", "0", "-q", "-o", out])
+        with open(os.path.join(out, "metrics.json")) as f:
+            m = json.load(f)
+        ev = json.loads(run([args.plec, "eval", os.path.join(out, "plan.bin"), "--data",
+                             evalp, "--batch-size", str(bs), "--threads",
+                             str(args.threads), "--format", "json"])[0])
+        results.append({
+            "impl": "plec", "batch": bs,
+            "train_sps": m["samples_per_sec"],
+            "eval_sps": ev["rows"] / ev["seconds"],
+            "auc": {k[4:]: v for k, v in m["eval"].items() if k.startswith("auc_")},
+            "rss": rss,
+        })
+        o, rss, _ = run([args.python, "-W", "ignore", ref, "--config", args.config,
+                         "--plan-json", plan_json, "--train", train, "--eval", evalp,
+                         "--batch-size", str(bs), "--threads", str(args.threads)])
+        t = json.loads(o)
+        results.append({
+            "impl": "pytorch", "batch": bs,
+            "train_sps": t["train_samples_per_sec"],
+            "eval_sps": t["eval_samples_per_sec"],
+            "auc": t["auc"], "rss": rss,
+        })
+    tasks = list(results[0]["auc"].keys())
+    rows = [["precision", "batch", "impl", "train samples/s", "eval samples/s",
+             "train GFLOP/s", "% ceiling"] + [f"AUC {t}" for t in tasks]
+            + ["peak RSS MiB", "train ratio", "eval ratio"]]
+    for r in results:
+        ref_r = next(x for x in results if x["batch"] == r["batch"] and x["impl"] == "pytorch")
+        g = 3.0 * flops * r["train_sps"] / 1e9
+        rows.append(["fp32", r["batch"], r["impl"], f"{r['train_sps']:.0f}",
+                     f"{r['eval_sps']:.0f}", f"{g:.1f}", f"{100 * g / ceil:.0f}%"]
+                    + [f"{r['auc'].get(t, float('nan')):.4f}" for t in tasks]
+                    + [f"{r['rss']:.0f}", f"{r['train_sps'] / ref_r['train_sps']:.2f}x",
+                       f"{r['eval_sps'] / ref_r['eval_sps']:.2f}x"])
+    print(f"PLE example, {args.rows} train rows, {args.eval_rows} eval rows, "
+          f"{args.threads} threads; ceiling = fp32 matmul {ceil:.0f} GFLOP/s "
+          f"(bf16 {ceiling['bf16_gflops']:.0f}); ratios are plec / PyTorch")
+    print(table(rows))
+    try:
+        load = os.getloadavg()
+        print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    except OSError:
+        pass
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"ceiling": ceiling, "flops": flops, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
