@@ -82,11 +82,7 @@ impl CustomOp2 for BiasRelu {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = grad.apply_op2_no_bwd(res, &ReluMask)?;
-        let db = if b.rank() == 1 {
-            dy.sum(0)?
-        } else {
-            dy.sum(1)?
-        };
+        let db = dy.apply_op1_no_bwd(&ColumnSum)?.reshape(b.shape())?;
         Ok((Some(dy), Some(db)))
     }
 }
@@ -121,6 +117,57 @@ impl CustomOp2 for ReluMask {
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Column sums per group: `[R, C]` to `[C]`, `[G, R, C]` to `[G, C]`
+/// (returned flat as `[G * C]`). Candle's `sum(0)` on a row-major matrix
+/// walks every column with a row-sized stride; this walks rows in memory
+/// order, adding each into a per-task accumulator, then adds the partial
+/// sums.
+struct ColumnSum;
+
+impl candle_core::CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "column-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "the gradient")?;
+        let (groups, rows, cols) = match l.dims() {
+            [r, c] => (1, *r, *c),
+            [g, r, c] => (*g, *r, *c),
+            d => candle_core::bail!("column_sum: shape {d:?}"),
+        };
+        let mut out = vec![0f32; groups * cols];
+        if cols == 0 || rows == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from(groups * cols)));
+        }
+        for (g, acc_out) in out.chunks_mut(cols).enumerate() {
+            let block = &x[g * rows * cols..(g + 1) * rows * cols];
+            let partial = block
+                .par_chunks(cols * ROWS_PER_TASK)
+                .map(|chunk| {
+                    let mut acc = vec![0f32; cols];
+                    for row in chunk.chunks(cols) {
+                        for (a, &v) in acc.iter_mut().zip(row) {
+                            *a += v;
+                        }
+                    }
+                    acc
+                })
+                .reduce(
+                    || vec![0f32; cols],
+                    |mut a, b| {
+                        for (a, b) in a.iter_mut().zip(&b) {
+                            *a += b;
+                        }
+                        a
+                    },
+                );
+            acc_out.copy_from_slice(&partial);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(groups * cols)))
     }
 }
 
