@@ -103,7 +103,8 @@ fn cuda_device(ordinal: usize) -> Result<Device, RunError> {
 fn cuda_device(ordinal: usize) -> Result<Device, RunError> {
     Err(RunError::new(format!(
         "cannot use cuda:{ordinal}: this plec was built without CUDA support\n  \
-         help: rebuild with `cargo build --release --features cuda` (needs the CUDA toolkit's nvcc), \
+         help: rebuild with `cargo build --release --features cuda` (needs the CUDA toolkit's nvcc; \
+         `scripts/build-cuda.sh` installs it from PyPI and builds, see the README's CUDA section), \
          or run with `--device cpu`"
     )))
 }

@@ -11,6 +11,8 @@
 //! metrics), [`evaluate`], [`predict`], [`Model::from_plan`],
 //! [`set_threads`].
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod embedding;
 pub mod error;
 pub mod eval;

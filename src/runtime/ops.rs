@@ -139,7 +139,9 @@ pub fn dropout_with_mask(x: &Tensor, mask: &Tensor, ratio: f32) -> Result<Tensor
     x.mul(&(mask * scale)?)
 }
 
-/// Builds a dropout keep-mask on `device` from a seeded host generator.
+/// Builds a dropout keep-mask on `device` from a seeded generator: drawn
+/// on the host and uploaded on the CPU, drawn on the device on CUDA (the
+/// same stream, so the same mask bit for bit; see `runtime::cuda`).
 pub fn dropout_mask(
     shape: &[usize],
     ratio: f32,
@@ -147,6 +149,10 @@ pub fn dropout_mask(
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        return super::cuda::dropout_mask(dev, shape, ratio, rng)?.to_dtype(dtype);
+    }
     let n: usize = shape.iter().product();
     let keep: Vec<f32> = (0..n)
         .map(|_| {

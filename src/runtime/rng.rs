@@ -29,6 +29,20 @@ impl SplitMix64 {
         Self::new(h)
     }
 
+    /// The current state: the next output is the mix of
+    /// `state + GOLDEN` and the `k`-th of `state + k * GOLDEN`, which is
+    /// what lets a device compute element `k` of a stream on its own.
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
+    /// Advances the stream by `n` outputs without computing them.
+    pub fn skip(&mut self, n: u64) {
+        self.state = self
+            .state
+            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -70,6 +84,18 @@ mod tests {
             SplitMix64::derive(1, &[2, 3]).next_u64(),
             SplitMix64::derive(1, &[3, 2]).next_u64()
         );
+    }
+
+    #[test]
+    fn skip_matches_drawing() {
+        let mut a = SplitMix64::derive(9, &[4, 2]);
+        let mut b = a.clone();
+        for _ in 0..1000 {
+            a.next_u64();
+        }
+        b.skip(1000);
+        assert_eq!(a.state(), b.state());
+        assert_eq!(a.next_u64(), b.next_u64());
     }
 
     #[test]
