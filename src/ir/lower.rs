@@ -533,11 +533,9 @@ impl Builder {
                     (plan::LossKind::SoftmaxCrossEntropy, 0.0, 0.0)
                 }
                 Some(Loss::L2Loss(_)) => (plan::LossKind::L2Loss, 0.0, 0.0),
-                Some(Loss::BinaryFocalLoss(f)) => (
-                    plan::LossKind::BinaryFocalLoss,
-                    f.gamma(),
-                    f.alpha(),
-                ),
+                Some(Loss::BinaryFocalLoss(f)) => {
+                    (plan::LossKind::BinaryFocalLoss, f.gamma(), f.alpha())
+                }
                 Some(Loss::JrcLoss(_)) => {
                     self.errors.push(IrError::unsupported(
                         "loss `jrc_loss`",
@@ -760,14 +758,7 @@ impl Builder {
         };
         let names: Vec<String> = m.task_towers.iter().map(|t| t.tower_name.clone()).collect();
         let inputs = match &m.expert_mlp {
-            Some(e) => self.moe(
-                base,
-                e,
-                m.gate_mlp.as_ref(),
-                m.num_expert(),
-                &names,
-                input,
-            ),
+            Some(e) => self.moe(base, e, m.gate_mlp.as_ref(), m.num_expert(), &names, input),
             None => vec![input; names.len()],
         };
         let mut rel: HashMap<&str, Out> = HashMap::new();
@@ -1013,11 +1004,7 @@ fn resolve_feature(
                     default_value: f.default_value.clone().unwrap_or_else(|| "0".into()),
                     separator: f.separator.clone().unwrap_or_else(|| "\x1d".into()),
                     pooling: pooling(f.pooling.as_deref()),
-                    embedding_dim: if bucketized {
-                        f.embedding_dim()
-                    } else {
-                        0
-                    },
+                    embedding_dim: if bucketized { f.embedding_dim() } else { 0 },
                     ..Default::default()
                 },
                 table: bucketized.then_some(table),
