@@ -57,6 +57,9 @@ def main():
     ap.add_argument("--batch-sizes", default="1024,8192")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/plec-compare")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="alternate plec and PyTorch this many times per batch size and "
+                    "keep each one's best throughput (the machine may be shared)")
     ap.add_argument("--json", help="also write every measurement here")
     args = ap.parse_args()
 
@@ -75,11 +78,14 @@ def main():
         run([args.plec, "gen-data", args.config, "--rows", str(args.rows),
              "--eval-rows", str(args.eval_rows), "-o", data, "--seed", "0"])
     ref = os.path.join(HERE, "reference", "ple_torch.py")
-    ceiling = json.loads(run([args.python, "-W", "ignore", ref, "--ceiling",
-                              "--threads", str(args.threads)])[0])
-    ceil = ceiling["fp32_gflops"]
+    def measure_ceiling():
+        return json.loads(run([args.python, "-W", "ignore", ref, "--ceiling",
+                               "--threads", str(args.threads)])[0])
+
+    ceiling = measure_ceiling()
     results = []
-    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+    runs = []
+    for bs in [int(b) for b in args.batch_sizes.split(",")] * args.repeat:
         out = os.path.join(args.work, f"run-{bs}")
         _, rss, _ = run([args.plec, "run", plan, "--data", train, "--eval", evalp,
                          "--epochs", "1", "--batch-size", str(bs), "--threads",
@@ -89,8 +95,8 @@ def main():
         ev = json.loads(run([args.plec, "eval", os.path.join(out, "plan.bin"), "--data",
                              evalp, "--batch-size", str(bs), "--threads",
                              str(args.threads), "--format", "json"])[0])
-        results.append({
-            "impl": "plec", "batch": bs,
+        runs.append({
+            "impl": "plec", "batch": bs, "load": os.getloadavg()[0],
             "train_sps": m["samples_per_sec"],
             "eval_sps": ev["rows"] / ev["seconds"],
             "auc": {k[4:]: v for k, v in m["eval"].items() if k.startswith("auc_")},
@@ -100,12 +106,29 @@ def main():
                          "--plan-json", plan_json, "--train", train, "--eval", evalp,
                          "--batch-size", str(bs), "--threads", str(args.threads)])
         t = json.loads(o)
-        results.append({
-            "impl": "pytorch", "batch": bs,
+        runs.append({
+            "impl": "pytorch", "batch": bs, "load": os.getloadavg()[0],
             "train_sps": t["train_samples_per_sec"],
             "eval_sps": t["eval_samples_per_sec"],
             "auc": t["auc"], "rss": rss,
         })
+    # Best of the repeats per (impl, batch), by training throughput; eval
+    # throughput is the best eval of the repeats.
+    for r in runs:
+        best = next((x for x in results if x["impl"] == r["impl"] and x["batch"] == r["batch"]), None)
+        if best is None:
+            results.append(dict(r))
+        else:
+            if r["train_sps"] > best["train_sps"]:
+                eval_sps = max(best["eval_sps"], r["eval_sps"])
+                best.update(r)
+                best["eval_sps"] = eval_sps
+            best["eval_sps"] = max(best["eval_sps"], r["eval_sps"])
+    # A second ceiling measurement; the higher one is the ceiling.
+    again = measure_ceiling()
+    for k in ("fp32_gflops", "bf16_gflops"):
+        ceiling[k] = max(ceiling[k], again[k])
+    ceil = ceiling["fp32_gflops"]
     tasks = list(results[0]["auc"].keys())
     rows = [["precision", "batch", "impl", "train samples/s", "eval samples/s",
              "train GFLOP/s", "% ceiling"] + [f"AUC {t}" for t in tasks]
@@ -119,9 +142,13 @@ def main():
                     + [f"{r['rss']:.0f}", f"{r['train_sps'] / ref_r['train_sps']:.2f}x",
                        f"{r['eval_sps'] / ref_r['eval_sps']:.2f}x"])
     print(f"PLE example, {args.rows} train rows, {args.eval_rows} eval rows, "
-          f"{args.threads} threads; ceiling = fp32 matmul {ceil:.0f} GFLOP/s "
+          f"{args.threads} threads, best of {args.repeat}; ceiling = fp32 matmul {ceil:.0f} GFLOP/s "
           f"(bf16 {ceiling['bf16_gflops']:.0f}); ratios are plec / PyTorch")
     print(table(rows))
+    print("every run (impl, batch, train samples/s, eval samples/s, 1-min load just after it):")
+    for r in runs:
+        print(f"  {r['impl']:8} {r['batch']:6} {r['train_sps']:8.0f} {r['eval_sps']:8.0f}"
+              f"  load {r['load']:.1f}")
     try:
         load = os.getloadavg()
         print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
@@ -129,7 +156,8 @@ def main():
         pass
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"ceiling": ceiling, "flops": flops, "results": results}, f, indent=1)
+            json.dump({"ceiling": ceiling, "flops": flops, "results": results, "runs": runs},
+                      f, indent=1)
 
 
 if __name__ == "__main__":
