@@ -141,28 +141,27 @@ fn sparse_lr(o: &sparse_optimizer::Optimizer) -> (&'static str, f32) {
     }
 }
 
+/// Dense and part optimizers share their variants (different generated enums).
+macro_rules! dense_like_lr {
+    ($o:expr, $m:ident) => {{
+        use $m::Optimizer as O;
+        match $o {
+            O::SgdOptimizer(x) => ("sgd_optimizer", x.lr),
+            O::AdagradOptimizer(x) => ("adagrad_optimizer", x.lr),
+            O::AdamOptimizer(x) => ("adam_optimizer", x.lr),
+            O::AdamwOptimizer(x) => ("adamw_optimizer", x.lr),
+            O::AdadeltaOptimizer(x) => ("adadelta_optimizer", x.lr),
+            O::RmspropOptimizer(x) => ("rmsprop_optimizer", x.lr),
+        }
+    }};
+}
+
 fn dense_lr(o: &dense_optimizer::Optimizer) -> (&'static str, f32) {
-    use dense_optimizer::Optimizer as O;
-    match o {
-        O::SgdOptimizer(x) => ("sgd_optimizer", x.lr),
-        O::AdagradOptimizer(x) => ("adagrad_optimizer", x.lr),
-        O::AdamOptimizer(x) => ("adam_optimizer", x.lr),
-        O::AdamwOptimizer(x) => ("adamw_optimizer", x.lr),
-        O::AdadeltaOptimizer(x) => ("adadelta_optimizer", x.lr),
-        O::RmspropOptimizer(x) => ("rmsprop_optimizer", x.lr),
-    }
+    dense_like_lr!(o, dense_optimizer)
 }
 
 fn part_lr(o: &part_optimizer::Optimizer) -> (&'static str, f32) {
-    use part_optimizer::Optimizer as O;
-    match o {
-        O::SgdOptimizer(x) => ("sgd_optimizer", x.lr),
-        O::AdagradOptimizer(x) => ("adagrad_optimizer", x.lr),
-        O::AdamOptimizer(x) => ("adam_optimizer", x.lr),
-        O::AdamwOptimizer(x) => ("adamw_optimizer", x.lr),
-        O::AdadeltaOptimizer(x) => ("adadelta_optimizer", x.lr),
-        O::RmspropOptimizer(x) => ("rmsprop_optimizer", x.lr),
-    }
+    dense_like_lr!(o, part_optimizer)
 }
 
 fn manual_steps(path: String, m: Option<&ManualStepLr>, out: &mut Vec<(String, f32)>) {

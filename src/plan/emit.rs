@@ -261,6 +261,21 @@ fn sparse_name(o: &sparse_optimizer::Optimizer) -> &'static str {
     }
 }
 
+/// Adam and AdamW configs have the same fields (different generated types).
+macro_rules! adam {
+    ($x:expr, $kind:expr) => {
+        Optimizer {
+            kind: $kind as i32,
+            lr: $x.lr,
+            beta1: $x.beta1(),
+            beta2: $x.beta2(),
+            eps: $x.eps(),
+            weight_decay: $x.weight_decay(),
+            ..Default::default()
+        }
+    };
+}
+
 fn dense(opt: &crate::proto::tzrec::protos::DenseOptimizer) -> Result<Optimizer, EmitError> {
     use dense_optimizer::Optimizer as O;
     if !opt.part_optimizers.is_empty() {
@@ -288,24 +303,8 @@ fn dense(opt: &crate::proto::tzrec::protos::DenseOptimizer) -> Result<Optimizer,
             eps: x.eps(),
             ..Default::default()
         },
-        Some(O::AdamOptimizer(x)) => Optimizer {
-            kind: OptimizerKind::Adam as i32,
-            lr: x.lr,
-            beta1: x.beta1(),
-            beta2: x.beta2(),
-            eps: x.eps(),
-            weight_decay: x.weight_decay(),
-            ..Default::default()
-        },
-        Some(O::AdamwOptimizer(x)) => Optimizer {
-            kind: OptimizerKind::Adamw as i32,
-            lr: x.lr,
-            beta1: x.beta1(),
-            beta2: x.beta2(),
-            eps: x.eps(),
-            weight_decay: x.weight_decay(),
-            ..Default::default()
-        },
+        Some(O::AdamOptimizer(x)) => adam!(x, OptimizerKind::Adam),
+        Some(O::AdamwOptimizer(x)) => adam!(x, OptimizerKind::Adamw),
         Some(O::AdadeltaOptimizer(_)) => {
             return Err(unsupported("dense optimizer adadelta_optimizer"))
         }
