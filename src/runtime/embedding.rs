@@ -141,7 +141,7 @@ pub struct Lookup {
 type Bags<'a> = (usize, usize, &'a [u32], &'a [u32], Vec<u32>);
 
 /// Checks a bag structure and returns, per id, the row it belongs to.
-fn bag_rows(
+pub(crate) fn bag_rows(
     feature: &FeatureSpec,
     ids: &[u32],
     offsets: &[u32],

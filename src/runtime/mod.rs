@@ -19,6 +19,7 @@ pub mod eval;
 pub mod fused;
 pub mod loss;
 pub mod model;
+pub mod native;
 pub mod ops;
 pub mod optim;
 pub mod profile;

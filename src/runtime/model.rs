@@ -7,7 +7,7 @@
 //! The model keeps a copy of the plan without any parameter or table data
 //! (the structure), so `to_plan` can write the trained values back.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 
 use super::embedding::{self, f32s_from_le, f32s_to_le, Gathered, Table};
 use super::error::{bad_batch, invalid_plan, Result};
@@ -57,6 +57,9 @@ pub struct Forward {
     pub logits: Vec<Tensor>,
     /// Embedding rows gathered for this batch (training only).
     pub gathered: Vec<Gathered>,
+    /// Native engine, training: the logits as leaf variables; their
+    /// gradient seeds `Model::backward_native`. Empty on the candle path.
+    pub logit_vars: Vec<Var>,
 }
 
 /// A plan loaded onto a device.
@@ -85,6 +88,8 @@ pub struct Model {
     /// a bias whose only reader is a relu: it leaves the bias to the relu,
     /// which applies both in one fused kernel (`runtime::fused`).
     bias_to_relu: Vec<bool>,
+    /// The native CPU engine (`runtime::native`), when it runs this plan.
+    native: Option<super::native::Engine>,
 }
 
 /// Finds the ops `Model::bias_to_relu` describes.
@@ -298,6 +303,9 @@ impl Model {
         let (deferred, slice_of_linear) = deferred_linears(plan);
         let stack_of_slices = stacks_of_slices(plan, &deferred);
         let bias_to_relu = bias_to_relu(plan, &slice_of_linear);
+        let native = (device.is_cpu() && dtype == DType::F32 && !super::native::disabled_by_env())
+            .then(|| super::native::Engine::new(&structure, &batch_axis).ok())
+            .flatten();
         Ok(Self {
             device: device.clone(),
             dtype,
@@ -310,7 +318,94 @@ impl Model {
             deferred,
             slice_of_linear,
             bias_to_relu,
+            native,
         })
+    }
+
+    /// Whether forward and backward run on the native CPU engine.
+    pub fn uses_native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// Switches the native CPU engine on (where it supports the plan; the
+    /// error says why not) or off (the candle path). Tests compare the two.
+    pub fn set_native(&mut self, on: bool) -> std::result::Result<(), String> {
+        self.native = None;
+        if on {
+            if !self.device.is_cpu() || self.dtype != DType::F32 {
+                return Err("the native engine runs f32 on the CPU".into());
+            }
+            self.native = Some(super::native::Engine::new(
+                &self.structure,
+                &self.batch_axis,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// The native engine's forward pass (see `forward`).
+    fn forward_native(&mut self, batch: &Batch, mode: Mode) -> Result<Forward> {
+        let Model {
+            native,
+            structure,
+            params,
+            tables,
+            embedded,
+            batch_axis,
+            device,
+            ..
+        } = self;
+        let engine = native
+            .as_mut()
+            .ok_or_else(|| invalid_plan!("the native engine is off"))?;
+        let out = engine.forward(structure, batch_axis, params, tables, embedded, batch, mode)?;
+        for (i, v) in out.buffer_updates {
+            let shape = params[i].tensor().dims().to_vec();
+            params[i] = ParamSlot::Buffer(Tensor::from_vec(v, shape, device)?);
+        }
+        let train = matches!(mode, Mode::Train { .. });
+        let (logits, logit_vars) =
+            super::native::logits_tensors(structure, out.logits, batch.rows, device, train)?;
+        let gathered = match train {
+            true => engine.gathered(tables, device)?,
+            false => Vec::new(),
+        };
+        Ok(Forward {
+            logits,
+            gathered,
+            logit_vars,
+        })
+    }
+
+    /// After `loss.backward()` on a native training forward pass: runs the
+    /// engine's backward pass from the logits' gradients in `grads` and
+    /// adds every parameter's and gathered table's gradient to `grads`.
+    /// Nothing to do on the candle path (autograd already did it).
+    pub fn backward_native(&mut self, fwd: &Forward, grads: &mut GradStore) -> Result<()> {
+        if fwd.logit_vars.is_empty() {
+            return Ok(());
+        }
+        let dlogits = fwd
+            .logit_vars
+            .iter()
+            .map(|v| {
+                grads
+                    .get(v.as_tensor())
+                    .map(|g| g.flatten_all()?.to_vec1::<f32>())
+                    .transpose()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let Model {
+            native,
+            structure,
+            params,
+            device,
+            ..
+        } = self;
+        let engine = native
+            .as_mut()
+            .ok_or_else(|| invalid_plan!("the native engine is off"))?;
+        engine.backward(structure, params, &dlogits, &fwd.gathered, grads, device)
     }
 
     /// The plan's structure (parameter and table data are empty).
@@ -385,6 +480,9 @@ impl Model {
 
     /// Runs every op on `batch` and returns the task logits.
     pub fn forward(&mut self, batch: &Batch, mode: Mode) -> Result<Forward> {
+        if self.native.is_some() {
+            return self.forward_native(batch, mode);
+        }
         let plan = &self.structure;
         let rows = batch.rows;
         if rows == 0 {
@@ -661,6 +759,7 @@ impl Model {
         Ok(Forward {
             logits,
             gathered: lookup.gathered,
+            logit_vars: Vec::new(),
         })
     }
 }

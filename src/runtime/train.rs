@@ -219,7 +219,8 @@ impl Trainer {
             }
         }
         self.mark(Phase::Loss);
-        let grads = total.backward()?;
+        let mut grads = total.backward()?;
+        self.model.backward_native(&fwd, &mut grads)?;
         self.mark(Phase::Backward);
         let dense_lr = schedule::learning_rate(self.dense.config(), step, epoch);
         let sparse_lr = schedule::learning_rate(self.sparse.config(), step, epoch);

@@ -5,6 +5,7 @@ mod gradcheck;
 mod hand;
 mod kernels;
 mod losses;
+mod native;
 mod runs;
 
 use candle_core::{DType, Device, Tensor};

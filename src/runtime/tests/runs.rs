@@ -391,7 +391,7 @@ fn bench_mid_size() {
 
 /// Random batch for any plan: ids below each table's rows (bags of 1-2),
 /// dense values for raw features, 0/1 labels.
-fn random_batch(plan: &Plan, rows: usize, seed: u64) -> crate::data::batch::Batch {
+pub(super) fn random_batch(plan: &Plan, rows: usize, seed: u64) -> crate::data::batch::Batch {
     let mut r = crate::runtime::rng::SplitMix64::new(seed);
     let features = plan
         .features

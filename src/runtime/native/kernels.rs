@@ -1,0 +1,453 @@
+//! Row kernels of the native engine: activations, dropout, softmax, gate
+//! mixing, normalization, copies and bias sums, forward and backward.
+//!
+//! A kernel walks the rows of its views (see `view`); rows are split over
+//! rayon's pool when a call has enough elements to pay for it. Outputs are
+//! either fresh contiguous buffers (written) or gradient views (added to:
+//! gradients of a value read by several ops accumulate).
+
+use rayon::prelude::*;
+
+use super::view::View;
+use crate::proto::plan::Activation;
+
+/// Below this many elements a kernel runs on the calling thread.
+const PAR_MIN: usize = 1 << 15;
+
+/// A raw pointer that may cross threads. Only `rows_mut` makes one, over
+/// a view whose rows are disjoint.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    // A method, so closures capture the whole wrapper (Send + Sync), not
+    // its raw-pointer field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Calls `f(r, row)` for every row `r` of `v` with the row as a mutable
+/// slice of `buf`, in parallel when the view is large.
+///
+/// The caller guarantees (checked when the program is built) that `v`'s
+/// rows are disjoint and lie inside `buf`; `rows_mut` re-checks the bounds.
+pub fn rows_mut<F>(buf: &mut [f32], v: &View, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    let (rows, width) = (v.rows(), v.dims[2]);
+    if rows == 0 || width == 0 || v.end() > buf.len() {
+        return;
+    }
+    let base = SendPtr(buf.as_mut_ptr());
+    let one = |r: usize| {
+        let off = v.row_offset(r);
+        // SAFETY: the row lies inside `buf` (`end()` bounds every row) and
+        // no other row overlaps it (`rows_disjoint`, checked at build), so
+        // each call gets exclusive access to its run.
+        let row = unsafe { std::slice::from_raw_parts_mut(base.get().add(off), width) };
+        f(r, row);
+    };
+    if rows * width >= PAR_MIN && rows > 1 {
+        (0..rows).into_par_iter().with_min_len(16).for_each(one);
+    } else {
+        (0..rows).for_each(one);
+    }
+}
+
+/// Row `r` of `v` in `buf`.
+pub fn row<'a>(buf: &'a [f32], v: &View, r: usize) -> &'a [f32] {
+    let off = v.row_offset(r);
+    &buf[off..off + v.dims[2]]
+}
+
+/// Writes `src` (view `sv`) into `dst` (view `dv`, same dims), or adds it.
+pub fn copy(dst: &mut [f32], dv: &View, src: &[f32], sv: &View, add: bool) {
+    rows_mut(dst, dv, |r, out| {
+        let x = row(src, sv, r);
+        if add {
+            out.iter_mut().zip(x).for_each(|(o, &x)| *o += x);
+        } else {
+            out.copy_from_slice(x);
+        }
+    });
+}
+
+/// Broadcasts `bias` (one row per leading index of `dv`, `dims[2]` wide)
+/// over the rows of `dv`.
+pub fn fill_bias(dst: &mut [f32], dv: &View, bias: &[f32]) {
+    let (d1, w) = (dv.dims[1].max(1), dv.dims[2]);
+    rows_mut(dst, dv, |r, out| {
+        let e = r / d1;
+        out.copy_from_slice(&bias[e * w..(e + 1) * w]);
+    });
+}
+
+/// Adds the column sums of each matrix of `g` to `db` (`[dims[0], dims[2]]`).
+pub fn add_bias_grad(db: &mut [f32], g: &[f32], gv: &View) {
+    let (d1, w) = (gv.dims[1], gv.dims[2]);
+    for (e, acc) in db.chunks_mut(w.max(1)).take(gv.dims[0]).enumerate() {
+        // Each matrix's rows in order: the same summation order as a
+        // row-order column sum, deterministic for any thread count.
+        let partials: Vec<Vec<f32>> = (0..d1)
+            .collect::<Vec<_>>()
+            .par_chunks(256)
+            .map(|rs| {
+                let mut s = vec![0f32; w];
+                for &i in rs {
+                    let x = row(g, gv, e * d1 + i);
+                    s.iter_mut().zip(x).for_each(|(s, &x)| *s += x);
+                }
+                s
+            })
+            .collect();
+        for p in partials {
+            acc.iter_mut().zip(&p).for_each(|(a, &x)| *a += x);
+        }
+    }
+}
+
+/// The activation's default parameter where the plan leaves 0.
+fn alpha_of(kind: Activation, alpha: f32) -> f32 {
+    match kind {
+        Activation::LeakyRelu if alpha == 0.0 => 0.01,
+        Activation::Elu if alpha == 0.0 => 1.0,
+        _ => alpha,
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    // As `ops::sigmoid`: no overflow for large |x|.
+    ((x * 0.5).tanh() + 1.0) * 0.5
+}
+
+fn erf(x: f32) -> f32 {
+    candle_core::cpu::erf::erf_f32(x)
+}
+
+/// `y = act(x)`; `slope` is prelu's parameter (`[1]` or the row width).
+pub fn activation(
+    kind: Activation,
+    alpha: f32,
+    slope: Option<&[f32]>,
+    y: &mut [f32],
+    yv: &View,
+    x: &[f32],
+    xv: &View,
+) {
+    let a = alpha_of(kind, alpha);
+    rows_mut(y, yv, |r, out| {
+        let xs = row(x, xv, r);
+        match kind {
+            Activation::ActNone => out.copy_from_slice(xs),
+            Activation::Relu => out.iter_mut().zip(xs).for_each(|(o, &x)| *o = x.max(0.0)),
+            Activation::Sigmoid => out.iter_mut().zip(xs).for_each(|(o, &x)| *o = sigmoid(x)),
+            Activation::Tanh => out.iter_mut().zip(xs).for_each(|(o, &x)| *o = x.tanh()),
+            Activation::LeakyRelu => out
+                .iter_mut()
+                .zip(xs)
+                .for_each(|(o, &x)| *o = if x > 0.0 { x } else { a * x }),
+            Activation::Gelu => out.iter_mut().zip(xs).for_each(|(o, &x)| {
+                *o = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+            }),
+            Activation::Silu => out
+                .iter_mut()
+                .zip(xs)
+                .for_each(|(o, &x)| *o = x / (1.0 + (-x).exp())),
+            Activation::Elu => out
+                .iter_mut()
+                .zip(xs)
+                .for_each(|(o, &x)| *o = if x > 0.0 { x } else { a * (x.exp() - 1.0) }),
+            Activation::Prelu => {
+                let s = slope.unwrap_or(&[]);
+                out.iter_mut().zip(xs).enumerate().for_each(|(j, (o, &x))| {
+                    let k = if s.len() == 1 { 0 } else { j };
+                    *o = if x > 0.0 {
+                        x
+                    } else {
+                        s.get(k).copied().unwrap_or(0.0) * x
+                    }
+                })
+            }
+        }
+    });
+}
+
+/// `dx += dy * act'(x)` (from `x` and `y = act(x)`).
+#[allow(clippy::too_many_arguments)]
+pub fn activation_backward(
+    kind: Activation,
+    alpha: f32,
+    slope: Option<&[f32]>,
+    dx: &mut [f32],
+    dxv: &View,
+    dy: &[f32],
+    dyv: &View,
+    x: &[f32],
+    xv: &View,
+    y: &[f32],
+    yv: &View,
+) {
+    let a = alpha_of(kind, alpha);
+    rows_mut(dx, dxv, |r, out| {
+        let (g, xs, ys) = (row(dy, dyv, r), row(x, xv, r), row(y, yv, r));
+        for j in 0..out.len() {
+            let (x, y) = (xs[j], ys[j]);
+            let d = match kind {
+                Activation::ActNone => 1.0,
+                Activation::Relu => f32::from(x > 0.0),
+                Activation::Sigmoid => y * (1.0 - y),
+                Activation::Tanh => 1.0 - y * y,
+                Activation::LeakyRelu => {
+                    if x > 0.0 {
+                        1.0
+                    } else {
+                        a
+                    }
+                }
+                Activation::Gelu => {
+                    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                    cdf + x * (-0.5 * x * x).exp() * 0.398_942_3
+                }
+                Activation::Silu => {
+                    let s = 1.0 / (1.0 + (-x).exp());
+                    s * (1.0 + x * (1.0 - s))
+                }
+                Activation::Elu => {
+                    if x > 0.0 {
+                        1.0
+                    } else {
+                        y + a
+                    }
+                }
+                Activation::Prelu => {
+                    if x > 0.0 {
+                        1.0
+                    } else {
+                        let s = slope.unwrap_or(&[]);
+                        let k = if s.len() == 1 { 0 } else { j };
+                        s.get(k).copied().unwrap_or(0.0)
+                    }
+                }
+            };
+            out[j] += g[j] * d;
+        }
+    });
+}
+
+/// Prelu's slope gradient: `sum dy * min(x, 0)` per slope entry.
+pub fn prelu_slope_grad(ds: &mut [f32], dy: &[f32], dyv: &View, x: &[f32], xv: &View) {
+    for r in 0..dyv.rows() {
+        let (g, xs) = (row(dy, dyv, r), row(x, xv, r));
+        for j in 0..g.len() {
+            let k = if ds.len() == 1 { 0 } else { j };
+            if let Some(d) = ds.get_mut(k) {
+                *d += g[j] * xs[j].min(0.0);
+            }
+        }
+    }
+}
+
+/// `y = x * keep * scale` with `keep` one byte per element in row order.
+pub fn dropout(y: &mut [f32], yv: &View, x: &[f32], xv: &View, keep: &[u8], scale: f32) {
+    let w = yv.dims[2];
+    rows_mut(y, yv, |r, out| {
+        let (xs, k) = (row(x, xv, r), &keep[r * w..(r + 1) * w]);
+        out.iter_mut()
+            .zip(xs.iter().zip(k))
+            .for_each(|(o, (&x, &k))| *o = x * f32::from(k) * scale);
+    });
+}
+
+/// `dx += dy * keep * scale`.
+pub fn dropout_backward(dx: &mut [f32], dxv: &View, dy: &[f32], dyv: &View, keep: &[u8], s: f32) {
+    let w = dxv.dims[2];
+    rows_mut(dx, dxv, |r, out| {
+        let (g, k) = (row(dy, dyv, r), &keep[r * w..(r + 1) * w]);
+        out.iter_mut()
+            .zip(g.iter().zip(k))
+            .for_each(|(o, (&g, &k))| *o += g * f32::from(k) * s);
+    });
+}
+
+/// The lanes of `v` along internal axis `axis`: (start offset, stride)
+/// of each, and their length.
+pub fn lanes(v: &View, axis: usize) -> (Vec<usize>, usize, usize) {
+    let others: Vec<usize> = (0..3).filter(|&a| a != axis).collect();
+    let (a, b) = (others[0], others[1]);
+    let mut starts = Vec::with_capacity(v.dims[a] * v.dims[b]);
+    for i in 0..v.dims[a] {
+        for j in 0..v.dims[b] {
+            starts.push(v.off + i * v.strides[a] + j * v.strides[b]);
+        }
+    }
+    (starts, v.strides[axis], v.dims[axis])
+}
+
+/// Softmax along internal axis `axis`; `y` is a fresh buffer.
+pub fn softmax(y: &mut [f32], yv: &View, x: &[f32], xv: &View, axis: usize) {
+    let (xs, xst, n) = lanes(xv, axis);
+    let (ys, yst, _) = lanes(yv, axis);
+    for (&xo, &yo) in xs.iter().zip(&ys) {
+        let max = (0..n)
+            .map(|i| x[xo + i * xst])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for i in 0..n {
+            let e = (x[xo + i * xst] - max).exp();
+            y[yo + i * yst] = e;
+            sum += e;
+        }
+        for i in 0..n {
+            y[yo + i * yst] /= sum;
+        }
+    }
+}
+
+/// `dx += y * (dy - sum(dy * y))` along the lanes.
+pub fn softmax_backward(
+    dx: &mut [f32],
+    dxv: &View,
+    dy: &[f32],
+    dyv: &View,
+    y: &[f32],
+    yv: &View,
+    axis: usize,
+) {
+    let (xs, xst, n) = lanes(dxv, axis);
+    let (gs, gst, _) = lanes(dyv, axis);
+    let (ys, yst, _) = lanes(yv, axis);
+    for ((&xo, &go), &yo) in xs.iter().zip(&gs).zip(&ys) {
+        let dot: f32 = (0..n).map(|i| dy[go + i * gst] * y[yo + i * yst]).sum();
+        for i in 0..n {
+            dx[xo + i * xst] += y[yo + i * yst] * (dy[go + i * gst] - dot);
+        }
+    }
+}
+
+/// `out[b] = sum_k w[b, k] e[k, b]`: `w` `[B, K]`, `e` `[K, B, D]`.
+pub fn gate_mix(out: &mut [f32], ov: &View, w: &[f32], wv: &View, e: &[f32], ev: &View) {
+    let k = ev.dims[0];
+    rows_mut(out, ov, |b, o| {
+        let ws = row(w, wv, b);
+        o.fill(0.0);
+        for (kk, &wk) in ws.iter().enumerate().take(k) {
+            let x = row(e, ev, kk * ev.dims[1] + b);
+            o.iter_mut().zip(x).for_each(|(o, &x)| *o += wk * x);
+        }
+    });
+}
+
+/// Gate mix backward, the weights: `dw[b, k] += dot(dout[b], e[k, b])`.
+pub fn gate_mix_backward_w(dw: &mut [f32], dwv: &View, g: &[f32], gv: &View, e: &[f32], ev: &View) {
+    rows_mut(dw, dwv, |b, o| {
+        let gs = row(g, gv, b);
+        for (kk, o) in o.iter_mut().enumerate() {
+            let x = row(e, ev, kk * ev.dims[1] + b);
+            *o += gs.iter().zip(x).map(|(&g, &x)| g * x).sum::<f32>();
+        }
+    });
+}
+
+/// Gate mix backward, the experts: `de[k, b] += w[b, k] dout[b]`.
+pub fn gate_mix_backward_e(de: &mut [f32], dev: &View, g: &[f32], gv: &View, w: &[f32], wv: &View) {
+    let bsz = dev.dims[1].max(1);
+    rows_mut(de, dev, |r, o| {
+        let (kk, b) = (r / bsz, r % bsz);
+        let wk = row(w, wv, b)[kk];
+        let gs = row(g, gv, b);
+        o.iter_mut().zip(gs).for_each(|(o, &g)| *o += wk * g);
+    });
+}
+
+/// Per-channel statistics of a normalization: mean and `1 / sqrt(var +
+/// eps)` (biased variance) of every lane along `axis`.
+pub fn lane_moments(x: &[f32], xv: &View, axis: usize, eps: f64) -> (Vec<f32>, Vec<f32>) {
+    let (starts, st, n) = lanes(xv, axis);
+    let mut mean = Vec::with_capacity(starts.len());
+    let mut inv = Vec::with_capacity(starts.len());
+    for &o in &starts {
+        let m = (0..n).map(|i| x[o + i * st] as f64).sum::<f64>() / n.max(1) as f64;
+        let v = (0..n)
+            .map(|i| (x[o + i * st] as f64 - m).powi(2))
+            .sum::<f64>()
+            / n.max(1) as f64;
+        mean.push(m as f32);
+        inv.push((1.0 / (v + eps).sqrt()) as f32);
+    }
+    (mean, inv)
+}
+
+/// `y = (x - mean) * inv * gamma + beta` per lane along `axis`; lane `l`
+/// uses statistics `l` and affine entry `affine_of(l, i)` for element `i`.
+#[allow(clippy::too_many_arguments)]
+pub fn normalize(
+    y: &mut [f32],
+    yv: &View,
+    x: &[f32],
+    xv: &View,
+    axis: usize,
+    mean: &[f32],
+    inv: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    affine_of: &dyn Fn(usize, usize) -> usize,
+) {
+    let (xs, xst, n) = lanes(xv, axis);
+    let (ys, yst, _) = lanes(yv, axis);
+    for (l, (&xo, &yo)) in xs.iter().zip(&ys).enumerate() {
+        for i in 0..n {
+            let a = affine_of(l, i);
+            y[yo + i * yst] = (x[xo + i * xst] - mean[l]) * inv[l] * gamma[a] + beta[a];
+        }
+    }
+}
+
+/// Backward of `normalize` with batch statistics (the gradient flows
+/// through mean and variance): adds to `dx`, `dgamma`, `dbeta`.
+#[allow(clippy::too_many_arguments)]
+pub fn normalize_backward(
+    dx: &mut [f32],
+    dxv: &View,
+    dy: &[f32],
+    dyv: &View,
+    x: &[f32],
+    xv: &View,
+    axis: usize,
+    mean: &[f32],
+    inv: &[f32],
+    gamma: &[f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    affine_of: &dyn Fn(usize, usize) -> usize,
+) {
+    let (xs, xst, n) = lanes(xv, axis);
+    let (gs, gst, _) = lanes(dyv, axis);
+    let (ds, dst, _) = lanes(dxv, axis);
+    let nf = n.max(1) as f32;
+    for (l, ((&xo, &go), &do_)) in xs.iter().zip(&gs).zip(&ds).enumerate() {
+        // With xhat = (x - mean) inv and g = dy * gamma:
+        // dx = inv (g - mean(g) - xhat mean(g xhat)).
+        let mut sum_g = 0.0f32;
+        let mut sum_gx = 0.0f32;
+        for i in 0..n {
+            let a = affine_of(l, i);
+            let xhat = (x[xo + i * xst] - mean[l]) * inv[l];
+            let d = dy[go + i * gst];
+            dgamma[a] += d * xhat;
+            dbeta[a] += d;
+            let g = d * gamma[a];
+            sum_g += g;
+            sum_gx += g * xhat;
+        }
+        for i in 0..n {
+            let a = affine_of(l, i);
+            let xhat = (x[xo + i * xst] - mean[l]) * inv[l];
+            let g = dy[go + i * gst] * gamma[a];
+            dx[do_ + i * dst] += inv[l] * (g - sum_g / nf - xhat * sum_gx / nf);
+        }
+    }
+}

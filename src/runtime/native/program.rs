@@ -1,0 +1,416 @@
+//! A plan laid out for one batch size: each value's view, each op's step,
+//! and the buffers (activations and gradients) they live in.
+
+use super::view::View;
+use crate::proto::plan::{Activation, OpKind, Plan};
+use crate::runtime::error::{invalid_plan, Result};
+use crate::runtime::ops::resolve_axis;
+
+/// What an op does in the engine.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// A view of its input (SLICE; STACK or CONCAT of adjacent pieces).
+    Alias,
+    /// FEATURE_GROUP into `out` (`[B, W]`).
+    Group {
+        out: View,
+    },
+    /// `out = x W^T + b` over the collapsed rows of `x`.
+    Linear {
+        x: View,
+        out: View,
+        w: usize,
+        b: Option<usize>,
+    },
+    /// Per expert `k`: `out[k] = x[k] W[k]^T + b[k]` (`x` shared when rank 2).
+    Batched {
+        x: View,
+        out: View,
+        w: usize,
+        b: Option<usize>,
+    },
+    Act {
+        x: View,
+        y: View,
+        slope: Option<usize>,
+    },
+    Dropout {
+        x: View,
+        y: View,
+    },
+    /// STACK or CONCAT by copying: (input, its place in `out`).
+    Copy {
+        parts: Vec<(View, View)>,
+        out: View,
+    },
+    Softmax {
+        x: View,
+        y: View,
+        axis: usize,
+    },
+    GateMix {
+        w: View,
+        e: View,
+        out: View,
+    },
+    /// Batch norm (lanes along the batch axis, affine per lane) or layer
+    /// norm (lanes along the last axis, affine per position).
+    Norm {
+        x: View,
+        y: View,
+        axis: usize,
+        batch_norm: bool,
+        params: Vec<usize>,
+    },
+}
+
+/// The plan at one batch size.
+#[derive(Debug)]
+pub struct Program {
+    pub batch: usize,
+    pub steps: Vec<Step>,
+    /// Per plan value.
+    pub views: Vec<Option<View>>,
+    pub bufs: Vec<Vec<f32>>,
+    /// Gradient buffers, allocated at the first backward pass.
+    pub gbufs: Vec<Vec<f32>>,
+    /// Per buffer: whether its gradient is needed.
+    pub needs_grad: Vec<bool>,
+}
+
+impl Program {
+    /// Lays `plan` out for `batch` rows. Errors name what the engine does
+    /// not support; the model then runs the candle path.
+    pub fn build(plan: &Plan, batch_axis: &[usize], batch: usize) -> Result<Self> {
+        let mut b = Builder {
+            plan,
+            batch,
+            views: vec![None; plan.values.len()],
+            sizes: Vec::new(),
+            needs: Vec::new(),
+        };
+        let mut steps = Vec::with_capacity(plan.ops.len());
+        for (oi, op) in plan.ops.iter().enumerate() {
+            let kind = OpKind::try_from(op.kind).unwrap_or(OpKind::OpUnspecified);
+            let input = |b: &Builder, i: usize| -> Result<View> {
+                op.inputs
+                    .get(i)
+                    .and_then(|&v| b.views.get(v as usize).copied().flatten())
+                    .ok_or_else(|| invalid_plan!("op \"{}\" reads a value not computed", op.name))
+            };
+            let param_shape = |i: usize| -> Vec<usize> {
+                op.params
+                    .get(i)
+                    .and_then(|&p| plan.params.get(p as usize))
+                    .map(|p| p.shape.iter().map(|&d| d as usize).collect())
+                    .unwrap_or_default()
+            };
+            let trainable = op
+                .params
+                .iter()
+                .any(|&p| plan.params.get(p as usize).is_some_and(|p| p.trainable));
+            let (step, out) = match kind {
+                OpKind::FeatureGroup => {
+                    let shape = b.declared(op.output as usize)?;
+                    let embedded = op.features.iter().any(|&f| {
+                        plan.features.get(f as usize).is_some_and(|s| {
+                            crate::proto::plan::FeatureKind::try_from(s.kind)
+                                != Ok(crate::proto::plan::FeatureKind::RawDense)
+                        })
+                    });
+                    let out = b.fresh(&shape, embedded)?;
+                    (Step::Group { out }, out)
+                }
+                OpKind::Linear => {
+                    let x = input(&b, 0)?;
+                    let w = param_shape(0);
+                    let [o, i] = w[..] else {
+                        return Err(invalid_plan!("linear \"{}\" weight {:?}", op.name, w));
+                    };
+                    if x.dims[2] != i || x.flat_mat().is_none() {
+                        return Err(invalid_plan!("linear \"{}\" input {:?}", op.name, x.dims));
+                    }
+                    let mut shape = x.logical();
+                    if let Some(last) = shape.last_mut() {
+                        *last = o;
+                    }
+                    let out = b.fresh(&shape, true)?;
+                    let step = Step::Linear {
+                        x,
+                        out,
+                        w: op.params[0] as usize,
+                        b: op.params.get(1).map(|&p| p as usize),
+                    };
+                    (step, out)
+                }
+                OpKind::BatchedLinear => {
+                    let x = input(&b, 0)?;
+                    let w = param_shape(0);
+                    let [e, o, i] = w[..] else {
+                        return Err(invalid_plan!(
+                            "batched linear \"{}\" weight {:?}",
+                            op.name,
+                            w
+                        ));
+                    };
+                    let ok = x.dims[2] == i
+                        && match x.rank {
+                            2 => x.flat_mat().is_some(),
+                            _ => x.dims[0] == e,
+                        };
+                    if !ok {
+                        return Err(invalid_plan!(
+                            "batched linear \"{}\" input {:?}",
+                            op.name,
+                            x.dims
+                        ));
+                    }
+                    let rows = if x.rank == 2 { x.rows() } else { x.dims[1] };
+                    let out = b.fresh(&[e, rows, o], true)?;
+                    let step = Step::Batched {
+                        x,
+                        out,
+                        w: op.params[0] as usize,
+                        b: op.params.get(1).map(|&p| p as usize),
+                    };
+                    (step, out)
+                }
+                OpKind::Activation => {
+                    let x = input(&b, 0)?;
+                    let y = b.fresh(&x.logical(), b.needs[x.buf] || trainable)?;
+                    let prelu = Activation::try_from(op.activation) == Ok(Activation::Prelu);
+                    let slope = prelu
+                        .then(|| op.params.first().map(|&p| p as usize))
+                        .flatten();
+                    if prelu && slope.is_none() {
+                        return Err(invalid_plan!("prelu \"{}\" has no slope", op.name));
+                    }
+                    (Step::Act { x, y, slope }, y)
+                }
+                OpKind::Dropout => {
+                    let x = input(&b, 0)?;
+                    let y = b.fresh(&x.logical(), b.needs[x.buf])?;
+                    (Step::Dropout { x, y }, y)
+                }
+                OpKind::Slice => {
+                    let x = input(&b, 0)?;
+                    let ax = axis_of(op.axis, &x, &op.name)?;
+                    let (start, len) = (op.start as usize, op.length as usize);
+                    if op.start < 0 || op.length < 0 || start + len > x.dims[ax] {
+                        return Err(invalid_plan!("slice \"{}\" out of range", op.name));
+                    }
+                    (Step::Alias, x.narrow(ax, start, len))
+                }
+                OpKind::Stack => {
+                    let xs = (0..op.inputs.len())
+                        .map(|i| input(&b, i))
+                        .collect::<Result<Vec<_>>>()?;
+                    if xs.iter().any(|x| x.rank != 2 || x.dims != xs[0].dims) {
+                        return Err(invalid_plan!(
+                            "stack \"{}\" of unequal rank-2 values",
+                            op.name
+                        ));
+                    }
+                    match stacked_alias(&xs) {
+                        Some(v) => (Step::Alias, v),
+                        None => {
+                            let [_, r, c] = xs[0].dims;
+                            let needs = xs.iter().any(|x| b.needs[x.buf]);
+                            let out = b.fresh(&[xs.len(), r, c], needs)?;
+                            let parts = xs
+                                .iter()
+                                .enumerate()
+                                .map(|(k, x)| (*x, out.narrow(0, k, 1)))
+                                .collect();
+                            (Step::Copy { parts, out }, out)
+                        }
+                    }
+                }
+                OpKind::Concat => {
+                    let xs = (0..op.inputs.len())
+                        .map(|i| input(&b, i))
+                        .collect::<Result<Vec<_>>>()?;
+                    let ax = axis_of(op.axis, &xs[0], &op.name)?;
+                    let same = xs.iter().all(|x| {
+                        x.rank == xs[0].rank
+                            && (0..3).all(|a| a == ax || x.dims[a] == xs[0].dims[a])
+                    });
+                    if !same {
+                        return Err(invalid_plan!("concat \"{}\" of unequal shapes", op.name));
+                    }
+                    match concat_alias(&xs, ax) {
+                        Some(v) => (Step::Alias, v),
+                        None => {
+                            let mut shape = xs[0].dims;
+                            shape[ax] = xs.iter().map(|x| x.dims[ax]).sum();
+                            let logical = &shape[3 - xs[0].rank..];
+                            let needs = xs.iter().any(|x| b.needs[x.buf]);
+                            let out = b.fresh(logical, needs)?;
+                            let mut at = 0;
+                            let mut parts = Vec::with_capacity(xs.len());
+                            for x in &xs {
+                                parts.push((*x, out.narrow(ax, at, x.dims[ax])));
+                                at += x.dims[ax];
+                            }
+                            (Step::Copy { parts, out }, out)
+                        }
+                    }
+                }
+                OpKind::Softmax => {
+                    let x = input(&b, 0)?;
+                    let axis = axis_of(op.axis, &x, &op.name)?;
+                    let y = b.fresh(&x.logical(), b.needs[x.buf])?;
+                    (Step::Softmax { x, y, axis }, y)
+                }
+                OpKind::GateMix => {
+                    let (w, e) = (input(&b, 0)?, input(&b, 1)?);
+                    if w.rank != 2
+                        || e.rank != 3
+                        || e.dims[0] != w.dims[2]
+                        || e.dims[1] != w.dims[1]
+                    {
+                        return Err(invalid_plan!("gate mix \"{}\" shapes", op.name));
+                    }
+                    let needs = b.needs[w.buf] || b.needs[e.buf];
+                    let out = b.fresh(&[e.dims[1], e.dims[2]], needs)?;
+                    (Step::GateMix { w, e, out }, out)
+                }
+                OpKind::BatchNorm | OpKind::LayerNorm => {
+                    let x = input(&b, 0)?;
+                    let batch_norm = kind == OpKind::BatchNorm;
+                    let axis = if batch_norm {
+                        x.internal_axis(batch_axis.get(oi).copied().unwrap_or(0))
+                    } else {
+                        2
+                    };
+                    let y = b.fresh(&x.logical(), true)?;
+                    let params = op.params.iter().map(|&p| p as usize).collect();
+                    (
+                        Step::Norm {
+                            x,
+                            y,
+                            axis,
+                            batch_norm,
+                            params,
+                        },
+                        y,
+                    )
+                }
+                OpKind::OpUnspecified => {
+                    return Err(invalid_plan!("op \"{}\" has no kind", op.name))
+                }
+            };
+            let declared = b.declared(op.output as usize)?;
+            if out.logical() != declared {
+                return Err(invalid_plan!(
+                    "op \"{}\" makes {:?}, the plan says {:?}",
+                    op.name,
+                    out.logical(),
+                    declared
+                ));
+            }
+            if !out.rows_disjoint() {
+                return Err(invalid_plan!(
+                    "op \"{}\" makes an overlapping view",
+                    op.name
+                ));
+            }
+            b.views[op.output as usize] = Some(out);
+            steps.push(step);
+        }
+        let bufs = b.sizes.iter().map(|&n| vec![0.0f32; n]).collect();
+        Ok(Self {
+            batch,
+            steps,
+            views: b.views,
+            bufs,
+            gbufs: Vec::new(),
+            needs_grad: b.needs,
+        })
+    }
+
+    /// Zeroes every gradient buffer (allocating them the first time).
+    pub fn zero_grads(&mut self) {
+        if self.gbufs.len() != self.bufs.len() {
+            self.gbufs = self.bufs.iter().map(|b| vec![0.0; b.len()]).collect();
+            return;
+        }
+        use rayon::prelude::*;
+        self.gbufs
+            .par_iter_mut()
+            .zip(&self.needs_grad)
+            .filter(|(_, &n)| n)
+            .for_each(|(g, _)| g.fill(0.0));
+    }
+}
+
+/// Views and buffers while a program is built.
+struct Builder<'a> {
+    plan: &'a Plan,
+    batch: usize,
+    views: Vec<Option<View>>,
+    sizes: Vec<usize>,
+    needs: Vec<bool>,
+}
+
+impl Builder<'_> {
+    /// A new contiguous buffer of `shape`.
+    fn fresh(&mut self, shape: &[usize], needs_grad: bool) -> Result<View> {
+        let v = View::contiguous(self.sizes.len(), shape)
+            .ok_or_else(|| invalid_plan!("native engine: rank {} values", shape.len()))?;
+        self.sizes.push(v.len());
+        self.needs.push(needs_grad);
+        Ok(v)
+    }
+
+    /// The plan's shape of value `v` with the batch dim filled in.
+    fn declared(&self, v: usize) -> Result<Vec<usize>> {
+        let value = self
+            .plan
+            .values
+            .get(v)
+            .ok_or_else(|| invalid_plan!("value {v} does not exist"))?;
+        Ok(value
+            .shape
+            .iter()
+            .map(|&d| if d < 0 { self.batch } else { d as usize })
+            .collect())
+    }
+}
+
+fn axis_of(axis: i32, x: &View, op: &str) -> Result<usize> {
+    resolve_axis(axis as i64, x.rank)
+        .map(|a| x.internal_axis(a))
+        .ok_or_else(|| invalid_plan!("op \"{op}\" has axis {axis} for rank {}", x.rank))
+}
+
+/// STACK of rank-2 views of one buffer, evenly spaced: one rank-3 view.
+fn stacked_alias(xs: &[View]) -> Option<View> {
+    let first = xs.first()?;
+    let step = xs.get(1).map_or(0, |x| x.off.wrapping_sub(first.off));
+    let even = xs.iter().enumerate().all(|(k, x)| {
+        x.buf == first.buf && x.strides == first.strides && x.off == first.off + k * step
+    });
+    let v = View {
+        dims: [xs.len(), first.dims[1], first.dims[2]],
+        strides: [step, first.strides[1], 1],
+        rank: 3,
+        ..*first
+    };
+    (even && step > 0 && v.rows_disjoint()).then_some(v)
+}
+
+/// CONCAT of views of one buffer that follow each other along `axis`.
+fn concat_alias(xs: &[View], axis: usize) -> Option<View> {
+    let first = xs.first()?;
+    let mut next = first.off;
+    for x in xs {
+        if x.buf != first.buf || x.strides != first.strides || x.off != next {
+            return None;
+        }
+        next = x.off + x.dims[axis] * x.strides[axis];
+    }
+    let mut v = *first;
+    v.dims[axis] = xs.iter().map(|x| x.dims[axis]).sum();
+    v.rows_disjoint().then_some(v)
+}

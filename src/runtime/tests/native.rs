@@ -1,0 +1,215 @@
+//! The native CPU engine against the candle path (the reference): on the
+//! plan that uses every op kind and on every example config, compiled with
+//! and without expert fusion, evaluation logits, training logits (dropout
+//! included), every parameter's and embedding row's gradient, and
+//! batch-norm statistics agree; so do whole training runs.
+
+use candle_core::{Device, Tensor};
+
+use super::*;
+use crate::cli::compile::{build, BuildOptions};
+use crate::runtime::model::{Mode, Model, ParamSlot};
+use crate::runtime::Trainer;
+
+fn host32(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// `|a - b| <= tol * max(1, max |b|)` element-wise.
+fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{what}[{i}]: native {x} vs candle {y} (scale {scale})"
+        );
+    }
+}
+
+fn models(plan: &Plan) -> (Model, Model) {
+    let native = Model::from_plan(plan, &Device::Cpu).unwrap();
+    assert!(native.uses_native(), "the native engine refused the plan");
+    let mut candle = Model::from_plan(plan, &Device::Cpu).unwrap();
+    candle.set_native(false).unwrap();
+    (native, candle)
+}
+
+/// One training forward/backward on both paths with the loss
+/// `sum_t sum(logits_t * P_t)`, comparing everything a step produces.
+fn compare(name: &str, plan: &Plan, batch: &Batch, tol: f32) {
+    let (mut n, mut c) = models(plan);
+    let (en, ec) = (
+        n.forward(batch, Mode::Eval).unwrap(),
+        c.forward(batch, Mode::Eval).unwrap(),
+    );
+    for (k, (a, b)) in en.logits.iter().zip(&ec.logits).enumerate() {
+        assert_close(
+            &format!("{name}: eval logits {k}"),
+            &host32(a),
+            &host32(b),
+            tol,
+        );
+    }
+    let mode = Mode::Train { seed: 11, step: 3 };
+    let (fnat, fcan) = (
+        n.forward(batch, mode).unwrap(),
+        c.forward(batch, mode).unwrap(),
+    );
+    let loss = |logits: &[Tensor]| {
+        let mut total: Option<Tensor> = None;
+        for (k, l) in logits.iter().enumerate() {
+            let p: Vec<f32> = randv(l.elem_count(), 500 + k as u64, 0.0)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let p = Tensor::from_vec(p, l.dims(), &Device::Cpu).unwrap();
+            let s = (l * p).unwrap().sum_all().unwrap();
+            total = Some(match total {
+                Some(t) => (t + s).unwrap(),
+                None => s,
+            });
+        }
+        total.unwrap()
+    };
+    for (k, (a, b)) in fnat.logits.iter().zip(&fcan.logits).enumerate() {
+        assert_close(
+            &format!("{name}: train logits {k}"),
+            &host32(a),
+            &host32(b),
+            tol,
+        );
+    }
+    let mut gn = loss(&fnat.logits).backward().unwrap();
+    n.backward_native(&fnat, &mut gn).unwrap();
+    let gc = loss(&fcan.logits).backward().unwrap();
+    for (i, ((pn, pc), spec)) in n
+        .params()
+        .iter()
+        .zip(c.params())
+        .zip(&plan.params)
+        .enumerate()
+    {
+        match (pn, pc) {
+            (ParamSlot::Trainable(vn), ParamSlot::Trainable(vc)) => {
+                let a = gn.get(vn.as_tensor()).map(host32);
+                let b = gc.get(vc.as_tensor()).map(host32);
+                let zeros = vec![0.0; vn.as_tensor().elem_count()];
+                assert_close(
+                    &format!("{name}: gradient of {} ({i})", spec.name),
+                    a.as_deref().unwrap_or(&zeros),
+                    b.as_deref().unwrap_or(&zeros),
+                    tol,
+                );
+            }
+            (ParamSlot::Buffer(a), ParamSlot::Buffer(b)) => assert_close(
+                &format!("{name}: buffer {}", spec.name),
+                &host32(a),
+                &host32(b),
+                tol,
+            ),
+            _ => panic!("{name}: parameter {i} differs in kind"),
+        }
+    }
+    assert_eq!(
+        fnat.gathered.len(),
+        fcan.gathered.len(),
+        "{name}: gathered tables"
+    );
+    for (a, b) in fnat.gathered.iter().zip(&fcan.gathered) {
+        assert_eq!(
+            (a.table, &a.host_ids),
+            (b.table, &b.host_ids),
+            "{name}: gathered ids"
+        );
+        // A table whose bags are all empty gathers no rows: no gradient.
+        let zeros = vec![0.0; a.rows.as_tensor().elem_count()];
+        let ga = gn.get(a.rows.as_tensor()).map_or(zeros.clone(), host32);
+        let gb = gc.get(b.rows.as_tensor()).map_or(zeros, host32);
+        assert_close(&format!("{name}: rows of table {}", a.table), &ga, &gb, tol);
+    }
+}
+
+#[test]
+fn every_op_kind_matches_the_candle_path() {
+    for (seed, dropout, rows) in [(1, 0.0, 37), (2, 0.3, 64), (3, 0.5, 1)] {
+        let plan = complex_plan(seed, dropout);
+        let batch = complex_batch(rows, seed);
+        compare(&format!("complex plan seed {seed}"), &plan, &batch, 1e-4);
+    }
+}
+
+fn example_plans() -> Vec<(String, Plan)> {
+    let mut out = Vec::new();
+    for name in [
+        "ple_demo",
+        "ple_taobao",
+        "mmoe_taobao",
+        "dbmtl_taobao",
+        "simple_multi_task_taobao",
+    ] {
+        let path = format!("{}/examples/{name}.config", env!("CARGO_MANIFEST_DIR"));
+        let source = std::fs::read_to_string(&path).unwrap();
+        for fuse in [true, false] {
+            let opts = BuildOptions {
+                seed: 5,
+                fuse,
+                ..BuildOptions::default()
+            };
+            let plan = build(&source, opts)
+                .unwrap_or_else(|_| panic!("{name} compiles"))
+                .plan;
+            out.push((format!("{name} (fused: {fuse})"), plan));
+        }
+    }
+    out
+}
+
+#[test]
+fn example_models_match_the_candle_path() {
+    for (name, plan) in example_plans() {
+        let batch = super::runs::random_batch(&plan, 96, 7);
+        compare(&name, &plan, &batch, 2e-4);
+    }
+}
+
+#[test]
+fn training_runs_match_the_candle_path() {
+    // SGD: Adam and Adagrad divide by the gradient's own size, so rounding
+    // noise in near-zero gradients becomes full-size steps; SGD keeps the
+    // comparison well conditioned. The losses compare under Adam too.
+    let mut plan = complex_plan(4, 0.2);
+    let adam_losses = |native: bool| {
+        let mut t = Trainer::new(&plan, 9, &Device::Cpu).unwrap();
+        t.model.set_native(native).unwrap();
+        (0..4)
+            .map(|s| t.step(&complex_batch(33, 40 + s), 0).unwrap().total)
+            .collect::<Vec<f32>>()
+    };
+    assert_close("adam losses", &adam_losses(true), &adam_losses(false), 1e-4);
+    let train = plan.train.as_mut().unwrap();
+    train.dense_optimizer = Some(optimizer(OptimizerKind::Sgd, 0.05));
+    train.sparse_optimizer = Some(optimizer(OptimizerKind::Sgd, 0.05));
+    let batches: Vec<_> = (0..4).map(|i| complex_batch(33, 40 + i)).collect();
+    let run = |native: bool| {
+        let mut t = Trainer::new(&plan, 9, &Device::Cpu).unwrap();
+        t.model.set_native(native).unwrap();
+        let losses: Vec<f32> = (0..8)
+            .map(|s| t.step(&batches[s % batches.len()], 0).unwrap().total)
+            .collect();
+        (losses, t.to_plan().unwrap())
+    };
+    let ((ln, pn), (lc, pc)) = (run(true), run(false));
+    assert_close("losses", &ln, &lc, 1e-4);
+    for (a, b) in pn.params.iter().zip(&pc.params) {
+        let (a, b) = (f32s(&a.data), f32s(&b.data));
+        assert_close("trained parameters", &a, &b, 1e-4);
+    }
+    for (a, b) in pn.tables.iter().zip(&pc.tables) {
+        assert_close("trained tables", &f32s(&a.data), &f32s(&b.data), 1e-4);
+    }
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    crate::runtime::embedding::f32s_from_le(b)
+}
