@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// Seed of the data and the parameters.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Matrix-multiply precisions to measure, comma separated (`fp32`,
+    /// `bf16`; see `plec run --help`).
+    #[arg(long, value_delimiter = ',', default_value = "fp32,bf16")]
+    pub precisions: Vec<runtime::native::Precision>,
 }
 
 /// Peak resident set size of this process in bytes (`VmHWM`), if known.
@@ -65,6 +69,7 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
         threads: Some(args.threads),
         elementwise_threads: args.elementwise_threads,
         device: args.device.clone(),
+        precision: runtime::native::Precision::F32,
     };
     let (device, threads) = exec.setup()?;
     if args.batch_sizes.contains(&0) {
@@ -102,7 +107,9 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
     );
     let train_inputs = vec![truth.train_path.display().to_string()];
     let eval_inputs = vec![truth.eval_path.display().to_string()];
-    let mut rows = vec![vec![
+    let tasks: Vec<String> = plan.tasks.iter().map(|t| t.tower_name.clone()).collect();
+    let mut header = vec![
+        "precision".to_string(),
         "batch".to_string(),
         "train samples/s".to_string(),
         "train GFLOP/s".to_string(),
@@ -110,8 +117,22 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
         "eval samples/s".to_string(),
         "eval GFLOP/s".to_string(),
         "peak RSS MiB".to_string(),
-    ]];
-    for &bs in &args.batch_sizes {
+    ];
+    header.extend(tasks.iter().map(|t| format!("AUC {t}")));
+    let mut rows = vec![header];
+    let runs = args
+        .precisions
+        .iter()
+        .flat_map(|&p| args.batch_sizes.iter().map(move |&bs| (p, bs)));
+    for (precision, bs) in runs {
+        if precision == runtime::native::Precision::Bf16 && !device.is_cpu() {
+            continue;
+        }
+        runtime::native::set_default_precision(precision);
+        let label = match precision.runs_bf16() || precision == runtime::native::Precision::F32 {
+            true => precision.to_string(),
+            false => format!("{precision} (no AMX: fp32)"),
+        };
         reset_peak_rss();
         let mut train_src =
             run::train_source(run::open_data(&plan, &train_inputs)?, &plan, bs, args.seed);
@@ -127,14 +148,15 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
         let mut eval_src = EvalSource::new(run::open_data(&plan, &eval_inputs)?, bs);
         let mut model = Model::from_plan(&report.plan, &device).map_err(run::runtime_error)?;
         let t0 = Instant::now();
-        runtime::evaluate(&mut model, &mut eval_src).map_err(run::runtime_error)?;
+        let metrics = runtime::evaluate(&mut model, &mut eval_src).map_err(run::runtime_error)?;
         let eval_sps = truth.eval_rows as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         let rss = peak_rss().map_or_else(|| "-".to_string(), |b| format!("{}", b >> 20));
         println!(
-            "  batch {bs}: train {train_sps:.0} samples/s ({} steps), eval {eval_sps:.0} samples/s",
+            "  {label} batch {bs}: train {train_sps:.0} samples/s ({} steps), eval {eval_sps:.0} samples/s",
             report.steps
         );
-        rows.push(vec![
+        let mut row = vec![
+            label,
             bs.to_string(),
             format!("{train_sps:.0}"),
             format!("{:.1}", 3.0 * flops * train_sps / 1e9),
@@ -142,8 +164,17 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
             format!("{eval_sps:.0}"),
             format!("{:.1}", flops * eval_sps / 1e9),
             rss,
-        ]);
+        ];
+        row.extend(tasks.iter().map(|t| {
+            let key = format!("auc_{t}");
+            metrics
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or_else(|| "-".to_string(), |(_, v)| format!("{v:.4}"))
+        }));
+        rows.push(row);
     }
+    runtime::native::set_default_precision(runtime::native::Precision::F32);
     print!("{}", render_table(&rows));
     println!("(training GFLOP/s counts 3x the forward FLOPs; peak RSS is reset per batch size)");
     Ok(Outcome::Clean)

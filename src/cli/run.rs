@@ -42,6 +42,11 @@ pub struct ExecArgs {
     /// `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Matrix-multiply precision on the CPU: `fp32`, or `bf16` (inputs
+    /// rounded to bf16 on the CPU's AMX tiles, f32 accumulation, f32 master
+    /// weights and optimizer state). Without AMX, bf16 runs in fp32.
+    #[arg(long, default_value = "fp32")]
+    pub precision: runtime::native::Precision,
 }
 
 impl Default for ExecArgs {
@@ -50,6 +55,7 @@ impl Default for ExecArgs {
             threads: None,
             elementwise_threads: 1,
             device: "cpu".to_string(),
+            precision: runtime::native::Precision::F32,
         }
     }
 }
@@ -67,7 +73,21 @@ impl ExecArgs {
             return Err(RunError::new("--elementwise-threads must be at least 1"));
         }
         runtime::set_threads(threads, self.elementwise_threads);
-        Ok((parse_device(&self.device)?, threads))
+        let device = parse_device(&self.device)?;
+        if self.precision == runtime::native::Precision::Bf16 {
+            if !device.is_cpu() {
+                return Err(RunError::new(
+                    "--precision bf16 is for the CPU (AMX); on CUDA use fp32",
+                ));
+            }
+            if !self.precision.runs_bf16() {
+                eprintln!(
+                    "note: this CPU has no AMX-BF16 tiles (or the kernel refused them); --precision bf16 runs in fp32"
+                );
+            }
+        }
+        runtime::native::set_default_precision(self.precision);
+        Ok((device, threads))
     }
 }
 

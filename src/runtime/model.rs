@@ -322,6 +322,27 @@ impl Model {
         })
     }
 
+    /// Sets the precision of the native engine's matrix multiplies; bf16
+    /// needs the native engine (f32 on the CPU).
+    pub fn set_precision(
+        &mut self,
+        p: super::native::Precision,
+    ) -> std::result::Result<(), String> {
+        match (&mut self.native, p) {
+            (Some(e), _) => {
+                e.set_precision(p);
+                Ok(())
+            }
+            (None, super::native::Precision::F32) => Ok(()),
+            (None, _) => Err("bf16 runs on the native CPU engine (f32 models on the CPU)".into()),
+        }
+    }
+
+    /// The native engine's per-op profile (with `PLEC_PROFILE`).
+    pub fn native_profile(&self) -> Option<String> {
+        self.native.as_ref().and_then(|e| e.profile())
+    }
+
     /// Whether forward and backward run on the native CPU engine.
     pub fn uses_native(&self) -> bool {
         self.native.is_some()

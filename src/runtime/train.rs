@@ -465,6 +465,9 @@ pub fn train_with(
     reporter.finish();
     if let Some(p) = &trainer.phases {
         eprintln!("{}", p.summary());
+        if let Some(n) = trainer.model.native_profile() {
+            eprint!("{n}");
+        }
     }
     report.train_seconds = train_time;
     if let Some(ev) = eval_data {

@@ -6,7 +6,16 @@
 //! Bounds are checked here, once per call, so the unsafe call below only
 //! ever sees matrices that lie inside their slices.
 
+use super::amx;
 use super::view::Mat;
+
+/// How the engine multiplies: worker threads, and whether the inputs are
+/// rounded to bf16 for the CPU's AMX tiles (f32 accumulation; see `amx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gemm {
+    pub threads: usize,
+    pub bf16: bool,
+}
 use crate::runtime::error::{invalid_plan, Result};
 
 /// Checks that `m` lies inside a buffer of `len` elements.
@@ -23,8 +32,8 @@ fn inside(m: &Mat, len: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// `dst = a b` (or `dst += a b` with `accumulate`), with `threads` workers
-/// of rayon's pool. `dst` must not share memory with `a` or `b` (it is a
+/// `dst = a b` (or `dst += a b` with `accumulate`), with `how.threads`
+/// workers of rayon's pool, in f32 or (`how.bf16`) on AMX tiles. `dst` must not share memory with `a` or `b` (it is a
 /// different slice, so the borrow checker already guarantees it).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -35,7 +44,7 @@ pub fn matmul(
     am: Mat,
     b: &[f32],
     bm: Mat,
-    threads: usize,
+    how: Gemm,
 ) -> Result<()> {
     if am.rows != d.rows || bm.cols != d.cols || am.cols != bm.rows {
         return Err(invalid_plan!(
@@ -64,8 +73,31 @@ pub fn matmul(
         }
         return Ok(());
     }
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
+    if how.bf16 {
+        // SAFETY: as below; `amx::gemm_bf16` takes rows-then-columns
+        // strides and writes each dst element once per k block.
+        unsafe {
+            amx::gemm_bf16(
+                d.rows,
+                d.cols,
+                am.cols,
+                dst.as_mut_ptr().add(d.off),
+                d.rs,
+                d.cs,
+                accumulate,
+                a.as_ptr().add(am.off),
+                am.rs,
+                am.cs,
+                b.as_ptr().add(bm.off),
+                bm.rs,
+                bm.cs,
+                how.threads,
+            );
+        }
+        return Ok(());
+    }
+    let par = if how.threads > 1 {
+        gemm::Parallelism::Rayon(how.threads)
     } else {
         gemm::Parallelism::None
     };

@@ -38,6 +38,15 @@ pub fn rows_mut<F>(buf: &mut [f32], v: &View, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync + Send,
 {
+    rows_mut_with(buf, v, v.dims[2], f)
+}
+
+/// `rows_mut` for kernels whose rows cost `work` element operations each
+/// (more than their width: e.g. one dot product per output element).
+pub fn rows_mut_with<F>(buf: &mut [f32], v: &View, work: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
     let (rows, width) = (v.rows(), v.dims[2]);
     if rows == 0 || width == 0 || v.end() > buf.len() {
         return;
@@ -51,10 +60,21 @@ where
         let row = unsafe { std::slice::from_raw_parts_mut(base.get().add(off), width) };
         f(r, row);
     };
-    if rows * width >= PAR_MIN && rows > 1 {
+    if rows * work >= PAR_MIN && rows > 1 {
         (0..rows).into_par_iter().with_min_len(16).for_each(one);
     } else {
         (0..rows).for_each(one);
+    }
+}
+
+/// Stores `v` into `o`, or adds it when `acc` (gradients of a value that
+/// several ops read accumulate; see `Program::exclusive`).
+#[inline(always)]
+fn put(o: &mut f32, v: f32, acc: bool) {
+    if acc {
+        *o += v;
+    } else {
+        *o = v;
     }
 }
 
@@ -190,8 +210,26 @@ pub fn activation_backward(
     xv: &View,
     y: &[f32],
     yv: &View,
+    acc: bool,
 ) {
     let a = alpha_of(kind, alpha);
+    if kind == Activation::Relu {
+        // The hot case (every expert and tower layer): a branch-free loop
+        // the compiler vectorizes.
+        rows_mut(dx, dxv, |r, out| {
+            let (g, ys) = (row(dy, dyv, r), row(y, yv, r));
+            let masked = g
+                .iter()
+                .zip(ys)
+                .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 });
+            if acc {
+                out.iter_mut().zip(masked).for_each(|(o, v)| *o += v);
+            } else {
+                out.iter_mut().zip(masked).for_each(|(o, v)| *o = v);
+            }
+        });
+        return;
+    }
     rows_mut(dx, dxv, |r, out| {
         let (g, xs, ys) = (row(dy, dyv, r), row(x, xv, r), row(y, yv, r));
         for j in 0..out.len() {
@@ -233,7 +271,7 @@ pub fn activation_backward(
                     }
                 }
             };
-            out[j] += g[j] * d;
+            put(&mut out[j], g[j] * d, acc);
         }
     });
 }
@@ -263,13 +301,21 @@ pub fn dropout(y: &mut [f32], yv: &View, x: &[f32], xv: &View, keep: &[u8], scal
 }
 
 /// `dx += dy * keep * scale`.
-pub fn dropout_backward(dx: &mut [f32], dxv: &View, dy: &[f32], dyv: &View, keep: &[u8], s: f32) {
+pub fn dropout_backward(
+    dx: &mut [f32],
+    dxv: &View,
+    dy: &[f32],
+    dyv: &View,
+    keep: &[u8],
+    s: f32,
+    acc: bool,
+) {
     let w = dxv.dims[2];
     rows_mut(dx, dxv, |r, out| {
         let (g, k) = (row(dy, dyv, r), &keep[r * w..(r + 1) * w]);
         out.iter_mut()
             .zip(g.iter().zip(k))
-            .for_each(|(o, (&g, &k))| *o += g * f32::from(k) * s);
+            .for_each(|(o, (&g, &k))| put(o, g * f32::from(k) * s, acc));
     });
 }
 
@@ -308,6 +354,7 @@ pub fn softmax(y: &mut [f32], yv: &View, x: &[f32], xv: &View, axis: usize) {
 }
 
 /// `dx += y * (dy - sum(dy * y))` along the lanes.
+#[allow(clippy::too_many_arguments)]
 pub fn softmax_backward(
     dx: &mut [f32],
     dxv: &View,
@@ -316,6 +363,7 @@ pub fn softmax_backward(
     y: &[f32],
     yv: &View,
     axis: usize,
+    acc: bool,
 ) {
     let (xs, xst, n) = lanes(dxv, axis);
     let (gs, gst, _) = lanes(dyv, axis);
@@ -323,7 +371,11 @@ pub fn softmax_backward(
     for ((&xo, &go), &yo) in xs.iter().zip(&gs).zip(&ys) {
         let dot: f32 = (0..n).map(|i| dy[go + i * gst] * y[yo + i * yst]).sum();
         for i in 0..n {
-            dx[xo + i * xst] += y[yo + i * yst] * (dy[go + i * gst] - dot);
+            put(
+                &mut dx[xo + i * xst],
+                y[yo + i * yst] * (dy[go + i * gst] - dot),
+                acc,
+            );
         }
     }
 }
@@ -342,24 +394,40 @@ pub fn gate_mix(out: &mut [f32], ov: &View, w: &[f32], wv: &View, e: &[f32], ev:
 }
 
 /// Gate mix backward, the weights: `dw[b, k] += dot(dout[b], e[k, b])`.
-pub fn gate_mix_backward_w(dw: &mut [f32], dwv: &View, g: &[f32], gv: &View, e: &[f32], ev: &View) {
-    rows_mut(dw, dwv, |b, o| {
+pub fn gate_mix_backward_w(
+    dw: &mut [f32],
+    dwv: &View,
+    g: &[f32],
+    gv: &View,
+    e: &[f32],
+    ev: &View,
+    acc: bool,
+) {
+    rows_mut_with(dw, dwv, ev.dims[0] * ev.dims[2], |b, o| {
         let gs = row(g, gv, b);
         for (kk, o) in o.iter_mut().enumerate() {
             let x = row(e, ev, kk * ev.dims[1] + b);
-            *o += gs.iter().zip(x).map(|(&g, &x)| g * x).sum::<f32>();
+            put(o, gs.iter().zip(x).map(|(&g, &x)| g * x).sum::<f32>(), acc);
         }
     });
 }
 
 /// Gate mix backward, the experts: `de[k, b] += w[b, k] dout[b]`.
-pub fn gate_mix_backward_e(de: &mut [f32], dev: &View, g: &[f32], gv: &View, w: &[f32], wv: &View) {
+pub fn gate_mix_backward_e(
+    de: &mut [f32],
+    dev: &View,
+    g: &[f32],
+    gv: &View,
+    w: &[f32],
+    wv: &View,
+    acc: bool,
+) {
     let bsz = dev.dims[1].max(1);
     rows_mut(de, dev, |r, o| {
         let (kk, b) = (r / bsz, r % bsz);
         let wk = row(w, wv, b)[kk];
         let gs = row(g, gv, b);
-        o.iter_mut().zip(gs).for_each(|(o, &g)| *o += wk * g);
+        o.iter_mut().zip(gs).for_each(|(o, &g)| put(o, wk * g, acc));
     });
 }
 
@@ -423,6 +491,7 @@ pub fn normalize_backward(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
     affine_of: &dyn Fn(usize, usize) -> usize,
+    acc: bool,
 ) {
     let (xs, xst, n) = lanes(xv, axis);
     let (gs, gst, _) = lanes(dyv, axis);
@@ -447,7 +516,8 @@ pub fn normalize_backward(
             let a = affine_of(l, i);
             let xhat = (x[xo + i * xst] - mean[l]) * inv[l];
             let g = dy[go + i * gst] * gamma[a];
-            dx[do_ + i * dst] += inv[l] * (g - sum_g / nf - xhat * sum_gx / nf);
+            let v = inv[l] * (g - sum_g / nf - xhat * sum_gx / nf);
+            put(&mut dx[do_ + i * dst], v, acc);
         }
     }
 }

@@ -18,6 +18,7 @@
 //! `runtime::tests::native` checks logits and every gradient against it,
 //! and `PLEC_ENGINE=candle` selects it at run time.
 
+pub mod amx;
 mod embed;
 mod gemm;
 pub mod host;
@@ -40,6 +41,26 @@ use crate::proto::plan::{Activation, Plan};
 /// Programs kept per engine (one per batch size: the full batch and an
 /// epoch's last, shorter one).
 const PROGRAMS_KEPT: usize = 2;
+
+/// The precision new engines start with (`set_default_precision`).
+static DEFAULT_PRECISION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets the precision of engines created from now on, process-wide like
+/// the thread counts (`runtime::set_threads`): the CLI's `--precision`.
+pub fn set_default_precision(p: Precision) {
+    let v = match p {
+        Precision::F32 => 0,
+        Precision::Bf16 => 1,
+    };
+    DEFAULT_PRECISION.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn default_precision() -> Precision {
+    match DEFAULT_PRECISION.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
 
 /// Whether the environment asks for the candle path (`PLEC_ENGINE=candle`).
 pub fn disabled_by_env() -> bool {
@@ -73,6 +94,9 @@ pub struct NativeForward {
 pub struct Engine {
     programs: Vec<Program>,
     tape: Option<Tape>,
+    precision: Precision,
+    /// With `PLEC_PROFILE`: seconds and calls per step label.
+    times: Option<std::collections::BTreeMap<String, (f64, u64)>>,
 }
 
 /// Parameter data of the model, borrowed for one pass.
@@ -95,8 +119,43 @@ impl<'a> Params<'a> {
     }
 }
 
-fn threads() -> usize {
-    rayon::current_num_threads().max(1)
+/// Precision of the engine's matrix multiplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// Matrix-multiply inputs rounded to bf16 on the CPU's AMX tiles, f32
+    /// accumulation, f32 master weights, optimizer state and everything
+    /// else. Where AMX is absent the multiplies run in f32 instead.
+    Bf16,
+}
+
+impl Precision {
+    /// Whether bf16 is asked for and this CPU can run it.
+    pub fn runs_bf16(self) -> bool {
+        self == Precision::Bf16 && amx::available()
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" | "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown precision \"{other}\" (use fp32 or bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "fp32",
+            Precision::Bf16 => "bf16",
+        })
+    }
 }
 
 impl Engine {
@@ -107,7 +166,21 @@ impl Engine {
         Ok(Self {
             programs: Vec::new(),
             tape: None,
+            precision: default_precision(),
+            times: super::profile::enabled().then(Default::default),
         })
+    }
+
+    /// Sets the precision of the matrix multiplies.
+    pub fn set_precision(&mut self, p: Precision) {
+        self.precision = p;
+    }
+
+    fn gemm(&self) -> gemm::Gemm {
+        gemm::Gemm {
+            threads: rayon::current_num_threads().max(1),
+            bf16: self.precision.runs_bf16(),
+        }
     }
 
     fn program(&mut self, plan: &Plan, batch_axis: &[usize], rows: usize) -> Result<usize> {
@@ -146,6 +219,7 @@ impl Engine {
             ));
         }
         let train = matches!(mode, Mode::Train { .. });
+        let nt = self.gemm();
         let lookup = embed::lookup(
             tables,
             &plan.features,
@@ -166,9 +240,9 @@ impl Engine {
             columns: (0..n_ops).map(|_| None).collect(),
         };
         let mut updates = Vec::new();
-        let nt = threads();
         for (oi, step) in prog.steps.iter().enumerate() {
             let op = &plan.ops[oi];
+            let t0 = self.times.is_some().then(std::time::Instant::now);
             match step {
                 Step::Alias => {}
                 Step::Group { out } => {
@@ -330,6 +404,7 @@ impl Engine {
                     tape.stats[oi] = Some((mean, inv));
                 }
             }
+            record(&mut self.times, "fwd", step, t0);
         }
         let logits = plan
             .tasks
@@ -349,6 +424,25 @@ impl Engine {
             logits,
             buffer_updates: updates,
         })
+    }
+
+    /// With `PLEC_PROFILE`: milliseconds per call and share of the total
+    /// per step label, largest first.
+    pub fn profile(&self) -> Option<String> {
+        let times = self.times.as_ref()?;
+        let total: f64 = times.values().map(|t| t.0).sum();
+        let mut rows: Vec<_> = times.iter().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        let mut out = String::from("native engine profile (ms per call, calls, share):\n");
+        for (label, (s, n)) in rows {
+            out.push_str(&format!(
+                "  {label:<32} {:>9.3} {:>7} {:>5.1}%\n",
+                1e3 * s / *n as f64,
+                n,
+                100.0 * s / total.max(1e-12)
+            ));
+        }
+        Some(out)
     }
 
     /// The gathered embedding rows of the last training forward pass.
@@ -372,6 +466,7 @@ impl Engine {
         grads: &mut GradStore,
         device: &Device,
     ) -> Result<()> {
+        let nt = self.gemm();
         let tape = self
             .tape
             .take()
@@ -381,7 +476,9 @@ impl Engine {
             .iter_mut()
             .find(|p| p.batch == tape.batch)
             .ok_or_else(|| invalid_plan!("the forward pass's program is gone"))?;
+        let t_zero = self.times.is_some().then(std::time::Instant::now);
         prog.zero_grads();
+        record_label(&mut self.times, "bwd zero gradients", t_zero);
         let ps = Params::borrow(params)?;
         let mut pgrads: Vec<Vec<f32>> = plan
             .params
@@ -393,15 +490,22 @@ impl Engine {
             })
             .collect();
         for (t, d) in plan.tasks.iter().zip(dlogits) {
-            let (Some(v), Some(d)) = (prog.views[t.logits as usize], d) else {
+            let Some(v) = prog.views[t.logits as usize] else {
                 continue;
             };
             let w = v.dims[2];
+            let acc = !prog.exclusive[v.buf];
             let mut g = std::mem::take(&mut prog.gbufs[v.buf]);
-            kernels::rows_mut(&mut g, &v, |r, out| {
-                out.iter_mut()
+            // A task without a gradient (weight 0) still seeds zeros: an
+            // exclusive buffer is never zeroed otherwise.
+            kernels::rows_mut(&mut g, &v, |r, out| match d {
+                Some(d) if acc => out
+                    .iter_mut()
                     .zip(&d[r * w..(r + 1) * w])
-                    .for_each(|(o, &x)| *o += x)
+                    .for_each(|(o, &x)| *o += x),
+                Some(d) => out.copy_from_slice(&d[r * w..(r + 1) * w]),
+                None if acc => {}
+                None => out.fill(0.0),
             });
             prog.gbufs[v.buf] = g;
         }
@@ -422,10 +526,11 @@ impl Engine {
                 vec![0.0; list.len() * dim]
             })
             .collect();
-        let nt = threads();
         for (oi, step) in prog.steps.iter().enumerate().rev() {
             let op = &plan.ops[oi];
             let needs = |v: &View| prog.needs_grad[v.buf];
+            let acc = |v: &View| !prog.exclusive[v.buf];
+            let t0 = self.times.is_some().then(std::time::Instant::now);
             match step {
                 Step::Alias => {}
                 Step::Group { out } => {
@@ -465,7 +570,7 @@ impl Engine {
                         let r = gemm::matmul(
                             &mut dx,
                             xm,
-                            true,
+                            acc(x),
                             &prog.gbufs[out.buf],
                             gm,
                             ps.get(*w),
@@ -505,7 +610,7 @@ impl Engine {
                             r = r.and(gemm::matmul(
                                 &mut dx,
                                 xm,
-                                true,
+                                acc(x),
                                 &prog.gbufs[out.buf],
                                 out.mat(k),
                                 ps.get(*w),
@@ -540,6 +645,7 @@ impl Engine {
                             x,
                             &prog.bufs[y.buf],
                             y,
+                            acc(x),
                         );
                         prog.gbufs[x.buf] = dx;
                     }
@@ -557,9 +663,10 @@ impl Engine {
                                     y,
                                     keep,
                                     s,
+                                    acc(x),
                                 )
                             }
-                            None => kernels::copy(&mut dx, x, &prog.gbufs[y.buf], y, true),
+                            None => kernels::copy(&mut dx, x, &prog.gbufs[y.buf], y, acc(x)),
                         }
                         prog.gbufs[x.buf] = dx;
                     }
@@ -568,7 +675,7 @@ impl Engine {
                     for (src, dst) in parts {
                         if needs(src) && src.buf != out.buf {
                             let mut dx = std::mem::take(&mut prog.gbufs[src.buf]);
-                            kernels::copy(&mut dx, src, &prog.gbufs[out.buf], dst, true);
+                            kernels::copy(&mut dx, src, &prog.gbufs[out.buf], dst, acc(src));
                             prog.gbufs[src.buf] = dx;
                         }
                     }
@@ -584,6 +691,7 @@ impl Engine {
                             &prog.bufs[y.buf],
                             y,
                             *axis,
+                            acc(x),
                         );
                         prog.gbufs[x.buf] = dx;
                     }
@@ -598,6 +706,7 @@ impl Engine {
                             out,
                             &prog.bufs[e.buf],
                             e,
+                            acc(w),
                         );
                         prog.gbufs[w.buf] = dw;
                     }
@@ -610,6 +719,7 @@ impl Engine {
                             out,
                             &prog.bufs[w.buf],
                             w,
+                            acc(e),
                         );
                         prog.gbufs[e.buf] = de;
                     }
@@ -645,13 +755,16 @@ impl Engine {
                         &mut dgamma,
                         &mut dbeta,
                         &affine,
+                        acc(x),
                     );
                     prog.gbufs[x.buf] = dx;
                     pgrads[p[0]] = dgamma;
                     pgrads[p[1]] = dbeta;
                 }
             }
+            record(&mut self.times, "bwd", step, t0);
         }
+        let t_out = self.times.is_some().then(std::time::Instant::now);
         for ((slot, p), g) in params.iter().zip(&plan.params).zip(pgrads) {
             if let ParamSlot::Trainable(var) = slot {
                 let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
@@ -662,7 +775,49 @@ impl Engine {
             let dims = g.rows.as_tensor().dims().to_vec();
             grads.insert(g.rows.as_tensor(), Tensor::from_vec(d, dims, device)?);
         }
+        record_label(&mut self.times, "bwd gradients out", t_out);
         Ok(())
+    }
+}
+
+/// Adds the time since `t0` to `step`'s label (profiling only).
+fn record(
+    times: &mut Option<std::collections::BTreeMap<String, (f64, u64)>>,
+    dir: &str,
+    step: &Step,
+    t0: Option<std::time::Instant>,
+) {
+    let (Some(times), Some(t0)) = (times.as_mut(), t0) else {
+        return;
+    };
+    let label = match step {
+        Step::Alias => "alias".to_string(),
+        Step::Group { .. } => "feature group".into(),
+        Step::Linear { x, out, .. } => format!("linear {}x{}", x.dims[2], out.dims[2]),
+        Step::Batched { x, out, .. } => {
+            format!("batched {}x {}x{}", out.dims[0], x.dims[2], out.dims[2])
+        }
+        Step::Act { .. } => "activation".into(),
+        Step::Dropout { .. } => "dropout".into(),
+        Step::Copy { .. } => "copy".into(),
+        Step::Softmax { .. } => "softmax".into(),
+        Step::GateMix { .. } => "gate mix".into(),
+        Step::Norm { .. } => "norm".into(),
+    };
+    let e = times.entry(format!("{dir} {label}")).or_insert((0.0, 0));
+    e.0 += t0.elapsed().as_secs_f64();
+    e.1 += 1;
+}
+
+fn record_label(
+    times: &mut Option<std::collections::BTreeMap<String, (f64, u64)>>,
+    label: &str,
+    t0: Option<std::time::Instant>,
+) {
+    if let (Some(times), Some(t0)) = (times.as_mut(), t0) {
+        let e = times.entry(label.to_string()).or_insert((0.0, 0));
+        e.0 += t0.elapsed().as_secs_f64();
+        e.1 += 1;
     }
 }
 

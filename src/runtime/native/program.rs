@@ -76,6 +76,11 @@ pub struct Program {
     pub gbufs: Vec<Vec<f32>>,
     /// Per buffer: whether its gradient is needed.
     pub needs_grad: Vec<bool>,
+    /// Per buffer: its gradient is written exactly once per element by the
+    /// backward pass (disjoint writers covering it all), so writers store
+    /// instead of adding and the buffer is never zeroed. Every other
+    /// gradient buffer is zeroed each step and accumulated into.
+    pub exclusive: Vec<bool>,
 }
 
 impl Program {
@@ -318,6 +323,7 @@ impl Program {
             b.views[op.output as usize] = Some(out);
             steps.push(step);
         }
+        let exclusive = exclusive_buffers(plan, &steps, &b.views, &b.sizes, &b.needs);
         let bufs = b.sizes.iter().map(|&n| vec![0.0f32; n]).collect();
         Ok(Self {
             batch,
@@ -326,6 +332,7 @@ impl Program {
             bufs,
             gbufs: Vec::new(),
             needs_grad: b.needs,
+            exclusive,
         })
     }
 
@@ -338,10 +345,67 @@ impl Program {
         use rayon::prelude::*;
         self.gbufs
             .par_iter_mut()
-            .zip(&self.needs_grad)
-            .filter(|(_, &n)| n)
+            .zip(self.needs_grad.par_iter().zip(&self.exclusive))
+            .filter(|(_, (&n, &x))| n && !x)
             .for_each(|(g, _)| g.fill(0.0));
     }
+}
+
+/// The views each step's backward pass writes a gradient into (its
+/// inputs that need one), plus the task logits the loss seeds.
+pub fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
+    let all: Vec<View> = match step {
+        Step::Alias | Step::Group { .. } => Vec::new(),
+        Step::Linear { x, .. } => vec![*x],
+        // A shared input takes one gradient per expert; a stacked one, one
+        // per expert into its own matrix (together: the view once).
+        Step::Batched { x, out, .. } if x.rank == 2 => vec![*x; out.dims[0]],
+        Step::Batched { x, .. } => vec![*x],
+        Step::Act { x, .. } | Step::Dropout { x, .. } | Step::Softmax { x, .. } => vec![*x],
+        Step::Norm { x, .. } => vec![*x],
+        Step::Copy { parts, .. } => parts.iter().map(|(src, _)| *src).collect(),
+        Step::GateMix { w, e, .. } => vec![*w, *e],
+    };
+    all.into_iter().filter(|v| needs[v.buf]).collect()
+}
+
+/// `Program::exclusive`: per buffer, whether the row runs of all views
+/// written into it are disjoint and cover it exactly.
+fn exclusive_buffers(
+    plan: &Plan,
+    steps: &[Step],
+    views: &[Option<View>],
+    sizes: &[usize],
+    needs: &[bool],
+) -> Vec<bool> {
+    let mut runs: Vec<Vec<(usize, usize)>> = vec![Vec::new(); sizes.len()];
+    let logits = plan
+        .tasks
+        .iter()
+        .filter_map(|t| views.get(t.logits as usize).copied().flatten());
+    let writes = steps
+        .iter()
+        .flat_map(|s| gradient_writes(s, needs))
+        .chain(logits);
+    for v in writes {
+        for r in 0..v.rows() {
+            runs[v.buf].push((v.row_offset(r), v.dims[2]));
+        }
+    }
+    runs.into_iter()
+        .zip(sizes)
+        .map(|(mut r, &size)| {
+            r.sort_unstable();
+            let mut next = 0;
+            for (off, len) in r {
+                if off != next {
+                    return false;
+                }
+                next = off + len;
+            }
+            next == size
+        })
+        .collect()
 }
 
 /// Views and buffers while a program is built.
@@ -413,4 +477,31 @@ fn concat_alias(xs: &[View], axis: usize) -> Option<View> {
     let mut v = *first;
     v.dims[axis] = xs.iter().map(|x| x.dims[axis]).sum();
     v.rows_disjoint().then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    /// On the PLE example only the expert outputs that several gates read
+    /// accumulate gradients (and get zeroed each step); the wide layers'
+    /// gradients are stored once, never zeroed.
+    #[test]
+    fn only_values_read_by_several_ops_accumulate() {
+        let path = format!("{}/examples/ple_taobao.config", env!("CARGO_MANIFEST_DIR"));
+        let source = std::fs::read_to_string(path).unwrap();
+        let plan = crate::cli::compile::build(&source, Default::default())
+            .unwrap()
+            .plan;
+        let p = super::Program::build(&plan, &vec![0; plan.ops.len()], 1024).unwrap();
+        let mut zeroed: Vec<usize> = (0..p.bufs.len())
+            .filter(|&i| p.needs_grad[i] && !p.exclusive[i])
+            .map(|i| p.bufs[i].len() / 1024)
+            .collect();
+        zeroed.sort_unstable();
+        // Per batch row: layer 1's six 256-wide expert outputs (the task
+        // gates and the shared gate read overlapping sets), and the smaller
+        // expert outputs of layers 2 and 3 that two gates read.
+        assert_eq!(zeroed, vec![64, 128, 192, 192, 192, 1536], "{zeroed:?}");
+        let total: usize = p.bufs.iter().map(|b| b.len()).sum();
+        assert!(zeroed.iter().sum::<usize>() * 1024 * 10 < total);
+    }
 }

@@ -213,3 +213,28 @@ fn training_runs_match_the_candle_path() {
 fn f32s(b: &[u8]) -> Vec<f32> {
     crate::runtime::embedding::f32s_from_le(b)
 }
+
+/// bf16 matrix multiplies (AMX where present, f32 elsewhere) stay close to
+/// the f32 candle path: bf16 keeps 8 bits of mantissa, so logits and
+/// gradients agree to about 1e-2 of their scale.
+#[test]
+fn bf16_engine_stays_close_to_f32() {
+    let path = format!("{}/examples/ple_demo.config", env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(path).unwrap();
+    let plan = build(&source, BuildOptions::default()).unwrap().plan;
+    let batch = super::runs::random_batch(&plan, 256, 3);
+    let (mut n, mut c) = models(&plan);
+    n.set_precision(crate::runtime::native::Precision::Bf16)
+        .unwrap();
+    let (a, b) = (
+        n.forward(&batch, Mode::Eval).unwrap(),
+        c.forward(&batch, Mode::Eval).unwrap(),
+    );
+    for (x, y) in a.logits.iter().zip(&b.logits) {
+        let (x, y) = (host32(x), host32(y));
+        assert_close("bf16 logits", &x, &y, 3e-2);
+        if crate::runtime::native::Precision::Bf16.runs_bf16() {
+            assert!(x != y, "bf16 multiplies should round");
+        }
+    }
+}
