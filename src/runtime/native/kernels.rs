@@ -196,6 +196,38 @@ pub fn activation(
     });
 }
 
+/// `x = act(x)` in place, for the activations whose gradient needs only
+/// their output (relu, sigmoid, tanh; others are left unchanged and never
+/// run in place, see `program::in_place_activations`).
+pub fn activation_in_place(kind: Activation, buf: &mut [f32], v: &View) {
+    rows_mut(buf, v, |_, out| match kind {
+        Activation::Relu => out.iter_mut().for_each(|x| *x = x.max(0.0)),
+        Activation::Sigmoid => out.iter_mut().for_each(|x| *x = sigmoid(*x)),
+        Activation::Tanh => out.iter_mut().for_each(|x| *x = x.tanh()),
+        _ => {}
+    });
+}
+
+/// `g = g * act'(y)` in place over view `v` of the gradient, with `y`
+/// the activation's output (same view of the activation buffer).
+pub fn activation_backward_in_place(kind: Activation, g: &mut [f32], v: &View, y: &[f32]) {
+    rows_mut(g, v, |r, out| {
+        let ys = row(y, v, r);
+        match kind {
+            Activation::Relu => out
+                .iter_mut()
+                .zip(ys)
+                .for_each(|(g, &y)| *g = if y > 0.0 { *g } else { 0.0 }),
+            Activation::Sigmoid => out
+                .iter_mut()
+                .zip(ys)
+                .for_each(|(g, &y)| *g *= y * (1.0 - y)),
+            Activation::Tanh => out.iter_mut().zip(ys).for_each(|(g, &y)| *g *= 1.0 - y * y),
+            _ => {}
+        }
+    });
+}
+
 /// `dx += dy * act'(x)` (from `x` and `y = act(x)`).
 #[allow(clippy::too_many_arguments)]
 pub fn activation_backward(

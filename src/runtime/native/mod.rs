@@ -295,7 +295,13 @@ impl Engine {
                     prog.bufs[out.buf] = buf;
                     r?;
                 }
-                Step::Act { x, y, slope } => {
+                Step::Act {
+                    x, in_place: true, ..
+                } => {
+                    let kind = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
+                    kernels::activation_in_place(kind, &mut prog.bufs[x.buf], x);
+                }
+                Step::Act { x, y, slope, .. } => {
                     let kind = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
                     let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
                     let s = slope.map(|s| ps.get(s));
@@ -477,7 +483,7 @@ impl Engine {
             .find(|p| p.batch == tape.batch)
             .ok_or_else(|| invalid_plan!("the forward pass's program is gone"))?;
         let t_zero = self.times.is_some().then(std::time::Instant::now);
-        prog.zero_grads();
+        prog.start_backward();
         record_label(&mut self.times, "bwd zero gradients", t_zero);
         let ps = Params::borrow(params)?;
         let mut pgrads: Vec<Vec<f32>> = plan
@@ -495,7 +501,7 @@ impl Engine {
             };
             let w = v.dims[2];
             let acc = !prog.exclusive[v.buf];
-            let mut g = std::mem::take(&mut prog.gbufs[v.buf]);
+            let mut g = std::mem::take(&mut prog.gbufs[prog.gslot[v.buf]]);
             // A task without a gradient (weight 0) still seeds zeros: an
             // exclusive buffer is never zeroed otherwise.
             kernels::rows_mut(&mut g, &v, |r, out| match d {
@@ -507,7 +513,7 @@ impl Engine {
                 None if acc => {}
                 None => out.fill(0.0),
             });
-            prog.gbufs[v.buf] = g;
+            prog.gbufs[prog.gslot[v.buf]] = g;
         }
         // Gradients of the gathered rows, per slot; a slot's bags share
         // one table, so the first bag gives its row width.
@@ -531,11 +537,15 @@ impl Engine {
             let needs = |v: &View| prog.needs_grad[v.buf];
             let acc = |v: &View| !prog.exclusive[v.buf];
             let t0 = self.times.is_some().then(std::time::Instant::now);
+            for &b in &prog.zero_before[oi] {
+                let n = prog.bufs[b].len();
+                prog.gbufs[prog.gslot[b]][..n].fill(0.0);
+            }
             match step {
                 Step::Alias => {}
                 Step::Group { out } => {
                     let cols = tape.columns[oi].as_deref().unwrap_or(&[]);
-                    let g = &prog.gbufs[out.buf];
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
                     for (k, &f) in op.features.iter().enumerate() {
                         let Some(bag) = tape.lookup.bags.iter().find(|b| b.feature == f as usize)
                         else {
@@ -549,7 +559,7 @@ impl Engine {
                 Step::Linear { x, out, w, b } => {
                     let (o, i) = (out.dims[2], x.dims[2]);
                     let (gm, xm) = (flat(out)?, flat(x)?);
-                    let g = &prog.gbufs[out.buf];
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
                     if let Some(dw) = pgrads.get_mut(*w).filter(|d| !d.is_empty()) {
                         gemm::matmul(
                             dw,
@@ -566,24 +576,24 @@ impl Engine {
                         kernels::add_bias_grad(db, g, &flat_view(out));
                     }
                     if needs(x) {
-                        let mut dx = std::mem::take(&mut prog.gbufs[x.buf]);
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
                         let r = gemm::matmul(
                             &mut dx,
                             xm,
                             acc(x),
-                            &prog.gbufs[out.buf],
+                            &prog.gbufs[prog.gslot[out.buf]],
                             gm,
                             ps.get(*w),
                             Mat::dense(0, o, i),
                             nt,
                         );
-                        prog.gbufs[x.buf] = dx;
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
                         r?;
                     }
                 }
                 Step::Batched { x, out, w, b } => {
                     let (e, o, i) = (out.dims[0], out.dims[2], x.dims[2]);
-                    let g = &prog.gbufs[out.buf];
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
                     for k in 0..e {
                         let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
                         if let Some(dw) = pgrads.get_mut(*w).filter(|d| !d.is_empty()) {
@@ -603,7 +613,7 @@ impl Engine {
                         kernels::add_bias_grad(db, g, out);
                     }
                     if needs(x) {
-                        let mut dx = std::mem::take(&mut prog.gbufs[x.buf]);
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
                         let mut r = Ok(());
                         for k in 0..e {
                             let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
@@ -611,35 +621,52 @@ impl Engine {
                                 &mut dx,
                                 xm,
                                 acc(x),
-                                &prog.gbufs[out.buf],
+                                &prog.gbufs[prog.gslot[out.buf]],
                                 out.mat(k),
                                 ps.get(*w),
                                 Mat::dense(k * o * i, o, i),
                                 nt,
                             ));
                         }
-                        prog.gbufs[x.buf] = dx;
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
                         r?;
                     }
                 }
-                Step::Act { x, y, slope } => {
+                Step::Act {
+                    x, in_place: true, ..
+                } => {
+                    let kind = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
+                    kernels::activation_backward_in_place(
+                        kind,
+                        &mut prog.gbufs[prog.gslot[x.buf]],
+                        x,
+                        &prog.bufs[x.buf],
+                    );
+                }
+                Step::Act { x, y, slope, .. } => {
                     let kind = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
                     let s = slope.map(|s| ps.get(s));
                     if let Some(ds) = slope
                         .and_then(|s| pgrads.get_mut(s))
                         .filter(|d| !d.is_empty())
                     {
-                        kernels::prelu_slope_grad(ds, &prog.gbufs[y.buf], y, &prog.bufs[x.buf], x);
+                        kernels::prelu_slope_grad(
+                            ds,
+                            &prog.gbufs[prog.gslot[y.buf]],
+                            y,
+                            &prog.bufs[x.buf],
+                            x,
+                        );
                     }
                     if needs(x) {
-                        let mut dx = std::mem::take(&mut prog.gbufs[x.buf]);
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
                         kernels::activation_backward(
                             kind,
                             op.alpha,
                             s,
                             &mut dx,
                             x,
-                            &prog.gbufs[y.buf],
+                            &prog.gbufs[prog.gslot[y.buf]],
                             y,
                             &prog.bufs[x.buf],
                             x,
@@ -647,81 +674,89 @@ impl Engine {
                             y,
                             acc(x),
                         );
-                        prog.gbufs[x.buf] = dx;
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
                     }
                 }
                 Step::Dropout { x, y } => {
                     if needs(x) {
-                        let mut dx = std::mem::take(&mut prog.gbufs[x.buf]);
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
                         match &tape.masks[oi] {
                             Some(keep) => {
                                 let s = 1.0 / (1.0 - op.ratio);
                                 kernels::dropout_backward(
                                     &mut dx,
                                     x,
-                                    &prog.gbufs[y.buf],
+                                    &prog.gbufs[prog.gslot[y.buf]],
                                     y,
                                     keep,
                                     s,
                                     acc(x),
                                 )
                             }
-                            None => kernels::copy(&mut dx, x, &prog.gbufs[y.buf], y, acc(x)),
+                            None => {
+                                kernels::copy(&mut dx, x, &prog.gbufs[prog.gslot[y.buf]], y, acc(x))
+                            }
                         }
-                        prog.gbufs[x.buf] = dx;
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
                     }
                 }
                 Step::Copy { parts, out } => {
                     for (src, dst) in parts {
                         if needs(src) && src.buf != out.buf {
-                            let mut dx = std::mem::take(&mut prog.gbufs[src.buf]);
-                            kernels::copy(&mut dx, src, &prog.gbufs[out.buf], dst, acc(src));
-                            prog.gbufs[src.buf] = dx;
+                            let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[src.buf]]);
+                            kernels::copy(
+                                &mut dx,
+                                src,
+                                &prog.gbufs[prog.gslot[out.buf]],
+                                dst,
+                                acc(src),
+                            );
+                            prog.gbufs[prog.gslot[src.buf]] = dx;
                         }
                     }
                 }
                 Step::Softmax { x, y, axis } => {
                     if needs(x) {
-                        let mut dx = std::mem::take(&mut prog.gbufs[x.buf]);
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
                         kernels::softmax_backward(
                             &mut dx,
                             x,
-                            &prog.gbufs[y.buf],
+                            &prog.gbufs[prog.gslot[y.buf]],
                             y,
                             &prog.bufs[y.buf],
                             y,
                             *axis,
                             acc(x),
                         );
-                        prog.gbufs[x.buf] = dx;
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
                     }
                 }
                 Step::GateMix { w, e, out } => {
                     if needs(w) {
-                        let mut dw = std::mem::take(&mut prog.gbufs[w.buf]);
+                        let mut dw = std::mem::take(&mut prog.gbufs[prog.gslot[w.buf]]);
                         kernels::gate_mix_backward_w(
                             &mut dw,
                             w,
-                            &prog.gbufs[out.buf],
+                            &prog.gbufs[prog.gslot[out.buf]],
                             out,
                             &prog.bufs[e.buf],
                             e,
                             acc(w),
                         );
-                        prog.gbufs[w.buf] = dw;
+                        prog.gbufs[prog.gslot[w.buf]] = dw;
                     }
                     if needs(e) {
-                        let mut de = std::mem::take(&mut prog.gbufs[e.buf]);
+                        let mut de = std::mem::take(&mut prog.gbufs[prog.gslot[e.buf]]);
                         kernels::gate_mix_backward_e(
                             &mut de,
                             e,
-                            &prog.gbufs[out.buf],
+                            &prog.gbufs[prog.gslot[out.buf]],
                             out,
                             &prog.bufs[w.buf],
                             w,
                             acc(e),
                         );
-                        prog.gbufs[e.buf] = de;
+                        prog.gbufs[prog.gslot[e.buf]] = de;
                     }
                 }
                 Step::Norm {
@@ -738,13 +773,13 @@ impl Engine {
                     let mut dbeta = std::mem::take(&mut pgrads[p[1]]);
                     dgamma.resize(ps.get(p[0]).len(), 0.0);
                     dbeta.resize(ps.get(p[1]).len(), 0.0);
-                    let mut dx = std::mem::take(&mut prog.gbufs[x.buf]);
+                    let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
                     let bn = *batch_norm;
                     let affine = move |l: usize, i: usize| if bn { l } else { i };
                     kernels::normalize_backward(
                         &mut dx,
                         x,
-                        &prog.gbufs[y.buf],
+                        &prog.gbufs[prog.gslot[y.buf]],
                         y,
                         &prog.bufs[x.buf],
                         x,
@@ -757,7 +792,7 @@ impl Engine {
                         &affine,
                         acc(x),
                     );
-                    prog.gbufs[x.buf] = dx;
+                    prog.gbufs[prog.gslot[x.buf]] = dx;
                     pgrads[p[0]] = dgamma;
                     pgrads[p[1]] = dbeta;
                 }

@@ -29,10 +29,13 @@ pub enum Step {
         w: usize,
         b: Option<usize>,
     },
+    /// `y = act(x)`; `in_place`: `y` is `x`'s own view (see
+    /// `in_place_activations`).
     Act {
         x: View,
         y: View,
         slope: Option<usize>,
+        in_place: bool,
     },
     Dropout {
         x: View,
@@ -72,8 +75,18 @@ pub struct Program {
     /// Per plan value.
     pub views: Vec<Option<View>>,
     pub bufs: Vec<Vec<f32>>,
-    /// Gradient buffers, allocated at the first backward pass.
+    /// Gradient slots, allocated at the first backward pass. Buffer `b`'s
+    /// gradient lives in the first `bufs[b].len()` elements of slot
+    /// `gslot[b]`; buffers whose gradients are never live at the same
+    /// time share a slot (see `GradientPlan`).
     pub gbufs: Vec<Vec<f32>>,
+    pub gslot: Vec<usize>,
+    slot_sizes: Vec<usize>,
+    /// Buffers to zero before the loss seeds the logits' gradients, and
+    /// before each op's backward pass (by op index): the accumulated
+    /// (non-exclusive) ones, when their gradient becomes live.
+    pub zero_first: Vec<usize>,
+    pub zero_before: Vec<Vec<usize>>,
     /// Per buffer: whether its gradient is needed.
     pub needs_grad: Vec<bool>,
     /// Per buffer: its gradient is written exactly once per element by the
@@ -95,6 +108,7 @@ impl Program {
             needs: Vec::new(),
         };
         let mut steps = Vec::with_capacity(plan.ops.len());
+        let in_place = in_place_activations(plan);
         for (oi, op) in plan.ops.iter().enumerate() {
             let kind = OpKind::try_from(op.kind).unwrap_or(OpKind::OpUnspecified);
             let input = |b: &Builder, i: usize| -> Result<View> {
@@ -180,6 +194,16 @@ impl Program {
                     };
                     (step, out)
                 }
+                OpKind::Activation if in_place[oi] => {
+                    let x = input(&b, 0)?;
+                    let step = Step::Act {
+                        x,
+                        y: x,
+                        slope: None,
+                        in_place: true,
+                    };
+                    (step, x)
+                }
                 OpKind::Activation => {
                     let x = input(&b, 0)?;
                     let y = b.fresh(&x.logical(), b.needs[x.buf] || trainable)?;
@@ -190,7 +214,13 @@ impl Program {
                     if prelu && slope.is_none() {
                         return Err(invalid_plan!("prelu \"{}\" has no slope", op.name));
                     }
-                    (Step::Act { x, y, slope }, y)
+                    let step = Step::Act {
+                        x,
+                        y,
+                        slope,
+                        in_place: false,
+                    };
+                    (step, y)
                 }
                 OpKind::Dropout => {
                     let x = input(&b, 0)?;
@@ -324,6 +354,19 @@ impl Program {
             steps.push(step);
         }
         let exclusive = exclusive_buffers(plan, &steps, &b.views, &b.sizes, &b.needs);
+        let live = gradient_lifetimes(plan, &steps, &b.views, b.sizes.len(), &b.needs);
+        let (gslot, slot_sizes) = assign_slots(&live, &b.sizes);
+        let mut zero_first = Vec::new();
+        let mut zero_before = vec![Vec::new(); steps.len()];
+        for (buf, l) in live.iter().enumerate() {
+            match l {
+                Some((start, _)) if !exclusive[buf] => match usize::try_from(*start) {
+                    Ok(t) => zero_before[steps.len() - 1 - t].push(buf),
+                    Err(_) => zero_first.push(buf),
+                },
+                _ => {}
+            }
+        }
         let bufs = b.sizes.iter().map(|&n| vec![0.0f32; n]).collect();
         Ok(Self {
             batch,
@@ -331,24 +374,200 @@ impl Program {
             views: b.views,
             bufs,
             gbufs: Vec::new(),
+            gslot,
+            slot_sizes,
+            zero_first,
+            zero_before,
             needs_grad: b.needs,
             exclusive,
         })
     }
 
-    /// Zeroes every gradient buffer (allocating them the first time).
-    pub fn zero_grads(&mut self) {
-        if self.gbufs.len() != self.bufs.len() {
-            self.gbufs = self.bufs.iter().map(|b| vec![0.0; b.len()]).collect();
-            return;
-        }
-        use rayon::prelude::*;
-        self.gbufs
-            .par_iter_mut()
-            .zip(self.needs_grad.par_iter().zip(&self.exclusive))
-            .filter(|(_, (&n, &x))| n && !x)
-            .for_each(|(g, _)| g.fill(0.0));
+    /// Floats of gradient memory (all slots).
+    #[cfg(test)]
+    pub fn gradient_floats(&self) -> usize {
+        self.slot_sizes.iter().sum()
     }
+
+    /// Zeroes `buf`'s gradient (its part of its slot).
+    pub fn zero_grad(&mut self, buf: usize) {
+        let n = self.bufs[buf].len();
+        if let Some(g) = self.gbufs.get_mut(self.gslot[buf]) {
+            g[..n].fill(0.0);
+        }
+    }
+
+    /// Allocates the gradient slots the first time, and zeroes the
+    /// buffers the loss seeds into that accumulate.
+    pub fn start_backward(&mut self) {
+        if self.gbufs.len() != self.slot_sizes.len() {
+            self.gbufs = self.slot_sizes.iter().map(|&n| vec![0.0; n]).collect();
+        }
+        for b in self.zero_first.clone() {
+            self.zero_grad(b);
+        }
+    }
+}
+
+/// Activations computed in place, over their input: relu, sigmoid and
+/// tanh, whose gradient needs only their output, when nothing else needs
+/// the input's values. That holds when the input is read by this op alone
+/// and comes straight from a LINEAR or BATCHED_LINEAR (whose backward pass
+/// needs their input, not their output), or is a SLICE of such a LINEAR
+/// whose other readers are SLICEs of other columns (the fused expert
+/// layers). Saves one activation and one gradient buffer per layer, the
+/// memory PyTorch saves by keeping only a relu's output.
+fn in_place_activations(plan: &Plan) -> Vec<bool> {
+    let mut producer = vec![None; plan.values.len()];
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.values.len()];
+    for (i, op) in plan.ops.iter().enumerate() {
+        if let Some(p) = producer.get_mut(op.output as usize) {
+            *p = Some(i);
+        }
+        for &v in &op.inputs {
+            if let Some(r) = readers.get_mut(v as usize) {
+                r.push(i);
+            }
+        }
+    }
+    let logits: Vec<usize> = plan.tasks.iter().map(|t| t.logits as usize).collect();
+    let kind = |i: usize| OpKind::try_from(plan.ops[i].kind).unwrap_or(OpKind::OpUnspecified);
+    let linear = |i: usize| matches!(kind(i), OpKind::Linear | OpKind::BatchedLinear);
+    let only_reader = |v: usize, i: usize| readers.get(v).is_some_and(|r| r.as_slice() == [i]);
+    plan.ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let act = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
+            if kind(i) != OpKind::Activation
+                || !matches!(
+                    act,
+                    Activation::Relu | Activation::Sigmoid | Activation::Tanh
+                )
+                || op.inputs.len() != 1
+            {
+                return false;
+            }
+            let x = op.inputs[0] as usize;
+            if !only_reader(x, i) || logits.contains(&x) {
+                return false;
+            }
+            let Some(p) = producer.get(x).copied().flatten() else {
+                return false;
+            };
+            if linear(p) {
+                return true;
+            }
+            // A slice of a linear: every reader of the linear's output is a
+            // slice along the same axis, and no other one overlaps ours.
+            let s = &plan.ops[p];
+            let Some(src) = s.inputs.first().map(|&v| v as usize) else {
+                return false;
+            };
+            let Some(lp) = producer.get(src).copied().flatten() else {
+                return false;
+            };
+            if kind(p) != OpKind::Slice || !linear(lp) || logits.contains(&src) {
+                return false;
+            }
+            let ours = (s.start, s.start + s.length);
+            readers[src].iter().all(|&r| {
+                let o = &plan.ops[r];
+                kind(r) == OpKind::Slice
+                    && o.axis == s.axis
+                    && (r == p || o.start + o.length <= ours.0 || o.start >= ours.1)
+            })
+        })
+        .collect()
+}
+
+/// The view a step's backward pass reads the gradient of (its output),
+/// or None for views (which pass gradients through untouched).
+fn gradient_read(step: &Step) -> Option<View> {
+    match step {
+        Step::Alias => None,
+        Step::Group { out }
+        | Step::Linear { out, .. }
+        | Step::Batched { out, .. }
+        | Step::Copy { out, .. }
+        | Step::GateMix { out, .. } => Some(*out),
+        Step::Act { y, .. } | Step::Dropout { y, .. } | Step::Softmax { y, .. } => Some(*y),
+        Step::Norm { y, .. } => Some(*y),
+    }
+}
+
+/// Per buffer that needs a gradient: the first and last backward step
+/// (0 = the last op's backward, -1 = the loss seeding the logits) that
+/// writes or reads its gradient.
+fn gradient_lifetimes(
+    plan: &Plan,
+    steps: &[Step],
+    views: &[Option<View>],
+    nbufs: usize,
+    needs: &[bool],
+) -> Vec<Option<(i64, i64)>> {
+    let mut live: Vec<Option<(i64, i64)>> = vec![None; nbufs];
+    let mut touch = |buf: usize, t: i64| {
+        if needs.get(buf) == Some(&true) {
+            let l = live[buf].get_or_insert((t, t));
+            l.0 = l.0.min(t);
+            l.1 = l.1.max(t);
+        }
+    };
+    for t in &plan.tasks {
+        if let Some(v) = views.get(t.logits as usize).copied().flatten() {
+            touch(v.buf, -1);
+        }
+    }
+    let n = steps.len() as i64;
+    for (oi, step) in steps.iter().enumerate() {
+        let t = n - 1 - oi as i64;
+        for v in gradient_writes(step, needs) {
+            touch(v.buf, t);
+        }
+        if let Some(v) = gradient_read(step) {
+            touch(v.buf, t);
+        }
+    }
+    live
+}
+
+/// Packs gradient lifetimes into slots: a buffer takes a free slot (one
+/// whose buffers' lifetimes all ended before it starts), the smallest that
+/// fits or else the largest (grown), or a new one. Returns the slot of
+/// each buffer and each slot's size.
+fn assign_slots(live: &[Option<(i64, i64)>], sizes: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..live.len()).filter(|&b| live[b].is_some()).collect();
+    order.sort_by_key(|&b| live[b].map_or(0, |l| l.0));
+    let mut slot = vec![0usize; live.len()];
+    let mut slot_size: Vec<usize> = Vec::new();
+    let mut busy_until: Vec<i64> = Vec::new();
+    for b in order {
+        let Some((start, end)) = live[b] else {
+            continue;
+        };
+        let free: Vec<usize> = (0..slot_size.len())
+            .filter(|&s| busy_until[s] < start)
+            .collect();
+        let fits = free
+            .iter()
+            .copied()
+            .filter(|&s| slot_size[s] >= sizes[b])
+            .min_by_key(|&s| slot_size[s]);
+        let chosen = fits.or_else(|| free.iter().copied().max_by_key(|&s| slot_size[s]));
+        let s = match chosen {
+            Some(s) => s,
+            None => {
+                slot_size.push(0);
+                busy_until.push(i64::MIN);
+                slot_size.len() - 1
+            }
+        };
+        slot_size[s] = slot_size[s].max(sizes[b]);
+        busy_until[s] = end;
+        slot[b] = s;
+    }
+    (slot, slot_size)
 }
 
 /// The views each step's backward pass writes a gradient into (its
@@ -361,6 +580,8 @@ pub fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
         // per expert into its own matrix (together: the view once).
         Step::Batched { x, out, .. } if x.rank == 2 => vec![*x; out.dims[0]],
         Step::Batched { x, .. } => vec![*x],
+        // In place, the activation rescales the gradient its readers wrote.
+        Step::Act { in_place: true, .. } => Vec::new(),
         Step::Act { x, .. } | Step::Dropout { x, .. } | Step::Softmax { x, .. } => vec![*x],
         Step::Norm { x, .. } => vec![*x],
         Step::Copy { parts, .. } => parts.iter().map(|(src, _)| *src).collect(),
@@ -483,9 +704,9 @@ fn concat_alias(xs: &[View], axis: usize) -> Option<View> {
 mod tests {
     /// On the PLE example only the expert outputs that several gates read
     /// accumulate gradients (and get zeroed each step); the wide layers'
-    /// gradients are stored once, never zeroed.
+    /// gradients are stored once, never zeroed. And the memory it takes.
     #[test]
-    fn only_values_read_by_several_ops_accumulate() {
+    fn ple_example_layout() {
         let path = format!("{}/examples/ple_taobao.config", env!("CARGO_MANIFEST_DIR"));
         let source = std::fs::read_to_string(path).unwrap();
         let plan = crate::cli::compile::build(&source, Default::default())
@@ -501,7 +722,10 @@ mod tests {
         // gates and the shared gate read overlapping sets), and the smaller
         // expert outputs of layers 2 and 3 that two gates read.
         assert_eq!(zeroed, vec![64, 128, 192, 192, 192, 1536], "{zeroed:?}");
+        // Memory per batch row: one buffer per layer (relus run in place
+        // over their linear's output; 36.8 K floats before), and gradients
+        // in slots shared by values whose gradients are never live at once.
         let total: usize = p.bufs.iter().map(|b| b.len()).sum();
-        assert!(zeroed.iter().sum::<usize>() * 1024 * 10 < total);
+        assert_eq!((total / 1024, p.gradient_floats() / 1024), (22632, 12500));
     }
 }
