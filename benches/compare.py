@@ -55,6 +55,8 @@ def main():
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--eval-rows", type=int, default=50_000)
     ap.add_argument("--batch-sizes", default="1024,8192")
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="plec's --precision values; PyTorch runs the same (bf16: autocast)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/plec-compare")
     ap.add_argument("--repeat", type=int, default=1,
@@ -85,18 +87,21 @@ def main():
     ceiling = measure_ceiling()
     results = []
     runs = []
-    for bs in [int(b) for b in args.batch_sizes.split(",")] * args.repeat:
-        out = os.path.join(args.work, f"run-{bs}")
+    cases = [(p, int(b)) for p in args.precisions.split(",")
+             for b in args.batch_sizes.split(",")] * args.repeat
+    for prec, bs in cases:
+        out = os.path.join(args.work, f"run-{prec}-{bs}")
         _, rss, _ = run([args.plec, "run", plan, "--data", train, "--eval", evalp,
                          "--epochs", "1", "--batch-size", str(bs), "--threads",
-                         str(args.threads), "--eval-every", "0", "-q", "-o", out])
+                         str(args.threads), "--precision", prec, "--eval-every", "0",
+                         "-q", "-o", out])
         with open(os.path.join(out, "metrics.json")) as f:
             m = json.load(f)
         ev = json.loads(run([args.plec, "eval", os.path.join(out, "plan.bin"), "--data",
                              evalp, "--batch-size", str(bs), "--threads",
-                             str(args.threads), "--format", "json"])[0])
+                             str(args.threads), "--precision", prec, "--format", "json"])[0])
         runs.append({
-            "impl": "plec", "batch": bs, "load": os.getloadavg()[0],
+            "impl": "plec", "precision": prec, "batch": bs, "load": os.getloadavg()[0],
             "train_sps": m["samples_per_sec"],
             "eval_sps": ev["rows"] / ev["seconds"],
             "auc": {k[4:]: v for k, v in m["eval"].items() if k.startswith("auc_")},
@@ -104,10 +109,11 @@ def main():
         })
         o, rss, _ = run([args.python, "-W", "ignore", ref, "--config", args.config,
                          "--plan-json", plan_json, "--train", train, "--eval", evalp,
-                         "--batch-size", str(bs), "--threads", str(args.threads)])
+                         "--batch-size", str(bs), "--threads", str(args.threads)]
+                        + (["--bf16"] if prec == "bf16" else []))
         t = json.loads(o)
         runs.append({
-            "impl": "pytorch", "batch": bs, "load": os.getloadavg()[0],
+            "impl": "pytorch", "precision": prec, "batch": bs, "load": os.getloadavg()[0],
             "train_sps": t["train_samples_per_sec"],
             "eval_sps": t["eval_samples_per_sec"],
             "auc": t["auc"], "rss": rss,
@@ -115,7 +121,8 @@ def main():
     # Best of the repeats per (impl, batch), by training throughput; eval
     # throughput is the best eval of the repeats.
     for r in runs:
-        best = next((x for x in results if x["impl"] == r["impl"] and x["batch"] == r["batch"]), None)
+        best = next((x for x in results if x["impl"] == r["impl"] and x["batch"] == r["batch"]
+                     and x["precision"] == r["precision"]), None)
         if best is None:
             results.append(dict(r))
         else:
@@ -131,24 +138,33 @@ def main():
     ceil = ceiling["fp32_gflops"]
     tasks = list(results[0]["auc"].keys())
     rows = [["precision", "batch", "impl", "train samples/s", "eval samples/s",
-             "train GFLOP/s", "% ceiling"] + [f"AUC {t}" for t in tasks]
-            + ["peak RSS MiB", "train ratio", "eval ratio"]]
+             "train GFLOP/s", "% fp32 ceiling"] + [f"AUC {t}" for t in tasks]
+            + ["peak RSS MiB", "train vs PyTorch fp32", "eval vs PyTorch fp32",
+               "train vs PyTorch same precision"]]
+    def ref(batch, prec):
+        return next((x for x in results if x["batch"] == batch and x["impl"] == "pytorch"
+                     and x["precision"] == prec), None)
     for r in results:
-        ref_r = next(x for x in results if x["batch"] == r["batch"] and x["impl"] == "pytorch")
         g = 3.0 * flops * r["train_sps"] / 1e9
-        rows.append(["fp32", r["batch"], r["impl"], f"{r['train_sps']:.0f}",
+        fp32 = ref(r["batch"], "fp32")
+        same = ref(r["batch"], r["precision"])
+        ratio = lambda a, b: f"{a / b:.2f}x" if b else "-"
+        rows.append([r["precision"], r["batch"], r["impl"], f"{r['train_sps']:.0f}",
                      f"{r['eval_sps']:.0f}", f"{g:.1f}", f"{100 * g / ceil:.0f}%"]
                     + [f"{r['auc'].get(t, float('nan')):.4f}" for t in tasks]
-                    + [f"{r['rss']:.0f}", f"{r['train_sps'] / ref_r['train_sps']:.2f}x",
-                       f"{r['eval_sps'] / ref_r['eval_sps']:.2f}x"])
+                    + [f"{r['rss']:.0f}",
+                       ratio(r["train_sps"], fp32["train_sps"] if fp32 else 0),
+                       ratio(r["eval_sps"], fp32["eval_sps"] if fp32 else 0),
+                       ratio(r["train_sps"], same["train_sps"] if same else 0)])
     print(f"PLE example, {args.rows} train rows, {args.eval_rows} eval rows, "
           f"{args.threads} threads, best of {args.repeat}; ceiling = fp32 matmul {ceil:.0f} GFLOP/s "
           f"(bf16 {ceiling['bf16_gflops']:.0f}); ratios are plec / PyTorch")
     print(table(rows))
-    print("every run (impl, batch, train samples/s, eval samples/s, 1-min load just after it):")
+    print("every run (impl, precision, batch, train samples/s, eval samples/s, "
+          "1-min load just after it):")
     for r in runs:
-        print(f"  {r['impl']:8} {r['batch']:6} {r['train_sps']:8.0f} {r['eval_sps']:8.0f}"
-              f"  load {r['load']:.1f}")
+        print(f"  {r['impl']:8} {r['precision']:5} {r['batch']:6} {r['train_sps']:8.0f} "
+              f"{r['eval_sps']:8.0f}  load {r['load']:.1f}")
     try:
         load = os.getloadavg()
         print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")

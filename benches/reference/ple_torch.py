@@ -356,6 +356,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ceiling", action="store_true", help="measure matmul GFLOP/s and exit")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast for the model's forward (and so its backward); "
+                    "losses, optimizers and master weights stay fp32")
     args = ap.parse_args()
 
     import torch
@@ -400,11 +403,19 @@ def main():
     bce = torch.nn.BCEWithLogitsLoss()
     weights = [float(t["weight"]) for t in plan["tasks"]]
 
+    import contextlib
+
+    def autocast():
+        if args.bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     model.train()
     samples = 0
     t0 = time.perf_counter()
     for feats, y in train_batches:
-        logits = model(feats)
+        with autocast():
+            logits = [lg.float() for lg in model(feats)]
         loss = sum(w * bce(lg, y[:, i]) for i, (w, lg) in enumerate(zip(weights, logits)))
         sparse_opt.zero_grad(set_to_none=True)
         dense_opt.zero_grad(set_to_none=True)
@@ -419,10 +430,10 @@ def main():
     preds = [[] for _ in labels]
     ys = []
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast():
         for feats, y in eval_batches:
             for i, lg in enumerate(model(feats)):
-                preds[i].append(torch.sigmoid(lg))
+                preds[i].append(torch.sigmoid(lg.float()))
             ys.append(y)
     eval_s = time.perf_counter() - t0
     ys = torch.cat(ys).numpy()
@@ -437,6 +448,7 @@ def main():
         json.dumps(
             {
                 "impl": "pytorch",
+                "precision": "bf16" if args.bf16 else "fp32",
                 "torch": torch.__version__,
                 "batch_size": args.batch_size,
                 "threads": args.threads,

@@ -367,6 +367,20 @@ pub fn lanes(v: &View, axis: usize) -> (Vec<usize>, usize, usize) {
 
 /// Softmax along internal axis `axis`; `y` is a fresh buffer.
 pub fn softmax(y: &mut [f32], yv: &View, x: &[f32], xv: &View, axis: usize) {
+    if axis == 2 {
+        // Along rows (every gate): one row per task, in parallel.
+        rows_mut_with(y, yv, 4 * yv.dims[2], |r, out| {
+            let xs = row(x, xv, r);
+            let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for (o, &x) in out.iter_mut().zip(xs) {
+                *o = (x - max).exp();
+                sum += *o;
+            }
+            out.iter_mut().for_each(|o| *o /= sum);
+        });
+        return;
+    }
     let (xs, xst, n) = lanes(xv, axis);
     let (ys, yst, _) = lanes(yv, axis);
     for (&xo, &yo) in xs.iter().zip(&ys) {
@@ -397,6 +411,16 @@ pub fn softmax_backward(
     axis: usize,
     acc: bool,
 ) {
+    if axis == 2 {
+        rows_mut_with(dx, dxv, 4 * dxv.dims[2], |r, out| {
+            let (g, ys) = (row(dy, dyv, r), row(y, yv, r));
+            let dot: f32 = g.iter().zip(ys).map(|(g, y)| g * y).sum();
+            for ((o, &g), &y) in out.iter_mut().zip(g).zip(ys) {
+                put(o, y * (g - dot), acc);
+            }
+        });
+        return;
+    }
     let (xs, xst, n) = lanes(dxv, axis);
     let (gs, gst, _) = lanes(dyv, axis);
     let (ys, yst, _) = lanes(yv, axis);

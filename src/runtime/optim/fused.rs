@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, InplaceOp2, Layout};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout};
 use rayon::prelude::*;
 
 /// Elements per parallel chunk: large enough that rayon's per-task cost is
@@ -96,6 +96,116 @@ impl InplaceOp2 for AdamStep<'_> {
                     p[i] = p[i] * shrink - upd * lr;
                 }
             });
+        Ok(())
+    }
+}
+
+/// One sparse update of a table (the `dst` of the in-place op): for each
+/// gathered row `u` (table row `ids[u]`), its gradient `grad[u]` and the
+/// rule's host state, exactly the arithmetic of the tensor path in
+/// `optim::sparse` in one pass over the touched rows.
+pub struct SparseStep<'a> {
+    pub kind: SparseRule,
+    pub ids: &'a [u32],
+    pub grad: &'a [f32],
+    pub dim: usize,
+    /// Adagrad: `[rows, dim]` accumulators; rowwise: `[rows]`; Adam: m.
+    pub a: RefCell<&'a mut [f32]>,
+    /// Adam: v.
+    pub b: RefCell<&'a mut [f32]>,
+    pub lr: f64,
+    pub eps: f64,
+    /// L2 weight decay added to the gradient, or 0.
+    pub l2: f64,
+    /// Decoupled decay factor (AdamW), or 1.
+    pub shrink: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// `1 - beta^t` of Adam's bias correction.
+    pub bias1: f64,
+    pub bias2: f64,
+}
+
+/// The sparse rules the fused kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparseRule {
+    Sgd,
+    Adagrad,
+    RowwiseAdagrad,
+    Adam,
+}
+
+impl InplaceOp1 for SparseStep<'_> {
+    fn name(&self) -> &'static str {
+        "fused-sparse-step"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let (start, end) = match l.contiguous_offsets() {
+            Some(o) => o,
+            None => candle_core::bail!("fused sparse step: the table must be contiguous"),
+        };
+        let w = match s {
+            CpuStorage::F32(v) => &mut v[start..end],
+            _ => candle_core::bail!("fused sparse step: the table must be f32"),
+        };
+        let d = self.dim;
+        let mut a = self.a.borrow_mut();
+        let mut b = self.b.borrow_mut();
+        if self.grad.len() != self.ids.len() * d {
+            candle_core::bail!("fused sparse step: gradient and ids differ in size");
+        }
+        let (lr, eps, l2, shrink) = (
+            self.lr as f32,
+            self.eps as f32,
+            self.l2 as f32,
+            self.shrink as f32,
+        );
+        let (b1, c1) = (self.beta1 as f32, (1.0 - self.beta1) as f32);
+        let (b2, c2) = (self.beta2 as f32, (1.0 - self.beta2) as f32);
+        let (inv1, inv2) = ((1.0 / self.bias1) as f32, (1.0 / self.bias2) as f32);
+        for (u, &id) in self.ids.iter().enumerate() {
+            let r = id as usize;
+            if (r + 1) * d > w.len() {
+                candle_core::bail!("fused sparse step: row {r} is outside the table");
+            }
+            let row = &mut w[r * d..(r + 1) * d];
+            let g = &self.grad[u * d..(u + 1) * d];
+            match self.kind {
+                SparseRule::Sgd => {
+                    for j in 0..d {
+                        row[j] -= lr * (g[j] + l2 * row[j]);
+                    }
+                }
+                SparseRule::Adagrad => {
+                    let acc = &mut a[r * d..(r + 1) * d];
+                    for j in 0..d {
+                        let gj = g[j] + l2 * row[j];
+                        acc[j] += gj * gj;
+                        row[j] -= lr * (gj / (acc[j].sqrt() + eps));
+                    }
+                }
+                SparseRule::RowwiseAdagrad => {
+                    let gs: Vec<f32> = (0..d).map(|j| g[j] + l2 * row[j]).collect();
+                    let mean = gs.iter().map(|x| x * x).sum::<f32>() / d.max(1) as f32;
+                    a[r] += mean;
+                    let den = a[r].sqrt() + eps;
+                    for j in 0..d {
+                        row[j] -= lr * (gs[j] / den);
+                    }
+                }
+                SparseRule::Adam => {
+                    let (m, v) = (&mut a[r * d..(r + 1) * d], &mut b[r * d..(r + 1) * d]);
+                    for j in 0..d {
+                        let gj = g[j] + l2 * row[j];
+                        m[j] = m[j] * b1 + gj * c1;
+                        v[j] = v[j] * b2 + gj * gj * c2;
+                        let upd = (m[j] * inv1) / ((v[j] * inv2).sqrt() + eps);
+                        row[j] = row[j] * shrink - lr * upd;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }

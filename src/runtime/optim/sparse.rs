@@ -10,7 +10,11 @@
 //! with decoupled decay) with moments per element and bias correction by
 //! the global sparse step count, as fbgemm's.
 
-use candle_core::{backprop::GradStore, Tensor};
+use std::cell::RefCell;
+
+use candle_core::{backprop::GradStore, DType, Tensor};
+
+use super::fused::{SparseRule, SparseStep};
 
 use super::eps_of;
 use crate::proto::plan::{Optimizer, OptimizerKind};
@@ -23,6 +27,8 @@ struct TableState {
     acc: Option<Tensor>,
     m: Option<Tensor>,
     v: Option<Tensor>,
+    /// State of the fused CPU kernel (see `optim::fused::SparseStep`).
+    host: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// A sparse optimizer and its per-table state.
@@ -32,6 +38,8 @@ pub struct SparseOptimizer {
     cfg: Optimizer,
     state: Vec<TableState>,
     steps: u64,
+    /// Whether f32 CPU tables may use the fused kernel.
+    fused: bool,
 }
 
 /// The state tensor in `slot`, created by `init` on first use.
@@ -64,7 +72,14 @@ impl SparseOptimizer {
             cfg: cfg.clone(),
             state: (0..num_tables).map(|_| TableState::default()).collect(),
             steps: 0,
+            fused: true,
         })
+    }
+
+    /// Allows or forbids the fused CPU kernel (on by default; a test turns
+    /// it off to compare against the tensor path).
+    pub fn set_fused(&mut self, on: bool) {
+        self.fused = on;
     }
 
     /// The optimizer's settings.
@@ -96,6 +111,51 @@ impl SparseOptimizer {
             let st = &mut self.state[g.table];
             let rows = g.rows.as_tensor();
             let decoupled = self.kind == OptimizerKind::Adamw;
+            let fusable = self.fused
+                && table.weight.device().is_cpu()
+                && table.weight.dtype() == DType::F32
+                && table.weight.is_contiguous()
+                && st.acc.is_none()
+                && st.m.is_none();
+            if fusable {
+                let rule = match self.kind {
+                    OptimizerKind::Sgd => SparseRule::Sgd,
+                    OptimizerKind::Adagrad => SparseRule::Adagrad,
+                    OptimizerKind::RowwiseAdagrad => SparseRule::RowwiseAdagrad,
+                    OptimizerKind::Adam | OptimizerKind::Adamw => SparseRule::Adam,
+                    OptimizerKind::OptimizerUnspecified => {
+                        return Err(invalid_plan!("the sparse optimizer has no kind"))
+                    }
+                };
+                let n = table.num_rows * table.dim;
+                let init = c.initial_accumulator_value;
+                let (a, b) = st.host.get_or_insert_with(|| match rule {
+                    SparseRule::Sgd => (Vec::new(), Vec::new()),
+                    SparseRule::Adagrad => (vec![init; n], Vec::new()),
+                    SparseRule::RowwiseAdagrad => (vec![init; table.num_rows], Vec::new()),
+                    SparseRule::Adam => (vec![0.0; n], vec![0.0; n]),
+                });
+                let grad = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let (b1, b2) = (c.beta1 as f64, c.beta2 as f64);
+                let op = SparseStep {
+                    kind: rule,
+                    ids: &g.host_ids,
+                    grad: &grad,
+                    dim: table.dim,
+                    a: RefCell::new(a.as_mut_slice()),
+                    b: RefCell::new(b.as_mut_slice()),
+                    lr,
+                    eps,
+                    l2: if decoupled { 0.0 } else { wd },
+                    shrink: if decoupled { 1.0 - lr * wd } else { 1.0 },
+                    beta1: b1,
+                    beta2: b2,
+                    bias1: 1.0 - b1.powi(t),
+                    bias2: 1.0 - b2.powi(t),
+                };
+                table.weight.inplace_op1(&op)?;
+                continue;
+            }
             let grad = if wd > 0.0 && !decoupled {
                 (grad + (rows * wd)?)?
             } else {
