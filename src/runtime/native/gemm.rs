@@ -129,3 +129,71 @@ pub fn matmul(
     }
     Ok(())
 }
+
+/// `dst = a b + bias`, then relu over columns `relu_cols` (start, len),
+/// on AMX in one pass: the bias and relu are applied as each output tile
+/// is stored (`amx::Epilogue`), instead of a bias broadcast before and a
+/// relu pass after. `how.bf16` must be set (the caller's f32 path keeps
+/// the separate passes: the `gemm` crate has no epilogue).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bias_relu(
+    dst: &mut [f32],
+    d: Mat,
+    a: &[f32],
+    am: Mat,
+    b: &[f32],
+    bm: Mat,
+    bias: Option<&[f32]>,
+    relu_cols: Option<(usize, usize)>,
+    how: Gemm,
+) -> Result<()> {
+    if am.rows != d.rows || bm.cols != d.cols || am.cols != bm.rows || !how.bf16 {
+        return Err(invalid_plan!("native engine: bad fused multiply"));
+    }
+    inside(&d, dst.len(), "output")?;
+    inside(&am, a.len(), "left")?;
+    inside(&bm, b.len(), "right")?;
+    if bias.is_some_and(|b| b.len() < d.cols) {
+        return Err(invalid_plan!(
+            "native engine: the bias is narrower than the output"
+        ));
+    }
+    let (s, l) = relu_cols.unwrap_or((d.cols, 0));
+    let parts = [
+        (0, s.min(d.cols), false),
+        (s, (s + l).min(d.cols), true),
+        (s + l, d.cols, false),
+    ];
+    for (c0, c1, relu) in parts {
+        if c1 <= c0 || d.rows == 0 {
+            continue;
+        }
+        let epilogue = amx::Epilogue {
+            bias: bias.map(|b| b[c0..].as_ptr()),
+            relu,
+        };
+        // SAFETY: the matrices lie inside their slices (checked above);
+        // columns [c0, c1) are a sub-range of both `d` and `bm`; the bias
+        // slice has at least `d.cols` values and is not `dst`.
+        unsafe {
+            amx::gemm_bf16_epilogue(
+                d.rows,
+                c1 - c0,
+                am.cols,
+                dst.as_mut_ptr().add(d.off + c0 * d.cs as usize),
+                d.rs,
+                d.cs,
+                false,
+                a.as_ptr().add(am.off),
+                am.rs,
+                am.cs,
+                b.as_ptr().add(bm.off).offset(c0 as isize * bm.cs),
+                bm.rs,
+                bm.cs,
+                how.threads,
+                epilogue,
+            );
+        }
+    }
+    Ok(())
+}

@@ -78,6 +78,25 @@ fn put(o: &mut f32, v: f32, acc: bool) {
     }
 }
 
+/// `sum a[i] b[i]` with sixteen independent partial sums, so the compiler
+/// can keep them in vector registers (a plain iterator sum is one serial
+/// chain of dependent adds: f32 addition is not reassociated).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Row `r` of `v` in `buf`.
 pub fn row<'a>(buf: &'a [f32], v: &View, r: usize) -> &'a [f32] {
     let off = v.row_offset(r);
@@ -414,7 +433,7 @@ pub fn softmax_backward(
     if axis == 2 {
         rows_mut_with(dx, dxv, 4 * dxv.dims[2], |r, out| {
             let (g, ys) = (row(dy, dyv, r), row(y, yv, r));
-            let dot: f32 = g.iter().zip(ys).map(|(g, y)| g * y).sum();
+            let dot = dot(g, ys);
             for ((o, &g), &y) in out.iter_mut().zip(g).zip(ys) {
                 put(o, y * (g - dot), acc);
             }
@@ -463,7 +482,7 @@ pub fn gate_mix_backward_w(
         let gs = row(g, gv, b);
         for (kk, o) in o.iter_mut().enumerate() {
             let x = row(e, ev, kk * ev.dims[1] + b);
-            put(o, gs.iter().zip(x).map(|(&g, &x)| g * x).sum::<f32>(), acc);
+            put(o, dot(gs, x), acc);
         }
     });
 }

@@ -252,6 +252,44 @@ impl Engine {
                     prog.bufs[out.buf] = buf;
                     tape.columns[oi] = Some(cols?);
                 }
+                Step::Linear { x, out, w, b } if nt.bf16 => {
+                    let (o, i) = (out.dims[2], x.dims[2]);
+                    let mut buf = std::mem::take(&mut prog.bufs[out.buf]);
+                    let r = gemm::matmul_bias_relu(
+                        &mut buf,
+                        flat(out)?,
+                        &prog.bufs[x.buf],
+                        flat(x)?,
+                        ps.get(*w),
+                        Mat::dense(0, o, i).t(),
+                        b.map(|b| ps.get(b)),
+                        prog.relu_epilogue[oi],
+                        nt,
+                    );
+                    prog.bufs[out.buf] = buf;
+                    r?;
+                }
+                Step::Batched { x, out, w, b } if nt.bf16 => {
+                    let (e, o, i) = (out.dims[0], out.dims[2], x.dims[2]);
+                    let mut buf = std::mem::take(&mut prog.bufs[out.buf]);
+                    let mut r = Ok(());
+                    for k in 0..e {
+                        let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
+                        r = r.and(gemm::matmul_bias_relu(
+                            &mut buf,
+                            out.mat(k),
+                            &prog.bufs[x.buf],
+                            xm,
+                            ps.get(*w),
+                            Mat::dense(k * o * i, o, i).t(),
+                            b.map(|b| &ps.get(b)[k * o..(k + 1) * o]),
+                            prog.relu_epilogue[oi],
+                            nt,
+                        ));
+                    }
+                    prog.bufs[out.buf] = buf;
+                    r?;
+                }
                 Step::Linear { x, out, w, b } => {
                     let xm = flat(x)?;
                     let (o, i) = (out.dims[2], x.dims[2]);
@@ -295,6 +333,7 @@ impl Engine {
                     prog.bufs[out.buf] = buf;
                     r?;
                 }
+                Step::Act { in_place: true, .. } if nt.bf16 && prog.relu_fused[oi] => {}
                 Step::Act {
                     x, in_place: true, ..
                 } => {

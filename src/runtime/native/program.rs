@@ -94,6 +94,11 @@ pub struct Program {
     /// instead of adding and the buffer is never zeroed. Every other
     /// gradient buffer is zeroed each step and accumulated into.
     pub exclusive: Vec<bool>,
+    /// Per LINEAR/BATCHED_LINEAR op: the output columns (start, len) an
+    /// in-place relu covers, which a bf16 multiply applies as it stores
+    /// its tiles; per such relu op: true (it then has nothing to do).
+    pub relu_epilogue: Vec<Option<(usize, usize)>>,
+    pub relu_fused: Vec<bool>,
 }
 
 impl Program {
@@ -367,8 +372,11 @@ impl Program {
                 _ => {}
             }
         }
+        let (relu_epilogue, relu_fused) = relu_epilogues(plan, &steps);
         let bufs = b.sizes.iter().map(|&n| vec![0.0f32; n]).collect();
         Ok(Self {
+            relu_epilogue,
+            relu_fused,
             batch,
             steps,
             views: b.views,
@@ -479,6 +487,41 @@ fn in_place_activations(plan: &Plan) -> Vec<bool> {
             })
         })
         .collect()
+}
+
+/// `Program::relu_epilogue` and `relu_fused`: an in-place relu over a
+/// whole LINEAR/BATCHED_LINEAR output, or over a range of its columns (a
+/// last-axis slice: the fused expert layers), can run in that multiply.
+fn relu_epilogues(plan: &Plan, steps: &[Step]) -> (Vec<Option<(usize, usize)>>, Vec<bool>) {
+    let mut epilogue = vec![None; steps.len()];
+    let mut fused = vec![false; steps.len()];
+    for (ai, step) in steps.iter().enumerate() {
+        let Step::Act {
+            x, in_place: true, ..
+        } = step
+        else {
+            continue;
+        };
+        if Activation::try_from(plan.ops[ai].activation) != Ok(Activation::Relu) {
+            continue;
+        }
+        let producer = steps.iter().position(|s| match s {
+            Step::Linear { out, .. } | Step::Batched { out, .. } => out.buf == x.buf,
+            _ => false,
+        });
+        let Some(p) = producer else { continue };
+        let out = match &steps[p] {
+            Step::Linear { out, .. } | Step::Batched { out, .. } => *out,
+            _ => continue,
+        };
+        let start = x.off.wrapping_sub(out.off);
+        let cols = out.narrow(2, start.min(out.dims[2]), x.dims[2]);
+        if start + x.dims[2] <= out.dims[2] && cols == *x && epilogue[p].is_none() {
+            epilogue[p] = Some((start, x.dims[2]));
+            fused[ai] = true;
+        }
+    }
+    (epilogue, fused)
 }
 
 /// The view a step's backward pass reads the gradient of (its output),
