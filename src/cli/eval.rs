@@ -57,6 +57,7 @@ pub fn execute(args: &EvalArgs) -> Result<Outcome, RunError> {
                 "trained_steps": plan.trained_steps,
                 "rows": rows,
                 "seconds": seconds,
+                "forward_seconds": model.forward_seconds(),
                 "metrics": obj,
             });
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());

@@ -455,15 +455,31 @@ pub fn softmax_backward(
     }
 }
 
-/// `out[b] = sum_k w[b, k] e[k, b]`: `w` `[B, K]`, `e` `[K, B, D]`.
-pub fn gate_mix(out: &mut [f32], ov: &View, w: &[f32], wv: &View, e: &[f32], ev: &View) {
-    let k = ev.dims[0];
+/// The experts a gate mixes: `[K_j, B, D]` views, possibly of several
+/// buffers (a CONCAT of expert stacks is read in place, never copied).
+pub type Experts<'a> = [(&'a [f32], View)];
+
+/// Global expert `k` of `parts`: its buffer, view and local index.
+fn expert<'a>(parts: &'a Experts<'a>, mut k: usize) -> Option<(&'a [f32], &'a View, usize)> {
+    for (buf, v) in parts {
+        if k < v.dims[0] {
+            return Some((buf, v, k));
+        }
+        k -= v.dims[0];
+    }
+    None
+}
+
+/// `out[b] = sum_k w[b, k] e[k, b]`: `w` `[B, K]`, experts `[K, B, D]`.
+pub fn gate_mix(out: &mut [f32], ov: &View, w: &[f32], wv: &View, parts: &Experts<'_>) {
     rows_mut(out, ov, |b, o| {
         let ws = row(w, wv, b);
         o.fill(0.0);
-        for (kk, &wk) in ws.iter().enumerate().take(k) {
-            let x = row(e, ev, kk * ev.dims[1] + b);
-            o.iter_mut().zip(x).for_each(|(o, &x)| *o += wk * x);
+        for (kk, &wk) in ws.iter().enumerate() {
+            if let Some((buf, v, local)) = expert(parts, kk) {
+                let x = row(buf, v, local * v.dims[1] + b);
+                o.iter_mut().zip(x).for_each(|(o, &x)| *o += wk * x);
+            }
         }
     });
 }
@@ -474,20 +490,23 @@ pub fn gate_mix_backward_w(
     dwv: &View,
     g: &[f32],
     gv: &View,
-    e: &[f32],
-    ev: &View,
+    parts: &Experts<'_>,
     acc: bool,
 ) {
-    rows_mut_with(dw, dwv, ev.dims[0] * ev.dims[2], |b, o| {
+    let work = dwv.dims[2] * gv.dims[2];
+    rows_mut_with(dw, dwv, work, |b, o| {
         let gs = row(g, gv, b);
         for (kk, o) in o.iter_mut().enumerate() {
-            let x = row(e, ev, kk * ev.dims[1] + b);
-            put(o, dot(gs, x), acc);
+            if let Some((buf, v, local)) = expert(parts, kk) {
+                put(o, dot(gs, row(buf, v, local * v.dims[1] + b)), acc);
+            }
         }
     });
 }
 
-/// Gate mix backward, the experts: `de[k, b] += w[b, k] dout[b]`.
+/// Gate mix backward, the experts of one part (global experts `k0..`):
+/// `de[k, b] += w[b, k0 + k] dout[b]`.
+#[allow(clippy::too_many_arguments)]
 pub fn gate_mix_backward_e(
     de: &mut [f32],
     dev: &View,
@@ -495,12 +514,13 @@ pub fn gate_mix_backward_e(
     gv: &View,
     w: &[f32],
     wv: &View,
+    k0: usize,
     acc: bool,
 ) {
     let bsz = dev.dims[1].max(1);
     rows_mut(de, dev, |r, o| {
         let (kk, b) = (r / bsz, r % bsz);
-        let wk = row(w, wv, b)[kk];
+        let wk = row(w, wv, b)[k0 + kk];
         let gs = row(g, gv, b);
         o.iter_mut().zip(gs).for_each(|(o, &g)| put(o, wk * g, acc));
     });

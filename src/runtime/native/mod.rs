@@ -380,9 +380,13 @@ impl Engine {
                     kernels::softmax(&mut buf, y, &prog.bufs[x.buf], x, *axis);
                     prog.bufs[y.buf] = buf;
                 }
-                Step::GateMix { w, e, out } => {
+                Step::GateMix { w, es, out } => {
                     let mut buf = std::mem::take(&mut prog.bufs[out.buf]);
-                    kernels::gate_mix(&mut buf, out, &prog.bufs[w.buf], w, &prog.bufs[e.buf], e);
+                    let parts: Vec<(&[f32], View)> = es
+                        .iter()
+                        .map(|v| (prog.bufs[v.buf].as_slice(), *v))
+                        .collect();
+                    kernels::gate_mix(&mut buf, out, &prog.bufs[w.buf], w, &parts);
                     prog.bufs[out.buf] = buf;
                 }
                 Step::Norm {
@@ -770,32 +774,40 @@ impl Engine {
                         prog.gbufs[prog.gslot[x.buf]] = dx;
                     }
                 }
-                Step::GateMix { w, e, out } => {
+                Step::GateMix { w, es, out } => {
                     if needs(w) {
                         let mut dw = std::mem::take(&mut prog.gbufs[prog.gslot[w.buf]]);
+                        let parts: Vec<(&[f32], View)> = es
+                            .iter()
+                            .map(|v| (prog.bufs[v.buf].as_slice(), *v))
+                            .collect();
                         kernels::gate_mix_backward_w(
                             &mut dw,
                             w,
                             &prog.gbufs[prog.gslot[out.buf]],
                             out,
-                            &prog.bufs[e.buf],
-                            e,
+                            &parts,
                             acc(w),
                         );
                         prog.gbufs[prog.gslot[w.buf]] = dw;
                     }
-                    if needs(e) {
-                        let mut de = std::mem::take(&mut prog.gbufs[prog.gslot[e.buf]]);
-                        kernels::gate_mix_backward_e(
-                            &mut de,
-                            e,
-                            &prog.gbufs[prog.gslot[out.buf]],
-                            out,
-                            &prog.bufs[w.buf],
-                            w,
-                            acc(e),
-                        );
-                        prog.gbufs[prog.gslot[e.buf]] = de;
+                    let mut k0 = 0;
+                    for e in es {
+                        if needs(e) {
+                            let mut de = std::mem::take(&mut prog.gbufs[prog.gslot[e.buf]]);
+                            kernels::gate_mix_backward_e(
+                                &mut de,
+                                e,
+                                &prog.gbufs[prog.gslot[out.buf]],
+                                out,
+                                &prog.bufs[w.buf],
+                                w,
+                                k0,
+                                acc(e),
+                            );
+                            prog.gbufs[prog.gslot[e.buf]] = de;
+                        }
+                        k0 += e.dims[0];
                     }
                 }
                 Step::Norm {
@@ -990,9 +1002,9 @@ fn feature_group(
 }
 
 /// Logits as leaf variables (training) so candle's loss graph yields their
-/// gradient, or plain tensors (evaluation).
+/// gradient, or plain tensors (evaluation). `logits` holds one `[rows, C]`
+/// row-major vector per task.
 pub fn logits_tensors(
-    plan: &Plan,
     logits: Vec<Vec<f32>>,
     rows: usize,
     device: &Device,
@@ -1000,9 +1012,8 @@ pub fn logits_tensors(
 ) -> Result<(Vec<Tensor>, Vec<Var>)> {
     let mut ts = Vec::with_capacity(logits.len());
     let mut vars = Vec::new();
-    for (t, l) in plan.tasks.iter().zip(logits) {
+    for l in logits {
         let c = (l.len() / rows.max(1)).max(1);
-        let _ = t;
         let tensor = Tensor::from_vec(l, (rows, c), device)?;
         if train {
             let v = Var::from_tensor(&tensor)?;

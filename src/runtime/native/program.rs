@@ -51,9 +51,11 @@ pub enum Step {
         y: View,
         axis: usize,
     },
+    /// `es`: the experts, one `[K_j, B, D]` view per part (one part, or
+    /// the inputs of a CONCAT that only gates read; see `virtual_concats`).
     GateMix {
         w: View,
-        e: View,
+        es: Vec<View>,
         out: View,
     },
     /// Batch norm (lanes along the batch axis, affine per lane) or layer
@@ -313,7 +315,14 @@ impl Program {
                     }
                     let needs = b.needs[w.buf] || b.needs[e.buf];
                     let out = b.fresh(&[e.dims[1], e.dims[2]], needs)?;
-                    (Step::GateMix { w, e, out }, out)
+                    (
+                        Step::GateMix {
+                            w,
+                            es: vec![e],
+                            out,
+                        },
+                        out,
+                    )
                 }
                 OpKind::BatchNorm | OpKind::LayerNorm => {
                     let x = input(&b, 0)?;
@@ -358,6 +367,7 @@ impl Program {
             b.views[op.output as usize] = Some(out);
             steps.push(step);
         }
+        virtual_concats(plan, &mut steps, &mut b.sizes);
         let exclusive = exclusive_buffers(plan, &steps, &b.views, &b.sizes, &b.needs);
         let live = gradient_lifetimes(plan, &steps, &b.views, b.sizes.len(), &b.needs);
         let (gslot, slot_sizes) = assign_slots(&live, &b.sizes);
@@ -487,6 +497,56 @@ fn in_place_activations(plan: &Plan) -> Vec<bool> {
             })
         })
         .collect()
+}
+
+/// A CONCAT of expert stacks along the expert axis that only gates read
+/// (PLE: each task gate's own experts and the shared ones) is not copied:
+/// the gates read its inputs in place, and their gradients go straight
+/// back. The concat's buffer is left empty.
+fn virtual_concats(plan: &Plan, steps: &mut [Step], sizes: &mut [usize]) {
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.values.len()];
+    for (i, op) in plan.ops.iter().enumerate() {
+        for &v in &op.inputs {
+            if let Some(r) = readers.get_mut(v as usize) {
+                r.push(i);
+            }
+        }
+    }
+    let logits: Vec<usize> = plan.tasks.iter().map(|t| t.logits as usize).collect();
+    for c in 0..steps.len() {
+        let op = &plan.ops[c];
+        let Step::Copy { parts, out } = &steps[c] else {
+            continue;
+        };
+        let (parts, out) = (parts.clone(), *out);
+        let value = op.output as usize;
+        let along_experts = OpKind::try_from(op.kind) == Ok(OpKind::Concat)
+            && out.rank == 3
+            && parts
+                .iter()
+                .all(|(src, dst)| src.rank == 3 && dst.dims[1..] == out.dims[1..]);
+        let gates_only = readers.get(value).is_some_and(|r| {
+            !r.is_empty()
+                && r.iter().all(|&g| {
+                    OpKind::try_from(plan.ops[g].kind) == Ok(OpKind::GateMix)
+                        && plan.ops[g].inputs.get(1) == Some(&op.output)
+                        && plan.ops[g].inputs.first() != Some(&op.output)
+                })
+        });
+        if !along_experts || !gates_only || logits.contains(&value) {
+            continue;
+        }
+        let sources: Vec<View> = parts.iter().map(|(src, _)| *src).collect();
+        for &g in &readers[value] {
+            if let Step::GateMix { es, .. } = &mut steps[g] {
+                if es.as_slice() == [out] {
+                    *es = sources.clone();
+                }
+            }
+        }
+        steps[c] = Step::Alias;
+        sizes[out.buf] = 0;
+    }
 }
 
 /// `Program::relu_epilogue` and `relu_fused`: an in-place relu over a
@@ -628,7 +688,7 @@ pub fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
         Step::Act { x, .. } | Step::Dropout { x, .. } | Step::Softmax { x, .. } => vec![*x],
         Step::Norm { x, .. } => vec![*x],
         Step::Copy { parts, .. } => parts.iter().map(|(src, _)| *src).collect(),
-        Step::GateMix { w, e, .. } => vec![*w, *e],
+        Step::GateMix { w, es, .. } => std::iter::once(*w).chain(es.iter().copied()).collect(),
     };
     all.into_iter().filter(|v| needs[v.buf]).collect()
 }
@@ -766,9 +826,10 @@ mod tests {
         // expert outputs of layers 2 and 3 that two gates read.
         assert_eq!(zeroed, vec![64, 128, 192, 192, 192, 1536], "{zeroed:?}");
         // Memory per batch row: one buffer per layer (relus run in place
-        // over their linear's output; 36.8 K floats before), and gradients
-        // in slots shared by values whose gradients are never live at once.
+        // over their linear's output, gates read concatenated experts where
+        // they are; 36.8 K floats before), and gradients in slots shared by
+        // values whose gradients are never live at once.
         let total: usize = p.bufs.iter().map(|b| b.len()).sum();
-        assert_eq!((total / 1024, p.gradient_floats() / 1024), (22632, 12500));
+        assert_eq!((total / 1024, p.gradient_floats() / 1024), (19752, 13084));
     }
 }
