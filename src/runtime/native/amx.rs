@@ -561,7 +561,7 @@ mod imp {
         }
 
         // ---- compute ----
-        let bl = choose_blocks(&sh, m_panels, n_panels, max_workers);
+        let bl = choose_blocks(&sh, m_panels, n_panels, max_workers, a_rs == 1 && a_cs != 1);
         let m_blocks = m_panels.div_ceil(bl.mc);
         let n_chunk = n_panels.div_ceil(bl.n_splits);
         let tasks = m_blocks * bl.n_splits;
@@ -689,13 +689,26 @@ mod imp {
     /// k is blocked so one B panel (32 cols x kc, 64 KiB) stays near L1 and the task's A
     /// block (mc x kc, <= 1 MiB) in L2. Tasks are whole row blocks so A is packed once;
     /// columns are split only when there are too few row blocks to keep workers busy.
-    fn choose_blocks(sh: &Shape, m_panels: usize, n_panels: usize, workers: usize) -> Blocks {
+    fn choose_blocks(
+        sh: &Shape,
+        m_panels: usize,
+        n_panels: usize,
+        workers: usize,
+        a_transposed: bool,
+    ) -> Blocks {
         // Measured on the target box: kc = 1024 beat 512 and 768 (fewer C round trips
         // outweigh the B panel spilling from L1 to L2). Don't split k below 1.5 blocks.
         let kc = if sh.ks <= 48 { sh.ks } else { 32 };
         let panel_bytes = kc * LINES_PER_STEP * 64;
         let mut mc = ((1usize << 20) / panel_bytes).clamp(1, 16).min(m_panels);
-        let want = 3 * workers;
+        // A given transposed (k-major, as in dW = dY^T X) is expensive to pack (in-register
+        // transposes) and every column split packs it again: with long k (several k
+        // blocks, so each task is long anyway) aim for one task per worker instead of three.
+        let want = if a_transposed && sh.ks >= 4 * kc {
+            workers
+        } else {
+            3 * workers
+        };
         // Prefer smaller row blocks down to 4 panels (128 rows) before splitting columns.
         while m_panels.div_ceil(mc) < want && mc > 4 {
             mc = mc.div_ceil(2);
@@ -1388,6 +1401,58 @@ mod tests {
         ] {
             for threads in [1, 2, 4] {
                 check(&mut rng, gemm_bf16, m, n, k, threads);
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_a_long_k() {
+        // dW-shaped: A given transposed (unit row stride) with k >= 4 k blocks takes the
+        // one-task-per-worker blocking in choose_blocks; edges in m and n included.
+        let mut rng = Rng(0x0bad_cafe_1234_5678);
+        for &(m, n, k, threads) in &[(100, 70, 4500, 2), (161, 33, 4097, 3), (64, 96, 5000, 1)] {
+            for _ in 0..2 {
+                let a = Mat::new(&mut rng, m, k, 1);
+                let b = Mat::new(&mut rng, k, n, 0);
+                let mut d = Mat::new(&mut rng, m, n, 0);
+                let accumulate = rng.below(2) == 1;
+                let mut refv = vec![0f64; m * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut s = if accumulate { d.get(i, j) as f64 } else { 0.0 };
+                        for p in 0..k {
+                            s += bf16_round(a.get(i, p)) as f64 * bf16_round(b.get(p, j)) as f64;
+                        }
+                        refv[i * n + j] = s;
+                    }
+                }
+                unsafe {
+                    gemm_bf16(
+                        m,
+                        n,
+                        k,
+                        d.ptr_mut(),
+                        d.rs,
+                        d.cs,
+                        accumulate,
+                        a.ptr(),
+                        a.rs,
+                        a.cs,
+                        b.ptr(),
+                        b.rs,
+                        b.cs,
+                        threads,
+                    );
+                }
+                for i in 0..m {
+                    for j in 0..n {
+                        let (g, r) = (d.get(i, j) as f64, refv[i * n + j]);
+                        assert!(
+                            (g - r).abs() <= 2e-3 * (1.0 + r.abs()),
+                            "({i},{j}) got {g} want {r}: m={m} n={n} k={k} acc={accumulate}"
+                        );
+                    }
+                }
             }
         }
     }
