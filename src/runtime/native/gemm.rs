@@ -32,12 +32,54 @@ fn inside(m: &Mat, len: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// A buffer that several threads write disjoint matrices of (experts of
+/// one batched layer multiplied in parallel; see `matmul_into`).
+#[derive(Debug, Clone, Copy)]
+pub struct SharedDst {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: only `matmul_into` writes through the pointer, and its callers
+// guarantee that concurrent calls write disjoint elements.
+unsafe impl Send for SharedDst {}
+unsafe impl Sync for SharedDst {}
+
+impl SharedDst {
+    pub fn new(buf: &mut [f32]) -> Self {
+        Self {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+}
+
 /// `dst = a b` (or `dst += a b` with `accumulate`), with `how.threads`
 /// workers of rayon's pool, in f32 or (`how.bf16`) on AMX tiles. `dst` must not share memory with `a` or `b` (it is a
 /// different slice, so the borrow checker already guarantees it).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     dst: &mut [f32],
+    d: Mat,
+    accumulate: bool,
+    a: &[f32],
+    am: Mat,
+    b: &[f32],
+    bm: Mat,
+    how: Gemm,
+) -> Result<()> {
+    // SAFETY: `dst` is borrowed mutably for the whole call.
+    unsafe { matmul_into(SharedDst::new(dst), d, accumulate, a, am, b, bm, how) }
+}
+
+/// `matmul` into a shared buffer.
+///
+/// # Safety
+/// While this runs, no other thread reads or writes the elements of `d`
+/// in `dst`'s buffer, and the buffer outlives the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul_into(
+    dst: SharedDst,
     d: Mat,
     accumulate: bool,
     a: &[f32],
@@ -57,7 +99,7 @@ pub fn matmul(
             d.cols
         ));
     }
-    inside(&d, dst.len(), "output")?;
+    inside(&d, dst.len, "output")?;
     inside(&am, a.len(), "left")?;
     inside(&bm, b.len(), "right")?;
     if d.rows == 0 || d.cols == 0 {
@@ -67,7 +109,7 @@ pub fn matmul(
         if !accumulate {
             for r in 0..d.rows {
                 for c in 0..d.cols {
-                    dst[d.off + r * d.rs as usize + c * d.cs as usize] = 0.0;
+                    *dst.ptr.add(d.off + r * d.rs as usize + c * d.cs as usize) = 0.0;
                 }
             }
         }
@@ -81,7 +123,7 @@ pub fn matmul(
                 d.rows,
                 d.cols,
                 am.cols,
-                dst.as_mut_ptr().add(d.off),
+                dst.ptr.add(d.off),
                 d.rs,
                 d.cs,
                 accumulate,
@@ -103,13 +145,13 @@ pub fn matmul(
     };
     // SAFETY: all three matrices were checked to lie inside their slices
     // (every offset the kernel forms is below `end()`), strides are those
-    // of the checks, and `dst` is a distinct `&mut` slice.
+    // of the checks, and the caller owns `d`'s elements for the call.
     unsafe {
         gemm::gemm(
             d.rows,
             d.cols,
             am.cols,
-            dst.as_mut_ptr().add(d.off),
+            dst.ptr.add(d.off),
             d.cs,
             d.rs,
             accumulate,
