@@ -1,0 +1,440 @@
+//! The native engine's backward pass: from the logits' gradients back
+//! through the tape of the last training forward pass, into parameter and
+//! embedding-row gradients for candle's `GradStore`.
+
+use super::kernels;
+use super::timing::{record, record_label};
+use super::*;
+
+impl Engine {
+    /// Backpropagates `dlogits` (per task, `[B, C]`) through the last
+    /// training forward pass and inserts every trainable parameter's and
+    /// every gathered table's gradient into `grads`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        plan: &Plan,
+        params: &[ParamSlot],
+        dlogits: &[Option<Vec<f32>>],
+        gathered: &[Gathered],
+        grads: &mut GradStore,
+        device: &Device,
+    ) -> Result<()> {
+        let nt = self.gemm();
+        let tape = self
+            .tape
+            .take()
+            .ok_or_else(|| invalid_plan!("backward without a training forward pass"))?;
+        let prog = self
+            .programs
+            .iter_mut()
+            .find(|p| p.batch == tape.batch)
+            .ok_or_else(|| invalid_plan!("the forward pass's program is gone"))?;
+        let t_zero = self.times.is_some().then(std::time::Instant::now);
+        prog.start_backward();
+        record_label(&mut self.times, "bwd zero gradients", t_zero);
+        let ps = Params::borrow(params)?;
+        let mut pgrads: Vec<Vec<f32>> = plan
+            .params
+            .iter()
+            .zip(params)
+            .map(|(p, slot)| match slot {
+                ParamSlot::Trainable(_) => vec![0.0; p.shape.iter().product::<u64>() as usize],
+                ParamSlot::Buffer(_) => Vec::new(),
+            })
+            .collect();
+        for (t, d) in plan.tasks.iter().zip(dlogits) {
+            let Some(v) = prog.views[t.logits as usize] else {
+                continue;
+            };
+            let w = v.dims[2];
+            let acc = !prog.exclusive[v.buf];
+            let mut g = std::mem::take(&mut prog.gbufs[prog.gslot[v.buf]]);
+            // A task without a gradient (weight 0) still seeds zeros: an
+            // exclusive buffer is never zeroed otherwise.
+            kernels::rows_mut(&mut g, &v, |r, out| match d {
+                Some(d) if acc => out
+                    .iter_mut()
+                    .zip(&d[r * w..(r + 1) * w])
+                    .for_each(|(o, &x)| *o += x),
+                Some(d) => out.copy_from_slice(&d[r * w..(r + 1) * w]),
+                None if acc => {}
+                None => out.fill(0.0),
+            });
+            prog.gbufs[prog.gslot[v.buf]] = g;
+        }
+        // Gradients of the gathered rows, per slot; a slot's bags share
+        // one table, so the first bag gives its row width.
+        let mut drows: Vec<Vec<f32>> = tape
+            .lookup
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(slot, (_, list, _))| {
+                let dim = tape
+                    .lookup
+                    .bags
+                    .iter()
+                    .find(|b| b.source == slot)
+                    .map_or(0, |b| b.dim);
+                vec![0.0; list.len() * dim]
+            })
+            .collect();
+        for (oi, step) in prog.steps.iter().enumerate().rev() {
+            let op = &plan.ops[oi];
+            let needs = |v: &View| prog.needs_grad[v.buf];
+            let acc = |v: &View| !prog.exclusive[v.buf];
+            let t0 = self.times.is_some().then(std::time::Instant::now);
+            for &b in &prog.zero_before[oi] {
+                let n = prog.bufs[b].len();
+                prog.gbufs[prog.gslot[b]][..n].fill(0.0);
+            }
+            match step {
+                Step::Alias => {}
+                Step::Group { out } => {
+                    let cols = tape.columns[oi].as_deref().unwrap_or(&[]);
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
+                    for (k, &f) in op.features.iter().enumerate() {
+                        let Some(bag) = tape.lookup.bags.iter().find(|b| b.feature == f as usize)
+                        else {
+                            continue;
+                        };
+                        if let (Some(&c), Some(d)) = (cols.get(k), drows.get_mut(bag.source)) {
+                            embed::scatter(d, g, out.dims[2], c, bag);
+                        }
+                    }
+                }
+                Step::Linear { x, out, w, b } => {
+                    let (o, i) = (out.dims[2], x.dims[2]);
+                    let (gm, xm) = (flat(out)?, flat(x)?);
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
+                    if let Some(dw) = pgrads.get_mut(*w).filter(|d| !d.is_empty()) {
+                        gemm::matmul(
+                            dw,
+                            Mat::dense(0, o, i),
+                            true,
+                            g,
+                            gm.t(),
+                            &prog.bufs[x.buf],
+                            xm,
+                            nt,
+                        )?;
+                    }
+                    if let Some(db) = b.and_then(|b| pgrads.get_mut(b)).filter(|d| !d.is_empty()) {
+                        kernels::add_bias_grad(db, g, &flat_view(out));
+                    }
+                    if needs(x) {
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        let r = gemm::matmul(
+                            &mut dx,
+                            xm,
+                            acc(x),
+                            &prog.gbufs[prog.gslot[out.buf]],
+                            gm,
+                            ps.get(*w),
+                            Mat::dense(0, o, i),
+                            nt,
+                        );
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
+                        r?;
+                    }
+                }
+                Step::Batched { x, out, w, b }
+                    if experts_in_parallel(nt, out.dims[1], out.dims[0]) =>
+                {
+                    use rayon::prelude::*;
+                    let (e, o, i) = (out.dims[0], out.dims[2], x.dims[2]);
+                    let one = gemm::Gemm { threads: 1, ..nt };
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
+                    let xs = &prog.bufs[x.buf];
+                    if let Some(dw) = pgrads.get_mut(*w).filter(|d| d.len() == e * o * i) {
+                        let rs: Vec<Result<()>> = dw
+                            .par_chunks_mut(o * i)
+                            .enumerate()
+                            .map(|(k, dwk)| {
+                                let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
+                                gemm::matmul(
+                                    dwk,
+                                    Mat::dense(0, o, i),
+                                    true,
+                                    g,
+                                    out.mat(k).t(),
+                                    xs,
+                                    xm,
+                                    one,
+                                )
+                            })
+                            .collect();
+                        rs.into_iter().collect::<Result<Vec<()>>>()?;
+                    }
+                    if let Some(db) = b.and_then(|b| pgrads.get_mut(b)).filter(|d| !d.is_empty()) {
+                        kernels::add_bias_grad(db, g, out);
+                    }
+                    if needs(x) {
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        let shared = gemm::SharedDst::new(&mut dx);
+                        let g = &prog.gbufs[prog.gslot[out.buf]];
+                        let run = |k: usize| -> Result<()> {
+                            // A shared input is written by one expert at a time,
+                            // each multiply on all threads.
+                            let (xm, how) = match x.rank {
+                                2 => (flat(x)?, nt),
+                                _ => (x.mat(k), one),
+                            };
+                            // SAFETY: stacked inputs: each expert's matrix is its own
+                            // rows of a view whose rows are disjoint (checked when the
+                            // program was built), so parallel calls never share an
+                            // element; a shared input is written one expert at a time.
+                            unsafe {
+                                gemm::matmul_into(
+                                    shared,
+                                    xm,
+                                    acc(x),
+                                    g,
+                                    out.mat(k),
+                                    ps.get(*w),
+                                    Mat::dense(k * o * i, o, i),
+                                    how,
+                                )
+                            }
+                        };
+                        let r: Result<Vec<()>> = if x.rank == 3 {
+                            (0..e).into_par_iter().map(run).collect()
+                        } else {
+                            (0..e).map(run).collect()
+                        };
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
+                        r?;
+                    }
+                }
+                Step::Batched { x, out, w, b } => {
+                    let (e, o, i) = (out.dims[0], out.dims[2], x.dims[2]);
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
+                    for k in 0..e {
+                        let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
+                        if let Some(dw) = pgrads.get_mut(*w).filter(|d| !d.is_empty()) {
+                            gemm::matmul(
+                                dw,
+                                Mat::dense(k * o * i, o, i),
+                                true,
+                                g,
+                                out.mat(k).t(),
+                                &prog.bufs[x.buf],
+                                xm,
+                                nt,
+                            )?;
+                        }
+                    }
+                    if let Some(db) = b.and_then(|b| pgrads.get_mut(b)).filter(|d| !d.is_empty()) {
+                        kernels::add_bias_grad(db, g, out);
+                    }
+                    if needs(x) {
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        let mut r = Ok(());
+                        for k in 0..e {
+                            let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
+                            r = r.and(gemm::matmul(
+                                &mut dx,
+                                xm,
+                                acc(x),
+                                &prog.gbufs[prog.gslot[out.buf]],
+                                out.mat(k),
+                                ps.get(*w),
+                                Mat::dense(k * o * i, o, i),
+                                nt,
+                            ));
+                        }
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
+                        r?;
+                    }
+                }
+                Step::Act {
+                    x, in_place: true, ..
+                } => {
+                    let kind = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
+                    kernels::activation_backward_in_place(
+                        kind,
+                        &mut prog.gbufs[prog.gslot[x.buf]],
+                        x,
+                        &prog.bufs[x.buf],
+                    );
+                }
+                Step::Act { x, y, slope, .. } => {
+                    let kind = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
+                    let s = slope.map(|s| ps.get(s));
+                    if let Some(ds) = slope
+                        .and_then(|s| pgrads.get_mut(s))
+                        .filter(|d| !d.is_empty())
+                    {
+                        kernels::prelu_slope_grad(
+                            ds,
+                            &prog.gbufs[prog.gslot[y.buf]],
+                            y,
+                            &prog.bufs[x.buf],
+                            x,
+                        );
+                    }
+                    if needs(x) {
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        kernels::activation_backward(
+                            kind,
+                            op.alpha,
+                            s,
+                            &mut dx,
+                            x,
+                            &prog.gbufs[prog.gslot[y.buf]],
+                            y,
+                            &prog.bufs[x.buf],
+                            x,
+                            &prog.bufs[y.buf],
+                            y,
+                            acc(x),
+                        );
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
+                    }
+                }
+                Step::Dropout { x, y } => {
+                    if needs(x) {
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        match &tape.masks[oi] {
+                            Some(keep) => {
+                                let s = 1.0 / (1.0 - op.ratio);
+                                kernels::dropout_backward(
+                                    &mut dx,
+                                    x,
+                                    &prog.gbufs[prog.gslot[y.buf]],
+                                    y,
+                                    keep,
+                                    s,
+                                    acc(x),
+                                )
+                            }
+                            None => {
+                                kernels::copy(&mut dx, x, &prog.gbufs[prog.gslot[y.buf]], y, acc(x))
+                            }
+                        }
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
+                    }
+                }
+                Step::Copy { parts, out } => {
+                    for (src, dst) in parts {
+                        if needs(src) && src.buf != out.buf {
+                            let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[src.buf]]);
+                            kernels::copy(
+                                &mut dx,
+                                src,
+                                &prog.gbufs[prog.gslot[out.buf]],
+                                dst,
+                                acc(src),
+                            );
+                            prog.gbufs[prog.gslot[src.buf]] = dx;
+                        }
+                    }
+                }
+                Step::Softmax { x, y, axis } => {
+                    if needs(x) {
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        kernels::softmax_backward(
+                            &mut dx,
+                            x,
+                            &prog.gbufs[prog.gslot[y.buf]],
+                            y,
+                            &prog.bufs[y.buf],
+                            y,
+                            *axis,
+                            acc(x),
+                        );
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
+                    }
+                }
+                Step::GateMix { w, es, out } => {
+                    if needs(w) {
+                        let mut dw = std::mem::take(&mut prog.gbufs[prog.gslot[w.buf]]);
+                        let parts: Vec<(&[f32], View)> = es
+                            .iter()
+                            .map(|v| (prog.bufs[v.buf].as_slice(), *v))
+                            .collect();
+                        kernels::gate_mix_backward_w(
+                            &mut dw,
+                            w,
+                            &prog.gbufs[prog.gslot[out.buf]],
+                            out,
+                            &parts,
+                            acc(w),
+                        );
+                        prog.gbufs[prog.gslot[w.buf]] = dw;
+                    }
+                    let mut k0 = 0;
+                    for e in es {
+                        if needs(e) {
+                            let mut de = std::mem::take(&mut prog.gbufs[prog.gslot[e.buf]]);
+                            kernels::gate_mix_backward_e(
+                                &mut de,
+                                e,
+                                &prog.gbufs[prog.gslot[out.buf]],
+                                out,
+                                &prog.bufs[w.buf],
+                                w,
+                                k0,
+                                acc(e),
+                            );
+                            prog.gbufs[prog.gslot[e.buf]] = de;
+                        }
+                        k0 += e.dims[0];
+                    }
+                }
+                Step::Norm {
+                    x,
+                    y,
+                    axis,
+                    batch_norm,
+                    params: p,
+                } => {
+                    let Some((mean, inv)) = &tape.stats[oi] else {
+                        continue;
+                    };
+                    let mut dgamma = std::mem::take(&mut pgrads[p[0]]);
+                    let mut dbeta = std::mem::take(&mut pgrads[p[1]]);
+                    dgamma.resize(ps.get(p[0]).len(), 0.0);
+                    dbeta.resize(ps.get(p[1]).len(), 0.0);
+                    let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                    let bn = *batch_norm;
+                    let affine = move |l: usize, i: usize| if bn { l } else { i };
+                    kernels::normalize_backward(
+                        &mut dx,
+                        x,
+                        &prog.gbufs[prog.gslot[y.buf]],
+                        y,
+                        &prog.bufs[x.buf],
+                        x,
+                        *axis,
+                        mean,
+                        inv,
+                        ps.get(p[0]),
+                        &mut dgamma,
+                        &mut dbeta,
+                        &affine,
+                        acc(x),
+                    );
+                    prog.gbufs[prog.gslot[x.buf]] = dx;
+                    pgrads[p[0]] = dgamma;
+                    pgrads[p[1]] = dbeta;
+                }
+            }
+            record(&mut self.times, "bwd", step, t0);
+        }
+        let t_out = self.times.is_some().then(std::time::Instant::now);
+        for ((slot, p), g) in params.iter().zip(&plan.params).zip(pgrads) {
+            if let ParamSlot::Trainable(var) = slot {
+                let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+                grads.insert(var.as_tensor(), Tensor::from_vec(g, shape, device)?);
+            }
+        }
+        for (g, d) in gathered.iter().zip(drows) {
+            let dims = g.rows.as_tensor().dims().to_vec();
+            grads.insert(g.rows.as_tensor(), Tensor::from_vec(d, dims, device)?);
+        }
+        record_label(&mut self.times, "bwd gradients out", t_out);
+        Ok(())
+    }
+}
