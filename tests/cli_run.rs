@@ -401,6 +401,64 @@ fn config_errors_and_bad_flags_exit_codes() {
     }
 }
 
+/// `--precision bf16` trains and evaluates (on AMX where the CPU has it,
+/// in fp32 otherwise) to the same quality as fp32; an unknown precision is
+/// a usage error.
+#[test]
+fn bf16_precision_matches_fp32_quality() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "ple.config", &ple_config());
+    let (train, eval, _) = gen_data(dir.path(), &config, 4000);
+    let run = |precision: &str| {
+        let out = dir.path().join(precision);
+        ok(&[
+            "run",
+            s(&config),
+            "--data",
+            s(&train),
+            "--eval",
+            s(&eval),
+            "--threads",
+            "2",
+            "--precision",
+            precision,
+            "--out",
+            s(&out),
+            "-q",
+        ]);
+        read_json(&out.join("metrics.json"))
+    };
+    let (fp32, bf16) = (run("fp32"), run("bf16"));
+    // 16 steps on 4000 rows: the two runs' AUCs differ by rounding noise
+    // (about 0.01 here); a broken bf16 path would sit near 0.5.
+    for name in ["exact_auc_ctr", "exact_auc_cvr"] {
+        let (a, b) = (metric(&fp32, name), metric(&bf16, name));
+        assert!(a > 0.65 && b > 0.65, "{name}: fp32 {a}, bf16 {b}");
+        assert!((a - b).abs() < 0.025, "{name}: fp32 {a} vs bf16 {b}");
+    }
+    let ev = ok(&[
+        "eval",
+        s(&dir.path().join("bf16").join("plan.bin")),
+        "--data",
+        s(&eval),
+        "--precision",
+        "bf16",
+        "--format",
+        "json",
+    ]);
+    let ev: serde_json::Value = serde_json::from_str(&ev).expect("eval json");
+    let a = ev["metrics"]["exact_auc_ctr"].as_f64().expect("auc");
+    assert!((a - metric(&bf16, "exact_auc_ctr")).abs() < 1e-6, "{a}");
+    assert!(
+        ev["forward_seconds"].as_f64().is_some_and(|t| t > 0.0),
+        "{ev}"
+    );
+
+    let o = plec(&["run", s(&config), "--data", s(&train), "--precision", "fp8"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("fp32 or bf16"), "{}", text(&o));
+}
+
 /// Same seed, same data, same threads: identical metrics and losses.
 #[test]
 fn same_seed_same_metrics() {
