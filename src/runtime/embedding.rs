@@ -186,6 +186,37 @@ pub(crate) fn bag_rows(
     Ok(seg)
 }
 
+/// The table index and the id bags of embedded feature `f`, or the error
+/// naming what is wrong (missing table, dense input, missing feature).
+pub(crate) fn feature_ids<'a>(
+    tables: &[Table],
+    features: &'a [FeatureSpec],
+    f: usize,
+    inputs: &'a [FeatureInput],
+) -> Result<(&'a FeatureSpec, usize, &'a [u32], &'a [u32])> {
+    let spec = &features[f];
+    let t = spec.table as usize;
+    if t >= tables.len() {
+        return Err(invalid_plan!(
+            "feature \"{}\" uses table {} which does not exist",
+            spec.name,
+            t
+        ));
+    }
+    match inputs.get(f) {
+        Some(FeatureInput::Ids { ids, offsets }) => Ok((spec, t, ids, offsets)),
+        Some(FeatureInput::Dense { .. }) => Err(bad_batch!(
+            "feature \"{}\" is embedded but the batch holds dense values for it",
+            spec.name
+        )),
+        None => Err(bad_batch!(
+            "the batch has {} features, the plan {}",
+            inputs.len(),
+            features.len()
+        )),
+    }
+}
+
 /// Pools gathered per-id rows `[n, dim]` into `[B, dim]` bags.
 fn pool(
     per_id: &Tensor,
@@ -241,31 +272,8 @@ pub fn lookup(
     // Validate every needed feature first and remember its bag rows.
     let mut bags: Vec<Bags<'_>> = Vec::new();
     for &f in needed {
-        let spec = &features[f];
-        let t = spec.table as usize;
-        let table = tables.get(t).ok_or_else(|| {
-            invalid_plan!(
-                "feature \"{}\" uses table {} which does not exist",
-                spec.name,
-                t
-            )
-        })?;
-        let (ids, offsets) = match inputs.get(f) {
-            Some(FeatureInput::Ids { ids, offsets }) => (ids.as_slice(), offsets.as_slice()),
-            Some(FeatureInput::Dense { .. }) => {
-                return Err(bad_batch!(
-                    "feature \"{}\" is embedded but the batch holds dense values for it",
-                    spec.name
-                ))
-            }
-            None => {
-                return Err(bad_batch!(
-                    "the batch has {} features, the plan {}",
-                    inputs.len(),
-                    features.len()
-                ))
-            }
-        };
+        let (spec, t, ids, offsets) = feature_ids(tables, features, f, inputs)?;
+        let table = &tables[t];
         let seg = bag_rows(spec, ids, offsets, rows, table.num_rows)?;
         bags.push((f, t, ids, offsets, seg));
     }

@@ -516,9 +516,6 @@ impl Model {
     }
 
     fn forward_timed(&mut self, batch: &Batch, mode: Mode) -> Result<Forward> {
-        if self.native.is_some() {
-            return self.forward_native(batch, mode);
-        }
         let plan = &self.structure;
         let rows = batch.rows;
         if rows == 0 {
@@ -530,6 +527,9 @@ impl Model {
                 batch.features.len(),
                 plan.features.len()
             ));
+        }
+        if self.native.is_some() {
+            return self.forward_native(batch, mode);
         }
         let train = matches!(mode, Mode::Train { .. });
         let lookup = embedding::lookup(

@@ -13,8 +13,8 @@ use candle_core::{Device, Tensor, Var};
 use super::host;
 use crate::data::batch::FeatureInput;
 use crate::proto::plan::{FeatureSpec, Pooling};
-use crate::runtime::embedding::{bag_rows, Gathered, Table};
-use crate::runtime::error::{bad_batch, invalid_plan, Result};
+use crate::runtime::embedding::{bag_rows, feature_ids, Gathered, Table};
+use crate::runtime::error::Result;
 
 /// One embedded feature of a batch, ready to pool.
 #[derive(Debug)]
@@ -53,31 +53,8 @@ pub fn lookup(
     let mut slot_of_table: HashMap<usize, usize> = HashMap::new();
     let mut seen: Vec<HashMap<u32, u32>> = Vec::new();
     for &f in needed {
-        let spec = &features[f];
-        let t = spec.table as usize;
-        let table = tables.get(t).ok_or_else(|| {
-            invalid_plan!(
-                "feature \"{}\" uses table {} which does not exist",
-                spec.name,
-                t
-            )
-        })?;
-        let (ids, offsets) = match inputs.get(f) {
-            Some(FeatureInput::Ids { ids, offsets }) => (ids, offsets),
-            Some(FeatureInput::Dense { .. }) => {
-                return Err(bad_batch!(
-                    "feature \"{}\" is embedded but the batch holds dense values for it",
-                    spec.name
-                ))
-            }
-            None => {
-                return Err(bad_batch!(
-                    "the batch has {} features, the plan {}",
-                    inputs.len(),
-                    features.len()
-                ))
-            }
-        };
+        let (spec, t, ids, offsets) = feature_ids(tables, features, f, inputs)?;
+        let table = &tables[t];
         bag_rows(spec, ids, offsets, rows, table.num_rows)?;
         let mean = Pooling::try_from(spec.pooling).unwrap_or(Pooling::Sum) == Pooling::Mean;
         let (source, index) = if train {
@@ -99,13 +76,13 @@ pub fn lookup(
                 .collect();
             (slot, index)
         } else {
-            (t, ids.clone())
+            (t, ids.to_vec())
         };
         out.bags.push(Bag {
             feature: f,
             source,
             index,
-            offsets: offsets.clone(),
+            offsets: offsets.to_vec(),
             mean,
             dim: table.dim,
         });

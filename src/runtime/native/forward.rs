@@ -18,17 +18,8 @@ impl Engine {
         batch: &Batch,
         mode: Mode,
     ) -> Result<NativeForward> {
+        // `Model::forward` checked the batch's rows and features.
         let rows = batch.rows;
-        if rows == 0 {
-            return Err(bad_batch!("the batch is empty"));
-        }
-        if batch.features.len() != plan.features.len() {
-            return Err(bad_batch!(
-                "the batch has {} features, the plan {}",
-                batch.features.len(),
-                plan.features.len()
-            ));
-        }
         let train = matches!(mode, Mode::Train { .. });
         let nt = self.gemm();
         let lookup = embed::lookup(

@@ -32,6 +32,25 @@ fn inside(m: &Mat, len: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks that the shapes chain (`[r x k] x [k x c]` into `[r x c]`) and
+/// that every matrix lies inside its buffer.
+fn check(d: &Mat, dst_len: usize, am: &Mat, a_len: usize, bm: &Mat, b_len: usize) -> Result<()> {
+    if am.rows != d.rows || bm.cols != d.cols || am.cols != bm.rows {
+        return Err(invalid_plan!(
+            "native engine: [{}x{}] x [{}x{}] into [{}x{}]",
+            am.rows,
+            am.cols,
+            bm.rows,
+            bm.cols,
+            d.rows,
+            d.cols
+        ));
+    }
+    inside(d, dst_len, "output")?;
+    inside(am, a_len, "left")?;
+    inside(bm, b_len, "right")
+}
+
 /// A buffer that several threads write disjoint matrices of (experts of
 /// one batched layer multiplied in parallel; see `matmul_into`).
 #[derive(Debug, Clone, Copy)]
@@ -88,20 +107,7 @@ pub unsafe fn matmul_into(
     bm: Mat,
     how: Gemm,
 ) -> Result<()> {
-    if am.rows != d.rows || bm.cols != d.cols || am.cols != bm.rows {
-        return Err(invalid_plan!(
-            "native engine: [{}x{}] x [{}x{}] into [{}x{}]",
-            am.rows,
-            am.cols,
-            bm.rows,
-            bm.cols,
-            d.rows,
-            d.cols
-        ));
-    }
-    inside(&d, dst.len, "output")?;
-    inside(&am, a.len(), "left")?;
-    inside(&bm, b.len(), "right")?;
+    check(&d, dst.len, &am, a.len(), &bm, b.len())?;
     if d.rows == 0 || d.cols == 0 {
         return Ok(());
     }
@@ -189,12 +195,12 @@ pub fn matmul_bias_relu(
     relu_cols: Option<(usize, usize)>,
     how: Gemm,
 ) -> Result<()> {
-    if am.rows != d.rows || bm.cols != d.cols || am.cols != bm.rows || !how.bf16 {
-        return Err(invalid_plan!("native engine: bad fused multiply"));
+    if !how.bf16 {
+        return Err(invalid_plan!(
+            "native engine: fused multiplies run on AMX only"
+        ));
     }
-    inside(&d, dst.len(), "output")?;
-    inside(&am, a.len(), "left")?;
-    inside(&bm, b.len(), "right")?;
+    check(&d, dst.len(), &am, a.len(), &bm, b.len())?;
     if bias.is_some_and(|b| b.len() < d.cols) {
         return Err(invalid_plan!(
             "native engine: the bias is narrower than the output"
