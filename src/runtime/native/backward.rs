@@ -104,6 +104,55 @@ impl Engine {
                         }
                     }
                 }
+                Step::Linear { x, out, w, b }
+                    if needs(x) && experts_in_parallel(nt, out.rows(), 2) =>
+                {
+                    // The weight and input gradients are independent: one
+                    // thread each, like the experts of a batched layer.
+                    let (o, i) = (out.dims[2], x.dims[2]);
+                    let (gm, xm) = (flat(out)?, flat(x)?);
+                    let one = gemm::Gemm { threads: 1, ..nt };
+                    let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
+                    let xs = &prog.bufs[x.buf];
+                    let acc_x = acc(x);
+                    let (wgrad, bgrad) = split_two(&mut pgrads, *w, *b);
+                    let (rw, rx) = rayon::join(
+                        || -> Result<()> {
+                            if let Some(dw) = wgrad {
+                                gemm::matmul(
+                                    dw,
+                                    Mat::dense(0, o, i),
+                                    true,
+                                    g,
+                                    gm.t(),
+                                    xs,
+                                    xm,
+                                    one,
+                                )?;
+                            }
+                            if let Some(db) = bgrad {
+                                kernels::add_bias_grad(db, g, &flat_view(out));
+                            }
+                            Ok(())
+                        },
+                        || {
+                            gemm::matmul(
+                                &mut dx,
+                                xm,
+                                acc_x,
+                                g,
+                                gm,
+                                ps.get(*w),
+                                Mat::dense(0, o, i),
+                                one,
+                            )
+                        },
+                    );
+                    prog.gbufs[prog.gslot[x.buf]] = dx;
+                    rw?;
+                    rx?;
+                }
                 Step::Linear { x, out, w, b } => {
                     let (o, i) = (out.dims[2], x.dims[2]);
                     let (gm, xm) = (flat(out)?, flat(x)?);
@@ -437,4 +486,26 @@ impl Engine {
         record_label(&mut self.times, "bwd gradients out", t_out);
         Ok(())
     }
+}
+
+/// Mutable access to a weight's and (optional) bias's gradients at once;
+/// None for parameters that are not trained (empty gradients).
+fn split_two(
+    pgrads: &mut [Vec<f32>],
+    w: usize,
+    b: Option<usize>,
+) -> (Option<&mut Vec<f32>>, Option<&mut Vec<f32>>) {
+    let mut wg = None;
+    let mut bg = None;
+    for (k, g) in pgrads.iter_mut().enumerate() {
+        if g.is_empty() {
+            continue;
+        }
+        if k == w {
+            wg = Some(g);
+        } else if Some(k) == b {
+            bg = Some(g);
+        }
+    }
+    (wg, bg)
 }
