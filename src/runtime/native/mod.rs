@@ -6,15 +6,19 @@
 //! step outside matrix multiplies (element-wise ops on one thread, a fresh
 //! tensor per op, zero-padded slice gradients, the autograd graph), so a
 //! step ran at ~60 GFLOP/s where the `gemm` crate alone reaches ~200.
-//! Here, for each batch size, a `Program` fixes every value's view once:
-//! slices and stacks of adjacent blocks are views of their input's buffer
-//! (zero copies), every other value gets a buffer allocated once and reused
-//! step after step, and the backward pass accumulates gradients into
-//! matching buffers. The loss stays in candle (a `[B, C]` graph per task):
-//! its logits gradient seeds `backward`, and the parameter and embedding
-//! gradients go back into candle's `GradStore` for the shared optimizers.
+//! Here, for each batch size, a `Program` (`program`) fixes every value's
+//! view once: slices and stacks of adjacent blocks are views of their
+//! input's buffer (zero copies), relus run in place over their linear's
+//! output, gates read concatenated experts where they lie, every other
+//! value gets a buffer allocated once and reused step after step, and
+//! gradient buffers are written once where one writer covers them and share
+//! memory by lifetime. The loss stays in candle (a `[B, C]` graph per
+//! task): its logits gradient seeds `backward`, and the parameter and
+//! embedding gradients go back into candle's `GradStore` for the shared
+//! optimizers.
 //!
-//! The engine runs f32 on the CPU. The candle path stays the reference:
+//! The engine runs on the CPU, in f32 or with bf16 multiplies on AMX tiles
+//! (`Precision`, `amx`). The candle path stays the reference:
 //! `runtime::tests::native` checks logits and every gradient against it,
 //! and `PLEC_ENGINE=candle` selects it at run time.
 
