@@ -124,35 +124,33 @@ impl Engine {
                     let xm = flat(x)?;
                     let (o, i) = (out.dims[2], x.dims[2]);
                     let mut buf = std::mem::take(&mut prog.bufs[out.buf]);
-                    if let Some(b) = b {
-                        kernels::fill_bias(&mut buf, &flat_view(out), ps.get(*b));
-                    }
                     let r = gemm::matmul(
                         &mut buf,
                         flat(out)?,
-                        b.is_some(),
+                        false,
                         &prog.bufs[x.buf],
                         xm,
                         ps.get(*w),
                         Mat::dense(0, o, i).t(),
                         nt,
                     );
+                    if r.is_ok() && (b.is_some() || prog.relu_epilogue[oi].is_some()) {
+                        let bias = b.map(|b| ps.get(b));
+                        kernels::bias_relu(&mut buf, &flat_view(out), bias, prog.relu_epilogue[oi]);
+                    }
                     prog.bufs[out.buf] = buf;
                     r?;
                 }
                 Step::Batched { x, out, w, b } => {
                     let (e, o, i) = (out.dims[0], out.dims[2], x.dims[2]);
                     let mut buf = std::mem::take(&mut prog.bufs[out.buf]);
-                    if let Some(b) = b {
-                        kernels::fill_bias(&mut buf, out, ps.get(*b));
-                    }
                     let mut r = Ok(());
                     for k in 0..e {
                         let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
                         r = r.and(gemm::matmul(
                             &mut buf,
                             out.mat(k),
-                            b.is_some(),
+                            false,
                             &prog.bufs[x.buf],
                             xm,
                             ps.get(*w),
@@ -160,10 +158,16 @@ impl Engine {
                             nt,
                         ));
                     }
+                    if r.is_ok() && (b.is_some() || prog.relu_epilogue[oi].is_some()) {
+                        let bias = b.map(|b| ps.get(b));
+                        kernels::bias_relu(&mut buf, out, bias, prog.relu_epilogue[oi]);
+                    }
                     prog.bufs[out.buf] = buf;
                     r?;
                 }
-                Step::Act { in_place: true, .. } if nt.bf16 && prog.relu_fused[oi] => {}
+                // Done by its multiply (AMX epilogue, or the pass after an
+                // f32 multiply).
+                Step::Act { in_place: true, .. } if prog.relu_fused[oi] => {}
                 Step::Act {
                     x, in_place: true, ..
                 } => {

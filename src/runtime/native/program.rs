@@ -97,8 +97,9 @@ pub struct Program {
     /// gradient buffer is zeroed each step and accumulated into.
     pub exclusive: Vec<bool>,
     /// Per LINEAR/BATCHED_LINEAR op: the output columns (start, len) an
-    /// in-place relu covers, which a bf16 multiply applies as it stores
-    /// its tiles; per such relu op: true (it then has nothing to do).
+    /// in-place relu covers, which the multiply applies with its bias (as
+    /// AMX stores its tiles in bf16, in one pass right after it in f32);
+    /// per such relu op: true (it then has nothing to do).
     pub relu_epilogue: Vec<Option<(usize, usize)>>,
     pub relu_fused: Vec<bool>,
 }
