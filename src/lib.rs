@@ -8,6 +8,7 @@
 //! (candle execution and training), `metrics`. `diag` holds the diagnostic
 //! types shared by all stages; `cli` is the only module that knows them all.
 
+pub mod alloc;
 pub mod cli;
 pub mod data;
 pub mod diag;

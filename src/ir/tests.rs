@@ -70,6 +70,12 @@ fn every_example_lowers_compiles_and_round_trips() {
             assert!(plan.forward_flops_per_sample > 0);
             let path = dir.path().join(format!("{name}.{fuse}.bin"));
             file::save(&plan, &path).expect("save");
+            // Streamed to disk in 1 MiB chunks, byte for byte the in-memory envelope.
+            assert_eq!(
+                std::fs::read(&path).expect("read"),
+                file::encode(&plan),
+                "{name}"
+            );
             let back = file::load(&path).expect("load");
             assert_eq!(back, plan, "{name}: plan changed in a save/load round trip");
         }

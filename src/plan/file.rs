@@ -59,12 +59,22 @@ pub enum PlanFileError {
 pub fn encode(plan: &Plan) -> Vec<u8> {
     let payload = plan.encode_to_vec();
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&Sha256::digest(&payload));
+    out.extend_from_slice(&header(
+        payload.len() as u64,
+        &Sha256::digest(&payload).into(),
+    ));
     out.extend_from_slice(&payload);
     out
+}
+
+/// The envelope header for a payload of `len` bytes with digest `sha`.
+fn header(len: u64, sha: &[u8; 32]) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..20].copy_from_slice(&len.to_le_bytes());
+    h[20..].copy_from_slice(sha);
+    h
 }
 
 /// Decodes envelope bytes; `path` only names the file in errors.
@@ -120,21 +130,126 @@ pub fn load(path: &Path) -> Result<Plan, PlanFileError> {
 
 /// Writes a plan atomically: a temporary file in the same directory, then a
 /// rename, so a crash never leaves a half-written plan behind.
+///
+/// The payload is encoded straight into the file (through a small buffer
+/// that also feeds the digest) instead of into a second in-memory copy: a
+/// trained plan holds every embedding table, and a copy of it would be the
+/// run's peak memory.
 pub fn save(plan: &Plan, path: &Path) -> Result<(), PlanFileError> {
-    write_atomic(path, &encode(plan)).map_err(|source| PlanFileError::Write {
+    save_streaming(plan, path).map_err(|source| PlanFileError::Write {
         path: path.to_path_buf(),
         source,
     })
 }
 
-/// Writes `bytes` to `path` through a temporary sibling file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+fn save_streaming(plan: &Plan, path: &Path) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut tmp = temp_sibling(path)?;
+    let len = plan.encoded_len() as u64;
+    // The digest is only known at the end: write it over the placeholder.
+    tmp.write_all(&header(len, &[0; 32]))?;
+    let mut sink = HashingSink::new(tmp.as_file_mut());
+    plan.encode(&mut sink)
+        .map_err(|e| std::io::Error::other(format!("encoding the plan: {e}")))?;
+    let (sha, written) = sink.finish()?;
+    if written != len {
+        return Err(std::io::Error::other(format!(
+            "the plan encoded to {written} bytes, {len} expected"
+        )));
+    }
+    tmp.as_file_mut().seek(SeekFrom::Start(0))?;
+    tmp.write_all(&header(len, &sha))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// A prost output buffer that writes full chunks to a file and hashes them.
+struct HashingSink<'a> {
+    out: &'a mut std::fs::File,
+    hash: Sha256,
+    buf: Box<[u8]>,
+    pos: usize,
+    written: u64,
+    error: Option<std::io::Error>,
+}
+
+const SINK_CHUNK: usize = 1 << 20;
+
+impl<'a> HashingSink<'a> {
+    fn new(out: &'a mut std::fs::File) -> Self {
+        Self {
+            out,
+            hash: Sha256::new(),
+            buf: vec![0u8; SINK_CHUNK].into_boxed_slice(),
+            pos: 0,
+            written: 0,
+            error: None,
+        }
+    }
+
+    fn flush_chunk(&mut self) {
+        use std::io::Write;
+        let chunk = &self.buf[..self.pos];
+        self.hash.update(chunk);
+        self.written += chunk.len() as u64;
+        if self.error.is_none() {
+            if let Err(e) = self.out.write_all(chunk) {
+                self.error = Some(e);
+            }
+        }
+        self.pos = 0;
+    }
+
+    /// Flushes the rest; the payload's digest and length, or the first
+    /// write error.
+    fn finish(mut self) -> std::io::Result<([u8; 32], u64)> {
+        self.flush_chunk();
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok((self.hash.clone().finalize().into(), self.written)),
+        }
+    }
+}
+
+// SAFETY: `chunk_mut` always hands out the initialized, unfilled tail of
+// `buf` (never empty: a full buffer is flushed first), and `advance_mut`
+// only moves `pos` within it (prost advances by at most what it wrote
+// into the chunk it was given).
+unsafe impl prost::bytes::BufMut for HashingSink<'_> {
+    fn remaining_mut(&self) -> usize {
+        usize::MAX - self.written as usize - self.pos
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        self.pos = (self.pos + cnt).min(self.buf.len());
+        if self.pos == self.buf.len() {
+            self.flush_chunk();
+        }
+    }
+
+    fn chunk_mut(&mut self) -> &mut prost::bytes::buf::UninitSlice {
+        if self.pos == self.buf.len() {
+            self.flush_chunk();
+        }
+        prost::bytes::buf::UninitSlice::new(&mut self.buf[self.pos..])
+    }
+}
+
+/// A temporary file next to `path` (same file system, so the rename is
+/// atomic).
+fn temp_sibling(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tempfile::NamedTempFile::new_in(dir)
+}
+
+/// Writes `bytes` to `path` through a temporary sibling file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = temp_sibling(path)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

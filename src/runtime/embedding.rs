@@ -109,7 +109,11 @@ pub fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
 
 /// Encodes f32 values as little-endian bytes.
 pub fn f32s_to_le(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    let mut out = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
 }
 
 /// The rows of one table gathered for one training batch.

@@ -94,6 +94,17 @@ pub struct Model {
     forward_time: std::time::Duration,
 }
 
+/// A tensor's values as little-endian f32 bytes. f32 CPU tensors are read
+/// in place (no intermediate `Vec<f32>`: the embedding tables are most of
+/// a plan, and `to_plan` runs while the whole model is in memory).
+fn le_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    if let Ok(host) = super::native::host::tensor_f32(t) {
+        return Ok(f32s_to_le(host.slice()));
+    }
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(f32s_to_le(&v))
+}
+
 /// Finds the ops `Model::bias_to_relu` describes.
 fn bias_to_relu(plan: &Plan, slice_of_linear: &[Option<usize>]) -> Vec<bool> {
     let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.values.len()];
@@ -346,6 +357,14 @@ impl Model {
         self.native.as_ref().and_then(|e| e.profile())
     }
 
+    /// Frees the native engine's activation and gradient buffers (rebuilt
+    /// on the next pass); the trainer calls it when training is over.
+    pub fn release_buffers(&mut self) {
+        if let Some(e) = &mut self.native {
+            e.release_buffers();
+        }
+    }
+
     /// Whether forward and backward run on the native CPU engine.
     pub fn uses_native(&self) -> bool {
         self.native.is_some()
@@ -479,20 +498,10 @@ impl Model {
     pub fn to_plan(&self) -> Result<Plan> {
         let mut plan = self.structure.clone();
         for (p, slot) in plan.params.iter_mut().zip(&self.params) {
-            let v = slot
-                .tensor()
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            p.data = f32s_to_le(&v);
+            p.data = le_bytes(slot.tensor())?;
         }
         for (t, table) in plan.tables.iter_mut().zip(&self.tables) {
-            let v = table
-                .weight
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            t.data = f32s_to_le(&v);
+            t.data = le_bytes(&table.weight)?;
         }
         Ok(plan)
     }

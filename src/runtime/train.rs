@@ -470,10 +470,14 @@ pub fn train_with(
         }
     }
     report.train_seconds = train_time;
+    // The training program's activations and gradients are not needed
+    // any more; evaluation and saving then peak well below training.
+    crate::alloc::returning_freed_memory(|| trainer.model.release_buffers());
     if let Some(ev) = eval_data {
         let m = eval::evaluate_with(&mut trainer.model, ev, metrics)?;
         reporter.line(&format_metrics(trainer.global_step, &m));
         report.eval = Some(m);
+        crate::alloc::returning_freed_memory(|| trainer.model.release_buffers());
     }
     report.plan = trainer.to_plan()?;
     reporter.line(&format!(

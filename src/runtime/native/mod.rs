@@ -178,6 +178,14 @@ impl Engine {
         })
     }
 
+    /// Frees every program's buffers and the tape (they are rebuilt on
+    /// the next pass), e.g. once training is over: a training program of a
+    /// large batch is most of the run's memory.
+    pub fn release_buffers(&mut self) {
+        self.programs.clear();
+        self.tape = None;
+    }
+
     /// Sets the precision of the matrix multiplies.
     pub fn set_precision(&mut self, p: Precision) {
         self.precision = p;
