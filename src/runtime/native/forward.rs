@@ -54,7 +54,7 @@ impl Engine {
                     prog.bufs[out.buf] = buf;
                     tape.columns[oi] = Some(cols?);
                 }
-                Step::Linear { x, out, w, b } if nt.bf16 => {
+                Step::Linear { x, out, w, b } => {
                     let (o, i) = (out.dims[2], x.dims[2]);
                     let mut buf = std::mem::take(&mut prog.bufs[out.buf]);
                     let r = gemm::matmul_bias_relu(
@@ -71,7 +71,7 @@ impl Engine {
                     prog.bufs[out.buf] = buf;
                     r?;
                 }
-                Step::Batched { x, out, w, b } if nt.bf16 => {
+                Step::Batched { x, out, w, b } => {
                     let (e, o, i) = (out.dims[0], out.dims[2], x.dims[2]);
                     let mut buf = std::mem::take(&mut prog.bufs[out.buf]);
                     let mut r = Ok(());
@@ -120,53 +120,7 @@ impl Engine {
                     prog.bufs[out.buf] = buf;
                     r?;
                 }
-                Step::Linear { x, out, w, b } => {
-                    let xm = flat(x)?;
-                    let (o, i) = (out.dims[2], x.dims[2]);
-                    let mut buf = std::mem::take(&mut prog.bufs[out.buf]);
-                    let r = gemm::matmul(
-                        &mut buf,
-                        flat(out)?,
-                        false,
-                        &prog.bufs[x.buf],
-                        xm,
-                        ps.get(*w),
-                        Mat::dense(0, o, i).t(),
-                        nt,
-                    );
-                    if r.is_ok() && (b.is_some() || prog.relu_epilogue[oi].is_some()) {
-                        let bias = b.map(|b| ps.get(b));
-                        kernels::bias_relu(&mut buf, &flat_view(out), bias, prog.relu_epilogue[oi]);
-                    }
-                    prog.bufs[out.buf] = buf;
-                    r?;
-                }
-                Step::Batched { x, out, w, b } => {
-                    let (e, o, i) = (out.dims[0], out.dims[2], x.dims[2]);
-                    let mut buf = std::mem::take(&mut prog.bufs[out.buf]);
-                    let mut r = Ok(());
-                    for k in 0..e {
-                        let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
-                        r = r.and(gemm::matmul(
-                            &mut buf,
-                            out.mat(k),
-                            false,
-                            &prog.bufs[x.buf],
-                            xm,
-                            ps.get(*w),
-                            Mat::dense(k * o * i, o, i).t(),
-                            nt,
-                        ));
-                    }
-                    if r.is_ok() && (b.is_some() || prog.relu_epilogue[oi].is_some()) {
-                        let bias = b.map(|b| ps.get(b));
-                        kernels::bias_relu(&mut buf, out, bias, prog.relu_epilogue[oi]);
-                    }
-                    prog.bufs[out.buf] = buf;
-                    r?;
-                }
-                // Done by its multiply (AMX epilogue, or the pass after an
-                // f32 multiply).
+                // Done by its multiply's epilogue.
                 Step::Act { in_place: true, .. } if prog.relu_fused[oi] => {}
                 Step::Act {
                     x, in_place: true, ..

@@ -1,13 +1,38 @@
 //! The engine's one matrix multiply: `dst (+)= a b` over strided matrices
-//! in f32 buffers, on the `gemm` crate (its AVX-512 kernels reach 170-230
-//! GFLOP/s on this model's shapes with 2 threads, near the machine's
-//! measured fp32 ceiling).
+//! in f32 buffers: in f32 on our AVX-512 kernel (`f32gemm`), or on the
+//! `gemm` crate where AVX-512 is absent; in bf16 on AMX tiles (`amx`).
 //!
 //! Bounds are checked here, once per call, so the unsafe call below only
 //! ever sees matrices that lie inside their slices.
 
 use super::amx;
+#[cfg(target_arch = "x86_64")]
+use super::f32gemm::gemm_f32;
 use super::view::Mat;
+
+/// Elsewhere there is no f32 kernel of our own: always the `gemm` crate.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    _m: usize,
+    _n: usize,
+    _k: usize,
+    _dst: *mut f32,
+    _dst_rs: isize,
+    _dst_cs: isize,
+    _accumulate: bool,
+    _a: *const f32,
+    _a_rs: isize,
+    _a_cs: isize,
+    _b: *const f32,
+    _b_rs: isize,
+    _b_cs: isize,
+    _threads: usize,
+    _bias: *const f32,
+    _relu: bool,
+) -> bool {
+    false
+}
 
 /// How the engine multiplies: worker threads, and whether the inputs are
 /// rounded to bf16 for the CPU's AMX tiles (f32 accumulation; see `amx`).
@@ -144,45 +169,82 @@ pub unsafe fn matmul_into(
         }
         return Ok(());
     }
-    let par = if how.threads > 1 {
-        gemm::Parallelism::Rayon(how.threads)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: all three matrices were checked to lie inside their slices
-    // (every offset the kernel forms is below `end()`), strides are those
-    // of the checks, and the caller owns `d`'s elements for the call.
+    // (every offset a kernel forms is below `end()`), strides are those of
+    // the checks, and the caller owns `d`'s elements for the call.
     unsafe {
-        gemm::gemm(
+        if !gemm_f32(
             d.rows,
             d.cols,
             am.cols,
             dst.ptr.add(d.off),
-            d.cs,
             d.rs,
+            d.cs,
             accumulate,
             a.as_ptr().add(am.off),
-            am.cs,
             am.rs,
+            am.cs,
             b.as_ptr().add(bm.off),
-            bm.cs,
             bm.rs,
-            1.0f32,
-            1.0f32,
+            bm.cs,
+            how.threads,
+            std::ptr::null(),
             false,
-            false,
-            false,
-            par,
-        );
+        ) {
+            crate_gemm(dst.ptr, d, accumulate, a, am, b, bm, how.threads);
+        }
     }
     Ok(())
 }
 
+/// `dst (+)= a b` on the `gemm` crate (CPUs without AVX-512).
+///
+/// # Safety
+/// As `matmul_into`, after `check`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn crate_gemm(
+    dst: *mut f32,
+    d: Mat,
+    accumulate: bool,
+    a: &[f32],
+    am: Mat,
+    b: &[f32],
+    bm: Mat,
+    threads: usize,
+) {
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // The gemm crate takes column strides first.
+    gemm::gemm(
+        d.rows,
+        d.cols,
+        am.cols,
+        dst.add(d.off),
+        d.cs,
+        d.rs,
+        accumulate,
+        a.as_ptr().add(am.off),
+        am.cs,
+        am.rs,
+        b.as_ptr().add(bm.off),
+        bm.cs,
+        bm.rs,
+        1.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
 /// `dst = a b + bias`, then relu over columns `relu_cols` (start, len),
-/// on AMX in one pass: the bias and relu are applied as each output tile
-/// is stored (`amx::Epilogue`), instead of a bias broadcast before and a
-/// relu pass after. `how.bf16` must be set (the caller's f32 path keeps
-/// the separate passes: the `gemm` crate has no epilogue).
+/// in one pass: the bias and relu are applied as each output tile is
+/// stored (the f32 kernel's and AMX's epilogues), instead of a bias
+/// broadcast before and a relu pass after.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_bias_relu(
     dst: &mut [f32],
@@ -195,16 +257,14 @@ pub fn matmul_bias_relu(
     relu_cols: Option<(usize, usize)>,
     how: Gemm,
 ) -> Result<()> {
-    if !how.bf16 {
-        return Err(invalid_plan!(
-            "native engine: fused multiplies run on AMX only"
-        ));
-    }
     check(&d, dst.len(), &am, a.len(), &bm, b.len())?;
     if bias.is_some_and(|b| b.len() < d.cols) {
         return Err(invalid_plan!(
             "native engine: the bias is narrower than the output"
         ));
+    }
+    if d.rows == 0 || d.cols == 0 {
+        return Ok(());
     }
     let (s, l) = relu_cols.unwrap_or((d.cols, 0));
     let parts = [
@@ -213,35 +273,98 @@ pub fn matmul_bias_relu(
         (s + l, d.cols, false),
     ];
     for (c0, c1, relu) in parts {
-        if c1 <= c0 || d.rows == 0 {
+        if c1 <= c0 {
             continue;
         }
-        let epilogue = amx::Epilogue {
-            bias: bias.map(|b| b[c0..].as_ptr()),
-            relu,
+        let bias = bias.map(|b| b[c0..].as_ptr());
+        let part = Mat {
+            off: d.off + c0 * d.cs as usize,
+            cols: c1 - c0,
+            ..d
+        };
+        let bpart = Mat {
+            off: (bm.off as isize + c0 as isize * bm.cs) as usize,
+            cols: c1 - c0,
+            ..bm
         };
         // SAFETY: the matrices lie inside their slices (checked above);
         // columns [c0, c1) are a sub-range of both `d` and `bm`; the bias
         // slice has at least `d.cols` values and is not `dst`.
-        unsafe {
-            amx::gemm_bf16_epilogue(
-                d.rows,
-                c1 - c0,
-                am.cols,
-                dst.as_mut_ptr().add(d.off + c0 * d.cs as usize),
-                d.rs,
-                d.cs,
-                false,
-                a.as_ptr().add(am.off),
-                am.rs,
-                am.cs,
-                b.as_ptr().add(bm.off).offset(c0 as isize * bm.cs),
-                bm.rs,
-                bm.cs,
-                how.threads,
-                epilogue,
-            );
-        }
+        unsafe { multiply_part(dst, part, a, am, b, bpart, bias, relu, how) };
     }
     Ok(())
+}
+
+/// One column range of `matmul_bias_relu`.
+///
+/// # Safety
+/// The matrices lie inside their slices and chain; `bias` is null-free
+/// for `d.cols` values when given.
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_part(
+    dst: &mut [f32],
+    d: Mat,
+    a: &[f32],
+    am: Mat,
+    b: &[f32],
+    bm: Mat,
+    bias: Option<*const f32>,
+    relu: bool,
+    how: Gemm,
+) {
+    let out = dst.as_mut_ptr().add(d.off);
+    let (ap, bp) = (a.as_ptr().add(am.off), b.as_ptr().add(bm.off));
+    if how.bf16 {
+        let epilogue = amx::Epilogue { bias, relu };
+        amx::gemm_bf16_epilogue(
+            d.rows,
+            d.cols,
+            am.cols,
+            out,
+            d.rs,
+            d.cs,
+            false,
+            ap,
+            am.rs,
+            am.cs,
+            bp,
+            bm.rs,
+            bm.cs,
+            how.threads,
+            epilogue,
+        );
+        return;
+    }
+    let bias_ptr = bias.unwrap_or(std::ptr::null());
+    if gemm_f32(
+        d.rows,
+        d.cols,
+        am.cols,
+        out,
+        d.rs,
+        d.cs,
+        false,
+        ap,
+        am.rs,
+        am.cs,
+        bp,
+        bm.rs,
+        bm.cs,
+        how.threads,
+        bias_ptr,
+        relu,
+    ) {
+        return;
+    }
+    crate_gemm(dst.as_mut_ptr(), d, false, a, am, b, bm, how.threads);
+    for r in 0..d.rows {
+        for c in 0..d.cols {
+            let o = &mut *out.offset(r as isize * d.rs + c as isize * d.cs);
+            let mut v = *o + bias.map_or(0.0, |p| *p.add(c));
+            if relu {
+                v = v.max(0.0);
+            }
+            *o = v;
+        }
+    }
 }

@@ -115,34 +115,6 @@ pub fn copy(dst: &mut [f32], dv: &View, src: &[f32], sv: &View, add: bool) {
     });
 }
 
-/// The f32 multiply's epilogue as one pass over `dv` after it: adds the
-/// bias (row `e` of `bias` to the rows of matrix `e`) and applies relu to
-/// columns `relu_cols` (start, len). Replaces a bias broadcast before the
-/// multiply (and the multiply reading it back) plus a separate relu pass.
-pub fn bias_relu(
-    dst: &mut [f32],
-    dv: &View,
-    bias: Option<&[f32]>,
-    relu_cols: Option<(usize, usize)>,
-) {
-    let (d1, w) = (dv.dims[1].max(1), dv.dims[2]);
-    let (s, l) = relu_cols.unwrap_or((w, 0));
-    let (s, e) = (s.min(w), (s + l).min(w));
-    rows_mut(dst, dv, |r, out| match bias {
-        Some(b) => {
-            let b = &b[(r / d1) * w..(r / d1 + 1) * w];
-            let (head, rest) = out.split_at_mut(s);
-            let (mid, tail) = rest.split_at_mut(e - s);
-            head.iter_mut().zip(&b[..s]).for_each(|(y, &b)| *y += b);
-            mid.iter_mut()
-                .zip(&b[s..e])
-                .for_each(|(y, &b)| *y = (*y + b).max(0.0));
-            tail.iter_mut().zip(&b[e..]).for_each(|(y, &b)| *y += b);
-        }
-        None => out[s..e].iter_mut().for_each(|y| *y = y.max(0.0)),
-    });
-}
-
 /// Adds the column sums of each matrix of `g` to `db` (`[dims[0], dims[2]]`).
 pub fn add_bias_grad(db: &mut [f32], g: &[f32], gv: &View) {
     let (d1, w) = (gv.dims[1], gv.dims[2]);

@@ -1,0 +1,336 @@
+//! `gemm_f32` against an f64 reference: every transposition of A and B,
+//! strided and column-strided outputs, accumulate, bias and relu, 1 and 2
+//! threads, edge sizes around the 14 x 32 micro-tile, several K/M/N blocks
+//! and both drivers. Also: nothing outside `dst` is written, and with
+//! `accumulate = false` NaN garbage in `dst` is ignored.
+
+use super::*;
+
+fn span(rows: usize, cols: usize, rs: isize, cs: isize) -> usize {
+    (rows - 1) * rs as usize + (cols - 1) * cs as usize + 1
+}
+
+/// xorshift64: deterministic values in [-1, 1).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    m: usize,
+    n: usize,
+    k: usize,
+    a_t: bool,
+    b_t: bool,
+    d_extra: usize,
+    d_cs: isize,
+    acc: bool,
+    bias_on: bool,
+    relu: bool,
+    threads: usize,
+    seed: u64,
+) {
+    let mut rng = Rng(seed | 1);
+    let (a_rs, a_cs) = if a_t {
+        (1isize, m as isize + 3)
+    } else {
+        (k as isize + 2, 1isize)
+    };
+    let (b_rs, b_cs) = if b_t {
+        (1isize, k as isize + 1)
+    } else {
+        (n as isize + 5, 1isize)
+    };
+    let d_rs: isize = if d_cs == 1 { (n + d_extra) as isize } else { 1 };
+    let d_cs_eff: isize = if d_cs == 1 { 1 } else { (m + d_extra) as isize };
+    let a = rng.vec(span(m, k, a_rs, a_cs));
+    let b = rng.vec(span(k, n, b_rs, b_cs));
+    let bias = rng.vec(n);
+    let dlen = span(m, n, d_rs, d_cs_eff) + 7;
+    let mut d = if acc {
+        rng.vec(dlen)
+    } else {
+        vec![f32::NAN; dlen]
+    };
+    let d_orig = d.clone();
+    let ok = unsafe {
+        gemm_f32(
+            m,
+            n,
+            k,
+            d.as_mut_ptr(),
+            d_rs,
+            d_cs_eff,
+            acc,
+            a.as_ptr(),
+            a_rs,
+            a_cs,
+            b.as_ptr(),
+            b_rs,
+            b_cs,
+            threads,
+            if bias_on {
+                bias.as_ptr()
+            } else {
+                std::ptr::null()
+            },
+            relu,
+        )
+    };
+    assert!(ok);
+    let mut touched = vec![false; dlen];
+    let tol = 1e-5 * (k as f64).sqrt() + 1e-6;
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0f64;
+            let mut sa = 0f64;
+            for p in 0..k {
+                let x = a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64
+                    * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
+                s += x;
+                sa += x.abs();
+            }
+            let idx = (i as isize * d_rs + j as isize * d_cs_eff) as usize;
+            touched[idx] = true;
+            if acc {
+                s += d_orig[idx] as f64;
+                sa += (d_orig[idx] as f64).abs();
+            }
+            if bias_on {
+                s += bias[j] as f64;
+                sa += (bias[j] as f64).abs();
+            }
+            if relu {
+                s = s.max(0.0);
+            }
+            let got = d[idx] as f64;
+            assert!(
+                (got - s).abs() <= tol * sa.max(1.0),
+                "m{m} n{n} k{k} at={a_t} bt={b_t} dcs={d_cs} acc={acc} bias={bias_on} relu={relu} thr={threads}: [{i},{j}] got {got} want {s}"
+            );
+        }
+    }
+    for (idx, t) in touched.iter().enumerate() {
+        if !t {
+            assert!(
+                d[idx].to_bits() == d_orig[idx].to_bits(),
+                "wrote outside dst at {idx}"
+            );
+        }
+    }
+}
+
+fn pool() {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build_global();
+}
+
+#[test]
+fn sweep_shapes() {
+    pool();
+    let sizes = [
+        1usize, 2, 3, 7, 13, 14, 15, 16, 17, 31, 32, 33, 47, 48, 49, 64, 65, 100, 255, 257, 513,
+    ];
+    let mut seed = 1u64;
+    for (mi, &m) in sizes.iter().enumerate() {
+        for (ni, &n) in sizes.iter().enumerate() {
+            for (ki, &k) in sizes.iter().enumerate() {
+                // Subsample the big cube to keep the test time reasonable.
+                if (mi * 7 + ni * 3 + ki) % 5 != 0 {
+                    continue;
+                }
+                if m * n * k > 20_000_000 {
+                    continue;
+                }
+                seed += 1;
+                let combo = (mi + ni + ki) % 4;
+                let (a_t, b_t) = (combo & 1 != 0, combo & 2 != 0);
+                let threads = 1 + (seed as usize % 2);
+                check(
+                    m,
+                    n,
+                    k,
+                    a_t,
+                    b_t,
+                    seed as usize % 3,
+                    1,
+                    seed.is_multiple_of(3),
+                    seed.is_multiple_of(2),
+                    seed % 4 < 2,
+                    threads,
+                    seed,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn all_options() {
+    pool();
+    let shapes = [
+        (1usize, 1usize, 1usize),
+        (13, 33, 7),
+        (14, 17, 300),
+        (37, 65, 257),
+        (100, 49, 513),
+        (257, 100, 64),
+        (5, 1, 100),
+        (300, 1, 31),
+        (1, 70, 40),
+    ];
+    let mut seed = 99u64;
+    for &(m, n, k) in &shapes {
+        for a_t in [false, true] {
+            for b_t in [false, true] {
+                for d_cs in [1isize, 2] {
+                    for acc in [false, true] {
+                        for bias_on in [false, true] {
+                            for relu in [false, true] {
+                                for threads in [1usize, 2] {
+                                    seed += 1;
+                                    check(
+                                        m, n, k, a_t, b_t, 3, d_cs, acc, bias_on, relu, threads,
+                                        seed,
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn large_blocks() {
+    pool();
+    // Exercise multiple K, M and N blocks.
+    check(700, 2200, 600, false, true, 0, 1, false, true, true, 2, 5);
+    check(530, 300, 1100, true, false, 5, 1, true, false, false, 2, 6);
+    check(1000, 70, 900, false, false, 1, 1, false, true, false, 1, 7);
+    // Packed A with several M macro blocks and K blocks; more threads than the pool has.
+    check(1700, 90, 600, true, true, 2, 1, true, true, true, 8, 8);
+    // Column-strided dst across several blocks.
+    check(300, 600, 530, false, true, 1, 2, true, true, true, 2, 9);
+}
+
+#[test]
+fn both_drivers() {
+    pool();
+    // DRIVER is global; other tests running concurrently stay correct with either driver.
+    for drv in [1usize, 2] {
+        DRIVER.store(drv, std::sync::atomic::Ordering::Relaxed);
+        check(
+            1000,
+            300,
+            300,
+            true,
+            false,
+            1,
+            1,
+            true,
+            true,
+            true,
+            2,
+            20 + drv as u64,
+        );
+        check(
+            333,
+            700,
+            600,
+            false,
+            true,
+            0,
+            1,
+            false,
+            true,
+            true,
+            2,
+            30 + drv as u64,
+        );
+        check(
+            77,
+            45,
+            1100,
+            true,
+            true,
+            3,
+            2,
+            true,
+            false,
+            true,
+            2,
+            40 + drv as u64,
+        );
+        check(
+            29,
+            530,
+            70,
+            false,
+            false,
+            2,
+            1,
+            false,
+            true,
+            false,
+            1,
+            50 + drv as u64,
+        );
+    }
+    DRIVER.store(0, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[test]
+fn general_strides() {
+    pool();
+    // Neither A nor B has a unit stride.
+    let (m, n, k) = (19, 37, 45);
+    let mut rng = Rng(77);
+    let (a_rs, a_cs, b_rs, b_cs) = (2isize * k as isize, 2isize, 3isize, 3 * k as isize);
+    let a = rng.vec(span(m, k, a_rs, a_cs));
+    let b = rng.vec(span(k, n, b_rs, b_cs));
+    let mut d = vec![f32::NAN; m * n];
+    let ok = unsafe {
+        gemm_f32(
+            m,
+            n,
+            k,
+            d.as_mut_ptr(),
+            n as isize,
+            1,
+            false,
+            a.as_ptr(),
+            a_rs,
+            a_cs,
+            b.as_ptr(),
+            b_rs,
+            b_cs,
+            2,
+            std::ptr::null(),
+            false,
+        )
+    };
+    assert!(ok);
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0f64;
+            for p in 0..k {
+                s += a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64
+                    * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
+            }
+            assert!((d[i * n + j] as f64 - s).abs() < 1e-4, "{i},{j}");
+        }
+    }
+}
