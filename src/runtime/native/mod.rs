@@ -17,8 +17,10 @@
 //! embedding gradients go back into candle's `GradStore` for the shared
 //! optimizers.
 //!
-//! The engine runs on the CPU, in f32 or with bf16 multiplies on AMX tiles
-//! (`Precision`, `amx`). The candle path stays the reference:
+//! The engine runs on the CPU, in f32 (our AVX-512 kernel, `f32gemm`, with
+//! the `gemm` crate as the fallback) or with bf16 multiplies on AMX tiles
+//! (`Precision`, `amx`); both apply a linear's bias and relu as its output
+//! tiles are stored. The candle path stays the reference:
 //! `runtime::tests::native` checks logits and every gradient against it,
 //! and `PLEC_ENGINE=candle` selects it at run time.
 
