@@ -146,54 +146,10 @@ pub unsafe fn matmul_into(
         }
         return Ok(());
     }
-    if how.bf16 {
-        // SAFETY: as below; `amx::gemm_bf16` takes rows-then-columns
-        // strides and writes each dst element once per k block.
-        unsafe {
-            amx::gemm_bf16(
-                d.rows,
-                d.cols,
-                am.cols,
-                dst.ptr.add(d.off),
-                d.rs,
-                d.cs,
-                accumulate,
-                a.as_ptr().add(am.off),
-                am.rs,
-                am.cs,
-                b.as_ptr().add(bm.off),
-                bm.rs,
-                bm.cs,
-                how.threads,
-            );
-        }
-        return Ok(());
-    }
     // SAFETY: all three matrices were checked to lie inside their slices
     // (every offset a kernel forms is below `end()`), strides are those of
     // the checks, and the caller owns `d`'s elements for the call.
-    unsafe {
-        if !gemm_f32(
-            d.rows,
-            d.cols,
-            am.cols,
-            dst.ptr.add(d.off),
-            d.rs,
-            d.cs,
-            accumulate,
-            a.as_ptr().add(am.off),
-            am.rs,
-            am.cs,
-            b.as_ptr().add(bm.off),
-            bm.rs,
-            bm.cs,
-            how.threads,
-            std::ptr::null(),
-            false,
-        ) {
-            crate_gemm(dst.ptr, d, accumulate, a, am, b, bm, how.threads);
-        }
-    }
+    unsafe { multiply(dst.ptr, d, accumulate, a, am, b, bm, None, false, how) };
     Ok(())
 }
 
@@ -290,20 +246,37 @@ pub fn matmul_bias_relu(
         // SAFETY: the matrices lie inside their slices (checked above);
         // columns [c0, c1) are a sub-range of both `d` and `bm`; the bias
         // slice has at least `d.cols` values and is not `dst`.
-        unsafe { multiply_part(dst, part, a, am, b, bpart, bias, relu, how) };
+        unsafe {
+            multiply(
+                dst.as_mut_ptr(),
+                part,
+                false,
+                a,
+                am,
+                b,
+                bpart,
+                bias,
+                relu,
+                how,
+            )
+        };
     }
     Ok(())
 }
 
-/// One column range of `matmul_bias_relu`.
+/// `dst (+)= a b`, then `+ bias` per column and relu when asked, on the
+/// backend `how` picks: AMX for bf16, else our f32 kernel, else the `gemm`
+/// crate followed by a scalar epilogue pass.
 ///
 /// # Safety
-/// The matrices lie inside their slices and chain; `bias` is null-free
-/// for `d.cols` values when given.
+/// The matrices lie inside their buffers (`check`) and chain; `dst` is
+/// `d`'s buffer and nothing else touches `d`'s elements during the call;
+/// `bias`, when given, points at `d.cols` values outside `dst`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn multiply_part(
-    dst: &mut [f32],
+unsafe fn multiply(
+    dst: *mut f32,
     d: Mat,
+    accumulate: bool,
     a: &[f32],
     am: Mat,
     b: &[f32],
@@ -312,7 +285,7 @@ unsafe fn multiply_part(
     relu: bool,
     how: Gemm,
 ) {
-    let out = dst.as_mut_ptr().add(d.off);
+    let out = dst.add(d.off);
     let (ap, bp) = (a.as_ptr().add(am.off), b.as_ptr().add(bm.off));
     if how.bf16 {
         let epilogue = amx::Epilogue { bias, relu };
@@ -323,7 +296,7 @@ unsafe fn multiply_part(
             out,
             d.rs,
             d.cs,
-            false,
+            accumulate,
             ap,
             am.rs,
             am.cs,
@@ -343,7 +316,7 @@ unsafe fn multiply_part(
         out,
         d.rs,
         d.cs,
-        false,
+        accumulate,
         ap,
         am.rs,
         am.cs,
@@ -356,7 +329,10 @@ unsafe fn multiply_part(
     ) {
         return;
     }
-    crate_gemm(dst.as_mut_ptr(), d, false, a, am, b, bm, how.threads);
+    crate_gemm(dst, d, accumulate, a, am, b, bm, how.threads);
+    if bias.is_none() && !relu {
+        return;
+    }
     for r in 0..d.rows {
         for c in 0..d.cols {
             let o = &mut *out.offset(r as isize * d.rs + c as isize * d.cs);
