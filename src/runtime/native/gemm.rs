@@ -153,6 +153,19 @@ pub unsafe fn matmul_into(
     Ok(())
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests set it to run the path of CPUs without AVX-512 here.
+    static FORCE_FALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn fallback_forced() -> bool {
+    #[cfg(test)]
+    return FORCE_FALLBACK.with(|f| f.get());
+    #[cfg(not(test))]
+    false
+}
+
 /// `dst (+)= a b` on the `gemm` crate (CPUs without AVX-512).
 ///
 /// # Safety
@@ -309,24 +322,26 @@ unsafe fn multiply(
         return;
     }
     let bias_ptr = bias.unwrap_or(std::ptr::null());
-    if gemm_f32(
-        d.rows,
-        d.cols,
-        am.cols,
-        out,
-        d.rs,
-        d.cs,
-        accumulate,
-        ap,
-        am.rs,
-        am.cs,
-        bp,
-        bm.rs,
-        bm.cs,
-        how.threads,
-        bias_ptr,
-        relu,
-    ) {
+    if !fallback_forced()
+        && gemm_f32(
+            d.rows,
+            d.cols,
+            am.cols,
+            out,
+            d.rs,
+            d.cs,
+            accumulate,
+            ap,
+            am.rs,
+            am.cs,
+            bp,
+            bm.rs,
+            bm.cs,
+            how.threads,
+            bias_ptr,
+            relu,
+        )
+    {
         return;
     }
     crate_gemm(dst, d, accumulate, a, am, b, bm, how.threads);
@@ -341,6 +356,96 @@ unsafe fn multiply(
                 v = v.max(0.0);
             }
             *o = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// `matmul_bias_relu` on the `gemm` crate plus the scalar epilogue (the
+    /// path of CPUs without AVX-512) and on our kernel, against f64 sums:
+    /// W^T as the right operand (as every linear layer passes it), a strided
+    /// output, and each relu column range.
+    #[test]
+    fn fused_multiply_matches_on_both_f32_backends() {
+        let (m, n, k) = (37, 45, 70);
+        let a = values(m * k, 1);
+        let w = values(n * k, 2);
+        let bias = values(n, 3);
+        let how = Gemm {
+            threads: 2,
+            bf16: false,
+        };
+        let d = Mat {
+            off: 3,
+            rows: m,
+            cols: n,
+            rs: n as isize + 5,
+            cs: 1,
+        };
+        let len = d.end() + 2;
+        for relu_cols in [None, Some((0, n)), Some((10, 20))] {
+            let mut outs = Vec::new();
+            for forced in [true, false] {
+                FORCE_FALLBACK.with(|f| f.set(forced));
+                let mut dst = vec![f32::NAN; len];
+                let r = matmul_bias_relu(
+                    &mut dst,
+                    d,
+                    &a,
+                    Mat::dense(0, m, k),
+                    &w,
+                    Mat::dense(0, n, k).t(),
+                    Some(&bias),
+                    relu_cols,
+                    how,
+                );
+                FORCE_FALLBACK.with(|f| f.set(false));
+                r.unwrap();
+                outs.push(dst);
+            }
+            let (lo, len_relu) = relu_cols.unwrap_or((n, 0));
+            for i in 0..m {
+                for j in 0..n {
+                    let mut want = bias[j] as f64;
+                    for p in 0..k {
+                        want += a[i * k + p] as f64 * w[j * k + p] as f64;
+                    }
+                    if (lo..lo + len_relu).contains(&j) {
+                        want = want.max(0.0);
+                    }
+                    for out in &outs {
+                        let got = out[d.off + i * d.rs as usize + j] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4,
+                            "relu {relu_cols:?} [{i},{j}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+            // Nothing outside the output matrix is written (before, after,
+            // or between its rows).
+            let inside = |idx: usize| idx >= d.off && (idx - d.off) % (d.rs as usize) < n;
+            for out in &outs {
+                for (idx, v) in out.iter().enumerate() {
+                    assert!(inside(idx) && idx < d.end() || v.is_nan(), "wrote {idx}");
+                }
+            }
         }
     }
 }
