@@ -49,9 +49,12 @@ use super::rng::SplitMix64;
 use crate::data::batch::{Batch, FeatureInput};
 use crate::proto::plan::{Activation, Plan};
 
-/// Programs kept per engine (one per batch size: the full batch and an
-/// epoch's last, shorter one).
-const PROGRAMS_KEPT: usize = 2;
+/// Programs kept per engine. One: a program is most of a run's memory
+/// (PLE at batch 8192: ~1 GB), and keeping the full batch's program while
+/// an epoch's last, shorter batch built its own raised the peak by 250 MiB
+/// (1754 -> 2006 MiB in bf16). Rebuilding costs first touches of the
+/// buffers (~0.1 s per GB), once or twice per epoch.
+const PROGRAMS_KEPT: usize = 1;
 
 /// The precision new engines start with (`set_default_precision`).
 static DEFAULT_PRECISION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
@@ -207,8 +210,11 @@ impl Engine {
             return Ok(i);
         }
         if self.programs.len() >= PROGRAMS_KEPT {
-            // Drop the least recently built; the tape never outlives a step.
-            self.programs.remove(0);
+            // Drop the least recently built (the tape never outlives a
+            // step), handing its pages back to the OS: otherwise the new
+            // program's buffers, of other sizes, would not all fit in the
+            // freed ones and the run's resident memory would grow.
+            crate::alloc::returning_freed_memory(|| drop(self.programs.remove(0)));
         }
         self.programs.push(Program::build(plan, batch_axis, rows)?);
         Ok(self.programs.len() - 1)
