@@ -5,3 +5,18 @@ pub mod emit;
 pub mod file;
 
 pub use crate::proto::plan::*;
+
+/// Per value, the ops that read it (in op order; an op reading a value
+/// twice is listed twice). Out-of-range value ids are skipped: plans are
+/// validated before anything relies on them.
+pub fn readers(plan: &Plan) -> Vec<Vec<usize>> {
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.values.len()];
+    for (i, op) in plan.ops.iter().enumerate() {
+        for &v in &op.inputs {
+            if let Some(r) = readers.get_mut(v as usize) {
+                r.push(i);
+            }
+        }
+    }
+    readers
+}

@@ -107,14 +107,7 @@ fn le_bytes(t: &Tensor) -> Result<Vec<u8>> {
 
 /// Finds the ops `Model::bias_to_relu` describes.
 fn bias_to_relu(plan: &Plan, slice_of_linear: &[Option<usize>]) -> Vec<bool> {
-    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.values.len()];
-    for (i, op) in plan.ops.iter().enumerate() {
-        for &v in &op.inputs {
-            if let Some(r) = readers.get_mut(v as usize) {
-                r.push(i);
-            }
-        }
-    }
+    let readers = crate::plan::readers(plan);
     let logits: Vec<usize> = plan.tasks.iter().map(|t| t.logits as usize).collect();
     plan.ops
         .iter()

@@ -871,15 +871,34 @@ unsafe fn pack_b_panel(pr: &Prob, pc: usize, kc: usize, j: usize, nr: usize, out
             pack_t(src, pr.bcs, rows, kc, out.add(16 * h), NR, 16);
         }
     } else {
-        for p in 0..kc {
-            for jj in 0..NR {
-                *out.add(p * NR + jj) = if jj < nr {
-                    *pr.b
-                        .offset((pc + p) as isize * pr.brs + (j + jj) as isize * pr.bcs)
-                } else {
-                    0.0
-                };
-            }
+        let src = pr.b.offset(pc as isize * pr.brs + j as isize * pr.bcs);
+        pack_strided(src, pr.brs, pr.bcs, kc, nr, NR, out);
+    }
+}
+
+/// Scalar packing for operands with no unit stride: per k step `p`,
+/// `width` values `src[p * k_stride + t * t_stride]` for `t < valid`, then
+/// zeros up to `width`.
+///
+/// # Safety
+/// `src` covers `kc` k steps of `valid` elements at those strides; `out`
+/// has `kc * width` writable floats.
+unsafe fn pack_strided(
+    src: *const f32,
+    k_stride: isize,
+    t_stride: isize,
+    kc: usize,
+    valid: usize,
+    width: usize,
+    out: *mut f32,
+) {
+    for p in 0..kc {
+        for t in 0..width {
+            *out.add(p * width + t) = if t < valid {
+                *src.offset(p as isize * k_stride + t as isize * t_stride)
+            } else {
+                0.0
+            };
         }
     }
 }
@@ -902,16 +921,8 @@ unsafe fn pack_a_panel(pr: &Prob, i: usize, mr: usize, pc: usize, kc: usize, out
             src = src.offset(pr.acs);
         }
     } else {
-        for p in 0..kc {
-            for r in 0..MR {
-                *out.add(p * MR + r) = if r < mr {
-                    *pr.a
-                        .offset((i + r) as isize * pr.ars + (pc + p) as isize * pr.acs)
-                } else {
-                    0.0
-                };
-            }
-        }
+        let src = pr.a.offset(i as isize * pr.ars + pc as isize * pr.acs);
+        pack_strided(src, pr.acs, pr.ars, kc, mr, MR, out);
     }
 }
 

@@ -438,17 +438,12 @@ impl Program {
 /// memory PyTorch saves by keeping only a relu's output.
 fn in_place_activations(plan: &Plan) -> Vec<bool> {
     let mut producer = vec![None; plan.values.len()];
-    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.values.len()];
     for (i, op) in plan.ops.iter().enumerate() {
         if let Some(p) = producer.get_mut(op.output as usize) {
             *p = Some(i);
         }
-        for &v in &op.inputs {
-            if let Some(r) = readers.get_mut(v as usize) {
-                r.push(i);
-            }
-        }
     }
+    let readers = crate::plan::readers(plan);
     let logits: Vec<usize> = plan.tasks.iter().map(|t| t.logits as usize).collect();
     let kind = |i: usize| OpKind::try_from(plan.ops[i].kind).unwrap_or(OpKind::OpUnspecified);
     let linear = |i: usize| matches!(kind(i), OpKind::Linear | OpKind::BatchedLinear);
@@ -505,14 +500,7 @@ fn in_place_activations(plan: &Plan) -> Vec<bool> {
 /// the gates read its inputs in place, and their gradients go straight
 /// back. The concat's buffer is left empty.
 fn virtual_concats(plan: &Plan, steps: &mut [Step], sizes: &mut [usize]) {
-    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.values.len()];
-    for (i, op) in plan.ops.iter().enumerate() {
-        for &v in &op.inputs {
-            if let Some(r) = readers.get_mut(v as usize) {
-                r.push(i);
-            }
-        }
-    }
+    let readers = crate::plan::readers(plan);
     let logits: Vec<usize> = plan.tasks.iter().map(|t| t.logits as usize).collect();
     for c in 0..steps.len() {
         let op = &plan.ops[c];
