@@ -154,27 +154,33 @@ pub struct Epilogue {
     /// unmodified for the duration of the call and must not overlap `dst`.
     pub bias: Option<*const f32>,
     pub relu: bool,
+    /// An `m x n` matrix with `dst`'s strides: the final value is kept where it is > 0 and
+    /// set to 0 elsewhere (a relu's backward pass, masked by the relu's output). Must stay
+    /// valid and unmodified for the call and must not overlap `dst`.
+    pub mask: Option<*const f32>,
 }
 
 impl Epilogue {
     fn is_noop(&self) -> bool {
-        self.bias.is_none() && !self.relu
+        self.bias.is_none() && !self.relu && self.mask.is_none()
     }
 
-    /// The epilogue for one element of column `j` whose full sum (incl. the old C) is `v`.
+    /// The epilogue for one element of column `j`, at offset `off` from `dst`, whose full sum
+    /// (incl. the old C) is `v`.
     ///
     /// # Safety
-    /// `bias`, if set, must be readable at index `j`.
+    /// `bias`, if set, must be readable at index `j`; `mask`, if set, at `off`.
     #[inline(always)]
-    unsafe fn apply(&self, v: f32, j: usize) -> f32 {
+    unsafe fn apply(&self, v: f32, j: usize, off: isize) -> f32 {
         let v = match self.bias {
             Some(b) => v + *b.add(j),
             None => v,
         };
-        if self.relu {
-            relu(v)
-        } else {
+        let v = if self.relu { relu(v) } else { v };
+        if self.mask.is_none_or(|m| *m.offset(off) > 0.0) {
             v
+        } else {
+            0.0
         }
     }
 }
@@ -243,6 +249,7 @@ pub unsafe fn gemm_bf16_epilogue(
             threads,
             epilogue.bias.unwrap_or(std::ptr::null()),
             epilogue.relu,
+            epilogue.mask.unwrap_or(std::ptr::null()),
         );
         return;
     }
@@ -270,9 +277,10 @@ unsafe fn epilogue_only(
     }
     for i in 0..m {
         for j in 0..n {
-            let d = dst.offset(i as isize * dst_rs + j as isize * dst_cs);
+            let off = i as isize * dst_rs + j as isize * dst_cs;
+            let d = dst.offset(off);
             let v = if accumulate { *d } else { 0.0 };
-            *d = ep.apply(v, j);
+            *d = ep.apply(v, j, off);
         }
     }
 }
@@ -375,9 +383,10 @@ pub unsafe fn gemm_bf16_fallback_epilogue(
         for j in 0..n {
             let bcol = &bt[j * k..(j + 1) * k];
             let s: f32 = arow.iter().zip(bcol).map(|(x, y)| x * y).sum();
-            let d = dst.offset(i as isize * dst_rs + j as isize * dst_cs);
+            let off = i as isize * dst_rs + j as isize * dst_cs;
+            let d = dst.offset(off);
             let v = if accumulate { *d + s } else { s };
-            *d = if noop { v } else { epilogue.apply(v, j) };
+            *d = if noop { v } else { epilogue.apply(v, j, off) };
         }
     }
 }
@@ -490,6 +499,7 @@ mod imp {
         threads: usize,
         bias: *const f32,
         relu: bool,
+        mask: *const f32,
     ) {
         let sh = Shape {
             m,
@@ -570,15 +580,17 @@ mod imp {
         let asrc = SendConst(a);
         let bpk = SendConst(bbuf.as_ptr());
         let biasp = SendConst(bias);
+        let maskp = SendConst(mask);
         let sh_ref = &sh;
         let work = || {
-            let (dp, asrc, bpk, biasp) = (dp, asrc, bpk, biasp);
+            let (dp, asrc, bpk, biasp, maskp) = (dp, asrc, bpk, biasp, maskp);
             let sh = sh_ref;
             let epi = Epi {
                 bias: biasp.0,
                 relu,
+                mask: maskp.0,
             };
-            let epi_active = !epi.bias.is_null() || epi.relu;
+            let epi_active = !epi.bias.is_null() || epi.relu || !epi.mask.is_null();
             let out = Out {
                 dst: dp.0,
                 rs: dst_rs,
@@ -732,9 +744,15 @@ mod imp {
     }
 
     impl Out {
+        /// Offset of element (i, j) from `dst`.
+        #[inline(always)]
+        fn off(&self, i: usize, j: usize) -> isize {
+            i as isize * self.rs + j as isize * self.cs
+        }
+
         #[inline(always)]
         unsafe fn at(&self, i: usize, j: usize) -> *mut f32 {
-            self.dst.offset(i as isize * self.rs + j as isize * self.cs)
+            self.dst.offset(self.off(i, j))
         }
 
         /// prefetchw every cache line of the 32x32 block at (i0, j0) (unit column stride only).
@@ -819,30 +837,35 @@ mod imp {
     #[repr(C, align(64))]
     struct Scratch([f32; 1024]);
 
-    /// Epilogue as the worker tasks see it; `bias` is null when there is none.
+    /// Epilogue as the worker tasks see it; `bias` and `mask` are null when there is none
+    /// (`mask` has dst's strides).
     struct Epi {
         bias: *const f32,
         relu: bool,
+        mask: *const f32,
     }
 
     impl Epi {
+        /// `v` of column `j` at offset `off` from dst, finished.
         #[inline(always)]
-        unsafe fn apply(&self, v: f32, j: usize) -> f32 {
+        unsafe fn apply(&self, v: f32, j: usize, off: isize) -> f32 {
             let v = if self.bias.is_null() {
                 v
             } else {
                 v + *self.bias.add(j)
             };
-            if self.relu {
-                super::relu(v)
-            } else {
+            let v = if self.relu { super::relu(v) } else { v };
+            if self.mask.is_null() || *self.mask.offset(off) > 0.0 {
                 v
+            } else {
+                0.0
             }
         }
     }
 
     /// dst rows 0..16 (16 unit-stride f32 each, row stride `rs` elements) = epilogue(src rows,
-    /// stride 16). `bias` is null or points at this tile's 16 bias values.
+    /// stride 16). `bias` is null or points at this tile's 16 bias values; `mask` is null or
+    /// this tile's mask (rows at stride `rs`): values where it is not > 0 are stored as 0.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn epi_copy_tile(
@@ -851,6 +874,7 @@ mod imp {
         rs: isize,
         bias: *const f32,
         relu: bool,
+        mask: *const f32,
     ) {
         let bv = if bias.is_null() {
             _mm512_setzero_ps()
@@ -866,6 +890,10 @@ mod imp {
             if relu {
                 // max(v, 0) returns the second operand for NaN, like `super::relu`.
                 v = _mm512_max_ps(v, zero);
+            }
+            if !mask.is_null() {
+                let y = _mm512_loadu_ps(mask.offset(r as isize * rs));
+                v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, zero), v);
             }
             _mm512_storeu_ps(dst.offset(r as isize * rs), v);
         }
@@ -928,7 +956,12 @@ mod imp {
                     } else {
                         e.bias.add(c0)
                     };
-                    epi_copy_tile(tile, out.at(r0, c0), out.rs, bias, e.relu);
+                    let mask = if e.mask.is_null() {
+                        e.mask
+                    } else {
+                        e.mask.offset(out.off(r0, c0))
+                    };
+                    epi_copy_tile(tile, out.at(r0, c0), out.rs, bias, e.relu, mask);
                 }
             } else if rows > 0 && cols > 0 {
                 for r in 0..rows {
@@ -937,7 +970,7 @@ mod imp {
                         let s = *tile.add(r * 16 + c);
                         let v = if load_c { *d + s } else { s };
                         *d = match epi {
-                            Some(e) => e.apply(v, c0 + c),
+                            Some(e) => e.apply(v, c0 + c, out.off(r0 + r, c0 + c)),
                             None => v,
                         };
                     }
@@ -1538,6 +1571,7 @@ mod tests {
         with_bias: bool,
         relu_on: bool,
         accumulate: bool,
+        mask_on: bool,
     ) {
         let (ma, mb, md) = (rng.below(4), rng.below(4), rng.below(4));
         let a = Mat::new(rng, m, k, ma);
@@ -1545,9 +1579,14 @@ mod tests {
         let d = Mat::new(rng, m, n, md);
         // Offsets up to +-2 so relu has plenty of both signs whatever the sum's spread.
         let bias: Vec<f32> = (0..n).map(|_| 2.0 * rng.f()).collect();
+        // A relu output laid out like dst: zeros and positive values.
+        let mask: Vec<f32> = (0..d.buf.len()).map(|_| rng.f().max(0.0)).collect();
+        let mask_at =
+            |i: usize, j: usize| mask[(d.off + i as isize * d.rs + j as isize * d.cs) as usize];
         let ep = Epilogue {
             bias: with_bias.then_some(bias.as_ptr()),
             relu: relu_on,
+            mask: mask_on.then(|| unsafe { mask.as_ptr().offset(d.off) }),
         };
         let mut refv = vec![0f64; m * n];
         for i in 0..m {
@@ -1562,11 +1601,14 @@ mod tests {
                 if relu_on && s <= 0.0 {
                     s = 0.0;
                 }
+                if mask_on && mask_at(i, j) <= 0.0 {
+                    s = 0.0;
+                }
                 refv[i * n + j] = s;
             }
         }
         let ctx = format!(
-            "m={m} n={n} k={k} acc={accumulate} bias={with_bias} relu={relu_on} \
+            "m={m} n={n} k={k} acc={accumulate} bias={with_bias} relu={relu_on} mask={mask_on} \
              a=({},{}) b=({},{}) d=({},{}) threads={threads}",
             a.rs, a.cs, b.rs, b.cs, d.rs, d.cs
         );
@@ -1659,16 +1701,19 @@ mod tests {
     #[test]
     fn epilogue_small_shapes() {
         let mut rng = Rng(0x5151_a3a3_0f0f_7777);
-        let mut combo = 0usize;
         for &m in &SIZES {
             for &n in &SIZES {
                 for &k in &KS {
-                    // Cycle all four bias/relu combinations across the sweep.
-                    let (with_bias, relu_on) = (combo & 1 == 1, combo & 2 == 2);
-                    combo += 1;
+                    // Every bias/relu/mask combination across the sweep, drawn so that
+                    // none is tied to one k.
+                    let combo = rng.below(8);
+                    let (with_bias, relu_on, mask_on) =
+                        (combo & 1 == 1, combo & 2 == 2, combo & 4 == 4);
                     let accumulate = rng.below(2) == 1;
                     let threads = 1 + rng.below(3);
-                    check_epi(&mut rng, m, n, k, threads, with_bias, relu_on, accumulate);
+                    check_epi(
+                        &mut rng, m, n, k, threads, with_bias, relu_on, accumulate, mask_on,
+                    );
                 }
             }
         }
@@ -1682,12 +1727,18 @@ mod tests {
         let mut rng = Rng(0x1357_9bdf_2468_ace0);
         let mut threads_i = 0usize;
         for &(m, n, k) in &[(300, 513, 1100), (129, 65, 2049), (97, 200, 1600)] {
-            for combo in 0..8usize {
-                let (with_bias, relu_on, accumulate) =
-                    (combo & 1 == 1, combo & 2 == 2, combo & 4 == 4);
+            for combo in 0..16usize {
+                let (with_bias, relu_on, accumulate, mask_on) = (
+                    combo & 1 == 1,
+                    combo & 2 == 2,
+                    combo & 4 == 4,
+                    combo & 8 == 8,
+                );
                 let threads = [1, 2, 4][threads_i % 3];
                 threads_i += 1;
-                check_epi(&mut rng, m, n, k, threads, with_bias, relu_on, accumulate);
+                check_epi(
+                    &mut rng, m, n, k, threads, with_bias, relu_on, accumulate, mask_on,
+                );
             }
         }
     }

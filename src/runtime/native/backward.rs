@@ -84,6 +84,9 @@ impl Engine {
             let op = &plan.ops[oi];
             let needs = |v: &View| prog.needs_grad[v.buf];
             let acc = |v: &View| !prog.exclusive[v.buf];
+            // The relu behind an input, when this step masks its gradient:
+            // its output (the input's values) is the mask.
+            let mask = |v: &View| prog.grad_masked[oi].then_some(prog.bufs[v.buf].as_slice());
             let t0 = self.times.is_some().then(std::time::Instant::now);
             for &b in &prog.zero_before[oi] {
                 let n = prog.bufs[b].len();
@@ -137,7 +140,7 @@ impl Engine {
                             Ok(())
                         },
                         || {
-                            gemm::matmul(
+                            gemm::matmul_masked(
                                 &mut dx,
                                 xm,
                                 acc_x,
@@ -145,6 +148,7 @@ impl Engine {
                                 gm,
                                 ps.get(*w),
                                 Mat::dense(0, o, i),
+                                mask(x),
                                 one,
                             )
                         },
@@ -174,7 +178,7 @@ impl Engine {
                     }
                     if needs(x) {
                         let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
-                        let r = gemm::matmul(
+                        let r = gemm::matmul_masked(
                             &mut dx,
                             xm,
                             acc(x),
@@ -182,6 +186,7 @@ impl Engine {
                             gm,
                             ps.get(*w),
                             Mat::dense(0, o, i),
+                            mask(x),
                             nt,
                         );
                         prog.gbufs[prog.gslot[x.buf]] = dx;
@@ -243,6 +248,7 @@ impl Engine {
                                     out.mat(k),
                                     ps.get(*w),
                                     Mat::dense(k * o * i, o, i),
+                                    mask(x),
                                     how,
                                 )
                             }
@@ -282,7 +288,7 @@ impl Engine {
                         let mut r = Ok(());
                         for k in 0..e {
                             let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
-                            r = r.and(gemm::matmul(
+                            r = r.and(gemm::matmul_masked(
                                 &mut dx,
                                 xm,
                                 acc(x),
@@ -290,6 +296,7 @@ impl Engine {
                                 out.mat(k),
                                 ps.get(*w),
                                 Mat::dense(k * o * i, o, i),
+                                mask(x),
                                 nt,
                             ));
                         }
@@ -297,6 +304,8 @@ impl Engine {
                         r?;
                     }
                 }
+                // Its gradient's writers masked it (see `relu_masks`).
+                Step::Act { in_place: true, .. } if prog.relu_backward_fused[oi] => {}
                 Step::Act {
                     x, in_place: true, ..
                 } => {
@@ -426,6 +435,7 @@ impl Engine {
                                 w,
                                 k0,
                                 acc(e),
+                                mask(e),
                             );
                             prog.gbufs[prog.gslot[e.buf]] = de;
                         }

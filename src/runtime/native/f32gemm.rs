@@ -99,6 +99,8 @@ struct Prob {
     bcs: isize,
     bias: *const f32,
     relu: bool,
+    /// Null, or a matrix with dst's strides: final values where it is not > 0 become 0.
+    mask: *const f32,
 }
 // SAFETY: the pointers are only dereferenced inside gemm_f32's dynamic extent (the caller
 // guarantees validity for that duration; all jobs are joined before it returns) and jobs write
@@ -111,14 +113,17 @@ unsafe impl Sync for Prob {}
 /// C[i,j] at dst + i*dst_rs + j*dst_cs; A[i,p] at a + i*a_rs + p*a_cs; B[p,j] at b + p*b_rs + j*b_cs.
 /// accumulate=false: dst = a*b (dst contents ignored, may be garbage/NaN); true: dst += a*b.
 /// bias: null or n values added to each row of the result (after accumulation); relu: max(v,0)
-/// after bias (NaN -> 0, see module docs).
+/// after bias (NaN -> 0, see module docs). mask: null, or an m x n matrix with dst's strides;
+/// the final value (after accumulation, bias and relu) is stored where the mask is > 0, and 0
+/// elsewhere (a relu's backward pass, with the relu's output as the mask).
 /// threads: worker count (rayon's current/global pool is used; at most min(threads, pool size)
 /// jobs run). Returns false (and does nothing) if AVX-512F is not available at runtime, so the
 /// caller can fall back.
 ///
 /// # Safety
 /// All pointers must be valid for the element ranges implied by m, n, k and the strides
-/// (bias for n elements when non-null); dst must not overlap a, b or bias; distinct (i, j) must
+/// (bias for n elements, mask like dst, when non-null); dst must not overlap a, b, bias or mask;
+/// distinct (i, j) must
 /// map to distinct dst elements.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_f32(
@@ -138,6 +143,7 @@ pub unsafe fn gemm_f32(
     threads: usize,
     bias: *const f32,
     relu: bool,
+    mask: *const f32,
 ) -> bool {
     if !avx512_available() {
         return false;
@@ -161,6 +167,7 @@ pub unsafe fn gemm_f32(
         bcs: b_cs,
         bias,
         relu,
+        mask,
     };
     if k == 0 {
         // SAFETY: caller guarantees dst (and bias) validity; scalar epilogue only.
@@ -252,8 +259,21 @@ unsafe fn epilogue_only(pr: &Prob) {
             if pr.relu {
                 v = v.max(0.0);
             }
-            *c = v;
+            *c = masked(pr, i, j, v);
         }
+    }
+}
+
+/// `v`, or 0 where the problem's mask is not > 0 at (i, j).
+///
+/// # Safety
+/// (i, j) is inside the problem.
+#[inline(always)]
+unsafe fn masked(pr: &Prob, i: usize, j: usize, v: f32) -> f32 {
+    if pr.mask.is_null() || *pr.mask.offset(i as isize * pr.drs + j as isize * pr.dcs) > 0.0 {
+        v
+    } else {
+        0.0
     }
 }
 
@@ -570,9 +590,11 @@ struct Epi {
     /// Bias pointer for the tile's first column (null: no bias).
     bias: *const f32,
     relu: bool,
+    /// Mask pointer for the tile's (0, 0) element, rows at the C stride (null: no mask).
+    mask: *const f32,
 }
 
-type KernelFn = unsafe fn(usize, *const f32, isize, *const f32, *mut f32, isize, u16, Epi);
+type KernelFn = unsafe fn(usize, *const f32, isize, *const f32, *mut f32, isize, u16, &Epi);
 
 macro_rules! kernel_row {
     ($d:literal; $($r:literal)*) => {
@@ -621,9 +643,14 @@ unsafe fn tile(
                 std::ptr::null()
             },
             relu: last && pr.relu,
+            mask: if last && !pr.mask.is_null() {
+                pr.mask.offset(i as isize * pr.drs + j as isize)
+            } else {
+                std::ptr::null()
+            },
         };
         // SAFETY: rows i..i+mr and (masked) columns j..j+nr are valid dst elements.
-        kf(kc, ap, pr.ars, bp, c, pr.drs, mask, epi);
+        kf(kc, ap, pr.ars, bp, c, pr.drs, mask, &epi);
     } else {
         // General column stride: compute into an aligned scratch tile, then scalar copy-out.
         #[repr(align(64))]
@@ -633,9 +660,19 @@ unsafe fn tile(
             beta: false,
             bias: std::ptr::null(),
             relu: false,
+            mask: std::ptr::null(),
         };
         // SAFETY: the scratch tile has MR rows of NR floats.
-        kf(kc, ap, pr.ars, bp, t.0.as_mut_ptr(), NR as isize, mask, epi);
+        kf(
+            kc,
+            ap,
+            pr.ars,
+            bp,
+            t.0.as_mut_ptr(),
+            NR as isize,
+            mask,
+            &epi,
+        );
         for r in 0..mr {
             for jj in 0..nr {
                 // SAFETY: (i + r, j + jj) is inside the problem.
@@ -653,6 +690,7 @@ unsafe fn tile(
                     if pr.relu {
                         v = v.max(0.0);
                     }
+                    v = masked(pr, i + r, j + jj, v);
                 }
                 *c = v;
             }
@@ -676,7 +714,7 @@ unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
     c: *mut f32,
     c_rs: isize,
     mask: u16,
-    epi: Epi,
+    epi: &Epi,
 ) {
     let mut acc = [[_mm512_setzero_ps(); NV]; R];
     let mut a = ap;
@@ -754,24 +792,49 @@ unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
         b = b.add(NR);
     }
     let zero = _mm512_setzero_ps();
-    for (r, row) in acc.iter().enumerate() {
-        let crow = c.offset(r as isize * c_rs);
-        for (v, &x) in row.iter().enumerate().take(NV) {
-            let m: __mmask16 = if v + 1 == NV { mask } else { 0xFFFF };
-            let mut x = x;
-            // SAFETY: masked lanes are inside the tile (caller passes the column mask).
-            if epi.beta {
-                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, crow.add(16 * v)));
+    // Rows by macro, like the k loop: a loop over rows here may stay rolled, which indexes
+    // `acc` at run time and keeps it in memory inside the k loop (2.5x slower).
+    macro_rules! store_row {
+        ($r:literal) => {
+            if $r < R {
+                let crow = c.offset($r * c_rs);
+                let mrow = epi.mask.wrapping_offset($r * c_rs);
+                for v in 0..NV {
+                    let m: __mmask16 = if v + 1 == NV { mask } else { 0xFFFF };
+                    let mut x = acc[$r][v];
+                    // SAFETY: masked lanes are inside the tile (caller passes the column mask).
+                    if epi.beta {
+                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, crow.add(16 * v)));
+                    }
+                    if !epi.bias.is_null() {
+                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, epi.bias.add(16 * v)));
+                    }
+                    if epi.relu {
+                        x = _mm512_max_ps(x, zero);
+                    }
+                    if !epi.mask.is_null() {
+                        let y = _mm512_maskz_loadu_ps(m, mrow.add(16 * v));
+                        x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, zero), x);
+                    }
+                    _mm512_mask_storeu_ps(crow.add(16 * v), m, x);
+                }
             }
-            if !epi.bias.is_null() {
-                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, epi.bias.add(16 * v)));
-            }
-            if epi.relu {
-                x = _mm512_max_ps(x, zero);
-            }
-            _mm512_mask_storeu_ps(crow.add(16 * v), m, x);
-        }
+        };
     }
+    store_row!(0);
+    store_row!(1);
+    store_row!(2);
+    store_row!(3);
+    store_row!(4);
+    store_row!(5);
+    store_row!(6);
+    store_row!(7);
+    store_row!(8);
+    store_row!(9);
+    store_row!(10);
+    store_row!(11);
+    store_row!(12);
+    store_row!(13);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -945,7 +1008,7 @@ unsafe fn gemv_rows(pr: &Prob, i0: usize, i1: usize) {
         if pr.relu {
             v = v.max(0.0);
         }
-        *c = v;
+        *c = masked(pr, i, 0, v);
     };
     if pr.acs == 1 && pr.brs == 1 {
         // Dot products along contiguous p.

@@ -1,6 +1,7 @@
 //! `gemm_f32` against an f64 reference: every transposition of A and B,
 //! strided and column-strided outputs, accumulate, bias and relu, 1 and 2
-//! threads, edge sizes around the 14 x 32 micro-tile, several K/M/N blocks
+//! threads, a relu-backward mask on the stored values, edge sizes around
+//! the 14 x 32 micro-tile, several K/M/N blocks
 //! and both drivers. Also: nothing outside `dst` is written, and with
 //! `accumulate = false` NaN garbage in `dst` is ignored.
 
@@ -36,6 +37,7 @@ fn check(
     acc: bool,
     bias_on: bool,
     relu: bool,
+    mask_on: bool,
     threads: usize,
     seed: u64,
 ) {
@@ -56,6 +58,8 @@ fn check(
     let b = rng.vec(span(k, n, b_rs, b_cs));
     let bias = rng.vec(n);
     let dlen = span(m, n, d_rs, d_cs_eff) + 7;
+    // A relu output as the mask: zero or positive, at dst's positions.
+    let mask: Vec<f32> = rng.vec(dlen).into_iter().map(|x| x.max(0.0)).collect();
     let mut d = if acc {
         rng.vec(dlen)
     } else {
@@ -84,6 +88,11 @@ fn check(
                 std::ptr::null()
             },
             relu,
+            if mask_on {
+                mask.as_ptr()
+            } else {
+                std::ptr::null()
+            },
         )
     };
     assert!(ok);
@@ -112,10 +121,13 @@ fn check(
             if relu {
                 s = s.max(0.0);
             }
+            if mask_on && mask[idx] <= 0.0 {
+                s = 0.0;
+            }
             let got = d[idx] as f64;
             assert!(
                 (got - s).abs() <= tol * sa.max(1.0),
-                "m{m} n{n} k{k} at={a_t} bt={b_t} dcs={d_cs} acc={acc} bias={bias_on} relu={relu} thr={threads}: [{i},{j}] got {got} want {s}"
+                "m{m} n{n} k{k} at={a_t} bt={b_t} dcs={d_cs} acc={acc} bias={bias_on} relu={relu} mask={mask_on} thr={threads}: [{i},{j}] got {got} want {s}"
             );
         }
     }
@@ -167,6 +179,7 @@ fn sweep_shapes() {
                     seed.is_multiple_of(3),
                     seed.is_multiple_of(2),
                     seed % 4 < 2,
+                    seed % 3 == 1,
                     threads,
                     seed,
                 );
@@ -196,12 +209,14 @@ fn all_options() {
                 for d_cs in [1isize, 2] {
                     for acc in [false, true] {
                         for bias_on in [false, true] {
-                            for relu in [false, true] {
+                            for (relu, mask_on) in
+                                [(false, false), (true, false), (false, true), (true, true)]
+                            {
                                 for threads in [1usize, 2] {
                                     seed += 1;
                                     check(
-                                        m, n, k, a_t, b_t, 3, d_cs, acc, bias_on, relu, threads,
-                                        seed,
+                                        m, n, k, a_t, b_t, 3, d_cs, acc, bias_on, relu, mask_on,
+                                        threads, seed,
                                     );
                                 }
                             }
@@ -217,13 +232,23 @@ fn all_options() {
 fn large_blocks() {
     pool();
     // Exercise multiple K, M and N blocks.
-    check(700, 2200, 600, false, true, 0, 1, false, true, true, 2, 5);
-    check(530, 300, 1100, true, false, 5, 1, true, false, false, 2, 6);
-    check(1000, 70, 900, false, false, 1, 1, false, true, false, 1, 7);
+    check(
+        700, 2200, 600, false, true, 0, 1, false, true, true, true, 2, 5,
+    );
+    check(
+        530, 300, 1100, true, false, 5, 1, true, false, false, true, 2, 6,
+    );
+    check(
+        1000, 70, 900, false, false, 1, 1, false, true, false, false, 1, 7,
+    );
     // Packed A with several M macro blocks and K blocks; more threads than the pool has.
-    check(1700, 90, 600, true, true, 2, 1, true, true, true, 8, 8);
+    check(
+        1700, 90, 600, true, true, 2, 1, true, true, true, true, 8, 8,
+    );
     // Column-strided dst across several blocks.
-    check(300, 600, 530, false, true, 1, 2, true, true, true, 2, 9);
+    check(
+        300, 600, 530, false, true, 1, 2, true, true, true, true, 2, 9,
+    );
 }
 
 #[test]
@@ -243,6 +268,7 @@ fn both_drivers() {
             true,
             true,
             true,
+            true,
             2,
             20 + drv as u64,
         );
@@ -257,6 +283,7 @@ fn both_drivers() {
             false,
             true,
             true,
+            false,
             2,
             30 + drv as u64,
         );
@@ -271,6 +298,7 @@ fn both_drivers() {
             true,
             false,
             true,
+            true,
             2,
             40 + drv as u64,
         );
@@ -284,6 +312,7 @@ fn both_drivers() {
             1,
             false,
             true,
+            false,
             false,
             1,
             50 + drv as u64,
@@ -320,6 +349,7 @@ fn general_strides() {
             2,
             std::ptr::null(),
             false,
+            std::ptr::null(),
         )
     };
     assert!(ok);

@@ -30,6 +30,7 @@ unsafe fn gemm_f32(
     _threads: usize,
     _bias: *const f32,
     _relu: bool,
+    _mask: *const f32,
 ) -> bool {
     false
 }
@@ -113,10 +114,32 @@ pub fn matmul(
     how: Gemm,
 ) -> Result<()> {
     // SAFETY: `dst` is borrowed mutably for the whole call.
-    unsafe { matmul_into(SharedDst::new(dst), d, accumulate, a, am, b, bm, how) }
+    unsafe { matmul_into(SharedDst::new(dst), d, accumulate, a, am, b, bm, None, how) }
 }
 
-/// `matmul` into a shared buffer.
+/// `matmul`, then each element of `d` set to 0 where `mask` (laid out
+/// like `d`, in a buffer of `dst`'s layout) is not > 0: the backward pass
+/// of a relu whose output is `mask`, applied as the input gradient is
+/// stored instead of in a pass of its own. Masking the accumulated sum is
+/// right when every writer of the gradient masks: the old values are then
+/// already zero wherever the mask is.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_masked(
+    dst: &mut [f32],
+    d: Mat,
+    accumulate: bool,
+    a: &[f32],
+    am: Mat,
+    b: &[f32],
+    bm: Mat,
+    mask: Option<&[f32]>,
+    how: Gemm,
+) -> Result<()> {
+    // SAFETY: `dst` is borrowed mutably for the whole call.
+    unsafe { matmul_into(SharedDst::new(dst), d, accumulate, a, am, b, bm, mask, how) }
+}
+
+/// `matmul_masked` into a shared buffer.
 ///
 /// # Safety
 /// While this runs, no other thread reads or writes the elements of `d`
@@ -130,26 +153,37 @@ pub unsafe fn matmul_into(
     am: Mat,
     b: &[f32],
     bm: Mat,
+    mask: Option<&[f32]>,
     how: Gemm,
 ) -> Result<()> {
     check(&d, dst.len, &am, a.len(), &bm, b.len())?;
+    if let Some(m) = mask {
+        inside(&d, m.len(), "mask")?;
+    }
     if d.rows == 0 || d.cols == 0 {
         return Ok(());
     }
     if am.cols == 0 {
-        if !accumulate {
-            for r in 0..d.rows {
-                for c in 0..d.cols {
-                    *dst.ptr.add(d.off + r * d.rs as usize + c * d.cs as usize) = 0.0;
-                }
+        for r in 0..d.rows {
+            for c in 0..d.cols {
+                let at = d.off + r * d.rs as usize + c * d.cs as usize;
+                let o = &mut *dst.ptr.add(at);
+                let old = if accumulate { *o } else { 0.0 };
+                *o = if mask.is_none_or(|m| m[at] > 0.0) {
+                    old
+                } else {
+                    0.0
+                };
             }
         }
         return Ok(());
     }
-    // SAFETY: all three matrices were checked to lie inside their slices
-    // (every offset a kernel forms is below `end()`), strides are those of
-    // the checks, and the caller owns `d`'s elements for the call.
-    unsafe { multiply(dst.ptr, d, accumulate, a, am, b, bm, None, false, how) };
+    let mask = mask.map(|m| m.as_ptr().add(d.off));
+    // SAFETY: all matrices were checked to lie inside their slices (every
+    // offset a kernel forms is below `end()`), strides are those of the
+    // checks, the mask has `d`'s layout, and the caller owns `d`'s
+    // elements for the call.
+    unsafe { multiply(dst.ptr, d, accumulate, a, am, b, bm, None, false, mask, how) };
     Ok(())
 }
 
@@ -270,6 +304,7 @@ pub fn matmul_bias_relu(
                 bpart,
                 bias,
                 relu,
+                None,
                 how,
             )
         };
@@ -277,14 +312,16 @@ pub fn matmul_bias_relu(
     Ok(())
 }
 
-/// `dst (+)= a b`, then `+ bias` per column and relu when asked, on the
-/// backend `how` picks: AMX for bf16, else our f32 kernel, else the `gemm`
-/// crate followed by a scalar epilogue pass.
+/// `dst (+)= a b`, then `+ bias` per column, relu, and the mask when asked,
+/// on the backend `how` picks: AMX for bf16, else our f32 kernel, else the
+/// `gemm` crate followed by a scalar epilogue pass.
 ///
 /// # Safety
 /// The matrices lie inside their buffers (`check`) and chain; `dst` is
 /// `d`'s buffer and nothing else touches `d`'s elements during the call;
-/// `bias`, when given, points at `d.cols` values outside `dst`.
+/// `bias`, when given, points at `d.cols` values outside `dst`; `mask`,
+/// when given, points at element (0, 0) of a matrix with `d`'s strides
+/// outside `dst`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn multiply(
     dst: *mut f32,
@@ -296,12 +333,13 @@ unsafe fn multiply(
     bm: Mat,
     bias: Option<*const f32>,
     relu: bool,
+    mask: Option<*const f32>,
     how: Gemm,
 ) {
     let out = dst.add(d.off);
     let (ap, bp) = (a.as_ptr().add(am.off), b.as_ptr().add(bm.off));
     if how.bf16 {
-        let epilogue = amx::Epilogue { bias, relu };
+        let epilogue = amx::Epilogue { bias, relu, mask };
         amx::gemm_bf16_epilogue(
             d.rows,
             d.cols,
@@ -340,20 +378,25 @@ unsafe fn multiply(
             how.threads,
             bias_ptr,
             relu,
+            mask.unwrap_or(std::ptr::null()),
         )
     {
         return;
     }
     crate_gemm(dst, d, accumulate, a, am, b, bm, how.threads);
-    if bias.is_none() && !relu {
+    if bias.is_none() && !relu && mask.is_none() {
         return;
     }
     for r in 0..d.rows {
         for c in 0..d.cols {
-            let o = &mut *out.offset(r as isize * d.rs + c as isize * d.cs);
+            let at = r as isize * d.rs + c as isize * d.cs;
+            let o = &mut *out.offset(at);
             let mut v = *o + bias.map_or(0.0, |p| *p.add(c));
             if relu {
                 v = v.max(0.0);
+            }
+            if !mask.is_none_or(|m| *m.offset(at) > 0.0) {
+                v = 0.0;
             }
             *o = v;
         }
@@ -375,6 +418,78 @@ mod tests {
                 (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
             })
             .collect()
+    }
+
+    /// `matmul_masked` (a relu's backward pass fused into the input
+    /// gradient's multiply) on both f32 backends against f64 sums: stored
+    /// or accumulated into a strided output, zero wherever the mask (laid
+    /// out like the output) is not positive, and nothing else written.
+    #[test]
+    fn masked_multiply_matches_on_both_f32_backends() {
+        let (m, n, k) = (29, 53, 41);
+        let g = values(m * k, 4);
+        let w = values(k * n, 5);
+        let how = Gemm {
+            threads: 2,
+            bf16: false,
+        };
+        let d = Mat {
+            off: 2,
+            rows: m,
+            cols: n,
+            rs: n as isize + 3,
+            cs: 1,
+        };
+        let len = d.end() + 2;
+        let mask: Vec<f32> = values(len, 6).into_iter().map(|x| x.max(0.0)).collect();
+        let old: Vec<f32> = values(len, 7)
+            .iter()
+            .zip(&mask)
+            .map(|(&x, &y)| if y > 0.0 { x } else { 0.0 })
+            .collect();
+        for accumulate in [false, true] {
+            for forced in [true, false] {
+                let mut dst = if accumulate {
+                    old.clone()
+                } else {
+                    vec![f32::NAN; len]
+                };
+                FORCE_FALLBACK.with(|f| f.set(forced));
+                let r = matmul_masked(
+                    &mut dst,
+                    d,
+                    accumulate,
+                    &g,
+                    Mat::dense(0, m, k),
+                    &w,
+                    Mat::dense(0, k, n),
+                    Some(&mask),
+                    how,
+                );
+                FORCE_FALLBACK.with(|f| f.set(false));
+                r.unwrap();
+                for (idx, &got) in dst.iter().enumerate() {
+                    let inside =
+                        idx >= d.off && idx < d.end() && (idx - d.off) % (d.rs as usize) < n;
+                    if !inside {
+                        assert!(accumulate || got.is_nan(), "wrote {idx}");
+                        continue;
+                    }
+                    let (i, j) = ((idx - d.off) / d.rs as usize, (idx - d.off) % d.rs as usize);
+                    let mut want = if accumulate { old[idx] as f64 } else { 0.0 };
+                    for p in 0..k {
+                        want += g[i * k + p] as f64 * w[p * n + j] as f64;
+                    }
+                    if mask[idx] <= 0.0 {
+                        want = 0.0;
+                    }
+                    assert!(
+                        (got as f64 - want).abs() < 1e-4,
+                        "fallback {forced} acc {accumulate} [{i},{j}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
     }
 
     /// `matmul_bias_relu` on the `gemm` crate plus the scalar epilogue (the

@@ -495,7 +495,9 @@ pub fn gate_mix_backward_w(
 }
 
 /// Gate mix backward, the experts of one part (global experts `k0..`):
-/// `de[k, b] += w[b, k0 + k] dout[b]`.
+/// `de[k, b] += w[b, k0 + k] dout[b]`; with `mask` (the experts' values,
+/// a relu's output, in `de`'s layout) the sum is zeroed where the mask is
+/// not > 0: that relu's backward pass (see `relu_masks`).
 #[allow(clippy::too_many_arguments)]
 pub fn gate_mix_backward_e(
     de: &mut [f32],
@@ -506,13 +508,23 @@ pub fn gate_mix_backward_e(
     wv: &View,
     k0: usize,
     acc: bool,
+    mask: Option<&[f32]>,
 ) {
     let bsz = dev.dims[1].max(1);
     rows_mut(de, dev, |r, o| {
         let (kk, b) = (r / bsz, r % bsz);
         let wk = row(w, wv, b)[k0 + kk];
         let gs = row(g, gv, b);
-        o.iter_mut().zip(gs).for_each(|(o, &g)| put(o, wk * g, acc));
+        match mask {
+            Some(m) => {
+                let ms = row(m, dev, r);
+                for ((o, &g), &y) in o.iter_mut().zip(gs).zip(ms) {
+                    let v = if acc { *o + wk * g } else { wk * g };
+                    *o = if y > 0.0 { v } else { 0.0 };
+                }
+            }
+            None => o.iter_mut().zip(gs).for_each(|(o, &g)| put(o, wk * g, acc)),
+        }
     });
 }
 

@@ -34,6 +34,7 @@ mod gemm;
 pub mod host;
 mod kernels;
 mod program;
+mod relu_masks;
 mod timing;
 mod view;
 

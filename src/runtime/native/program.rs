@@ -102,6 +102,11 @@ pub struct Program {
     /// per such relu op: true (it then has nothing to do).
     pub relu_epilogue: Vec<Option<(usize, usize)>>,
     pub relu_fused: Vec<bool>,
+    /// Per step: it stores its input gradient masked by the input's
+    /// values; per in-place relu: its backward pass is done by those
+    /// writers (see `relu_masks`).
+    pub grad_masked: Vec<bool>,
+    pub relu_backward_fused: Vec<bool>,
 }
 
 impl Program {
@@ -384,10 +389,13 @@ impl Program {
             }
         }
         let (relu_epilogue, relu_fused) = relu_epilogues(plan, &steps);
+        let masks = super::relu_masks::relu_masks(plan, &steps, &b.needs);
         let bufs = b.sizes.iter().map(|&n| vec![0.0f32; n]).collect();
         Ok(Self {
             relu_epilogue,
             relu_fused,
+            grad_masked: masks.masked,
+            relu_backward_fused: masks.relu_done,
             batch,
             steps,
             views: b.views,
@@ -794,6 +802,8 @@ fn concat_alias(xs: &[View], axis: usize) -> Option<View> {
 
 #[cfg(test)]
 mod tests {
+    use super::Step;
+
     /// On the PLE example only the expert outputs that several gates read
     /// accumulate gradients (and get zeroed each step); the wide layers'
     /// gradients are stored once, never zeroed. And the memory it takes.
@@ -820,5 +830,29 @@ mod tests {
         // values whose gradients are never live at once.
         let total: usize = p.bufs.iter().map(|b| b.len()).sum();
         assert_eq!((total / 1024, p.gradient_floats() / 1024), (19752, 13084));
+        // Every relu's backward pass runs in the writers of its gradient:
+        // the next layer's input-gradient multiplies and the gates.
+        let relus: Vec<usize> = (0..p.steps.len())
+            .filter(|&i| matches!(p.steps[i], Step::Act { in_place: true, .. }))
+            .collect();
+        assert_eq!(relus.len(), 27);
+        assert!(relus.iter().all(|&i| p.relu_backward_fused[i]));
+        let masking = |kind: fn(&Step) -> bool| {
+            (0..p.steps.len())
+                .filter(|&i| p.grad_masked[i] && kind(&p.steps[i]))
+                .count()
+        };
+        // Every layer but the first of each expert group (2 in extraction
+        // layer 1, 3 groups x 2 in layers 2 and 3) and of each tower (3
+        // each, the logits' included), and all eight gates; never the
+        // fused first layers, whose input is no relu's.
+        assert_eq!(
+            (
+                masking(|s| matches!(s, Step::Linear { .. })),
+                masking(|s| matches!(s, Step::Batched { .. })),
+                masking(|s| matches!(s, Step::GateMix { .. }))
+            ),
+            (6, 14, 8)
+        );
     }
 }
