@@ -406,40 +406,38 @@ impl Engine {
                     }
                 }
                 Step::GateMix { w, es, out } => {
-                    if needs(w) {
-                        let mut dw = std::mem::take(&mut prog.gbufs[prog.gslot[w.buf]]);
-                        let parts: Vec<(&[f32], View)> = es
-                            .iter()
-                            .map(|v| (prog.bufs[v.buf].as_slice(), *v))
-                            .collect();
-                        kernels::gate_mix_backward_w(
-                            &mut dw,
-                            w,
-                            &prog.gbufs[prog.gslot[out.buf]],
-                            out,
-                            &parts,
-                            acc(w),
-                        );
-                        prog.gbufs[prog.gslot[w.buf]] = dw;
-                    }
+                    // One part at a time: parts may share a buffer (two
+                    // views of one expert stack), and each pass takes the
+                    // gate weights' and its experts' gradients out at once.
+                    // Their gradients, the gate weights' and the output's
+                    // are all live here, so they are in different slots.
+                    let mut dw =
+                        needs(w).then(|| std::mem::take(&mut prog.gbufs[prog.gslot[w.buf]]));
                     let mut k0 = 0;
                     for e in es {
-                        if needs(e) {
-                            let mut de = std::mem::take(&mut prog.gbufs[prog.gslot[e.buf]]);
-                            kernels::gate_mix_backward_e(
-                                &mut de,
-                                e,
-                                &prog.gbufs[prog.gslot[out.buf]],
-                                out,
-                                &prog.bufs[w.buf],
-                                w,
-                                k0,
-                                acc(e),
-                                mask(e),
-                            );
+                        let mut de =
+                            needs(e).then(|| std::mem::take(&mut prog.gbufs[prog.gslot[e.buf]]));
+                        let g = &prog.gbufs[prog.gslot[out.buf]];
+                        kernels::gate_mix_backward(
+                            dw.as_deref_mut().map(|d| (d, acc(w))),
+                            w,
+                            de.as_deref_mut().map(|d| (d, acc(e))),
+                            mask(e).is_some(),
+                            &prog.bufs[e.buf],
+                            e,
+                            g,
+                            out,
+                            &prog.bufs[w.buf],
+                            w,
+                            k0,
+                        );
+                        if let Some(de) = de {
                             prog.gbufs[prog.gslot[e.buf]] = de;
                         }
                         k0 += e.dims[0];
+                    }
+                    if let Some(dw) = dw {
+                        prog.gbufs[prog.gslot[w.buf]] = dw;
                     }
                 }
                 Step::Norm {

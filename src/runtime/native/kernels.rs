@@ -474,58 +474,79 @@ pub fn gate_mix(out: &mut [f32], ov: &View, w: &[f32], wv: &View, parts: &Expert
     });
 }
 
-/// Gate mix backward, the weights: `dw[b, k] += dot(dout[b], e[k, b])`.
-pub fn gate_mix_backward_w(
-    dw: &mut [f32],
-    dwv: &View,
-    g: &[f32],
-    gv: &View,
-    parts: &Experts<'_>,
-    acc: bool,
-) {
-    let work = dwv.dims[2] * gv.dims[2];
-    rows_mut_with(dw, dwv, work, |b, o| {
-        let gs = row(g, gv, b);
-        for (kk, o) in o.iter_mut().enumerate() {
-            if let Some((buf, v, local)) = expert(parts, kk) {
-                put(o, dot(gs, row(buf, v, local * v.dims[1] + b)), acc);
-            }
-        }
-    });
-}
+/// Where gate mix backward writes: a gradient buffer, and whether it adds
+/// to what is there.
+pub type GradOut<'a> = Option<(&'a mut [f32], bool)>;
 
-/// Gate mix backward, the experts of one part (global experts `k0..`):
-/// `de[k, b] += w[b, k0 + k] dout[b]`; with `mask` (the experts' values,
-/// a relu's output, in `de`'s layout) the sum is zeroed where the mask is
-/// not > 0: that relu's backward pass (see `relu_masks`).
+/// Gate mix backward for the experts of one part (global experts `k0..`,
+/// values `e`, `[K, B, D]` view `ev`), in one pass over the batch rows
+/// that reads each expert row once for both gradients:
+/// `dw[b, k0 + k] (+)= dot(dout[b], e[k, b])` into `dw` (view `dwv`), and
+/// `de[k, b] (+)= w[b, k0 + k] dout[b]` into `de` (laid out like `e`).
+/// With `masked`, `de` is zeroed where `e` is not > 0: the backward pass
+/// of the relu that made the experts (see `relu_masks`).
 #[allow(clippy::too_many_arguments)]
-pub fn gate_mix_backward_e(
-    de: &mut [f32],
-    dev: &View,
+pub fn gate_mix_backward(
+    dw: GradOut<'_>,
+    dwv: &View,
+    de: GradOut<'_>,
+    masked: bool,
+    e: &[f32],
+    ev: &View,
     g: &[f32],
     gv: &View,
     w: &[f32],
     wv: &View,
     k0: usize,
-    acc: bool,
-    mask: Option<&[f32]>,
 ) {
-    let bsz = dev.dims[1].max(1);
-    rows_mut(de, dev, |r, o| {
-        let (kk, b) = (r / bsz, r % bsz);
-        let wk = row(w, wv, b)[k0 + kk];
-        let gs = row(g, gv, b);
-        match mask {
-            Some(m) => {
-                let ms = row(m, dev, r);
-                for ((o, &g), &y) in o.iter_mut().zip(gs).zip(ms) {
-                    let v = if acc { *o + wk * g } else { wk * g };
-                    *o = if y > 0.0 { v } else { 0.0 };
+    let (kn, bsz, d) = (ev.dims[0], ev.dims[1], ev.dims[2]);
+    // The writes below go through raw pointers (rows of different batch
+    // rows in parallel): every one must lie inside its buffer. The program
+    // builder guarantees this; a plan that breaks it is left untouched.
+    let dw_fits = |b: &[f32]| k0 + kn <= dwv.dims[2] && bsz <= dwv.rows() && dwv.end() <= b.len();
+    if dw.as_ref().is_some_and(|(b, _)| !dw_fits(b))
+        || de.as_ref().is_some_and(|(b, _)| ev.end() > b.len())
+    {
+        return;
+    }
+    let dw = dw.map(|(b, acc)| (SendPtr(b.as_mut_ptr()), acc));
+    let de = de.map(|(b, acc)| (SendPtr(b.as_mut_ptr()), acc));
+    let one = |b: usize| {
+        let (gs, ws) = (row(g, gv, b), row(w, wv, b));
+        for kk in 0..kn {
+            let r = kk * bsz + b;
+            let es = row(e, ev, r);
+            if let Some((p, acc)) = dw {
+                // SAFETY: inside `dw` (checked above); batch row `b` of the
+                // gate weights is written by this call alone.
+                let o = unsafe { &mut *p.get().add(dwv.row_offset(b) + k0 + kk) };
+                put(o, dot(gs, es), acc);
+            }
+            if let Some((p, acc)) = de {
+                let wk = ws[k0 + kk];
+                // SAFETY: inside `de` (checked above); the view's rows are
+                // disjoint (checked when the program was built) and row
+                // (kk, b) belongs to batch row `b`, this call's alone.
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(p.get().add(ev.row_offset(r)), d) };
+                if masked {
+                    for ((o, &gv), &y) in out.iter_mut().zip(gs).zip(es) {
+                        let v = if acc { *o + wk * gv } else { wk * gv };
+                        *o = if y > 0.0 { v } else { 0.0 };
+                    }
+                } else {
+                    out.iter_mut()
+                        .zip(gs)
+                        .for_each(|(o, &gv)| put(o, wk * gv, acc));
                 }
             }
-            None => o.iter_mut().zip(gs).for_each(|(o, &g)| put(o, wk * g, acc)),
         }
-    });
+    };
+    if bsz * kn * d >= PAR_MIN && bsz > 1 {
+        (0..bsz).into_par_iter().with_min_len(16).for_each(one);
+    } else {
+        (0..bsz).for_each(one);
+    }
 }
 
 /// Per-channel statistics of a normalization: mean and `1 / sqrt(var +
