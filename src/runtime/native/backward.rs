@@ -201,18 +201,24 @@ impl Engine {
                     let one = gemm::Gemm { threads: 1, ..nt };
                     let g = &prog.gbufs[prog.gslot[out.buf]];
                     let xs = &prog.bufs[x.buf];
+                    // Tasks share out evenly over the threads (see
+                    // `expert_parts`): blocks of `op` weight rows here,
+                    // of `rp` batch rows for the input gradient.
+                    let parts = expert_parts(nt, o, e);
+                    let op = o / parts;
                     if let Some(dw) = pgrads.get_mut(*w).filter(|d| d.len() == e * o * i) {
                         let rs: Vec<Result<()>> = dw
-                            .par_chunks_mut(o * i)
+                            .par_chunks_mut(op * i)
                             .enumerate()
-                            .map(|(k, dwk)| {
+                            .map(|(c, dwk)| {
+                                let (k, p) = (c / parts, c % parts);
                                 let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
                                 gemm::matmul(
                                     dwk,
-                                    Mat::dense(0, o, i),
+                                    Mat::dense(0, op, i),
                                     true,
                                     g,
-                                    out.mat(k).t(),
+                                    out.mat(k).t().row_block(p * op, op),
                                     xs,
                                     xm,
                                     one,
@@ -228,12 +234,19 @@ impl Engine {
                         let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
                         let shared = gemm::SharedDst::new(&mut dx);
                         let g = &prog.gbufs[prog.gslot[out.buf]];
-                        let run = |k: usize| -> Result<()> {
+                        let parts = if x.rank == 3 {
+                            expert_parts(nt, out.dims[1], e)
+                        } else {
+                            1
+                        };
+                        let rp = out.dims[1] / parts;
+                        let run = |c: usize| -> Result<()> {
+                            let (k, p) = (c / parts, c % parts);
                             // A shared input is written by one expert at a time,
                             // each multiply on all threads.
                             let (xm, how) = match x.rank {
                                 2 => (flat(x)?, nt),
-                                _ => (x.mat(k), one),
+                                _ => (x.mat(k).row_block(p * rp, rp), one),
                             };
                             // SAFETY: stacked inputs: each expert's matrix is its own
                             // rows of a view whose rows are disjoint (checked when the
@@ -245,7 +258,7 @@ impl Engine {
                                     xm,
                                     acc(x),
                                     g,
-                                    out.mat(k),
+                                    out.mat(k).row_block(p * rp, rp),
                                     ps.get(*w),
                                     Mat::dense(k * o * i, o, i),
                                     mask(x),
@@ -254,7 +267,7 @@ impl Engine {
                             }
                         };
                         let r: Result<Vec<()>> = if x.rank == 3 {
-                            (0..e).into_par_iter().map(run).collect()
+                            (0..e * parts).into_par_iter().map(run).collect()
                         } else {
                             (0..e).map(run).collect()
                         };

@@ -79,17 +79,21 @@ impl Engine {
                         use rayon::prelude::*;
                         let (rows, xs) = (out.dims[1], &prog.bufs[x.buf]);
                         let one = gemm::Gemm { threads: 1, ..nt };
+                        // Each task: a block of `rp` rows of expert `k`.
+                        let parts = expert_parts(nt, rows, e);
+                        let rp = rows / parts;
                         let rs: Vec<Result<()>> = buf
-                            .par_chunks_mut(rows * o)
+                            .par_chunks_mut(rp * o)
                             .enumerate()
-                            .take(e)
-                            .map(|(k, dst)| {
+                            .take(e * parts)
+                            .map(|(c, dst)| {
+                                let (k, p) = (c / parts, c % parts);
                                 let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
                                 gemm::matmul_bias_relu(
                                     dst,
-                                    Mat::dense(0, rows, o),
+                                    Mat::dense(0, rp, o),
                                     xs,
-                                    xm,
+                                    xm.row_block(p * rp, rp),
                                     ps.get(*w),
                                     Mat::dense(k * o * i, o, i).t(),
                                     b.map(|b| &ps.get(b)[k * o..(k + 1) * o]),

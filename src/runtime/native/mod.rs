@@ -241,6 +241,25 @@ fn experts_in_parallel(how: gemm::Gemm, rows: usize, experts: usize) -> bool {
     how.threads > 1 && experts > 1 && rows <= EXPERT_PARALLEL_MAX_ROWS
 }
 
+/// Into how many equal row blocks each expert's multiply is cut when the
+/// experts run in parallel, so that the tasks share out evenly over the
+/// threads: three experts on two threads would leave one thread idle a
+/// third of the time; six half-experts do not. 1 when the experts already
+/// share out evenly, or `rows` does not divide.
+fn expert_parts(how: gemm::Gemm, rows: usize, experts: usize) -> usize {
+    let t = how.threads.max(1);
+    let (mut a, mut b) = (experts.max(1), t);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    let parts = t / a;
+    if parts > 1 && rows.is_multiple_of(parts) {
+        parts
+    } else {
+        1
+    }
+}
+
 /// The view's rows as one matrix (its leading dims must collapse).
 fn flat(v: &View) -> Result<Mat> {
     v.flat_mat()

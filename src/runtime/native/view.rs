@@ -154,6 +154,15 @@ impl Mat {
         }
     }
 
+    /// Rows `r0..r0 + n` (no data moves).
+    pub fn row_block(self, r0: usize, n: usize) -> Self {
+        Self {
+            off: (self.off as isize + r0 as isize * self.rs) as usize,
+            rows: n,
+            ..self
+        }
+    }
+
     /// The transpose (no data moves).
     pub fn t(self) -> Self {
         Self {
