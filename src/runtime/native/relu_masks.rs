@@ -25,15 +25,19 @@ pub struct ReluMasks {
     pub relu_done: Vec<bool>,
 }
 
+/// A view's non-empty row runs `[start, end)`, in row order.
+fn rows(v: &View) -> impl Iterator<Item = (usize, usize)> + '_ {
+    (0..v.rows())
+        .map(|i| (v.row_offset(i), v.row_offset(i) + v.dims[2]))
+        .filter(|(s, e)| e > s)
+}
+
 /// The sorted, disjoint element runs `[start, end)` of a view's rows.
 struct Runs(Vec<(usize, usize)>);
 
 impl Runs {
     fn of(v: &View) -> Self {
-        let mut r: Vec<(usize, usize)> = (0..v.rows())
-            .map(|i| (v.row_offset(i), v.row_offset(i) + v.dims[2]))
-            .filter(|(s, e)| e > s)
-            .collect();
+        let mut r: Vec<(usize, usize)> = rows(v).collect();
         r.sort_unstable();
         Self(r)
     }
@@ -46,7 +50,7 @@ impl Runs {
 
     /// Whether every element of `v` is one of ours.
     fn contain(&self, v: &View) -> bool {
-        Runs::of(v).0.iter().all(|&(s, e)| {
+        rows(v).all(|(s, e)| {
             // Our runs are disjoint rows, so a row of `v` lies in one.
             self.before(s).is_some_and(|&(rs, re)| rs <= s && e <= re)
         })
@@ -54,7 +58,7 @@ impl Runs {
 
     /// Whether `v` shares an element with ours.
     fn meet(&self, v: &View) -> bool {
-        Runs::of(v).0.iter().any(|&(s, e)| {
+        rows(v).any(|(s, e)| {
             let i = self.0.partition_point(|&(_, re)| re <= s);
             self.0.get(i).is_some_and(|&(rs, _)| rs < e)
         })
