@@ -3,6 +3,7 @@
 //! embedding-row gradients for candle's `GradStore`.
 
 use super::kernels;
+use super::param_grads::ParamGrads;
 use super::timing::{record, record_label};
 use super::*;
 
@@ -35,15 +36,7 @@ impl Engine {
         record_label(&mut self.times, "bwd zero gradients", t_zero);
         let ps = Params::borrow(params)?;
         let t_alloc = self.times.is_some().then(std::time::Instant::now);
-        let mut pgrads: Vec<Vec<f32>> = plan
-            .params
-            .iter()
-            .zip(params)
-            .map(|(p, slot)| match slot {
-                ParamSlot::Trainable(_) => zeros(p.shape.iter().product::<u64>() as usize),
-                ParamSlot::Buffer(_) => Vec::new(),
-            })
-            .collect();
+        let mut pg = ParamGrads::new(plan, params, &prog.steps);
         record_label(&mut self.times, "bwd parameter gradients", t_alloc);
         for (t, d) in plan.tasks.iter().zip(dlogits) {
             let Some(v) = prog.views[t.logits as usize] else {
@@ -121,20 +114,27 @@ impl Engine {
                     let g = &prog.gbufs[prog.gslot[out.buf]];
                     let xs = &prog.bufs[x.buf];
                     let acc_x = acc(x);
-                    let (wgrad, bgrad) = split_two(&mut pgrads, *w, *b);
+                    let wgrad = pg.weight(*w, o * i);
+                    let bgrad = b.and_then(|b| pg.added(b));
                     let (rw, rx) = rayon::join(
                         || -> Result<()> {
-                            if let Some(dw) = wgrad {
-                                gemm::matmul(
-                                    dw,
-                                    Mat::dense(0, o, i),
-                                    true,
-                                    g,
-                                    gm.t(),
-                                    xs,
-                                    xm,
-                                    one,
-                                )?;
+                            if let Some((dw, add)) = wgrad {
+                                // SAFETY: the weight's gradient buffer is
+                                // this multiply's alone; `add` as `weight`
+                                // says.
+                                unsafe {
+                                    gemm::matmul_into(
+                                        dw,
+                                        Mat::dense(0, o, i),
+                                        add,
+                                        g,
+                                        gm.t(),
+                                        xs,
+                                        xm,
+                                        None,
+                                        one,
+                                    )
+                                }?;
                             }
                             if let Some(db) = bgrad {
                                 kernels::add_bias_grad(db, g, &flat_view(out));
@@ -158,24 +158,33 @@ impl Engine {
                     prog.gbufs[prog.gslot[x.buf]] = dx;
                     rw?;
                     rx?;
+                    if wgrad.is_some() {
+                        // SAFETY: the multiply wrote the whole weight.
+                        unsafe { pg.stored(*w) };
+                    }
                 }
                 Step::Linear { x, out, w, b } => {
                     let (o, i) = (out.dims[2], x.dims[2]);
                     let (gm, xm) = (flat(out)?, flat(x)?);
                     let g = &prog.gbufs[prog.gslot[out.buf]];
-                    if let Some(dw) = pgrads.get_mut(*w).filter(|d| !d.is_empty()) {
-                        gemm::matmul(
-                            dw,
-                            Mat::dense(0, o, i),
-                            true,
-                            g,
-                            gm.t(),
-                            &prog.bufs[x.buf],
-                            xm,
-                            nt,
-                        )?;
+                    if let Some((dw, add)) = pg.weight(*w, o * i) {
+                        // SAFETY: as in the parallel case above.
+                        unsafe {
+                            gemm::matmul_into(
+                                dw,
+                                Mat::dense(0, o, i),
+                                add,
+                                g,
+                                gm.t(),
+                                &prog.bufs[x.buf],
+                                xm,
+                                None,
+                                nt,
+                            )?;
+                            pg.stored(*w);
+                        }
                     }
-                    if let Some(db) = b.and_then(|b| pgrads.get_mut(b)).filter(|d| !d.is_empty()) {
+                    if let Some(db) = b.and_then(|b| pg.added(b)) {
                         kernels::add_bias_grad(db, g, &flat_view(out));
                     }
                     if needs(x) {
@@ -208,28 +217,34 @@ impl Engine {
                     // of `rp` batch rows for the input gradient.
                     let parts = expert_parts(nt, o, e);
                     let op = o / parts;
-                    if let Some(dw) = pgrads.get_mut(*w).filter(|d| d.len() == e * o * i) {
-                        let rs: Vec<Result<()>> = dw
-                            .par_chunks_mut(op * i)
-                            .enumerate()
-                            .map(|(c, dwk)| {
+                    if let Some((dw, add)) = pg.weight(*w, e * o * i) {
+                        let rs: Vec<Result<()>> = (0..e * parts)
+                            .into_par_iter()
+                            .map(|c| {
                                 let (k, p) = (c / parts, c % parts);
                                 let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
-                                gemm::matmul(
-                                    dwk,
-                                    Mat::dense(0, op, i),
-                                    true,
-                                    g,
-                                    out.mat(k).t().row_block(p * op, op),
-                                    xs,
-                                    xm,
-                                    one,
-                                )
+                                // SAFETY: task `c` writes block `c` of the
+                                // weight's gradient, no other task's.
+                                unsafe {
+                                    gemm::matmul_into(
+                                        dw,
+                                        Mat::dense(c * op * i, op, i),
+                                        add,
+                                        g,
+                                        out.mat(k).t().row_block(p * op, op),
+                                        xs,
+                                        xm,
+                                        None,
+                                        one,
+                                    )
+                                }
                             })
                             .collect();
                         rs.into_iter().collect::<Result<Vec<()>>>()?;
+                        // SAFETY: the blocks cover the whole weight.
+                        unsafe { pg.stored(*w) };
                     }
-                    if let Some(db) = b.and_then(|b| pgrads.get_mut(b)).filter(|d| !d.is_empty()) {
+                    if let Some(db) = b.and_then(|b| pg.added(b)) {
                         kernels::add_bias_grad(db, g, out);
                     }
                     if needs(x) {
@@ -280,22 +295,28 @@ impl Engine {
                 Step::Batched { x, out, w, b } => {
                     let (e, o, i) = (out.dims[0], out.dims[2], x.dims[2]);
                     let g = &prog.gbufs[prog.gslot[out.buf]];
-                    for k in 0..e {
-                        let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
-                        if let Some(dw) = pgrads.get_mut(*w).filter(|d| !d.is_empty()) {
-                            gemm::matmul(
-                                dw,
-                                Mat::dense(k * o * i, o, i),
-                                true,
-                                g,
-                                out.mat(k).t(),
-                                &prog.bufs[x.buf],
-                                xm,
-                                nt,
-                            )?;
+                    if let Some((dw, add)) = pg.weight(*w, e * o * i) {
+                        for k in 0..e {
+                            let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
+                            // SAFETY: one expert's block at a time.
+                            unsafe {
+                                gemm::matmul_into(
+                                    dw,
+                                    Mat::dense(k * o * i, o, i),
+                                    add,
+                                    g,
+                                    out.mat(k).t(),
+                                    &prog.bufs[x.buf],
+                                    xm,
+                                    None,
+                                    nt,
+                                )?;
+                            }
                         }
+                        // SAFETY: the experts' blocks cover the whole weight.
+                        unsafe { pg.stored(*w) };
                     }
-                    if let Some(db) = b.and_then(|b| pgrads.get_mut(b)).filter(|d| !d.is_empty()) {
+                    if let Some(db) = b.and_then(|b| pg.added(b)) {
                         kernels::add_bias_grad(db, g, out);
                     }
                     if needs(x) {
@@ -335,10 +356,7 @@ impl Engine {
                 Step::Act { x, y, slope, .. } => {
                     let kind = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
                     let s = slope.map(|s| ps.get(s));
-                    if let Some(ds) = slope
-                        .and_then(|s| pgrads.get_mut(s))
-                        .filter(|d| !d.is_empty())
-                    {
+                    if let Some(ds) = slope.and_then(|s| pg.added(s)) {
                         kernels::prelu_slope_grad(
                             ds,
                             &prog.gbufs[prog.gslot[y.buf]],
@@ -465,8 +483,8 @@ impl Engine {
                     let Some((mean, inv)) = &tape.stats[oi] else {
                         continue;
                     };
-                    let mut dgamma = std::mem::take(&mut pgrads[p[0]]);
-                    let mut dbeta = std::mem::take(&mut pgrads[p[1]]);
+                    let mut dgamma = pg.take(p[0]);
+                    let mut dbeta = pg.take(p[1]);
                     dgamma.resize(ps.get(p[0]).len(), 0.0);
                     dbeta.resize(ps.get(p[1]).len(), 0.0);
                     let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
@@ -489,14 +507,14 @@ impl Engine {
                         acc(x),
                     );
                     prog.gbufs[prog.gslot[x.buf]] = dx;
-                    pgrads[p[0]] = dgamma;
-                    pgrads[p[1]] = dbeta;
+                    pg.put(p[0], dgamma);
+                    pg.put(p[1], dbeta);
                 }
             }
             record(&mut self.times, "bwd", step, t0);
         }
         let t_out = self.times.is_some().then(std::time::Instant::now);
-        for ((slot, p), g) in params.iter().zip(&plan.params).zip(pgrads) {
+        for ((slot, p), g) in params.iter().zip(&plan.params).zip(pg.finish()) {
             if let ParamSlot::Trainable(var) = slot {
                 let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
                 grads.insert(var.as_tensor(), Tensor::from_vec(g, shape, device)?);
@@ -509,44 +527,4 @@ impl Engine {
         record_label(&mut self.times, "bwd gradients out", t_out);
         Ok(())
     }
-}
-
-/// `n` zeros, written by all threads when that is a lot of memory: the
-/// allocator hands back recycled memory, which it would clear on one thread
-/// (27 MB a step for the PLE example's dense gradients).
-fn zeros(n: usize) -> Vec<f32> {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 16;
-    if n < 4 * CHUNK {
-        return vec![0.0; n];
-    }
-    let mut v = Vec::with_capacity(n);
-    v.spare_capacity_mut()[..n]
-        .par_chunks_mut(CHUNK)
-        .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
-    // SAFETY: the first `n` elements were just initialized.
-    unsafe { v.set_len(n) };
-    v
-}
-
-/// Mutable access to a weight's and (optional) bias's gradients at once;
-/// None for parameters that are not trained (empty gradients).
-fn split_two(
-    pgrads: &mut [Vec<f32>],
-    w: usize,
-    b: Option<usize>,
-) -> (Option<&mut Vec<f32>>, Option<&mut Vec<f32>>) {
-    let mut wg = None;
-    let mut bg = None;
-    for (k, g) in pgrads.iter_mut().enumerate() {
-        if g.is_empty() {
-            continue;
-        }
-        if k == w {
-            wg = Some(g);
-        } else if Some(k) == b {
-            bg = Some(g);
-        }
-    }
-    (wg, bg)
 }

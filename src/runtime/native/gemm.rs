@@ -97,32 +97,28 @@ impl SharedDst {
             len: buf.len(),
         }
     }
+
+    /// Memory nothing has been written to yet: only for multiplies that
+    /// store (`accumulate` false), which write an element before they
+    /// ever read it.
+    pub fn unwritten(buf: &mut [std::mem::MaybeUninit<f32>]) -> Self {
+        Self {
+            ptr: buf.as_mut_ptr().cast(),
+            len: buf.len(),
+        }
+    }
 }
 
 /// `dst = a b` (or `dst += a b` with `accumulate`), with `how.threads`
-/// workers of rayon's pool, in f32 or (`how.bf16`) on AMX tiles. `dst` must not share memory with `a` or `b` (it is a
-/// different slice, so the borrow checker already guarantees it).
-#[allow(clippy::too_many_arguments)]
-pub fn matmul(
-    dst: &mut [f32],
-    d: Mat,
-    accumulate: bool,
-    a: &[f32],
-    am: Mat,
-    b: &[f32],
-    bm: Mat,
-    how: Gemm,
-) -> Result<()> {
-    // SAFETY: `dst` is borrowed mutably for the whole call.
-    unsafe { matmul_into(SharedDst::new(dst), d, accumulate, a, am, b, bm, None, how) }
-}
-
-/// `matmul`, then each element of `d` set to 0 where `mask` (laid out
+/// workers of rayon's pool, in f32 or (`how.bf16`) on AMX tiles, then
+/// each element of `d` set to 0 where `mask` (laid out
 /// like `d`, in a buffer of `dst`'s layout) is not > 0: the backward pass
 /// of a relu whose output is `mask`, applied as the input gradient is
 /// stored instead of in a pass of its own. Masking the accumulated sum is
 /// right when every writer of the gradient masks: the old values are then
-/// already zero wherever the mask is.
+/// already zero wherever the mask is. `dst` is a different slice from `a`
+/// and `b` (the borrow checker sees to it), so it shares no memory with
+/// them.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_masked(
     dst: &mut [f32],
@@ -143,7 +139,8 @@ pub fn matmul_masked(
 ///
 /// # Safety
 /// While this runs, no other thread reads or writes the elements of `d`
-/// in `dst`'s buffer, and the buffer outlives the call.
+/// in `dst`'s buffer, and the buffer outlives the call; `accumulate` is
+/// false when `dst` is `SharedDst::unwritten`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_into(
     dst: SharedDst,

@@ -33,6 +33,7 @@ mod forward;
 mod gemm;
 pub mod host;
 mod kernels;
+mod param_grads;
 mod program;
 mod relu_masks;
 mod timing;
