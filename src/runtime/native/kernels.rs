@@ -14,6 +14,10 @@ use crate::proto::plan::Activation;
 /// Below this many elements a kernel runs on the calling thread.
 const PAR_MIN: usize = 1 << 15;
 
+/// What a row that is a cache miss costs, in element operations (for
+/// `rows_mut_with`'s choice of threads).
+const ROW_MISS_WORK: usize = 64;
+
 /// A raw pointer that may cross threads. Only `rows_mut` makes one, over
 /// a view whose rows are disjoint.
 #[derive(Clone, Copy)]
@@ -377,8 +381,11 @@ pub fn lanes(v: &View, axis: usize) -> (Vec<usize>, usize, usize) {
 /// Softmax along internal axis `axis`; `y` is a fresh buffer.
 pub fn softmax(y: &mut [f32], yv: &View, x: &[f32], xv: &View, axis: usize) {
     if axis == 2 {
-        // Along rows (every gate): one row per task, in parallel.
-        rows_mut_with(y, yv, 4 * yv.dims[2], |r, out| {
+        // Along rows (every gate): one row per task, in parallel. A gate's
+        // rows are a few logits each, strided through a wide layer's output:
+        // every row is a cache miss, so even a batch of short rows pays for
+        // the second thread.
+        rows_mut_with(y, yv, ROW_MISS_WORK + 4 * yv.dims[2], |r, out| {
             let xs = row(x, xv, r);
             let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0;
@@ -421,7 +428,7 @@ pub fn softmax_backward(
     acc: bool,
 ) {
     if axis == 2 {
-        rows_mut_with(dx, dxv, 4 * dxv.dims[2], |r, out| {
+        rows_mut_with(dx, dxv, ROW_MISS_WORK + 4 * dxv.dims[2], |r, out| {
             let (g, ys) = (row(dy, dyv, r), row(y, yv, r));
             let dot = dot(g, ys);
             for ((o, &g), &y) in out.iter_mut().zip(g).zip(ys) {
