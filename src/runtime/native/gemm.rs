@@ -98,6 +98,12 @@ impl SharedDst {
         }
     }
 
+    /// The first element (tests write through it).
+    #[cfg(test)]
+    pub fn ptr(self) -> *mut f32 {
+        self.ptr
+    }
+
     /// Memory nothing has been written to yet: only for multiplies that
     /// store (`accumulate` false), which write an element before they
     /// ever read it.

@@ -155,3 +155,70 @@ fn zeros(n: usize) -> Vec<f32> {
     unsafe { v.set_len(n) };
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::plan::Parameter;
+    use crate::runtime::native::view::View;
+    use candle_core::{Device, Var};
+
+    fn linear(w: usize, b: Option<usize>) -> Step {
+        let v = View::contiguous(0, &[2, 3]).unwrap_or_else(|| unreachable!());
+        Step::Linear { x: v, out: v, w, b }
+    }
+
+    /// A weight its one multiply writes starts unwritten and is stored
+    /// into; a weight two multiplies read, and a bias, start zeroed and are
+    /// added to; a fresh weight nothing wrote reads as zeros.
+    #[test]
+    fn only_a_weights_sole_multiply_stores() {
+        let plan = Plan {
+            params: [6, 6, 3, 4]
+                .iter()
+                .map(|&n| Parameter {
+                    shape: vec![n],
+                    trainable: true,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let var = |n: usize| {
+            ParamSlot::Trainable(Var::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap())
+        };
+        let params = vec![var(6), var(6), var(3), var(4)];
+        // 0: one multiply; 1: two (a shared weight); 2: a bias; 3: a
+        // weight whose multiply never ran.
+        let steps = vec![
+            linear(0, Some(2)),
+            linear(1, None),
+            linear(1, None),
+            linear(3, None),
+        ];
+        let mut pg = ParamGrads::new(&plan, &params, &steps);
+        let (dst, add) = pg.weight(0, 6).unwrap();
+        assert!(!add, "a sole multiply stores");
+        // SAFETY: the test writes all six values through the destination.
+        unsafe {
+            let d = dst.ptr();
+            for k in 0..6 {
+                *d.add(k) = k as f32;
+            }
+            pg.stored(0);
+        }
+        assert!(pg.weight(0, 5).is_none(), "only a whole write of weight 0");
+        let (_, add) = pg.weight(1, 6).unwrap();
+        assert!(add, "a shared weight is added to");
+        assert_eq!(pg.added(2).map(|g| g.clone()), Some(vec![0.0; 3]));
+        assert!(pg.added(0).is_none(), "weight 0 is not added to");
+        let out = pg.finish();
+        assert_eq!(out[0], vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(out[1], vec![0.0; 6]);
+        assert_eq!(
+            out[3],
+            vec![0.0; 4],
+            "an unwritten fresh gradient reads as zeros"
+        );
+    }
+}
