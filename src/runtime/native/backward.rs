@@ -29,7 +29,7 @@ impl Engine {
         let prog = self
             .programs
             .iter_mut()
-            .find(|p| p.batch == tape.batch)
+            .find(|p| p.batch == tape.batch && p.training)
             .ok_or_else(|| invalid_plan!("the forward pass's program is gone"))?;
         let t_zero = self.times.is_some().then(std::time::Instant::now);
         prog.start_backward();

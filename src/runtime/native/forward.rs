@@ -30,7 +30,7 @@ impl Engine {
             rows,
             train,
         )?;
-        let pi = self.program(plan, batch_axis, rows)?;
+        let pi = self.program(plan, batch_axis, rows, train)?;
         let prog = &mut self.programs[pi];
         let ps = Params::borrow(params)?;
         let n_ops = plan.ops.len();

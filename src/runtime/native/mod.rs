@@ -51,7 +51,9 @@ use super::rng::SplitMix64;
 use crate::data::batch::{Batch, FeatureInput};
 use crate::proto::plan::{Activation, Plan};
 
-/// Programs kept per engine. One: a program is most of a run's memory
+/// Programs kept per engine, of each kind (training, inference: an
+/// evaluation between training steps keeps the training program). One: a
+/// program is most of a run's memory
 /// (PLE at batch 8192: ~1 GB), and keeping the full batch's program while
 /// an epoch's last, shorter batch built its own raised the peak by 250 MiB
 /// (1754 -> 2006 MiB in bf16). Rebuilding costs first touches of the
@@ -207,18 +209,37 @@ impl Engine {
         }
     }
 
-    fn program(&mut self, plan: &Plan, batch_axis: &[usize], rows: usize) -> Result<usize> {
-        if let Some(i) = self.programs.iter().position(|p| p.batch == rows) {
+    /// The program for `rows`-row batches, for training or (`training`
+    /// false) forward passes only; at most `PROGRAMS_KEPT` of each.
+    fn program(
+        &mut self,
+        plan: &Plan,
+        batch_axis: &[usize],
+        rows: usize,
+        training: bool,
+    ) -> Result<usize> {
+        let same = |p: &Program| p.training == training;
+        if let Some(i) = self
+            .programs
+            .iter()
+            .position(|p| p.batch == rows && same(p))
+        {
             return Ok(i);
         }
-        if self.programs.len() >= PROGRAMS_KEPT {
+        if self.programs.iter().filter(|p| same(p)).count() >= PROGRAMS_KEPT {
             // Drop the least recently built (the tape never outlives a
             // step), handing its pages back to the OS: otherwise the new
             // program's buffers, of other sizes, would not all fit in the
             // freed ones and the run's resident memory would grow.
-            crate::alloc::returning_freed_memory(|| drop(self.programs.remove(0)));
+            if let Some(i) = self.programs.iter().position(same) {
+                crate::alloc::returning_freed_memory(|| drop(self.programs.remove(i)));
+            }
         }
-        self.programs.push(Program::build(plan, batch_axis, rows)?);
+        self.programs.push(if training {
+            Program::build(plan, batch_axis, rows)?
+        } else {
+            Program::build_inference(plan, batch_axis, rows)?
+        });
         Ok(self.programs.len() - 1)
     }
 

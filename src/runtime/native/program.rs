@@ -73,6 +73,9 @@ pub enum Step {
 #[derive(Debug)]
 pub struct Program {
     pub batch: usize,
+    /// Built for training (backward passes run on it); an inference
+    /// program's values share memory by lifetime (`share_activations`).
+    pub training: bool,
     pub steps: Vec<Step>,
     /// Per plan value.
     pub views: Vec<Option<View>>,
@@ -397,6 +400,7 @@ impl Program {
             grad_masked: masks.masked,
             relu_backward_fused: masks.relu_done,
             batch,
+            training: true,
             steps,
             views: b.views,
             bufs,
@@ -408,6 +412,62 @@ impl Program {
             needs_grad: b.needs,
             exclusive,
         })
+    }
+
+    /// `build` for forward passes only (evaluation, prediction): a value's
+    /// memory is needed only from the op that writes it to its last reader,
+    /// so values whose lifetimes do not overlap share it, as gradients do.
+    /// At batch 8192 the PLE example then touches a fraction of the
+    /// training program's activation memory. Safe because every forward
+    /// kernel overwrites all of its output (a program is reused batch after
+    /// batch without clearing).
+    pub fn build_inference(plan: &Plan, batch_axis: &[usize], batch: usize) -> Result<Self> {
+        let mut p = Self::build(plan, batch_axis, batch)?;
+        p.share_activations(plan);
+        Ok(p)
+    }
+
+    fn share_activations(&mut self, plan: &Plan) {
+        let sizes: Vec<usize> = self.bufs.iter().map(Vec::len).collect();
+        let mut live: Vec<Option<(i64, i64)>> = vec![None; sizes.len()];
+        let mut touch = |b: usize, t: i64| {
+            if sizes.get(b).is_some_and(|&n| n > 0) {
+                let l = live[b].get_or_insert((t, t));
+                l.0 = l.0.min(t);
+                l.1 = l.1.max(t);
+            }
+        };
+        for (s, step) in self.steps.iter_mut().enumerate() {
+            for v in views_of(step) {
+                touch(v.buf, s as i64);
+            }
+        }
+        // The logits are read after the pass.
+        let after = self.steps.len() as i64;
+        for t in &plan.tasks {
+            if let Some(v) = self.views.get(t.logits as usize).copied().flatten() {
+                touch(v.buf, after);
+            }
+        }
+        let (slot, slot_sizes) = assign_slots(&live, &sizes);
+        for step in &mut self.steps {
+            for v in views_of(step) {
+                v.buf = slot[v.buf];
+            }
+        }
+        for v in self.views.iter_mut().flatten() {
+            v.buf = slot[v.buf];
+        }
+        self.bufs = slot_sizes.iter().map(|&n| vec![0.0; n]).collect();
+        // No backward pass runs on it.
+        let n = self.bufs.len();
+        self.training = false;
+        self.gslot = vec![0; n];
+        self.slot_sizes.clear();
+        self.zero_first.clear();
+        self.zero_before = vec![Vec::new(); self.steps.len()];
+        self.needs_grad = vec![false; n];
+        self.exclusive = vec![false; n];
     }
 
     /// Floats of gradient memory (all slots).
@@ -543,6 +603,28 @@ fn virtual_concats(plan: &Plan, steps: &mut [Step], sizes: &mut [usize]) {
         }
         steps[c] = Step::Alias;
         sizes[out.buf] = 0;
+    }
+}
+
+/// Every view a step reads or writes.
+fn views_of(step: &mut Step) -> Vec<&mut View> {
+    match step {
+        Step::Alias => Vec::new(),
+        Step::Group { out } => vec![out],
+        Step::Linear { x, out, .. } | Step::Batched { x, out, .. } => vec![x, out],
+        Step::Act { x, y, .. }
+        | Step::Dropout { x, y }
+        | Step::Softmax { x, y, .. }
+        | Step::Norm { x, y, .. } => vec![x, y],
+        Step::Copy { parts, out } => parts
+            .iter_mut()
+            .flat_map(|(s, d)| [s, d])
+            .chain(std::iter::once(out))
+            .collect(),
+        Step::GateMix { w, es, out } => std::iter::once(w)
+            .chain(es.iter_mut())
+            .chain(std::iter::once(out))
+            .collect(),
     }
 }
 
@@ -830,6 +912,11 @@ mod tests {
         // values whose gradients are never live at once.
         let total: usize = p.bufs.iter().map(|b| b.len()).sum();
         assert_eq!((total / 1024, p.gradient_floats() / 1024), (19752, 13084));
+        // Forward passes only: values share memory by lifetime (the wide
+        // first layer's 6158 floats a row live while the experts read it).
+        let q = super::Program::build_inference(&plan, &vec![0; plan.ops.len()], 1024).unwrap();
+        let shared: usize = q.bufs.iter().map(|b| b.len()).sum();
+        assert_eq!(shared / 1024, 12575);
         // Every relu's backward pass runs in the writers of its gradient:
         // the next layer's input-gradient multiplies and the gates.
         let relus: Vec<usize> = (0..p.steps.len())
