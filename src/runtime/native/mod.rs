@@ -53,11 +53,11 @@ use crate::proto::plan::{Activation, Plan};
 
 /// Programs kept per engine, of each kind (training, inference: an
 /// evaluation between training steps keeps the training program). One: a
-/// program is most of a run's memory
-/// (PLE at batch 8192: ~1 GB), and keeping the full batch's program while
-/// an epoch's last, shorter batch built its own raised the peak by 250 MiB
-/// (1754 -> 2006 MiB in bf16). Rebuilding costs first touches of the
-/// buffers (~0.1 s per GB), once or twice per epoch.
+/// program is most of a run's memory (PLE at batch 8192: ~1 GB), and
+/// keeping the full batch's program while an epoch's last, shorter batch
+/// built its own raised the peak by 250 MiB (1754 -> 2006 MiB in bf16).
+/// Rebuilding costs first touches of the buffers (~0.1 s per GB), once or
+/// twice per epoch.
 const PROGRAMS_KEPT: usize = 1;
 
 /// The precision new engines start with (`set_default_precision`).

@@ -791,9 +791,7 @@ fn exclusive_buffers(
         .flat_map(|s| gradient_writes(s, needs))
         .chain(logits);
     for v in writes {
-        for r in 0..v.rows() {
-            runs[v.buf].push((v.row_offset(r), v.dims[2]));
-        }
+        runs[v.buf].extend(v.row_runs().map(|(s, e)| (s, e - s)));
     }
     runs.into_iter()
         .zip(sizes)

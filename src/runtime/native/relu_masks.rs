@@ -27,9 +27,7 @@ pub struct ReluMasks {
 
 /// A view's non-empty row runs `[start, end)`, in row order.
 fn rows(v: &View) -> impl Iterator<Item = (usize, usize)> + '_ {
-    (0..v.rows())
-        .map(|i| (v.row_offset(i), v.row_offset(i) + v.dims[2]))
-        .filter(|(s, e)| e > s)
+    v.row_runs().filter(|(s, e)| e > s)
 }
 
 /// The sorted, disjoint element runs `[start, end)` of a view's rows.

@@ -83,6 +83,11 @@ impl View {
         v
     }
 
+    /// The element runs `[start, end)` of its rows, in row order.
+    pub fn row_runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.rows()).map(|r| (self.row_offset(r), self.row_offset(r) + self.dims[2]))
+    }
+
     /// Whether no two rows share an element (checked exactly, once per
     /// view when a program is built). Kernels that write rows in parallel
     /// rely on it.
@@ -90,7 +95,7 @@ impl View {
         if self.strides[2] != 1 {
             return false;
         }
-        let mut starts: Vec<usize> = (0..self.rows()).map(|r| self.row_offset(r)).collect();
+        let mut starts: Vec<usize> = self.row_runs().map(|(s, _)| s).collect();
         starts.sort_unstable();
         starts.windows(2).all(|w| w[1] - w[0] >= self.dims[2])
     }
