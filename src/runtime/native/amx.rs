@@ -158,6 +158,11 @@ pub struct Epilogue {
     /// set to 0 elsewhere (a relu's backward pass, masked by the relu's output). Must stay
     /// valid and unmodified for the call and must not overlap `dst`.
     pub mask: Option<*const f32>,
+    /// Not applied to C: `m` values to which each row of A's sum over k (of the f32 inputs,
+    /// before rounding) is added, gathered while A is packed. For a weight's gradient
+    /// `dY^T X` these are the bias's gradient, without a pass of their own over dY. Each row
+    /// is summed in k order, whatever the thread count. Must not overlap anything else.
+    pub a_sums: Option<*mut f32>,
 }
 
 impl Epilogue {
@@ -224,6 +229,8 @@ pub unsafe fn gemm_bf16_epilogue(
     epilogue: Epilogue,
 ) {
     if m == 0 || n == 0 {
+        // No product, but A's rows still have sums.
+        add_row_sums(m, k, a, a_rs, a_cs, epilogue.a_sums);
         return;
     }
     if k == 0 {
@@ -250,6 +257,7 @@ pub unsafe fn gemm_bf16_epilogue(
             epilogue.bias.unwrap_or(std::ptr::null()),
             epilogue.relu,
             epilogue.mask.unwrap_or(std::ptr::null()),
+            epilogue.a_sums.unwrap_or(std::ptr::null_mut()),
         );
         return;
     }
@@ -281,6 +289,23 @@ unsafe fn epilogue_only(
             let d = dst.offset(off);
             let v = if accumulate { *d } else { 0.0 };
             *d = ep.apply(v, j, off);
+        }
+    }
+}
+
+/// Adds each row of A's sum over k, in k order, to `sums` when it is given.
+unsafe fn add_row_sums(
+    m: usize,
+    k: usize,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    sums: Option<*mut f32>,
+) {
+    if let Some(s) = sums {
+        for i in 0..m {
+            let row = (0..k).map(|p| *a.offset(i as isize * a_rs + p as isize * a_cs));
+            *s.add(i) += row.sum::<f32>();
         }
     }
 }
@@ -357,6 +382,7 @@ pub unsafe fn gemm_bf16_fallback_epilogue(
     epilogue: Epilogue,
 ) {
     if m == 0 || n == 0 {
+        add_row_sums(m, k, a, a_rs, a_cs, epilogue.a_sums);
         return;
     }
     if k == 0 {
@@ -365,6 +391,7 @@ pub unsafe fn gemm_bf16_fallback_epilogue(
     }
     // Round once into contiguous copies (A row-major, B column-major) so the dot products
     // below walk unit-stride memory.
+    add_row_sums(m, k, a, a_rs, a_cs, epilogue.a_sums);
     let mut ar = Vec::with_capacity(m * k);
     for i in 0..m {
         for p in 0..k {
@@ -500,6 +527,7 @@ mod imp {
         bias: *const f32,
         relu: bool,
         mask: *const f32,
+        a_sums: *mut f32,
     ) {
         let sh = Shape {
             m,
@@ -581,24 +609,26 @@ mod imp {
         let bpk = SendConst(bbuf.as_ptr());
         let biasp = SendConst(bias);
         let maskp = SendConst(mask);
+        let sumsp = SendPtr(a_sums);
         let sh_ref = &sh;
-        let work = || {
-            let (dp, asrc, bpk, biasp, maskp) = (dp, asrc, bpk, biasp, maskp);
-            let sh = sh_ref;
-            let epi = Epi {
-                bias: biasp.0,
-                relu,
-                mask: maskp.0,
-            };
-            let epi_active = !epi.bias.is_null() || epi.relu || !epi.mask.is_null();
-            let out = Out {
-                dst: dp.0,
-                rs: dst_rs,
-                cs: dst_cs,
-                m: sh.m,
-                n: sh.n,
-            };
-            A_BUF.with(|cell| {
+        let work =
+            || {
+                let (dp, asrc, bpk, biasp, maskp, sumsp) = (dp, asrc, bpk, biasp, maskp, sumsp);
+                let sh = sh_ref;
+                let epi = Epi {
+                    bias: biasp.0,
+                    relu,
+                    mask: maskp.0,
+                };
+                let epi_active = !epi.bias.is_null() || epi.relu || !epi.mask.is_null();
+                let out = Out {
+                    dst: dp.0,
+                    rs: dst_rs,
+                    cs: dst_cs,
+                    m: sh.m,
+                    n: sh.n,
+                };
+                A_BUF.with(|cell| {
                 // A worker never re-enters rayon, so the borrow should always succeed; if it
                 // somehow does not, use a private buffer rather than skip the work.
                 let mut guard;
@@ -638,7 +668,9 @@ mod imp {
                     let mut s0 = 0;
                     while s0 < sh.ks {
                         let s1 = (s0 + bl.kc).min(sh.ks);
-                        pack_a_block(abuf, apl, sh, ip0, ip1, s0, s1, asrc.0, a_rs, a_cs);
+                        // Column splits after the first pack the same A rows again.
+                        let sums = if ns == 0 { sumsp.0 } else { std::ptr::null_mut() };
+                        pack_a_block(abuf, apl, sh, ip0, ip1, s0, s1, asrc.0, a_rs, a_cs, sums);
                         let load_c = accumulate || s0 > 0;
                         // Bias/relu belong to the finished sum only, never to partial sums
                         // that a later k block reloads.
@@ -675,7 +707,7 @@ mod imp {
                 }
                 asm!("tilerelease", options(nostack, nomem));
             });
-        };
+            };
         run_workers(max_workers.min(tasks), &work);
 
         if bbuf.len() <= B_CACHE_MAX_LINES {
@@ -1018,8 +1050,14 @@ mod imp {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn cvt32(lo: *const f32, hi: *const f32) -> __m512i {
-        let r: __m512bh = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi), _mm512_loadu_ps(lo));
-        std::mem::transmute::<__m512bh, __m512i>(r)
+        cvt_pair(_mm512_loadu_ps(lo), _mm512_loadu_ps(hi))
+    }
+
+    /// `cvt32` of values already loaded.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn cvt_pair(lo: __m512, hi: __m512) -> __m512i {
+        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
     }
 
     /// Word permutation turning [x0..x15 | y0..y15] into [x0 y0 x1 y1 ...], i.e. VNNI pairs.
@@ -1079,7 +1117,9 @@ mod imp {
     }
 
     /// Pack the 16x32 A tile at rows r0.., k k0.. as 16 lines of 32 bf16 (row-major);
-    /// rows >= m and k >= sh.k are zero.
+    /// rows >= m and k >= sh.k are zero. With a non-null `sums` (A's row sums at row r0),
+    /// also adds each of the tile's rows' sum of its f32 values, in k order, from the loads
+    /// the packing makes anyway.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn pack_a_tile(
@@ -1090,41 +1130,63 @@ mod imp {
         a: *const f32,
         rs: isize,
         cs: isize,
+        sums: *mut f32,
     ) {
         let full = r0 + 16 <= sh.m && k0 + KSTEP <= sh.k;
         if full && cs == 1 {
             for (r, line) in tile.iter_mut().enumerate() {
                 let src = a.offset((r0 + r) as isize * rs + k0 as isize);
-                _mm512_store_si512(line.0.as_mut_ptr() as *mut _, cvt32(src, src.add(16)));
+                let (lo, hi) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
+                _mm512_store_si512(line.0.as_mut_ptr() as *mut _, cvt_pair(lo, hi));
+                if !sums.is_null() {
+                    let mut s = *sums.add(r);
+                    for x in std::mem::transmute::<[__m512; 2], [f32; 32]>([lo, hi]) {
+                        s += x;
+                    }
+                    *sums.add(r) = s;
+                }
             }
         } else if full && rs == 1 {
             // Column-major A: v[q] holds rows 0..15 of the k pair (2q, 2q+1) as 32-bit
             // pairs; transposing gives one 32-bf16 row per line.
             let perm = interleave_idx();
             let mut v = [_mm512_setzero_si512(); 16];
+            let mut acc = _mm512_setzero_ps();
             for (q, x) in v.iter_mut().enumerate() {
                 let c0 = a.offset((k0 + 2 * q) as isize * cs + r0 as isize);
-                *x = _mm512_permutexvar_epi16(perm, cvt32(c0, c0.offset(cs)));
+                let (even, odd) = (_mm512_loadu_ps(c0), _mm512_loadu_ps(c0.offset(cs)));
+                *x = _mm512_permutexvar_epi16(perm, cvt_pair(even, odd));
+                acc = _mm512_add_ps(_mm512_add_ps(acc, even), odd);
             }
             transpose16(&mut v);
             store_tile(tile, &v);
+            if !sums.is_null() {
+                _mm512_storeu_ps(sums, _mm512_add_ps(_mm512_loadu_ps(sums), acc));
+            }
         } else {
             for (r, line) in tile.iter_mut().enumerate() {
                 let row = r0 + r;
+                let mut s = 0f32;
                 for e in 0..32 {
                     let kk = k0 + e;
                     line.0[e] = if row < sh.m && kk < sh.k {
-                        bf16_bits(*a.offset(row as isize * rs + kk as isize * cs))
+                        let x = *a.offset(row as isize * rs + kk as isize * cs);
+                        s += x;
+                        bf16_bits(x)
                     } else {
                         0
                     };
+                }
+                if !sums.is_null() && row < sh.m {
+                    *sums.add(r) += s;
                 }
             }
         }
     }
 
     /// Pack A panels ip0..ip1 (32 rows each), k steps s0..s1, into `out` as
-    /// [panel (stride `apl` lines)][k-step][half][16 rows][32 bf16].
+    /// [panel (stride `apl` lines)][k-step][half][16 rows][32 bf16]; with a non-null `sums`
+    /// (m values), add the block's row sums to it.
     #[allow(clippy::too_many_arguments)]
     unsafe fn pack_a_block(
         out: &mut [Line],
@@ -1137,17 +1199,27 @@ mod imp {
         a: *const f32,
         rs: isize,
         cs: isize,
+        sums: *mut f32,
     ) {
         let mut one = |ip: usize, s: usize, half: usize| {
             let at = (ip - ip0) * apl + (s - s0) * LINES_PER_STEP + half * 16;
+            let r0 = ip * PANEL + half * 16;
+            // Rows past m are padding: a full tile's sums go in 16 at a time, so only a tile
+            // inside m gets the pointer (partial tiles sum row by row, checking m).
+            let tile_sums = if sums.is_null() || r0 >= sh.m {
+                std::ptr::null_mut()
+            } else {
+                sums.add(r0)
+            };
             pack_a_tile(
                 &mut out[at..at + 16],
                 sh,
-                ip * PANEL + half * 16,
+                r0,
                 s * KSTEP,
                 a,
                 rs,
                 cs,
+                tile_sums,
             );
         };
         // Walk the source along its contiguous axis: k-contiguous rows panel by panel,
@@ -1583,10 +1655,16 @@ mod tests {
         let mask: Vec<f32> = (0..d.buf.len()).map(|_| rng.f().max(0.0)).collect();
         let mask_at =
             |i: usize, j: usize| mask[(d.off + i as isize * d.rs + j as isize * d.cs) as usize];
+        // A's row sums are added to values already there (as to a bias's gradient).
+        let sums0: Vec<f32> = (0..m).map(|_| rng.f()).collect();
+        let want_sums: Vec<f64> = (0..m)
+            .map(|i| sums0[i] as f64 + (0..k).map(|p| a.get(i, p) as f64).sum::<f64>())
+            .collect();
         let ep = Epilogue {
             bias: with_bias.then_some(bias.as_ptr()),
             relu: relu_on,
             mask: mask_on.then(|| unsafe { mask.as_ptr().offset(d.off) }),
+            a_sums: None,
         };
         let mut refv = vec![0f64; m * n];
         for i in 0..m {
@@ -1626,6 +1704,11 @@ mod tests {
                 rows: d.rows,
                 cols: d.cols,
             };
+            let mut sums = sums0.clone();
+            let ep = Epilogue {
+                a_sums: Some(sums.as_mut_ptr()),
+                ..ep
+            };
             unsafe {
                 f(
                     m,
@@ -1643,6 +1726,12 @@ mod tests {
                     b.cs,
                     threads,
                     ep,
+                );
+            }
+            for (i, (&got, &want)) in sums.iter().zip(&want_sums).enumerate() {
+                assert!(
+                    (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()) * (k as f64).sqrt(),
+                    "a_sums[{i}] got {got} want {want}: {ctx}"
                 );
             }
             for i in 0..m {

@@ -118,26 +118,28 @@ impl Engine {
                     let bgrad = b.and_then(|b| pg.added(b));
                     let (rw, rx) = rayon::join(
                         || -> Result<()> {
-                            if let Some((dw, add)) = wgrad {
-                                // SAFETY: the weight's gradient buffer is
-                                // this multiply's alone; `add` as `weight`
-                                // says.
-                                unsafe {
-                                    gemm::matmul_into(
-                                        dw,
-                                        Mat::dense(0, o, i),
-                                        add,
-                                        g,
-                                        gm.t(),
-                                        xs,
-                                        xm,
-                                        None,
-                                        one,
-                                    )
-                                }?;
-                            }
-                            if let Some(db) = bgrad {
-                                kernels::add_bias_grad(db, g, &flat_view(out));
+                            match (wgrad, bgrad) {
+                                (Some((dw, add)), db) => {
+                                    // SAFETY: the weight's gradient buffer
+                                    // is this multiply's alone; `add` as
+                                    // `weight` says.
+                                    unsafe {
+                                        gemm::matmul_into(
+                                            dw,
+                                            Mat::dense(0, o, i),
+                                            add,
+                                            g,
+                                            gm.t(),
+                                            xs,
+                                            xm,
+                                            None,
+                                            db.map(|d| d.as_mut_slice()),
+                                            one,
+                                        )
+                                    }?;
+                                }
+                                (None, Some(db)) => kernels::add_bias_grad(db, g, &flat_view(out)),
+                                (None, None) => {}
                             }
                             Ok(())
                         },
@@ -167,25 +169,29 @@ impl Engine {
                     let (o, i) = (out.dims[2], x.dims[2]);
                     let (gm, xm) = (flat(out)?, flat(x)?);
                     let g = &prog.gbufs[prog.gslot[out.buf]];
-                    if let Some((dw, add)) = pg.weight(*w, o * i) {
-                        // SAFETY: as in the parallel case above.
-                        unsafe {
-                            gemm::matmul_into(
-                                dw,
-                                Mat::dense(0, o, i),
-                                add,
-                                g,
-                                gm.t(),
-                                &prog.bufs[x.buf],
-                                xm,
-                                None,
-                                nt,
-                            )?;
-                            pg.stored(*w);
+                    let wgrad = pg.weight(*w, o * i);
+                    let bgrad = b.and_then(|b| pg.added(b));
+                    match (wgrad, bgrad) {
+                        (Some((dw, add)), db) => {
+                            // SAFETY: as in the parallel case above.
+                            unsafe {
+                                gemm::matmul_into(
+                                    dw,
+                                    Mat::dense(0, o, i),
+                                    add,
+                                    g,
+                                    gm.t(),
+                                    &prog.bufs[x.buf],
+                                    xm,
+                                    None,
+                                    db.map(|d| d.as_mut_slice()),
+                                    nt,
+                                )?;
+                                pg.stored(*w);
+                            }
                         }
-                    }
-                    if let Some(db) = b.and_then(|b| pg.added(b)) {
-                        kernels::add_bias_grad(db, g, &flat_view(out));
+                        (None, Some(db)) => kernels::add_bias_grad(db, g, &flat_view(out)),
+                        (None, None) => {}
                     }
                     if needs(x) {
                         let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
@@ -217,35 +223,54 @@ impl Engine {
                     // of `rp` batch rows for the input gradient.
                     let parts = expert_parts(nt, o, e);
                     let op = o / parts;
-                    if let Some((dw, add)) = pg.weight(*w, e * o * i) {
-                        let rs: Vec<Result<()>> = (0..e * parts)
-                            .into_par_iter()
-                            .map(|c| {
-                                let (k, p) = (c / parts, c % parts);
-                                let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
-                                // SAFETY: task `c` writes block `c` of the
-                                // weight's gradient, no other task's.
-                                unsafe {
-                                    gemm::matmul_into(
-                                        dw,
-                                        Mat::dense(c * op * i, op, i),
-                                        add,
-                                        g,
-                                        out.mat(k).t().row_block(p * op, op),
-                                        xs,
-                                        xm,
-                                        None,
-                                        one,
-                                    )
-                                }
-                            })
-                            .collect();
-                        rs.into_iter().collect::<Result<Vec<()>>>()?;
-                        // SAFETY: the blocks cover the whole weight.
-                        unsafe { pg.stored(*w) };
-                    }
-                    if let Some(db) = b.and_then(|b| pg.added(b)) {
-                        kernels::add_bias_grad(db, g, out);
+                    let wgrad = pg.weight(*w, e * o * i);
+                    let bgrad = b.and_then(|b| pg.added(b));
+                    match (wgrad, bgrad) {
+                        (Some((dw, add)), db) => {
+                            // Task `c` sums its weight rows' share of the
+                            // bias gradient.
+                            let sums: Vec<Option<&mut [f32]>> = match db {
+                                Some(db) => expert_rows(db, e * o)?
+                                    .chunks_mut(op.max(1))
+                                    .map(Some)
+                                    .collect(),
+                                None => (0..e * parts).map(|_| None).collect(),
+                            };
+                            if o > 0 && sums.len() != e * parts {
+                                return Err(invalid_plan!(
+                                    "native engine: a bias does not split like its experts"
+                                ));
+                            }
+                            let rs: Vec<Result<()>> = sums
+                                .into_par_iter()
+                                .enumerate()
+                                .map(|(c, sums)| {
+                                    let (k, p) = (c / parts, c % parts);
+                                    let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
+                                    // SAFETY: task `c` writes block `c` of the
+                                    // weight's gradient, no other task's.
+                                    unsafe {
+                                        gemm::matmul_into(
+                                            dw,
+                                            Mat::dense(c * op * i, op, i),
+                                            add,
+                                            g,
+                                            out.mat(k).t().row_block(p * op, op),
+                                            xs,
+                                            xm,
+                                            None,
+                                            sums,
+                                            one,
+                                        )
+                                    }
+                                })
+                                .collect();
+                            rs.into_iter().collect::<Result<Vec<()>>>()?;
+                            // SAFETY: the blocks cover the whole weight.
+                            unsafe { pg.stored(*w) };
+                        }
+                        (None, Some(db)) => kernels::add_bias_grad(db, g, out),
+                        (None, None) => {}
                     }
                     if needs(x) {
                         let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
@@ -279,6 +304,7 @@ impl Engine {
                                     ps.get(*w),
                                     Mat::dense(k * o * i, o, i),
                                     mask(x),
+                                    None,
                                     how,
                                 )
                             }
@@ -295,29 +321,37 @@ impl Engine {
                 Step::Batched { x, out, w, b } => {
                     let (e, o, i) = (out.dims[0], out.dims[2], x.dims[2]);
                     let g = &prog.gbufs[prog.gslot[out.buf]];
-                    if let Some((dw, add)) = pg.weight(*w, e * o * i) {
-                        for k in 0..e {
-                            let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
-                            // SAFETY: one expert's block at a time.
-                            unsafe {
-                                gemm::matmul_into(
-                                    dw,
-                                    Mat::dense(k * o * i, o, i),
-                                    add,
-                                    g,
-                                    out.mat(k).t(),
-                                    &prog.bufs[x.buf],
-                                    xm,
-                                    None,
-                                    nt,
-                                )?;
+                    let wgrad = pg.weight(*w, e * o * i);
+                    let bgrad = b.and_then(|b| pg.added(b));
+                    match (wgrad, bgrad) {
+                        (Some((dw, add)), mut db) => {
+                            if let Some(d) = db.as_deref_mut() {
+                                expert_rows(d, e * o)?;
                             }
+                            for k in 0..e {
+                                let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
+                                let sums = db.as_deref_mut().map(|d| &mut d[k * o..(k + 1) * o]);
+                                // SAFETY: one expert's block at a time.
+                                unsafe {
+                                    gemm::matmul_into(
+                                        dw,
+                                        Mat::dense(k * o * i, o, i),
+                                        add,
+                                        g,
+                                        out.mat(k).t(),
+                                        &prog.bufs[x.buf],
+                                        xm,
+                                        None,
+                                        sums,
+                                        nt,
+                                    )?;
+                                }
+                            }
+                            // SAFETY: the experts' blocks cover the whole weight.
+                            unsafe { pg.stored(*w) };
                         }
-                        // SAFETY: the experts' blocks cover the whole weight.
-                        unsafe { pg.stored(*w) };
-                    }
-                    if let Some(db) = b.and_then(|b| pg.added(b)) {
-                        kernels::add_bias_grad(db, g, out);
+                        (None, Some(db)) => kernels::add_bias_grad(db, g, out),
+                        (None, None) => {}
                     }
                     if needs(x) {
                         let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
@@ -526,5 +560,18 @@ impl Engine {
         }
         record_label(&mut self.times, "bwd gradients out", t_out);
         Ok(())
+    }
+}
+
+/// A batched layer's bias gradient, whose rows the weight-gradient
+/// multiplies sum into: it must have one value per weight row.
+fn expert_rows(db: &mut [f32], rows: usize) -> Result<&mut [f32]> {
+    if db.len() == rows {
+        Ok(db)
+    } else {
+        Err(invalid_plan!(
+            "native engine: a bias has {} values where its weight has {rows} rows",
+            db.len()
+        ))
     }
 }

@@ -101,6 +101,8 @@ struct Prob {
     relu: bool,
     /// Null, or a matrix with dst's strides: final values where it is not > 0 become 0.
     mask: *const f32,
+    /// Null, or `m` values: each gets its row of A's sum over k added, as A is packed.
+    a_sums: *mut f32,
 }
 // SAFETY: the pointers are only dereferenced inside gemm_f32's dynamic extent (the caller
 // guarantees validity for that duration; all jobs are joined before it returns) and jobs write
@@ -115,16 +117,19 @@ unsafe impl Sync for Prob {}
 /// bias: null or n values added to each row of the result (after accumulation); relu: max(v,0)
 /// after bias (NaN -> 0, see module docs). mask: null, or an m x n matrix with dst's strides;
 /// the final value (after accumulation, bias and relu) is stored where the mask is > 0, and 0
-/// elsewhere (a relu's backward pass, with the relu's output as the mask).
+/// elsewhere (a relu's backward pass, with the relu's output as the mask). a_sums: null, or m
+/// values to which each row of A's sum over k is added (for dW = dY^T X that is the bias's
+/// gradient, summed from the packed panels while they are in L1 instead of in a pass over dY);
+/// each row is summed in k order, so the result does not depend on `threads`.
 /// threads: worker count (rayon's current/global pool is used; at most min(threads, pool size)
 /// jobs run). Returns false (and does nothing) if AVX-512F is not available at runtime, so the
 /// caller can fall back.
 ///
 /// # Safety
 /// All pointers must be valid for the element ranges implied by m, n, k and the strides
-/// (bias for n elements, mask like dst, when non-null); dst must not overlap a, b, bias or mask;
-/// distinct (i, j) must
-/// map to distinct dst elements.
+/// (bias for n elements, mask like dst, a_sums for m elements, when non-null); dst and a_sums
+/// must not overlap a, b, bias, mask or each other; distinct (i, j) must map to distinct dst
+/// elements.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_f32(
     m: usize,
@@ -144,12 +149,10 @@ pub unsafe fn gemm_f32(
     bias: *const f32,
     relu: bool,
     mask: *const f32,
+    a_sums: *mut f32,
 ) -> bool {
     if !avx512_available() {
         return false;
-    }
-    if m == 0 || n == 0 {
-        return true;
     }
     let pr = Prob {
         m,
@@ -168,7 +171,17 @@ pub unsafe fn gemm_f32(
         bias,
         relu,
         mask,
+        a_sums,
     };
+    if !a_sums.is_null() && (n <= 1 || a_cs == 1) {
+        // The paths that read A in place (matrix-vector, row-major A), and an empty product,
+        // pack nothing to sum from. In a weight's gradient A is dY^T, row-major only for a
+        // one-output layer.
+        add_a_row_sums(&pr);
+    }
+    if m == 0 || n == 0 {
+        return true;
+    }
     if k == 0 {
         // SAFETY: caller guarantees dst (and bias) validity; scalar epilogue only.
         epilogue_only(&pr);
@@ -386,6 +399,8 @@ unsafe fn gemm_driver(pr: &Prob, w: usize) {
                                     pc,
                                     kc,
                                     abuf.get().add(ip * kc * MR),
+                                    // Each column block packs the same rows again.
+                                    jc == 0,
                                 )
                             };
                         });
@@ -403,7 +418,7 @@ unsafe fn gemm_driver(pr: &Prob, w: usize) {
                                 let ap = abuf.get().wrapping_add(ip * kc * MR);
                                 if pack_in_task {
                                     // SAFETY: A panel ip is used by this task only (n_chunks == 1).
-                                    unsafe { pack_a_panel(pr, i, mr, pc, kc, ap) };
+                                    unsafe { pack_a_panel(pr, i, mr, pc, kc, ap, jc == 0) };
                                 }
                                 ap as *const f32
                             };
@@ -528,6 +543,8 @@ unsafe fn gemm_driver2(pr: &Prob, w: usize) {
                                     pc,
                                     kc,
                                     abuf.add((ip - ip0) * kc * MR),
+                                    // Column chunks > 0 pack the same rows again.
+                                    ni == 0,
                                 )
                             };
                         }
@@ -966,9 +983,19 @@ unsafe fn pack_strided(
     }
 }
 
-/// Pack A[i..i+mr, pc..pc+kc] into an MR-tall panel (zero padded).
+/// Pack A[i..i+mr, pc..pc+kc] into an MR-tall panel (zero padded); with `sum`, add the
+/// panel's row sums to the problem's `a_sums` (each (panel, k block) must be summed once).
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_a_panel(pr: &Prob, i: usize, mr: usize, pc: usize, kc: usize, out: *mut f32) {
+unsafe fn pack_a_panel(
+    pr: &Prob,
+    i: usize,
+    mr: usize,
+    pc: usize,
+    kc: usize,
+    out: *mut f32,
+    sum: bool,
+) {
     if pr.acs == 1 {
         // Row-major A: rows contiguous along p -> transpose.
         let src = pr.a.offset(i as isize * pr.ars + pc as isize);
@@ -986,6 +1013,31 @@ unsafe fn pack_a_panel(pr: &Prob, i: usize, mr: usize, pc: usize, kc: usize, out
     } else {
         let src = pr.a.offset(i as isize * pr.ars + pc as isize * pr.acs);
         pack_strided(src, pr.acs, pr.ars, kc, mr, MR, out);
+    }
+    if sum && !pr.a_sums.is_null() {
+        // The packed panel is exact and still in L1: one vector add per k step.
+        let lm = lane_mask(mr);
+        let mut acc = _mm512_setzero_ps();
+        for p in 0..kc {
+            acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(lm, out.add(p * MR)));
+        }
+        // SAFETY: rows i..i+mr of a_sums are this panel's, written by no other task.
+        let s = pr.a_sums.add(i);
+        _mm512_mask_storeu_ps(s, lm, _mm512_add_ps(_mm512_maskz_loadu_ps(lm, s), acc));
+    }
+}
+
+/// Adds each row of A's sum over k (in k order) to `a_sums`, for the paths that do not pack A.
+///
+/// # Safety
+/// `pr` is a valid problem with a non-null `a_sums`.
+unsafe fn add_a_row_sums(pr: &Prob) {
+    for i in 0..pr.m {
+        let mut s = 0f32;
+        for p in 0..pr.k {
+            s += *pr.a.offset(i as isize * pr.ars + p as isize * pr.acs);
+        }
+        *pr.a_sums.add(i) += s;
     }
 }
 

@@ -2,7 +2,8 @@
 //! strided and column-strided outputs, accumulate, bias and relu, 1 and 2
 //! threads, a relu-backward mask on the stored values, edge sizes around
 //! the 14 x 32 micro-tile, several K/M/N blocks
-//! and both drivers. Also: nothing outside `dst` is written, and with
+//! and both drivers, and (for about half the calls) A's row sums added to
+//! `a_sums`. Also: nothing outside `dst` is written, and with
 //! `accumulate = false` NaN garbage in `dst` is ignored.
 
 use super::*;
@@ -66,6 +67,10 @@ fn check(
         vec![f32::NAN; dlen]
     };
     let d_orig = d.clone();
+    // A's row sums go into values already there (a bias gradient is added to).
+    let sums_on = seed & 4 != 0;
+    let sums_orig = rng.vec(m);
+    let mut sums = sums_orig.clone();
     let ok = unsafe {
         gemm_f32(
             m,
@@ -93,11 +98,30 @@ fn check(
             } else {
                 std::ptr::null()
             },
+            if sums_on {
+                sums.as_mut_ptr()
+            } else {
+                std::ptr::null_mut()
+            },
         )
     };
     assert!(ok);
-    let mut touched = vec![false; dlen];
     let tol = 1e-5 * (k as f64).sqrt() + 1e-6;
+    for i in 0..m {
+        let row = (0..k).map(|p| a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64);
+        let (want, mag) = if sums_on {
+            let (s, sa) = row.fold((0f64, 0f64), |(s, sa), x| (s + x, sa + x.abs()));
+            (s + sums_orig[i] as f64, sa + (sums_orig[i] as f64).abs())
+        } else {
+            (sums_orig[i] as f64, 0.0)
+        };
+        assert!(
+            (sums[i] as f64 - want).abs() <= tol * mag.max(1.0),
+            "m{m} n{n} k{k} at={a_t} thr={threads} sums={sums_on}: a_sums[{i}] got {} want {want}",
+            sums[i]
+        );
+    }
+    let mut touched = vec![false; dlen];
     for i in 0..m {
         for j in 0..n {
             let mut s = 0f64;
@@ -249,6 +273,11 @@ fn large_blocks() {
     check(
         300, 600, 530, false, true, 1, 2, true, true, true, true, 2, 9,
     );
+    // Transposed A (a weight gradient's dY^T) across several N blocks, which
+    // pack the same A rows again: its row sums must be added once.
+    check(
+        300, 2200, 300, true, false, 0, 1, false, false, false, false, 2, 12,
+    );
 }
 
 #[test]
@@ -302,6 +331,23 @@ fn both_drivers() {
             2,
             40 + drv as u64,
         );
+        // Few row panels: driver 2 splits columns, and each column chunk
+        // packs the same A rows (row sums on: seed & 4).
+        check(
+            40,
+            300,
+            600,
+            true,
+            false,
+            0,
+            1,
+            false,
+            false,
+            false,
+            false,
+            2,
+            60 + drv as u64,
+        );
         check(
             29,
             530,
@@ -331,6 +377,7 @@ fn general_strides() {
     let a = rng.vec(span(m, k, a_rs, a_cs));
     let b = rng.vec(span(k, n, b_rs, b_cs));
     let mut d = vec![f32::NAN; m * n];
+    let mut sums = vec![1f32; m];
     let ok = unsafe {
         gemm_f32(
             m,
@@ -350,17 +397,20 @@ fn general_strides() {
             std::ptr::null(),
             false,
             std::ptr::null(),
+            sums.as_mut_ptr(),
         )
     };
     assert!(ok);
     for i in 0..m {
+        let at = |p: usize| a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64;
         for j in 0..n {
             let mut s = 0f64;
             for p in 0..k {
-                s += a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64
-                    * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
+                s += at(p) * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
             }
             assert!((d[i * n + j] as f64 - s).abs() < 1e-4, "{i},{j}");
         }
+        let want = 1.0 + (0..k).map(at).sum::<f64>();
+        assert!((sums[i] as f64 - want).abs() < 1e-4, "a_sums[{i}]");
     }
 }

@@ -31,6 +31,7 @@ unsafe fn gemm_f32(
     _bias: *const f32,
     _relu: bool,
     _mask: *const f32,
+    _a_sums: *mut f32,
 ) -> bool {
     false
 }
@@ -138,10 +139,26 @@ pub fn matmul_masked(
     how: Gemm,
 ) -> Result<()> {
     // SAFETY: `dst` is borrowed mutably for the whole call.
-    unsafe { matmul_into(SharedDst::new(dst), d, accumulate, a, am, b, bm, mask, how) }
+    unsafe {
+        matmul_into(
+            SharedDst::new(dst),
+            d,
+            accumulate,
+            a,
+            am,
+            b,
+            bm,
+            mask,
+            None,
+            how,
+        )
+    }
 }
 
-/// `matmul_masked` into a shared buffer.
+/// `matmul_masked` into a shared buffer; with `a_sums`, also adds each row
+/// of `a`'s sum to it, read as the kernel packs `a`. For a weight's
+/// gradient `dY^T X` those are the bias's gradient, which then costs no
+/// pass of its own over dY.
 ///
 /// # Safety
 /// While this runs, no other thread reads or writes the elements of `d`
@@ -157,13 +174,23 @@ pub unsafe fn matmul_into(
     b: &[f32],
     bm: Mat,
     mask: Option<&[f32]>,
+    a_sums: Option<&mut [f32]>,
     how: Gemm,
 ) -> Result<()> {
     check(&d, dst.len, &am, a.len(), &bm, b.len())?;
     if let Some(m) = mask {
         inside(&d, m.len(), "mask")?;
     }
+    if a_sums.as_ref().is_some_and(|s| s.len() < am.rows) {
+        return Err(invalid_plan!(
+            "native engine: a bias gradient is shorter than its weight has rows"
+        ));
+    }
     if d.rows == 0 || d.cols == 0 {
+        if let Some(s) = a_sums {
+            // No product, but `a`'s rows still have sums.
+            add_row_sums(s.as_mut_ptr(), a, am);
+        }
         return Ok(());
     }
     if am.cols == 0 {
@@ -182,12 +209,31 @@ pub unsafe fn matmul_into(
         return Ok(());
     }
     let mask = mask.map(|m| m.as_ptr().add(d.off));
+    let a_sums = a_sums.map(|s| s.as_mut_ptr());
     // SAFETY: all matrices were checked to lie inside their slices (every
     // offset a kernel forms is below `end()`), strides are those of the
-    // checks, the mask has `d`'s layout, and the caller owns `d`'s
-    // elements for the call.
-    unsafe { multiply(dst.ptr, d, accumulate, a, am, b, bm, None, false, mask, how) };
+    // checks, the mask has `d`'s layout, `a_sums` has a value per row of
+    // `a` and is borrowed mutably, and the caller owns `d`'s elements for
+    // the call.
+    unsafe {
+        multiply(
+            dst.ptr, d, accumulate, a, am, b, bm, None, false, mask, a_sums, how,
+        )
+    };
     Ok(())
+}
+
+/// Adds each row of `am`'s sum, in column order, to `sums`.
+///
+/// # Safety
+/// `am` lies inside `a` (`check`); `sums` has `am.rows` values that
+/// nothing else touches.
+unsafe fn add_row_sums(sums: *mut f32, a: &[f32], am: Mat) {
+    let ap = a.as_ptr().add(am.off);
+    for r in 0..am.rows {
+        let row = (0..am.cols).map(|p| *ap.offset(r as isize * am.rs + p as isize * am.cs));
+        *sums.add(r) += row.sum::<f32>();
+    }
 }
 
 #[cfg(test)]
@@ -308,6 +354,7 @@ pub fn matmul_bias_relu(
                 bias,
                 relu,
                 None,
+                None,
                 how,
             )
         };
@@ -324,7 +371,8 @@ pub fn matmul_bias_relu(
 /// `d`'s buffer and nothing else touches `d`'s elements during the call;
 /// `bias`, when given, points at `d.cols` values outside `dst`; `mask`,
 /// when given, points at element (0, 0) of a matrix with `d`'s strides
-/// outside `dst`.
+/// outside `dst`; `a_sums`, when given, at `am.rows` values that nothing
+/// else touches during the call (each row of `a`'s sum is added to them).
 #[allow(clippy::too_many_arguments)]
 unsafe fn multiply(
     dst: *mut f32,
@@ -337,12 +385,18 @@ unsafe fn multiply(
     bias: Option<*const f32>,
     relu: bool,
     mask: Option<*const f32>,
+    a_sums: Option<*mut f32>,
     how: Gemm,
 ) {
     let out = dst.add(d.off);
     let (ap, bp) = (a.as_ptr().add(am.off), b.as_ptr().add(bm.off));
     if how.bf16 {
-        let epilogue = amx::Epilogue { bias, relu, mask };
+        let epilogue = amx::Epilogue {
+            bias,
+            relu,
+            mask,
+            a_sums,
+        };
         amx::gemm_bf16_epilogue(
             d.rows,
             d.cols,
@@ -382,9 +436,13 @@ unsafe fn multiply(
             bias_ptr,
             relu,
             mask.unwrap_or(std::ptr::null()),
+            a_sums.unwrap_or(std::ptr::null_mut()),
         )
     {
         return;
+    }
+    if let Some(s) = a_sums {
+        add_row_sums(s, a, am);
     }
     crate_gemm(dst, d, accumulate, a, am, b, bm, how.threads);
     if bias.is_none() && !relu && mask.is_none() {
