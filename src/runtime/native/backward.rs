@@ -117,31 +117,23 @@ impl Engine {
                     let wgrad = pg.weight(*w, o * i);
                     let bgrad = b.and_then(|b| pg.added(b));
                     let (rw, rx) = rayon::join(
-                        || -> Result<()> {
-                            match (wgrad, bgrad) {
-                                (Some((dw, add)), db) => {
-                                    // SAFETY: the weight's gradient buffer
-                                    // is this multiply's alone; `add` as
-                                    // `weight` says.
-                                    unsafe {
-                                        gemm::matmul_into(
-                                            dw,
-                                            Mat::dense(0, o, i),
-                                            add,
-                                            g,
-                                            gm.t(),
-                                            xs,
-                                            xm,
-                                            None,
-                                            db.map(|d| d.as_mut_slice()),
-                                            one,
-                                        )
-                                    }?;
-                                }
-                                (None, Some(db)) => kernels::add_bias_grad(db, g, &flat_view(out)),
-                                (None, None) => {}
+                        || {
+                            let dw = Mat::dense(0, o, i);
+                            // SAFETY: the weight's gradient buffer is this
+                            // multiply's alone; `add` as `weight` says.
+                            unsafe {
+                                weight_and_bias_grads(
+                                    wgrad,
+                                    bgrad,
+                                    dw,
+                                    g,
+                                    gm,
+                                    &flat_view(out),
+                                    xs,
+                                    xm,
+                                    one,
+                                )
                             }
-                            Ok(())
                         },
                         || {
                             gemm::matmul_masked(
@@ -171,27 +163,22 @@ impl Engine {
                     let g = &prog.gbufs[prog.gslot[out.buf]];
                     let wgrad = pg.weight(*w, o * i);
                     let bgrad = b.and_then(|b| pg.added(b));
-                    match (wgrad, bgrad) {
-                        (Some((dw, add)), db) => {
-                            // SAFETY: as in the parallel case above.
-                            unsafe {
-                                gemm::matmul_into(
-                                    dw,
-                                    Mat::dense(0, o, i),
-                                    add,
-                                    g,
-                                    gm.t(),
-                                    &prog.bufs[x.buf],
-                                    xm,
-                                    None,
-                                    db.map(|d| d.as_mut_slice()),
-                                    nt,
-                                )?;
-                                pg.stored(*w);
-                            }
+                    // SAFETY: as in the parallel case above.
+                    unsafe {
+                        weight_and_bias_grads(
+                            wgrad,
+                            bgrad,
+                            Mat::dense(0, o, i),
+                            g,
+                            gm,
+                            &flat_view(out),
+                            &prog.bufs[x.buf],
+                            xm,
+                            nt,
+                        )?;
+                        if wgrad.is_some() {
+                            pg.stored(*w);
                         }
-                        (None, Some(db)) => kernels::add_bias_grad(db, g, &flat_view(out)),
-                        (None, None) => {}
                     }
                     if needs(x) {
                         let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
@@ -573,5 +560,48 @@ fn expert_rows(db: &mut [f32], rows: usize) -> Result<&mut [f32]> {
             "native engine: a bias has {} values where its weight has {rows} rows",
             db.len()
         ))
+    }
+}
+
+/// `dW (+)= dY^T X` into a weight's gradient (`wgrad`, as
+/// `ParamGrads::weight` gives it; `dw` is the weight's matrix there), which
+/// also sums the bias's gradient `bgrad` as it packs dY^T (`gm` is dY); a
+/// bias whose weight is not trained is summed in a pass of its own over dY
+/// (view `gv`).
+///
+/// # Safety
+/// As `gemm::matmul_into` for `dw` in the weight's gradient buffer.
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_and_bias_grads(
+    wgrad: Option<(gemm::SharedDst, bool)>,
+    bgrad: Option<&mut Vec<f32>>,
+    dw: Mat,
+    g: &[f32],
+    gm: Mat,
+    gv: &View,
+    xs: &[f32],
+    xm: Mat,
+    how: gemm::Gemm,
+) -> Result<()> {
+    match (wgrad, bgrad) {
+        (Some((dst, add)), db) => unsafe {
+            gemm::matmul_into(
+                dst,
+                dw,
+                add,
+                g,
+                gm.t(),
+                xs,
+                xm,
+                None,
+                db.map(|d| d.as_mut_slice()),
+                how,
+            )
+        },
+        (None, Some(db)) => {
+            kernels::add_bias_grad(db, g, gv);
+            Ok(())
+        }
+        (None, None) => Ok(()),
     }
 }
