@@ -11,7 +11,10 @@ model-only figure (`forward_seconds` of `plec eval`) against it. Peak RSS is eac
 (os.wait4). The measured ceiling is a large fp32 matmul in PyTorch on the
 same threads (`ple_torch.py --ceiling`). GFLOP/s counts training as three
 forward passes (forward, backward for inputs, backward for weights), as
-`plec bench` does. Standard library only; the reference needs torch.
+`plec bench` does. A second table gives each repeat's ratios of runs made
+a minute apart (plec, then PyTorch) and their median, which the machine's
+drift disturbs less than best-of figures. Standard library only; the
+reference needs torch.
 
   python3 benches/compare.py --plec target/release/plec --python venv/bin/python
 """
@@ -49,6 +52,43 @@ def table(rows):
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def paired_table(runs):
+    """Ratios within each repeat: plec against the PyTorch run right after it
+    (same precision and batch) and against that repeat's PyTorch fp32 run of
+    the batch, median over the repeats. The machine's speed drifts between
+    minutes; a ratio of two runs a minute apart drifts less than best-of
+    figures taken far apart."""
+    seen = {}
+    per = {}  # (precision, batch) -> list of (repeat, plec run, pytorch run)
+    for plec, torch in zip(runs[0::2], runs[1::2]):
+        key = (plec["precision"], plec["batch"])
+        rep = seen.get(key, 0)
+        seen[key] = rep + 1
+        per.setdefault(key, []).append((rep, plec, torch))
+
+    def median(xs):
+        xs = sorted(xs)
+        n = len(xs)
+        return (xs[n // 2] + xs[(n - 1) // 2]) / 2 if n else float("nan")
+
+    def torch_fp32(batch, rep):
+        return next((t for r, _, t in per.get(("fp32", batch), []) if r == rep), None)
+
+    rows = [["precision", "batch", "repeats", "train vs PyTorch same precision",
+             "train vs PyTorch fp32", "eval vs PyTorch fp32 (model only)"]]
+    for (prec, batch), pairs in per.items():
+        same = [p["train_sps"] / t["train_sps"] for _, p, t in pairs]
+        fp32 = [(p, torch_fp32(batch, r)) for r, p, _ in pairs]
+        fp32 = [(p, t) for p, t in fp32 if t is not None]
+        train32 = [p["train_sps"] / t["train_sps"] for p, t in fp32]
+        eval32 = [p["eval_model_sps"] / t["eval_model_sps"] for p, t in fp32]
+        fmt = lambda xs: (f"{median(xs):.2f}x (" + ", ".join(f"{x:.2f}" for x in xs) + ")"
+                          if xs else "-")
+        rows.append([prec, batch, len(pairs), fmt(same), fmt(train32), fmt(eval32)])
+    return ("paired ratios, median over the repeats (each repeat's in brackets):\n"
+            + table(rows))
 
 
 def main():
@@ -171,6 +211,7 @@ def main():
           f"{args.threads} threads, best of {args.repeat}; ceiling = fp32 matmul {ceil:.0f} GFLOP/s "
           f"(bf16 {ceiling['bf16_gflops']:.0f}); ratios are plec / PyTorch")
     print(table(rows))
+    print(paired_table(runs))
     print("every run (impl, precision, batch, train samples/s, eval samples/s, "
           "1-min load just after it):")
     for r in runs:
