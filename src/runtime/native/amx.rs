@@ -52,11 +52,9 @@ pub fn available() -> bool {
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn detect() -> bool {
-    // The packers use AVX-512 BW/BF16 and the epilogue VL (every AMX-BF16 CPU has them), so
-    // require them too.
+    // The packers use AVX-512 BW/BF16 (every AMX-BF16 CPU has them), so require them too.
     if !(std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vl")
         && std::arch::is_x86_feature_detected!("avx512bf16"))
     {
         return false;
@@ -156,13 +154,10 @@ pub struct Epilogue {
     /// unmodified for the duration of the call and must not overlap `dst`.
     pub bias: Option<*const f32>,
     pub relu: bool,
-    /// A byte per element at `dst`'s offsets: the final value is kept where it is not 0 and
-    /// set to 0 elsewhere (a relu's backward pass). Must stay valid and unmodified for the
-    /// call and must not overlap `dst`.
-    pub mask: Option<*const u8>,
-    /// A byte per element at `dst`'s offsets, set to whether the stored final value is > 0:
-    /// a relu's mask for its backward pass. Must not overlap anything else.
-    pub mask_out: Option<*mut u8>,
+    /// An `m x n` matrix with `dst`'s strides: the final value is kept where it is > 0 and
+    /// set to 0 elsewhere (a relu's backward pass, masked by the relu's output). Must stay
+    /// valid and unmodified for the call and must not overlap `dst`.
+    pub mask: Option<*const f32>,
     /// Not applied to C: `m` values to which each row of A's sum over k (of the f32 inputs,
     /// before rounding) is added, gathered while A is packed. For a weight's gradient
     /// `dY^T X` these are the bias's gradient, without a pass of their own over dY. Each row
@@ -172,15 +167,14 @@ pub struct Epilogue {
 
 impl Epilogue {
     fn is_noop(&self) -> bool {
-        self.bias.is_none() && !self.relu && self.mask.is_none() && self.mask_out.is_none()
+        self.bias.is_none() && !self.relu && self.mask.is_none()
     }
 
     /// The epilogue for one element of column `j`, at offset `off` from `dst`, whose full sum
     /// (incl. the old C) is `v`.
     ///
     /// # Safety
-    /// `bias`, if set, must be readable at index `j`; `mask`, if set, at `off`; `mask_out`,
-    /// if set, writable at `off`.
+    /// `bias`, if set, must be readable at index `j`; `mask`, if set, at `off`.
     #[inline(always)]
     unsafe fn apply(&self, v: f32, j: usize, off: isize) -> f32 {
         let v = match self.bias {
@@ -188,15 +182,11 @@ impl Epilogue {
             None => v,
         };
         let v = if self.relu { relu(v) } else { v };
-        let v = if self.mask.is_none_or(|m| *m.offset(off) != 0) {
+        if self.mask.is_none_or(|m| *m.offset(off) > 0.0) {
             v
         } else {
             0.0
-        };
-        if let Some(o) = self.mask_out {
-            *o.offset(off) = u8::from(v > 0.0);
         }
-        v
     }
 }
 
@@ -267,7 +257,6 @@ pub unsafe fn gemm_bf16_epilogue(
             epilogue.bias.unwrap_or(std::ptr::null()),
             epilogue.relu,
             epilogue.mask.unwrap_or(std::ptr::null()),
-            epilogue.mask_out.unwrap_or(std::ptr::null_mut()),
             epilogue.a_sums.unwrap_or(std::ptr::null_mut()),
         );
         return;
@@ -537,8 +526,7 @@ mod imp {
         threads: usize,
         bias: *const f32,
         relu: bool,
-        mask: *const u8,
-        mask_out: *mut u8,
+        mask: *const f32,
         a_sums: *mut f32,
     ) {
         let sh = Shape {
@@ -621,24 +609,18 @@ mod imp {
         let bpk = SendConst(bbuf.as_ptr());
         let biasp = SendConst(bias);
         let maskp = SendConst(mask);
-        let mask_outp = SendPtr(mask_out);
         let sumsp = SendPtr(a_sums);
         let sh_ref = &sh;
         let work =
             || {
-                let (dp, asrc, bpk, biasp, maskp, mask_outp, sumsp) =
-                    (dp, asrc, bpk, biasp, maskp, mask_outp, sumsp);
+                let (dp, asrc, bpk, biasp, maskp, sumsp) = (dp, asrc, bpk, biasp, maskp, sumsp);
                 let sh = sh_ref;
                 let epi = Epi {
                     bias: biasp.0,
                     relu,
                     mask: maskp.0,
-                    mask_out: mask_outp.0,
                 };
-                let epi_active = !epi.bias.is_null()
-                    || epi.relu
-                    || !epi.mask.is_null()
-                    || !epi.mask_out.is_null();
+                let epi_active = !epi.bias.is_null() || epi.relu || !epi.mask.is_null();
                 let out = Out {
                     dst: dp.0,
                     rs: dst_rs,
@@ -887,13 +869,12 @@ mod imp {
     #[repr(C, align(64))]
     struct Scratch([f32; 1024]);
 
-    /// Epilogue as the worker tasks see it; `bias`, `mask` and `mask_out` are null when there
-    /// is none (the masks are bytes at dst's offsets).
+    /// Epilogue as the worker tasks see it; `bias` and `mask` are null when there is none
+    /// (`mask` has dst's strides).
     struct Epi {
         bias: *const f32,
         relu: bool,
-        mask: *const u8,
-        mask_out: *mut u8,
+        mask: *const f32,
     }
 
     impl Epi {
@@ -906,32 +887,26 @@ mod imp {
                 v + *self.bias.add(j)
             };
             let v = if self.relu { super::relu(v) } else { v };
-            let v = if self.mask.is_null() || *self.mask.offset(off) != 0 {
+            if self.mask.is_null() || *self.mask.offset(off) > 0.0 {
                 v
             } else {
                 0.0
-            };
-            if !self.mask_out.is_null() {
-                *self.mask_out.offset(off) = u8::from(v > 0.0);
             }
-            v
         }
     }
 
     /// dst rows 0..16 (16 unit-stride f32 each, row stride `rs` elements) = epilogue(src rows,
     /// stride 16). `bias` is null or points at this tile's 16 bias values; `mask` is null or
-    /// this tile's mask bytes (rows at stride `rs`): values where it is 0 are stored as 0;
-    /// `mask_out` is null or where the tile's bytes record whether each stored value is > 0.
+    /// this tile's mask (rows at stride `rs`): values where it is not > 0 are stored as 0.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[target_feature(enable = "avx512f")]
     unsafe fn epi_copy_tile(
         src: *const f32,
         dst: *mut f32,
         rs: isize,
         bias: *const f32,
         relu: bool,
-        mask: *const u8,
-        mask_out: *mut u8,
+        mask: *const f32,
     ) {
         let bv = if bias.is_null() {
             _mm512_setzero_ps()
@@ -939,7 +914,6 @@ mod imp {
             _mm512_loadu_ps(bias)
         };
         let zero = _mm512_setzero_ps();
-        let one = _mm512_set1_epi32(1);
         for r in 0..16 {
             let mut v = _mm512_load_ps(src.add(r * 16));
             if !bias.is_null() {
@@ -950,18 +924,10 @@ mod imp {
                 v = _mm512_max_ps(v, zero);
             }
             if !mask.is_null() {
-                let y = _mm_loadu_si128(mask.offset(r as isize * rs) as *const __m128i);
-                v = _mm512_maskz_mov_ps(_mm_test_epi8_mask(y, y), v);
+                let y = _mm512_loadu_ps(mask.offset(r as isize * rs));
+                v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, zero), v);
             }
             _mm512_storeu_ps(dst.offset(r as isize * rs), v);
-            if !mask_out.is_null() {
-                let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, zero);
-                let bytes = _mm512_maskz_mov_epi32(pos, one);
-                _mm_storeu_si128(
-                    mask_out.offset(r as isize * rs) as *mut __m128i,
-                    _mm512_cvtepi32_epi8(bytes),
-                );
-            }
         }
     }
 
@@ -1022,18 +988,12 @@ mod imp {
                     } else {
                         e.bias.add(c0)
                     };
-                    let at = out.off(r0, c0);
                     let mask = if e.mask.is_null() {
                         e.mask
                     } else {
-                        e.mask.offset(at)
+                        e.mask.offset(out.off(r0, c0))
                     };
-                    let mask_out = if e.mask_out.is_null() {
-                        e.mask_out
-                    } else {
-                        e.mask_out.offset(at)
-                    };
-                    epi_copy_tile(tile, out.at(r0, c0), out.rs, bias, e.relu, mask, mask_out);
+                    epi_copy_tile(tile, out.at(r0, c0), out.rs, bias, e.relu, mask);
                 }
             } else if rows > 0 && cols > 0 {
                 for r in 0..rows {
@@ -1691,8 +1651,8 @@ mod tests {
         let d = Mat::new(rng, m, n, md);
         // Offsets up to +-2 so relu has plenty of both signs whatever the sum's spread.
         let bias: Vec<f32> = (0..n).map(|_| 2.0 * rng.f()).collect();
-        // A relu's mask laid out like dst: a byte per element, 0 or 1.
-        let mask: Vec<u8> = (0..d.buf.len()).map(|_| u8::from(rng.f() > 0.0)).collect();
+        // A relu output laid out like dst: zeros and positive values.
+        let mask: Vec<f32> = (0..d.buf.len()).map(|_| rng.f().max(0.0)).collect();
         let mask_at =
             |i: usize, j: usize| mask[(d.off + i as isize * d.rs + j as isize * d.cs) as usize];
         // A's row sums are added to values already there (as to a bias's gradient).
@@ -1704,7 +1664,6 @@ mod tests {
             bias: with_bias.then_some(bias.as_ptr()),
             relu: relu_on,
             mask: mask_on.then(|| unsafe { mask.as_ptr().offset(d.off) }),
-            mask_out: None,
             a_sums: None,
         };
         let mut refv = vec![0f64; m * n];
@@ -1720,7 +1679,7 @@ mod tests {
                 if relu_on && s <= 0.0 {
                     s = 0.0;
                 }
-                if mask_on && mask_at(i, j) == 0 {
+                if mask_on && mask_at(i, j) <= 0.0 {
                     s = 0.0;
                 }
                 refv[i * n + j] = s;
@@ -1746,11 +1705,8 @@ mod tests {
                 cols: d.cols,
             };
             let mut sums = sums0.clone();
-            // With relu, the bytes recording which outputs are > 0 (its mask).
-            let mut mask_out = vec![7u8; d.buf.len()];
             let ep = Epilogue {
                 a_sums: Some(sums.as_mut_ptr()),
-                mask_out: relu_on.then(|| unsafe { mask_out.as_mut_ptr().offset(d.off) }),
                 ..ep
             };
             unsafe {
@@ -1799,12 +1755,6 @@ mod tests {
                         "wrote outside dst: {ctx}"
                     );
                 }
-                let want = if u && relu_on {
-                    u8::from(dd.buf[idx] > 0.0)
-                } else {
-                    7
-                };
-                assert_eq!(mask_out[idx], want, "mask_out byte {idx}: {ctx}");
             }
             outs.push(dd);
         }

@@ -81,8 +81,7 @@ impl Engine {
             let acc = |v: &View| !prog.exclusive[v.buf];
             // The relu behind an input, when this step masks its gradient:
             // its output (the input's values) is the mask.
-            // The relu mask bytes the forward pass wrote (see `relu_masks`).
-            let mask = |v: &View| prog.grad_masked[oi].then_some(prog.mask_bytes[v.buf].as_slice());
+            let mask = |v: &View| prog.grad_masked[oi].then_some(prog.bufs[v.buf].as_slice());
             let t0 = self.times.is_some().then(std::time::Instant::now);
             for &b in &prog.zero_before[oi] {
                 let n = prog.bufs[b].len();

@@ -73,10 +73,7 @@ fn avx512_available() -> bool {
         1 => true,
         2 => false,
         _ => {
-            // BW and VL for the byte masks' 16-lane loads.
-            let ok = is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl");
+            let ok = is_x86_feature_detected!("avx512f");
             STATE.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
             ok
         }
@@ -102,10 +99,8 @@ struct Prob {
     bcs: isize,
     bias: *const f32,
     relu: bool,
-    /// Null, or a byte per dst element (dst's strides): final values where it is 0 become 0.
-    mask: *const u8,
-    /// Null, or a byte per dst element: set to whether the stored final value is > 0.
-    mask_out: *mut u8,
+    /// Null, or a matrix with dst's strides: final values where it is not > 0 become 0.
+    mask: *const f32,
     /// Null, or `m` values: each gets its row of A's sum over k added, as A is packed.
     a_sums: *mut f32,
 }
@@ -120,11 +115,9 @@ unsafe impl Sync for Prob {}
 /// C[i,j] at dst + i*dst_rs + j*dst_cs; A[i,p] at a + i*a_rs + p*a_cs; B[p,j] at b + p*b_rs + j*b_cs.
 /// accumulate=false: dst = a*b (dst contents ignored, may be garbage/NaN); true: dst += a*b.
 /// bias: null or n values added to each row of the result (after accumulation); relu: max(v,0)
-/// after bias (NaN -> 0, see module docs). mask: null, or a byte per dst element at dst's
-/// offsets; the final value (after accumulation, bias and relu) is stored where the byte is
-/// not 0, and 0 elsewhere (a relu's backward pass). mask_out: null, or a byte per dst element
-/// at dst's offsets, set to whether the stored value is > 0 (a relu's mask, for the backward
-/// pass: a quarter of the bytes the relu's f32 output would be to read). a_sums: null, or m
+/// after bias (NaN -> 0, see module docs). mask: null, or an m x n matrix with dst's strides;
+/// the final value (after accumulation, bias and relu) is stored where the mask is > 0, and 0
+/// elsewhere (a relu's backward pass, with the relu's output as the mask). a_sums: null, or m
 /// values to which each row of A's sum over k is added (for dW = dY^T X that is the bias's
 /// gradient, summed from the packed panels while they are in L1 instead of in a pass over dY);
 /// each row is summed in k order, so the result does not depend on `threads`.
@@ -134,9 +127,9 @@ unsafe impl Sync for Prob {}
 ///
 /// # Safety
 /// All pointers must be valid for the element ranges implied by m, n, k and the strides
-/// (bias for n elements, mask and mask_out like dst, a_sums for m elements, when non-null);
-/// dst, mask_out and a_sums must not overlap a, b, bias, mask or each other; distinct (i, j)
-/// must map to distinct dst elements.
+/// (bias for n elements, mask like dst, a_sums for m elements, when non-null); dst and a_sums
+/// must not overlap a, b, bias, mask or each other; distinct (i, j) must map to distinct dst
+/// elements.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_f32(
     m: usize,
@@ -155,8 +148,7 @@ pub unsafe fn gemm_f32(
     threads: usize,
     bias: *const f32,
     relu: bool,
-    mask: *const u8,
-    mask_out: *mut u8,
+    mask: *const f32,
     a_sums: *mut f32,
 ) -> bool {
     if !avx512_available() {
@@ -179,7 +171,6 @@ pub unsafe fn gemm_f32(
         bias,
         relu,
         mask,
-        mask_out,
         a_sums,
     };
     if !a_sums.is_null() && (n <= 1 || a_cs == 1) {
@@ -281,28 +272,22 @@ unsafe fn epilogue_only(pr: &Prob) {
             if pr.relu {
                 v = v.max(0.0);
             }
-            *c = finished(pr, i, j, v);
+            *c = masked(pr, i, j, v);
         }
     }
 }
 
-/// The value stored at (i, j) for its final sum `v` (bias and relu applied): 0 where the
-/// problem's mask byte is 0; records in `mask_out`, when asked, whether it is > 0.
+/// `v`, or 0 where the problem's mask is not > 0 at (i, j).
 ///
 /// # Safety
 /// (i, j) is inside the problem.
 #[inline(always)]
-unsafe fn finished(pr: &Prob, i: usize, j: usize, v: f32) -> f32 {
-    let off = i as isize * pr.drs + j as isize * pr.dcs;
-    let v = if pr.mask.is_null() || *pr.mask.offset(off) != 0 {
+unsafe fn masked(pr: &Prob, i: usize, j: usize, v: f32) -> f32 {
+    if pr.mask.is_null() || *pr.mask.offset(i as isize * pr.drs + j as isize * pr.dcs) > 0.0 {
         v
     } else {
         0.0
-    };
-    if !pr.mask_out.is_null() {
-        *pr.mask_out.offset(off) = u8::from(v > 0.0);
     }
-    v
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -622,10 +607,8 @@ struct Epi {
     /// Bias pointer for the tile's first column (null: no bias).
     bias: *const f32,
     relu: bool,
-    /// Mask byte of the tile's (0, 0) element, rows at the C stride (null: no mask).
-    mask: *const u8,
-    /// Where the tile's (0, 0) element records whether it is > 0 (null: not asked).
-    mask_out: *mut u8,
+    /// Mask pointer for the tile's (0, 0) element, rows at the C stride (null: no mask).
+    mask: *const f32,
 }
 
 type KernelFn = unsafe fn(usize, *const f32, isize, *const f32, *mut f32, isize, u16, &Epi);
@@ -682,11 +665,6 @@ unsafe fn tile(
             } else {
                 std::ptr::null()
             },
-            mask_out: if last && !pr.mask_out.is_null() {
-                pr.mask_out.offset(i as isize * pr.drs + j as isize)
-            } else {
-                std::ptr::null_mut()
-            },
         };
         // SAFETY: rows i..i+mr and (masked) columns j..j+nr are valid dst elements.
         kf(kc, ap, pr.ars, bp, c, pr.drs, mask, &epi);
@@ -700,7 +678,6 @@ unsafe fn tile(
             bias: std::ptr::null(),
             relu: false,
             mask: std::ptr::null(),
-            mask_out: std::ptr::null_mut(),
         };
         // SAFETY: the scratch tile has MR rows of NR floats.
         kf(
@@ -730,7 +707,7 @@ unsafe fn tile(
                     if pr.relu {
                         v = v.max(0.0);
                     }
-                    v = finished(pr, i + r, j + jj, v);
+                    v = masked(pr, i + r, j + jj, v);
                 }
                 *c = v;
             }
@@ -744,7 +721,7 @@ unsafe fn tile(
 /// B: packed panel (NR floats per k step, 64-byte aligned).
 /// C: row r at c + r*c_rs; the last vector of each row is limited by `mask` (C, bias loads and
 /// stores), so columns outside the tile are never touched.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
     kc: usize,
@@ -832,7 +809,6 @@ unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
         b = b.add(NR);
     }
     let zero = _mm512_setzero_ps();
-    let one = _mm512_set1_epi32(1);
     // Rows by macro, like the k loop: a loop over rows here may stay rolled, which indexes
     // `acc` at run time and keeps it in memory inside the k loop (2.5x slower).
     macro_rules! store_row {
@@ -840,7 +816,6 @@ unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
             if $r < R {
                 let crow = c.offset($r * c_rs);
                 let mrow = epi.mask.wrapping_offset($r * c_rs);
-                let orow = epi.mask_out.wrapping_offset($r * c_rs);
                 for v in 0..NV {
                     let m: __mmask16 = if v + 1 == NV { mask } else { 0xFFFF };
                     let mut x = acc[$r][v];
@@ -855,15 +830,10 @@ unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
                         x = _mm512_max_ps(x, zero);
                     }
                     if !epi.mask.is_null() {
-                        let y = _mm_maskz_loadu_epi8(m, mrow.add(16 * v) as *const i8);
-                        x = _mm512_maskz_mov_ps(_mm_test_epi8_mask(y, y), x);
+                        let y = _mm512_maskz_loadu_ps(m, mrow.add(16 * v));
+                        x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, zero), x);
                     }
                     _mm512_mask_storeu_ps(crow.add(16 * v), m, x);
-                    if !epi.mask_out.is_null() {
-                        let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, zero);
-                        let bytes = _mm512_maskz_mov_epi32(pos, one);
-                        _mm512_mask_cvtepi32_storeu_epi8(orow.add(16 * v) as *mut i8, m, bytes);
-                    }
                 }
             }
         };
@@ -1090,7 +1060,7 @@ unsafe fn gemv_rows(pr: &Prob, i0: usize, i1: usize) {
         if pr.relu {
             v = v.max(0.0);
         }
-        *c = finished(pr, i, 0, v);
+        *c = masked(pr, i, 0, v);
     };
     if pr.acs == 1 && pr.brs == 1 {
         // Dot products along contiguous p.

@@ -66,7 +66,6 @@ impl Engine {
                         Mat::dense(0, o, i).t(),
                         b.map(|b| ps.get(b)),
                         prog.relu_epilogue[oi],
-                        relu_mask(&mut prog.mask_bytes[out.buf]),
                         nt,
                     );
                     prog.bufs[out.buf] = buf;
@@ -83,20 +82,11 @@ impl Engine {
                         // Each task: a block of `rp` rows of expert `k`.
                         let parts = expert_parts(nt, rows, e);
                         let rp = rows / parts;
-                        // Each task's relu mask bytes: its rows', laid
-                        // out like its output's.
-                        let bytes = &mut prog.mask_bytes[out.buf];
-                        let masks: Vec<Option<&mut [u8]>> = if bytes.is_empty() {
-                            (0..e * parts).map(|_| None).collect()
-                        } else {
-                            bytes.chunks_mut(rp * o).take(e * parts).map(Some).collect()
-                        };
                         let rs: Vec<Result<()>> = buf
                             .par_chunks_mut(rp * o)
-                            .zip(masks)
                             .enumerate()
                             .take(e * parts)
-                            .map(|(c, (dst, mask))| {
+                            .map(|(c, dst)| {
                                 let (k, p) = (c / parts, c % parts);
                                 let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
                                 gemm::matmul_bias_relu(
@@ -108,7 +98,6 @@ impl Engine {
                                     Mat::dense(k * o * i, o, i).t(),
                                     b.map(|b| &ps.get(b)[k * o..(k + 1) * o]),
                                     prog.relu_epilogue[oi],
-                                    mask,
                                     one,
                                 )
                             })
@@ -129,7 +118,6 @@ impl Engine {
                             Mat::dense(k * o * i, o, i).t(),
                             b.map(|b| &ps.get(b)[k * o..(k + 1) * o]),
                             prog.relu_epilogue[oi],
-                            relu_mask(&mut prog.mask_bytes[out.buf]),
                             nt,
                         ));
                     }
@@ -143,9 +131,6 @@ impl Engine {
                 } => {
                     let kind = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
                     kernels::activation_in_place(kind, &mut prog.bufs[x.buf], x);
-                    if train && prog.relu_backward_fused[oi] {
-                        kernels::positive_bytes(&mut prog.mask_bytes[x.buf], x, &prog.bufs[x.buf]);
-                    }
                 }
                 Step::Act { x, y, slope, .. } => {
                     let kind = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
@@ -361,9 +346,4 @@ fn feature_group(
         ));
     }
     Ok(cols)
-}
-
-/// A buffer's relu mask bytes, when its program keeps them.
-fn relu_mask(bytes: &mut [u8]) -> Option<&mut [u8]> {
-    (!bytes.is_empty()).then_some(bytes)
 }

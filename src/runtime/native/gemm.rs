@@ -30,8 +30,7 @@ unsafe fn gemm_f32(
     _threads: usize,
     _bias: *const f32,
     _relu: bool,
-    _mask: *const u8,
-    _mask_out: *mut u8,
+    _mask: *const f32,
     _a_sums: *mut f32,
 ) -> bool {
     false
@@ -119,10 +118,10 @@ impl SharedDst {
 
 /// `dst = a b` (or `dst += a b` with `accumulate`), with `how.threads`
 /// workers of rayon's pool, in f32 or (`how.bf16`) on AMX tiles, then
-/// each element of `d` set to 0 where `mask` (a byte per element at the
-/// offsets of `dst`'s buffer) is 0: the backward pass of a relu whose
-/// forward pass wrote `mask` (`matmul_bias_relu`'s `mask_out`), applied as
-/// the input gradient is stored instead of in a pass of its own. Masking the accumulated sum is
+/// each element of `d` set to 0 where `mask` (laid out
+/// like `d`, in a buffer of `dst`'s layout) is not > 0: the backward pass
+/// of a relu whose output is `mask`, applied as the input gradient is
+/// stored instead of in a pass of its own. Masking the accumulated sum is
 /// right when every writer of the gradient masks: the old values are then
 /// already zero wherever the mask is. `dst` is a different slice from `a`
 /// and `b` (the borrow checker sees to it), so it shares no memory with
@@ -136,7 +135,7 @@ pub fn matmul_masked(
     am: Mat,
     b: &[f32],
     bm: Mat,
-    mask: Option<&[u8]>,
+    mask: Option<&[f32]>,
     how: Gemm,
 ) -> Result<()> {
     // SAFETY: `dst` is borrowed mutably for the whole call.
@@ -174,7 +173,7 @@ pub unsafe fn matmul_into(
     am: Mat,
     b: &[f32],
     bm: Mat,
-    mask: Option<&[u8]>,
+    mask: Option<&[f32]>,
     a_sums: Option<&mut [f32]>,
     how: Gemm,
 ) -> Result<()> {
@@ -200,7 +199,7 @@ pub unsafe fn matmul_into(
                 let at = d.off + r * d.rs as usize + c * d.cs as usize;
                 let o = &mut *dst.ptr.add(at);
                 let old = if accumulate { *o } else { 0.0 };
-                *o = if mask.is_none_or(|m| m[at] != 0) {
+                *o = if mask.is_none_or(|m| m[at] > 0.0) {
                     old
                 } else {
                     0.0
@@ -218,7 +217,7 @@ pub unsafe fn matmul_into(
     // the call.
     unsafe {
         multiply(
-            dst.ptr, d, accumulate, a, am, b, bm, None, false, mask, None, a_sums, how,
+            dst.ptr, d, accumulate, a, am, b, bm, None, false, mask, a_sums, how,
         )
     };
     Ok(())
@@ -297,10 +296,7 @@ unsafe fn crate_gemm(
 /// `dst = a b + bias`, then relu over columns `relu_cols` (start, len),
 /// in one pass: the bias and relu are applied as each output tile is
 /// stored (the f32 kernel's and AMX's epilogues), instead of a bias
-/// broadcast before and a relu pass after. With `relu_mask` (a byte per
-/// element at the offsets of `dst`), the relu's columns also record there
-/// whether each value is > 0: the mask its backward pass reads, a quarter
-/// of the bytes of the relu's output.
+/// broadcast before and a relu pass after.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_bias_relu(
     dst: &mut [f32],
@@ -311,14 +307,9 @@ pub fn matmul_bias_relu(
     bm: Mat,
     bias: Option<&[f32]>,
     relu_cols: Option<(usize, usize)>,
-    relu_mask: Option<&mut [u8]>,
     how: Gemm,
 ) -> Result<()> {
     check(&d, dst.len(), &am, a.len(), &bm, b.len())?;
-    if let Some(m) = &relu_mask {
-        inside(&d, m.len(), "relu mask")?;
-    }
-    let relu_mask = relu_mask.map(|m| m.as_mut_ptr());
     if bias.is_some_and(|b| b.len() < d.cols) {
         return Err(invalid_plan!(
             "native engine: the bias is narrower than the output"
@@ -348,11 +339,9 @@ pub fn matmul_bias_relu(
             cols: c1 - c0,
             ..bm
         };
-        let mask_out = relu_mask.filter(|_| relu).map(|m| m.wrapping_add(part.off));
         // SAFETY: the matrices lie inside their slices (checked above);
         // columns [c0, c1) are a sub-range of both `d` and `bm`; the bias
-        // slice has at least `d.cols` values and is not `dst`; the relu
-        // mask, borrowed mutably, has `d`'s layout inside it.
+        // slice has at least `d.cols` values and is not `dst`.
         unsafe {
             multiply(
                 dst.as_mut_ptr(),
@@ -365,7 +354,6 @@ pub fn matmul_bias_relu(
                 bias,
                 relu,
                 None,
-                mask_out,
                 None,
                 how,
             )
@@ -381,10 +369,9 @@ pub fn matmul_bias_relu(
 /// # Safety
 /// The matrices lie inside their buffers (`check`) and chain; `dst` is
 /// `d`'s buffer and nothing else touches `d`'s elements during the call;
-/// `bias`, when given, points at `d.cols` values outside `dst`; `mask`
-/// and `mask_out`, when given, at the bytes of element (0, 0) of matrices
-/// with `d`'s strides outside `dst` (`mask_out` touched by nothing else
-/// during the call); `a_sums`, when given, at `am.rows` values that nothing
+/// `bias`, when given, points at `d.cols` values outside `dst`; `mask`,
+/// when given, points at element (0, 0) of a matrix with `d`'s strides
+/// outside `dst`; `a_sums`, when given, at `am.rows` values that nothing
 /// else touches during the call (each row of `a`'s sum is added to them).
 #[allow(clippy::too_many_arguments)]
 unsafe fn multiply(
@@ -397,8 +384,7 @@ unsafe fn multiply(
     bm: Mat,
     bias: Option<*const f32>,
     relu: bool,
-    mask: Option<*const u8>,
-    mask_out: Option<*mut u8>,
+    mask: Option<*const f32>,
     a_sums: Option<*mut f32>,
     how: Gemm,
 ) {
@@ -409,7 +395,6 @@ unsafe fn multiply(
             bias,
             relu,
             mask,
-            mask_out,
             a_sums,
         };
         amx::gemm_bf16_epilogue(
@@ -451,7 +436,6 @@ unsafe fn multiply(
             bias_ptr,
             relu,
             mask.unwrap_or(std::ptr::null()),
-            mask_out.unwrap_or(std::ptr::null_mut()),
             a_sums.unwrap_or(std::ptr::null_mut()),
         )
     {
@@ -461,7 +445,7 @@ unsafe fn multiply(
         add_row_sums(s, a, am);
     }
     crate_gemm(dst, d, accumulate, a, am, b, bm, how.threads);
-    if bias.is_none() && !relu && mask.is_none() && mask_out.is_none() {
+    if bias.is_none() && !relu && mask.is_none() {
         return;
     }
     for r in 0..d.rows {
@@ -472,11 +456,8 @@ unsafe fn multiply(
             if relu {
                 v = v.max(0.0);
             }
-            if mask.is_some_and(|m| *m.offset(at) == 0) {
+            if !mask.is_none_or(|m| *m.offset(at) > 0.0) {
                 v = 0.0;
-            }
-            if let Some(m) = mask_out {
-                *m.offset(at) = u8::from(v > 0.0);
             }
             *o = v;
         }
@@ -502,8 +483,8 @@ mod tests {
 
     /// `matmul_masked` (a relu's backward pass fused into the input
     /// gradient's multiply) on both f32 backends against f64 sums: stored
-    /// or accumulated into a strided output, zero wherever the mask byte
-    /// (laid out like the output) is 0, and nothing else written.
+    /// or accumulated into a strided output, zero wherever the mask (laid
+    /// out like the output) is not positive, and nothing else written.
     #[test]
     fn masked_multiply_matches_on_both_f32_backends() {
         let (m, n, k) = (29, 53, 41);
@@ -521,14 +502,11 @@ mod tests {
             cs: 1,
         };
         let len = d.end() + 2;
-        let mask: Vec<u8> = values(len, 6)
-            .into_iter()
-            .map(|x| u8::from(x > 0.0))
-            .collect();
+        let mask: Vec<f32> = values(len, 6).into_iter().map(|x| x.max(0.0)).collect();
         let old: Vec<f32> = values(len, 7)
             .iter()
             .zip(&mask)
-            .map(|(&x, &y)| if y != 0 { x } else { 0.0 })
+            .map(|(&x, &y)| if y > 0.0 { x } else { 0.0 })
             .collect();
         for accumulate in [false, true] {
             for forced in [true, false] {
@@ -563,7 +541,7 @@ mod tests {
                     for p in 0..k {
                         want += g[i * k + p] as f64 * w[p * n + j] as f64;
                     }
-                    if mask[idx] == 0 {
+                    if mask[idx] <= 0.0 {
                         want = 0.0;
                     }
                     assert!(
@@ -578,8 +556,7 @@ mod tests {
     /// `matmul_bias_relu` on the `gemm` crate plus the scalar epilogue (the
     /// path of CPUs without AVX-512) and on our kernel, against f64 sums:
     /// W^T as the right operand (as every linear layer passes it), a strided
-    /// output, and each relu column range, whose mask bytes record exactly
-    /// the positive outputs (and no other byte is written).
+    /// output, and each relu column range.
     #[test]
     fn fused_multiply_matches_on_both_f32_backends() {
         let (m, n, k) = (37, 45, 70);
@@ -600,11 +577,9 @@ mod tests {
         let len = d.end() + 2;
         for relu_cols in [None, Some((0, n)), Some((10, 20))] {
             let mut outs = Vec::new();
-            let mut masks = Vec::new();
             for forced in [true, false] {
                 FORCE_FALLBACK.with(|f| f.set(forced));
                 let mut dst = vec![f32::NAN; len];
-                let mut relu_mask = vec![7u8; len];
                 let r = matmul_bias_relu(
                     &mut dst,
                     d,
@@ -614,13 +589,11 @@ mod tests {
                     Mat::dense(0, n, k).t(),
                     Some(&bias),
                     relu_cols,
-                    Some(&mut relu_mask),
                     how,
                 );
                 FORCE_FALLBACK.with(|f| f.set(false));
                 r.unwrap();
                 outs.push(dst);
-                masks.push(relu_mask);
             }
             let (lo, len_relu) = relu_cols.unwrap_or((n, 0));
             for i in 0..m {
@@ -647,23 +620,6 @@ mod tests {
             for out in &outs {
                 for (idx, v) in out.iter().enumerate() {
                     assert!(inside(idx) && idx < d.end() || v.is_nan(), "wrote {idx}");
-                }
-            }
-            // The relu's columns record their positive outputs; every other
-            // byte keeps its 7.
-            let relu_at = |idx: usize| {
-                inside(idx)
-                    && idx < d.end()
-                    && (lo..lo + len_relu).contains(&((idx - d.off) % d.rs as usize))
-            };
-            for (out, mask) in outs.iter().zip(&masks) {
-                for (idx, &b) in mask.iter().enumerate() {
-                    let want = if relu_at(idx) {
-                        u8::from(out[idx] > 0.0)
-                    } else {
-                        7
-                    };
-                    assert_eq!(b, want, "relu {relu_cols:?} mask byte {idx}");
                 }
             }
         }

@@ -143,18 +143,6 @@ pub fn add_bias_grad(db: &mut [f32], g: &[f32], gv: &View) {
     }
 }
 
-/// Records, a byte per element of view `v`, whether `x` is > 0 there: a
-/// relu's mask for the multiplies of its backward pass.
-pub fn positive_bytes(bytes: &mut [u8], v: &View, x: &[f32]) {
-    for (s, e) in v.row_runs() {
-        if let (Some(b), Some(x)) = (bytes.get_mut(s..e), x.get(s..e)) {
-            b.iter_mut()
-                .zip(x)
-                .for_each(|(b, &x)| *b = u8::from(x > 0.0));
-        }
-    }
-}
-
 /// The activation's default parameter where the plan leaves 0.
 fn alpha_of(kind: Activation, alpha: f32) -> f32 {
     match kind {

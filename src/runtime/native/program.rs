@@ -110,11 +110,6 @@ pub struct Program {
     /// writers (see `relu_masks`).
     pub grad_masked: Vec<bool>,
     pub relu_backward_fused: Vec<bool>,
-    /// Per buffer holding such a relu's output (training programs): a byte
-    /// per element, whether the relu's output is > 0, written by the
-    /// forward pass for the multiplies of the backward pass to mask with
-    /// (a quarter of the bytes of reading the output). Empty elsewhere.
-    pub mask_bytes: Vec<Vec<u8>>,
 }
 
 impl Program {
@@ -399,18 +394,11 @@ impl Program {
         let (relu_epilogue, relu_fused) = relu_epilogues(plan, &steps);
         let masks = super::relu_masks::relu_masks(plan, &steps, &b.needs);
         let bufs = b.sizes.iter().map(|&n| vec![0.0f32; n]).collect();
-        let mut mask_bytes = vec![Vec::new(); b.sizes.len()];
-        for (step, &done) in steps.iter().zip(&masks.relu_done) {
-            if let (Step::Act { x, .. }, true) = (step, done) {
-                mask_bytes[x.buf] = vec![0u8; b.sizes[x.buf]];
-            }
-        }
         Ok(Self {
             relu_epilogue,
             relu_fused,
             grad_masked: masks.masked,
             relu_backward_fused: masks.relu_done,
-            mask_bytes,
             batch,
             training: true,
             steps,
@@ -473,7 +461,6 @@ impl Program {
         self.bufs = slot_sizes.iter().map(|&n| vec![0.0; n]).collect();
         // No backward pass runs on it.
         let n = self.bufs.len();
-        self.mask_bytes = vec![Vec::new(); n];
         self.training = false;
         self.gslot = vec![0; n];
         self.slot_sizes.clear();
@@ -952,11 +939,5 @@ mod tests {
             ),
             (6, 14, 8)
         );
-        // Their masks: a byte per element of each buffer holding a relu's
-        // output (18.4 K bytes a batch row, where the multiplies would read
-        // as many floats); none when only evaluating.
-        let mask_bytes: usize = p.mask_bytes.iter().map(|b| b.len()).sum();
-        assert_eq!(mask_bytes / 1024, 18_419);
-        assert!(q.mask_bytes.iter().all(|b| b.is_empty()));
     }
 }

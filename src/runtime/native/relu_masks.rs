@@ -10,11 +10,7 @@
 //! already masked, the relu has nothing left to do, and a writer that
 //! accumulates may even mask the running sum, whose old values are zero
 //! wherever the mask is. A multiply applies the mask as it stores its
-//! tiles; the gate kernel as it writes its rows. The multiplies read the
-//! mask as a byte per element (`Program::mask_bytes`), which the relu's
-//! forward pass records as it stores its output (the multiply's epilogue,
-//! or `kernels::positive_bytes`): a quarter of the bytes of reading the
-//! relu's f32 output. The gates read the experts' outputs anyway.
+//! tiles; the gate kernel as it writes its rows.
 
 use super::program::{gradient_writes, Step};
 use super::view::View;
