@@ -149,6 +149,88 @@ fn every_op_kind_matches_the_candle_path() {
     }
 }
 
+/// Two relus in place over column slices of one linear: only the first
+/// can be the multiply's epilogue. The second runs on its own, yet its
+/// gradient's only writer is a multiply, which masks it by the relu's
+/// output as it stores (see `relu_masks`).
+#[test]
+fn relu_outside_its_multiply_matches_the_candle_path() {
+    let mut plan = complex_plan(4, 0.0);
+    let param_of = |plan: &mut Plan, name: &str, shape: &[u64], seed: u64| -> u32 {
+        let n: u64 = shape.iter().product();
+        let data: Vec<f32> = randv(n as usize, seed, 0.0)
+            .iter()
+            .map(|v| (*v * 0.5) as f32)
+            .collect();
+        plan.params.push(param(name, shape, &data, true));
+        plan.params.len() as u32 - 1
+    };
+    let side_w = param_of(&mut plan, "side.w", &[4, 9], 51);
+    let side_b = param_of(&mut plan, "side.b", &[4], 52);
+    let la_w = param_of(&mut plan, "side.la.w", &[1, 2], 53);
+    let lb_w = param_of(&mut plan, "side.lb.w", &[1, 2], 54);
+    let value_of = |plan: &mut Plan, name: &str, shape: &[i64]| -> u32 {
+        plan.values.push(value(name, shape));
+        plan.values.len() as u32 - 1
+    };
+    let side = value_of(&mut plan, "side", &[-1, 4]);
+    let (sa, sb) = (
+        value_of(&mut plan, "side.a", &[-1, 2]),
+        value_of(&mut plan, "side.b", &[-1, 2]),
+    );
+    let (ra, rb) = (
+        value_of(&mut plan, "side.ra", &[-1, 2]),
+        value_of(&mut plan, "side.rb", &[-1, 2]),
+    );
+    let (la, lb) = (
+        value_of(&mut plan, "side.la", &[-1, 1]),
+        value_of(&mut plan, "side.lb", &[-1, 1]),
+    );
+    let slice = |name: &str, out: u32, start: i64| {
+        let mut o = op(name, OpKind::Slice, &[side], out, &[]);
+        o.axis = 1;
+        o.start = start;
+        o.length = 2;
+        o
+    };
+    let relu = |name: &str, x: u32, out: u32| {
+        let mut o = op(name, OpKind::Activation, &[x], out, &[]);
+        o.activation = Activation::Relu as i32;
+        o
+    };
+    let Some(cat) = plan.ops.iter().position(|o| o.name == "cat") else {
+        panic!("complex_plan has no cat op");
+    };
+    let side_ops = [
+        op("side", OpKind::Linear, &[0], side, &[side_w, side_b]),
+        slice("side.a", sa, 0),
+        slice("side.b", sb, 2),
+        relu("side.ra", sa, ra),
+        relu("side.rb", sb, rb),
+        op("side.la", OpKind::Linear, &[ra], la, &[la_w]),
+        op("side.lb", OpKind::Linear, &[rb], lb, &[lb_w]),
+    ];
+    for (k, o) in side_ops.into_iter().enumerate() {
+        plan.ops.insert(cat + k, o);
+    }
+    // The ctr tower reads both: its input grows from 10 to 12 columns.
+    let cat = cat + 7;
+    plan.ops[cat].inputs.extend([la, lb]);
+    if let Some(v) = plan.values.get_mut(plan.ops[cat].output as usize) {
+        v.shape = vec![-1, 12];
+    }
+    let Some(ctr_w) = plan.params.iter().position(|p| p.name == "ctr.w") else {
+        panic!("complex_plan has no ctr.w");
+    };
+    // The new one takes the old one's place (and index).
+    param_of(&mut plan, "ctr.w", &[1, 12], 55);
+    plan.params.swap_remove(ctr_w);
+    for (rows, seed) in [(37, 4), (64, 5)] {
+        let batch = complex_batch(rows, seed);
+        compare("relus over slices of one linear", &plan, &batch, 1e-4);
+    }
+}
+
 fn example_plans() -> Vec<(String, Plan)> {
     let mut out = Vec::new();
     for name in [
