@@ -293,8 +293,12 @@ unsafe fn epilogue_only(
     }
 }
 
-/// Adds each row of A's sum over k, in k order, to `sums` when it is given.
-unsafe fn add_row_sums(
+/// Adds each row of A's sum over k, in k order, to `sums` when it is given (the paths that
+/// pack nothing to sum from; also `gemm`'s fallback).
+///
+/// # Safety
+/// A covers the strided m x k range; `sums`, when given, has m values nothing else touches.
+pub(super) unsafe fn add_row_sums(
     m: usize,
     k: usize,
     a: *const f32,
@@ -389,9 +393,9 @@ pub unsafe fn gemm_bf16_fallback_epilogue(
         epilogue_only(m, n, dst, dst_rs, dst_cs, accumulate, epilogue);
         return;
     }
+    add_row_sums(m, k, a, a_rs, a_cs, epilogue.a_sums);
     // Round once into contiguous copies (A row-major, B column-major) so the dot products
     // below walk unit-stride memory.
-    add_row_sums(m, k, a, a_rs, a_cs, epilogue.a_sums);
     let mut ar = Vec::with_capacity(m * k);
     for i in 0..m {
         for p in 0..k {
@@ -611,24 +615,24 @@ mod imp {
         let maskp = SendConst(mask);
         let sumsp = SendPtr(a_sums);
         let sh_ref = &sh;
-        let work =
-            || {
-                let (dp, asrc, bpk, biasp, maskp, sumsp) = (dp, asrc, bpk, biasp, maskp, sumsp);
-                let sh = sh_ref;
-                let epi = Epi {
-                    bias: biasp.0,
-                    relu,
-                    mask: maskp.0,
-                };
-                let epi_active = !epi.bias.is_null() || epi.relu || !epi.mask.is_null();
-                let out = Out {
-                    dst: dp.0,
-                    rs: dst_rs,
-                    cs: dst_cs,
-                    m: sh.m,
-                    n: sh.n,
-                };
-                A_BUF.with(|cell| {
+        let work = || {
+            let (dp, asrc, bpk) = (dp, asrc, bpk);
+            let (biasp, maskp, sumsp) = (biasp, maskp, sumsp);
+            let sh = sh_ref;
+            let epi = Epi {
+                bias: biasp.0,
+                relu,
+                mask: maskp.0,
+            };
+            let epi_active = !epi.bias.is_null() || epi.relu || !epi.mask.is_null();
+            let out = Out {
+                dst: dp.0,
+                rs: dst_rs,
+                cs: dst_cs,
+                m: sh.m,
+                n: sh.n,
+            };
+            A_BUF.with(|cell| {
                 // A worker never re-enters rayon, so the borrow should always succeed; if it
                 // somehow does not, use a private buffer rather than skip the work.
                 let mut guard;
@@ -656,6 +660,11 @@ mod imp {
                         break;
                     }
                     let (mb, ns) = (t / bl.n_splits, t % bl.n_splits);
+                    // Column splits after the first pack the same A rows again.
+                    let sums = match ns {
+                        0 => sumsp.0,
+                        _ => std::ptr::null_mut(),
+                    };
                     let ip0 = mb * bl.mc;
                     let ip1 = (ip0 + bl.mc).min(m_panels);
                     let jp0 = ns * n_chunk;
@@ -668,8 +677,6 @@ mod imp {
                     let mut s0 = 0;
                     while s0 < sh.ks {
                         let s1 = (s0 + bl.kc).min(sh.ks);
-                        // Column splits after the first pack the same A rows again.
-                        let sums = if ns == 0 { sumsp.0 } else { std::ptr::null_mut() };
                         pack_a_block(abuf, apl, sh, ip0, ip1, s0, s1, asrc.0, a_rs, a_cs, sums);
                         let load_c = accumulate || s0 > 0;
                         // Bias/relu belong to the finished sum only, never to partial sums
@@ -707,7 +714,7 @@ mod imp {
                 }
                 asm!("tilerelease", options(nostack, nomem));
             });
-            };
+        };
         run_workers(max_workers.min(tasks), &work);
 
         if bbuf.len() <= B_CACHE_MAX_LINES {

@@ -215,7 +215,8 @@ impl Engine {
                     match (wgrad, bgrad) {
                         (Some((dw, add)), db) => {
                             // Task `c` sums its weight rows' share of the
-                            // bias gradient.
+                            // bias gradient (`parts` divides `o`: e * parts
+                            // chunks).
                             let sums: Vec<Option<&mut [f32]>> = match db {
                                 Some(db) => expert_rows(db, e * o)?
                                     .chunks_mut(op.max(1))
@@ -223,11 +224,6 @@ impl Engine {
                                     .collect(),
                                 None => (0..e * parts).map(|_| None).collect(),
                             };
-                            if o > 0 && sums.len() != e * parts {
-                                return Err(invalid_plan!(
-                                    "native engine: a bias does not split like its experts"
-                                ));
-                            }
                             let rs: Vec<Result<()>> = sums
                                 .into_par_iter()
                                 .enumerate()

@@ -230,10 +230,7 @@ pub unsafe fn matmul_into(
 /// nothing else touches.
 unsafe fn add_row_sums(sums: *mut f32, a: &[f32], am: Mat) {
     let ap = a.as_ptr().add(am.off);
-    for r in 0..am.rows {
-        let row = (0..am.cols).map(|p| *ap.offset(r as isize * am.rs + p as isize * am.cs));
-        *sums.add(r) += row.sum::<f32>();
-    }
+    amx::add_row_sums(am.rows, am.cols, ap, am.rs, am.cs, Some(sums));
 }
 
 #[cfg(test)]
