@@ -14,6 +14,12 @@ pub mod plan {
     include!(concat!(env!("OUT_DIR"), "/plec.plan.rs"));
 }
 
+/// The training checkpoint format (`plec.checkpoint`).
+#[allow(clippy::all, missing_docs)]
+pub mod checkpoint {
+    include!(concat!(env!("OUT_DIR"), "/plec.checkpoint.rs"));
+}
+
 /// Encoded `FileDescriptorSet` of every file under `proto/`: the schema the
 /// binder checks configs against by default.
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));

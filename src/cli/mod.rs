@@ -1,6 +1,6 @@
 //! The command line: argument parsing and dispatch to the stages. The only
 //! module that knows every stage, and the only place exit codes are chosen:
-//! 0 clean, 1 problems found, 2 could not run.
+//! 0 clean, 1 problems found, 2 could not run, 130 interrupted (Ctrl-C).
 
 pub mod bench;
 pub mod check;
@@ -12,6 +12,7 @@ pub mod gen_data;
 pub mod graph;
 pub mod inspect;
 pub mod predict;
+pub mod resume;
 pub mod run;
 
 use std::process::ExitCode;
@@ -59,6 +60,9 @@ pub enum Outcome {
     Clean,
     /// Exit 1: the inputs have problems (reported).
     Problems,
+    /// Exit 130: stopped by Ctrl-C or SIGTERM after writing a checkpoint
+    /// (128 + SIGINT, as shells report an interrupted command).
+    Interrupted,
 }
 
 /// A failure to run at all (exit 2): the error that stopped the command,
@@ -146,6 +150,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Problems) => ExitCode::from(1),
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)

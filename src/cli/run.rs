@@ -12,6 +12,10 @@
 //! checkpoints while the run lasts), and only a run that finished moves
 //! `plan.bin` and `metrics.json` into `--out`. A run that fails (bad data,
 //! divergence) leaves no `plan.bin` or `metrics.json` behind.
+//!
+//! Checkpoints go to `--out/checkpoints` (see `runtime::checkpoint`), every
+//! `save_checkpoints_steps` (`--checkpoint-every`) and on Ctrl-C or
+//! SIGTERM; `--resume DIR` continues from the newest (see `resume`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -443,11 +447,12 @@ pub fn render_table(rows: &[Vec<String>]) -> String {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// A plan file (from `plec compile` or an earlier run) or a config file
-    /// (compiled on the fly).
-    pub input: PathBuf,
+    /// (compiled on the fly). Not needed with --resume.
+    #[arg(required_unless_present = "resume")]
+    pub input: Option<PathBuf>,
     /// Training data: parquet files, directories of `*.parquet` files, or
-    /// globs.
-    #[arg(long, required = true, num_args = 1..)]
+    /// globs. With --resume, the data the run started with.
+    #[arg(long, required_unless_present = "resume", num_args = 1..)]
     pub data: Vec<String>,
     /// Evaluation data (files, directories or globs), evaluated at the end
     /// and every `save_checkpoints_steps`.
@@ -481,6 +486,20 @@ pub struct RunArgs {
     /// Log a line every this many steps (default: `log_step_count_steps`).
     #[arg(long)]
     pub log_every: Option<u64>,
+    /// Write a checkpoint into `--out/checkpoints` every this many steps
+    /// (default: `save_checkpoints_steps`; 0: only on Ctrl-C or SIGTERM).
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoints to keep, the newest (default: `keep_checkpoint_max`;
+    /// 0 keeps all).
+    #[arg(long)]
+    pub keep_checkpoints: Option<u64>,
+    /// Continue the run whose `--out` (or checkpoints folder) is DIR from
+    /// its newest complete checkpoint: parameters, optimizer state, data
+    /// position and metrics so far. Data, batch size and seed are the
+    /// run's; steps, epochs and the output directory may be given again.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
     /// Log lines instead of a progress bar, even on a terminal.
     #[arg(long, conflicts_with = "quiet")]
     pub no_progress: bool,
@@ -511,6 +530,10 @@ pub struct RunSettings {
     pub eval_every: Option<u64>,
     pub log_every: Option<u64>,
     pub progress: Progress,
+    pub checkpoint_every: Option<u64>,
+    pub keep_checkpoints: Option<u64>,
+    /// Continue from this checkpoint (its plan taken out: the plan to train).
+    pub resume: Option<crate::proto::checkpoint::Checkpoint>,
 }
 
 /// Trains `plan` on `data`, evaluating on `eval` (when not empty); writes
@@ -537,6 +560,34 @@ pub fn run_training(
         Some(dir) => Some(Staging::new(dir)?),
         None => None,
     };
+    let train_settings = plan.train.clone().unwrap_or_default();
+    let checkpoint_every = settings
+        .checkpoint_every
+        .unwrap_or(train_settings.save_checkpoints_steps);
+    let keep_checkpoints = settings
+        .keep_checkpoints
+        .unwrap_or(train_settings.keep_checkpoint_max);
+    let out_abs = settings.out.as_ref().map(|o| {
+        std::path::absolute(o).unwrap_or_else(|_| o.clone())
+    });
+    let run_record = crate::proto::checkpoint::RunRecord {
+        data: super::resume::absolute(data),
+        eval: super::resume::absolute(eval),
+        batch_size: batch as u64,
+        eval_batch_size: eval_batch as u64,
+        seed,
+        epochs: settings.epochs.unwrap_or(0),
+        steps: settings.steps.unwrap_or(0),
+        has_eval_every: settings.eval_every.is_some(),
+        eval_every: settings.eval_every.unwrap_or(0),
+        checkpoint_every,
+        keep_checkpoints,
+        out: out_abs
+            .as_ref()
+            .map(|o| o.display().to_string())
+            .unwrap_or_default(),
+        engine: String::new(),
+    };
     let opts = runtime::TrainOptions {
         out_dir: staging.as_ref().map(|s| s.path().to_path_buf()),
         num_epochs: settings.epochs,
@@ -545,6 +596,13 @@ pub fn run_training(
         log_every: settings.log_every,
         eval_every: settings.eval_every,
         progress: settings.progress,
+        checkpoint_dir: out_abs
+            .as_ref()
+            .map(|o| o.join(runtime::checkpoint::dir::DIR_NAME)),
+        checkpoint_every: Some(checkpoint_every),
+        keep_checkpoints: Some(keep_checkpoints),
+        run_record,
+        resume: settings.resume.clone(),
     };
     let mut eval_src = eval_data;
     let report = runtime::train(
@@ -555,9 +613,11 @@ pub fn run_training(
         device,
     )
     .map_err(runtime_error)?;
+    // An interrupted run has no final outputs, only its checkpoint (the
+    // staging directory is dropped).
     let written = match staging {
-        Some(s) => s.commit(&["plan.bin", "metrics.json"])?,
-        None => Vec::new(),
+        Some(s) if !report.interrupted => s.commit(&["plan.bin", "metrics.json"])?,
+        _ => Vec::new(),
     };
     Ok(RunResult { report, written })
 }
@@ -644,9 +704,31 @@ fn progress_of(no_progress: bool, quiet: bool) -> Progress {
 
 pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
     let (device, threads) = args.exec.setup()?;
-    let plan = match load_plan(&args.input, args.seed.unwrap_or(0))? {
-        Ok(p) => p,
-        Err(outcome) => return Ok(outcome),
+    let resumed = match &args.resume {
+        Some(dir) => Some(super::resume::load(dir)?),
+        None => None,
+    };
+    let plan = match (&resumed, &args.input) {
+        (Some(r), input) => {
+            if let Some(i) = input {
+                eprintln!(
+                    "note: resuming from {}: the plan comes from the checkpoint, {} is not read",
+                    r.path.display(),
+                    i.display()
+                );
+            }
+            r.plan.clone()
+        }
+        (None, Some(input)) => match load_plan(input, args.seed.unwrap_or(0))? {
+            Ok(p) => p,
+            Err(outcome) => return Ok(outcome),
+        },
+        (None, None) => return Err(RunError::new("give a plan or config, or --resume DIR")),
+    };
+    let input_name = match (&args.input, &resumed) {
+        (Some(i), _) => i.display().to_string(),
+        (None, Some(r)) => r.path.display().to_string(),
+        (None, None) => String::new(),
     };
     let settings = RunSettings {
         epochs: args.epochs,
@@ -658,16 +740,54 @@ pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
         eval_every: args.eval_every,
         log_every: args.log_every,
         progress: progress_of(args.no_progress, args.quiet),
+        checkpoint_every: args.checkpoint_every,
+        keep_checkpoints: args.keep_checkpoints,
+        resume: None,
+    };
+    let (data, eval, settings) = match resumed {
+        Some(r) => {
+            let (data, eval, mut settings) = super::resume::settings(args, &r, settings)?;
+            let p = r.checkpoint.progress.clone().unwrap_or_default();
+            eprintln!(
+                "resuming from {} (step {} of the run, epoch {}, batch {})",
+                r.path.display(),
+                p.run_steps,
+                p.epoch,
+                p.batches_in_epoch
+            );
+            settings.resume = Some(r.checkpoint);
+            (data, eval, settings)
+        }
+        None => (args.data.clone(), args.eval.clone(), settings),
     };
     args.exec
-        .check_memory(&plan, train_batch_size(&plan, args.batch_size)?, true)?;
+        .check_memory(&plan, train_batch_size(&plan, settings.batch_size)?, true)?;
     let started = Instant::now();
-    let result = run_training(&plan, &args.data, &args.eval, &settings, &device)?;
+    runtime::interrupt::install();
+    let result = run_training(&plan, &data, &eval, &settings, &device)?;
     let r = &result.report;
+    if r.interrupted {
+        match &r.last_checkpoint {
+            Some(c) => {
+                let out = settings.out.as_deref().unwrap_or(Path::new("."));
+                eprintln!(
+                    "interrupted after step {}: wrote checkpoint {}\n  continue with: plec run --resume {}",
+                    r.steps,
+                    c.display(),
+                    out.display()
+                );
+            }
+            None => eprintln!(
+                "interrupted after step {}: no --out directory given, nothing was saved",
+                r.steps
+            ),
+        }
+        return Ok(Outcome::Interrupted);
+    }
     let final_loss = r.losses.last().copied().unwrap_or(f32::NAN);
     println!(
         "plec run: {}: {} steps, {} epoch{}, {} samples in {:.1}s ({:.0} samples/s on {threads} thread{}), final loss {final_loss:.6}",
-        args.input.display(),
+        input_name,
         r.steps,
         r.epochs,
         if r.epochs == 1 { "" } else { "s" },

@@ -356,6 +356,7 @@ fn train_settings(t: Option<&TrainConfig>) -> Result<TrainSettings, EmitError> {
         num_steps: steps,
         save_checkpoints_steps: t.save_checkpoints_steps() as u64,
         log_step_count_steps: t.log_step_count_steps() as u64,
+        keep_checkpoint_max: t.keep_checkpoint_max() as u64,
     })
 }
 

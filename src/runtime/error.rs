@@ -31,6 +31,9 @@ pub enum RuntimeError {
     /// Writing the trained plan failed.
     #[error(transparent)]
     PlanFile(#[from] crate::plan::file::PlanFileError),
+    /// A checkpoint could not be written, read or used.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::runtime::checkpoint::CheckpointError),
     /// Writing an output file failed.
     #[error("cannot write {path}: {source}")]
     Write {

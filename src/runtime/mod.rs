@@ -13,6 +13,7 @@
 //! [`set_threads`].
 
 pub mod candle;
+pub mod checkpoint;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod embedding;
@@ -20,6 +21,7 @@ pub mod engine_choice;
 pub mod error;
 pub mod eval;
 pub mod exec;
+pub mod interrupt;
 pub mod loss;
 pub mod model;
 pub mod native;

@@ -172,6 +172,11 @@ impl Model {
         self.exec.release_buffers();
     }
 
+    /// The executor's name: "native" or "candle".
+    pub fn engine_name(&self) -> &'static str {
+        self.exec.name()
+    }
+
     /// Whether forward and backward run on the native CPU engine.
     pub fn uses_native(&self) -> bool {
         self.exec.name() == "native"

@@ -1,6 +1,16 @@
 //! The training loop: steps over a batch source for the plan's epochs or
 //! steps, logs, evaluates, checkpoints, and writes the trained plan and the
 //! metrics.
+//!
+//! Checkpoints (see `checkpoint`) are written every `checkpoint_every`
+//! steps and when a stop is requested (Ctrl-C, SIGTERM: `interrupt`), after
+//! the step in progress. A run resumed from one replays nothing it does
+//! not have to: the parameters, optimizer state, counters and metrics come
+//! from the checkpoint; the data reader reopens the same epoch (its order
+//! is a function of the seed and the epoch) and skips the batches already
+//! trained; dropout's stream is a function of the seed and the global
+//! step. So on the same engine the resumed run computes exactly what the
+//! uninterrupted run would have.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -8,6 +18,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::checkpoint::{dir as ckpt_dir, file as ckpt_file, CheckpointError};
 use super::error::{invalid_plan, Result, RuntimeError};
 use super::eval::{self, MetricFactory};
 use super::loss;
@@ -17,6 +28,7 @@ use super::profile::{self, Phase, Phases};
 use super::source::BatchSource;
 use crate::data::batch::Batch;
 use crate::plan::file;
+use crate::proto::checkpoint::{self as ckpt, Checkpoint};
 use crate::proto::plan::Plan;
 
 /// Logging interval when the plan leaves `log_step_count_steps` at 0.
@@ -52,6 +64,19 @@ pub struct TrainOptions {
     pub eval_every: Option<u64>,
     /// How progress is shown.
     pub progress: Progress,
+    /// Where checkpoints go; none are written when None.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Write a checkpoint every this many steps; defaults to
+    /// `save_checkpoints_steps` (0: only when interrupted).
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoints kept (the newest); defaults to `keep_checkpoint_max`
+    /// (0: all).
+    pub keep_checkpoints: Option<u64>,
+    /// Run settings stored in every checkpoint (for a later resume).
+    pub run_record: ckpt::RunRecord,
+    /// Continue from this checkpoint (its `plan` already taken out and
+    /// passed as the plan to train).
+    pub resume: Option<Checkpoint>,
 }
 
 /// What a training run did.
@@ -75,6 +100,14 @@ pub struct TrainReport {
     pub train_seconds: f64,
     /// The trained plan (`trained_steps` updated).
     pub plan: Plan,
+    /// The run stopped early on request (Ctrl-C, SIGTERM): no final
+    /// evaluation and no outputs, only a checkpoint.
+    pub interrupted: bool,
+    /// The newest checkpoint this run wrote.
+    pub last_checkpoint: Option<PathBuf>,
+    /// Checkpoints written and the wall time they took.
+    pub checkpoints_written: u64,
+    pub checkpoint_seconds: f64,
 }
 
 impl TrainReport {
@@ -261,6 +294,36 @@ impl Trainer {
         plan.trained_steps = self.global_step;
         Ok(plan)
     }
+
+    /// The model and optimizer part of a checkpoint (the caller adds
+    /// progress, history and the run record).
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        Ok(Checkpoint {
+            format_version: ckpt_file::FORMAT_VERSION,
+            plan: Some(self.to_plan()?),
+            dense: Some(self.dense.export()?),
+            sparse: Some(self.sparse.export()?),
+            ..Default::default()
+        })
+    }
+
+    /// Restores the optimizer state of a checkpoint (the model itself was
+    /// loaded from its plan).
+    pub fn restore_optimizers(&mut self, c: &Checkpoint) -> Result<()> {
+        let sizes: Vec<usize> = self
+            .model
+            .params()
+            .iter()
+            .map(|p| p.tensor().elem_count())
+            .collect();
+        let empty = ckpt::OptimizerState::default();
+        let (dtype, device) = (self.model.dtype(), self.model.device().clone());
+        self.dense
+            .import(c.dense.as_ref().unwrap_or(&empty), &sizes, dtype, &device)?;
+        self.sparse
+            .import(c.sparse.as_ref().unwrap_or(&empty), self.model.tables())?;
+        Ok(())
+    }
 }
 
 /// Shows progress as a bar or log lines.
@@ -311,6 +374,12 @@ impl Reporter {
         }
     }
 
+    fn resume_at(&self, step: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step);
+        }
+    }
+
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -355,6 +424,122 @@ pub fn train(
     )
 }
 
+/// Where the loop stands, as a checkpoint records it.
+struct Position {
+    epoch: u64,
+    batches_in_epoch: u64,
+    seed: u64,
+}
+
+/// The checkpoint of the run now: the trainer's state plus progress,
+/// history and the run record.
+fn snapshot(
+    trainer: &Trainer,
+    report: &TrainReport,
+    pos: &Position,
+    train_time: f64,
+    record: &ckpt::RunRecord,
+) -> Result<Checkpoint> {
+    let metrics = |m: &[(String, f64)]| -> Vec<ckpt::Metric> {
+        m.iter()
+            .map(|(name, value)| ckpt::Metric {
+                name: name.clone(),
+                value: *value,
+            })
+            .collect()
+    };
+    let mut c = trainer.checkpoint()?;
+    c.progress = Some(ckpt::Progress {
+        epoch: pos.epoch,
+        batches_in_epoch: pos.batches_in_epoch,
+        run_steps: report.steps,
+        samples: report.samples,
+        epochs_started: report.epochs,
+        seed: pos.seed,
+        train_seconds: train_time,
+    });
+    c.history = Some(ckpt::History {
+        losses: report.losses.clone(),
+        task_losses: report
+            .task_losses
+            .iter()
+            .map(|(name, v)| ckpt::Metric {
+                name: name.clone(),
+                value: *v as f64,
+            })
+            .collect(),
+        evals: report
+            .evals
+            .iter()
+            .map(|(step, m)| ckpt::Eval {
+                step: *step,
+                metrics: metrics(m),
+            })
+            .collect(),
+    });
+    let mut record = record.clone();
+    record.engine = trainer.model.engine_name().to_string();
+    c.run = Some(record);
+    Ok(c)
+}
+
+/// Writes the checkpoint of the run now into `dir` and prunes old ones;
+/// returns its path.
+fn write_checkpoint(
+    dir: &Path,
+    keep: u64,
+    c: &Checkpoint,
+    step: u64,
+) -> Result<PathBuf> {
+    dir_ready(dir)?;
+    let path = dir.join(ckpt_dir::file_name(step));
+    ckpt_file::save(c, &path)?;
+    ckpt_dir::prune(dir, keep)?;
+    Ok(path)
+}
+
+/// Puts a checkpoint's counters and metrics back into `report`; the
+/// position to continue from.
+fn restore_report(c: &Checkpoint, report: &mut TrainReport, seed: u64) -> Result<(Position, f64)> {
+    let p = c.progress.clone().unwrap_or_default();
+    if p.seed != seed {
+        return Err(CheckpointError::Mismatch {
+            path: PathBuf::from("(resume)"),
+            why: format!(
+                "it was written by a run with seed {}, this run has seed {seed}",
+                p.seed
+            ),
+        }
+        .into());
+    }
+    let h = c.history.clone().unwrap_or_default();
+    report.steps = p.run_steps;
+    report.samples = p.samples;
+    report.epochs = p.epochs_started;
+    report.losses = h.losses;
+    report.task_losses = h
+        .task_losses
+        .into_iter()
+        .map(|m| (m.name, m.value as f32))
+        .collect();
+    report.evals = h
+        .evals
+        .into_iter()
+        .map(|e| {
+            let m = e.metrics.into_iter().map(|m| (m.name, m.value)).collect();
+            (e.step, m)
+        })
+        .collect();
+    Ok((
+        Position {
+            epoch: p.epoch,
+            batches_in_epoch: p.batches_in_epoch,
+            seed,
+        },
+        p.train_seconds,
+    ))
+}
+
 /// As `train`, with the metric accumulators built by `metrics`.
 pub fn train_with(
     plan: &Plan,
@@ -383,6 +568,10 @@ pub fn train_with(
         .unwrap_or(DEFAULT_LOG_STEPS)
         .max(1);
     let eval_every = opts.eval_every.unwrap_or(settings.save_checkpoints_steps);
+    let ckpt_every = opts
+        .checkpoint_every
+        .unwrap_or(settings.save_checkpoints_steps);
+    let keep = opts.keep_checkpoints.unwrap_or(settings.keep_checkpoint_max);
     let mut trainer = Trainer::new(plan, seed, device)?;
     let reporter = Reporter::new(opts.progress, steps, every);
     for t in &plan.tasks {
@@ -403,24 +592,65 @@ pub fn train_with(
         eval: None,
         train_seconds: 0.0,
         plan: Plan::default(),
+        interrupted: false,
+        last_checkpoint: None,
+        checkpoints_written: 0,
+        checkpoint_seconds: 0.0,
     };
     let mut train_time = 0.0f64;
-    let mut epoch = 0u64;
+    let mut pos = Position {
+        epoch: 0,
+        batches_in_epoch: 0,
+        seed,
+    };
+    // Batches of the first epoch opened that were trained before the
+    // checkpoint this run resumes from.
+    let mut skip = 0u64;
+    if let Some(c) = &opts.resume {
+        trainer.restore_optimizers(c)?;
+        let (p, t) = restore_report(c, &mut report, seed)?;
+        skip = p.batches_in_epoch;
+        pos = p;
+        train_time = t;
+        reporter.resume_at(report.steps);
+    }
+    let checkpoint = |trainer: &Trainer,
+                          report: &mut TrainReport,
+                          pos: &Position,
+                          train_time: f64|
+     -> Result<()> {
+        let Some(dir) = &opts.checkpoint_dir else {
+            return Ok(());
+        };
+        let t0 = Instant::now();
+        let c = snapshot(trainer, report, pos, train_time, &opts.run_record)?;
+        let path = write_checkpoint(dir, keep, &c, trainer.global_step)?;
+        report.checkpoint_seconds += t0.elapsed().as_secs_f64();
+        report.checkpoints_written += 1;
+        report.last_checkpoint = Some(path);
+        Ok(())
+    };
     'epochs: loop {
-        if let Some(e) = epochs {
-            if epoch >= e {
-                break;
-            }
+        if epochs.is_some_and(|e| pos.epoch >= e) || steps.is_some_and(|s| report.steps >= s) {
+            break;
         }
-        let iter = train_data.open(epoch).map_err(RuntimeError::Data)?;
-        report.epochs += 1;
-        let mut batches_this_epoch = 0u64;
+        let iter = train_data.open(pos.epoch).map_err(RuntimeError::Data)?;
+        if skip == 0 {
+            // A resumed epoch was counted when it was first opened.
+            report.epochs += 1;
+        }
+        pos.batches_in_epoch = 0;
         let mut t0 = Instant::now();
         trainer.restart_clock();
         for batch in iter {
             let batch = batch.map_err(RuntimeError::Data)?;
-            let loss = trainer.step(&batch, epoch)?;
-            batches_this_epoch += 1;
+            if pos.batches_in_epoch < skip {
+                pos.batches_in_epoch += 1;
+                t0 = Instant::now();
+                continue;
+            }
+            let loss = trainer.step(&batch, pos.epoch)?;
+            pos.batches_in_epoch += 1;
             report.steps += 1;
             report.samples += batch.rows as u64;
             report.losses.push(loss.total);
@@ -438,16 +668,25 @@ pub fn train_with(
                 loss.total,
                 report.samples as f64 / train_time.max(1e-9),
             );
+            let mut paused = false;
             if eval_every > 0 && report.steps.is_multiple_of(eval_every) {
                 if let Some(ev) = eval_data.as_deref_mut() {
                     let m = eval::evaluate_with(&mut trainer.model, ev, metrics)?;
                     reporter.line(&format_metrics(trainer.global_step, &m));
                     report.evals.push((trainer.global_step, m));
+                    paused = true;
                 }
-                if let Some(dir) = &opts.out_dir {
-                    let plan_now = trainer.to_plan()?;
-                    file::save(&plan_now, &dir_ready(dir)?.join("plan.bin"))?;
-                }
+            }
+            let stop = super::interrupt::requested();
+            if stop || (ckpt_every > 0 && report.steps.is_multiple_of(ckpt_every)) {
+                checkpoint(&trainer, &mut report, &pos, train_time)?;
+                paused = true;
+            }
+            if stop {
+                report.interrupted = true;
+                break 'epochs;
+            }
+            if paused {
                 t0 = Instant::now();
                 trainer.restart_clock();
             }
@@ -455,21 +694,40 @@ pub fn train_with(
                 break 'epochs;
             }
         }
-        if batches_this_epoch == 0 {
+        if pos.batches_in_epoch == 0 {
             return Err(RuntimeError::Data(
-                format!("the training data yielded no batches in epoch {epoch}").into(),
+                format!(
+                    "the training data yielded no batches in epoch {}",
+                    pos.epoch
+                )
+                .into(),
             ));
         }
-        epoch += 1;
+        if pos.batches_in_epoch < skip {
+            return Err(RuntimeError::Data(
+                format!(
+                    "the training data yielded {} batches in epoch {}, fewer than the {skip} \
+                     the checkpoint had already trained: it is not the data the run started with",
+                    pos.batches_in_epoch, pos.epoch
+                )
+                .into(),
+            ));
+        }
+        skip = 0;
+        pos.epoch += 1;
     }
     reporter.finish();
+    report.train_seconds = train_time;
+    if report.interrupted {
+        report.plan = trainer.to_plan()?;
+        return Ok(report);
+    }
     if let Some(p) = &trainer.phases {
         eprintln!("{}", p.summary());
         if let Some(n) = trainer.model.native_profile() {
             eprint!("{n}");
         }
     }
-    report.train_seconds = train_time;
     // The training program's activations and gradients are not needed
     // any more; evaluation and saving then peak well below training.
     crate::alloc::returning_freed_memory(|| trainer.model.release_buffers());
@@ -488,6 +746,14 @@ pub fn train_with(
         report.steps_per_sec(),
         report.samples_per_sec()
     ));
+    if report.checkpoints_written > 0 {
+        reporter.line(&format!(
+            "wrote {} checkpoint{} ({:.0} ms each on average)",
+            report.checkpoints_written,
+            if report.checkpoints_written == 1 { "" } else { "s" },
+            report.checkpoint_seconds * 1e3 / report.checkpoints_written as f64
+        ));
+    }
     if let Some(dir) = &opts.out_dir {
         write_outputs(dir, &report)?;
     }

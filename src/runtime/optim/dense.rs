@@ -5,11 +5,12 @@
 
 use std::cell::RefCell;
 
-use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 
 use super::fused::AdamStep;
 
-use super::eps_of;
+use super::{eps_of, state};
+use crate::proto::checkpoint::{OptimizerState, StateSlot};
 use crate::proto::plan::{Optimizer, OptimizerKind};
 use crate::runtime::error::{invalid_plan, Result};
 
@@ -188,6 +189,73 @@ impl DenseOptimizer {
             };
             var.set(&new)?;
         }
+        Ok(())
+    }
+}
+
+impl DenseOptimizer {
+    /// The state as a checkpoint holds it (see `optim::state`).
+    pub fn export(&self) -> Result<OptimizerState> {
+        let mut slots = Vec::with_capacity(self.state.len());
+        for st in &self.state {
+            let slot = match (&st.host, &st.a) {
+                (Some((m, v)), _) => StateSlot {
+                    present: true,
+                    host: true,
+                    a: Some(state::from_host(m)),
+                    b: Some(state::from_host(v)),
+                },
+                (None, Some(a)) => StateSlot {
+                    present: true,
+                    host: false,
+                    a: Some(state::from_tensor(a)?),
+                    b: st.b.as_ref().map(state::from_tensor).transpose()?,
+                },
+                (None, None) => StateSlot::default(),
+            };
+            slots.push(slot);
+        }
+        Ok(OptimizerState {
+            steps: self.steps,
+            slots,
+        })
+    }
+
+    /// Restores a checkpoint's state; `sizes` are the parameters' element
+    /// counts in plan order, the tensors go to `device` in `dtype`.
+    pub fn import(
+        &mut self,
+        saved: &OptimizerState,
+        sizes: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<()> {
+        state::check_slots(&saved.slots, self.state.len(), "dense")?;
+        state::check_slots(&saved.slots, sizes.len(), "dense")?;
+        for (i, (slot, &n)) in saved.slots.iter().zip(sizes).enumerate() {
+            let what = format!("dense parameter {i}");
+            let mut st = State::default();
+            if slot.present {
+                let a = slot.a.as_ref().ok_or_else(|| {
+                    invalid_plan!("the checkpoint's optimizer state for {what} is empty")
+                })?;
+                if slot.host {
+                    let b = slot.b.as_ref().ok_or_else(|| {
+                        invalid_plan!("the checkpoint's Adam state for {what} has no second moment")
+                    })?;
+                    st.host = Some((state::to_host(a, n, &what)?, state::to_host(b, n, &what)?));
+                } else {
+                    st.a = Some(state::to_tensor(a, n, &what, dtype, device)?);
+                    st.b = slot
+                        .b
+                        .as_ref()
+                        .map(|b| state::to_tensor(b, n, &what, dtype, device))
+                        .transpose()?;
+                }
+            }
+            self.state[i] = st;
+        }
+        self.steps = saved.steps;
         Ok(())
     }
 }

@@ -5,6 +5,7 @@ pub mod dense;
 pub mod fused;
 pub mod schedule;
 pub mod sparse;
+pub mod state;
 
 use crate::proto::plan::{Optimizer, OptimizerKind};
 

@@ -16,7 +16,8 @@ use candle_core::{backprop::GradStore, DType, Tensor};
 
 use super::fused::{SparseRule, SparseStep};
 
-use super::eps_of;
+use super::{eps_of, state};
+use crate::proto::checkpoint::{OptimizerState, StateSlot};
 use crate::proto::plan::{Optimizer, OptimizerKind};
 use crate::runtime::embedding::{Gathered, Table};
 use crate::runtime::error::{invalid_plan, Result};
@@ -211,6 +212,98 @@ impl SparseOptimizer {
             };
             write_rows(&table.weight, &g.ids, &new)?;
         }
+        Ok(())
+    }
+}
+
+impl SparseOptimizer {
+    /// The lengths of the fused kernel's two state buffers for a table of
+    /// `rows` x `dim` (as `step` allocates them).
+    fn host_lens(&self, rows: usize, dim: usize) -> (usize, usize) {
+        match self.kind {
+            OptimizerKind::Adagrad => (rows * dim, 0),
+            OptimizerKind::RowwiseAdagrad => (rows, 0),
+            OptimizerKind::Adam | OptimizerKind::Adamw => (rows * dim, rows * dim),
+            _ => (0, 0),
+        }
+    }
+
+    /// The state as a checkpoint holds it (see `optim::state`): for adam
+    /// `a` is the first moment and `b` the second, otherwise `a` is the
+    /// accumulator.
+    pub fn export(&self) -> Result<OptimizerState> {
+        let mut slots = Vec::with_capacity(self.state.len());
+        for st in &self.state {
+            let a = st.acc.as_ref().or(st.m.as_ref());
+            let slot = match (&st.host, a) {
+                (Some((a, b)), _) => StateSlot {
+                    present: true,
+                    host: true,
+                    a: Some(state::from_host(a)),
+                    b: Some(state::from_host(b)),
+                },
+                (None, Some(a)) => StateSlot {
+                    present: true,
+                    host: false,
+                    a: Some(state::from_tensor(a)?),
+                    b: st.v.as_ref().map(state::from_tensor).transpose()?,
+                },
+                (None, None) => StateSlot::default(),
+            };
+            slots.push(slot);
+        }
+        Ok(OptimizerState {
+            steps: self.steps,
+            slots,
+        })
+    }
+
+    /// Restores a checkpoint's state for `tables` (the model's, in plan
+    /// order), onto their device and dtype.
+    pub fn import(&mut self, saved: &OptimizerState, tables: &[Table]) -> Result<()> {
+        state::check_slots(&saved.slots, self.state.len(), "sparse")?;
+        state::check_slots(&saved.slots, tables.len(), "sparse")?;
+        let adam = matches!(self.kind, OptimizerKind::Adam | OptimizerKind::Adamw);
+        for (i, (slot, table)) in saved.slots.iter().zip(tables).enumerate() {
+            let what = format!("table \"{}\"", table.name);
+            let mut st = TableState::default();
+            if slot.present {
+                let empty = crate::proto::checkpoint::StateTensor::default();
+                let a = slot.a.as_ref().unwrap_or(&empty);
+                let b = slot.b.as_ref().unwrap_or(&empty);
+                if slot.host {
+                    let (na, nb) = self.host_lens(table.num_rows, table.dim);
+                    st.host = Some((state::to_host(a, na, &what)?, state::to_host(b, nb, &what)?));
+                } else {
+                    let dtype = table.weight.dtype();
+                    let device = table.weight.device();
+                    let n: u64 = a.shape.iter().product();
+                    let t = state::to_tensor(a, n as usize, &what, dtype, device)?;
+                    let rows_ok = t.dims().first() == Some(&table.num_rows);
+                    if !rows_ok {
+                        return Err(invalid_plan!(
+                            "the checkpoint's optimizer state for {what} has shape {:?}, the table {} rows",
+                            t.dims(),
+                            table.num_rows
+                        ));
+                    }
+                    if adam {
+                        st.m = Some(t);
+                        st.v = Some(state::to_tensor(
+                            b,
+                            table.num_rows * table.dim,
+                            &what,
+                            dtype,
+                            device,
+                        )?);
+                    } else {
+                        st.acc = Some(t);
+                    }
+                }
+            }
+            self.state[i] = st;
+        }
+        self.steps = saved.steps;
         Ok(())
     }
 }

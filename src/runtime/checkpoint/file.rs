@@ -1,0 +1,140 @@
+//! The checkpoint file envelope, as the plan's (see `plan::file`): 8-byte
+//! magic `PLECCKPT`, u32 LE format version, u64 LE payload length, 32-byte
+//! SHA-256 of the payload, then the prost-encoded `Checkpoint`. A file cut
+//! short or corrupted is recognized before anything is decoded.
+//!
+//! Writing is atomic and durable: a temporary file in the same directory,
+//! fsync, rename, then fsync of the directory, so after a crash a
+//! checkpoint is either complete or not there at all.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::proto::checkpoint::Checkpoint;
+
+/// Identifies a plec checkpoint file.
+pub const MAGIC: &[u8; 8] = b"PLECCKPT";
+/// Current checkpoint format version; loaders refuse anything newer.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8 + 32;
+/// Prefix of the temporary files a write goes through.
+pub const TEMP_PREFIX: &str = ".tmp-ckpt-";
+
+/// A checkpoint that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoint {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write checkpoint {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a plec checkpoint: {why}")]
+    Invalid { path: PathBuf, why: String },
+    #[error("{path} has checkpoint format version {found}, newer than this plec supports ({FORMAT_VERSION}); upgrade plec")]
+    NewerVersion { path: PathBuf, found: u32 },
+    #[error("no complete checkpoint in {dir}: {why}")]
+    NoneFound { dir: PathBuf, why: String },
+    #[error("the checkpoint {path} does not fit this run: {why}")]
+    Mismatch { path: PathBuf, why: String },
+}
+
+/// Encodes a checkpoint into the envelope bytes.
+pub fn encode(ckpt: &Checkpoint) -> Vec<u8> {
+    let payload = ckpt.encode_to_vec();
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(&payload));
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Decodes envelope bytes; `path` only names the file in errors.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let invalid = |why: String| CheckpointError::Invalid {
+        path: path.to_path_buf(),
+        why,
+    };
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(invalid("it does not start with the PLECCKPT magic".into()));
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(invalid(format!(
+            "it is truncated ({} bytes, the header alone is {HEADER_LEN})",
+            bytes.len()
+        )));
+    }
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version > FORMAT_VERSION {
+        return Err(CheckpointError::NewerVersion {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[12..20]);
+    let expected = HEADER_LEN as u64 + u64::from_le_bytes(len);
+    if bytes.len() as u64 != expected {
+        return Err(invalid(format!(
+            "it is truncated or padded ({} bytes, {expected} expected)",
+            bytes.len()
+        )));
+    }
+    let payload = &bytes[HEADER_LEN..];
+    if Sha256::digest(payload).as_slice() != &bytes[20..52] {
+        return Err(invalid(
+            "its checksum does not match its contents (corrupted)".into(),
+        ));
+    }
+    Checkpoint::decode(payload).map_err(|e| invalid(format!("it does not decode: {e}")))
+}
+
+/// Reads and verifies a checkpoint file.
+pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode(&bytes, path)
+}
+
+/// Writes `ckpt` to `path` atomically and durably (see the module doc).
+pub fn save(ckpt: &Checkpoint, path: &Path) -> Result<(), CheckpointError> {
+    let err = |source| CheckpointError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map_err(err)?;
+    tmp.write_all(&encode(ckpt)).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    sync_dir(dir).map_err(err)
+}
+
+/// Makes a rename in `dir` durable (a no-op where directories cannot be
+/// opened, as on Windows).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
