@@ -64,6 +64,16 @@ pub fn absolute(inputs: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The run directory a checkpoint file lies in (`<out>/checkpoints/ckpt-*`):
+/// a resume writes there unless `--out` says otherwise, so a run directory
+/// that was moved keeps working.
+fn run_dir(checkpoint: &Path) -> Option<PathBuf> {
+    let dir = checkpoint.parent()?;
+    (dir.file_name()? == ckpt_dir::DIR_NAME)
+        .then(|| dir.parent().map(Path::to_path_buf))
+        .flatten()
+}
+
 /// A setting that must not change on resume: an error naming the flag when
 /// it was given with another value.
 fn keep<T: PartialEq + std::fmt::Debug>(
@@ -114,8 +124,8 @@ pub fn settings(
         .or(rec.has_eval_every.then_some(rec.eval_every));
     base.checkpoint_every = args.checkpoint_every.or(Some(rec.checkpoint_every));
     base.keep_checkpoints = args.keep_checkpoints.or(Some(rec.keep_checkpoints));
-    if base.out.is_none() && !rec.out.is_empty() {
-        base.out = Some(PathBuf::from(&rec.out));
+    if base.out.is_none() {
+        base.out = run_dir(&r.path).or_else(|| (!rec.out.is_empty()).then(|| rec.out.clone().into()));
     }
     Ok((data, eval, base))
 }
