@@ -37,9 +37,10 @@ pub fn load(arg: &Path) -> Result<Resumed, RunError> {
     for s in skipped {
         eprintln!("warning: skipping {s}");
     }
-    let plan = checkpoint.plan.take().ok_or_else(|| {
-        RunError::new(format!("checkpoint {} holds no plan", path.display()))
-    })?;
+    let plan = checkpoint
+        .plan
+        .take()
+        .ok_or_else(|| RunError::new(format!("checkpoint {} holds no plan", path.display())))?;
     Ok(Resumed {
         path,
         plan,
@@ -125,7 +126,8 @@ pub fn settings(
     base.checkpoint_every = args.checkpoint_every.or(Some(rec.checkpoint_every));
     base.keep_checkpoints = args.keep_checkpoints.or(Some(rec.keep_checkpoints));
     if base.out.is_none() {
-        base.out = run_dir(&r.path).or_else(|| (!rec.out.is_empty()).then(|| rec.out.clone().into()));
+        base.out =
+            run_dir(&r.path).or_else(|| (!rec.out.is_empty()).then(|| rec.out.clone().into()));
     }
     Ok((data, eval, base))
 }

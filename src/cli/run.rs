@@ -567,9 +567,10 @@ pub fn run_training(
     let keep_checkpoints = settings
         .keep_checkpoints
         .unwrap_or(train_settings.keep_checkpoint_max);
-    let out_abs = settings.out.as_ref().map(|o| {
-        std::path::absolute(o).unwrap_or_else(|_| o.clone())
-    });
+    let out_abs = settings
+        .out
+        .as_ref()
+        .map(|o| std::path::absolute(o).unwrap_or_else(|_| o.clone()));
     let run_record = crate::proto::checkpoint::RunRecord {
         data: super::resume::absolute(data),
         eval: super::resume::absolute(eval),

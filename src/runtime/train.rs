@@ -485,12 +485,7 @@ fn snapshot(
 
 /// Writes the checkpoint of the run now into `dir` and prunes old ones;
 /// returns its path.
-fn write_checkpoint(
-    dir: &Path,
-    keep: u64,
-    c: &Checkpoint,
-    step: u64,
-) -> Result<PathBuf> {
+fn write_checkpoint(dir: &Path, keep: u64, c: &Checkpoint, step: u64) -> Result<PathBuf> {
     dir_ready(dir)?;
     let path = dir.join(ckpt_dir::file_name(step));
     ckpt_file::save(c, &path)?;
@@ -571,7 +566,9 @@ pub fn train_with(
     let ckpt_every = opts
         .checkpoint_every
         .unwrap_or(settings.save_checkpoints_steps);
-    let keep = opts.keep_checkpoints.unwrap_or(settings.keep_checkpoint_max);
+    let keep = opts
+        .keep_checkpoints
+        .unwrap_or(settings.keep_checkpoint_max);
     let mut trainer = Trainer::new(plan, seed, device)?;
     let reporter = Reporter::new(opts.progress, steps, every);
     for t in &plan.tasks {
@@ -615,9 +612,9 @@ pub fn train_with(
         reporter.resume_at(report.steps);
     }
     let checkpoint = |trainer: &Trainer,
-                          report: &mut TrainReport,
-                          pos: &Position,
-                          train_time: f64|
+                      report: &mut TrainReport,
+                      pos: &Position,
+                      train_time: f64|
      -> Result<()> {
         let Some(dir) = &opts.checkpoint_dir else {
             return Ok(());
@@ -750,7 +747,11 @@ pub fn train_with(
         reporter.line(&format!(
             "wrote {} checkpoint{} ({:.0} ms each on average)",
             report.checkpoints_written,
-            if report.checkpoints_written == 1 { "" } else { "s" },
+            if report.checkpoints_written == 1 {
+                ""
+            } else {
+                "s"
+            },
             report.checkpoint_seconds * 1e3 / report.checkpoints_written as f64
         ));
     }
