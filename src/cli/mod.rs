@@ -6,6 +6,7 @@ pub mod bench;
 pub mod check;
 pub mod compile;
 pub mod demo;
+pub mod diff;
 pub mod eval;
 pub mod explain;
 pub mod gen_data;
@@ -39,6 +40,8 @@ pub enum Command {
     Graph(graph::GraphArgs),
     /// Summarize a config, or show what a plan file holds.
     Inspect(inspect::InspectArgs),
+    /// Show which tables and layers of two plans differ in shape.
+    Diff(diff::DiffArgs),
     /// Train a plan or config on parquet data, evaluate, save the trained plan.
     Run(run::RunArgs),
     /// Evaluate a (trained) plan on parquet data.
@@ -140,6 +143,7 @@ pub fn main() -> ExitCode {
         Command::Compile(args) => compile::execute(&args),
         Command::Graph(args) => graph::execute(&args),
         Command::Inspect(args) => inspect::execute(&args),
+        Command::Diff(args) => diff::execute(&args),
         Command::Run(args) => run::execute(&args),
         Command::Eval(args) => eval::execute(&args),
         Command::Predict(args) => predict::execute(&args),

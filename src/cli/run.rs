@@ -498,8 +498,18 @@ pub struct RunArgs {
     /// its newest complete checkpoint: parameters, optimizer state, data
     /// position and metrics so far. Data, batch size and seed are the
     /// run's; steps, epochs and the output directory may be given again.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "init_from")]
     pub resume: Option<PathBuf>,
+    /// Warm start: take the values of every table and parameter of PLAN
+    /// (an earlier run's plan.bin) whose name and shape match; steps,
+    /// optimizer state and metrics start fresh. Ones that do not match are
+    /// listed, and the run stops unless --allow-partial.
+    #[arg(long, value_name = "PLAN")]
+    pub init_from: Option<PathBuf>,
+    /// With --init-from: train even when some tables or parameters do not
+    /// match (they start from their initial values).
+    #[arg(long, requires = "init_from")]
+    pub allow_partial: bool,
     /// Log lines instead of a progress bar, even on a terminal.
     #[arg(long, conflicts_with = "quiet")]
     pub no_progress: bool,
@@ -692,6 +702,44 @@ impl Drop for Staging {
     }
 }
 
+/// `--init-from`: copies the matching values of the plan at `from` into
+/// `plan`; lists the ones that do not match and fails unless `partial`.
+fn init_from(plan: &mut Plan, from: &Path, partial: bool) -> Result<(), RunError> {
+    let source = plan_file::load(from).map_err(|e| {
+        RunError::from_error(e).with_help("--init-from takes a plan file: an earlier run's plan.bin")
+    })?;
+    let warm = crate::plan::warm::warm_start(plan, &source);
+    eprintln!(
+        "init from {}: copied {} of {} tables and parameters",
+        from.display(),
+        warm.copied,
+        plan.tables.len() + plan.params.len()
+    );
+    if warm.mismatched.is_empty() {
+        return Ok(());
+    }
+    let rows = crate::plan::compare::difference_rows(&warm.mismatched, "this run", "--init-from");
+    let table = render_table(&rows);
+    if partial {
+        eprintln!(
+            "{} not copied (they start from their initial values):\n{table}",
+            warm.mismatched.len()
+        );
+        return Ok(());
+    }
+    Err(RunError::new(format!(
+        "{} tables or parameters of {} do not match this run's by name and shape:\n{}",
+        warm.mismatched.len(),
+        from.display(),
+        table.trim_end()
+    ))
+    .with_help(
+        "pass --allow-partial to train with these starting from their initial values, \
+         or change the config back (embedding_dim, hash_bucket_size, hidden_units); \
+         `plec diff` compares two plans",
+    ))
+}
+
 /// Progress mode from the flags.
 fn progress_of(no_progress: bool, quiet: bool) -> Progress {
     if quiet {
@@ -721,7 +769,12 @@ pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
             r.plan.clone()
         }
         (None, Some(input)) => match load_plan(input, args.seed.unwrap_or(0))? {
-            Ok(p) => p,
+            Ok(mut p) => {
+                if let Some(from) = &args.init_from {
+                    init_from(&mut p, from, args.allow_partial)?;
+                }
+                p
+            }
             Err(outcome) => return Ok(outcome),
         },
         (None, None) => return Err(RunError::new("give a plan or config, or --resume DIR")),

@@ -1,10 +1,12 @@
 //! The compiled plan: the prost message (`crate::proto::plan`) and its file
 //! envelope (version, checksum, atomic write).
 
+pub mod compare;
 pub mod emit;
 pub mod file;
 pub mod memory;
 pub mod validate;
+pub mod warm;
 
 pub use crate::proto::plan::*;
 
