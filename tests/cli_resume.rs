@@ -280,3 +280,52 @@ fn terminated_run_checkpoints_and_resumes() {
     ok(&["run", "--resume", s(&stopped), "-q"]);
     assert_same_run(&full, &stopped);
 }
+
+/// `--init-from` copies what matches: the same config starts from the
+/// trained values (its first loss is lower than a cold start's); a changed
+/// embedding_dim and hidden width are listed as a table and stop the run
+/// (exit 2) unless `--allow-partial`. `plec diff` lists the same.
+#[test]
+fn warm_start_and_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, train, eval) = setup(dir.path());
+    let first = dir.path().join("first");
+    ok(&run_args(&cfg, &train, &eval, &first));
+    let trained = first.join("plan.bin");
+
+    let warm = dir.path().join("warm");
+    let out = plec(&[
+        "run", s(&cfg), "--data", s(&train), "--steps", "1", "--seed", "5", "--init-from",
+        s(&trained), "--out", s(&warm), "-q",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("copied"), "{}", text(&out));
+    let cold = dir.path().join("cold");
+    ok(&["run", s(&cfg), "--data", s(&train), "--steps", "1", "--seed", "5", "--out", s(&cold), "-q"]);
+    let loss = |d: &Path| metrics(d)["final_loss"].as_f64().unwrap();
+    assert!(loss(&warm) < loss(&cold), "warm {} vs cold {}", loss(&warm), loss(&cold));
+    // Steps and metrics start fresh.
+    assert_eq!(metrics(&warm)["trained_steps"], 1);
+
+    let changed = dir.path().join("changed.config");
+    std::fs::write(&changed, config("24, 8", 16)).unwrap();
+    let base = ["run", s(&changed), "--data", s(&train), "--steps", "1", "--init-from", s(&trained), "-q"];
+    let refused = plec(&base);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let t = text(&refused);
+    assert!(t.contains("do not match") && t.contains("--allow-partial"), "{t}");
+    assert!(t.contains("8x16") && t.contains("8x8"), "the table's shapes are listed: {t}");
+    let mut partial = base.to_vec();
+    partial.push("--allow-partial");
+    let o = plec(&partial);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("not copied"), "{}", text(&o));
+
+    let d = plec(&["diff", s(&trained), s(&changed)]);
+    assert_eq!(d.status.code(), Some(1), "{}", text(&d));
+    let out = String::from_utf8_lossy(&d.stdout);
+    assert!(out.contains("table") && out.contains("8x8") && out.contains("8x16"), "{out}");
+    assert!(out.contains("param"), "the first expert layer's width changed: {out}");
+    let same = plec(&["diff", s(&trained), s(&cfg)]);
+    assert_eq!(same.status.code(), Some(0), "{}", text(&same));
+}

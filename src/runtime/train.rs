@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::checkpoint::{dir as ckpt_dir, file as ckpt_file, CheckpointError};
+use super::checkpoint::{file as ckpt_file, writer as ckpt_writer, CheckpointError};
 use super::error::{invalid_plan, Result, RuntimeError};
 use super::eval::{self, MetricFactory};
 use super::loss;
@@ -105,9 +105,12 @@ pub struct TrainReport {
     pub interrupted: bool,
     /// The newest checkpoint this run wrote.
     pub last_checkpoint: Option<PathBuf>,
-    /// Checkpoints written and the wall time they took.
+    /// Checkpoints written.
     pub checkpoints_written: u64,
+    /// Time training stood still for them (the snapshots).
     pub checkpoint_seconds: f64,
+    /// Time the background writer spent on them (encode, write, fsync).
+    pub checkpoint_write_seconds: f64,
 }
 
 impl TrainReport {
@@ -483,16 +486,6 @@ fn snapshot(
     Ok(c)
 }
 
-/// Writes the checkpoint of the run now into `dir` and prunes old ones;
-/// returns its path.
-fn write_checkpoint(dir: &Path, keep: u64, c: &Checkpoint, step: u64) -> Result<PathBuf> {
-    dir_ready(dir)?;
-    let path = dir.join(ckpt_dir::file_name(step));
-    ckpt_file::save(c, &path)?;
-    ckpt_dir::prune(dir, keep)?;
-    Ok(path)
-}
-
 /// Puts a checkpoint's counters and metrics back into `report`; the
 /// position to continue from.
 fn restore_report(c: &Checkpoint, report: &mut TrainReport, seed: u64) -> Result<(Position, f64)> {
@@ -593,6 +586,7 @@ pub fn train_with(
         last_checkpoint: None,
         checkpoints_written: 0,
         checkpoint_seconds: 0.0,
+        checkpoint_write_seconds: 0.0,
     };
     let mut train_time = 0.0f64;
     let mut pos = Position {
@@ -611,20 +605,30 @@ pub fn train_with(
         train_time = t;
         reporter.resume_at(report.steps);
     }
-    let checkpoint = |trainer: &Trainer,
-                      report: &mut TrainReport,
-                      pos: &Position,
-                      train_time: f64|
+    let mut writer = opts
+        .checkpoint_dir
+        .as_ref()
+        .map(|d| ckpt_writer::Writer::new(d.clone(), keep));
+    let note_written = |report: &mut TrainReport, done: Option<(PathBuf, f64)>| {
+        if let Some((path, secs)) = done {
+            report.checkpoints_written += 1;
+            report.checkpoint_write_seconds += secs;
+            report.last_checkpoint = Some(path);
+        }
+    };
+    let mut checkpoint = |trainer: &Trainer,
+                          report: &mut TrainReport,
+                          pos: &Position,
+                          train_time: f64|
      -> Result<()> {
-        let Some(dir) = &opts.checkpoint_dir else {
+        let Some(w) = writer.as_mut() else {
             return Ok(());
         };
         let t0 = Instant::now();
         let c = snapshot(trainer, report, pos, train_time, &opts.run_record)?;
-        let path = write_checkpoint(dir, keep, &c, trainer.global_step)?;
+        let previous = w.submit(c, trainer.global_step)?;
         report.checkpoint_seconds += t0.elapsed().as_secs_f64();
-        report.checkpoints_written += 1;
-        report.last_checkpoint = Some(path);
+        note_written(report, previous);
         Ok(())
     };
     'epochs: loop {
@@ -713,6 +717,11 @@ pub fn train_with(
         skip = 0;
         pos.epoch += 1;
     }
+    drop(checkpoint);
+    if let Some(w) = writer.as_mut() {
+        let last = w.wait()?;
+        note_written(&mut report, last);
+    }
     reporter.finish();
     report.train_seconds = train_time;
     if report.interrupted {
@@ -744,27 +753,16 @@ pub fn train_with(
         report.samples_per_sec()
     ));
     if report.checkpoints_written > 0 {
+        let n = report.checkpoints_written as f64;
         reporter.line(&format!(
-            "wrote {} checkpoint{} ({:.0} ms each on average)",
+            "wrote {} checkpoint(s): training paused {:.0} ms for each, written in the background in {:.0} ms",
             report.checkpoints_written,
-            if report.checkpoints_written == 1 {
-                ""
-            } else {
-                "s"
-            },
-            report.checkpoint_seconds * 1e3 / report.checkpoints_written as f64
+            report.checkpoint_seconds * 1e3 / n,
+            report.checkpoint_write_seconds * 1e3 / n
         ));
     }
     if let Some(dir) = &opts.out_dir {
         write_outputs(dir, &report)?;
     }
     Ok(report)
-}
-
-fn dir_ready(dir: &Path) -> Result<&Path> {
-    std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    Ok(dir)
 }

@@ -5,5 +5,6 @@
 
 pub mod dir;
 pub mod file;
+pub mod writer;
 
 pub use file::CheckpointError;
