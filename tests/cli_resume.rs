@@ -295,26 +295,70 @@ fn warm_start_and_diff() {
 
     let warm = dir.path().join("warm");
     let out = plec(&[
-        "run", s(&cfg), "--data", s(&train), "--steps", "1", "--seed", "5", "--init-from",
-        s(&trained), "--out", s(&warm), "-q",
+        "run",
+        s(&cfg),
+        "--data",
+        s(&train),
+        "--steps",
+        "1",
+        "--seed",
+        "5",
+        "--init-from",
+        s(&trained),
+        "--out",
+        s(&warm),
+        "-q",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("copied"), "{}", text(&out));
     let cold = dir.path().join("cold");
-    ok(&["run", s(&cfg), "--data", s(&train), "--steps", "1", "--seed", "5", "--out", s(&cold), "-q"]);
+    ok(&[
+        "run",
+        s(&cfg),
+        "--data",
+        s(&train),
+        "--steps",
+        "1",
+        "--seed",
+        "5",
+        "--out",
+        s(&cold),
+        "-q",
+    ]);
     let loss = |d: &Path| metrics(d)["final_loss"].as_f64().unwrap();
-    assert!(loss(&warm) < loss(&cold), "warm {} vs cold {}", loss(&warm), loss(&cold));
+    assert!(
+        loss(&warm) < loss(&cold),
+        "warm {} vs cold {}",
+        loss(&warm),
+        loss(&cold)
+    );
     // Steps and metrics start fresh.
     assert_eq!(metrics(&warm)["trained_steps"], 1);
 
     let changed = dir.path().join("changed.config");
     std::fs::write(&changed, config("24, 8", 16)).unwrap();
-    let base = ["run", s(&changed), "--data", s(&train), "--steps", "1", "--init-from", s(&trained), "-q"];
+    let base = [
+        "run",
+        s(&changed),
+        "--data",
+        s(&train),
+        "--steps",
+        "1",
+        "--init-from",
+        s(&trained),
+        "-q",
+    ];
     let refused = plec(&base);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
     let t = text(&refused);
-    assert!(t.contains("do not match") && t.contains("--allow-partial"), "{t}");
-    assert!(t.contains("8x16") && t.contains("8x8"), "the table's shapes are listed: {t}");
+    assert!(
+        t.contains("do not match") && t.contains("--allow-partial"),
+        "{t}"
+    );
+    assert!(
+        t.contains("8x16") && t.contains("8x8"),
+        "the table's shapes are listed: {t}"
+    );
     let mut partial = base.to_vec();
     partial.push("--allow-partial");
     let o = plec(&partial);
@@ -324,8 +368,14 @@ fn warm_start_and_diff() {
     let d = plec(&["diff", s(&trained), s(&changed)]);
     assert_eq!(d.status.code(), Some(1), "{}", text(&d));
     let out = String::from_utf8_lossy(&d.stdout);
-    assert!(out.contains("table") && out.contains("8x8") && out.contains("8x16"), "{out}");
-    assert!(out.contains("param"), "the first expert layer's width changed: {out}");
+    assert!(
+        out.contains("table") && out.contains("8x8") && out.contains("8x16"),
+        "{out}"
+    );
+    assert!(
+        out.contains("param"),
+        "the first expert layer's width changed: {out}"
+    );
     let same = plec(&["diff", s(&trained), s(&cfg)]);
     assert_eq!(same.status.code(), Some(0), "{}", text(&same));
 }

@@ -39,7 +39,11 @@ pub fn execute(args: &DiffArgs) -> Result<Outcome, RunError> {
     let name = |p: &PathBuf| p.display().to_string();
     print!(
         "{}",
-        render_table(&compare::difference_rows(&entries, &name(&args.a), &name(&args.b)))
+        render_table(&compare::difference_rows(
+            &entries,
+            &name(&args.a),
+            &name(&args.b)
+        ))
     );
     println!("{differ} differ, {same} match (- : not in that plan)");
     Ok(Outcome::Problems)

@@ -706,7 +706,8 @@ impl Drop for Staging {
 /// `plan`; lists the ones that do not match and fails unless `partial`.
 fn init_from(plan: &mut Plan, from: &Path, partial: bool) -> Result<(), RunError> {
     let source = plan_file::load(from).map_err(|e| {
-        RunError::from_error(e).with_help("--init-from takes a plan file: an earlier run's plan.bin")
+        RunError::from_error(e)
+            .with_help("--init-from takes a plan file: an earlier run's plan.bin")
     })?;
     let warm = crate::plan::warm::warm_start(plan, &source);
     eprintln!(
@@ -801,7 +802,7 @@ pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
     let (data, eval, settings) = match resumed {
         Some(r) => {
             let (data, eval, mut settings) = super::resume::settings(args, &r, settings)?;
-            let p = r.checkpoint.progress.clone().unwrap_or_default();
+            let p = r.checkpoint.progress.unwrap_or_default();
             eprintln!(
                 "resuming from {} (step {} of the run, epoch {}, batch {})",
                 r.path.display(),

@@ -42,10 +42,12 @@ impl Entry {
 
 /// Shapes by (kind, name) of a plan's tables and parameters.
 fn shapes(plan: &Plan) -> BTreeMap<(Kind, String), Vec<u64>> {
-    let tables = plan
-        .tables
-        .iter()
-        .map(|t| ((Kind::Table, t.name.clone()), vec![t.num_rows, t.dim as u64]));
+    let tables = plan.tables.iter().map(|t| {
+        (
+            (Kind::Table, t.name.clone()),
+            vec![t.num_rows, t.dim as u64],
+        )
+    });
     let params = plan
         .params
         .iter()
@@ -83,27 +85,23 @@ pub fn shape_text(s: &Option<Vec<u64>>) -> String {
     match s {
         None => "-".to_string(),
         Some(d) if d.is_empty() => "1".to_string(),
-        Some(d) => d
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join("x"),
+        Some(d) => d.iter().map(u64::to_string).collect::<Vec<_>>().join("x"),
     }
 }
 
-/// The entries that differ as table rows: kind, name, shape in `a`, shape
+/// The entries that differ as table rows: name, kind, shape in `a`, shape
 /// in `b` (headers named `a_name` and `b_name`).
 pub fn difference_rows(entries: &[Entry], a_name: &str, b_name: &str) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
-        "kind".to_string(),
         "name".to_string(),
+        "kind".to_string(),
         a_name.to_string(),
         b_name.to_string(),
     ]];
     for e in entries.iter().filter(|e| !e.matches()) {
         rows.push(vec![
-            e.kind.as_str().to_string(),
             e.name.clone(),
+            e.kind.as_str().to_string(),
             shape_text(&e.a),
             shape_text(&e.b),
         ]);

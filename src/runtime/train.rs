@@ -489,7 +489,7 @@ fn snapshot(
 /// Puts a checkpoint's counters and metrics back into `report`; the
 /// position to continue from.
 fn restore_report(c: &Checkpoint, report: &mut TrainReport, seed: u64) -> Result<(Position, f64)> {
-    let p = c.progress.clone().unwrap_or_default();
+    let p = c.progress.unwrap_or_default();
     if p.seed != seed {
         return Err(CheckpointError::Mismatch {
             path: PathBuf::from("(resume)"),
@@ -717,7 +717,7 @@ pub fn train_with(
         skip = 0;
         pos.epoch += 1;
     }
-    drop(checkpoint);
+    // The closure's borrow of `writer` ends with its last use above.
     if let Some(w) = writer.as_mut() {
         let last = w.wait()?;
         note_written(&mut report, last);

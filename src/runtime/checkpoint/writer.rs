@@ -34,7 +34,11 @@ impl Writer {
 
     /// Starts writing `c` as the checkpoint of `step`, after the previous
     /// write has finished; returns that previous write's result.
-    pub fn submit(&mut self, c: Checkpoint, step: u64) -> Result<Option<(PathBuf, f64)>, CheckpointError> {
+    pub fn submit(
+        &mut self,
+        c: Checkpoint,
+        step: u64,
+    ) -> Result<Option<(PathBuf, f64)>, CheckpointError> {
         let previous = self.wait()?;
         std::fs::create_dir_all(&self.dir).map_err(|source| CheckpointError::Write {
             path: self.dir.clone(),
