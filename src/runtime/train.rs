@@ -598,6 +598,14 @@ pub fn train_with(
     // checkpoint this run resumes from.
     let mut skip = 0u64;
     if let Some(c) = &opts.resume {
+        let before = c.run.as_ref().map_or("", |r| r.engine.as_str());
+        let now = trainer.model.engine_name();
+        if !before.is_empty() && before != now {
+            reporter.line(&format!(
+                "warning: the run was trained on the {before} engine and resumes on {now}: \
+                 it will not be bit-identical to an uninterrupted run"
+            ));
+        }
         trainer.restore_optimizers(c)?;
         let (p, t) = restore_report(c, &mut report, seed)?;
         skip = p.batches_in_epoch;

@@ -138,3 +138,80 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     let _ = dir;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::checkpoint::Progress;
+
+    fn sample() -> Checkpoint {
+        Checkpoint {
+            format_version: FORMAT_VERSION,
+            progress: Some(Progress {
+                run_steps: 7,
+                seed: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_and_damage_is_detected() {
+        let path = Path::new("ckpt-x.plecckpt");
+        let bytes = encode(&sample());
+        assert_eq!(decode(&bytes, path).unwrap(), sample());
+        let msg = |b: &[u8]| decode(b, path).unwrap_err().to_string();
+        assert!(msg(&bytes[..bytes.len() - 1]).contains("truncated"));
+        assert!(msg(&bytes[..10]).contains("truncated"));
+        assert!(msg(b"").contains("magic"));
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(msg(&flipped).contains("checksum"));
+        let mut newer = bytes.clone();
+        newer[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        assert!(msg(&newer).contains("upgrade plec"));
+        assert!(msg(&newer).contains("ckpt-x.plecckpt"));
+    }
+
+    #[test]
+    fn save_is_atomic_and_prune_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [5, 10, 15] {
+            save(
+                &sample(),
+                &dir.path().join(super::super::dir::file_name(step)),
+            )
+            .unwrap();
+        }
+        // A write killed half way leaves only a temporary file.
+        std::fs::write(dir.path().join(format!("{TEMP_PREFIX}abc")), b"half").unwrap();
+        std::fs::write(
+            dir.path().join(super::super::dir::file_name(20)),
+            b"PLECCKPT",
+        )
+        .unwrap();
+        let (path, c, skipped) = super::super::dir::newest(dir.path()).unwrap();
+        assert!(path.ends_with(super::super::dir::file_name(15)));
+        assert_eq!(c, sample());
+        assert_eq!(
+            skipped.len(),
+            1,
+            "the damaged newest one is skipped: {skipped:?}"
+        );
+        super::super::dir::prune(dir.path(), 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                super::super::dir::file_name(15),
+                super::super::dir::file_name(20)
+            ]
+        );
+    }
+}
