@@ -8,10 +8,10 @@
 //! data and runtime errors, and the per-task metrics table.
 //!
 //! Outputs are all-or-nothing: training writes into a hidden staging
-//! directory inside `--out` (`.plec-run-*`, which also holds the periodic
-//! checkpoints while the run lasts), and only a run that finished moves
-//! `plan.bin` and `metrics.json` into `--out`. A run that fails (bad data,
-//! divergence) leaves no `plan.bin` or `metrics.json` behind.
+//! directory inside `--out` (`.plec-run-*`), and only a run that finished
+//! moves `plan.bin` and `metrics.json` into `--out`. A run that fails (bad
+//! data, divergence) or is interrupted leaves no `plan.bin` or
+//! `metrics.json` behind, only its checkpoints.
 //!
 //! Checkpoints go to `--out/checkpoints` (see `runtime::checkpoint`), every
 //! `save_checkpoints_steps` (`--checkpoint-every`) and on Ctrl-C or
