@@ -126,8 +126,7 @@ const TORCH_ACTIVATIONS: &[&str] = &[
 ];
 
 fn dropout_ratio(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    let Some(model) = &cx.model else { return };
-    for (path, mlp) in &model.mlps {
+    for (path, mlp) in &cx.mlps {
         let ratios = &mlp.dropout_ratio;
         let layers = mlp.hidden_units.len();
         if ratios.len() > 1 && ratios.len() != layers {
@@ -164,8 +163,7 @@ fn dropout_ratio(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
 }
 
 fn bn_and_ln(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    let Some(model) = &cx.model else { return };
-    for (path, mlp) in &model.mlps {
+    for (path, mlp) in &cx.mlps {
         if mlp.use_bn() && mlp.use_ln() {
             out.push(
                 rule.diag("an mlp cannot use both batch norm and layer norm")
@@ -208,13 +206,12 @@ fn activation_known(act: &str) -> Option<bool> {
 }
 
 fn unknown_activation(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    let Some(model) = &cx.model else { return };
     let known: Vec<String> = TORCH_ACTIVATIONS
         .iter()
         .map(|a| format!("nn.{a}"))
         .chain(std::iter::once("Dice".to_string()))
         .collect();
-    for (path, mlp) in &model.mlps {
+    for (path, mlp) in &cx.mlps {
         let Some(act) = mlp.activation.as_deref() else {
             continue;
         };
