@@ -191,11 +191,15 @@ pub(super) fn feature_names(nodes: &[(String, DynamicMessage)]) -> Vec<(String, 
         let Some(name) = str_field(&msg, "feature_name") else {
             continue;
         };
-        let name = match sequence_parent(&path, nodes) {
-            Some(seq) => format!("{seq}__{name}"),
-            None => name,
-        };
-        out.push((name, path));
+        match sequence_parent(&path, nodes) {
+            Some(seq) => {
+                // TorchEasyRec joins with `__`, or with `_` when it runs
+                // with USE_RTP=1; either spelling names the sub-feature.
+                out.push((format!("{seq}__{name}"), path.clone()));
+                out.push((format!("{seq}_{name}"), path));
+            }
+            None => out.push((name, path)),
+        }
     }
     out
 }

@@ -57,6 +57,29 @@ Fix: give the name (`tower_name: \"ctr\"`).",
         check: missing_name,
     },
     Rule {
+        code: "plec::sequence-encoder",
+        severity: Severity::Error,
+        summary: "a feature group's sequence groups and sequence encoders do not pair up",
+        explain: "\
+In a DEEP feature group, each sequence group (`sequence_groups`) is read by a
+sequence encoder (`sequence_encoders`) whose `input` names it. TorchEasyRec
+checks this when it builds the embedding group and stops when: an encoder's
+`input` is not a sequence group of the same feature group; an encoder has no
+`input` while the group has several sequence groups (with exactly one, the
+input defaults to it); a sequence group has no encoder; several sequence
+groups are unnamed, or two share a name; or a WIDE or SEQUENCE group has
+sequence groups or encoders at all.
+
+Example:
+    feature_groups { group_name: \"all\" group_type: DEEP
+      sequence_groups { group_name: \"click_seq\" ... }
+      sequence_encoders { din_encoder { input: \"clicks\" ... } } }
+
+Fix: name the sequence group in `input`, and give every sequence group an
+encoder.",
+        check: sequence_encoder,
+    },
+    Rule {
         code: "plec::unknown-group",
         severity: Severity::Error,
         summary: "a tower, encoder or model names a feature group that does not exist",
@@ -243,11 +266,9 @@ fn missing_name(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                 "input" | "augment_input" | "history_input" => format!("TorchEasyRec reads the feature group named by `{field}` when it builds the model; name one of the config's groups"),
                 _ => format!("TorchEasyRec refers to the block by its `{field}`; give it one"),
             };
-            let at = if msg.has_field(&fd) {
-                cx.value(&format!("{path}.{field}"))
-            } else {
-                cx.name(path)
-            };
+            let at = cx
+                .value(&format!("{path}.{field}"))
+                .or_else(|| cx.name(path));
             out.push(
                 rule.diag(format!("`{block}` has no `{field}`"))
                     .primary_at(at, format!("`{field}` missing or empty"))
@@ -485,14 +506,32 @@ fn zero_embedding_dim(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
             continue;
         }
         let name = str_field(&msg, "feature_name").unwrap_or_default();
-        let at = if msg.has_field(&fd) {
-            cx.value(&format!("{path}.embedding_dim"))
+        // TorchEasyRec asserts the dim only when a group reads the feature.
+        let used = cx
+            .all_features
+            .iter()
+            .filter(|(_, p)| *p == path)
+            .any(|(n, _)| {
+                cx.groups.iter().any(|g| {
+                    g.feature_names.contains(n)
+                        || g.sequence_groups
+                            .iter()
+                            .any(|s| s.feature_names.contains(n))
+                })
+            });
+        if !cx.groups.is_empty() && !used {
+            continue;
+        }
+        let written = cx.value(&format!("{path}.embedding_dim"));
+        let label = if written.is_some() {
+            "zero-wide embedding"
         } else {
-            cx.best(&format!("{path}.feature_name"))
+            "no `embedding_dim`"
         };
+        let at = written.or_else(|| cx.best(&format!("{path}.feature_name")));
         out.push(
             rule.diag(format!("feature \"{name}\" is embedded but its embedding_dim is 0"))
-                .primary_at(at, if msg.has_field(&fd) { "zero-wide embedding" } else { "no `embedding_dim`" })
+                .primary_at(at, label)
                 .with_help("its bucket setting makes it an embedding lookup; set `embedding_dim` (for example 16)"),
         );
     }
@@ -510,4 +549,125 @@ fn not_in_torcheasyrec(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
             .primary_at(cx.name("model_config.simple_multi_task"), "runs in plec, not in TorchEasyRec")
             .with_help("TorchEasyRec fails at start creating model class \"SimpleMultiTask\"; use `mmoe`, `ple` or `dbmtl` if the config must also train there"),
     );
+}
+
+fn sequence_encoder(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
+    use crate::proto::tzrec::protos::FeatureGroupType;
+    for (gi, g) in cx.groups.iter().enumerate() {
+        let gp = format!("model_config.feature_groups[{gi}]");
+        if g.sequence_groups.is_empty() && g.sequence_encoders.is_empty() {
+            continue;
+        }
+        if g.group_type() != FeatureGroupType::Deep {
+            out.push(
+                rule.diag(format!(
+                    "group \"{}\" is not DEEP but has sequence groups or encoders",
+                    g.group_name
+                ))
+                .primary_at(cx.value(&format!("{gp}.group_type")).or_else(|| cx.name(&gp)), "not a DEEP group")
+                .with_help("TorchEasyRec accepts `sequence_groups` and `sequence_encoders` only in DEEP groups"),
+            );
+            continue;
+        }
+        // Sequence group names as TorchEasyRec resolves them: a single
+        // unnamed sequence group takes its feature group's name.
+        let mut names: Vec<String> = Vec::new();
+        let mut index: Vec<usize> = Vec::new();
+        let unnamed = g
+            .sequence_groups
+            .iter()
+            .filter(|s| s.group_name.is_none())
+            .count();
+        for (si, s) in g.sequence_groups.iter().enumerate() {
+            let sp = format!("{gp}.sequence_groups[{si}]");
+            let name = match &s.group_name {
+                Some(n) => n.clone(),
+                None if g.sequence_groups.len() == 1 => g.group_name.clone(),
+                None => {
+                    if unnamed > 1 {
+                        out.push(
+                            rule.diag(format!("group \"{}\" has several sequence groups and this one has no `group_name`", g.group_name))
+                                .primary_at(cx.name(&sp), "unnamed sequence group")
+                                .with_help("encoders name the sequence group they read; give every sequence group a `group_name`"),
+                        );
+                    }
+                    continue;
+                }
+            };
+            if names.contains(&name) {
+                out.push(
+                    rule.diag(format!("two sequence groups are named \"{name}\""))
+                        .primary_at(
+                            cx.value(&format!("{sp}.group_name"))
+                                .or_else(|| cx.name(&sp)),
+                            "second use of the name",
+                        )
+                        .with_help("give each sequence group its own name"),
+                );
+            }
+            names.push(name);
+            index.push(si);
+        }
+        let mut read = vec![false; names.len()];
+        for ei in 0..g.sequence_encoders.len() {
+            let ep = format!("{gp}.sequence_encoders[{ei}]");
+            let Some((kind, input)) = encoder_input(cx, &ep) else {
+                continue;
+            };
+            let ip = format!("{ep}.{kind}");
+            match input {
+                None if names.len() == 1 => read[0] = true,
+                None if names.is_empty() => {}
+                None => out.push(
+                    rule.diag(format!(
+                        "`{kind}` has no `input`, and group \"{}\" has {} sequence groups",
+                        g.group_name,
+                        names.len()
+                    ))
+                    .primary_at(cx.name(&ip), "which sequence group does it read?")
+                    .with_help(format!("set `input` to one of {}", one_of(&names))),
+                ),
+                Some(v) => {
+                    match names.iter().position(|n| *n == v) {
+                        Some(i) => read[i] = true,
+                        None => {
+                            let close = closest_names(&v, names.iter().map(String::as_str), 3);
+                            let help = if close.is_empty() {
+                                format!("an encoder reads a sequence group of its own feature group: {}", one_of(&names))
+                            } else {
+                                format!("did you mean {}?", one_of(&close))
+                            };
+                            out.push(
+                            rule.diag(format!("sequence encoder input \"{v}\" is not a sequence group of \"{}\"", g.group_name))
+                                .primary_at(cx.value(&format!("{ip}.input")), "no such sequence group here")
+                                .with_help(help),
+                        );
+                        }
+                    }
+                }
+            }
+        }
+        for (i, done) in read.iter().enumerate() {
+            if *done {
+                continue;
+            }
+            let sp = format!("{gp}.sequence_groups[{}]", index[i]);
+            out.push(
+                rule.diag(format!("sequence group \"{}\" has no sequence encoder", names[i]))
+                    .primary_at(cx.value(&format!("{sp}.group_name")).or_else(|| cx.name(&sp)), "read by no encoder")
+                    .with_help(format!("TorchEasyRec stops when a sequence group has no encoder; add `sequence_encoders {{ din_encoder {{ input: \"{}\" ... }} }}`", names[i])),
+            );
+        }
+    }
+}
+
+/// The chosen encoder kind of `sequence_encoders[i]` and its `input`.
+fn encoder_input(cx: &Ctx, path: &str) -> Option<(String, Option<String>)> {
+    let (_, msg) = cx.nodes.iter().find(|(p, _)| p == path)?;
+    let fd = msg.descriptor().fields().find(|f| msg.has_field(f))?;
+    let v = msg.get_field(&fd);
+    let inner = v.as_message()?;
+    // An empty string is an unset `input` (the typed config cannot tell).
+    let input = str_field(inner, "input").filter(|s| !s.is_empty());
+    Some((fd.name().to_string(), input))
 }
