@@ -199,11 +199,16 @@ fn group_names(cx: &Ctx) -> Vec<String> {
 fn bucket_config(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     for (path, msg) in feature_blocks(&cx.nodes) {
         let desc = msg.descriptor();
-        let given: Vec<String> = desc
+        let mut given: Vec<String> = desc
             .fields()
             .filter(|f| cx.facts.is_bucket(f) && is_set(&msg, f))
             .map(|f| f.name().to_string())
             .collect();
+        // In the order written: the later settings are the extra ones.
+        given.sort_by_key(|f| {
+            cx.name(&format!("{path}.{f}"))
+                .map_or(usize::MAX, |s| s.start)
+        });
         let name = str_field(&msg, "feature_name").unwrap_or_default();
         let kind = path
             .rsplit('.')
