@@ -175,6 +175,9 @@ has no model class of that name (only its tests define one), so
 `BaseModel.create_class(\"SimpleMultiTask\")` fails when TorchEasyRec starts.
 plec compiles and runs it; the same config will not train in TorchEasyRec.
 
+Example:
+    model_config { simple_multi_task { task_towers { ... } } }
+
 Fix: use `mmoe`, `ple` or `dbmtl` where the config must also run in
 TorchEasyRec.",
         check: not_in_torcheasyrec,
