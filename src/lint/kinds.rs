@@ -298,7 +298,32 @@ fn unknown_group(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
             }
             let value = msg.get_field(&fd);
             let Some(v) = value.as_str() else { continue };
-            if v.trim().is_empty() || names.iter().any(|n| n == v) {
+            if v.trim().is_empty() {
+                continue;
+            }
+            if names.iter().any(|n| n == v) {
+                // A DIN tower attends over a sequence: it reads
+                // `<group>.sequence`, which only sequence groups have.
+                let plain = cx.groups.iter().find(|g| g.group_name == v).filter(|g| {
+                    g.group_type() == crate::proto::tzrec::protos::FeatureGroupType::Deep
+                        || g.group_type() == crate::proto::tzrec::protos::FeatureGroupType::Wide
+                });
+                let is_seq_group = cx.groups.iter().any(|g| {
+                    g.sequence_groups
+                        .iter()
+                        .any(|s| s.group_name.as_deref() == Some(v))
+                        || (g.group_name == v && g.sequence_groups.len() == 1)
+                });
+                if msg.descriptor().full_name() == "tzrec.protos.DINTower"
+                    && plain.is_some()
+                    && !is_seq_group
+                {
+                    out.push(
+                        rule.diag(format!("DIN tower reads group \"{v}\", which is not a sequence group"))
+                            .primary_at(cx.value(&format!("{path}.input")), "a DEEP or WIDE group")
+                            .with_help("a DIN tower attends over a sequence; point `input` at a SEQUENCE group (or a sequence group inside a DEEP group)"),
+                    );
+                }
                 continue;
             }
             let close = closest_names(v, names.iter().map(String::as_str), 3);

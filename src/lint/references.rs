@@ -356,10 +356,21 @@ fn duplicates(
 }
 
 fn duplicate_feature(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
+    // Features of every kind, once per block (a sequence sub-feature is
+    // listed under two spellings; its first is the `__` one).
+    let mut seen_paths = std::collections::HashSet::new();
     let items = cx
-        .features
+        .all_features
         .iter()
-        .map(|f| (f.name, f.field("feature_name")))
+        .filter(|(_, p)| seen_paths.insert(p.as_str()))
+        .map(|(n, p)| {
+            let field = if p.ends_with(".sequence_feature") {
+                "sequence_name"
+            } else {
+                "feature_name"
+            };
+            (n.as_str(), format!("{p}.{field}"))
+        })
         .collect();
     duplicates(rule, cx, "feature name", items, out);
 }
