@@ -275,6 +275,7 @@ fn num_class_label(cx: &Ctx, t: &Tower, n: u32) -> (Option<std::ops::Range<usize
 }
 
 fn loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
+    rank_loss_num_class(rule, cx, out);
     let Some(model) = &cx.model else { return };
     for t in &model.towers {
         let n = t.num_class.unwrap_or(1);
@@ -311,6 +312,46 @@ fn loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                 .with_help(help),
             );
         }
+    }
+}
+
+/// Single-task ranking models (DeepFM, DLRM, MultiTowerDIN...) train
+/// `model_config.losses` against `model_config.num_class`, with the same
+/// assertions as a task tower. Retrieval models ignore `num_class`.
+fn rank_loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
+    let (Some(mc), Some((kind, desc))) = (&cx.config.model_config, &cx.model_kind) else {
+        return;
+    };
+    let file = desc.parent_file();
+    if !matches!(
+        file.name(),
+        "tzrec/protos/models/rank_model.proto" | "tzrec/protos/models/general_rank_model.proto"
+    ) {
+        return;
+    }
+    let n = mc.num_class.unwrap_or(1);
+    for (k, lc) in mc.losses.iter().enumerate() {
+        let Some(loss) = &lc.loss else { continue };
+        let name = loss_name(loss);
+        let (wanted, ok) = match loss {
+            Loss::BinaryCrossEntropy(_) | Loss::BinaryFocalLoss(_) | Loss::L2Loss(_) => {
+                ("1", n == 1)
+            }
+            Loss::SoftmaxCrossEntropy(_) => ("2 or more", n >= 2),
+            Loss::JrcLoss(_) => continue,
+        };
+        if ok {
+            continue;
+        }
+        out.push(
+            rule.diag(format!("{name} needs num_class {wanted}, but the {kind} model has num_class {n}"))
+                .primary_at(cx.name(&format!("model_config.losses[{k}].{name}")), format!("needs num_class {wanted}"))
+                .secondary_at(cx.value("model_config.num_class"), format!("num_class {n}"))
+                .with_help(match loss {
+                    Loss::SoftmaxCrossEntropy(_) => "set `num_class` to the number of classes, or use `binary_cross_entropy` for a binary label".to_string(),
+                    _ => format!("`{name}` reads one logit per sample; remove `num_class: {n}`, or use `softmax_cross_entropy` for {n} classes"),
+                }),
+        );
     }
 }
 
