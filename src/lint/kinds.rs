@@ -40,15 +40,17 @@ Fix: keep exactly one setting.",
     Rule {
         code: "plec::missing-name",
         severity: Severity::Error,
-        summary: "a tower, feature, group or encoder lacks the name TorchEasyRec refers to it by",
+        summary: "a tower, feature or group lacks the name TorchEasyRec refers to it by",
         explain: "\
 Most proto2 `required` fields are never read when unset, and protobuf's text
 parser does not enforce them. A few are names TorchEasyRec depends on (the
 schema marks them `(plec.needed)`): a task tower's `tower_name` (its losses
 and metrics are named after it: an unnamed tower reports `auc_`, and two
 unnamed towers collide), a feature's `feature_name`, a feature group's
-`group_name`, a tower's or sequence encoder's `input` (the group it reads:
-without it TorchEasyRec looks up a group named \"\" and fails at model build).
+`group_name`, a tower's `input` (the group it reads: without it TorchEasyRec
+looks up a group named \"\" and fails at model build). A sequence encoder's
+`input` may be left out when its group has one sequence group
+(`plec::sequence-encoder`).
 
 Example:
     task_towers { label_name: \"clk\" losses { binary_cross_entropy {} } }
@@ -82,12 +84,13 @@ encoder.",
     Rule {
         code: "plec::unknown-group",
         severity: Severity::Error,
-        summary: "a tower, encoder or model names a feature group that does not exist",
+        summary: "a tower or model names a feature group that does not exist, or one of the wrong kind",
         explain: "\
-Towers (`input`, `augment_input`, `history_input`), sequence encoders
-(`input`) and some models name the feature group they read. The name must be
-the `group_name` of a feature group, or of a sequence group inside one.
-TorchEasyRec fails with a KeyError when it builds the model.
+Towers (`input`, `augment_input`, `history_input`) and some models name the
+feature group they read (the schema marks these fields `(plec.group_ref)`).
+The name must be the `group_name` of a feature group, or of a sequence group
+inside one; a DIN tower must read a sequence group. TorchEasyRec fails with a
+KeyError when it builds the model.
 
 Example:
     user_tower { input: \"usr\" mlp { hidden_units: [64] } }
