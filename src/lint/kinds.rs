@@ -224,9 +224,9 @@ fn bucket_config(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
         let options: Vec<String> = desc
             .fields()
             .filter(|f| cx.facts.is_bucket(f))
-            .map(|f| format!("`{}`", f.name()))
+            .map(|f| f.name().to_string())
             .collect();
-        let options = options.join(", ");
+        let options = one_of(&options);
         match given.as_slice() {
             [] if cx.facts.needs_bucket(&desc) => out.push(
                 rule.diag(format!("{kind} \"{name}\" has no bucket setting"))
