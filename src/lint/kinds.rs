@@ -84,7 +84,8 @@ encoder.",
     Rule {
         code: "plec::unknown-group",
         severity: Severity::Error,
-        summary: "a tower or model names a feature group that does not exist, or one of the wrong kind",
+        summary:
+            "a tower or model names a feature group that does not exist, or one of the wrong kind",
         explain: "\
 Towers (`input`, `augment_input`, `history_input`) and some models name the
 feature group they read (the schema marks these fields `(plec.group_ref)`).
