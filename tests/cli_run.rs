@@ -547,8 +547,16 @@ fn huge_models_are_refused_with_an_estimate() {
         "2G",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("to train at batch 50000000"), "{}", text(&o));
-    assert!(text(&o).contains("activations of one batch"), "{}", text(&o));
+    assert!(
+        text(&o).contains("to train at batch 50000000"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("activations of one batch"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// `--engine native` and `--engine candle` train the same model to the
