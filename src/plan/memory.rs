@@ -5,9 +5,11 @@
 //! limit or `MemAvailable`) or `--max-memory`, and stop with the breakdown
 //! rather than grow until the kernel kills them.
 //!
-//! The activation figure is an upper bound: every value of the plan and its
-//! gradient at the batch size, where the native engine shares memory between
-//! values by lifetime and lays slices and stacks out as views.
+//! The activation figure errs high: every value of the plan at the batch
+//! size, plus two of the largest for the gradients in flight, where the
+//! native engine lays slices and stacks out as views and shares memory by
+//! lifetime (measured: see `plec inspect` against `plec bench`'s peak RSS
+//! in the README).
 
 use crate::proto::plan::{OptimizerKind, Plan};
 
@@ -93,9 +95,21 @@ impl Estimate {
             .values
             .iter()
             .fold(0u64, |s, v| s.saturating_add(per_value(&v.shape)));
-        e.activations = values
-            .saturating_mul(F32)
-            .saturating_mul(if training { 2 } else { 1 });
+        let largest_value = plan
+            .values
+            .iter()
+            .map(|v| per_value(&v.shape))
+            .max()
+            .unwrap_or(0);
+        // Training keeps every forward value for the backward pass; the
+        // gradients share memory by lifetime, so at any time about two
+        // values' worth are live (an op's output gradient and its input's).
+        let gradients = if training {
+            largest_value.saturating_mul(2)
+        } else {
+            0
+        };
+        e.activations = values.saturating_add(gradients).saturating_mul(F32);
         e
     }
 
@@ -283,8 +297,9 @@ mod tests {
         assert_eq!(e.tables, 32000);
         // Adagrad's accumulator
         assert_eq!(e.table_training, 32000);
-        // (16*10 + 3*16*4) floats, values and gradients
-        assert_eq!(e.activations, (160 + 192) * 4 * 2);
+        // (16*10 + 3*16*4) floats of values, and two of the largest (192)
+        // for the gradients in flight
+        assert_eq!(e.activations, (160 + 192 + 2 * 192) * 4);
         assert_eq!(e.largest, 32000);
         assert_eq!(e.largest_name, "t");
         let eval = Estimate::of_plan(&plan(), 16, false);
