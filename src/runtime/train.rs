@@ -107,8 +107,11 @@ pub struct TrainReport {
     pub last_checkpoint: Option<PathBuf>,
     /// Checkpoints written.
     pub checkpoints_written: u64,
-    /// Time training stood still for them (the snapshots).
+    /// Time training stood still for the snapshots.
     pub checkpoint_seconds: f64,
+    /// Time training waited for the previous write to finish (checkpoints
+    /// closer together than one write takes).
+    pub checkpoint_wait_seconds: f64,
     /// Time the background writer spent on them (encode, write, fsync).
     pub checkpoint_write_seconds: f64,
 }
@@ -586,6 +589,7 @@ pub fn train_with(
         last_checkpoint: None,
         checkpoints_written: 0,
         checkpoint_seconds: 0.0,
+        checkpoint_wait_seconds: 0.0,
         checkpoint_write_seconds: 0.0,
     };
     let mut train_time = 0.0f64;
@@ -634,8 +638,10 @@ pub fn train_with(
         };
         let t0 = Instant::now();
         let c = snapshot(trainer, report, pos, train_time, &opts.run_record)?;
-        let previous = w.submit(c, trainer.global_step)?;
         report.checkpoint_seconds += t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let previous = w.submit(c, trainer.global_step)?;
+        report.checkpoint_wait_seconds += t1.elapsed().as_secs_f64();
         note_written(report, previous);
         Ok(())
     };
@@ -763,9 +769,10 @@ pub fn train_with(
     if report.checkpoints_written > 0 {
         let n = report.checkpoints_written as f64;
         reporter.line(&format!(
-            "wrote {} checkpoint(s): training paused {:.0} ms for each, written in the background in {:.0} ms",
+            "wrote {} checkpoint(s): training paused {:.0} ms for each snapshot (and waited {:.0} ms for the previous write), written in the background in {:.0} ms",
             report.checkpoints_written,
             report.checkpoint_seconds * 1e3 / n,
+            report.checkpoint_wait_seconds * 1e3 / n,
             report.checkpoint_write_seconds * 1e3 / n
         ));
     }
