@@ -1,12 +1,80 @@
-//! `gemm_f32` against an f64 reference: every transposition of A and B,
+//! The one GEMM test suite: `gemm_f32` on every micro-kernel this CPU can
+//! run (the ones it cannot are named on stderr as skipped) against an f64
+//! reference: every transposition of A and B,
 //! strided and column-strided outputs, accumulate, bias and relu, 1 and 2
 //! threads, a relu-backward mask on the stored values, edge sizes around
-//! the 14 x 32 micro-tile, several K/M/N blocks
+//! the 14 x 32 and 6 x 16 micro-tiles, several K/M/N blocks
 //! and both drivers, and (for about half the calls) A's row sums added to
 //! `a_sums`. Also: nothing outside `dst` is written, and with
 //! `accumulate = false` NaN garbage in `dst` is ignored.
 
 use super::*;
+
+/// The kernels this CPU runs; names the others as skipped.
+fn kernels() -> Vec<Kernel> {
+    let mut out = Vec::new();
+    for k in [Kernel::Avx512, Kernel::Avx2] {
+        if k.available() {
+            out.push(k);
+        } else {
+            eprintln!("skipped: the {k:?} f32 kernel (this CPU cannot run it)");
+        }
+    }
+    out
+}
+
+/// `gemm_f32` with the old argument list, as the checks below were written.
+#[allow(clippy::too_many_arguments)]
+unsafe fn call(
+    kernel: Kernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    accumulate: bool,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+    b_cs: isize,
+    threads: usize,
+    bias: *const f32,
+    relu: bool,
+    mask: *const f32,
+    a_sums: *mut f32,
+) -> bool {
+    let problem = Problem {
+        m,
+        n,
+        k,
+        dst: Strided {
+            ptr: dst,
+            rs: dst_rs,
+            cs: dst_cs,
+        },
+        accumulate,
+        a: Strided {
+            ptr: a,
+            rs: a_rs,
+            cs: a_cs,
+        },
+        b: Strided {
+            ptr: b,
+            rs: b_rs,
+            cs: b_cs,
+        },
+        epilogue: Epilogue {
+            bias: (!bias.is_null()).then_some(bias),
+            relu,
+            mask: (!mask.is_null()).then_some(mask),
+            a_sums: (!a_sums.is_null()).then_some(a_sums),
+        },
+    };
+    gemm_f32(kernel, &problem, threads)
+}
 
 fn span(rows: usize, cols: usize, rs: isize, cs: isize) -> usize {
     (rows - 1) * rs as usize + (cols - 1) * cs as usize + 1
@@ -61,18 +129,20 @@ fn check(
     let dlen = span(m, n, d_rs, d_cs_eff) + 7;
     // A relu output as the mask: zero or positive, at dst's positions.
     let mask: Vec<f32> = rng.vec(dlen).into_iter().map(|x| x.max(0.0)).collect();
-    let mut d = if acc {
+    let d_orig = if acc {
         rng.vec(dlen)
     } else {
         vec![f32::NAN; dlen]
     };
-    let d_orig = d.clone();
     // A's row sums go into values already there (a bias gradient is added to).
     let sums_on = seed & 4 != 0;
     let sums_orig = rng.vec(m);
+    for kernel in kernels() {
+    let mut d = d_orig.clone();
     let mut sums = sums_orig.clone();
     let ok = unsafe {
-        gemm_f32(
+        call(
+            kernel,
             m,
             n,
             k,
@@ -117,7 +187,7 @@ fn check(
         };
         assert!(
             (sums[i] as f64 - want).abs() <= tol * mag.max(1.0),
-            "m{m} n{n} k{k} at={a_t} thr={threads} sums={sums_on}: a_sums[{i}] got {} want {want}",
+            "{kernel:?} m{m} n{n} k{k} at={a_t} thr={threads} sums={sums_on}: a_sums[{i}] got {} want {want}",
             sums[i]
         );
     }
@@ -151,7 +221,7 @@ fn check(
             let got = d[idx] as f64;
             assert!(
                 (got - s).abs() <= tol * sa.max(1.0),
-                "m{m} n{n} k{k} at={a_t} bt={b_t} dcs={d_cs} acc={acc} bias={bias_on} relu={relu} mask={mask_on} thr={threads}: [{i},{j}] got {got} want {s}"
+                "{kernel:?} m{m} n{n} k{k} at={a_t} bt={b_t} dcs={d_cs} acc={acc} bias={bias_on} relu={relu} mask={mask_on} thr={threads}: [{i},{j}] got {got} want {s}"
             );
         }
     }
@@ -159,9 +229,10 @@ fn check(
         if !t {
             assert!(
                 d[idx].to_bits() == d_orig[idx].to_bits(),
-                "wrote outside dst at {idx}"
+                "{kernel:?}: wrote outside dst at {idx}"
             );
         }
+    }
     }
 }
 
@@ -376,10 +447,12 @@ fn general_strides() {
     let (a_rs, a_cs, b_rs, b_cs) = (2isize * k as isize, 2isize, 3isize, 3 * k as isize);
     let a = rng.vec(span(m, k, a_rs, a_cs));
     let b = rng.vec(span(k, n, b_rs, b_cs));
+    for kernel in kernels() {
     let mut d = vec![f32::NAN; m * n];
     let mut sums = vec![1f32; m];
     let ok = unsafe {
-        gemm_f32(
+        call(
+            kernel,
             m,
             n,
             k,
@@ -413,4 +486,5 @@ fn general_strides() {
         let want = 1.0 + (0..k).map(at).sum::<f64>();
         assert!((sums[i] as f64 - want).abs() < 1e-4, "a_sums[{i}]");
     }
+}
 }

@@ -121,10 +121,26 @@ struct AdamConsts {
 /// scalar loop from running at memory speed.
 fn adam_chunk(k: &AdamConsts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked just above).
-        return unsafe { adam_chunk_avx512(k, p, g, m, v) };
+    {
+        use crate::runtime::native::isa::{chosen, Isa};
+        let isa = chosen();
+        if isa >= Isa::Avx512 {
+            // SAFETY: `chosen` never exceeds what the CPU has: it has AVX-512F.
+            return unsafe { adam_chunk_avx512(k, p, g, m, v) };
+        }
+        if isa >= Isa::Avx2 {
+            // SAFETY: `chosen` never exceeds what the CPU has: it has AVX2 and FMA.
+            return unsafe { adam_chunk_avx2(k, p, g, m, v) };
+        }
     }
+    adam_chunk_plain(k, p, g, m, v);
+}
+
+/// 8 lanes of `vsqrtps`/`vdivps` instead of SSE's 4. FMA is enabled but unused: Rust never
+/// contracts `a * b + c` into one, so the numbers are the portable build's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn adam_chunk_avx2(k: &AdamConsts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     adam_chunk_plain(k, p, g, m, v);
 }
 
