@@ -283,7 +283,14 @@ unsafe fn transpose8(r: &mut [__m256; 8]) {
 /// # Safety
 /// The rows cover kc values each; `out` has kc*out_ld floats, out_ld >= 8.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_t(src: *const f32, ld: isize, nrows: usize, kc: usize, out: *mut f32, out_ld: usize) {
+unsafe fn pack_t(
+    src: *const f32,
+    ld: isize,
+    nrows: usize,
+    kc: usize,
+    out: *mut f32,
+    out_ld: usize,
+) {
     let mut p = 0;
     while p < kc {
         let cnt = (kc - p).min(8);

@@ -460,5 +460,3 @@ unsafe fn gemv_rows(pr: &Prob, i0: usize, i1: usize) {
         }
     }
 }
-
-

@@ -138,101 +138,101 @@ fn check(
     let sums_on = seed & 4 != 0;
     let sums_orig = rng.vec(m);
     for kernel in kernels() {
-    let mut d = d_orig.clone();
-    let mut sums = sums_orig.clone();
-    let ok = unsafe {
-        call(
-            kernel,
-            m,
-            n,
-            k,
-            d.as_mut_ptr(),
-            d_rs,
-            d_cs_eff,
-            acc,
-            a.as_ptr(),
-            a_rs,
-            a_cs,
-            b.as_ptr(),
-            b_rs,
-            b_cs,
-            threads,
-            if bias_on {
-                bias.as_ptr()
-            } else {
-                std::ptr::null()
-            },
-            relu,
-            if mask_on {
-                mask.as_ptr()
-            } else {
-                std::ptr::null()
-            },
-            if sums_on {
-                sums.as_mut_ptr()
-            } else {
-                std::ptr::null_mut()
-            },
-        )
-    };
-    assert!(ok);
-    let tol = 1e-5 * (k as f64).sqrt() + 1e-6;
-    for i in 0..m {
-        let row = (0..k).map(|p| a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64);
-        let (want, mag) = if sums_on {
-            let (s, sa) = row.fold((0f64, 0f64), |(s, sa), x| (s + x, sa + x.abs()));
-            (s + sums_orig[i] as f64, sa + (sums_orig[i] as f64).abs())
-        } else {
-            (sums_orig[i] as f64, 0.0)
+        let mut d = d_orig.clone();
+        let mut sums = sums_orig.clone();
+        let ok = unsafe {
+            call(
+                kernel,
+                m,
+                n,
+                k,
+                d.as_mut_ptr(),
+                d_rs,
+                d_cs_eff,
+                acc,
+                a.as_ptr(),
+                a_rs,
+                a_cs,
+                b.as_ptr(),
+                b_rs,
+                b_cs,
+                threads,
+                if bias_on {
+                    bias.as_ptr()
+                } else {
+                    std::ptr::null()
+                },
+                relu,
+                if mask_on {
+                    mask.as_ptr()
+                } else {
+                    std::ptr::null()
+                },
+                if sums_on {
+                    sums.as_mut_ptr()
+                } else {
+                    std::ptr::null_mut()
+                },
+            )
         };
-        assert!(
+        assert!(ok);
+        let tol = 1e-5 * (k as f64).sqrt() + 1e-6;
+        for i in 0..m {
+            let row = (0..k).map(|p| a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64);
+            let (want, mag) = if sums_on {
+                let (s, sa) = row.fold((0f64, 0f64), |(s, sa), x| (s + x, sa + x.abs()));
+                (s + sums_orig[i] as f64, sa + (sums_orig[i] as f64).abs())
+            } else {
+                (sums_orig[i] as f64, 0.0)
+            };
+            assert!(
             (sums[i] as f64 - want).abs() <= tol * mag.max(1.0),
             "{kernel:?} m{m} n{n} k{k} at={a_t} thr={threads} sums={sums_on}: a_sums[{i}] got {} want {want}",
             sums[i]
         );
-    }
-    let mut touched = vec![false; dlen];
-    for i in 0..m {
-        for j in 0..n {
-            let mut s = 0f64;
-            let mut sa = 0f64;
-            for p in 0..k {
-                let x = a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64
-                    * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
-                s += x;
-                sa += x.abs();
-            }
-            let idx = (i as isize * d_rs + j as isize * d_cs_eff) as usize;
-            touched[idx] = true;
-            if acc {
-                s += d_orig[idx] as f64;
-                sa += (d_orig[idx] as f64).abs();
-            }
-            if bias_on {
-                s += bias[j] as f64;
-                sa += (bias[j] as f64).abs();
-            }
-            if relu {
-                s = s.max(0.0);
-            }
-            if mask_on && mask[idx] <= 0.0 {
-                s = 0.0;
-            }
-            let got = d[idx] as f64;
-            assert!(
+        }
+        let mut touched = vec![false; dlen];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                let mut sa = 0f64;
+                for p in 0..k {
+                    let x = a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64
+                        * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
+                    s += x;
+                    sa += x.abs();
+                }
+                let idx = (i as isize * d_rs + j as isize * d_cs_eff) as usize;
+                touched[idx] = true;
+                if acc {
+                    s += d_orig[idx] as f64;
+                    sa += (d_orig[idx] as f64).abs();
+                }
+                if bias_on {
+                    s += bias[j] as f64;
+                    sa += (bias[j] as f64).abs();
+                }
+                if relu {
+                    s = s.max(0.0);
+                }
+                if mask_on && mask[idx] <= 0.0 {
+                    s = 0.0;
+                }
+                let got = d[idx] as f64;
+                assert!(
                 (got - s).abs() <= tol * sa.max(1.0),
                 "{kernel:?} m{m} n{n} k{k} at={a_t} bt={b_t} dcs={d_cs} acc={acc} bias={bias_on} relu={relu} mask={mask_on} thr={threads}: [{i},{j}] got {got} want {s}"
             );
+            }
         }
-    }
-    for (idx, t) in touched.iter().enumerate() {
-        if !t {
-            assert!(
-                d[idx].to_bits() == d_orig[idx].to_bits(),
-                "{kernel:?}: wrote outside dst at {idx}"
-            );
+        for (idx, t) in touched.iter().enumerate() {
+            if !t {
+                assert!(
+                    d[idx].to_bits() == d_orig[idx].to_bits(),
+                    "{kernel:?}: wrote outside dst at {idx}"
+                );
+            }
         }
-    }
     }
 }
 
@@ -448,43 +448,43 @@ fn general_strides() {
     let a = rng.vec(span(m, k, a_rs, a_cs));
     let b = rng.vec(span(k, n, b_rs, b_cs));
     for kernel in kernels() {
-    let mut d = vec![f32::NAN; m * n];
-    let mut sums = vec![1f32; m];
-    let ok = unsafe {
-        call(
-            kernel,
-            m,
-            n,
-            k,
-            d.as_mut_ptr(),
-            n as isize,
-            1,
-            false,
-            a.as_ptr(),
-            a_rs,
-            a_cs,
-            b.as_ptr(),
-            b_rs,
-            b_cs,
-            2,
-            std::ptr::null(),
-            false,
-            std::ptr::null(),
-            sums.as_mut_ptr(),
-        )
-    };
-    assert!(ok);
-    for i in 0..m {
-        let at = |p: usize| a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64;
-        for j in 0..n {
-            let mut s = 0f64;
-            for p in 0..k {
-                s += at(p) * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
+        let mut d = vec![f32::NAN; m * n];
+        let mut sums = vec![1f32; m];
+        let ok = unsafe {
+            call(
+                kernel,
+                m,
+                n,
+                k,
+                d.as_mut_ptr(),
+                n as isize,
+                1,
+                false,
+                a.as_ptr(),
+                a_rs,
+                a_cs,
+                b.as_ptr(),
+                b_rs,
+                b_cs,
+                2,
+                std::ptr::null(),
+                false,
+                std::ptr::null(),
+                sums.as_mut_ptr(),
+            )
+        };
+        assert!(ok);
+        for i in 0..m {
+            let at = |p: usize| a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64;
+            for j in 0..n {
+                let mut s = 0f64;
+                for p in 0..k {
+                    s += at(p) * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
+                }
+                assert!((d[i * n + j] as f64 - s).abs() < 1e-4, "{i},{j}");
             }
-            assert!((d[i * n + j] as f64 - s).abs() < 1e-4, "{i},{j}");
+            let want = 1.0 + (0..k).map(at).sum::<f64>();
+            assert!((sums[i] as f64 - want).abs() < 1e-4, "a_sums[{i}]");
         }
-        let want = 1.0 + (0..k).map(at).sum::<f64>();
-        assert!((sums[i] as f64 - want).abs() < 1e-4, "a_sums[{i}]");
     }
-}
 }

@@ -325,7 +325,10 @@ unsafe fn run<K: Backend>(pr: &Prob, threads: usize) {
                 // Narrow B with several K blocks (per-K-block joins dominate driver 1), or
                 // unpacked A with between one and two N blocks (whole packed B is small,
                 // fewer joins).
-                0 => (n <= 256 && k > kc_max) || (direct && n > K::NC_DIRECT && n <= 2 * K::NC_DIRECT),
+                0 => {
+                    (n <= 256 && k > kc_max)
+                        || (direct && n > K::NC_DIRECT && n <= 2 * K::NC_DIRECT)
+                }
                 d => d == 2,
             };
             // SAFETY (both): valid problem (caller contract); the CPU runs K.
@@ -543,7 +546,9 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
                                 // SAFETY: packed panels are complete for kc (their phase joined
                                 // above, or packed just before by this task); the tile
                                 // (i..i+mr, j..j+nr) is computed by this task only.
-                                unsafe { tile::<K>(pr, i, mr, j, nr, kc, ap, direct, bp, first, last) };
+                                unsafe {
+                                    tile::<K>(pr, i, mr, j, nr, kc, ap, direct, bp, first, last)
+                                };
                             }
                         }
                     });
@@ -676,7 +681,19 @@ unsafe fn gemm_driver2<K: Backend>(pr: &Prob, w: usize) {
                             // SAFETY: B packed in phase 1 (joined); A panel packed above; the
                             // tile belongs to this task only.
                             unsafe {
-                                tile::<K>(pr, i, mr, j, K::NR.min(n - j), kc, ap, direct, bp, first, last)
+                                tile::<K>(
+                                    pr,
+                                    i,
+                                    mr,
+                                    j,
+                                    K::NR.min(n - j),
+                                    kc,
+                                    ap,
+                                    direct,
+                                    bp,
+                                    first,
+                                    last,
+                                )
                             };
                         }
                     }
@@ -710,7 +727,6 @@ unsafe fn gemm_driver2<K: Backend>(pr: &Prob, w: usize) {
     });
 }
 
-
 // Micro-tiles and micro-kernel.
 
 /// The epilogue of one micro-tile's store.
@@ -727,7 +743,6 @@ pub(super) struct Epi {
 
 /// Floats in the scratch tile of a column-strided dst: the largest MR x NR (AVX-512's 14 x 32).
 const SCRATCH: usize = 14 * 32;
-
 
 /// Compute one micro-tile C[i..i+mr, j..j+nr] over a K block and store it with the epilogue.
 /// `ap`: packed A panel, or (direct) &A[i, pc] of row-major A.
@@ -813,7 +828,6 @@ unsafe fn tile<K: Backend>(
         }
     }
 }
-
 
 ///
 /// # Safety

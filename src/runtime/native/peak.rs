@@ -18,7 +18,9 @@ pub fn fma_peak(isa: Isa, threads: usize) -> f64 {
     let threads = threads.max(1);
     let t = Instant::now();
     let flops: f64 = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads).map(|_| s.spawn(move || one_thread(isa))).collect();
+        let hs: Vec<_> = (0..threads)
+            .map(|_| s.spawn(move || one_thread(isa)))
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
     });
     flops / t.elapsed().as_secs_f64().max(1e-9) / 1e9
@@ -118,11 +120,17 @@ pub fn gemm_best(threads: usize) -> Vec<(String, f64)> {
         bf16: false,
     };
     let (m, n, k) = (8192usize, 1024usize, 1024usize);
-    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();
-    let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0).collect();
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+        .collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0)
+        .collect();
     let mut out = vec![0f32; m * n];
     let mut dw = vec![0f32; k * n];
-    let dy: Vec<f32> = (0..m * n).map(|i| ((i * 3 % 7) as f32 - 3.0) / 8.0).collect();
+    let dy: Vec<f32> = (0..m * n)
+        .map(|i| ((i * 3 % 7) as f32 - 3.0) / 8.0)
+        .collect();
     let time = |f: &mut dyn FnMut()| {
         f();
         let mut best = f64::INFINITY;
