@@ -14,11 +14,12 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use plec::cli::compile::{build, BuildOptions};
 use plec::data::batch::{Batch, FeatureInput};
+use plec::pipeline::{build, BuildOptions};
 use plec::proto::plan::{FeatureKind, Plan};
-use plec::runtime::rng::SplitMix64;
-use plec::runtime::{ops, Mode, Model, Trainer};
+use plec::rng::SplitMix64;
+use plec::runtime::candle::ops;
+use plec::runtime::{Mode, Model, Trainer};
 
 /// Relative tolerance of the issue: forward outputs within 1e-4.
 const FORWARD_TOL: f64 = 1e-4;

@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use plec::cli::check::check_source;
 use plec::diag::{render_human, render_json, LineIndex, Severity};
+use plec::pipeline::check_source;
 use plec::schema::Schema;
 
 fn cases(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -37,6 +37,7 @@ pub fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
         for (kind, codes) in [
             ("syntax", syntax::explain::CODES),
             ("schema", schema::explain::CODES),
+            ("compile", crate::pipeline::CODES),
         ] {
             for (code, text) in codes {
                 out.push_str(&format!("{code:<34} {kind:<8} {}\n", first_sentence(text)));
@@ -66,6 +67,7 @@ pub fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
     if let Some((c, text)) = syntax::explain::CODES
         .iter()
         .chain(schema::explain::CODES)
+        .chain(crate::pipeline::CODES)
         .find(|(c, _)| *c == full)
     {
         println!("{c}\n\n{text}");

@@ -145,13 +145,13 @@ pub fn dropout_with_mask(x: &Tensor, mask: &Tensor, ratio: f32) -> Result<Tensor
 pub fn dropout_mask(
     shape: &[usize],
     ratio: f32,
-    rng: &mut super::rng::SplitMix64,
+    rng: &mut crate::rng::SplitMix64,
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(dev) = device {
-        return super::cuda::dropout_mask(dev, shape, ratio, rng)?.to_dtype(dtype);
+        return crate::runtime::cuda::dropout_mask(dev, shape, ratio, rng)?.to_dtype(dtype);
     }
     let n: usize = shape.iter().product();
     let keep: Vec<f32> = (0..n)
@@ -188,10 +188,4 @@ pub fn log_sum_exp(x: &Tensor) -> Result<Tensor> {
 pub fn gate_mix(w: &Tensor, e: &Tensor) -> Result<Tensor> {
     let wt = w.t()?.unsqueeze(2)?;
     e.broadcast_mul(&wt)?.sum(0)
-}
-
-/// Resolves a possibly negative axis against a rank.
-pub fn resolve_axis(axis: i64, rank: usize) -> Option<usize> {
-    let a = if axis < 0 { axis + rank as i64 } else { axis };
-    (a >= 0 && (a as usize) < rank).then_some(a as usize)
 }
