@@ -853,10 +853,6 @@ pub(super) unsafe fn pack_strided(
     }
 }
 
-/// Pack A[i..i+mr, pc..pc+kc] into an MR-tall panel (zero padded); with `sum`, add the
-/// panel's row sums to the problem's `a_sums` (each (panel, k block) must be summed once).
-#[allow(clippy::too_many_arguments)]
-
 /// Adds each row of A's sum over k (in k order) to `a_sums`, for the paths that do not pack A.
 ///
 /// # Safety
