@@ -80,6 +80,7 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
         device: args.device.clone(),
         precision: runtime::native::Precision::F32,
         engine: args.engine,
+        max_memory: None,
     };
     let (device, threads) = exec.setup()?;
     if args.peak {

@@ -15,7 +15,9 @@
 //! CLI renders them.
 
 mod context;
+mod facts;
 mod features;
+mod kinds;
 mod references;
 mod training;
 mod values;
@@ -89,9 +91,10 @@ impl LabelAt for Diagnostic {
 }
 
 /// Every rule, grouped by theme.
-fn rule_sets() -> [&'static [Rule]; 5] {
+fn rule_sets() -> [&'static [Rule]; 6] {
     [
         references::RULES,
+        kinds::RULES,
         values::RULES,
         features::RULES,
         training::RULES,

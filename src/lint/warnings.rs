@@ -28,11 +28,12 @@ Fix: add it to a group (`feature_names: \"brand\"`), or delete it.",
     Rule {
         code: "plec::ignored-group",
         severity: Severity::Warning,
-        summary: "a multi-task model reads only its first feature group; later groups are ignored",
+        summary: "the model reads only its first feature group; later groups are ignored",
         explain: "\
-PLE, MMoE, DBMTL and SimpleMultiTask build their input from the first feature
-group only. Any further group is computed by nobody, so its features do not
-reach the model.
+PLE, MMoE, DBMTL, DC2VR, SimpleMultiTask, DCN (v1 and v2), MaskNet and
+RocketLaunching build their input from the first feature group only (the
+schema marks them `(plec.first_group_only)`). Any further group is computed
+by nobody, so its features do not reach the model.
 
 Example:
     feature_groups { group_name: \"user\" ... }
@@ -44,12 +45,13 @@ Fix: list all features in one DEEP group.",
     },
     Rule {
         code: "plec::dense-in-wide",
-        severity: Severity::Warning,
+        severity: Severity::Error,
         summary: "a dense raw feature is listed in a WIDE group",
         explain: "\
 A WIDE group is a sum of one-wide embeddings of sparse (bucketized) features.
-A raw feature without `boundaries` is a dense value with no embedding, which
-is not what a wide part is meant to hold.
+A raw feature without `boundaries` is a dense value with no embedding:
+TorchEasyRec raises \"dense feature [...] should not be configured in wide
+group\" when it builds the model.
 
 Example:
     raw_feature { feature_name: \"price\" expression: \"item:price\" }
@@ -230,15 +232,20 @@ fn unused_feature(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
 }
 
 fn ignored_group(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    let Some(model) = &cx.model else { return };
+    let Some((kind, desc)) = &cx.model_kind else {
+        return;
+    };
+    if !cx.facts.first_group_only(desc) {
+        return;
+    }
     let Some(first) = cx.groups.first() else {
         return;
     };
     for (i, g) in cx.groups.iter().enumerate().skip(1) {
         out.push(
             rule.diag(format!(
-                "{} reads only the first feature group; \"{}\" is ignored",
-                model.family, g.group_name
+                "{kind} reads only the first feature group; \"{}\" is ignored",
+                g.group_name
             ))
             .primary_at(
                 cx.best(&format!("model_config.feature_groups[{i}].group_name")),
@@ -271,7 +278,7 @@ fn dense_in_wide(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                 .primary_at(cx.value(&format!("model_config.feature_groups[{g}].feature_names[{i}]")), "dense feature in a WIDE group")
                 .secondary_at(cx.best(&f.field("feature_name")), "defined here without `boundaries`")
                 .with_help(format!(
-                    "a WIDE group sums one-wide embeddings of sparse features; bucketize \"{name}\" with `boundaries`, or move it to a DEEP group"
+                    "TorchEasyRec refuses dense features in a WIDE group when it builds the model; bucketize \"{name}\" with `boundaries`, or move it to a DEEP group"
                 )),
             );
         }
