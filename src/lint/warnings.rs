@@ -10,6 +10,26 @@ use crate::proto::tzrec::protos::FeatureGroupType;
 
 pub(super) const RULES: &[Rule] = &[
     Rule {
+        code: "plec::huge-model",
+        severity: Severity::Warning,
+        summary: "one layer or embedding table alone needs more than 2 GiB",
+        explain: "\
+A single MLP layer (the product of two consecutive widths) or a single
+embedding table (ids times embedding_dim) holds more than 2 GiB of f32 values.
+That is rarely intended: usually a width or a bucket count has a few digits too
+many. Training needs two to four times the parameters' size again for
+gradients and optimizer state. `plec compile` and `plec run` estimate the whole
+model's memory before allocating anything and stop when it does not fit
+(`--max-memory` sets the limit); `plec inspect` prints the estimate.
+
+Example:
+    mlp { hidden_units: [1000000000, 512, 256] }
+
+Fix: check the widths and bucket counts; if the size is intended, make sure
+the machine has the memory (see `plec inspect`).",
+        check: huge_model,
+    },
+    Rule {
         code: "plec::unused-feature",
         severity: Severity::Warning,
         summary: "a feature is defined but no feature group uses it",
@@ -476,4 +496,60 @@ fn fragment(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
 #[cfg(test)]
 pub(super) fn names_read(s: &str) -> (bool, bool) {
     (click_like(s), conversion_like(s))
+}
+
+/// Bytes above which one layer or table is reported.
+const HUGE_BYTES: u64 = 2 << 30;
+
+fn huge_model(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    for (path, mlp) in &cx.mlps {
+        // The first layer's input width is not known here; one input
+        // column is the least it can have.
+        let mut prev = 1u64;
+        for (i, &units) in mlp.hidden_units.iter().enumerate() {
+            let units = units as u64;
+            let bytes = prev.saturating_mul(units).saturating_mul(4);
+            if bytes > HUGE_BYTES {
+                out.push(
+                    rule.diag(format!(
+                        "an MLP layer of {units} units needs at least {}",
+                        gib(bytes)
+                    ))
+                    .primary_at(
+                        cx.value(&format!("{path}.hidden_units[{i}]")),
+                        format!("{prev} x {units} weights"),
+                    )
+                    .with_help(
+                        "check the width; `plec inspect` shows the model's whole memory estimate",
+                    ),
+                );
+                break;
+            }
+            prev = units.max(1);
+        }
+    }
+    for f in &cx.features {
+        let FeatureKind::Id(id) = f.kind else {
+            continue;
+        };
+        let (rows, field) = match (id.hash_bucket_size, id.num_buckets) {
+            (Some(h), _) => (h, "hash_bucket_size"),
+            (None, Some(n)) => (n, "num_buckets"),
+            _ => continue,
+        };
+        let dim = id.embedding_dim as u64;
+        let bytes = rows.saturating_mul(dim).saturating_mul(4);
+        if bytes > HUGE_BYTES {
+            out.push(
+                rule.diag(format!(
+                    "the embedding table of \"{}\" needs {} ({rows} ids x {dim})",
+                    f.name,
+                    gib(bytes)
+                ))
+                .primary_at(cx.value(&f.field(field)), format!("{rows} ids"))
+                .with_help("check the bucket count; `plec inspect` shows the model's whole memory estimate"),
+            );
+        }
+    }
 }
