@@ -106,6 +106,8 @@ impl ExecArgs {
         if self.elementwise_threads == 0 {
             return Err(RunError::new("--elementwise-threads must be at least 1"));
         }
+        // A bad PLEC_ISA is the user's error, reported before any work.
+        runtime::native::isa::init().map_err(RunError::new)?;
         runtime::set_threads(threads, self.elementwise_threads);
         let device = parse_device(&self.device)?;
         if self.precision == runtime::native::Precision::Bf16 {
@@ -665,6 +667,9 @@ pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
     let result = run_training(&plan, &args.data, &args.eval, &settings, &device)?;
     let r = &result.report;
     let final_loss = r.losses.last().copied().unwrap_or(f32::NAN);
+    if device.is_cpu() {
+        println!("plec run: {}", runtime::native::isa::describe());
+    }
     println!(
         "plec run: {}: {} steps, {} epoch{}, {} samples in {:.1}s ({:.0} samples/s on {threads} thread{}), final loss {final_loss:.6}",
         args.input.display(),
