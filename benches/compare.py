@@ -9,7 +9,11 @@ encoding the parquet files on a second thread); the reference encodes
 everything before it starts the clock, so the eval ratio uses plec's
 model-only figure (`forward_seconds` of `plec eval`) against it. Peak RSS is each child process's own high-water mark
 (os.wait4). The measured ceiling is a large fp32 matmul in PyTorch on the
-same threads (`ple_torch.py --ceiling`). GFLOP/s counts training as three
+same threads (`ple_torch.py --ceiling`); the CPU's own peak is `plec bench
+--peak` (a register-resident multiply-add loop per instruction set), and
+each run's GFLOP/s is also given as a share of it. On a CPU without bf16
+instructions (neither avx512_bf16 nor AMX) bf16 is skipped, with a note:
+PyTorch's bf16 matmul there is a slow reference path (minutes per product). GFLOP/s counts training as three
 forward passes (forward, backward for inputs, backward for weights), as
 `plec bench` does. A second table gives each repeat's ratios of runs made
 a minute apart (plec, then PyTorch) and their median, which the machine's
@@ -42,6 +46,31 @@ def run(cmd, env=None):
         sys.stderr.write(err.decode(errors="replace"))
         raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}")
     return out.decode(), ru.ru_maxrss / 1024.0, wall
+
+
+def cpu_has_bf16():
+    """Whether the CPU has bf16 instructions PyTorch can use (Linux flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def measure_peak(plec, threads):
+    """`plec bench --peak`: the FMA peak (best instruction set) and plec's best GEMM."""
+    out = run([plec, "bench", "--peak", "--threads", str(threads)])[0]
+    sys.stdout.write(out)
+    peak = {}
+    for line in out.splitlines():
+        if line.startswith("peak best:"):
+            peak["peak_best"] = float(line.split()[2])
+        elif line.startswith("gemm best:"):
+            peak["gemm_best"] = float(line.split()[2])
+        elif line.startswith("plec bench --peak: cpu "):
+            peak["cpu"] = line[len("plec bench --peak: cpu "):]
+    return peak
 
 
 def table(rows):
@@ -124,14 +153,24 @@ def main():
         run([args.plec, "gen-data", args.config, "--rows", str(args.rows),
              "--eval-rows", str(args.eval_rows), "-o", data, "--seed", "0"])
     ref = os.path.join(HERE, "reference", "ple_torch.py")
+    bf16_ok = cpu_has_bf16()
+    precisions = args.precisions.split(",")
+    if not bf16_ok and "bf16" in precisions:
+        precisions = [p for p in precisions if p != "bf16"]
+        print("note: this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): bf16 "
+              "skipped (PyTorch's bf16 matmul would be a slow reference path)")
     def measure_ceiling():
-        return json.loads(run([args.python, "-W", "ignore", ref, "--ceiling",
-                               "--threads", str(args.threads)])[0])
+        c = json.loads(run([args.python, "-W", "ignore", ref, "--ceiling",
+                            "--threads", str(args.threads)]
+                           + ([] if bf16_ok else ["--no-bf16-ceiling"]))[0])
+        c.setdefault("bf16_gflops", float("nan"))
+        return c
 
+    peak = measure_peak(args.plec, args.threads)
     ceiling = measure_ceiling()
     results = []
     runs = []
-    cases = [(p, int(b)) for p in args.precisions.split(",")
+    cases = [(p, int(b)) for p in precisions
              for b in args.batch_sizes.split(",")] * args.repeat
     for prec, bs in cases:
         out = os.path.join(args.work, f"run-{prec}-{bs}")
@@ -186,9 +225,10 @@ def main():
     for k in ("fp32_gflops", "bf16_gflops"):
         ceiling[k] = max(ceiling[k], again[k])
     ceil = ceiling["fp32_gflops"]
+    fma = peak.get("peak_best", float("nan"))
     tasks = list(results[0]["auc"].keys())
     rows = [["precision", "batch", "impl", "train samples/s", "eval samples/s",
-             "eval model-only", "train GFLOP/s", "% fp32 ceiling"] + [f"AUC {t}" for t in tasks]
+             "eval model-only", "train GFLOP/s", "% fp32 ceiling", "% FMA peak"] + [f"AUC {t}" for t in tasks]
             + ["peak RSS MiB", "train vs PyTorch fp32", "eval vs PyTorch fp32",
                "train vs PyTorch same precision"]]
     def ref(batch, prec):
@@ -201,7 +241,7 @@ def main():
         ratio = lambda a, b: f"{a / b:.2f}x" if b else "-"
         rows.append([r["precision"], r["batch"], r["impl"], f"{r['train_sps']:.0f}",
                      f"{r['eval_sps']:.0f}", f"{r['eval_model_sps']:.0f}", f"{g:.1f}",
-                     f"{100 * g / ceil:.0f}%"]
+                     f"{100 * g / ceil:.0f}%", f"{100 * g / fma:.0f}%"]
                     + [f"{r['auc'].get(t, float('nan')):.4f}" for t in tasks]
                     + [f"{r['rss']:.0f}",
                        ratio(r["train_sps"], fp32["train_sps"] if fp32 else 0),
@@ -209,7 +249,9 @@ def main():
                        ratio(r["train_sps"], same["train_sps"] if same else 0)])
     print(f"PLE example, {args.rows} train rows, {args.eval_rows} eval rows, "
           f"{args.threads} threads, best of {args.repeat}; ceiling = fp32 matmul {ceil:.0f} GFLOP/s "
-          f"(bf16 {ceiling['bf16_gflops']:.0f}); ratios are plec / PyTorch")
+          f"(bf16 {ceiling['bf16_gflops']:.0f}); FMA peak {fma:.0f} GFLOP/s, plec's best GEMM "
+          f"{peak.get('gemm_best', float('nan')):.0f} ({peak.get('cpu', '?')}); "
+          f"ratios are plec / PyTorch")
     print(table(rows))
     print(paired_table(runs))
     print("every run (impl, precision, batch, train samples/s, eval samples/s, "
@@ -224,7 +266,7 @@ def main():
         pass
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"ceiling": ceiling, "flops": flops, "results": results, "runs": runs},
+            json.dump({"ceiling": ceiling, "peak": peak, "flops": flops, "results": results, "runs": runs},
                       f, indent=1)
 
 

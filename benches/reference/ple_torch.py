@@ -325,10 +325,11 @@ def peak_rss_mib():
 # --------------------------------------------------------------------------
 
 
-def ceiling(torch, threads):
+def ceiling(torch, threads, bf16=True):
     torch.set_num_threads(threads)
     out = {"threads": threads}
-    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    kinds = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if bf16 else [])
+    for name, dt in kinds:
         m, k, n = 8192, 1024, 1024
         a = torch.randn(m, k, dtype=dt)
         b = torch.randn(k, n, dtype=dt)
@@ -356,6 +357,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ceiling", action="store_true", help="measure matmul GFLOP/s and exit")
+    ap.add_argument("--no-bf16-ceiling", action="store_true",
+                    help="with --ceiling: fp32 only (a CPU without bf16 instructions takes "
+                    "minutes for one bf16 matmul)")
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast for the model's forward (and so its backward); "
                     "losses, optimizers and master weights stay fp32")
@@ -364,7 +368,7 @@ def main():
     import torch
 
     if args.ceiling:
-        print(json.dumps(ceiling(torch, args.threads)))
+        print(json.dumps(ceiling(torch, args.threads, not args.no_bf16_ceiling)))
         return
     for need in ("config", "plan_json", "train", "eval"):
         if getattr(args, need) is None:

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::runtime::native::{isa, isa::Isa, peak as cpu_peak};
 use crate::runtime::{self, Model, Progress, TrainOptions};
 
 use super::compile::human_count;
@@ -51,6 +52,11 @@ pub struct BenchArgs {
     /// `bf16`; see `plec run --help`).
     #[arg(long, value_delimiter = ',', default_value = "fp32,bf16")]
     pub precisions: Vec<runtime::native::Precision>,
+    /// Instead of the model: the CPU's multiply-add peak per instruction
+    /// set it has (a register-resident loop on `--threads` threads) and
+    /// the best GFLOP/s of plec's own f32 multiply.
+    #[arg(long)]
+    pub peak: bool,
 }
 
 /// Peak resident set size of this process in bytes (`VmHWM`), if known.
@@ -77,6 +83,9 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
         max_memory: None,
     };
     let (device, threads) = exec.setup()?;
+    if args.peak {
+        return peak(threads);
+    }
     if args.batch_sizes.contains(&0) {
         return Err(RunError::new("--batch-sizes must all be at least 1"));
     }
@@ -110,6 +119,9 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
         args.elementwise_threads,
         args.device,
     );
+    if device.is_cpu() {
+        println!("plec bench: {}", isa::describe());
+    }
     let train_inputs = vec![truth.train_path.display().to_string()];
     let eval_inputs = vec![truth.eval_path.display().to_string()];
     let tasks: Vec<String> = plan.tasks.iter().map(|t| t.tower_name.clone()).collect();
@@ -182,5 +194,40 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
     runtime::native::set_default_precision(runtime::native::Precision::F32);
     print!("{}", render_table(&rows));
     println!("(training GFLOP/s counts 3x the forward FLOPs; peak RSS is reset per batch size)");
+    Ok(Outcome::Clean)
+}
+
+/// `plec bench --peak`: one line per instruction set this CPU has (the
+/// multiply-add loop), then plec's f32 multiply on the chosen kernel.
+/// The `peak ...` and `gemm ...` lines are read by `benches/compare.py`.
+fn peak(threads: usize) -> Result<Outcome, RunError> {
+    println!("plec bench --peak: {}", isa::describe());
+    let have = Isa::detected();
+    let mut best = 0f64;
+    for level in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+        if level > have {
+            println!("peak {level}: - (this CPU has no {level})");
+            continue;
+        }
+        // The loop's first pass wakes the cores up; the second is the figure.
+        cpu_peak::fma_peak(level, threads);
+        let g = cpu_peak::fma_peak(level, threads);
+        best = best.max(g);
+        println!("peak {level}: {g:.1} GFLOP/s f32 multiply-add on {threads} thread(s)");
+    }
+    println!("peak best: {best:.1} GFLOP/s");
+    let mut top = 0f64;
+    for (shape, g) in cpu_peak::gemm_best(threads) {
+        top = top.max(g);
+        println!(
+            "gemm {shape}: {g:.1} GFLOP/s ({:.0}% of peak) on {}",
+            100.0 * g / best.max(1e-9),
+            isa::chosen().f32_kernel_name()
+        );
+    }
+    println!(
+        "gemm best: {top:.1} GFLOP/s ({:.0}% of peak)",
+        100.0 * top / best.max(1e-9)
+    );
     Ok(Outcome::Clean)
 }

@@ -110,6 +110,8 @@ impl ExecArgs {
         if self.elementwise_threads == 0 {
             return Err(RunError::new("--elementwise-threads must be at least 1"));
         }
+        // A bad PLEC_ISA is the user's error, reported before any work.
+        runtime::native::isa::init().map_err(RunError::new)?;
         runtime::set_threads(threads, self.elementwise_threads);
         let device = parse_device(&self.device)?;
         if self.precision == runtime::native::Precision::Bf16 {
@@ -840,6 +842,9 @@ pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
         return Ok(Outcome::Interrupted);
     }
     let final_loss = r.losses.last().copied().unwrap_or(f32::NAN);
+    if device.is_cpu() {
+        println!("plec run: {}", runtime::native::isa::describe());
+    }
     println!(
         "plec run: {}: {} steps, {} epoch{}, {} samples in {:.1}s ({:.0} samples/s on {threads} thread{}), final loss {final_loss:.6}",
         input_name,

@@ -140,30 +140,7 @@ pub unsafe fn gemm_bf16(
     );
 }
 
-/// What to apply to each output element once its full k-sum is known:
-/// `C = act((accumulate ? C : 0) + A*B + bias[j])`, act = relu when `relu` is set, identity
-/// otherwise. Lets a caller drop its separate bias-broadcast and relu passes over C.
-///
-/// relu is `x > 0 ? x : 0`: NaN and -0.0 become +0.0 (same as `x.max(0.0)` for NaN).
-///
-/// The struct is deliberately not `Send`/`Sync` (it holds a raw pointer); the GEMM passes the
-/// address to its worker tasks internally under the contract below.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Epilogue {
-    /// `n` f32 values, one per output column j, contiguous (stride 1). Must stay valid and
-    /// unmodified for the duration of the call and must not overlap `dst`.
-    pub bias: Option<*const f32>,
-    pub relu: bool,
-    /// An `m x n` matrix with `dst`'s strides: the final value is kept where it is > 0 and
-    /// set to 0 elsewhere (a relu's backward pass, masked by the relu's output). Must stay
-    /// valid and unmodified for the call and must not overlap `dst`.
-    pub mask: Option<*const f32>,
-    /// Not applied to C: `m` values to which each row of A's sum over k (of the f32 inputs,
-    /// before rounding) is added, gathered while A is packed. For a weight's gradient
-    /// `dY^T X` these are the bias's gradient, without a pass of their own over dY. Each row
-    /// is summed in k order, whatever the thread count. Must not overlap anything else.
-    pub a_sums: Option<*mut f32>,
-}
+pub use super::frame::Epilogue;
 
 impl Epilogue {
     fn is_noop(&self) -> bool {

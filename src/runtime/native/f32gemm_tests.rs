@@ -1,12 +1,80 @@
-//! `gemm_f32` against an f64 reference: every transposition of A and B,
+//! The one GEMM test suite: `gemm_f32` on every micro-kernel this CPU can
+//! run (the ones it cannot are named on stderr as skipped) against an f64
+//! reference: every transposition of A and B,
 //! strided and column-strided outputs, accumulate, bias and relu, 1 and 2
 //! threads, a relu-backward mask on the stored values, edge sizes around
-//! the 14 x 32 micro-tile, several K/M/N blocks
+//! the 14 x 32 and 6 x 16 micro-tiles, several K/M/N blocks
 //! and both drivers, and (for about half the calls) A's row sums added to
 //! `a_sums`. Also: nothing outside `dst` is written, and with
 //! `accumulate = false` NaN garbage in `dst` is ignored.
 
 use super::*;
+
+/// The kernels this CPU runs; names the others as skipped.
+fn kernels() -> Vec<Kernel> {
+    let mut out = Vec::new();
+    for k in [Kernel::Avx512, Kernel::Avx2] {
+        if k.available() {
+            out.push(k);
+        } else {
+            eprintln!("skipped: the {k:?} f32 kernel (this CPU cannot run it)");
+        }
+    }
+    out
+}
+
+/// `gemm_f32` with the old argument list, as the checks below were written.
+#[allow(clippy::too_many_arguments)]
+unsafe fn call(
+    kernel: Kernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    accumulate: bool,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+    b_cs: isize,
+    threads: usize,
+    bias: *const f32,
+    relu: bool,
+    mask: *const f32,
+    a_sums: *mut f32,
+) -> bool {
+    let problem = Problem {
+        m,
+        n,
+        k,
+        dst: Strided {
+            ptr: dst,
+            rs: dst_rs,
+            cs: dst_cs,
+        },
+        accumulate,
+        a: Strided {
+            ptr: a,
+            rs: a_rs,
+            cs: a_cs,
+        },
+        b: Strided {
+            ptr: b,
+            rs: b_rs,
+            cs: b_cs,
+        },
+        epilogue: Epilogue {
+            bias: (!bias.is_null()).then_some(bias),
+            relu,
+            mask: (!mask.is_null()).then_some(mask),
+            a_sums: (!a_sums.is_null()).then_some(a_sums),
+        },
+    };
+    gemm_f32(kernel, &problem, threads)
+}
 
 fn span(rows: usize, cols: usize, rs: isize, cs: isize) -> usize {
     (rows - 1) * rs as usize + (cols - 1) * cs as usize + 1
@@ -61,118 +129,122 @@ fn check(
     let dlen = span(m, n, d_rs, d_cs_eff) + 7;
     // A relu output as the mask: zero or positive, at dst's positions.
     let mask: Vec<f32> = rng.vec(dlen).into_iter().map(|x| x.max(0.0)).collect();
-    let mut d = if acc {
+    let d_orig = if acc {
         rng.vec(dlen)
     } else {
         vec![f32::NAN; dlen]
     };
-    let d_orig = d.clone();
     // A's row sums go into values already there (a bias gradient is added to).
     let sums_on = seed & 4 != 0;
     let sums_orig = rng.vec(m);
-    let mut sums = sums_orig.clone();
-    let ok = unsafe {
-        gemm_f32(
-            m,
-            n,
-            k,
-            d.as_mut_ptr(),
-            d_rs,
-            d_cs_eff,
-            acc,
-            a.as_ptr(),
-            a_rs,
-            a_cs,
-            b.as_ptr(),
-            b_rs,
-            b_cs,
-            threads,
-            if bias_on {
-                bias.as_ptr()
-            } else {
-                std::ptr::null()
-            },
-            relu,
-            if mask_on {
-                mask.as_ptr()
-            } else {
-                std::ptr::null()
-            },
-            if sums_on {
-                sums.as_mut_ptr()
-            } else {
-                std::ptr::null_mut()
-            },
-        )
-    };
-    assert!(ok);
-    let tol = 1e-5 * (k as f64).sqrt() + 1e-6;
-    for i in 0..m {
-        let row = (0..k).map(|p| a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64);
-        let (want, mag) = if sums_on {
-            let (s, sa) = row.fold((0f64, 0f64), |(s, sa), x| (s + x, sa + x.abs()));
-            (s + sums_orig[i] as f64, sa + (sums_orig[i] as f64).abs())
-        } else {
-            (sums_orig[i] as f64, 0.0)
+    for kernel in kernels() {
+        let mut d = d_orig.clone();
+        let mut sums = sums_orig.clone();
+        let ok = unsafe {
+            call(
+                kernel,
+                m,
+                n,
+                k,
+                d.as_mut_ptr(),
+                d_rs,
+                d_cs_eff,
+                acc,
+                a.as_ptr(),
+                a_rs,
+                a_cs,
+                b.as_ptr(),
+                b_rs,
+                b_cs,
+                threads,
+                if bias_on {
+                    bias.as_ptr()
+                } else {
+                    std::ptr::null()
+                },
+                relu,
+                if mask_on {
+                    mask.as_ptr()
+                } else {
+                    std::ptr::null()
+                },
+                if sums_on {
+                    sums.as_mut_ptr()
+                } else {
+                    std::ptr::null_mut()
+                },
+            )
         };
-        assert!(
+        assert!(ok);
+        let tol = 1e-5 * (k as f64).sqrt() + 1e-6;
+        for i in 0..m {
+            let row = (0..k).map(|p| a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64);
+            let (want, mag) = if sums_on {
+                let (s, sa) = row.fold((0f64, 0f64), |(s, sa), x| (s + x, sa + x.abs()));
+                (s + sums_orig[i] as f64, sa + (sums_orig[i] as f64).abs())
+            } else {
+                (sums_orig[i] as f64, 0.0)
+            };
+            assert!(
             (sums[i] as f64 - want).abs() <= tol * mag.max(1.0),
-            "m{m} n{n} k{k} at={a_t} thr={threads} sums={sums_on}: a_sums[{i}] got {} want {want}",
+            "{kernel:?} m{m} n{n} k{k} at={a_t} thr={threads} sums={sums_on}: a_sums[{i}] got {} want {want}",
             sums[i]
         );
-    }
-    let mut touched = vec![false; dlen];
-    for i in 0..m {
-        for j in 0..n {
-            let mut s = 0f64;
-            let mut sa = 0f64;
-            for p in 0..k {
-                let x = a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64
-                    * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
-                s += x;
-                sa += x.abs();
-            }
-            let idx = (i as isize * d_rs + j as isize * d_cs_eff) as usize;
-            touched[idx] = true;
-            if acc {
-                s += d_orig[idx] as f64;
-                sa += (d_orig[idx] as f64).abs();
-            }
-            if bias_on {
-                s += bias[j] as f64;
-                sa += (bias[j] as f64).abs();
-            }
-            if relu {
-                s = s.max(0.0);
-            }
-            if mask_on && mask[idx] <= 0.0 {
-                s = 0.0;
-            }
-            let got = d[idx] as f64;
-            assert!(
-                (got - s).abs() <= tol * sa.max(1.0),
-                "m{m} n{n} k{k} at={a_t} bt={b_t} dcs={d_cs} acc={acc} bias={bias_on} relu={relu} mask={mask_on} thr={threads}: [{i},{j}] got {got} want {s}"
-            );
         }
-    }
-    for (idx, t) in touched.iter().enumerate() {
-        if !t {
-            assert!(
-                d[idx].to_bits() == d_orig[idx].to_bits(),
-                "wrote outside dst at {idx}"
+        let mut touched = vec![false; dlen];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                let mut sa = 0f64;
+                for p in 0..k {
+                    let x = a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64
+                        * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
+                    s += x;
+                    sa += x.abs();
+                }
+                let idx = (i as isize * d_rs + j as isize * d_cs_eff) as usize;
+                touched[idx] = true;
+                if acc {
+                    s += d_orig[idx] as f64;
+                    sa += (d_orig[idx] as f64).abs();
+                }
+                if bias_on {
+                    s += bias[j] as f64;
+                    sa += (bias[j] as f64).abs();
+                }
+                if relu {
+                    s = s.max(0.0);
+                }
+                if mask_on && mask[idx] <= 0.0 {
+                    s = 0.0;
+                }
+                let got = d[idx] as f64;
+                assert!(
+                (got - s).abs() <= tol * sa.max(1.0),
+                "{kernel:?} m{m} n{n} k{k} at={a_t} bt={b_t} dcs={d_cs} acc={acc} bias={bias_on} relu={relu} mask={mask_on} thr={threads}: [{i},{j}] got {got} want {s}"
             );
+            }
+        }
+        for (idx, t) in touched.iter().enumerate() {
+            if !t {
+                assert!(
+                    d[idx].to_bits() == d_orig[idx].to_bits(),
+                    "{kernel:?}: wrote outside dst at {idx}"
+                );
+            }
         }
     }
 }
 
-/// Sets up the pool; false (with a note) when this CPU cannot run the
-/// AVX-512 kernel, whose tests then have nothing to check.
+/// Sets up the pool; false (with a note) when this CPU runs none of our
+/// kernels, whose tests then have nothing to check (each check names the
+/// kernels it skips).
 fn pool() -> bool {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build_global();
-    if !avx512_available() {
-        eprintln!("skipped: this CPU has no AVX-512F, the f32 kernel cannot run");
+    if !Kernel::Avx512.available() && !Kernel::Avx2.available() {
+        eprintln!("skipped: this CPU has neither AVX-512F nor AVX2 + FMA");
         return false;
     }
     true
@@ -393,41 +465,44 @@ fn general_strides() {
     let (a_rs, a_cs, b_rs, b_cs) = (2isize * k as isize, 2isize, 3isize, 3 * k as isize);
     let a = rng.vec(span(m, k, a_rs, a_cs));
     let b = rng.vec(span(k, n, b_rs, b_cs));
-    let mut d = vec![f32::NAN; m * n];
-    let mut sums = vec![1f32; m];
-    let ok = unsafe {
-        gemm_f32(
-            m,
-            n,
-            k,
-            d.as_mut_ptr(),
-            n as isize,
-            1,
-            false,
-            a.as_ptr(),
-            a_rs,
-            a_cs,
-            b.as_ptr(),
-            b_rs,
-            b_cs,
-            2,
-            std::ptr::null(),
-            false,
-            std::ptr::null(),
-            sums.as_mut_ptr(),
-        )
-    };
-    assert!(ok);
-    for i in 0..m {
-        let at = |p: usize| a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64;
-        for j in 0..n {
-            let mut s = 0f64;
-            for p in 0..k {
-                s += at(p) * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
+    for kernel in kernels() {
+        let mut d = vec![f32::NAN; m * n];
+        let mut sums = vec![1f32; m];
+        let ok = unsafe {
+            call(
+                kernel,
+                m,
+                n,
+                k,
+                d.as_mut_ptr(),
+                n as isize,
+                1,
+                false,
+                a.as_ptr(),
+                a_rs,
+                a_cs,
+                b.as_ptr(),
+                b_rs,
+                b_cs,
+                2,
+                std::ptr::null(),
+                false,
+                std::ptr::null(),
+                sums.as_mut_ptr(),
+            )
+        };
+        assert!(ok);
+        for i in 0..m {
+            let at = |p: usize| a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64;
+            for j in 0..n {
+                let mut s = 0f64;
+                for p in 0..k {
+                    s += at(p) * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
+                }
+                assert!((d[i * n + j] as f64 - s).abs() < 1e-4, "{i},{j}");
             }
-            assert!((d[i * n + j] as f64 - s).abs() < 1e-4, "{i},{j}");
+            let want = 1.0 + (0..k).map(at).sum::<f64>();
+            assert!((sums[i] as f64 - want).abs() < 1e-4, "a_sums[{i}]");
         }
-        let want = 1.0 + (0..k).map(at).sum::<f64>();
-        assert!((sums[i] as f64 - want).abs() < 1e-4, "a_sums[{i}]");
     }
 }

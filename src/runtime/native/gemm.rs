@@ -1,40 +1,15 @@
 //! The engine's one matrix multiply: `dst (+)= a b` over strided matrices
-//! in f32 buffers: in f32 on our AVX-512 kernel (`f32gemm`), or on the
-//! `gemm` crate where AVX-512 is absent; in bf16 on AMX tiles (`amx`).
+//! in f32 buffers: in f32 on our kernels (`frame`: AVX-512 or AVX2 + FMA,
+//! the best `isa::chosen` allows), or on the `gemm` crate elsewhere; in
+//! bf16 on AMX tiles (`amx`).
 //!
 //! Bounds are checked here, once per call, so the unsafe call below only
 //! ever sees matrices that lie inside their slices.
 
 use super::amx;
-#[cfg(target_arch = "x86_64")]
-use super::f32gemm::gemm_f32;
+use super::frame::{gemm_f32, Epilogue, Problem, Strided};
+use super::isa;
 use super::view::Mat;
-
-/// Elsewhere there is no f32 kernel of our own: always the `gemm` crate.
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_f32(
-    _m: usize,
-    _n: usize,
-    _k: usize,
-    _dst: *mut f32,
-    _dst_rs: isize,
-    _dst_cs: isize,
-    _accumulate: bool,
-    _a: *const f32,
-    _a_rs: isize,
-    _a_cs: isize,
-    _b: *const f32,
-    _b_rs: isize,
-    _b_cs: isize,
-    _threads: usize,
-    _bias: *const f32,
-    _relu: bool,
-    _mask: *const f32,
-    _a_sums: *mut f32,
-) -> bool {
-    false
-}
 
 /// How the engine multiplies: worker threads, and whether the inputs are
 /// rounded to bf16 for the CPU's AMX tiles (f32 accumulation; see `amx`).
@@ -233,20 +208,7 @@ unsafe fn add_row_sums(sums: *mut f32, a: &[f32], am: Mat) {
     amx::add_row_sums(am.rows, am.cols, ap, am.rs, am.cs, Some(sums));
 }
 
-#[cfg(test)]
-thread_local! {
-    /// Tests set it to run the path of CPUs without AVX-512 here.
-    static FORCE_FALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-fn fallback_forced() -> bool {
-    #[cfg(test)]
-    return FORCE_FALLBACK.with(|f| f.get());
-    #[cfg(not(test))]
-    false
-}
-
-/// `dst (+)= a b` on the `gemm` crate (CPUs without AVX-512).
+/// `dst (+)= a b` on the `gemm` crate (CPUs without AVX2 + FMA, or `PLEC_ISA=portable`).
 ///
 /// # Safety
 /// As `matmul_into`, after `check`.
@@ -388,7 +350,7 @@ unsafe fn multiply(
     let out = dst.add(d.off);
     let (ap, bp) = (a.as_ptr().add(am.off), b.as_ptr().add(bm.off));
     if how.bf16 {
-        let epilogue = amx::Epilogue {
+        let epilogue = Epilogue {
             bias,
             relu,
             mask,
@@ -413,30 +375,39 @@ unsafe fn multiply(
         );
         return;
     }
-    let bias_ptr = bias.unwrap_or(std::ptr::null());
-    if !fallback_forced()
-        && gemm_f32(
-            d.rows,
-            d.cols,
-            am.cols,
-            out,
-            d.rs,
-            d.cs,
+    if let Some(kernel) = isa::chosen().f32_kernel() {
+        let problem = Problem {
+            m: d.rows,
+            n: d.cols,
+            k: am.cols,
+            dst: Strided {
+                ptr: out,
+                rs: d.rs,
+                cs: d.cs,
+            },
             accumulate,
-            ap,
-            am.rs,
-            am.cs,
-            bp,
-            bm.rs,
-            bm.cs,
-            how.threads,
-            bias_ptr,
-            relu,
-            mask.unwrap_or(std::ptr::null()),
-            a_sums.unwrap_or(std::ptr::null_mut()),
-        )
-    {
-        return;
+            a: Strided {
+                ptr: ap,
+                rs: am.rs,
+                cs: am.cs,
+            },
+            b: Strided {
+                ptr: bp,
+                rs: bm.rs,
+                cs: bm.cs,
+            },
+            epilogue: Epilogue {
+                bias,
+                relu,
+                mask,
+                a_sums,
+            },
+        };
+        // SAFETY: this function's contract is gemm_f32's: the matrices lie inside their
+        // buffers, dst is exclusively ours for the call, bias/mask/a_sums as documented.
+        if unsafe { gemm_f32(kernel, &problem, how.threads) } {
+            return;
+        }
     }
     if let Some(s) = a_sums {
         add_row_sums(s, a, am);
@@ -479,11 +450,11 @@ mod tests {
     }
 
     /// `matmul_masked` (a relu's backward pass fused into the input
-    /// gradient's multiply) on both f32 backends against f64 sums: stored
+    /// gradient's multiply) on every f32 backend this CPU runs against f64 sums: stored
     /// or accumulated into a strided output, zero wherever the mask (laid
     /// out like the output) is not positive, and nothing else written.
     #[test]
-    fn masked_multiply_matches_on_both_f32_backends() {
+    fn masked_multiply_matches_on_every_f32_backend() {
         let (m, n, k) = (29, 53, 41);
         let g = values(m * k, 4);
         let w = values(k * n, 5);
@@ -506,13 +477,13 @@ mod tests {
             .map(|(&x, &y)| if y > 0.0 { x } else { 0.0 })
             .collect();
         for accumulate in [false, true] {
-            for forced in [true, false] {
+            for forced in isa::testable_f32_levels() {
                 let mut dst = if accumulate {
                     old.clone()
                 } else {
                     vec![f32::NAN; len]
                 };
-                FORCE_FALLBACK.with(|f| f.set(forced));
+                isa::set_forced(Some(forced));
                 let r = matmul_masked(
                     &mut dst,
                     d,
@@ -524,7 +495,7 @@ mod tests {
                     Some(&mask),
                     how,
                 );
-                FORCE_FALLBACK.with(|f| f.set(false));
+                isa::set_forced(None);
                 r.unwrap();
                 for (idx, &got) in dst.iter().enumerate() {
                     let inside =
@@ -543,7 +514,7 @@ mod tests {
                     }
                     assert!(
                         (got as f64 - want).abs() < 1e-4,
-                        "fallback {forced} acc {accumulate} [{i},{j}]: {got} vs {want}"
+                        "isa {forced} acc {accumulate} [{i},{j}]: {got} vs {want}"
                     );
                 }
             }
@@ -551,11 +522,11 @@ mod tests {
     }
 
     /// `matmul_bias_relu` on the `gemm` crate plus the scalar epilogue (the
-    /// path of CPUs without AVX-512) and on our kernel, against f64 sums:
+    /// portable path) and on each of our kernels this CPU runs, against f64 sums:
     /// W^T as the right operand (as every linear layer passes it), a strided
     /// output, and each relu column range.
     #[test]
-    fn fused_multiply_matches_on_both_f32_backends() {
+    fn fused_multiply_matches_on_every_f32_backend() {
         let (m, n, k) = (37, 45, 70);
         let a = values(m * k, 1);
         let w = values(n * k, 2);
@@ -574,8 +545,8 @@ mod tests {
         let len = d.end() + 2;
         for relu_cols in [None, Some((0, n)), Some((10, 20))] {
             let mut outs = Vec::new();
-            for forced in [true, false] {
-                FORCE_FALLBACK.with(|f| f.set(forced));
+            for forced in isa::testable_f32_levels() {
+                isa::set_forced(Some(forced));
                 let mut dst = vec![f32::NAN; len];
                 let r = matmul_bias_relu(
                     &mut dst,
@@ -588,7 +559,7 @@ mod tests {
                     relu_cols,
                     how,
                 );
-                FORCE_FALLBACK.with(|f| f.set(false));
+                isa::set_forced(None);
                 r.unwrap();
                 outs.push(dst);
             }

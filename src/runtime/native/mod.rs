@@ -17,8 +17,9 @@
 //! embedding gradients go back into candle's `GradStore` for the shared
 //! optimizers.
 //!
-//! The engine runs on the CPU, in f32 (our AVX-512 kernel, `f32gemm`, with
-//! the `gemm` crate as the fallback) or with bf16 multiplies on AMX tiles
+//! The engine runs on the CPU, in f32 (our kernels in the GEMM frame,
+//! `frame`: AVX-512 `f32gemm` or AVX2 + FMA `avx2gemm`, whichever `isa`
+//! picks, with the `gemm` crate as the portable fallback) or with bf16 multiplies on AMX tiles
 //! (`Precision`, `amx`); both apply a linear's bias and relu as its output
 //! tiles are stored. The candle path stays the reference:
 //! `runtime::tests::native` checks logits and every gradient against it,
@@ -26,15 +27,22 @@
 //! (`runtime::engine_choice`).
 
 pub mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx2gemm;
 mod backward;
 mod embed;
 #[cfg(target_arch = "x86_64")]
-pub mod f32gemm;
+mod f32gemm;
 mod forward;
+// Off x86-64 no backend exists, so the frame's drivers go unused.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub mod frame;
 mod gemm;
 pub mod host;
+pub mod isa;
 mod kernels;
 mod param_grads;
+pub mod peak;
 mod program;
 mod relu_masks;
 mod step;
@@ -140,7 +148,7 @@ impl<'a> Params<'a> {
 impl Precision {
     /// Whether bf16 is asked for and this CPU can run it.
     pub fn runs_bf16(self) -> bool {
-        self == Precision::Bf16 && amx::available()
+        self == Precision::Bf16 && amx::available() && isa::chosen() >= isa::Isa::Amx
     }
 }
 

@@ -121,10 +121,26 @@ struct AdamConsts {
 /// scalar loop from running at memory speed.
 fn adam_chunk(k: &AdamConsts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked just above).
-        return unsafe { adam_chunk_avx512(k, p, g, m, v) };
+    {
+        use crate::runtime::native::isa::{chosen, Isa};
+        let isa = chosen();
+        if isa >= Isa::Avx512 {
+            // SAFETY: `chosen` never exceeds what the CPU has: it has AVX-512F.
+            return unsafe { adam_chunk_avx512(k, p, g, m, v) };
+        }
+        if isa >= Isa::Avx2 {
+            // SAFETY: `chosen` never exceeds what the CPU has: it has AVX2 and FMA.
+            return unsafe { adam_chunk_avx2(k, p, g, m, v) };
+        }
     }
+    adam_chunk_plain(k, p, g, m, v);
+}
+
+/// 8 lanes of `vsqrtps`/`vdivps` instead of SSE's 4. FMA is enabled but unused: Rust never
+/// contracts `a * b + c` into one, so the numbers are the portable build's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn adam_chunk_avx2(k: &AdamConsts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     adam_chunk_plain(k, p, g, m, v);
 }
 
@@ -216,51 +232,166 @@ impl InplaceOp1 for SparseStep<'_> {
             self.l2 as f32,
             self.shrink as f32,
         );
-        let (b1, c1) = (self.beta1 as f32, (1.0 - self.beta1) as f32);
-        let (b2, c2) = (self.beta2 as f32, (1.0 - self.beta2) as f32);
-        let (inv1, inv2) = ((1.0 / self.bias1) as f32, (1.0 / self.bias2) as f32);
-        for (u, &id) in self.ids.iter().enumerate() {
-            let r = id as usize;
-            if (r + 1) * d > w.len() {
-                candle_core::bail!("fused sparse step: row {r} is outside the table");
-            }
-            let row = &mut w[r * d..(r + 1) * d];
-            let g = &self.grad[u * d..(u + 1) * d];
-            match self.kind {
-                SparseRule::Sgd => {
-                    for j in 0..d {
-                        row[j] -= lr * (g[j] + l2 * row[j]);
-                    }
-                }
-                SparseRule::Adagrad => {
-                    let acc = &mut a[r * d..(r + 1) * d];
-                    for j in 0..d {
-                        let gj = g[j] + l2 * row[j];
-                        acc[j] += gj * gj;
-                        row[j] -= lr * (gj / (acc[j].sqrt() + eps));
-                    }
-                }
-                SparseRule::RowwiseAdagrad => {
-                    let gs: Vec<f32> = (0..d).map(|j| g[j] + l2 * row[j]).collect();
-                    let mean = gs.iter().map(|x| x * x).sum::<f32>() / d.max(1) as f32;
-                    a[r] += mean;
-                    let den = a[r].sqrt() + eps;
-                    for j in 0..d {
-                        row[j] -= lr * (gs[j] / den);
-                    }
-                }
-                SparseRule::Adam => {
-                    let (m, v) = (&mut a[r * d..(r + 1) * d], &mut b[r * d..(r + 1) * d]);
-                    for j in 0..d {
-                        let gj = g[j] + l2 * row[j];
-                        m[j] = m[j] * b1 + gj * c1;
-                        v[j] = v[j] * b2 + gj * gj * c2;
-                        let upd = (m[j] * inv1) / ((v[j] * inv2).sqrt() + eps);
-                        row[j] = row[j] * shrink - lr * upd;
-                    }
-                }
-            }
+        let k = SparseConsts {
+            lr,
+            eps,
+            l2,
+            shrink,
+            b1: self.beta1 as f32,
+            c1: (1.0 - self.beta1) as f32,
+            b2: self.beta2 as f32,
+            c2: (1.0 - self.beta2) as f32,
+            inv1: (1.0 / self.bias1) as f32,
+            inv2: (1.0 / self.bias2) as f32,
+        };
+        let rows = SparseRows {
+            kind: self.kind,
+            ids: self.ids,
+            grad: self.grad,
+            dim: d,
+        };
+        let r = sparse_rows_dispatch(&rows, &k, w, &mut a, &mut b);
+        if let Err(r) = r {
+            candle_core::bail!("fused sparse step: row {r} is outside the table");
         }
         Ok(())
     }
+}
+
+/// The sparse step's per-step constants, in f32.
+#[derive(Clone, Copy)]
+struct SparseConsts {
+    lr: f32,
+    eps: f32,
+    l2: f32,
+    shrink: f32,
+    b1: f32,
+    c1: f32,
+    b2: f32,
+    c2: f32,
+    inv1: f32,
+    inv2: f32,
+}
+
+/// The rows a sparse step updates.
+struct SparseRows<'a> {
+    kind: SparseRule,
+    ids: &'a [u32],
+    grad: &'a [f32],
+    dim: usize,
+}
+
+/// [`sparse_rows`] on the widest vectors the CPU has (AVX2 turns each row's loop into 8-lane
+/// square roots and divisions; the arithmetic and its order are the same on every path).
+fn sparse_rows_dispatch(
+    rows: &SparseRows,
+    k: &SparseConsts,
+    w: &mut [f32],
+    a: &mut [f32],
+    b: &mut [f32],
+) -> Result<(), usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::runtime::native::isa::{chosen, Isa};
+        if chosen() >= Isa::Avx512 {
+            // SAFETY: `chosen` never exceeds what the CPU has: it has AVX-512F.
+            return unsafe { sparse_rows_avx512(rows, k, w, a, b) };
+        }
+        if chosen() >= Isa::Avx2 {
+            // SAFETY: `chosen` never exceeds what the CPU has: it has AVX2 and FMA.
+            return unsafe { sparse_rows_avx2(rows, k, w, a, b) };
+        }
+    }
+    sparse_rows(rows, k, w, a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sparse_rows_avx512(
+    rows: &SparseRows,
+    k: &SparseConsts,
+    w: &mut [f32],
+    a: &mut [f32],
+    b: &mut [f32],
+) -> Result<(), usize> {
+    sparse_rows(rows, k, w, a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sparse_rows_avx2(
+    rows: &SparseRows,
+    k: &SparseConsts,
+    w: &mut [f32],
+    a: &mut [f32],
+    b: &mut [f32],
+) -> Result<(), usize> {
+    sparse_rows(rows, k, w, a, b)
+}
+
+/// Every touched row's update; `Err(row)` for a row outside the table.
+#[inline(always)]
+fn sparse_rows(
+    rows: &SparseRows,
+    k: &SparseConsts,
+    w: &mut [f32],
+    a: &mut [f32],
+    b: &mut [f32],
+) -> Result<(), usize> {
+    let d = rows.dim;
+    let SparseConsts {
+        lr,
+        eps,
+        l2,
+        shrink,
+        b1,
+        c1,
+        b2,
+        c2,
+        inv1,
+        inv2,
+    } = *k;
+    for (u, &id) in rows.ids.iter().enumerate() {
+        let r = id as usize;
+        if (r + 1) * d > w.len() {
+            return Err(r);
+        }
+        let row = &mut w[r * d..(r + 1) * d];
+        let g = &rows.grad[u * d..(u + 1) * d];
+        match rows.kind {
+            SparseRule::Sgd => {
+                for j in 0..d {
+                    row[j] -= lr * (g[j] + l2 * row[j]);
+                }
+            }
+            SparseRule::Adagrad => {
+                let acc = &mut a[r * d..(r + 1) * d];
+                for j in 0..d {
+                    let gj = g[j] + l2 * row[j];
+                    acc[j] += gj * gj;
+                    row[j] -= lr * (gj / (acc[j].sqrt() + eps));
+                }
+            }
+            SparseRule::RowwiseAdagrad => {
+                let gs: Vec<f32> = (0..d).map(|j| g[j] + l2 * row[j]).collect();
+                let mean = gs.iter().map(|x| x * x).sum::<f32>() / d.max(1) as f32;
+                a[r] += mean;
+                let den = a[r].sqrt() + eps;
+                for j in 0..d {
+                    row[j] -= lr * (gs[j] / den);
+                }
+            }
+            SparseRule::Adam => {
+                let (m, v) = (&mut a[r * d..(r + 1) * d], &mut b[r * d..(r + 1) * d]);
+                for j in 0..d {
+                    let gj = g[j] + l2 * row[j];
+                    m[j] = m[j] * b1 + gj * c1;
+                    v[j] = v[j] * b2 + gj * gj * c2;
+                    let upd = (m[j] * inv1) / ((v[j] * inv2).sqrt() + eps);
+                    row[j] = row[j] * shrink - lr * upd;
+                }
+            }
+        }
+    }
+    Ok(())
 }
