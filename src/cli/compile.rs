@@ -100,9 +100,46 @@ pub fn build_graph(
         .as_ref()
         .and_then(schema::typed_config)
         .ok_or_else(|| BuildError::Schema("the file is not a TorchEasyRec config".into()))?;
-    let mut graph = ir::lower(&config).map_err(BuildError::Lower)?;
+    let spans = checked.bound.as_ref().map(|b| &b.spans);
+    let mut graph = lower_faithfully(&config).map_err(|errors| match spans {
+        Some(spans) => {
+            let mut d = checked.diagnostics.clone();
+            d.extend(errors.iter().map(|e| e.to_diagnostic(spans)));
+            diag::sort_by_position(&mut d);
+            BuildError::Diagnostics(d)
+        }
+        None => BuildError::Lower(errors),
+    })?;
     let applied = passes::optimize(&mut graph, &passes::pipeline(opts.fuse), opts.max_patches)?;
     Ok((graph, applied, checked.diagnostics, config))
+}
+
+/// Lowers the config, or every reason it cannot be run as written: the
+/// blocks the audit finds plec would drop, plus the lowering's own errors
+/// (an unsupported block named by both is reported once).
+fn lower_faithfully(
+    config: &crate::proto::tzrec::protos::EasyRecConfig,
+) -> Result<ModelGraph, Vec<IrError>> {
+    let mut errors = ir::coverage::audit(config);
+    match ir::lower(config) {
+        Ok(graph) if errors.is_empty() => return Ok(graph),
+        Ok(_) => {}
+        Err(lowered) => {
+            let audited = !errors.is_empty();
+            for e in lowered {
+                let seen = e
+                    .path()
+                    .is_some_and(|p| errors.iter().any(|x| x.path() == Some(p)));
+                // With blocks already dropped, "not defined" findings about
+                // the names they define are consequences, not causes.
+                if seen || (audited && matches!(e, IrError::Invalid { .. })) {
+                    continue;
+                }
+                errors.push(e);
+            }
+        }
+    }
+    Err(errors)
 }
 
 /// The whole pipeline: check, lower, optimize, emit.

@@ -49,6 +49,13 @@ pub fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
                 first_sentence(text)
             ));
         }
+        for (code, text) in ir::LOWER_CODES {
+            out.push_str(&format!(
+                "{code:<34} {:<8} {}\n",
+                "compile",
+                first_sentence(text)
+            ));
+        }
         print!("{out}");
         return Ok(Outcome::Clean);
     };
@@ -81,6 +88,7 @@ pub fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
     let known: Vec<&str> = lint::all_codes()
         .into_iter()
         .chain(ir::SHAPE_CODES.iter().map(|(c, _)| *c))
+        .chain(ir::LOWER_CODES.iter().map(|(c, _)| *c))
         .chain(syntax::explain::CODES.iter().map(|(c, _)| *c))
         .chain(schema::explain::CODES.iter().map(|(c, _)| *c))
         .map(|c| c.trim_start_matches("plec::"))
