@@ -16,90 +16,39 @@ use crate::proto::tzrec::protos::{
     seq_feature_config::Feature as SeqFeature, EasyRecConfig, FeatureGroupConfig,
 };
 
-/// Whether the sequence features and encoders of a group are lowered; the
-/// audit reports them until they are.
-pub const SEQUENCES_LOWERED: bool = false;
-
 /// Every block of `config` that would change the model and that plec
-/// cannot run, in source order of their kinds.
+/// cannot run: sub-features of a grouped sequence whose kind plec has no
+/// sequence form of (when the model reads them), variational dropout and
+/// Pareto loss weighting.
 pub fn audit(config: &EasyRecConfig) -> Vec<IrError> {
     let mut out = Vec::new();
     let Some(mc) = &config.model_config else {
         return out;
     };
-    // The multi-task families read the first feature group only.
-    let Some(group) = mc.feature_groups.first() else {
-        return out;
-    };
-    let gpath = "model_config.feature_groups[0]";
-    let read = names_read(group);
-    for (i, fc) in config.feature_configs.iter().enumerate() {
-        let path = format!("feature_configs[{i}]");
-        match &fc.feature {
-            Some(Feature::SequenceFeature(s)) => {
-                let prefix = format!("{}__", s.sequence_name);
-                let used: Vec<&str> = s
-                    .features
-                    .iter()
-                    .filter_map(|f| seq_sub_name(f.feature.as_ref()))
-                    .filter(|n| read.contains(format!("{prefix}{n}").as_str()))
-                    .collect();
-                if !used.is_empty() && !SEQUENCES_LOWERED {
-                    out.push(IrError::unsupported(
-                        format!("sequence feature \"{}\"", s.sequence_name),
-                        format!("{path}.sequence_feature"),
-                    ));
-                }
-                for (k, sub) in s.features.iter().enumerate() {
-                    let Some(name) = seq_sub_name(sub.feature.as_ref()) else {
-                        continue;
-                    };
-                    if !read.contains(format!("{prefix}{name}").as_str()) {
-                        continue;
-                    }
-                    if let Some(kind) = unsupported_seq_sub(sub.feature.as_ref()) {
-                        out.push(IrError::unsupported(
-                            format!("`{kind}` inside a sequence feature"),
-                            format!("{path}.sequence_feature.features[{k}].{kind}"),
-                        ));
-                    }
-                }
-            }
-            Some(f @ (Feature::SequenceIdFeature(_) | Feature::SequenceRawFeature(_)))
-                if !SEQUENCES_LOWERED =>
-            {
-                let (kind, name) = match f {
-                    Feature::SequenceIdFeature(x) => ("sequence_id_feature", &x.feature_name),
-                    Feature::SequenceRawFeature(x) => ("sequence_raw_feature", &x.feature_name),
-                    _ => continue,
+    if let Some(group) = mc.feature_groups.first() {
+        let read = names_read(group);
+        for (i, fc) in config.feature_configs.iter().enumerate() {
+            let Some(Feature::SequenceFeature(s)) = &fc.feature else {
+                continue;
+            };
+            let prefix = format!("{}__", s.sequence_name);
+            for (k, sub) in s.features.iter().enumerate() {
+                let Some(kind) = unsupported_seq_sub(sub.feature.as_ref()) else {
+                    continue;
                 };
-                if read.contains(name.as_str()) {
+                // Kinds plec knows by name only have no name to match: any
+                // such sub-feature counts once the group reads the sequence.
+                let used = match seq_sub_name(sub.feature.as_ref()) {
+                    Some(name) => read.contains(format!("{prefix}{name}").as_str()),
+                    None => read.iter().any(|n| n.starts_with(&prefix)),
+                };
+                if used {
                     out.push(IrError::unsupported(
-                        format!("{kind} \"{name}\""),
-                        format!("{path}.{kind}"),
+                        format!("`{kind}` inside a sequence feature"),
+                        format!("feature_configs[{i}].sequence_feature.features[{k}].{kind}"),
                     ));
                 }
             }
-            _ => {}
-        }
-    }
-    if !SEQUENCES_LOWERED {
-        for (s, sg) in group.sequence_groups.iter().enumerate() {
-            let name = sg.group_name.as_deref().unwrap_or(&group.group_name);
-            out.push(IrError::unsupported(
-                format!("sequence group \"{name}\""),
-                format!("{gpath}.sequence_groups[{s}]"),
-            ));
-        }
-        for (e, enc) in group.sequence_encoders.iter().enumerate() {
-            let kind = enc
-                .seq_module
-                .as_ref()
-                .map_or("sequence encoder", encoder_kind);
-            out.push(IrError::unsupported(
-                format!("sequence encoder `{kind}`"),
-                format!("{gpath}.sequence_encoders[{e}]"),
-            ));
         }
     }
     if mc.variational_dropout.is_some() {
@@ -142,13 +91,21 @@ fn seq_sub_name(f: Option<&SeqFeature>) -> Option<&str> {
     })
 }
 
-/// Sub-feature kinds plec has no sequence form of.
+/// Sub-feature kinds plec has no sequence form of, by field name.
 fn unsupported_seq_sub(f: Option<&SeqFeature>) -> Option<&'static str> {
-    match f? {
-        SeqFeature::IdFeature(_) | SeqFeature::RawFeature(_) => None,
-        SeqFeature::ComboFeature(_) => Some("combo_feature"),
-        _ => None,
-    }
+    Some(match f? {
+        SeqFeature::IdFeature(_) | SeqFeature::RawFeature(_) => return None,
+        SeqFeature::ComboFeature(_) => "combo_feature",
+        SeqFeature::LookupFeature(_) => "lookup_feature",
+        SeqFeature::MatchFeature(_) => "match_feature",
+        SeqFeature::ExprFeature(_) => "expr_feature",
+        SeqFeature::OverlapFeature(_) => "overlap_feature",
+        SeqFeature::TokenizeFeature(_) => "tokenize_feature",
+        SeqFeature::CustomFeature(_) => "custom_feature",
+        SeqFeature::KvDotProduct(_) => "kv_dot_product",
+        SeqFeature::BoolMaskFeature(_) => "bool_mask_feature",
+        SeqFeature::CombineFeature(_) => "combine_feature",
+    })
 }
 
 /// The field name of an encoder kind, as written in the config.

@@ -326,6 +326,14 @@ pub fn evaluate(
                 }
                 out
             }
+            OpKind::SequenceEmbed
+            | OpKind::SequenceMask
+            | OpKind::DinInput
+            | OpKind::DotScores
+            | OpKind::AttentionPool
+            | OpKind::SequencePool => {
+                return Err(err("the reference evaluator has no sequence ops".into()))
+            }
             OpKind::OpUnspecified => return Err(err("op has no kind".into())),
         };
         let idx = op.output as usize;

@@ -14,7 +14,7 @@ use super::error::{bad_batch, invalid_plan, Result};
 use super::ops;
 use super::rng::SplitMix64;
 use crate::data::batch::{Batch, FeatureInput};
-use crate::proto::plan::{Activation, FeatureKind, Op, OpKind, Plan};
+use crate::proto::plan::{Activation, FeatureKind, Op, OpKind, Plan, Pooling};
 
 /// Default batch/layer-norm epsilon (torch's) when the plan leaves it 0.
 pub const DEFAULT_NORM_EPS: f64 = 1e-5;
@@ -588,9 +588,9 @@ impl Model {
                                         .to_dtype(self.dtype)?,
                                 );
                             }
-                            FeatureInput::Ids { .. } => {
+                            FeatureInput::Ids { .. } | FeatureInput::SeqDense { .. } => {
                                 return Err(bad_batch!(
-                                    "feature \"{}\" is dense but the batch holds ids for it",
+                                    "feature \"{}\" is dense but the batch holds ids or steps for it",
                                     spec.name
                                 ))
                             }
@@ -776,6 +776,36 @@ impl Model {
                     ops::softmax(x, axis(x.rank())?)?
                 }
                 OpKind::GateMix => ops::gate_mix(input(0)?, input(1)?)?,
+                OpKind::SequenceEmbed => {
+                    let mut parts = Vec::with_capacity(op.features.len());
+                    for &f in &op.features {
+                        let f = f as usize;
+                        parts.push(match &lookup.pooled[f] {
+                            Some(t) => t.clone(),
+                            None => sequence_values(
+                                &plan.features[f],
+                                &batch.features[f],
+                                rows,
+                                &self.device,
+                            )?
+                            .to_dtype(self.dtype)?,
+                        });
+                    }
+                    Tensor::cat(&parts, 2)?
+                }
+                OpKind::SequenceMask => {
+                    let f = op.features[0] as usize;
+                    sequence_mask(&plan.features[f], &batch.features[f], rows, &self.device)?
+                        .to_dtype(self.dtype)?
+                }
+                OpKind::DinInput => ops::din_input(input(0)?, input(1)?)?,
+                OpKind::DotScores => ops::dot_scores(input(0)?, input(1)?)?,
+                OpKind::AttentionPool => ops::attention_pool(input(0)?, input(1)?, input(2)?)?,
+                OpKind::SequencePool => ops::sequence_pool(
+                    input(0)?,
+                    input(1)?,
+                    Pooling::try_from(op.pooling) == Ok(Pooling::Mean),
+                )?,
                 OpKind::OpUnspecified => {
                     return Err(invalid_plan!("op \"{}\" has no kind", op.name))
                 }
@@ -802,6 +832,86 @@ impl Model {
     }
 }
 
+/// The steps of a dense sequence feature as `[B, L, dim]` (zero past each
+/// row's length).
+fn sequence_values(
+    spec: &crate::proto::plan::FeatureSpec,
+    input: &FeatureInput,
+    rows: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let FeatureInput::SeqDense {
+        values,
+        offsets,
+        dim,
+    } = input
+    else {
+        return Err(bad_batch!(
+            "sequence feature \"{}\" needs dense steps, the batch holds something else",
+            spec.name
+        ));
+    };
+    check_offsets(spec, offsets, rows)?;
+    if values.len() != offsets[rows] as usize * dim {
+        return Err(bad_batch!(
+            "sequence feature \"{}\" has {} values for {} steps of width {}",
+            spec.name,
+            values.len(),
+            offsets[rows],
+            dim
+        ));
+    }
+    let steps = spec.sequence_length as usize;
+    let positions = super::embedding::step_positions(spec, offsets, rows)?;
+    let mut out = vec![0f32; rows * steps * dim];
+    for (i, &p) in positions.iter().enumerate() {
+        let p = p as usize;
+        out[p * dim..(p + 1) * dim].copy_from_slice(&values[i * dim..(i + 1) * dim]);
+    }
+    Ok(Tensor::from_vec(out, (rows, steps, *dim), device)?)
+}
+
+/// `[B, L]`: 1 at the steps each row has of sequence feature `spec`.
+fn sequence_mask(
+    spec: &crate::proto::plan::FeatureSpec,
+    input: &FeatureInput,
+    rows: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let offsets = match input {
+        FeatureInput::Ids { offsets, .. } | FeatureInput::SeqDense { offsets, .. } => offsets,
+        FeatureInput::Dense { .. } => {
+            return Err(bad_batch!(
+                "sequence feature \"{}\" holds plain dense values in the batch",
+                spec.name
+            ))
+        }
+    };
+    check_offsets(spec, offsets, rows)?;
+    let steps = spec.sequence_length as usize;
+    let positions = super::embedding::step_positions(spec, offsets, rows)?;
+    let mut mask = vec![0f32; rows * steps];
+    for p in positions {
+        mask[p as usize] = 1.0;
+    }
+    Ok(Tensor::from_vec(mask, (rows, steps), device)?)
+}
+
+fn check_offsets(
+    spec: &crate::proto::plan::FeatureSpec,
+    offsets: &[u32],
+    rows: usize,
+) -> Result<()> {
+    if offsets.len() != rows + 1 || offsets[0] != 0 || offsets.windows(2).any(|w| w[1] < w[0]) {
+        return Err(bad_batch!(
+            "sequence feature \"{}\" has malformed step offsets for {} rows",
+            spec.name,
+            rows
+        ));
+    }
+    Ok(())
+}
+
 /// Checks indices, counts and ordering of the plan's ops, and returns the
 /// embedded features used and each op's batch axis.
 fn validate(plan: &Plan) -> Result<(Vec<usize>, Vec<usize>)> {
@@ -825,11 +935,25 @@ fn validate(plan: &Plan) -> Result<(Vec<usize>, Vec<usize>)> {
             }
         }
         let needs_inputs = match kind {
-            OpKind::FeatureGroup => 0,
-            OpKind::GateMix => 2,
+            OpKind::FeatureGroup | OpKind::SequenceEmbed | OpKind::SequenceMask => 0,
+            OpKind::GateMix | OpKind::DinInput | OpKind::DotScores | OpKind::SequencePool => 2,
+            OpKind::AttentionPool => 3,
             _ => 1,
         };
-        if op.inputs.len() < needs_inputs || (kind == OpKind::GateMix && op.inputs.len() != 2) {
+        let exact = !matches!(
+            kind,
+            OpKind::Linear
+                | OpKind::BatchedLinear
+                | OpKind::BatchNorm
+                | OpKind::LayerNorm
+                | OpKind::Activation
+                | OpKind::Dropout
+                | OpKind::Softmax
+                | OpKind::Slice
+                | OpKind::Concat
+                | OpKind::Stack
+        );
+        if op.inputs.len() < needs_inputs || (exact && op.inputs.len() != needs_inputs) {
             return Err(invalid_plan!(
                 "op \"{}\" has {} inputs",
                 op.name,
@@ -867,7 +991,27 @@ fn validate(plan: &Plan) -> Result<(Vec<usize>, Vec<usize>)> {
                 op.ratio
             ));
         }
-        if kind == OpKind::FeatureGroup {
+        if matches!(kind, OpKind::SequenceEmbed | OpKind::SequenceMask) {
+            if op.features.is_empty() {
+                return Err(invalid_plan!(
+                    "op \"{}\" reads no sequence feature",
+                    op.name
+                ));
+            }
+            for &f in &op.features {
+                let spec = plan.features.get(f as usize).ok_or_else(|| {
+                    invalid_plan!("op \"{}\" uses feature {} which does not exist", op.name, f)
+                })?;
+                if spec.sequence_length == 0 {
+                    return Err(invalid_plan!(
+                        "op \"{}\" reads feature \"{}\", which is not a sequence",
+                        op.name,
+                        spec.name
+                    ));
+                }
+            }
+        }
+        if matches!(kind, OpKind::FeatureGroup | OpKind::SequenceEmbed) {
             for &f in &op.features {
                 let spec = plan.features.get(f as usize).ok_or_else(|| {
                     invalid_plan!("op \"{}\" uses feature {} which does not exist", op.name, f)

@@ -354,6 +354,19 @@ impl Program {
                         y,
                     )
                 }
+                OpKind::SequenceEmbed
+                | OpKind::SequenceMask
+                | OpKind::DinInput
+                | OpKind::DotScores
+                | OpKind::AttentionPool
+                | OpKind::SequencePool => {
+                    // Sequence encoders run on candle; the runtime falls back.
+                    return Err(invalid_plan!(
+                        "the native engine does not run sequence op \"{}\" ({:?})",
+                        op.name,
+                        kind
+                    ));
+                }
                 OpKind::OpUnspecified => {
                     return Err(invalid_plan!("op \"{}\" has no kind", op.name))
                 }
