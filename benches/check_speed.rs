@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use plec::cli::check::check_source;
+use plec::pipeline::check_source;
 use plec::schema::Schema;
 
 /// The PLE example grown to about 600 lines with more id features.

@@ -14,10 +14,10 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use plec::cli::compile::{build, BuildOptions};
 use plec::data::batch::{Batch, FeatureInput};
+use plec::pipeline::{build, BuildOptions};
 use plec::proto::plan::{FeatureKind, Plan};
-use plec::runtime::rng::SplitMix64;
+use plec::rng::SplitMix64;
 use plec::runtime::{ops, Mode, Model, Trainer};
 
 /// Relative tolerance of the issue: forward outputs within 1e-4.

@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use plec::cli::check::check_source;
 use plec::diag::{render_human, render_json, LineIndex, Severity};
+use plec::pipeline::check_source;
 use plec::schema::Schema;
 
 fn cases(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -124,12 +124,12 @@ fn compile_golden_cases() {
     let mut failures = Vec::new();
     for path in &paths {
         let source = std::fs::read_to_string(path).expect("read case");
-        let diagnostics = match plec::cli::compile::build(&source, Default::default()) {
+        let diagnostics = match plec::pipeline::build(&source, Default::default()) {
             Ok(_) => {
                 failures.push(format!("{}: compiled, but must not", path.display()));
                 continue;
             }
-            Err(plec::cli::compile::BuildError::Diagnostics(d)) => d,
+            Err(plec::pipeline::BuildError::Diagnostics(d)) => d,
             Err(e) => {
                 failures.push(format!("{}: not a diagnostic: {e}", path.display()));
                 continue;

@@ -2,7 +2,7 @@
 //! random bytes, random printable text, and random edits of valid configs —
 //! and every diagnostic's labels lie inside the text.
 
-use plec::cli::check::check_source;
+use plec::pipeline::check_source;
 use plec::schema::Schema;
 use proptest::prelude::*;
 

@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// Threads of candle's element-wise pool (see `plec run --help`).
     #[arg(long, default_value_t = 1)]
     pub elementwise_threads: usize,
+    /// CPU executor: `auto`, `native` or `candle` (see `plec run --help`).
+    #[arg(long)]
+    pub engine: Option<runtime::EngineChoice>,
     /// Device: `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -70,6 +73,7 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
         elementwise_threads: args.elementwise_threads,
         device: args.device.clone(),
         precision: runtime::native::Precision::F32,
+        engine: args.engine,
     };
     let (device, threads) = exec.setup()?;
     if args.batch_sizes.contains(&0) {

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::diag::{self, Diagnostic, Severity};
-use crate::schema::{self, Schema};
-use crate::syntax;
+use crate::diag::{self, Severity};
+use crate::pipeline::check_source;
+use crate::schema::Schema;
 
 use super::{Outcome, RunError};
 
@@ -32,80 +32,6 @@ pub struct CheckArgs {
     /// Root message of the config (full name) with --proto-path.
     #[arg(long, requires = "proto_path")]
     pub root_message: Option<String>,
-}
-
-/// Everything `check` learned about one source text.
-#[derive(Debug)]
-pub struct Checked {
-    pub diagnostics: Vec<Diagnostic>,
-    pub bound: Option<schema::Bound>,
-}
-
-impl Checked {
-    pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(Diagnostic::is_error)
-    }
-}
-
-/// Runs the front end on one source text: syntax, schema, lint.
-pub fn check_source(schema: &Schema, source: &str) -> Checked {
-    let parsed = syntax::parse(source);
-    let mut diagnostics = parsed.diagnostics;
-    let Some(document) = parsed.document else {
-        return Checked {
-            diagnostics,
-            bound: None,
-        };
-    };
-    let syntax_ok = !diagnostics.iter().any(Diagnostic::is_error);
-    let bound = schema::bind(schema, &document, source);
-    diagnostics.extend(bound.diagnostics.iter().cloned());
-    // Lint needs a well-formed tree; its rules tolerate fields that schema
-    // errors left out.
-    if syntax_ok && schema.is_tzrec() {
-        if let Some(config) = schema::typed_config(&bound) {
-            let mut semantic = crate::lint::run(&config, &bound.spans);
-            semantic.extend(crate::ir::shape_diagnostics(&config, &bound.spans));
-            let broken = blocks_with_schema_errors(&bound);
-            semantic.retain(|d| {
-                let Some(span) = d.primary_span() else {
-                    return true;
-                };
-                !broken
-                    .iter()
-                    .any(|b| span.start < b.end && b.start < span.end.max(span.start + 1))
-            });
-            diagnostics.extend(semantic);
-        }
-    }
-    diag::sort_by_position(&mut diagnostics);
-    Checked {
-        diagnostics,
-        bound: Some(bound),
-    }
-}
-
-/// Whole spans (name to closing brace) of the innermost blocks that hold a
-/// schema error. Semantic findings inside them are dropped: they are usually
-/// consequences of the schema error (a misspelled `num_buckets` also leaves
-/// the feature without a bucket setting), and reappear once it is fixed.
-fn blocks_with_schema_errors(bound: &schema::Bound) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    for d in bound.diagnostics.iter().filter(|d| d.is_error()) {
-        let Some(err) = d.primary_span() else {
-            continue;
-        };
-        let innermost = bound
-            .spans
-            .iter()
-            .map(|(_, s)| s)
-            .filter(|s| s.value.start < err.start && err.end <= s.value.end && s.value.len() > 1)
-            .min_by_key(|s| s.value.len());
-        if let Some(block) = innermost {
-            out.push(block.whole());
-        }
-    }
-    out
 }
 
 pub fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {

@@ -1,15 +1,14 @@
 //! `plec compile`: check, lower, optimize and emit a config as a plan file.
 //!
-//! [`build`] is the whole compiler pipeline on one source text; `graph` and
-//! `inspect` reuse it.
+//! The pipeline itself is `crate::pipeline`; this module adds the command's
+//! arguments, its report and its summary line.
 
 use std::path::{Path, PathBuf};
 
-use crate::diag::{self, Diagnostic};
-use crate::ir::{self, IrError, ModelGraph};
-use crate::passes::{self, Applied, PassError};
-use crate::plan::{self, emit::EmitError, Plan};
-use crate::schema::{self, Schema};
+use crate::diag;
+use crate::ir;
+use crate::pipeline::{build, BuildError, BuildOptions};
+use crate::plan;
 
 use super::{Outcome, RunError};
 
@@ -34,126 +33,6 @@ pub struct CompileArgs {
     pub verbose: bool,
 }
 
-/// Options of the compiler pipeline.
-#[derive(Debug, Clone, Copy)]
-pub struct BuildOptions {
-    pub seed: u64,
-    pub fuse: bool,
-    pub max_patches: Option<usize>,
-}
-
-impl Default for BuildOptions {
-    fn default() -> Self {
-        BuildOptions {
-            seed: 0,
-            fuse: true,
-            max_patches: None,
-        }
-    }
-}
-
-/// Everything the compiler produced for one config.
-#[derive(Debug)]
-pub struct Built {
-    pub graph: ModelGraph,
-    pub plan: Plan,
-    pub applied: Vec<Applied>,
-    /// Warnings from check (errors stop the build).
-    pub warnings: Vec<Diagnostic>,
-}
-
-/// Why a build stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("the config has errors")]
-    Diagnostics(Vec<Diagnostic>),
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    Lower(Vec<IrError>),
-    #[error("{0}")]
-    Pass(#[from] PassError),
-    #[error("{0}")]
-    Emit(#[from] EmitError),
-    #[error("{0}")]
-    Schema(String),
-}
-
-/// Lowers a checked source to its (optimized) model graph.
-pub fn build_graph(
-    source: &str,
-    opts: BuildOptions,
-) -> Result<
-    (
-        ModelGraph,
-        Vec<Applied>,
-        Vec<Diagnostic>,
-        crate::proto::tzrec::protos::EasyRecConfig,
-    ),
-    BuildError,
-> {
-    let schema = Schema::builtin().map_err(|e| BuildError::Schema(e.to_string()))?;
-    let checked = super::check::check_source(&schema, source);
-    if checked.has_errors() {
-        return Err(BuildError::Diagnostics(checked.diagnostics));
-    }
-    let config = checked
-        .bound
-        .as_ref()
-        .and_then(schema::typed_config)
-        .ok_or_else(|| BuildError::Schema("the file is not a TorchEasyRec config".into()))?;
-    let spans = checked.bound.as_ref().map(|b| &b.spans);
-    let mut graph = lower_faithfully(&config).map_err(|errors| match spans {
-        Some(spans) => {
-            let mut d = checked.diagnostics.clone();
-            d.extend(errors.iter().map(|e| e.to_diagnostic(spans)));
-            diag::sort_by_position(&mut d);
-            BuildError::Diagnostics(d)
-        }
-        None => BuildError::Lower(errors),
-    })?;
-    let applied = passes::optimize(&mut graph, &passes::pipeline(opts.fuse), opts.max_patches)?;
-    Ok((graph, applied, checked.diagnostics, config))
-}
-
-/// Lowers the config, or every reason it cannot be run as written: the
-/// blocks the audit finds plec would drop, plus the lowering's own errors
-/// (an unsupported block named by both is reported once).
-fn lower_faithfully(
-    config: &crate::proto::tzrec::protos::EasyRecConfig,
-) -> Result<ModelGraph, Vec<IrError>> {
-    let mut errors = ir::coverage::audit(config);
-    match ir::lower(config) {
-        Ok(graph) if errors.is_empty() => return Ok(graph),
-        Ok(_) => {}
-        Err(lowered) => {
-            let audited = !errors.is_empty();
-            for e in lowered {
-                let seen = e
-                    .path()
-                    .is_some_and(|p| errors.iter().any(|x| x.path() == Some(p)));
-                // With blocks already dropped, "not defined" findings about
-                // the names they define are consequences, not causes.
-                if seen || (audited && matches!(e, IrError::Invalid { .. })) {
-                    continue;
-                }
-                errors.push(e);
-            }
-        }
-    }
-    Err(errors)
-}
-
-/// The whole pipeline: check, lower, optimize, emit.
-pub fn build(source: &str, opts: BuildOptions) -> Result<Built, BuildError> {
-    let (graph, applied, warnings, config) = build_graph(source, opts)?;
-    let plan = plan::emit::emit(&graph, &config, source, opts.seed)?;
-    Ok(Built {
-        graph,
-        plan,
-        applied,
-        warnings,
-    })
-}
-
 /// Reports a build error the way `check` would; returns the outcome.
 pub fn report(path: &Path, source: &str, err: BuildError) -> Result<Outcome, RunError> {
     let color = super::stdout_is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -167,12 +46,6 @@ pub fn report(path: &Path, source: &str, err: BuildError) -> Result<Outcome, Run
                 path.display(),
                 if errors == 1 { "" } else { "s" }
             );
-            Ok(Outcome::Problems)
-        }
-        BuildError::Lower(errors) => {
-            for e in &errors {
-                eprintln!("error: {e}");
-            }
             Ok(Outcome::Problems)
         }
         e @ (BuildError::Pass(_) | BuildError::Emit(_) | BuildError::Schema(_)) => {

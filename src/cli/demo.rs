@@ -11,11 +11,11 @@ use crate::ir;
 use crate::runtime::Progress;
 use crate::schema::Schema;
 
-use super::check::check_source;
-use super::compile::{self, human_count, BuildOptions};
+use super::compile::{self, human_count};
 use super::gen_data;
 use super::run::{self, render_table, ExecArgs, RunSettings};
 use super::{Outcome, RunError};
+use crate::pipeline::{self, check_source, BuildOptions};
 
 /// The demo's config: the PLE example with smaller hash buckets.
 pub const DEMO_CONFIG: &str = include_str!("../../examples/ple_demo.config");
@@ -99,7 +99,7 @@ pub fn execute(args: &DemoArgs) -> Result<Outcome, RunError> {
         seed: args.seed,
         ..BuildOptions::default()
     };
-    let mut built = match compile::build(DEMO_CONFIG, opts) {
+    let mut built = match pipeline::build(DEMO_CONFIG, opts) {
         Ok(b) => b,
         Err(e) => return compile::report(&config_path, DEMO_CONFIG, e),
     };

@@ -37,6 +37,7 @@ pub fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
         for (kind, codes) in [
             ("syntax", syntax::explain::CODES),
             ("schema", schema::explain::CODES),
+            ("compile", crate::pipeline::CODES),
         ] {
             for (code, text) in codes {
                 out.push_str(&format!("{code:<34} {kind:<8} {}\n", first_sentence(text)));
@@ -46,13 +47,6 @@ pub fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
             out.push_str(&format!(
                 "{code:<34} {:<8} {}\n",
                 "shape",
-                first_sentence(text)
-            ));
-        }
-        for (code, text) in ir::LOWER_CODES {
-            out.push_str(&format!(
-                "{code:<34} {:<8} {}\n",
-                "compile",
                 first_sentence(text)
             ));
         }
@@ -73,6 +67,7 @@ pub fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
     if let Some((c, text)) = syntax::explain::CODES
         .iter()
         .chain(schema::explain::CODES)
+        .chain(crate::pipeline::CODES)
         .find(|(c, _)| *c == full)
     {
         println!("{c}\n\n{text}");
@@ -88,7 +83,6 @@ pub fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
     let known: Vec<&str> = lint::all_codes()
         .into_iter()
         .chain(ir::SHAPE_CODES.iter().map(|(c, _)| *c))
-        .chain(ir::LOWER_CODES.iter().map(|(c, _)| *c))
         .chain(syntax::explain::CODES.iter().map(|(c, _)| *c))
         .chain(schema::explain::CODES.iter().map(|(c, _)| *c))
         .map(|c| c.trim_start_matches("plec::"))

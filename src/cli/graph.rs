@@ -8,8 +8,9 @@ use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 use crate::ir::graph::{MlpBlock, ModelGraph, Node};
 use crate::proto::plan::FeatureKind;
 
-use super::compile::{build_graph, print_out, read, report, BuildOptions};
+use super::compile::{print_out, read, report};
 use super::{Outcome, RunError};
+use crate::pipeline::{lower, BuildOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct GraphArgs {
@@ -171,8 +172,8 @@ pub fn execute(args: &GraphArgs) -> Result<Outcome, RunError> {
         fuse: args.fused,
         ..Default::default()
     };
-    let graph = match build_graph(&source, opts) {
-        Ok((g, ..)) => g,
+    let graph = match lower(&source, opts) {
+        Ok(l) => l.graph,
         Err(e) => return report(&args.file, &source, e),
     };
     let dot = to_dot(&graph, args.inputs);

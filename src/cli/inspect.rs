@@ -8,8 +8,9 @@ use serde_json::{json, Value as Json};
 use crate::ir::{self, Summary};
 use crate::proto::plan::{self as p, Plan};
 
-use super::compile::{build, human_count, print_out, read, report, BuildOptions};
+use super::compile::{human_count, print_out, read, report};
 use super::{Outcome, RunError};
+use crate::pipeline::{build, BuildOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

@@ -61,14 +61,63 @@ pub enum Outcome {
     Problems,
 }
 
-/// A failure to run at all (exit 2).
+/// A failure to run at all (exit 2): the error that stopped the command,
+/// and advice on what to do about it, printed as a `help:` line.
+#[derive(Debug)]
+pub struct RunError {
+    error: Box<dyn std::error::Error + Send + Sync + 'static>,
+    help: Option<String>,
+}
+
+/// A failure described by its message alone (a bad flag, a missing file).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct RunError(pub String);
+struct Message(String);
 
 impl RunError {
+    /// A failure described by a message.
     pub fn new(msg: impl Into<String>) -> Self {
-        RunError(msg.into())
+        Self::from_error(Message(msg.into()))
+    }
+
+    /// A failure caused by `error`.
+    pub fn from_error(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        RunError {
+            error: Box::new(error),
+            help: None,
+        }
+    }
+
+    /// The same failure with advice.
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// The advice, if any.
+    pub fn help(&self) -> Option<&str> {
+        self.help.as_deref()
+    }
+
+    /// The error that stopped the command.
+    pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.error.as_ref()
+    }
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.error)?;
+        if let Some(h) = &self.help {
+            write!(f, "\n  help: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RunError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.error.as_ref())
     }
 }
 

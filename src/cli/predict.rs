@@ -148,8 +148,9 @@ pub fn execute(args: &PredictArgs) -> Result<Outcome, RunError> {
     let outputs: Vec<String> = plan.tasks.iter().flat_map(prediction_columns).collect();
     if let Some(clash) = args.keep.iter().find(|k| outputs.contains(k)) {
         return Err(RunError::new(format!(
-            "--keep column `{clash}` has the name of a prediction column\n  help: rename the input column, or leave it out of --keep"
-        )));
+            "--keep column `{clash}` has the name of a prediction column"
+        ))
+        .with_help("rename the input column, or leave it out of --keep"));
     }
     for (i, k) in args.keep.iter().enumerate() {
         if args.keep[..i].contains(k) {

@@ -22,8 +22,9 @@ use crate::plan::file as plan_file;
 use crate::proto::plan::Plan;
 use crate::runtime::{self, BatchIter, BatchSource, BoxError, Progress, RuntimeError};
 
-use super::compile::{self, BuildOptions};
+use super::compile;
 use super::{Outcome, RunError};
+use crate::pipeline::{self, BuildOptions};
 
 /// Default batch size when the plan leaves it 0 (TorchEasyRec's default).
 pub const DEFAULT_BATCH_SIZE: usize = 1024;
@@ -47,6 +48,12 @@ pub struct ExecArgs {
     /// weights and optimizer state). Without AMX, bf16 runs in fp32.
     #[arg(long, default_value = "fp32")]
     pub precision: runtime::native::Precision,
+    /// Executor on the CPU: `auto` (the native engine; candle, with a
+    /// notice, for a plan with an op it cannot run), `native` (an op it
+    /// cannot run is an error) or `candle` (the reference engine). The
+    /// default reads `PLEC_ENGINE`, else `auto`.
+    #[arg(long)]
+    pub engine: Option<runtime::EngineChoice>,
 }
 
 impl Default for ExecArgs {
@@ -56,6 +63,7 @@ impl Default for ExecArgs {
             elementwise_threads: 1,
             device: "cpu".to_string(),
             precision: runtime::native::Precision::F32,
+            engine: None,
         }
     }
 }
@@ -87,6 +95,9 @@ impl ExecArgs {
             }
         }
         runtime::native::set_default_precision(self.precision);
+        if let Some(e) = self.engine {
+            runtime::set_engine_choice(e);
+        }
         Ok((device, threads))
     }
 }
@@ -158,7 +169,7 @@ pub fn compile_source(
         seed,
         ..BuildOptions::default()
     };
-    match compile::build(source, opts) {
+    match pipeline::build(source, opts) {
         Ok(mut built) => {
             built.plan.source_path = path.display().to_string();
             Ok(Ok(built.plan))
@@ -268,7 +279,11 @@ pub fn with_help(e: &dyn miette::Diagnostic) -> String {
 
 /// A data error as a run error (message and help).
 pub fn data_error(e: &DataError) -> RunError {
-    RunError::new(with_help(e))
+    let err = RunError::new(e.to_string());
+    match miette::Diagnostic::help(e) {
+        Some(h) => err.with_help(h.to_string()),
+        None => err,
+    }
 }
 
 /// A runtime error as a run error; data errors keep their file, row and help.
@@ -280,14 +295,22 @@ pub fn runtime_error(e: RuntimeError) -> RunError {
     }
     let help = match &e {
         RuntimeError::Diverged { .. } => {
-            "\n  help: lower the learning rate, or check the labels and features for extreme values"
+            Some("lower the learning rate, or check the labels and features for extreme values")
         }
         RuntimeError::InvalidPlan(_) => {
-            "\n  help: recompile the plan from its config with `plec compile`"
+            Some("recompile the plan from its config with `plec compile`")
         }
-        _ => "",
+        RuntimeError::Unsupported { .. } => Some(
+            "run it with `--engine auto` (the default: the model runs on the slower candle path) \
+             or `--engine candle`",
+        ),
+        _ => None,
     };
-    RunError::new(format!("{e}{help}"))
+    let err = RunError::from_error(e);
+    match help {
+        Some(h) => err.with_help(h),
+        None => err,
+    }
 }
 
 /// Splits `<metric>_<tower>` into (metric, tower index), matching the

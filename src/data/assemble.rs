@@ -5,7 +5,7 @@
 use arrow_array::{Array, ArrayRef};
 
 use super::batch::{Batch, FeatureInput};
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// An encoded batch plus the pass-through columns of the same rows.
 #[derive(Debug, Clone)]

@@ -9,7 +9,6 @@ pub mod encode;
 pub mod error;
 pub mod fields;
 pub mod reader;
-pub mod rng;
 pub mod synth;
 
 pub use batch::{Batch, FeatureInput};

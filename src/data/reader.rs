@@ -32,8 +32,8 @@ use super::error::{DataError, Result};
 use super::fields::{
     key_shape_ok, number_shape_ok, read_keys, read_numbers, KEY_EXPECTED, NUMBER_EXPECTED,
 };
-use super::rng::SplitMix64;
 use crate::proto::plan::{MetricKind, Plan};
+use crate::rng::SplitMix64;
 
 /// Batches kept ready ahead of the consumer by default.
 pub const DEFAULT_PREFETCH: usize = 3;

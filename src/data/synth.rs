@@ -49,9 +49,9 @@ use rand::distr::Distribution;
 use rand_distr::Zipf;
 
 use super::error::{DataError, Result};
-use super::rng::{mix64, SplitMix64};
 use crate::metrics::auc::exact_auc;
 use crate::proto::plan::{FeatureKind, LossKind, MetricKind, NormalizerKind, Plan};
+use crate::rng::{mix64, SplitMix64};
 
 /// Zipf exponent of id frequencies: a realistic long tail.
 pub const ZIPF_EXPONENT: f64 = 1.1;
@@ -293,7 +293,7 @@ fn draw(col: &Column, rows: usize, seed: u64, split: u64, idx: u64) -> Drawn {
             let mut text = String::new();
             for _ in 0..rows {
                 let k = z.as_ref().map_or(1.0, |z| z.sample(&mut rng)) as u64;
-                if rng.uniform() < NULL_RATE {
+                if rng.next_f64() < NULL_RATE {
                     keys.push(0);
                     b.append_null();
                 } else {
@@ -311,7 +311,7 @@ fn draw(col: &Column, rows: usize, seed: u64, split: u64, idx: u64) -> Drawn {
             let mut text = String::new();
             for _ in 0..rows {
                 let k = z.as_ref().map_or(1.0, |z| z.sample(&mut rng)) as usize;
-                if words.is_empty() || rng.uniform() < 0.03 {
+                if words.is_empty() || rng.next_f64() < 0.03 {
                     keys.push(0);
                     text.clear();
                     let _ = write!(text, "oov_{}", rng.below(100));
@@ -326,12 +326,12 @@ fn draw(col: &Column, rows: usize, seed: u64, split: u64, idx: u64) -> Drawn {
         Gen::Float { dist } => {
             let mut vals = Vec::with_capacity(rows);
             for _ in 0..rows {
-                let z = rng.normal();
+                let z = rng.next_normal();
                 let (x, s) = match *dist {
                     FloatDist::Normal { mean, sd } => (mean + sd * z, z),
                     FloatDist::LogNormal => ((1.0 + z).exp(), z),
                     FloatDist::Uniform { lo, hi } => {
-                        let u = rng.uniform();
+                        let u = rng.next_f64();
                         (lo + (hi - lo) * u, (u - 0.5) * 3.4)
                     }
                 };
@@ -346,7 +346,7 @@ fn draw(col: &Column, rows: usize, seed: u64, split: u64, idx: u64) -> Drawn {
             for _ in 0..rows {
                 let mut sum = 0.0;
                 for _ in 0..*dim {
-                    let z = rng.normal();
+                    let z = rng.next_normal();
                     sum += z;
                     b.values().append_value(z);
                 }
@@ -404,7 +404,7 @@ fn history(group: &str, steps: u32, rows: usize, seed: u64, split: u64) -> Vec<V
     let zipf = Zipf::new(HISTORY_ITEMS as f64, ZIPF_EXPONENT).ok();
     (0..rows)
         .map(|_| {
-            if rng.uniform() < EMPTY_HISTORY_RATE {
+            if rng.next_f64() < EMPTY_HISTORY_RATE {
                 return Vec::new();
             }
             let n = 1 + rng.below(steps.max(1) as usize);
@@ -461,7 +461,7 @@ fn history_logits(hist: &[Vec<u64>], group: &str, seed: u64, t: u64) -> Vec<f64>
 
 /// A deterministic standard normal from hashed words.
 fn effect(words: &[u64]) -> f64 {
-    SplitMix64::from_words(words).normal()
+    SplitMix64::from_words(words).next_normal()
 }
 
 /// Raw (unscaled) planted logit of every row for task `t`.
@@ -658,14 +658,14 @@ pub fn generate(
             let y: Vec<bool> = cond
                 .iter()
                 .zip(&prev_y)
-                .map(|(&c, &ok)| ok && noise.uniform() < c)
+                .map(|(&c, &ok)| ok && noise.next_f64() < c)
                 .collect();
             let labels = y.iter().map(|&b| b as u8 as f64).collect();
             funnel_prev = Some((p.clone(), y));
             (p, labels)
         } else {
             let mean: Vec<f64> = raw.iter().map(|&x| scale * x).collect();
-            let labels = mean.iter().map(|m| m + 0.5 * noise.normal()).collect();
+            let labels = mean.iter().map(|m| m + 0.5 * noise.next_normal()).collect();
             (mean, labels)
         };
         let split = |v: &[f64], a: usize, b: usize| -> f64 {
@@ -722,7 +722,7 @@ pub fn generate(
             let mut draw01 = |n: usize| -> ArrayRef {
                 Arc::new(Int64Array::from(
                     (0..n)
-                        .map(|_| (noise.uniform() < BASE_RATE) as i64)
+                        .map(|_| (noise.next_f64() < BASE_RATE) as i64)
                         .collect::<Vec<_>>(),
                 ))
             };
@@ -741,7 +741,7 @@ pub fn generate(
         let mut w = |n: usize| -> ArrayRef {
             Arc::new(Float32Array::from(
                 (0..n)
-                    .map(|_| (0.5 + noise.uniform()) as f32)
+                    .map(|_| (0.5 + noise.next_f64()) as f32)
                     .collect::<Vec<_>>(),
             ))
         };

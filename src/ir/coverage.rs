@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 
 use super::error::IrError;
+use super::graph::ModelGraph;
 use crate::proto::tzrec::protos::{
     feature_config::Feature, seq_encoder_config::SeqModule,
     seq_feature_config::Feature as SeqFeature, EasyRecConfig, FeatureGroupConfig,
@@ -117,4 +118,30 @@ pub fn encoder_kind(m: &SeqModule) -> &'static str {
         SeqModule::MultiWindowDinEncoder(_) => "multi_window_din_encoder",
         SeqModule::SelfAttentionEncoder(_) => "self_attention_encoder",
     }
+}
+
+/// Lowers the config, or every reason it cannot be run as written: the
+/// blocks [`audit`] finds plus the lowering's own errors (an unsupported
+/// block named by both is reported once).
+pub fn lower_faithfully(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> {
+    let mut errors = audit(config);
+    match super::lower(config) {
+        Ok(graph) if errors.is_empty() => return Ok(graph),
+        Ok(_) => {}
+        Err(lowered) => {
+            let audited = !errors.is_empty();
+            for e in lowered {
+                let seen = e
+                    .path()
+                    .is_some_and(|p| errors.iter().any(|x| x.path() == Some(p)));
+                // With blocks already refused, "not defined" findings about
+                // the names they define are consequences, not causes.
+                if seen || (audited && matches!(e, IrError::Invalid { .. })) {
+                    continue;
+                }
+                errors.push(e);
+            }
+        }
+    }
+    Err(errors)
 }

@@ -3,30 +3,7 @@
 //! or stacks parameters (fusion) produces exactly the same numbers.
 
 use super::graph::{Init, ParamSpec};
-
-/// SplitMix64: tiny, fast and stable across versions (unlike `rand`'s
-/// `StdRng`, whose stream may change between releases).
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)` with 53 bits.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+use crate::rng::SplitMix64;
 
 /// FNV-1a of a name, mixed with the seed: the per-parameter stream seed.
 pub fn name_seed(seed: u64, name: &str) -> u64 {

@@ -21,20 +21,14 @@ pub mod summary;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use error::{IrError, LOWER_CODES};
+pub use coverage::lower_faithfully;
+pub use error::IrError;
 pub use graph::{ModelGraph, Node};
 pub use lower::lower;
 pub use shape::{shape_diagnostics, ShapeError, SHAPE_CODES};
 pub use summary::{summarize, Summary};
 
-/// The long explanation of a shape or lowering diagnostic code, for
-/// `plec explain`.
+/// The long explanation of a shape diagnostic code, for `plec explain`.
 pub fn explain(code: &str) -> Option<&'static str> {
-    let full = format!("plec::{}", code.trim_start_matches("plec::"));
-    shape::explain(code).or_else(|| {
-        LOWER_CODES
-            .iter()
-            .find(|(c, _)| *c == full)
-            .map(|(_, t)| *t)
-    })
+    shape::explain(code)
 }

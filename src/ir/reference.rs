@@ -401,7 +401,7 @@ fn erf(x: f32) -> f32 {
 /// Random feature-group inputs for every FEATURE_GROUP op of `plan`
 /// (uniform in [-1, 1), deterministic from `seed`).
 pub fn random_group_inputs(plan: &Plan, batch: usize, seed: u64) -> HashMap<String, Tensor> {
-    let mut rng = super::init::SplitMix64::new(seed);
+    let mut rng = crate::rng::SplitMix64::new(seed);
     let mut out = HashMap::new();
     for op in &plan.ops {
         if op.kind == OpKind::FeatureGroup as i32 {

@@ -286,7 +286,7 @@ fn shape_golden_cases_report_the_right_code_and_line() {
         let source = std::fs::read_to_string(&path).expect("read");
         let expected = markers(&source);
         assert!(!expected.is_empty(), "{} has no marker", path.display());
-        let checked = crate::cli::check::check_source(&schema, &source);
+        let checked = crate::pipeline::check_source(&schema, &source);
         let errors: Vec<_> = checked
             .diagnostics
             .iter()
@@ -375,7 +375,7 @@ fn unsupported_optimizers_and_schedules_are_named() {
     ] {
         let text = base.replacen(from, to, 1);
         let schema = crate::schema::Schema::builtin().expect("schema");
-        let checked = crate::cli::check::check_source(&schema, &text);
+        let checked = crate::pipeline::check_source(&schema, &text);
         assert!(!checked.has_errors(), "check stays clean for {to}");
         let bound = checked.bound.expect("bound");
         let config = crate::schema::typed_config(&bound).expect("typed");

@@ -2,8 +2,8 @@
 //! checking the code and the 1-based line of the primary label; the
 //! examples lint clean; every code has an explanation.
 
-use crate::cli::check::check_source;
 use crate::diag::{Diagnostic, LineIndex, Severity};
+use crate::pipeline::check_source;
 use crate::schema::Schema;
 
 use super::{all_codes, explain, rule, rules};

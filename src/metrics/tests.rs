@@ -1,7 +1,7 @@
 use super::auc::{exact_auc, exact_auc_of, BinnedAuc, GroupedAuc};
 use super::*;
-use crate::data::rng::SplitMix64;
 use crate::proto::plan::{Loss, Metric};
+use crate::rng::SplitMix64;
 
 /// Independent O(n^2) AUC: weighted pairs, ties count one half.
 fn pairwise_auc(ex: &[(f32, f32, bool)]) -> f64 {
@@ -25,13 +25,13 @@ fn random_examples(n: usize, seed: u64, quantize: bool, weighted: bool) -> Vec<(
     let mut rng = SplitMix64::from_words(&[seed]);
     (0..n)
         .map(|_| {
-            let pos = rng.uniform() < 0.3;
-            let mut s = (rng.uniform() * 0.7 + if pos { 0.25 } else { 0.0 }) as f32;
+            let pos = rng.next_f64() < 0.3;
+            let mut s = (rng.next_f64() * 0.7 + if pos { 0.25 } else { 0.0 }) as f32;
             if quantize {
                 s = (s * 20.0).round() / 20.0;
             }
             let w = if weighted {
-                (0.1 + rng.uniform() * 2.0) as f32
+                (0.1 + rng.next_f64() * 2.0) as f32
             } else {
                 1.0
             };

@@ -220,7 +220,7 @@ fn candle_runtime_agrees_with_the_reference_evaluator() {
             optimize(&mut g, &pipeline(fuse), None).expect("passes");
             let plan = crate::plan::emit::emit(&g, &config, &source, 3).expect("emit");
             let rows = 6;
-            let mut rng = crate::ir::init::SplitMix64::new(9);
+            let mut rng = crate::rng::SplitMix64::new(9);
             let feats: Vec<Vec<f32>> = plan
                 .features
                 .iter()

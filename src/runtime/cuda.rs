@@ -28,7 +28,7 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, Result, Storage, Tensor};
 
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 const MODULE: &str = "plec_dropout";
 const FUNC: &str = "plec_dropout_mask";

@@ -20,9 +20,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::error::{bad_batch, invalid_plan, Result};
-use super::rng::SplitMix64;
 use crate::data::batch::FeatureInput;
 use crate::proto::plan::{EmbeddingTable, FeatureSpec, InitKind, Pooling};
+use crate::rng::SplitMix64;
 
 /// One embedding table on the device.
 #[derive(Debug)]

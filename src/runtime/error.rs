@@ -11,9 +11,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The plan is inconsistent (a bad index, a shape that does not match
-    /// its data, an unsupported setting).
+    /// its data): no engine can run it.
     #[error("invalid plan: {0}")]
     InvalidPlan(String),
+    /// The plan is consistent, but this engine cannot run one of its ops;
+    /// another engine may (the native engine's refusals fall back to
+    /// candle unless `--engine native` was asked for).
+    #[error("op \"{op}\" is not supported by the native engine: {why}")]
+    Unsupported { op: String, why: String },
     /// A batch from the data reader does not fit the plan.
     #[error("batch does not match the plan: {0}")]
     BadBatch(String),
@@ -44,9 +49,17 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 macro_rules! invalid_plan {
     ($($arg:tt)*) => { $crate::runtime::error::RuntimeError::InvalidPlan(format!($($arg)*)) };
 }
+/// Builds an `Unsupported` error: the op's name, then the reason's format
+/// arguments.
+macro_rules! unsupported {
+    ($op:expr, $($arg:tt)*) => {
+        $crate::runtime::error::RuntimeError::Unsupported { op: ($op).to_string(), why: format!($($arg)*) }
+    };
+}
 /// Builds a `BadBatch` error from format arguments.
 macro_rules! bad_batch {
     ($($arg:tt)*) => { $crate::runtime::error::RuntimeError::BadBatch(format!($($arg)*)) };
 }
 pub(crate) use bad_batch;
 pub(crate) use invalid_plan;
+pub(crate) use unsupported;

@@ -1,4 +1,5 @@
-//! The runtime: executes a compiled plan with candle.
+//! The runtime: executes a compiled plan on the native CPU engine or
+//! candle (the reference, and the CUDA path).
 //!
 //! `model` loads a plan's parameters and tables onto a device and runs its
 //! ops (`ops`, `embedding`); `loss` turns logits into task losses;
@@ -14,6 +15,7 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod embedding;
+pub mod engine_choice;
 pub mod error;
 pub mod eval;
 pub mod fused;
@@ -22,14 +24,15 @@ pub mod model;
 pub mod native;
 pub mod ops;
 pub mod optim;
+pub mod params;
 pub mod profile;
-pub mod rng;
 pub mod source;
 pub mod train;
 
 #[cfg(test)]
 mod tests;
 
+pub use engine_choice::{set_engine_choice, EngineChoice};
 pub use error::{BoxError, Result, RuntimeError};
 pub use eval::{evaluate, evaluate_with, predict, predict_batch, TaskMetricSink, TaskPredictions};
 pub use model::{Mode, Model};

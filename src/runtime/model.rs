@@ -10,45 +10,14 @@
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 
 use super::embedding::{self, f32s_from_le, f32s_to_le, Gathered, Table};
-use super::error::{bad_batch, invalid_plan, Result};
+use super::engine_choice::{announce_once, engine_choice, fallback_notice, EngineChoice};
+use super::error::{bad_batch, invalid_plan, Result, RuntimeError};
 use super::ops;
-use super::rng::SplitMix64;
 use crate::data::batch::{Batch, FeatureInput};
-use crate::proto::plan::{Activation, FeatureKind, Op, OpKind, Plan, Pooling};
+use crate::proto::plan::{Activation, Op, OpKind, Plan, Pooling};
+use crate::rng::SplitMix64;
 
-/// Default batch/layer-norm epsilon (torch's) when the plan leaves it 0.
-pub const DEFAULT_NORM_EPS: f64 = 1e-5;
-/// Default batch-norm momentum (torch's) when the plan leaves it 0.
-pub const DEFAULT_BN_MOMENTUM: f64 = 0.1;
-
-/// How a forward pass runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Batch statistics, running-stat updates, dropout seeded by
-    /// `(seed, step, op index)`, and gradients tracked for embeddings.
-    Train { seed: u64, step: u64 },
-    /// Running statistics, no dropout, nothing tracked.
-    Eval,
-}
-
-/// A dense parameter on the device.
-#[derive(Debug)]
-pub enum ParamSlot {
-    /// Trained by the dense optimizer.
-    Trainable(Var),
-    /// Not trained (batch-norm running statistics); replaced in training.
-    Buffer(Tensor),
-}
-
-impl ParamSlot {
-    /// The current value.
-    pub fn tensor(&self) -> &Tensor {
-        match self {
-            ParamSlot::Trainable(v) => v.as_tensor(),
-            ParamSlot::Buffer(t) => t,
-        }
-    }
-}
+pub use super::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
 
 /// The output of one forward pass.
 #[derive(Debug)]
@@ -103,6 +72,39 @@ fn le_bytes(t: &Tensor) -> Result<Vec<u8>> {
     }
     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok(f32s_to_le(&v))
+}
+
+/// The native engine for a plan, as `choice` asks: none for
+/// `candle` or off the CPU (f32 only); for `auto`, none with a notice when
+/// the engine refuses an op (`Unsupported`); an error for `native` then,
+/// and for an inconsistent plan always (candle could not run it either).
+fn native_engine(
+    structure: &Plan,
+    batch_axis: &[usize],
+    device: &Device,
+    dtype: DType,
+    choice: EngineChoice,
+) -> Result<Option<super::native::Engine>> {
+    if choice == EngineChoice::Candle {
+        return Ok(None);
+    }
+    if !device.is_cpu() || dtype != DType::F32 {
+        return match choice {
+            EngineChoice::Native => Err(RuntimeError::Unsupported {
+                op: "(all)".into(),
+                why: "the native engine runs f32 models on the CPU".into(),
+            }),
+            _ => Ok(None),
+        };
+    }
+    match super::native::Engine::new(structure, batch_axis) {
+        Ok(e) => Ok(Some(e)),
+        Err(RuntimeError::Unsupported { op, why }) if choice == EngineChoice::Auto => {
+            announce_once(&fallback_notice(&op, &why));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Finds the ops `Model::bias_to_relu` describes.
@@ -254,16 +256,6 @@ fn stacks_of_slices(plan: &Plan, deferred: &[bool]) -> Vec<Option<StackOfSlices>
         .collect()
 }
 
-fn param_count_ok(kind: OpKind, n: usize) -> bool {
-    match kind {
-        OpKind::Linear | OpKind::BatchedLinear => n == 1 || n == 2,
-        OpKind::BatchNorm => n == 4,
-        OpKind::LayerNorm => n == 2,
-        OpKind::Activation => n <= 1,
-        _ => n == 0,
-    }
-}
-
 impl Model {
     /// Loads `plan` onto `device` in f32.
     pub fn from_plan(plan: &Plan, device: &Device) -> Result<Self> {
@@ -273,6 +265,17 @@ impl Model {
     /// Loads `plan` onto `device` in `dtype` (f64 is used by the gradient
     /// tests).
     pub fn from_plan_with_dtype(plan: &Plan, device: &Device, dtype: DType) -> Result<Self> {
+        Self::from_plan_on(plan, device, dtype, engine_choice())
+    }
+
+    /// Loads `plan` onto `device` in `dtype`, executed as `choice` says
+    /// (the other constructors read the process-wide choice).
+    pub fn from_plan_on(
+        plan: &Plan,
+        device: &Device,
+        dtype: DType,
+        choice: EngineChoice,
+    ) -> Result<Self> {
         let mut params = Vec::with_capacity(plan.params.len());
         for p in &plan.params {
             let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
@@ -305,13 +308,13 @@ impl Model {
         for t in &mut structure.tables {
             t.data.clear();
         }
-        let (embedded, batch_axis) = validate(plan)?;
+        let analysis = crate::plan::validate::analyze(plan)
+            .map_err(|e| RuntimeError::InvalidPlan(e.to_string()))?;
+        let (embedded, batch_axis) = (analysis.embedded, analysis.batch_axis);
         let (deferred, slice_of_linear) = deferred_linears(plan);
         let stack_of_slices = stacks_of_slices(plan, &deferred);
         let bias_to_relu = bias_to_relu(plan, &slice_of_linear);
-        let native = (device.is_cpu() && dtype == DType::F32 && !super::native::disabled_by_env())
-            .then(|| super::native::Engine::new(&structure, &batch_axis).ok())
-            .flatten();
+        let native = native_engine(&structure, &batch_axis, device, dtype, choice)?;
         Ok(Self {
             device: device.clone(),
             dtype,
@@ -365,11 +368,14 @@ impl Model {
 
     /// Switches the native CPU engine on (where it supports the plan; the
     /// error says why not) or off (the candle path). Tests compare the two.
-    pub fn set_native(&mut self, on: bool) -> std::result::Result<(), String> {
+    pub fn set_native(&mut self, on: bool) -> Result<()> {
         self.native = None;
         if on {
             if !self.device.is_cpu() || self.dtype != DType::F32 {
-                return Err("the native engine runs f32 on the CPU".into());
+                return Err(RuntimeError::Unsupported {
+                    op: "(all)".into(),
+                    why: "the native engine runs f32 models on the CPU".into(),
+                });
             }
             self.native = Some(super::native::Engine::new(
                 &self.structure,
@@ -910,156 +916,4 @@ fn check_offsets(
         ));
     }
     Ok(())
-}
-
-/// Checks indices, counts and ordering of the plan's ops, and returns the
-/// embedded features used and each op's batch axis.
-fn validate(plan: &Plan) -> Result<(Vec<usize>, Vec<usize>)> {
-    let nv = plan.values.len();
-    let mut produced = vec![false; nv];
-    let mut embedded = Vec::new();
-    let mut batch_axis = Vec::with_capacity(plan.ops.len());
-    for op in &plan.ops {
-        let kind = OpKind::try_from(op.kind)
-            .map_err(|_| invalid_plan!("op \"{}\" has unknown kind {}", op.name, op.kind))?;
-        if kind == OpKind::OpUnspecified {
-            return Err(invalid_plan!("op \"{}\" has no kind", op.name));
-        }
-        for &i in &op.inputs {
-            if i as usize >= nv || !produced[i as usize] {
-                return Err(invalid_plan!(
-                    "op \"{}\" reads value {} before any op computes it",
-                    op.name,
-                    i
-                ));
-            }
-        }
-        let needs_inputs = match kind {
-            OpKind::FeatureGroup | OpKind::SequenceEmbed | OpKind::SequenceMask => 0,
-            OpKind::GateMix | OpKind::DinInput | OpKind::DotScores | OpKind::SequencePool => 2,
-            OpKind::AttentionPool => 3,
-            _ => 1,
-        };
-        let exact = !matches!(
-            kind,
-            OpKind::Linear
-                | OpKind::BatchedLinear
-                | OpKind::BatchNorm
-                | OpKind::LayerNorm
-                | OpKind::Activation
-                | OpKind::Dropout
-                | OpKind::Softmax
-                | OpKind::Slice
-                | OpKind::Concat
-                | OpKind::Stack
-        );
-        if op.inputs.len() < needs_inputs || (exact && op.inputs.len() != needs_inputs) {
-            return Err(invalid_plan!(
-                "op \"{}\" has {} inputs",
-                op.name,
-                op.inputs.len()
-            ));
-        }
-        if !param_count_ok(kind, op.params.len()) {
-            return Err(invalid_plan!(
-                "op \"{}\" ({:?}) has {} parameters",
-                op.name,
-                kind,
-                op.params.len()
-            ));
-        }
-        if kind == OpKind::Activation
-            && Activation::try_from(op.activation) == Ok(Activation::Prelu)
-            && op.params.len() != 1
-        {
-            return Err(invalid_plan!(
-                "prelu op \"{}\" needs its slope parameter",
-                op.name
-            ));
-        }
-        if let Some(&p) = op.params.iter().find(|&&p| p as usize >= plan.params.len()) {
-            return Err(invalid_plan!(
-                "op \"{}\" uses parameter {} which does not exist",
-                op.name,
-                p
-            ));
-        }
-        if kind == OpKind::Dropout && !(0.0..1.0).contains(&op.ratio) {
-            return Err(invalid_plan!(
-                "dropout op \"{}\" has ratio {}",
-                op.name,
-                op.ratio
-            ));
-        }
-        if matches!(kind, OpKind::SequenceEmbed | OpKind::SequenceMask) {
-            if op.features.is_empty() {
-                return Err(invalid_plan!(
-                    "op \"{}\" reads no sequence feature",
-                    op.name
-                ));
-            }
-            for &f in &op.features {
-                let spec = plan.features.get(f as usize).ok_or_else(|| {
-                    invalid_plan!("op \"{}\" uses feature {} which does not exist", op.name, f)
-                })?;
-                if spec.sequence_length == 0 {
-                    return Err(invalid_plan!(
-                        "op \"{}\" reads feature \"{}\", which is not a sequence",
-                        op.name,
-                        spec.name
-                    ));
-                }
-            }
-        }
-        if matches!(kind, OpKind::FeatureGroup | OpKind::SequenceEmbed) {
-            for &f in &op.features {
-                let spec = plan.features.get(f as usize).ok_or_else(|| {
-                    invalid_plan!("op \"{}\" uses feature {} which does not exist", op.name, f)
-                })?;
-                let dense = FeatureKind::try_from(spec.kind) == Ok(FeatureKind::RawDense);
-                if !dense && !embedded.contains(&(f as usize)) {
-                    if spec.table as usize >= plan.tables.len() {
-                        return Err(invalid_plan!(
-                            "feature \"{}\" uses table {} which does not exist",
-                            spec.name,
-                            spec.table
-                        ));
-                    }
-                    embedded.push(f as usize);
-                }
-            }
-        }
-        let ax = op
-            .inputs
-            .first()
-            .and_then(|&i| plan.values[i as usize].shape.iter().position(|&d| d == -1))
-            .unwrap_or(0);
-        batch_axis.push(ax);
-        let out = op.output as usize;
-        if out >= nv {
-            return Err(invalid_plan!(
-                "op \"{}\" writes value {} which does not exist",
-                op.name,
-                out
-            ));
-        }
-        if produced[out] {
-            return Err(invalid_plan!(
-                "value {} is computed twice (op \"{}\")",
-                out,
-                op.name
-            ));
-        }
-        produced[out] = true;
-    }
-    for t in &plan.tasks {
-        if t.logits as usize >= nv || !produced[t.logits as usize] {
-            return Err(invalid_plan!(
-                "the logits of task \"{}\" (value {}) are never computed",
-                t.tower_name,
-                t.logits
-            ));
-        }
-    }
-    Ok((embedded, batch_axis))
 }

@@ -145,7 +145,7 @@ pub fn dropout_with_mask(x: &Tensor, mask: &Tensor, ratio: f32) -> Result<Tensor
 pub fn dropout_mask(
     shape: &[usize],
     ratio: f32,
-    rng: &mut super::rng::SplitMix64,
+    rng: &mut crate::rng::SplitMix64,
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {

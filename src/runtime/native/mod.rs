@@ -22,7 +22,8 @@
 //! (`Precision`, `amx`); both apply a linear's bias and relu as its output
 //! tiles are stored. The candle path stays the reference:
 //! `runtime::tests::native` checks logits and every gradient against it,
-//! and `PLEC_ENGINE=candle` selects it at run time.
+//! and `--engine candle` (or `PLEC_ENGINE=candle`) selects it at run time
+//! (`runtime::engine_choice`).
 
 pub mod amx;
 mod backward;
@@ -36,20 +37,22 @@ mod kernels;
 mod param_grads;
 mod program;
 mod relu_masks;
+mod step;
 mod timing;
 mod view;
 
 use candle_core::{backprop::GradStore, Device, Tensor, Var};
 
 use self::embed::Lookup;
-use self::program::{Program, Step};
+use self::program::Program;
+use self::step::Step;
 use self::view::{Mat, View};
 use super::embedding::{Gathered, Table};
 use super::error::{bad_batch, invalid_plan, Result};
-use super::model::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
-use super::rng::SplitMix64;
+use super::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
 use crate::data::batch::{Batch, FeatureInput};
 use crate::proto::plan::{Activation, Plan};
+use crate::rng::SplitMix64;
 
 /// Programs kept per engine, of each kind (training, inference: an
 /// evaluation between training steps keeps the training program). One: a
@@ -78,11 +81,6 @@ fn default_precision() -> Precision {
         1 => Precision::Bf16,
         _ => Precision::F32,
     }
-}
-
-/// Whether the environment asks for the candle path (`PLEC_ENGINE=candle`).
-pub fn disabled_by_env() -> bool {
-    std::env::var("PLEC_ENGINE").is_ok_and(|v| v.eq_ignore_ascii_case("candle"))
 }
 
 /// What a forward pass leaves for `backward`.
@@ -177,10 +175,11 @@ impl std::fmt::Display for Precision {
 }
 
 impl Engine {
-    /// An engine for `plan`, or the reason it cannot run it (the model
-    /// then uses the candle path). Builds a small program to find out.
-    pub fn new(plan: &Plan, batch_axis: &[usize]) -> std::result::Result<Self, String> {
-        Program::build(plan, batch_axis, 2).map_err(|e| e.to_string())?;
+    /// An engine for `plan`, or why not: `Unsupported` for an op it
+    /// cannot run, `InvalidPlan` for an inconsistent plan. Builds a small
+    /// program to find out.
+    pub fn new(plan: &Plan, batch_axis: &[usize]) -> Result<Self> {
+        Program::build(plan, batch_axis, 2)?;
         Ok(Self {
             programs: Vec::new(),
             tape: None,

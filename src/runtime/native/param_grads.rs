@@ -11,9 +11,9 @@
 use std::mem::MaybeUninit;
 
 use super::gemm::SharedDst;
-use super::program::Step;
+use super::step::Step;
 use crate::proto::plan::Plan;
-use crate::runtime::model::ParamSlot;
+use crate::runtime::params::ParamSlot;
 
 pub struct ParamGrads {
     bufs: Vec<Vec<f32>>,

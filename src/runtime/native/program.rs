@@ -1,73 +1,11 @@
 //! A plan laid out for one batch size: each value's view, each op's step,
 //! and the buffers (activations and gradients) they live in.
 
+use super::step::{gradient_writes, Step};
 use super::view::View;
 use crate::proto::plan::{Activation, OpKind, Plan};
-use crate::runtime::error::{invalid_plan, Result};
+use crate::runtime::error::{invalid_plan, unsupported, Result};
 use crate::runtime::ops::resolve_axis;
-
-/// What an op does in the engine.
-#[derive(Debug, Clone)]
-pub enum Step {
-    /// A view of its input (SLICE; STACK or CONCAT of adjacent pieces).
-    Alias,
-    /// FEATURE_GROUP into `out` (`[B, W]`).
-    Group {
-        out: View,
-    },
-    /// `out = x W^T + b` over the collapsed rows of `x`.
-    Linear {
-        x: View,
-        out: View,
-        w: usize,
-        b: Option<usize>,
-    },
-    /// Per expert `k`: `out[k] = x[k] W[k]^T + b[k]` (`x` shared when rank 2).
-    Batched {
-        x: View,
-        out: View,
-        w: usize,
-        b: Option<usize>,
-    },
-    /// `y = act(x)`; `in_place`: `y` is `x`'s own view (see
-    /// `in_place_activations`).
-    Act {
-        x: View,
-        y: View,
-        slope: Option<usize>,
-        in_place: bool,
-    },
-    Dropout {
-        x: View,
-        y: View,
-    },
-    /// STACK or CONCAT by copying: (input, its place in `out`).
-    Copy {
-        parts: Vec<(View, View)>,
-        out: View,
-    },
-    Softmax {
-        x: View,
-        y: View,
-        axis: usize,
-    },
-    /// `es`: the experts, one `[K_j, B, D]` view per part (one part, or
-    /// the inputs of a CONCAT that only gates read; see `virtual_concats`).
-    GateMix {
-        w: View,
-        es: Vec<View>,
-        out: View,
-    },
-    /// Batch norm (lanes along the batch axis, affine per lane) or layer
-    /// norm (lanes along the last axis, affine per position).
-    Norm {
-        x: View,
-        y: View,
-        axis: usize,
-        batch_norm: bool,
-        params: Vec<usize>,
-    },
-}
 
 /// The plan at one batch size.
 #[derive(Debug)]
@@ -113,8 +51,9 @@ pub struct Program {
 }
 
 impl Program {
-    /// Lays `plan` out for `batch` rows. Errors name what the engine does
-    /// not support; the model then runs the candle path.
+    /// Lays `plan` out for `batch` rows. `Unsupported` names an op the
+    /// engine cannot run (the model may then run on candle); `InvalidPlan`
+    /// an inconsistency no engine could run.
     pub fn build(plan: &Plan, batch_axis: &[usize], batch: usize) -> Result<Self> {
         let mut b = Builder {
             plan,
@@ -122,10 +61,12 @@ impl Program {
             views: vec![None; plan.values.len()],
             sizes: Vec::new(),
             needs: Vec::new(),
+            op: String::new(),
         };
         let mut steps = Vec::with_capacity(plan.ops.len());
         let in_place = in_place_activations(plan);
         for (oi, op) in plan.ops.iter().enumerate() {
+            b.op.clone_from(&op.name);
             let kind = OpKind::try_from(op.kind).unwrap_or(OpKind::OpUnspecified);
             let input = |b: &Builder, i: usize| -> Result<View> {
                 op.inputs
@@ -162,8 +103,15 @@ impl Program {
                     let [o, i] = w[..] else {
                         return Err(invalid_plan!("linear \"{}\" weight {:?}", op.name, w));
                     };
-                    if x.dims[2] != i || x.flat_mat().is_none() {
+                    if x.dims[2] != i {
                         return Err(invalid_plan!("linear \"{}\" input {:?}", op.name, x.dims));
+                    }
+                    if x.flat_mat().is_none() {
+                        return Err(unsupported!(
+                            op.name,
+                            "its input's rows are not one strided matrix in memory (a stack of \
+                             column slices), and the engine multiplies one matrix per linear"
+                        ));
                     }
                     let mut shape = x.logical();
                     if let Some(last) = shape.last_mut() {
@@ -360,10 +308,11 @@ impl Program {
                 | OpKind::DotScores
                 | OpKind::AttentionPool
                 | OpKind::SequencePool => {
-                    // Sequence encoders run on candle; the runtime falls back.
-                    return Err(invalid_plan!(
-                        "the native engine does not run sequence op \"{}\" ({:?})",
+                    // Sequence encoders run on candle; the runtime falls
+                    // back with a notice.
+                    return Err(unsupported!(
                         op.name,
+                        "the native engine has no {:?} kernel yet (sequence encoders)",
                         kind
                     ));
                 }
@@ -765,26 +714,6 @@ fn assign_slots(live: &[Option<(i64, i64)>], sizes: &[usize]) -> (Vec<usize>, Ve
     (slot, slot_size)
 }
 
-/// The views each step's backward pass writes a gradient into (its
-/// inputs that need one), plus the task logits the loss seeds.
-pub fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
-    let all: Vec<View> = match step {
-        Step::Alias | Step::Group { .. } => Vec::new(),
-        Step::Linear { x, .. } => vec![*x],
-        // A shared input takes one gradient per expert; a stacked one, one
-        // per expert into its own matrix (together: the view once).
-        Step::Batched { x, out, .. } if x.rank == 2 => vec![*x; out.dims[0]],
-        Step::Batched { x, .. } => vec![*x],
-        // In place, the activation rescales the gradient its readers wrote.
-        Step::Act { in_place: true, .. } => Vec::new(),
-        Step::Act { x, .. } | Step::Dropout { x, .. } | Step::Softmax { x, .. } => vec![*x],
-        Step::Norm { x, .. } => vec![*x],
-        Step::Copy { parts, .. } => parts.iter().map(|(src, _)| *src).collect(),
-        Step::GateMix { w, es, .. } => std::iter::once(*w).chain(es.iter().copied()).collect(),
-    };
-    all.into_iter().filter(|v| needs[v.buf]).collect()
-}
-
 /// `Program::exclusive`: per buffer, whether the row runs of all views
 /// written into it are disjoint and cover it exactly.
 fn exclusive_buffers(
@@ -829,13 +758,20 @@ struct Builder<'a> {
     views: Vec<Option<View>>,
     sizes: Vec<usize>,
     needs: Vec<bool>,
+    /// The op being laid out, for `Unsupported` errors.
+    op: String,
 }
 
 impl Builder<'_> {
     /// A new contiguous buffer of `shape`.
     fn fresh(&mut self, shape: &[usize], needs_grad: bool) -> Result<View> {
-        let v = View::contiguous(self.sizes.len(), shape)
-            .ok_or_else(|| invalid_plan!("native engine: rank {} values", shape.len()))?;
+        let v = View::contiguous(self.sizes.len(), shape).ok_or_else(|| {
+            unsupported!(
+                self.op,
+                "it makes a value of rank {}; the engine lays out values of rank 3 at most",
+                shape.len()
+            )
+        })?;
         self.sizes.push(v.len());
         self.needs.push(needs_grad);
         Ok(v)
@@ -904,7 +840,7 @@ mod tests {
     fn ple_example_layout() {
         let path = format!("{}/examples/ple_taobao.config", env!("CARGO_MANIFEST_DIR"));
         let source = std::fs::read_to_string(path).unwrap();
-        let plan = crate::cli::compile::build(&source, Default::default())
+        let plan = crate::pipeline::build(&source, Default::default())
             .unwrap()
             .plan;
         let p = super::Program::build(&plan, &vec![0; plan.ops.len()], 1024).unwrap();

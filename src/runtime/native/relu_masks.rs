@@ -12,7 +12,7 @@
 //! wherever the mask is. A multiply applies the mask as it stores its
 //! tiles; the gate kernel as it writes its rows.
 
-use super::program::{gradient_writes, Step};
+use super::step::{gradient_writes, Step};
 use super::view::View;
 use crate::proto::plan::{Activation, Plan};
 

@@ -1,7 +1,7 @@
 //! Per-op timing of the native engine, with `PLEC_PROFILE` set (see
 //! `runtime::profile`): milliseconds per call of each step label.
 
-use super::program::Step;
+use super::step::Step;
 use super::Engine;
 
 impl Engine {

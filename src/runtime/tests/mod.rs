@@ -6,6 +6,7 @@ mod hand;
 mod kernels;
 mod losses;
 mod native;
+mod pinned;
 mod runs;
 
 use candle_core::{DType, Device, Tensor};
@@ -139,7 +140,7 @@ pub(crate) fn host(t: &Tensor) -> Vec<f64> {
 /// Deterministic pseudo-random values in [-1, 1] kept at least `gap` away
 /// from 0 (away from the kinks of relu-like functions).
 pub(crate) fn randv(n: usize, seed: u64, gap: f64) -> Vec<f64> {
-    let mut r = super::rng::SplitMix64::new(seed);
+    let mut r = crate::rng::SplitMix64::new(seed);
     (0..n)
         .map(|_| {
             let u = r.next_f64() * 2.0 - 1.0;
@@ -303,7 +304,7 @@ pub(crate) fn complex_plan(seed: u64, dropout: f32) -> Plan {
 
 /// A batch for `complex_plan`: bags of 0-3 ids, dense values, labels.
 pub(crate) fn complex_batch(rows: usize, seed: u64) -> Batch {
-    let mut r = super::rng::SplitMix64::new(seed);
+    let mut r = crate::rng::SplitMix64::new(seed);
     let mut bag = |max_len: u64, num: u64| -> Vec<u32> {
         let n = r.next_u64() % (max_len + 1);
         (0..n).map(|_| (r.next_u64() % num) as u32).collect()

@@ -7,7 +7,7 @@
 use candle_core::{Device, Tensor};
 
 use super::*;
-use crate::cli::compile::{build, BuildOptions};
+use crate::pipeline::{build, BuildOptions};
 use crate::runtime::model::{Mode, Model, ParamSlot};
 use crate::runtime::Trainer;
 
@@ -345,4 +345,140 @@ fn bf16_engine_stays_close_to_f32() {
             }
         }
     }
+}
+
+/// A valid plan with an op the native engine cannot run: a linear over a
+/// stack of column slices (candle multiplies it as a rank-3 tensor; the
+/// native engine would need its rows as one strided matrix).
+fn plan_with_unsupported_op() -> Plan {
+    let w = randv(4 * 3 + 2 * 6 + 4, 77, 0.0);
+    let f = |r: std::ops::Range<usize>| -> Vec<f32> { w[r].iter().map(|&v| v as f32).collect() };
+    let params = vec![
+        param("shared.w", &[4, 3], &f(0..12), true),
+        param("gate.w", &[2, 6], &f(12..24), true),
+        param("tower.w", &[1, 4], &f(24..28), true),
+    ];
+    let values = vec![
+        value("group", &[-1, 6]),     // 0
+        value("left", &[-1, 3]),      // 1
+        value("right", &[-1, 3]),     // 2
+        value("stack", &[2, -1, 3]),  // 3
+        value("shared", &[2, -1, 4]), // 4
+        value("gate", &[-1, 2]),      // 5
+        value("gate.sm", &[-1, 2]),   // 6
+        value("mix", &[-1, 4]),       // 7
+        value("logits", &[-1, 1]),    // 8
+    ];
+    let mut group = op("group", OpKind::FeatureGroup, &[], 0, &[]);
+    group.features = vec![0];
+    let slice = |name: &str, out: u32, start: i64| {
+        let mut s = op(name, OpKind::Slice, &[0], out, &[]);
+        s.axis = 1;
+        s.start = start;
+        s.length = 3;
+        s
+    };
+    let mut sm = op("gate.sm", OpKind::Softmax, &[5], 6, &[]);
+    sm.axis = -1;
+    let ops = vec![
+        group,
+        slice("left", 1, 0),
+        slice("right", 2, 3),
+        op("stack", OpKind::Stack, &[1, 2], 3, &[]),
+        op("shared", OpKind::Linear, &[3], 4, &[0]),
+        op("gate", OpKind::Linear, &[0], 5, &[1]),
+        sm,
+        op("mix", OpKind::GateMix, &[6, 4], 7, &[]),
+        op("tower", OpKind::Linear, &[7], 8, &[2]),
+    ];
+    Plan {
+        format_version: 1,
+        model_kind: "mmoe".into(),
+        data: Some(DataSpec {
+            batch_size: 8,
+            label_fields: vec!["click".into()],
+            ..Default::default()
+        }),
+        features: vec![dense_feature("d", 6)],
+        values,
+        ops,
+        params,
+        tasks: vec![bce_task("ctr", "click", 8)],
+        train: Some(train_settings(
+            optimizer(OptimizerKind::Adam, 0.01),
+            optimizer(OptimizerKind::Adagrad, 0.05),
+            4,
+        )),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_op_the_native_engine_refuses_runs_on_candle_or_stops_when_native_is_forced() {
+    use crate::runtime::{EngineChoice, RuntimeError};
+    let plan = plan_with_unsupported_op();
+    let batch = random_batch_for_dense(&plan, 16);
+    // auto: the model runs, on candle, and trains.
+    let mut auto = Model::from_plan_on(
+        &plan,
+        &Device::Cpu,
+        candle_core::DType::F32,
+        EngineChoice::Auto,
+    )
+    .expect("auto falls back to candle");
+    assert!(!auto.uses_native());
+    let f = auto.forward(&batch, Mode::Eval).unwrap();
+    assert_eq!(f.logits[0].dims(), &[16, 1]);
+    // native: an error naming the op.
+    match Model::from_plan_on(
+        &plan,
+        &Device::Cpu,
+        candle_core::DType::F32,
+        EngineChoice::Native,
+    ) {
+        Err(RuntimeError::Unsupported { op, why }) => {
+            assert_eq!(op, "shared");
+            assert!(why.contains("one strided matrix"), "{why}");
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    // An inconsistent plan is an error on every engine, never a fallback.
+    let mut broken = plan.clone();
+    broken.ops[4].inputs = vec![99];
+    for choice in [
+        EngineChoice::Auto,
+        EngineChoice::Native,
+        EngineChoice::Candle,
+    ] {
+        match Model::from_plan_on(&broken, &Device::Cpu, candle_core::DType::F32, choice) {
+            Err(RuntimeError::InvalidPlan(m)) => assert!(m.contains("shared"), "{m}"),
+            other => panic!("{choice}: expected InvalidPlan, got {other:?}"),
+        }
+    }
+    // And it trains (on candle) to lower loss.
+    let mut t = Trainer::new(&plan, 9, &Device::Cpu).unwrap();
+    let first = t.step(&batch, 0).unwrap().total;
+    let mut last = first;
+    for _ in 0..20 {
+        last = t.step(&batch, 0).unwrap().total;
+    }
+    assert!(last < first, "loss {first} -> {last}");
+}
+
+/// A batch of `rows` rows for a plan of dense features only.
+fn random_batch_for_dense(plan: &Plan, rows: usize) -> Batch {
+    let mut r = crate::rng::SplitMix64::new(5);
+    let features = plan
+        .features
+        .iter()
+        .map(|f| {
+            let dim = f.value_dim.max(1) as usize;
+            FeatureInput::Dense {
+                values: (0..rows * dim).map(|_| r.next_f64() as f32 - 0.5).collect(),
+                dim,
+            }
+        })
+        .collect();
+    let labels = vec![(0..rows).map(|i| (i % 2) as f32).collect()];
+    batch(rows, features, labels)
 }

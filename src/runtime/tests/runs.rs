@@ -261,7 +261,7 @@ fn mid_plan() -> Plan {
 }
 
 fn mid_batch(rows: usize, seed: u64) -> crate::data::batch::Batch {
-    let mut r = crate::runtime::rng::SplitMix64::new(seed);
+    let mut r = crate::rng::SplitMix64::new(seed);
     let dense: Vec<f32> = (0..rows * 256).map(|_| r.next_f64() as f32).collect();
     let user: Vec<Vec<u32>> = (0..rows)
         .map(|_| vec![(r.next_u64() % 1_000_000) as u32])
@@ -392,7 +392,7 @@ fn bench_mid_size() {
 /// Random batch for any plan: ids below each table's rows (bags of 1-2),
 /// dense values for raw features, 0/1 labels.
 pub(super) fn random_batch(plan: &Plan, rows: usize, seed: u64) -> crate::data::batch::Batch {
-    let mut r = crate::runtime::rng::SplitMix64::new(seed);
+    let mut r = crate::rng::SplitMix64::new(seed);
     let features = plan
         .features
         .iter()

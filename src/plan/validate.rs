@@ -1,0 +1,193 @@
+//! Plan validation: the checks every executor relies on (each value is
+//! computed once before it is read, indices in range, parameter counts per
+//! op kind), and the analysis they yield, computed once per plan and read
+//! by both engines.
+
+use crate::proto::plan::{Activation, FeatureKind, OpKind, Plan};
+
+/// Why a plan cannot be executed by any engine.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidPlan(pub String);
+
+macro_rules! invalid {
+    ($($arg:tt)*) => { InvalidPlan(format!($($arg)*)) };
+}
+
+/// What a valid plan's ops read and write.
+#[derive(Debug, Clone, Default)]
+pub struct Analysis {
+    /// Per value, the op that computes it.
+    pub producer: Vec<Option<usize>>,
+    /// Per value, the ops that read it, in op order.
+    pub readers: Vec<Vec<usize>>,
+    /// Embedded (non-dense) features read by some FEATURE_GROUP or
+    /// SEQUENCE_EMBED op, in order of first use.
+    pub embedded: Vec<usize>,
+    /// Per op: the batch axis of its first input (from the value shape).
+    pub batch_axis: Vec<usize>,
+}
+
+/// Whether an op of `kind` may hold `n` parameters.
+fn param_count_ok(kind: OpKind, n: usize) -> bool {
+    match kind {
+        OpKind::Linear | OpKind::BatchedLinear => n == 1 || n == 2,
+        OpKind::BatchNorm => n == 4,
+        OpKind::LayerNorm => n == 2,
+        OpKind::Activation => n <= 1,
+        _ => n == 0,
+    }
+}
+
+/// Checks indices, counts and ordering of the plan's ops, and returns what
+/// they read and write.
+pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
+    let nv = plan.values.len();
+    let mut producer: Vec<Option<usize>> = vec![None; nv];
+    let mut embedded = Vec::new();
+    let mut batch_axis = Vec::with_capacity(plan.ops.len());
+    for (oi, op) in plan.ops.iter().enumerate() {
+        let kind = OpKind::try_from(op.kind)
+            .map_err(|_| invalid!("op \"{}\" has unknown kind {}", op.name, op.kind))?;
+        if kind == OpKind::OpUnspecified {
+            return Err(invalid!("op \"{}\" has no kind", op.name));
+        }
+        for &i in &op.inputs {
+            if producer.get(i as usize).copied().flatten().is_none() {
+                return Err(invalid!(
+                    "op \"{}\" reads value {} before any op computes it",
+                    op.name,
+                    i
+                ));
+            }
+        }
+        let needs_inputs = match kind {
+            OpKind::FeatureGroup | OpKind::SequenceEmbed | OpKind::SequenceMask => 0,
+            OpKind::GateMix | OpKind::DinInput | OpKind::DotScores | OpKind::SequencePool => 2,
+            OpKind::AttentionPool => 3,
+            _ => 1,
+        };
+        // Ops of a fixed arity; the others read at least `needs_inputs`.
+        let exact = matches!(
+            kind,
+            OpKind::FeatureGroup
+                | OpKind::GateMix
+                | OpKind::SequenceEmbed
+                | OpKind::SequenceMask
+                | OpKind::DinInput
+                | OpKind::DotScores
+                | OpKind::SequencePool
+                | OpKind::AttentionPool
+        );
+        if op.inputs.len() < needs_inputs || (exact && op.inputs.len() != needs_inputs) {
+            return Err(invalid!(
+                "op \"{}\" has {} inputs",
+                op.name,
+                op.inputs.len()
+            ));
+        }
+        if !param_count_ok(kind, op.params.len()) {
+            return Err(invalid!(
+                "op \"{}\" ({:?}) has {} parameters",
+                op.name,
+                kind,
+                op.params.len()
+            ));
+        }
+        if kind == OpKind::Activation
+            && Activation::try_from(op.activation) == Ok(Activation::Prelu)
+            && op.params.len() != 1
+        {
+            return Err(invalid!(
+                "prelu op \"{}\" needs its slope parameter",
+                op.name
+            ));
+        }
+        if let Some(&p) = op.params.iter().find(|&&p| p as usize >= plan.params.len()) {
+            return Err(invalid!(
+                "op \"{}\" uses parameter {} which does not exist",
+                op.name,
+                p
+            ));
+        }
+        if kind == OpKind::Dropout && !(0.0..1.0).contains(&op.ratio) {
+            return Err(invalid!(
+                "dropout op \"{}\" has ratio {}",
+                op.name,
+                op.ratio
+            ));
+        }
+        if matches!(kind, OpKind::SequenceEmbed | OpKind::SequenceMask) {
+            if op.features.is_empty() {
+                return Err(invalid!("op \"{}\" reads no sequence feature", op.name));
+            }
+            for &f in &op.features {
+                let spec = plan.features.get(f as usize).ok_or_else(|| {
+                    invalid!("op \"{}\" uses feature {} which does not exist", op.name, f)
+                })?;
+                if spec.sequence_length == 0 {
+                    return Err(invalid!(
+                        "op \"{}\" reads feature \"{}\", which is not a sequence",
+                        op.name,
+                        spec.name
+                    ));
+                }
+            }
+        }
+        if matches!(kind, OpKind::FeatureGroup | OpKind::SequenceEmbed) {
+            for &f in &op.features {
+                let spec = plan.features.get(f as usize).ok_or_else(|| {
+                    invalid!("op \"{}\" uses feature {} which does not exist", op.name, f)
+                })?;
+                let dense = FeatureKind::try_from(spec.kind) == Ok(FeatureKind::RawDense);
+                if !dense && !embedded.contains(&(f as usize)) {
+                    if spec.table as usize >= plan.tables.len() {
+                        return Err(invalid!(
+                            "feature \"{}\" uses table {} which does not exist",
+                            spec.name,
+                            spec.table
+                        ));
+                    }
+                    embedded.push(f as usize);
+                }
+            }
+        }
+        let ax = op
+            .inputs
+            .first()
+            .and_then(|&i| plan.values[i as usize].shape.iter().position(|&d| d == -1))
+            .unwrap_or(0);
+        batch_axis.push(ax);
+        let out = op.output as usize;
+        if out >= nv {
+            return Err(invalid!(
+                "op \"{}\" writes value {} which does not exist",
+                op.name,
+                out
+            ));
+        }
+        if producer[out].is_some() {
+            return Err(invalid!(
+                "value {} is computed twice (op \"{}\")",
+                out,
+                op.name
+            ));
+        }
+        producer[out] = Some(oi);
+    }
+    for t in &plan.tasks {
+        if producer.get(t.logits as usize).copied().flatten().is_none() {
+            return Err(invalid!(
+                "the logits of task \"{}\" (value {}) are never computed",
+                t.tower_name,
+                t.logits
+            ));
+        }
+    }
+    Ok(Analysis {
+        readers: super::readers(plan),
+        producer,
+        embedded,
+        batch_axis,
+    })
+}

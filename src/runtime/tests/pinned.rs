@@ -1,0 +1,102 @@
+//! Pinned results of the example configs: the compiled plan's bytes (by
+//! SHA-256) and the losses and metrics of a short training run. Refactors
+//! of the compiler and the runtime must leave both unchanged.
+//!
+//! Plan bytes are exact on every machine. Losses and metrics were recorded
+//! on an AMD EPYC (Zen 3, AVX2, the `gemm` crate's kernels); other CPUs run
+//! other GEMM kernels, which sum in another order, so they are compared to
+//! 1e-4 relative (four Adam steps keep f32 reordering differences near
+//! 1e-6). To re-pin after an intended change, run
+//! `cargo test --release --lib pinned -- --nocapture` and copy the printed
+//! lines.
+
+use candle_core::Device;
+use sha2::{Digest, Sha256};
+
+use super::runs::random_batch;
+use crate::pipeline::{build, BuildOptions};
+use crate::runtime::{train, vec_source, Progress, TrainOptions};
+
+/// (example, plan SHA-256, losses of 4 steps, final eval metrics).
+type Pin = (
+    &'static str,
+    &'static str,
+    &'static [f32],
+    &'static [(&'static str, f64)],
+);
+
+#[rustfmt::skip]
+const PINS: &[Pin] = &[
+    ("ple_demo", "08f6f193463b46a4f23d8149897cd22ef88a975757ce7d63d90d8fe2a517e1e1", &[1.3993801, 1.3753095, 1.356774, 1.3448927], &[("loss_ctr", 0.6649550795555115), ("loss_cvr", 0.6482663452625275), ("auc_ctr", 0.5), ("exact_auc_ctr", 0.5248071711486345), ("logloss_ctr", 0.6649550705054892), ("auc_cvr", 0.5), ("exact_auc_cvr", 0.5855515400561354), ("logloss_cvr", 0.6482663627333851)]),
+    ("ple_taobao", "bd9b0f063ce9103acff1dad794d471829cbe756a5029d5a8a5900ddc0091e6eb", &[1.3993807, 1.3900063, 1.381372, 1.3769512], &[("loss_ctr", 0.6940729022026062), ("loss_cvr", 0.6754956841468811), ("auc_ctr", 0.5), ("exact_auc_ctr", 0.46958326226618907), ("logloss_ctr", 0.6940729223589331), ("auc_cvr", 0.5), ("exact_auc_cvr", 0.6032910788648163), ("logloss_cvr", 0.675495725313549)]),
+    ("mmoe_taobao", "299d0f659abbfd458a366057038ba634db5437f917712c75ff1581b757839f90", &[1.3988883, 1.3910887, 1.3837754, 1.3794336], &[("loss_ctr", 0.6946302652359009), ("loss_cvr", 0.6766932904720306), ("auc_ctr", 0.4986449864498645), ("exact_auc_ctr", 0.46644683230049083), ("logloss_ctr", 0.694630268489563), ("auc_cvr", 0.5331859624662912), ("exact_auc_cvr", 0.6087945552273853), ("logloss_cvr", 0.676693261982749)]),
+    ("dbmtl_taobao", "a98998e0e12b792bd053489e352ffb32e6017d9c6ee8c91135a10c249f7c58f3", &[1.393986, 1.3855232, 1.3789849, 1.3761005], &[("loss_ctr", 0.6951388120651245), ("loss_cvr", 0.6732461750507355), ("auc_ctr", 0.5044061629427483), ("exact_auc_ctr", 0.4958117762995812), ("logloss_ctr", 0.6951387905222998), ("auc_cvr", 0.49692722569756564), ("exact_auc_cvr", 0.5801856506026306), ("logloss_cvr", 0.6732461581530456)]),
+    ("simple_multi_task_taobao", "198d77b2d2d27ca56ad3c01737b45c2a849e440e6347389d221b99bf7ec716b5", &[1.3981099, 1.3827919, 1.3688798, 1.3625829], &[("loss_ctr", 0.6855810284614563), ("loss_cvr", 0.656964123249054), ("auc_ctr", 0.5108495840203158), ("exact_auc_ctr", 0.5165349555593458), ("logloss_ctr", 0.6855810303065757), ("auc_cvr", 0.6448698427840253), ("exact_auc_cvr", 0.6468419218139458), ("logloss_cvr", 0.6569641065735736)]),
+];
+
+fn example(name: &str) -> String {
+    let path = format!("{}/examples/{name}.config", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn examples_keep_their_plans_and_losses() {
+    let names = [
+        "ple_demo",
+        "ple_taobao",
+        "mmoe_taobao",
+        "dbmtl_taobao",
+        "simple_multi_task_taobao",
+    ];
+    let mut mismatches = Vec::new();
+    for name in names {
+        let plan = build(&example(name), BuildOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .plan;
+        let sha = format!("{:x}", Sha256::digest(prost::Message::encode_to_vec(&plan)));
+        let batches: Vec<_> = (0..4).map(|i| random_batch(&plan, 256, i)).collect();
+        let opts = TrainOptions {
+            num_steps: Some(4),
+            progress: Progress::Silent,
+            ..Default::default()
+        };
+        let r = train(
+            &plan,
+            &mut vec_source(batches.clone()),
+            Some(&mut vec_source(batches[..2].to_vec())),
+            &opts,
+            &Device::Cpu,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let eval = r.eval.unwrap_or_default();
+        println!("    (\"{name}\", \"{sha}\", &{:?}, &{:?}),", r.losses, eval);
+        let Some((_, want_sha, want_losses, want_eval)) = PINS.iter().find(|p| p.0 == name) else {
+            mismatches.push(format!("{name}: not pinned"));
+            continue;
+        };
+        if sha != *want_sha {
+            mismatches.push(format!("{name}: plan bytes changed ({sha})"));
+        }
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1e-3);
+        let losses_ok = r.losses.len() == want_losses.len()
+            && r.losses
+                .iter()
+                .zip(*want_losses)
+                .all(|(&a, &b)| close(a as f64, b as f64));
+        if !losses_ok {
+            mismatches.push(format!(
+                "{name}: losses {:?}, pinned {want_losses:?}",
+                r.losses
+            ));
+        }
+        let eval_ok = eval.len() == want_eval.len()
+            && eval
+                .iter()
+                .zip(*want_eval)
+                .all(|((n, a), (m, b))| n == m && close(*a, *b));
+        if !eval_ok {
+            mismatches.push(format!("{name}: metrics {eval:?}, pinned {want_eval:?}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
