@@ -17,6 +17,7 @@
 mod context;
 mod features;
 mod references;
+mod sequences;
 mod training;
 mod values;
 mod warnings;
@@ -89,9 +90,10 @@ impl LabelAt for Diagnostic {
 }
 
 /// Every rule, grouped by theme.
-fn rule_sets() -> [&'static [Rule]; 5] {
+fn rule_sets() -> [&'static [Rule]; 6] {
     [
         references::RULES,
+        sequences::RULES,
         values::RULES,
         features::RULES,
         training::RULES,
