@@ -5,8 +5,10 @@
 //! protobuf descriptors: typed config plus span map), `lint` (semantic
 //! rules), `ir` (model graph), `passes` (graph rewrites), `plan` (the
 //! serialized compiled plan), `data` (parquet to model inputs), `runtime`
-//! (candle execution and training), `metrics`. `diag` holds the diagnostic
-//! types shared by all stages; `cli` is the only module that knows them all.
+//! (training and evaluation on the native CPU engine or candle), `metrics`.
+//! `pipeline` runs the compiler stages on a source text; `diag` holds the
+//! diagnostic types shared by all stages, `rng` the one random generator;
+//! `cli` is the only module that knows the commands.
 
 pub mod alloc;
 pub mod cli;

@@ -386,6 +386,14 @@ fn config_errors_and_bad_flags_exit_codes() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("cpu"), "{}", text(&o));
 
+    let o = plec(&["run", s(&good), "--data", "x.parquet", "--engine", "tvm"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("use auto, native or candle"),
+        "{}",
+        text(&o)
+    );
+
     #[cfg(not(feature = "cuda"))]
     {
         let o = plec(&[
@@ -495,6 +503,44 @@ fn same_seed_same_metrics() {
         std::fs::read(dir.path().join("two/plan.bin")).unwrap(),
         "trained plans differ"
     );
+}
+
+/// `--engine native` and `--engine candle` train the same model to the
+/// same quality (the engines sum in different orders, so not to the bit),
+/// and neither prints the fallback notice on a plan the native engine runs.
+#[test]
+fn engines_agree_and_native_needs_no_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "mmoe.config", &mmoe_config());
+    let (train, eval, _) = gen_data(dir.path(), &config, 3000);
+    let run = |engine: &str| {
+        let out = dir.path().join(engine);
+        let o = plec(&[
+            "run",
+            s(&config),
+            "--data",
+            s(&train),
+            "--eval",
+            s(&eval),
+            "--seed",
+            "3",
+            "--threads",
+            "2",
+            "--engine",
+            engine,
+            "--out",
+            s(&out),
+            "-q",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(!text(&o).contains("candle path"), "{}", text(&o));
+        read_json(&out.join("metrics.json"))
+    };
+    let (native, candle) = (run("native"), run("candle"));
+    for m in ["exact_auc_ctr", "exact_auc_cvr"] {
+        let (a, b) = (metric(&native, m), metric(&candle, m));
+        assert!((a - b).abs() < 0.01, "{m}: native {a}, candle {b}");
+    }
 }
 
 /// On gen-data output, PLE and MMoE reach an exact AUC within `MARGIN` of

@@ -1,5 +1,6 @@
 //! `plec run`: train a plan (or a config, compiled on the fly) on parquet
-//! data with candle, evaluate it, and write the trained plan and metrics.
+//! data (on the native CPU engine, or candle: `--engine`), evaluate it, and
+//! write the trained plan and metrics.
 //!
 //! Also the pieces `eval`, `predict`, `gen-data`, `demo` and `bench`
 //! share: loading a plan or compiling a config ([`load_plan`]), the device

@@ -7,6 +7,12 @@ pub mod validate;
 
 pub use crate::proto::plan::*;
 
+/// Resolves a possibly negative axis against a rank.
+pub fn resolve_axis(axis: i64, rank: usize) -> Option<usize> {
+    let a = if axis < 0 { axis + rank as i64 } else { axis };
+    (a >= 0 && (a as usize) < rank).then_some(a as usize)
+}
+
 /// Per value, the ops that read it (in op order; an op reading a value
 /// twice is listed twice). Out-of-range value ids are skipped: plans are
 /// validated before anything relies on them.

@@ -12,19 +12,20 @@
 //! metrics), [`evaluate`], [`predict`], [`Model::from_plan`],
 //! [`set_threads`].
 
+pub mod candle;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod embedding;
 pub mod engine_choice;
 pub mod error;
 pub mod eval;
-pub mod fused;
+pub mod exec;
 pub mod loss;
 pub mod model;
 pub mod native;
-pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod precision;
 pub mod profile;
 pub mod source;
 pub mod train;

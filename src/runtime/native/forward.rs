@@ -8,7 +8,7 @@ use super::*;
 impl Engine {
     /// Runs every op on `batch`; in training keeps what `backward` needs.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(
+    pub fn forward_pass(
         &mut self,
         plan: &Plan,
         batch_axis: &[usize],

@@ -41,7 +41,7 @@ mod step;
 mod timing;
 mod view;
 
-use candle_core::{backprop::GradStore, Device, Tensor, Var};
+use candle_core::{backprop::GradStore, Device, Tensor};
 
 use self::embed::Lookup;
 use self::program::Program;
@@ -49,7 +49,9 @@ use self::step::Step;
 use self::view::{Mat, View};
 use super::embedding::{Gathered, Table};
 use super::error::{bad_batch, invalid_plan, Result};
+use super::exec::{logits_tensors, Executor, Forward, ModelState};
 use super::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
+pub use super::precision::Precision;
 use crate::data::batch::{Batch, FeatureInput};
 use crate::proto::plan::{Activation, Plan};
 use crate::rng::SplitMix64;
@@ -135,42 +137,10 @@ impl<'a> Params<'a> {
     }
 }
 
-/// Precision of the engine's matrix multiplies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// f32 throughout.
-    #[default]
-    F32,
-    /// Matrix-multiply inputs rounded to bf16 on the CPU's AMX tiles, f32
-    /// accumulation, f32 master weights, optimizer state and everything
-    /// else. Where AMX is absent the multiplies run in f32 instead.
-    Bf16,
-}
-
 impl Precision {
     /// Whether bf16 is asked for and this CPU can run it.
     pub fn runs_bf16(self) -> bool {
         self == Precision::Bf16 && amx::available()
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "fp32" | "f32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            other => Err(format!("unknown precision \"{other}\" (use fp32 or bf16)")),
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::F32 => "fp32",
-            Precision::Bf16 => "bf16",
-        })
     }
 }
 
@@ -197,7 +167,7 @@ impl Engine {
     }
 
     /// Sets the precision of the matrix multiplies.
-    pub fn set_precision(&mut self, p: Precision) {
+    pub fn use_precision(&mut self, p: Precision) {
         self.precision = p;
     }
 
@@ -295,27 +265,76 @@ fn flat_view(v: &View) -> View {
     f
 }
 
-/// Logits as leaf variables (training) so candle's loss graph yields their
-/// gradient, or plain tensors (evaluation). `logits` holds one `[rows, C]`
-/// row-major vector per task.
-pub fn logits_tensors(
-    logits: Vec<Vec<f32>>,
-    rows: usize,
-    device: &Device,
-    train: bool,
-) -> Result<(Vec<Tensor>, Vec<Var>)> {
-    let mut ts = Vec::with_capacity(logits.len());
-    let mut vars = Vec::new();
-    for l in logits {
-        let c = (l.len() / rows.max(1)).max(1);
-        let tensor = Tensor::from_vec(l, (rows, c), device)?;
-        if train {
-            let v = Var::from_tensor(&tensor)?;
-            ts.push(v.as_tensor().clone());
-            vars.push(v);
-        } else {
-            ts.push(tensor);
-        }
+impl Executor for Engine {
+    fn name(&self) -> &'static str {
+        "native"
     }
-    Ok((ts, vars))
+
+    fn forward(&mut self, m: ModelState<'_>, batch: &Batch, mode: Mode) -> Result<Forward> {
+        let ModelState {
+            structure,
+            params,
+            tables,
+            embedded,
+            batch_axis,
+            device,
+            ..
+        } = m;
+        let out =
+            self.forward_pass(structure, batch_axis, params, tables, embedded, batch, mode)?;
+        for (i, v) in out.buffer_updates {
+            let shape = params[i].tensor().dims().to_vec();
+            params[i] = ParamSlot::Buffer(Tensor::from_vec(v, shape, device)?);
+        }
+        let train = matches!(mode, Mode::Train { .. });
+        let (logits, logit_vars) = logits_tensors(out.logits, batch.rows, device, train)?;
+        let gathered = match train {
+            true => self.gathered(tables, device)?,
+            false => Vec::new(),
+        };
+        Ok(Forward {
+            logits,
+            gathered,
+            logit_vars,
+        })
+    }
+
+    /// Runs the engine's backward pass from the logits' gradients in
+    /// `grads` and adds every parameter's and gathered table's gradient.
+    fn backward(&mut self, m: ModelState<'_>, fwd: &Forward, grads: &mut GradStore) -> Result<()> {
+        if fwd.logit_vars.is_empty() {
+            return Ok(());
+        }
+        let dlogits = fwd
+            .logit_vars
+            .iter()
+            .map(|v| {
+                grads
+                    .get(v.as_tensor())
+                    .map(|g| g.flatten_all()?.to_vec1::<f32>())
+                    .transpose()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        self.backward_pass(
+            m.structure,
+            m.params,
+            &dlogits,
+            &fwd.gathered,
+            grads,
+            m.device,
+        )
+    }
+
+    fn set_precision(&mut self, p: Precision) -> std::result::Result<(), String> {
+        self.use_precision(p);
+        Ok(())
+    }
+
+    fn profile(&self) -> Option<String> {
+        self.profile_table()
+    }
+
+    fn release_buffers(&mut self) {
+        Engine::release_buffers(self);
+    }
 }

@@ -3,9 +3,9 @@
 
 use super::step::{gradient_writes, Step};
 use super::view::View;
+use crate::plan::resolve_axis;
 use crate::proto::plan::{Activation, OpKind, Plan};
 use crate::runtime::error::{invalid_plan, unsupported, Result};
-use crate::runtime::ops::resolve_axis;
 
 /// The plan at one batch size.
 #[derive(Debug)]

@@ -4,9 +4,10 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::*;
+use crate::runtime::candle::ops;
 use crate::runtime::embedding::{lookup, Table};
 use crate::runtime::model::{Mode, ParamSlot};
-use crate::runtime::{loss, ops, Trainer};
+use crate::runtime::{loss, Trainer};
 
 type F<'a> = &'a dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>;
 

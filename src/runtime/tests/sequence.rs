@@ -6,8 +6,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::gradcheck::{check, r};
 use super::*;
+use crate::runtime::candle::ops;
 use crate::runtime::model::{Mode, ParamSlot};
-use crate::runtime::{loss, ops, Trainer};
+use crate::runtime::{loss, Trainer};
 
 /// A `[B, L]` mask of 0/1 from per-row lengths.
 fn mask(lengths: &[usize], steps: usize) -> Tensor {

@@ -151,7 +151,7 @@ pub fn dropout_mask(
 ) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(dev) = device {
-        return super::cuda::dropout_mask(dev, shape, ratio, rng)?.to_dtype(dtype);
+        return crate::runtime::cuda::dropout_mask(dev, shape, ratio, rng)?.to_dtype(dtype);
     }
     let n: usize = shape.iter().product();
     let keep: Vec<f32> = (0..n)
@@ -188,12 +188,6 @@ pub fn log_sum_exp(x: &Tensor) -> Result<Tensor> {
 pub fn gate_mix(w: &Tensor, e: &Tensor) -> Result<Tensor> {
     let wt = w.t()?.unsqueeze(2)?;
     e.broadcast_mul(&wt)?.sum(0)
-}
-
-/// Resolves a possibly negative axis against a rank.
-pub fn resolve_axis(axis: i64, rank: usize) -> Option<usize> {
-    let a = if axis < 0 { axis + rank as i64 } else { axis };
-    (a >= 0 && (a as usize) < rank).then_some(a as usize)
 }
 
 /// Score of a padded sequence step before the softmax, as TorchEasyRec's
