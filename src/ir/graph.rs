@@ -331,7 +331,10 @@ pub struct SequenceGroupNode {
 pub enum EncoderKind {
     /// DIN: attention MLP over `[q, s, q - s, q * s]`, a linear to one
     /// score per step, masked softmax, weighted sum of the steps.
-    Din { mlp: MlpBlock, score: LinearParams },
+    Din {
+        mlp: Box<MlpBlock>,
+        score: Box<LinearParams>,
+    },
     /// Dot-product scores of the query with each step, masked softmax,
     /// weighted sum.
     SimpleAttention,

@@ -480,10 +480,11 @@ fn attention_pool(scores: &Tensor, s: &Tensor, mask: &Tensor) -> Result<Tensor, 
         let e: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
         let sum: f64 = e.iter().sum();
         for j in 0..d {
-            let mut acc = 0.0f64;
-            for k in 0..l {
-                acc += e[k] / sum * s.data[(r * l + k) * d + j] as f64;
-            }
+            let acc: f64 = e
+                .iter()
+                .enumerate()
+                .map(|(k, w)| w / sum * s.data[(r * l + k) * d + j] as f64)
+                .sum();
             out[r * d + j] = acc as f32;
         }
     }

@@ -470,7 +470,13 @@ impl Builder {
                     mlp.out_dim()
                 };
                 let score = super::linear(&format!("{name}.score"), last, 1, true);
-                (EncoderKind::Din { mlp, score }, max_len(m.max_seq_length()))
+                (
+                    EncoderKind::Din {
+                        mlp: Box::new(mlp),
+                        score: Box::new(score),
+                    },
+                    max_len(m.max_seq_length()),
+                )
             }
             SeqModule::SimpleAttention(m) => {
                 if q != d {
