@@ -5,8 +5,9 @@
 use std::ops::Range;
 
 use crate::proto::tzrec::protos::{
-    feature_config::Feature as FeatureOneof, model_config::Model, ComboFeature, DataConfig,
-    EasyRecConfig, FeatureGroupConfig, FgMode, IdFeature, LossConfig, Mlp, RawFeature,
+    feature_config::Feature as FeatureOneof, model_config::Model,
+    seq_feature_config::Feature as SeqFeature, ComboFeature, DataConfig, EasyRecConfig,
+    FeatureGroupConfig, FgMode, IdFeature, LossConfig, Mlp, RawFeature,
 };
 use crate::schema::SpanMap;
 
@@ -108,6 +109,9 @@ pub(super) struct Ctx<'a> {
     /// Feature blocks plec does not model (lookup, match, sequence...):
     /// their names are unknown to lint, so name checks stand back.
     pub unchecked_features: usize,
+    /// Names of the sub-features of grouped sequences
+    /// (`<sequence_name>__<feature_name>`).
+    pub sequence_names: Vec<String>,
     pub data: Option<&'a DataConfig>,
     pub groups: &'a [FeatureGroupConfig],
     pub model: Option<MultiTask<'a>>,
@@ -117,6 +121,7 @@ impl<'a> Ctx<'a> {
     pub fn new(config: &'a EasyRecConfig, spans: &'a SpanMap) -> Self {
         let mut features = Vec::new();
         let mut unchecked_features = 0;
+        let mut sequence_names = Vec::new();
         for (i, fc) in config.feature_configs.iter().enumerate() {
             let base = format!("feature_configs[{i}]");
             let (field, name, kind) = match &fc.feature {
@@ -146,6 +151,23 @@ impl<'a> Ctx<'a> {
                     f.feature_name.as_str(),
                     FeatureKind::Combo(f),
                 ),
+                Some(FeatureOneof::SequenceFeature(seq)) => {
+                    // Sub-features are named `<sequence_name>__<name>`;
+                    // kinds plec knows by name only carry no name to read.
+                    for sub in &seq.features {
+                        match &sub.feature {
+                            Some(SeqFeature::IdFeature(f)) => sequence_names
+                                .push(format!("{}__{}", seq.sequence_name, f.feature_name)),
+                            Some(SeqFeature::RawFeature(f)) => sequence_names
+                                .push(format!("{}__{}", seq.sequence_name, f.feature_name)),
+                            Some(SeqFeature::ComboFeature(f)) => sequence_names
+                                .push(format!("{}__{}", seq.sequence_name, f.feature_name)),
+                            Some(_) => unchecked_features += 1,
+                            None => {}
+                        }
+                    }
+                    continue;
+                }
                 Some(_) => {
                     unchecked_features += 1;
                     continue;
@@ -167,6 +189,7 @@ impl<'a> Ctx<'a> {
             spans,
             features,
             unchecked_features,
+            sequence_names,
             data: config.data_config.as_ref(),
             groups,
             model: config

@@ -203,7 +203,7 @@ fn unknown_feature(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
         }
         for (path, names) in lists {
             for (i, name) in names.iter().enumerate() {
-                if cx.feature(name).is_some() {
+                if cx.feature(name).is_some() || cx.sequence_names.iter().any(|n| n == name) {
                     continue;
                 }
                 out.push(
@@ -214,7 +214,9 @@ fn unknown_feature(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                         )
                         .with_help(suggest(
                             name,
-                            &cx.feature_names().collect::<Vec<_>>(),
+                            &cx.feature_names()
+                                .chain(cx.sequence_names.iter().map(String::as_str))
+                                .collect::<Vec<_>>(),
                             "feature",
                         )),
                 );
