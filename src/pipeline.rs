@@ -100,6 +100,9 @@ pub struct BuildOptions {
     pub fuse: bool,
     /// Stop after this many graph rewrites (to bisect a bad rewrite).
     pub max_patches: Option<usize>,
+    /// Memory the build may use (`--max-memory`); `None`: what the machine
+    /// has available.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for BuildOptions {
@@ -108,6 +111,7 @@ impl Default for BuildOptions {
             seed: 0,
             fuse: true,
             max_patches: None,
+            max_memory: None,
         }
     }
 }
@@ -152,6 +156,9 @@ pub enum BuildError {
     /// config.
     #[error("{0}")]
     Schema(String),
+    /// The model's parameters would not fit in memory.
+    #[error("{0}")]
+    TooBig(#[from] plan::memory::TooBig),
 }
 
 /// A lowering failure as a diagnostic, its span taken from the span map
@@ -230,6 +237,17 @@ pub fn build(source: &str, opts: BuildOptions) -> Result<Built, BuildError> {
         warnings,
         config,
     } = lower(source, opts)?;
+    // Initial values are drawn as f32s, copied into little-endian bytes,
+    // and the plan is copied once more when it is saved: about three copies
+    // of the parameters at the peak.
+    let structure = plan::emit::emit_structure(&graph, &config, source, opts.seed)?;
+    let estimate = plan::memory::Estimate::of_plan(&structure, 0, false);
+    plan::memory::fits(
+        "compile (three copies of the dense parameters while they are initialized and written)",
+        estimate.params.saturating_mul(3),
+        &estimate,
+        opts.max_memory,
+    )?;
     let plan = plan::emit::emit(&graph, &config, source, opts.seed)?;
     Ok(Built {
         graph,

@@ -505,6 +505,60 @@ fn same_seed_same_metrics() {
     );
 }
 
+/// A layer of a billion units is refused by `compile` and `run` before
+/// anything is allocated, with the estimate by part and the largest
+/// parameter named; `--max-memory` sets the limit.
+#[test]
+fn huge_models_are_refused_with_an_estimate() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = ple_config().replacen("hidden_units: [", "hidden_units: [1000000000, ", 1);
+    let config = write(dir.path(), "huge.config", &huge);
+    let plan = dir.path().join("plan.bin");
+    for args in [
+        vec!["compile", s(&config), "-o", s(&plan)],
+        vec!["run", s(&config), "--data", "x.parquet"],
+    ] {
+        let t = std::time::Instant::now();
+        let o = plec(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let out = text(&o);
+        assert!(out.contains("dense parameters"), "{out}");
+        assert!(out.contains("largest: \""), "{out}");
+        assert!(out.contains("TiB"), "{out}");
+        assert!(!plan.exists(), "a refused build wrote {}", plan.display());
+        // Generous for a loaded CI machine; the refusal itself takes ~10 ms.
+        assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
+    }
+    let small = write(dir.path(), "small.config", &ple_config());
+    let o = plec(&["compile", s(&small), "-o", s(&plan), "--max-memory", "64K"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("allowed by --max-memory"), "{}", text(&o));
+    ok(&["compile", s(&small), "-o", s(&plan), "--max-memory", "1G"]);
+    // The training estimate counts the batch's activations: checked before
+    // the data is opened.
+    let o = plec(&[
+        "run",
+        s(&plan),
+        "--data",
+        "missing.parquet",
+        "--batch-size",
+        "50000000",
+        "--max-memory",
+        "2G",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("to train at batch 50000000"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("activations of one batch"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// `--engine native` and `--engine candle` train the same model to the
 /// same quality (the engines sum in different orders, so not to the bit),
 /// and neither prints the fallback notice on a plan the native engine runs.

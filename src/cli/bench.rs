@@ -74,6 +74,7 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
         device: args.device.clone(),
         precision: runtime::native::Precision::F32,
         engine: args.engine,
+        max_memory: None,
     };
     let (device, threads) = exec.setup()?;
     if args.batch_sizes.contains(&0) {

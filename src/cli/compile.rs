@@ -28,6 +28,11 @@ pub struct CompileArgs {
     /// Stop after this many graph rewrites (to bisect a bad rewrite).
     #[arg(long)]
     pub max_patches: Option<usize>,
+    /// Memory the compiler may use (e.g. `8G`); the default is what the
+    /// machine has available. Parameters that would not fit stop the build
+    /// with an estimate by part before anything is allocated.
+    #[arg(long, value_parser = crate::plan::memory::parse_bytes)]
+    pub max_memory: Option<u64>,
     /// Print every rewrite the passes applied.
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -48,6 +53,9 @@ pub fn report(path: &Path, source: &str, err: BuildError) -> Result<Outcome, Run
             );
             Ok(Outcome::Problems)
         }
+        BuildError::TooBig(e) => Err(RunError::from_error(e).with_help(
+            "make the largest layers or tables smaller, or raise the limit with --max-memory",
+        )),
         e @ (BuildError::Pass(_) | BuildError::Emit(_) | BuildError::Schema(_)) => {
             Err(RunError::new(e.to_string()))
         }
@@ -81,6 +89,7 @@ pub fn execute(args: &CompileArgs) -> Result<Outcome, RunError> {
         seed: args.seed,
         fuse: !args.no_fuse,
         max_patches: args.max_patches,
+        max_memory: args.max_memory,
     };
     let mut built = match build(&source, opts) {
         Ok(b) => b,

@@ -42,6 +42,7 @@ pub fn execute(args: &EvalArgs) -> Result<Outcome, RunError> {
         Err(outcome) => return Ok(outcome),
     };
     let batch = run::eval_batch_size(&plan, args.batch_size, None)?;
+    args.exec.check_memory(&plan, batch, false)?;
     let mut source = EvalSource::new(run::open_data(&plan, &args.data)?, batch);
     let rows = source.num_rows();
     let mut model = Model::from_plan(&plan, &device).map_err(run::runtime_error)?;

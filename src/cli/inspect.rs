@@ -10,7 +10,8 @@ use crate::proto::plan::{self as p, Plan};
 
 use super::compile::{human_count, print_out, read, report};
 use super::{Outcome, RunError};
-use crate::pipeline::{build, BuildOptions};
+use crate::pipeline::{lower, BuildOptions, Lowered};
+use crate::plan::memory::Estimate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -304,6 +305,38 @@ pub fn plan_human(plan: &Plan, with_ops: bool) -> String {
     out
 }
 
+/// The plan's batch size for training (the config's, else the run
+/// default) and the memory estimates at it.
+fn estimates(plan: &Plan) -> (u64, Estimate, Estimate) {
+    let batch = plan
+        .data
+        .as_ref()
+        .map(|d| d.batch_size as u64)
+        .filter(|&b| b > 0)
+        .unwrap_or(super::run::DEFAULT_BATCH_SIZE as u64);
+    (
+        batch,
+        Estimate::of_plan(plan, batch, true),
+        Estimate::of_plan(plan, batch, false),
+    )
+}
+
+/// The memory estimates as a human section.
+fn memory_section(plan: &Plan) -> String {
+    let (batch, train, eval) = estimates(plan);
+    format!(
+        "\nmemory estimate, training at batch {batch} (evaluation: {}):\n{}",
+        crate::plan::memory::human_bytes(eval.total()),
+        train.table()
+    )
+}
+
+/// The memory estimates as JSON.
+fn memory_json(plan: &Plan) -> Json {
+    let (batch, train, eval) = estimates(plan);
+    json!({ "batch_size": batch, "train": train, "eval_total": eval.total() })
+}
+
 pub fn execute(args: &InspectArgs) -> Result<Outcome, RunError> {
     let bytes = std::fs::read(&args.file)
         .map_err(|e| RunError::new(format!("cannot read {}: {e}", args.file.display())))?;
@@ -311,23 +344,36 @@ pub fn execute(args: &InspectArgs) -> Result<Outcome, RunError> {
         let plan = crate::plan::file::decode(&bytes, &args.file)
             .map_err(|e| RunError::new(e.to_string()))?;
         match args.format {
-            Format::Human => print_out(&plan_human(&plan, args.ops)),
-            Format::Json => print_out(&format!("{}\n", plan_json(&plan, args.ops))),
+            Format::Human => print_out(&(plan_human(&plan, args.ops) + &memory_section(&plan))),
+            Format::Json => {
+                let mut j = plan_json(&plan, args.ops);
+                j["memory"] = memory_json(&plan);
+                print_out(&format!("{j}\n"));
+            }
         }
         return Ok(Outcome::Clean);
     }
     let source = read(&args.file)?;
-    let built = match build(&source, BuildOptions::default()) {
-        Ok(b) => b,
+    // The plan's structure only: inspecting a model too large to build
+    // still shows its sizes (and the memory it would need).
+    let opts = BuildOptions::default();
+    let Lowered { graph, config, .. } = match lower(&source, opts) {
+        Ok(l) => l,
         Err(e) => return report(&args.file, &source, e),
     };
-    let s = ir::summarize(&built.graph, &built.plan);
+    let plan = crate::plan::emit::emit_structure(&graph, &config, &source, opts.seed)
+        .map_err(|e| RunError::new(e.to_string()))?;
+    let s = ir::summarize(&graph, &plan);
     match args.format {
-        Format::Human => print_out(&summary_table(&s)),
-        Format::Json => print_out(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&s).unwrap_or_default()
-        )),
+        Format::Human => print_out(&(summary_table(&s) + &memory_section(&plan))),
+        Format::Json => {
+            let mut j = serde_json::to_value(&s).unwrap_or_default();
+            j["memory"] = memory_json(&plan);
+            print_out(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&j).unwrap_or_default()
+            ));
+        }
     }
     Ok(Outcome::Clean)
 }

@@ -158,6 +158,7 @@ pub fn execute(args: &PredictArgs) -> Result<Outcome, RunError> {
         }
     }
     let batch = run::eval_batch_size(&plan, args.batch_size, None)?;
+    args.exec.check_memory(&plan, batch, false)?;
     let source = DataSource::open_with_keep(&plan, &args.data, &args.keep)
         .map_err(|e| run::data_error(&e))?;
     let mut model = Model::from_plan(&plan, &device).map_err(run::runtime_error)?;

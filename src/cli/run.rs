@@ -55,6 +55,11 @@ pub struct ExecArgs {
     /// default reads `PLEC_ENGINE`, else `auto`.
     #[arg(long)]
     pub engine: Option<runtime::EngineChoice>,
+    /// Memory the run may use (e.g. `8G`, `512M`); the default is what the
+    /// machine (or its cgroup) has available. A model whose estimate is
+    /// larger stops before anything is allocated, with the estimate by part.
+    #[arg(long, value_parser = crate::plan::memory::parse_bytes)]
+    pub max_memory: Option<u64>,
 }
 
 impl Default for ExecArgs {
@@ -65,7 +70,27 @@ impl Default for ExecArgs {
             device: "cpu".to_string(),
             precision: runtime::native::Precision::F32,
             engine: None,
+            max_memory: None,
         }
+    }
+}
+
+impl ExecArgs {
+    /// Stops with the estimate by part when `plan` at `batch` rows would
+    /// not fit in the memory allowed (`--max-memory`, else available).
+    pub fn check_memory(&self, plan: &Plan, batch: usize, training: bool) -> Result<(), RunError> {
+        let estimate = crate::plan::memory::Estimate::of_plan(plan, batch as u64, training);
+        let what = match training {
+            true => format!("train at batch {batch}"),
+            false => format!("evaluate at batch {batch}"),
+        };
+        crate::plan::memory::fits(&what, estimate.total(), &estimate, self.max_memory).map_err(
+            |e| {
+                RunError::from_error(e).with_help(
+                    "lower --batch-size, make the largest layers or tables smaller, or raise --max-memory",
+                )
+            },
+        )
     }
 }
 
@@ -634,6 +659,8 @@ pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
         log_every: args.log_every,
         progress: progress_of(args.no_progress, args.quiet),
     };
+    args.exec
+        .check_memory(&plan, train_batch_size(&plan, args.batch_size)?, true)?;
     let started = Instant::now();
     let result = run_training(&plan, &args.data, &args.eval, &settings, &device)?;
     let r = &result.report;

@@ -52,9 +52,32 @@ pub fn emit(
     source_text: &str,
     seed: u64,
 ) -> Result<Plan, EmitError> {
+    emit_with(graph, config, source_text, seed, true)
+}
+
+/// The plan without parameter data: its shapes, ops and settings, cheap
+/// however large the model (the memory guard reads it before `emit`
+/// allocates the parameters).
+pub fn emit_structure(
+    graph: &ModelGraph,
+    config: &EasyRecConfig,
+    source_text: &str,
+    seed: u64,
+) -> Result<Plan, EmitError> {
+    emit_with(graph, config, source_text, seed, false)
+}
+
+fn emit_with(
+    graph: &ModelGraph,
+    config: &EasyRecConfig,
+    source_text: &str,
+    seed: u64,
+    materialize: bool,
+) -> Result<Plan, EmitError> {
     let mut e = Emitter {
         g: graph,
         seed,
+        materialize,
         plan: Plan {
             format_version: super::file::FORMAT_VERSION,
             source_config_sha256: sha256_hex(source_text),
@@ -339,6 +362,8 @@ fn train_settings(t: Option<&TrainConfig>) -> Result<TrainSettings, EmitError> {
 struct Emitter<'a> {
     g: &'a ModelGraph,
     seed: u64,
+    /// Whether parameters get their initial values (else empty data).
+    materialize: bool,
     plan: Plan,
     /// (node, output port) -> value index.
     values: HashMap<(NodeIndex, u32), u32>,
@@ -369,11 +394,14 @@ impl Emitter<'_> {
     }
 
     fn param(&mut self, spec: &ParamSpec) -> u32 {
-        let data = init::materialize(spec, self.seed);
+        let data = match self.materialize {
+            true => init::to_le_bytes(&init::materialize(spec, self.seed)),
+            false => Vec::new(),
+        };
         self.plan.params.push(Parameter {
             name: spec.name.clone(),
             shape: spec.shape.clone(),
-            data: init::to_le_bytes(&data),
+            data,
             trainable: spec.trainable,
             no_decay: spec.no_decay,
         });

@@ -3,6 +3,7 @@
 
 pub mod emit;
 pub mod file;
+pub mod memory;
 pub mod validate;
 
 pub use crate::proto::plan::*;

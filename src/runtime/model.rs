@@ -195,24 +195,38 @@ impl Model {
         Ok(())
     }
 
+    /// The executor and what the model lends it for one pass.
+    fn lend(&mut self) -> (&mut dyn Executor, ModelState<'_>) {
+        let Model {
+            exec,
+            structure,
+            params,
+            tables,
+            embedded,
+            batch_axis,
+            device,
+            dtype,
+            ..
+        } = self;
+        let state = ModelState {
+            structure,
+            params,
+            tables,
+            embedded,
+            batch_axis,
+            device,
+            dtype: *dtype,
+        };
+        (exec.as_mut(), state)
+    }
+
     /// After `loss.backward()` on a native training forward pass: runs the
     /// engine's backward pass from the logits' gradients in `grads` and
     /// adds every parameter's and gathered table's gradient to `grads`.
     /// Nothing to do on the candle path (autograd already did it).
     pub fn backward_native(&mut self, fwd: &Forward, grads: &mut GradStore) -> Result<()> {
-        self.exec.backward(
-            ModelState {
-                structure: &self.structure,
-                params: &mut self.params,
-                tables: &self.tables,
-                embedded: &self.embedded,
-                batch_axis: &self.batch_axis,
-                device: &self.device,
-                dtype: self.dtype,
-            },
-            fwd,
-            grads,
-        )
+        let (exec, m) = self.lend();
+        exec.backward(m, fwd, grads)
     }
 
     /// The plan's structure (parameter and table data are empty).
@@ -296,18 +310,7 @@ impl Model {
                 plan.features.len()
             ));
         }
-        self.exec.forward(
-            ModelState {
-                structure: &self.structure,
-                params: &mut self.params,
-                tables: &self.tables,
-                embedded: &self.embedded,
-                batch_axis: &self.batch_axis,
-                device: &self.device,
-                dtype: self.dtype,
-            },
-            batch,
-            mode,
-        )
+        let (exec, m) = self.lend();
+        exec.forward(m, batch, mode)
     }
 }
