@@ -128,7 +128,20 @@ pub fn forward_flops(plan: &Plan) -> u64 {
         match OpKind::try_from(op.kind) {
             Ok(OpKind::Linear) | Ok(OpKind::BatchedLinear) => {
                 if let Some(&w) = op.params.first() {
-                    flops += 2 * shape(w).iter().product::<u64>();
+                    // A linear over `[B, L, in]` (a DIN attention MLP) runs
+                    // once per step.
+                    let per_row: u64 = match OpKind::try_from(op.kind) {
+                        Ok(OpKind::Linear) => op
+                            .inputs
+                            .first()
+                            .and_then(|&x| plan.values.get(x as usize))
+                            .map_or(1, |v| {
+                                let dims = &v.shape[..v.shape.len().saturating_sub(1)];
+                                dims.iter().filter(|&&d| d > 0).map(|&d| d as u64).product()
+                            }),
+                        _ => 1,
+                    };
+                    flops += 2 * per_row * shape(w).iter().product::<u64>();
                 }
             }
             Ok(OpKind::GateMix) => {

@@ -196,6 +196,11 @@ fn din_plan_shape_and_tables() {
         .find(|o| o.name == "all.with_sequences")
         .map(|o| plan.values[o.output as usize].shape.clone());
     assert_eq!(tower_in, Some(vec![-1, 10]));
+    // 2 FLOPs per weight: the attention MLP (16 -> 4 -> 1) runs on each of
+    // the 3 steps, the tower's logits linear (10 -> 1) once.
+    let attention = 2 * 3 * (16 * 4 + 4);
+    let tower = 2 * 10;
+    assert_eq!(plan.forward_flops_per_sample, attention + tower);
 }
 
 /// Whole-model gradients of the DIN plan: every trainable parameter and
