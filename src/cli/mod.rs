@@ -13,6 +13,7 @@ pub mod graph;
 pub mod inspect;
 pub mod predict;
 pub mod run;
+pub mod schema;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Check config files: syntax, schema and semantic lint, every problem at once.
     Check(check::CheckArgs),
+    /// Compare the built-in schema with a .proto tree (`plec schema diff`).
+    Schema(schema::SchemaArgs),
     /// Explain a diagnostic code: what it means, an example, how to fix it.
     Explain(explain::ExplainArgs),
     /// Compile a config to a plan file (checks it first).
@@ -133,6 +136,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => check::execute(&args),
         Command::Explain(args) => explain::execute(&args),
+        Command::Schema(args) => schema::execute(&args),
         Command::Compile(args) => compile::execute(&args),
         Command::Graph(args) => graph::execute(&args),
         Command::Inspect(args) => inspect::execute(&args),

@@ -164,6 +164,16 @@ pub fn feature_width(fc: &FeatureConfig) -> Option<u64> {
     (w > 0).then_some(w)
 }
 
+/// The name of a plain id, raw or combo feature.
+fn feature_name(fc: &FeatureConfig) -> Option<&str> {
+    match fc.feature.as_ref()? {
+        Feature::IdFeature(f) => Some(&f.feature_name),
+        Feature::RawFeature(f) => Some(&f.feature_name),
+        Feature::ComboFeature(f) => Some(&f.feature_name),
+        _ => None,
+    }
+}
+
 /// Dropout ratio of layer `i`.
 pub fn dropout_of(mlp: &Mlp, i: usize) -> f32 {
     match mlp.dropout_ratio.as_slice() {
@@ -176,7 +186,28 @@ pub fn dropout_of(mlp: &Mlp, i: usize) -> f32 {
 /// Checks every shape rule on a config and returns all the mistakes.
 pub fn check_config(config: &EasyRecConfig) -> Vec<ShapeError> {
     let mut out = Vec::new();
+    // TorchEasyRec builds embedding tables only for features some group
+    // reads; an unused feature's missing dim is never asserted.
+    let groups = config
+        .model_config
+        .as_ref()
+        .map_or(&[][..], |m| m.feature_groups.as_slice());
+    let used: std::collections::HashSet<&str> = groups
+        .iter()
+        .flat_map(|g| {
+            g.feature_names.iter().chain(
+                g.sequence_groups
+                    .iter()
+                    .flat_map(|s| s.feature_names.iter()),
+            )
+        })
+        .map(String::as_str)
+        .collect();
     for (i, fc) in config.feature_configs.iter().enumerate() {
+        let name = feature_name(fc);
+        if !groups.is_empty() && !name.is_some_and(|n| used.contains(n)) {
+            continue;
+        }
         check_feature(&mut out, &format!("feature_configs[{i}]"), fc);
     }
     let Some(mc) = &config.model_config else {

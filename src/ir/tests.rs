@@ -376,8 +376,8 @@ fn unsupported_optimizers_and_schedules_are_named() {
         ),
         (
             "constant_learning_rate {",
-            "linear_decay_learning_rate {",
-            "linear_decay_learning_rate",
+            "cosine_annealing_warm_restarts_learning_rate {",
+            "cosine_annealing_warm_restarts_learning_rate",
         ),
     ] {
         let text = base.replacen(from, to, 1);

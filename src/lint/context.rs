@@ -5,11 +5,14 @@
 use std::ops::Range;
 
 use crate::proto::tzrec::protos::{
-    feature_config::Feature as FeatureOneof, model_config::Model,
-    seq_feature_config::Feature as SeqFeature, ComboFeature, DataConfig, EasyRecConfig,
-    FeatureGroupConfig, FgMode, IdFeature, LossConfig, Mlp, RawFeature,
+    feature_config::Feature as FeatureOneof, model_config::Model, ComboFeature, DataConfig,
+    EasyRecConfig, FeatureGroupConfig, FgMode, IdFeature, LossConfig, Mlp, RawFeature,
 };
 use crate::schema::SpanMap;
+use prost::Message;
+use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
+
+use super::facts::{self, Facts};
 
 /// A feature plec models (id, raw or combo, plain or sequence variant).
 pub(super) struct Feature<'a> {
@@ -94,11 +97,7 @@ impl Tower<'_> {
 
 /// The multi-task model of the config, if it is one plec models.
 pub(super) struct MultiTask<'a> {
-    /// `ple`, `mmoe`, `dbmtl` or `simple_multi_task`.
-    pub family: &'static str,
     pub towers: Vec<Tower<'a>>,
-    /// Every MLP of the model with its path.
-    pub mlps: Vec<(String, &'a Mlp)>,
 }
 
 /// The typed config and span map with uniform views over them.
@@ -106,22 +105,25 @@ pub(super) struct Ctx<'a> {
     pub config: &'a EasyRecConfig,
     pub spans: &'a SpanMap,
     pub features: Vec<Feature<'a>>,
-    /// Feature blocks plec does not model (lookup, match, sequence...):
-    /// their names are unknown to lint, so name checks stand back.
-    pub unchecked_features: usize,
-    /// Names of the sub-features of grouped sequences
-    /// (`<sequence_name>__<feature_name>`).
-    pub sequence_names: Vec<String>,
     pub data: Option<&'a DataConfig>,
     pub groups: &'a [FeatureGroupConfig],
     pub model: Option<MultiTask<'a>>,
+    /// Every message of the config with its path (the root is `""`).
+    pub nodes: Vec<(String, DynamicMessage)>,
+    /// Every feature of every kind: (name, path of its block). Sub-features
+    /// of a `sequence_feature` are named `<sequence_name>__<feature_name>`.
+    pub all_features: Vec<(String, String)>,
+    /// Every MLP of the model, wherever it appears, with its path.
+    pub mlps: Vec<(String, Mlp)>,
+    /// The schema's plec options.
+    pub facts: Facts,
+    /// `model_config.<kind>` and its descriptor, for any model kind.
+    pub model_kind: Option<(String, MessageDescriptor)>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(config: &'a EasyRecConfig, spans: &'a SpanMap) -> Self {
         let mut features = Vec::new();
-        let mut unchecked_features = 0;
-        let mut sequence_names = Vec::new();
         for (i, fc) in config.feature_configs.iter().enumerate() {
             let base = format!("feature_configs[{i}]");
             let (field, name, kind) = match &fc.feature {
@@ -151,27 +153,7 @@ impl<'a> Ctx<'a> {
                     f.feature_name.as_str(),
                     FeatureKind::Combo(f),
                 ),
-                Some(FeatureOneof::SequenceFeature(seq)) => {
-                    // Sub-features are named `<sequence_name>__<name>`;
-                    // kinds plec knows by name only carry no name to read.
-                    for sub in &seq.features {
-                        match &sub.feature {
-                            Some(SeqFeature::IdFeature(f)) => sequence_names
-                                .push(format!("{}__{}", seq.sequence_name, f.feature_name)),
-                            Some(SeqFeature::RawFeature(f)) => sequence_names
-                                .push(format!("{}__{}", seq.sequence_name, f.feature_name)),
-                            Some(SeqFeature::ComboFeature(f)) => sequence_names
-                                .push(format!("{}__{}", seq.sequence_name, f.feature_name)),
-                            Some(_) => unchecked_features += 1,
-                            None => {}
-                        }
-                    }
-                    continue;
-                }
-                Some(_) => {
-                    unchecked_features += 1;
-                    continue;
-                }
+                Some(_) => continue,
                 None => continue,
             };
             features.push(Feature {
@@ -184,12 +166,30 @@ impl<'a> Ctx<'a> {
             .model_config
             .as_ref()
             .map_or(&[][..], |m| m.feature_groups.as_slice());
+        let facts = Facts::builtin();
+        let dynamic = facts.dynamic(config);
+        let mut nodes = Vec::new();
+        if let Some(d) = &dynamic {
+            facts::walk(d, "", &mut nodes);
+        }
+        let mlps = nodes
+            .iter()
+            .filter(|(p, m)| {
+                m.descriptor().full_name() == "tzrec.protos.MLP" && p.starts_with("model_config.")
+            })
+            .filter_map(|(p, m)| Some((p.clone(), Mlp::decode(m.encode_to_vec().as_slice()).ok()?)))
+            .collect();
+        let all_features = facts::feature_names(&nodes);
+        let model_kind = dynamic.as_ref().and_then(facts::model_kind);
         Ctx {
             config,
             spans,
             features,
-            unchecked_features,
-            sequence_names,
+            nodes,
+            all_features,
+            mlps,
+            facts,
+            model_kind,
             data: config.data_config.as_ref(),
             groups,
             model: config
@@ -249,7 +249,12 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn feature_names(&self) -> impl Iterator<Item = &str> {
-        self.features.iter().map(|f| f.name)
+        self.all_features.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Whether a feature of any kind has this name.
+    pub fn has_feature(&self, name: &str) -> bool {
+        self.all_features.iter().any(|(n, _)| n == name)
     }
 }
 
@@ -258,49 +263,47 @@ fn opt_str(s: &Option<String>) -> Option<&str> {
 }
 
 fn multi_task(model: Option<&Model>) -> Option<MultiTask<'_>> {
-    let mut mlps = Vec::new();
     let mut towers = Vec::new();
-    let (family, path) = match model? {
+    match model? {
         Model::Ple(m) => {
             let path = "model_config.ple".to_string();
-            for (i, n) in m.extraction_networks.iter().enumerate() {
-                let np = format!("{path}.extraction_networks[{i}]");
-                mlps.push((format!("{np}.task_expert_net"), &n.task_expert_net));
-                if let Some(s) = &n.share_expert_net {
-                    mlps.push((format!("{np}.share_expert_net"), s));
-                }
-            }
             push_task_towers(&path, &m.task_towers, &mut towers);
-            ("ple", path)
         }
         Model::Mmoe(m) => {
             let path = "model_config.mmoe".to_string();
-            mlps.push((format!("{path}.expert_mlp"), &m.expert_mlp));
-            if let Some(g) = &m.gate_mlp {
-                mlps.push((format!("{path}.gate_mlp"), g));
-            }
             push_task_towers(&path, &m.task_towers, &mut towers);
-            ("mmoe", path)
         }
         Model::SimpleMultiTask(m) => {
             let path = "model_config.simple_multi_task".to_string();
             push_task_towers(&path, &m.task_towers, &mut towers);
-            ("simple_multi_task", path)
+        }
+        Model::Pepnet(m) => {
+            let path = "model_config.pepnet".to_string();
+            push_task_towers(&path, &m.task_towers, &mut towers);
+        }
+        Model::Dc2vr(m) => {
+            let path = "model_config.dc2vr".to_string();
+            for (i, t) in m.task_towers.iter().enumerate() {
+                towers.push(Tower {
+                    path: format!("{path}.task_towers[{i}]"),
+                    index: i,
+                    name: &t.tower_name,
+                    label: opt_str(&t.label_name),
+                    num_class: t.num_class,
+                    losses: &t.losses,
+                    weight: t.weight,
+                    sample_weight_name: None,
+                    task_space_label: opt_str(&t.task_space_indicator_label),
+                    in_task_space_weight: t.in_task_space_weight,
+                    out_task_space_weight: t.out_task_space_weight,
+                    relations: &[],
+                    relation_mlp: None,
+                    bayes: false,
+                });
+            }
         }
         Model::Dbmtl(m) => {
             let path = "model_config.dbmtl".to_string();
-            for (name, mlp) in [
-                ("bottom_mlp", &m.bottom_mlp),
-                ("expert_mlp", &m.expert_mlp),
-                ("gate_mlp", &m.gate_mlp),
-            ] {
-                if let Some(mlp) = mlp {
-                    mlps.push((format!("{path}.{name}"), mlp));
-                }
-            }
-            if let Some(top) = m.mask_net.as_ref().and_then(|n| n.top_mlp.as_ref()) {
-                mlps.push((format!("{path}.mask_net.top_mlp"), top));
-            }
             for (i, t) in m.task_towers.iter().enumerate() {
                 towers.push(Tower {
                     path: format!("{path}.task_towers[{i}]"),
@@ -319,39 +322,10 @@ fn multi_task(model: Option<&Model>) -> Option<MultiTask<'_>> {
                     bayes: true,
                 });
             }
-            ("dbmtl", path)
         }
         _ => return None,
-    };
-    for t in &towers {
-        if let Some(m) = t.relation_mlp {
-            mlps.push((t.field("relation_mlp"), m));
-        }
     }
-    let tower_mlps: Vec<(String, &Mlp)> = match model? {
-        Model::Ple(m) => tower_mlps(&path, m.task_towers.iter().map(|t| t.mlp.as_ref())),
-        Model::Mmoe(m) => tower_mlps(&path, m.task_towers.iter().map(|t| t.mlp.as_ref())),
-        Model::SimpleMultiTask(m) => {
-            tower_mlps(&path, m.task_towers.iter().map(|t| t.mlp.as_ref()))
-        }
-        Model::Dbmtl(m) => tower_mlps(&path, m.task_towers.iter().map(|t| t.mlp.as_ref())),
-        _ => Vec::new(),
-    };
-    mlps.extend(tower_mlps);
-    Some(MultiTask {
-        family,
-        towers,
-        mlps,
-    })
-}
-
-fn tower_mlps<'a>(
-    path: &str,
-    mlps: impl Iterator<Item = Option<&'a Mlp>>,
-) -> Vec<(String, &'a Mlp)> {
-    mlps.enumerate()
-        .filter_map(|(i, m)| m.map(|m| (format!("{path}.task_towers[{i}].mlp"), m)))
-        .collect()
+    Some(MultiTask { towers })
 }
 
 fn push_task_towers<'a>(

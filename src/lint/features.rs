@@ -12,25 +12,6 @@ use crate::proto::tzrec::protos::FgMode;
 
 pub(super) const RULES: &[Rule] = &[
     Rule {
-        code: "plec::bucket-config",
-        severity: Severity::Error,
-        summary: "an id or combo feature sets no bucket setting, or more than one",
-        explain: "\
-An id feature maps each input value to an embedding row in exactly one way:
-`hash_bucket_size` (hash into N rows), `num_buckets` (the input is an integer
-id below N), `vocab_list` / `vocab_dict` / `vocab_file` (a vocabulary), or `zch`
-(zero-collision hashing). A combo feature the same, without `num_buckets`.
-With none of them the table size is unknown and TorchEasyRec stops; with two
-or more, one of them is silently ignored.
-
-Example:
-    id_feature { feature_name: \"cate_id\" hash_bucket_size: 10000
-                 num_buckets: 12961 embedding_dim: 16 }
-
-Fix: keep exactly one setting.",
-        check: bucket_config,
-    },
-    Rule {
         code: "plec::boundaries-order",
         severity: Severity::Error,
         summary: "a raw feature's boundaries are not strictly increasing",
@@ -148,104 +129,6 @@ Fix: write `normalizer: \"method=log10\"`.",
         check: normalizer,
     },
 ];
-
-/// Bucket settings of a feature that were given: (field name, path).
-fn bucket_settings(cx: &Ctx, f: &Feature) -> Vec<(&'static str, String)> {
-    let names: &[&'static str] = match f.kind {
-        FeatureKind::Id(_) => &[
-            "zch",
-            "hash_bucket_size",
-            "num_buckets",
-            "vocab_list",
-            "vocab_dict",
-            "vocab_file",
-        ],
-        FeatureKind::Combo(_) => &[
-            "zch",
-            "hash_bucket_size",
-            "vocab_list",
-            "vocab_dict",
-            "vocab_file",
-        ],
-        FeatureKind::Raw(_) => return Vec::new(),
-    };
-    let set = |name: &str| -> bool {
-        match f.kind {
-            FeatureKind::Id(x) => match name {
-                "zch" => x.zch.is_some(),
-                "hash_bucket_size" => x.hash_bucket_size.is_some(),
-                "num_buckets" => x.num_buckets.is_some(),
-                "vocab_list" => !x.vocab_list.is_empty(),
-                "vocab_dict" => !x.vocab_dict.is_empty(),
-                "vocab_file" => x.vocab_file.is_some(),
-                _ => false,
-            },
-            FeatureKind::Combo(x) => match name {
-                "zch" => x.zch.is_some(),
-                "hash_bucket_size" => x.hash_bucket_size.is_some(),
-                "vocab_list" => !x.vocab_list.is_empty(),
-                "vocab_dict" => !x.vocab_dict.is_empty(),
-                "vocab_file" => x.vocab_file.is_some(),
-                _ => false,
-            },
-            FeatureKind::Raw(_) => false,
-        }
-    };
-    let mut given: Vec<(&'static str, String)> = names
-        .iter()
-        .filter(|n| set(n))
-        .map(|n| (*n, f.field(n)))
-        .collect();
-    // In the order they were written.
-    given.sort_by_key(|(_, p)| cx.name(p).map_or(usize::MAX, |s| s.start));
-    given
-}
-
-fn bucket_config(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    for f in &cx.features {
-        if matches!(f.kind, FeatureKind::Raw(_)) {
-            continue;
-        }
-        let given = bucket_settings(cx, f);
-        let options = match f.kind {
-            FeatureKind::Id(_) => "`hash_bucket_size`, `num_buckets`, `vocab_list`, `vocab_dict`, `vocab_file` or `zch`",
-            _ => "`hash_bucket_size`, `vocab_list`, `vocab_dict`, `vocab_file` or `zch`",
-        };
-        match given.as_slice() {
-            [] => out.push(
-                rule.diag(format!(
-                    "{} \"{}\" has no bucket setting",
-                    f.kind_words(),
-                    f.name
-                ))
-                .primary_at(
-                    cx.best(&f.field("feature_name")),
-                    "the table size is unknown",
-                )
-                .with_help(format!(
-                    "set exactly one of {options}, e.g. `hash_bucket_size: 100000`"
-                )),
-            ),
-            [_] => {}
-            [(first, first_path), rest @ ..] => {
-                for (name, path) in rest {
-                    out.push(
-                        rule.diag(format!(
-                            "{} \"{}\" sets both {first} and {name}",
-                            f.kind_words(),
-                            f.name
-                        ))
-                        .primary_at(cx.name(path), "also set here")
-                        .secondary_at(cx.name(first_path), "first set here")
-                        .with_help(format!(
-                            "exactly one of {options} decides how values become embedding rows; keep one"
-                        )),
-                    );
-                }
-            }
-        }
-    }
-}
 
 fn boundaries_order(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     for f in &cx.features {

@@ -15,7 +15,9 @@
 //! CLI renders them.
 
 mod context;
+mod facts;
 mod features;
+mod kinds;
 mod references;
 mod sequences;
 mod training;
@@ -90,10 +92,11 @@ impl LabelAt for Diagnostic {
 }
 
 /// Every rule, grouped by theme.
-fn rule_sets() -> [&'static [Rule]; 6] {
+fn rule_sets() -> [&'static [Rule]; 7] {
     [
         references::RULES,
         sequences::RULES,
+        kinds::RULES,
         values::RULES,
         features::RULES,
         training::RULES,

@@ -186,9 +186,9 @@ fn suggest(name: &str, known: &[&str], what: &str) -> String {
 }
 
 fn unknown_feature(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    // Without feature definitions (a fragment) or with feature kinds plec
-    // cannot read names from, an unknown name cannot be confirmed.
-    if !cx.has_features() || cx.unchecked_features > 0 {
+    // Without feature definitions (a fragment) an unknown name cannot be
+    // confirmed.
+    if !cx.has_features() {
         return;
     }
     for (g, group) in cx.groups.iter().enumerate() {
@@ -203,7 +203,7 @@ fn unknown_feature(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
         }
         for (path, names) in lists {
             for (i, name) in names.iter().enumerate() {
-                if cx.feature(name).is_some() || cx.sequence_names.iter().any(|n| n == name) {
+                if cx.has_feature(name) {
                     continue;
                 }
                 out.push(
@@ -214,9 +214,7 @@ fn unknown_feature(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                         )
                         .with_help(suggest(
                             name,
-                            &cx.feature_names()
-                                .chain(cx.sequence_names.iter().map(String::as_str))
-                                .collect::<Vec<_>>(),
+                            &cx.feature_names().collect::<Vec<_>>(),
                             "feature",
                         )),
                 );
@@ -358,10 +356,21 @@ fn duplicates(
 }
 
 fn duplicate_feature(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
+    // Features of every kind, once per block (a sequence sub-feature is
+    // listed under two spellings; its first is the `__` one).
+    let mut seen_paths = std::collections::HashSet::new();
     let items = cx
-        .features
+        .all_features
         .iter()
-        .map(|f| (f.name, f.field("feature_name")))
+        .filter(|(_, p)| seen_paths.insert(p.as_str()))
+        .map(|(n, p)| {
+            let field = if p.ends_with(".sequence_feature") {
+                "sequence_name"
+            } else {
+                "feature_name"
+            };
+            (n.as_str(), format!("{p}.{field}"))
+        })
         .collect();
     duplicates(rule, cx, "feature name", items, out);
 }

@@ -1,39 +1,21 @@
-//! Sequence groups and their encoders: every encoder reads a sequence group
-//! of its feature group, and an attention encoder's query fits its steps.
+//! Sequence groups and their encoders: an attention encoder's query fits
+//! its steps. (Encoder inputs are `plec::sequence-encoder`'s.)
 
 use std::collections::HashMap;
 
 use super::context::Ctx;
 use super::{LabelAt, Rule};
-use crate::diag::{closest_names, one_of, Diagnostic, Severity};
+use crate::diag::{Diagnostic, Severity};
 use crate::proto::tzrec::protos::{
     feature_config::Feature, seq_encoder_config::SeqModule,
     seq_feature_config::Feature as SeqFeature, FeatureConfig,
 };
 
-pub(super) const RULES: &[Rule] = &[
-    Rule {
-        code: "plec::unknown-sequence-input",
-        severity: Severity::Error,
-        summary: "a sequence encoder reads a sequence group its feature group does not define",
-        explain: "\
-Each entry of `sequence_encoders` reads one of the `sequence_groups` of the
-same feature group, named by its `input`. With a single sequence group the
-input may be left out (TorchEasyRec fills it in); with several, every
-encoder must name one. TorchEasyRec stops when it builds the model.
-
-Example:
-    sequence_groups { group_name: \"click_seq\" ... }
-    sequence_encoders { din_encoder { input: \"clik_seq\" ... } }
-
-Fix: name a sequence group of this feature group (the help lists the closest).",
-        check: unknown_sequence_input,
-    },
-    Rule {
-        code: "plec::sequence-query-width",
-        severity: Severity::Error,
-        summary: "an attention encoder's query does not fit the width of its sequence",
-        explain: "\
+pub(super) const RULES: &[Rule] = &[Rule {
+    code: "plec::sequence-query-width",
+    severity: Severity::Error,
+    summary: "an attention encoder's query does not fit the width of its sequence",
+    explain: "\
 DIN compares the query (the sequence group's plain features, concatenated)
 with every step (its sequence features, concatenated): the query may be
 narrower (it is padded with zeros) but not wider, and not empty. Simple
@@ -48,9 +30,8 @@ Example:
 Fix: give the query features and the sequence features matching
 `embedding_dim`s, or list the query's features in the same order as the
 steps'.",
-        check: sequence_query_width,
-    },
-];
+    check: sequence_query_width,
+}];
 
 /// Output width of every feature by the name a group uses for it,
 /// including the sub-features of grouped sequences (`seq__name`).
@@ -147,47 +128,6 @@ fn seq_group_names(cx: &Ctx, g: usize) -> Vec<String> {
             None => None,
         })
         .collect()
-}
-
-fn unknown_sequence_input(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    for (g, group) in cx.groups.iter().enumerate() {
-        let names = seq_group_names(cx, g);
-        for (e, enc) in group.sequence_encoders.iter().enumerate() {
-            let Some(m) = &enc.seq_module else { continue };
-            let kind = encoder_kind(m);
-            let path = format!("model_config.feature_groups[{g}].sequence_encoders[{e}].{kind}");
-            let input = encoder_input(m);
-            if input.is_empty() {
-                if group.sequence_groups.len() > 1 {
-                    out.push(
-                        rule.diag("with several sequence groups, each encoder must name its input")
-                            .primary_at(cx.name(&path), "no `input`")
-                            .with_help(format!(
-                                "add `input: \"...\"` naming one of {}",
-                                one_of(&names)
-                            )),
-                    );
-                }
-                continue;
-            }
-            if names.iter().any(|n| n == input) {
-                continue;
-            }
-            let close = closest_names(input, names.iter().map(String::as_str), 3);
-            out.push(
-                rule.diag(format!(
-                    "sequence encoder reads \"{input}\", which is not a sequence group of \"{}\"",
-                    group.group_name
-                ))
-                .primary_at(cx.best(&format!("{path}.input")), "no such sequence group")
-                .with_help(if close.is_empty() {
-                    format!("name one of {}", one_of(&names))
-                } else {
-                    format!("did you mean {}?", one_of(&close))
-                }),
-            );
-        }
-    }
 }
 
 fn sequence_query_width(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {

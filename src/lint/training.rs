@@ -137,7 +137,6 @@ fn sparse_lr(o: &sparse_optimizer::Optimizer) -> (&'static str, f32) {
         O::RowwiseAdagradOptimizer(x) => ("rowwise_adagrad_optimizer", x.lr),
         O::AdadeltaOptimizer(x) => ("adadelta_optimizer", x.lr),
         O::RmspropOptimizer(x) => ("rmsprop_optimizer", x.lr),
-        O::FtrlOptimizer(x) => ("ftrl_optimizer", x.lr),
     }
 }
 

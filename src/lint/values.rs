@@ -126,8 +126,7 @@ const TORCH_ACTIVATIONS: &[&str] = &[
 ];
 
 fn dropout_ratio(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    let Some(model) = &cx.model else { return };
-    for (path, mlp) in &model.mlps {
+    for (path, mlp) in &cx.mlps {
         let ratios = &mlp.dropout_ratio;
         let layers = mlp.hidden_units.len();
         if ratios.len() > 1 && ratios.len() != layers {
@@ -164,8 +163,7 @@ fn dropout_ratio(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
 }
 
 fn bn_and_ln(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    let Some(model) = &cx.model else { return };
-    for (path, mlp) in &model.mlps {
+    for (path, mlp) in &cx.mlps {
         if mlp.use_bn() && mlp.use_ln() {
             out.push(
                 rule.diag("an mlp cannot use both batch norm and layer norm")
@@ -208,13 +206,12 @@ fn activation_known(act: &str) -> Option<bool> {
 }
 
 fn unknown_activation(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    let Some(model) = &cx.model else { return };
     let known: Vec<String> = TORCH_ACTIVATIONS
         .iter()
         .map(|a| format!("nn.{a}"))
         .chain(std::iter::once("Dice".to_string()))
         .collect();
-    for (path, mlp) in &model.mlps {
+    for (path, mlp) in &cx.mlps {
         let Some(act) = mlp.activation.as_deref() else {
             continue;
         };
@@ -278,6 +275,7 @@ fn num_class_label(cx: &Ctx, t: &Tower, n: u32) -> (Option<std::ops::Range<usize
 }
 
 fn loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
+    rank_loss_num_class(rule, cx, out);
     let Some(model) = &cx.model else { return };
     for t in &model.towers {
         let n = t.num_class.unwrap_or(1);
@@ -314,6 +312,46 @@ fn loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                 .with_help(help),
             );
         }
+    }
+}
+
+/// Single-task ranking models (DeepFM, DLRM, MultiTowerDIN...) train
+/// `model_config.losses` against `model_config.num_class`, with the same
+/// assertions as a task tower. Retrieval models ignore `num_class`.
+fn rank_loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
+    let (Some(mc), Some((kind, desc))) = (&cx.config.model_config, &cx.model_kind) else {
+        return;
+    };
+    let file = desc.parent_file();
+    if !matches!(
+        file.name(),
+        "tzrec/protos/models/rank_model.proto" | "tzrec/protos/models/general_rank_model.proto"
+    ) {
+        return;
+    }
+    let n = mc.num_class.unwrap_or(1);
+    for (k, lc) in mc.losses.iter().enumerate() {
+        let Some(loss) = &lc.loss else { continue };
+        let name = loss_name(loss);
+        let (wanted, ok) = match loss {
+            Loss::BinaryCrossEntropy(_) | Loss::BinaryFocalLoss(_) | Loss::L2Loss(_) => {
+                ("1", n == 1)
+            }
+            Loss::SoftmaxCrossEntropy(_) => ("2 or more", n >= 2),
+            Loss::JrcLoss(_) => continue,
+        };
+        if ok {
+            continue;
+        }
+        out.push(
+            rule.diag(format!("{name} needs num_class {wanted}, but the {kind} model has num_class {n}"))
+                .primary_at(cx.name(&format!("model_config.losses[{k}].{name}")), format!("needs num_class {wanted}"))
+                .secondary_at(cx.value("model_config.num_class"), format!("num_class {n}"))
+                .with_help(match loss {
+                    Loss::SoftmaxCrossEntropy(_) => "set `num_class` to the number of classes, or use `binary_cross_entropy` for a binary label".to_string(),
+                    _ => format!("`{name}` reads one logit per sample; remove `num_class: {n}`, or use `softmax_cross_entropy` for {n} classes"),
+                }),
+        );
     }
 }
 

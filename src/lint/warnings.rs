@@ -10,6 +10,26 @@ use crate::proto::tzrec::protos::FeatureGroupType;
 
 pub(super) const RULES: &[Rule] = &[
     Rule {
+        code: "plec::huge-model",
+        severity: Severity::Warning,
+        summary: "one layer or embedding table alone needs more than 2 GiB",
+        explain: "\
+A single MLP layer (the product of two consecutive widths) or a single
+embedding table (ids times embedding_dim) holds more than 2 GiB of f32 values.
+That is rarely intended: usually a width or a bucket count has a few digits too
+many. Training needs two to four times the parameters' size again for
+gradients and optimizer state. `plec compile` and `plec run` estimate the whole
+model's memory before allocating anything and stop when it does not fit
+(`--max-memory` sets the limit); `plec inspect` prints the estimate.
+
+Example:
+    mlp { hidden_units: [1000000000, 512, 256] }
+
+Fix: check the widths and bucket counts; if the size is intended, make sure
+the machine has the memory (see `plec inspect`).",
+        check: huge_model,
+    },
+    Rule {
         code: "plec::unused-feature",
         severity: Severity::Warning,
         summary: "a feature is defined but no feature group uses it",
@@ -28,11 +48,12 @@ Fix: add it to a group (`feature_names: \"brand\"`), or delete it.",
     Rule {
         code: "plec::ignored-group",
         severity: Severity::Warning,
-        summary: "a multi-task model reads only its first feature group; later groups are ignored",
+        summary: "the model reads only its first feature group; later groups are ignored",
         explain: "\
-PLE, MMoE, DBMTL and SimpleMultiTask build their input from the first feature
-group only. Any further group is computed by nobody, so its features do not
-reach the model.
+PLE, MMoE, DBMTL, DC2VR, SimpleMultiTask, DCN (v1 and v2), MaskNet and
+RocketLaunching build their input from the first feature group only (the
+schema marks them `(plec.first_group_only)`). Any further group is computed
+by nobody, so its features do not reach the model.
 
 Example:
     feature_groups { group_name: \"user\" ... }
@@ -44,12 +65,13 @@ Fix: list all features in one DEEP group.",
     },
     Rule {
         code: "plec::dense-in-wide",
-        severity: Severity::Warning,
+        severity: Severity::Error,
         summary: "a dense raw feature is listed in a WIDE group",
         explain: "\
 A WIDE group is a sum of one-wide embeddings of sparse (bucketized) features.
-A raw feature without `boundaries` is a dense value with no embedding, which
-is not what a wide part is meant to hold.
+A raw feature without `boundaries` is a dense value with no embedding:
+TorchEasyRec raises \"dense feature [...] should not be configured in wide
+group\" when it builds the model.
 
 Example:
     raw_feature { feature_name: \"price\" expression: \"item:price\" }
@@ -230,15 +252,20 @@ fn unused_feature(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
 }
 
 fn ignored_group(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    let Some(model) = &cx.model else { return };
+    let Some((kind, desc)) = &cx.model_kind else {
+        return;
+    };
+    if !cx.facts.first_group_only(desc) {
+        return;
+    }
     let Some(first) = cx.groups.first() else {
         return;
     };
     for (i, g) in cx.groups.iter().enumerate().skip(1) {
         out.push(
             rule.diag(format!(
-                "{} reads only the first feature group; \"{}\" is ignored",
-                model.family, g.group_name
+                "{kind} reads only the first feature group; \"{}\" is ignored",
+                g.group_name
             ))
             .primary_at(
                 cx.best(&format!("model_config.feature_groups[{i}].group_name")),
@@ -271,7 +298,7 @@ fn dense_in_wide(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                 .primary_at(cx.value(&format!("model_config.feature_groups[{g}].feature_names[{i}]")), "dense feature in a WIDE group")
                 .secondary_at(cx.best(&f.field("feature_name")), "defined here without `boundaries`")
                 .with_help(format!(
-                    "a WIDE group sums one-wide embeddings of sparse features; bucketize \"{name}\" with `boundaries`, or move it to a DEEP group"
+                    "TorchEasyRec refuses dense features in a WIDE group when it builds the model; bucketize \"{name}\" with `boundaries`, or move it to a DEEP group"
                 )),
             );
         }
@@ -469,4 +496,60 @@ fn fragment(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
 #[cfg(test)]
 pub(super) fn names_read(s: &str) -> (bool, bool) {
     (click_like(s), conversion_like(s))
+}
+
+/// Bytes above which one layer or table is reported.
+const HUGE_BYTES: u64 = 2 << 30;
+
+fn huge_model(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    for (path, mlp) in &cx.mlps {
+        // The first layer's input width is not known here; one input
+        // column is the least it can have.
+        let mut prev = 1u64;
+        for (i, &units) in mlp.hidden_units.iter().enumerate() {
+            let units = units as u64;
+            let bytes = prev.saturating_mul(units).saturating_mul(4);
+            if bytes > HUGE_BYTES {
+                out.push(
+                    rule.diag(format!(
+                        "an MLP layer of {units} units needs at least {}",
+                        gib(bytes)
+                    ))
+                    .primary_at(
+                        cx.value(&format!("{path}.hidden_units[{i}]")),
+                        format!("{prev} x {units} weights"),
+                    )
+                    .with_help(
+                        "check the width; `plec inspect` shows the model's whole memory estimate",
+                    ),
+                );
+                break;
+            }
+            prev = units.max(1);
+        }
+    }
+    for f in &cx.features {
+        let FeatureKind::Id(id) = f.kind else {
+            continue;
+        };
+        let (rows, field) = match (id.hash_bucket_size, id.num_buckets) {
+            (Some(h), _) => (h, "hash_bucket_size"),
+            (None, Some(n)) => (n, "num_buckets"),
+            _ => continue,
+        };
+        let dim = id.embedding_dim as u64;
+        let bytes = rows.saturating_mul(dim).saturating_mul(4);
+        if bytes > HUGE_BYTES {
+            out.push(
+                rule.diag(format!(
+                    "the embedding table of \"{}\" needs {} ({rows} ids x {dim})",
+                    f.name,
+                    gib(bytes)
+                ))
+                .primary_at(cx.value(&f.field(field)), format!("{rows} ids"))
+                .with_help("check the bucket count; `plec inspect` shows the model's whole memory estimate"),
+            );
+        }
+    }
 }

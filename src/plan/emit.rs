@@ -217,9 +217,6 @@ macro_rules! schedule {
             Some(L::CosineAnnealingWarmRestartsLearningRate(_)) => Err(unsupported(
                 "learning-rate schedule cosine_annealing_warm_restarts_learning_rate",
             )),
-            Some(L::LinearDecayLearningRate(_)) => Err(unsupported(
-                "learning-rate schedule linear_decay_learning_rate",
-            )),
         }
     }};
 }
@@ -265,7 +262,9 @@ fn sparse(opt: &crate::proto::tzrec::protos::SparseOptimizer) -> Result<Optimize
             kind: OptimizerKind::RowwiseAdagrad as i32,
             lr: x.lr,
             weight_decay: x.weight_decay(),
-            initial_accumulator_value: x.initial_accumulator_value(),
+            // TorchEasyRec's FusedRowWiseAdagradOptimizer has no initial
+            // accumulator setting; fbgemm starts the accumulator at zero.
+            initial_accumulator_value: 0.0,
             eps: SPARSE_ADAGRAD_EPS,
             ..Default::default()
         },
@@ -293,7 +292,6 @@ fn sparse_name(o: &sparse_optimizer::Optimizer) -> &'static str {
         O::RowwiseAdagradOptimizer(_) => "rowwise_adagrad_optimizer",
         O::AdadeltaOptimizer(_) => "adadelta_optimizer",
         O::RmspropOptimizer(_) => "rmsprop_optimizer",
-        O::FtrlOptimizer(_) => "ftrl_optimizer",
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod bind;
 mod convert;
+pub mod diff;
 pub mod explain;
 pub mod span_map;
 

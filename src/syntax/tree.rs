@@ -142,6 +142,20 @@ impl Builder {
             Rule::strings => Value::Scalar(self.strings(pair)),
             Rule::number => {
                 let kind = match decode_number(pair.as_str()) {
+                    Ok(kind @ ScalarKind::Float(_)) if pair.as_str().ends_with('F') => {
+                        self.diags.push(
+                            Diagnostic::warning(
+                                "plec::upper-case-float-suffix",
+                                format!("`{}` ends in an upper-case `F`", pair.as_str()),
+                            )
+                            .with_primary(span.clone(), "TorchEasyRec cannot read this number")
+                            .with_help(format!(
+                                "the protobuf C++ parser and newer Python protobuf accept it, but the Python protobuf TorchEasyRec pins (4.x, through grpcio-tools<1.63) takes only a lower-case `f` and rejects the file at start; write `{}`",
+                                pair.as_str().trim_end_matches('F')
+                            )),
+                        );
+                        kind
+                    }
                     Ok(kind) => kind,
                     Err(msg) => {
                         self.diags.push(
