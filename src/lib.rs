@@ -15,6 +15,7 @@ pub mod cli;
 pub mod data;
 pub mod diag;
 pub mod ir;
+pub mod lang;
 pub mod lint;
 pub mod metrics;
 pub mod passes;

@@ -11,6 +11,7 @@ mod sequence;
 use super::error::IrError;
 use super::graph::*;
 use super::shape::{self, dropout_of, feature_width};
+use crate::lang::normalizer::Normalizer;
 use crate::proto::plan;
 use crate::proto::tzrec::protos::{
     feature_config::Feature, loss_config::Loss, metric_config::Metric, model_config::Model,
@@ -135,42 +136,43 @@ fn constant(name: String, shape: Vec<u64>, value: f32, trainable: bool) -> Param
     }
 }
 
-/// Parses a torch activation name (`nn.ReLU`, `nn.LeakyReLU(negative_slope=0.2)`).
+/// The plan's activation for an MLP's `activation` string (parsed by
+/// `lang::activation`), or what plec cannot run of it.
 pub fn parse_activation(text: &str, name: &str, width: u64) -> Result<Act, String> {
-    let text = text.trim();
-    let (head, args) = match text.split_once('(') {
-        Some((h, a)) => (h.trim(), a.trim_end_matches(')').trim()),
-        None => (text, ""),
-    };
-    let head = head
-        .strip_prefix("nn.")
-        .or_else(|| head.strip_prefix("torch.nn."))
-        .unwrap_or(head);
-    let number = || -> f32 {
-        args.rsplit('=')
-            .next()
-            .and_then(|v| v.trim().parse::<f32>().ok())
-            .unwrap_or(0.0)
-    };
-    let kind = match head.to_ascii_lowercase().as_str() {
-        "" | "identity" | "none" => plan::Activation::ActNone,
-        "relu" => plan::Activation::Relu,
-        "sigmoid" => plan::Activation::Sigmoid,
-        "tanh" => plan::Activation::Tanh,
-        "leakyrelu" => plan::Activation::LeakyRelu,
-        "gelu" => plan::Activation::Gelu,
-        "silu" => plan::Activation::Silu,
-        "elu" => plan::Activation::Elu,
-        "prelu" => plan::Activation::Prelu,
-        _ => return Err(format!("activation `{text}`")),
-    };
+    use crate::lang::activation::Activation as A;
     let _ = width;
+    let parsed = crate::lang::activation::parse(text).map_err(|p| p.message)?;
+    let kind = match &parsed {
+        A::None => plan::Activation::ActNone,
+        A::Torch { class, .. } => match *class {
+            "Identity" => plan::Activation::ActNone,
+            "ReLU" => plan::Activation::Relu,
+            "Sigmoid" => plan::Activation::Sigmoid,
+            "Tanh" => plan::Activation::Tanh,
+            "LeakyReLU" => plan::Activation::LeakyRelu,
+            "GELU" => plan::Activation::Gelu,
+            "SiLU" => plan::Activation::Silu,
+            "ELU" => plan::Activation::Elu,
+            "PReLU" => plan::Activation::Prelu,
+            _ => return Err(format!("activation `{}`", text.trim())),
+        },
+        A::Dice | A::Custom(_) => return Err(format!("activation `{}`", text.trim())),
+    };
+    // Only a leaky relu's slope and an elu's alpha change what plec
+    // computes; any other argument (GELU's tanh approximation, PReLU's
+    // channel count) would train a different model than the config asks.
+    let takes_number = matches!(kind, plan::Activation::LeakyRelu | plan::Activation::Elu);
+    let alpha = match (takes_number, parsed.significant_args()) {
+        (_, 0) => 0.0,
+        (true, 1) => parsed
+            .first_number()
+            .ok_or_else(|| format!("activation `{}` with that argument", text.trim()))?
+            as f32,
+        _ => return Err(format!("activation `{}` with those arguments", text.trim())),
+    };
     Ok(Act {
         kind,
-        alpha: match kind {
-            plan::Activation::LeakyRelu | plan::Activation::Elu => number(),
-            _ => 0.0,
-        },
+        alpha,
         // torch.nn.PReLU(): one slope shared by all channels, initialized 0.25.
         slope: (kind == plan::Activation::Prelu)
             .then(|| constant(format!("{name}.prelu.slope"), vec![1], 0.25, true)),
@@ -903,47 +905,21 @@ fn input_column(expression: &str) -> String {
     }
 }
 
-/// Parses `method=log10,threshold=1e-10,default=-10` and friends.
-pub fn parse_normalizer(text: &str) -> Result<plan::Normalizer, String> {
-    let mut method = "";
-    let mut kv: HashMap<&str, f64> = HashMap::new();
-    for part in text
-        .split([',', ';'])
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
-        let Some((k, v)) = part.split_once('=') else {
-            return Err(format!("`{part}` is not key=value"));
-        };
-        let (k, v) = (k.trim(), v.trim());
-        if k == "method" {
-            method = v;
-        } else {
-            let x: f64 = v.parse().map_err(|_| format!("`{v}` is not a number"))?;
-            kv.insert(k, x);
+/// The plan's form of a parsed normalizer (`lang::normalizer`); `None`
+/// for an expression, which plec does not evaluate.
+pub fn plan_normalizer(n: &Normalizer) -> Option<plan::Normalizer> {
+    let (kind, a, b) = match *n {
+        Normalizer::Log10 { threshold, default } => {
+            (plan::NormalizerKind::Log10, threshold, default)
         }
-    }
-    let get = |k: &str, d: f64| kv.get(k).copied().unwrap_or(d);
-    let (kind, a, b) = match method {
-        "log10" => (
-            plan::NormalizerKind::Log10,
-            get("threshold", 1e-10),
-            get("default", -10.0),
-        ),
-        "zscore" => (
-            plan::NormalizerKind::Zscore,
-            get("mean", 0.0),
-            get("standard_deviation", 1.0),
-        ),
-        "minmax" => (
-            plan::NormalizerKind::Minmax,
-            get("min", 0.0),
-            get("max", 1.0),
-        ),
-        "" => return Err("no `method=`".into()),
-        m => return Err(format!("unknown method `{m}` (log10, zscore or minmax)")),
+        Normalizer::Zscore {
+            mean,
+            standard_deviation,
+        } => (plan::NormalizerKind::Zscore, mean, standard_deviation),
+        Normalizer::Minmax { min, max } => (plan::NormalizerKind::Minmax, min, max),
+        Normalizer::Expression { .. } => return None,
     };
-    Ok(plan::Normalizer {
+    Some(plan::Normalizer {
         kind: kind as i32,
         a,
         b,
@@ -1045,12 +1021,19 @@ fn resolve_feature(
                 ));
             }
             let normalizer = match f.normalizer.as_deref() {
-                Some(n) if !n.trim().is_empty() => Some(parse_normalizer(n).map_err(|m| {
-                    IrError::invalid(
-                        format!("cannot read normalizer \"{n}\": {m}"),
-                        format!("{path}.raw_feature.normalizer"),
+                Some(n) if !n.trim().is_empty() => {
+                    let at = format!("{path}.raw_feature.normalizer");
+                    let parsed = crate::lang::normalizer::parse(n).map_err(|p| {
+                        IrError::invalid(
+                            format!("cannot read normalizer \"{n}\": {}", p.message),
+                            at.clone(),
+                        )
+                    })?;
+                    Some(
+                        plan_normalizer(&parsed)
+                            .ok_or_else(|| IrError::unsupported("an expression normalizer", at))?,
                     )
-                })?),
+                }
                 _ => None,
             };
             let bucketized = !f.boundaries.is_empty();

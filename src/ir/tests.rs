@@ -236,16 +236,22 @@ fn feature_specs_resolve_columns_buckets_and_normalizers() {
     let t = &plan.tables[price.table as usize];
     assert_eq!((t.num_rows, t.dim), (11, 16));
     assert!(t.data.is_empty());
-    let n = lower::parse_normalizer("method=log10,threshold=1e-10,default=-10").expect("log10");
+    let parse = |t: &str| {
+        crate::lang::normalizer::parse(t)
+            .ok()
+            .and_then(|n| lower::plan_normalizer(&n))
+    };
+    let n = parse("method=log10,threshold=1e-10,default=-10").expect("log10");
     assert_eq!(
         (n.kind, n.a, n.b),
         (crate::plan::NormalizerKind::Log10 as i32, 1e-10, -10.0)
     );
-    let z = lower::parse_normalizer("method=zscore,mean=2.5,standard_deviation=4").expect("zscore");
+    let z = parse("method=zscore,mean=2.5,standard_deviation=4").expect("zscore");
     assert_eq!((z.a, z.b), (2.5, 4.0));
-    let m = lower::parse_normalizer("method=minmax,min=-1,max=3").expect("minmax");
+    let m = parse("method=minmax,min=-1,max=3").expect("minmax");
     assert_eq!((m.a, m.b), (-1.0, 3.0));
-    assert!(lower::parse_normalizer("method=cube").is_err());
+    assert!(parse("method=cube").is_none());
+    assert!(parse("method=expression,expr=sign(x)").is_none());
     let fg_none = source.replace("fg_mode: FG_NORMAL", "fg_mode: FG_NONE");
     let (_, plan) = compile(&fg_none, true, 0);
     assert!(plan

@@ -385,127 +385,6 @@ fn unknown_pooling(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     }
 }
 
-/// Keys each normalizer method accepts, and whether their values are numbers.
-fn normalizer_keys(method: &str) -> Option<&'static [&'static str]> {
-    match method {
-        "log10" => Some(&["threshold", "default"]),
-        "zscore" => Some(&["mean", "standard_deviation"]),
-        "minmax" => Some(&["min", "max"]),
-        "expression" => Some(&["expr"]),
-        _ => None,
-    }
-}
-
-/// Why a normalizer string is malformed, if it is: (message, help).
-fn normalizer_problem(s: &str) -> Option<(String, String)> {
-    let mut pairs: Vec<(&str, &str)> = Vec::new();
-    for part in s.split(',') {
-        let part = part.trim();
-        let Some((k, v)) = part.split_once('=') else {
-            let help = if normalizer_keys(part).is_some() {
-                format!("write `method={part}`")
-            } else {
-                "write `key=value` pairs separated by commas, starting with `method=log10`, `method=zscore` or `method=minmax`".to_string()
-            };
-            return Some((
-                format!("normalizer setting \"{part}\" is not `key=value`"),
-                help,
-            ));
-        };
-        let (k, v) = (k.trim(), v.trim());
-        if pairs.iter().any(|(pk, _)| *pk == k) {
-            return Some((
-                format!("normalizer sets \"{k}\" twice"),
-                format!("keep one `{k}=` setting"),
-            ));
-        }
-        pairs.push((k, v));
-    }
-    let Some(&(_, method)) = pairs.iter().find(|(k, _)| *k == "method") else {
-        return Some((
-            "normalizer has no method".to_string(),
-            "start with `method=log10`, `method=zscore`, `method=minmax` or `method=expression`"
-                .to_string(),
-        ));
-    };
-    let Some(keys) = normalizer_keys(method) else {
-        let close = closest_names(method, ["log10", "zscore", "minmax", "expression"], 2);
-        let help = if close.is_empty() {
-            "the methods are `log10`, `zscore`, `minmax` and `expression`".to_string()
-        } else {
-            format!("did you mean `method={}`?", close[0])
-        };
-        return Some((format!("unknown normalizer method \"{method}\""), help));
-    };
-    let mut nums: HashMap<&str, f64> = HashMap::new();
-    for &(k, v) in &pairs {
-        if k == "method" {
-            continue;
-        }
-        if !keys.contains(&k) {
-            let known = keys
-                .iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Some((
-                format!("normalizer method {method} has no setting \"{k}\""),
-                format!("{method} accepts {known}"),
-            ));
-        }
-        if k == "expr" {
-            if v.is_empty() {
-                return Some((
-                    "normalizer expression is empty".to_string(),
-                    "write e.g. `expr=sign(x)`".to_string(),
-                ));
-            }
-            continue;
-        }
-        match v.parse::<f64>() {
-            Ok(x) if x.is_finite() => {
-                nums.insert(k, x);
-            }
-            _ => {
-                return Some((
-                    format!("normalizer setting \"{k}\" is not a number: \"{v}\""),
-                    format!("write a number, e.g. `{k}=0.0`"),
-                ))
-            }
-        }
-    }
-    if method == "minmax" {
-        match (nums.get("min"), nums.get("max")) {
-            (Some(lo), Some(hi)) if lo >= hi => {
-                return Some((
-                    format!("normalizer min {lo} is not below max {hi}"),
-                    "minmax computes (x - min) / (max - min); min must be below max".to_string(),
-                ))
-            }
-            (Some(_), Some(_)) => {}
-            _ => {
-                return Some((
-                    "minmax normalizer needs both min and max".to_string(),
-                    "write e.g. `method=minmax,min=0,max=100`".to_string(),
-                ))
-            }
-        }
-    }
-    if method == "zscore" && nums.get("standard_deviation") == Some(&0.0) {
-        return Some((
-            "normalizer standard deviation is 0".to_string(),
-            "zscore divides by the standard deviation; give the column's real spread".to_string(),
-        ));
-    }
-    if method == "expression" && !pairs.iter().any(|(k, _)| *k == "expr") {
-        return Some((
-            "expression normalizer needs expr".to_string(),
-            "write e.g. `method=expression,expr=sign(x)`".to_string(),
-        ));
-    }
-    None
-}
-
 fn normalizer(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     for f in &cx.features {
         let FeatureKind::Raw(raw) = f.kind else {
@@ -514,7 +393,7 @@ fn normalizer(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
         let Some(n) = raw.normalizer.as_deref() else {
             continue;
         };
-        let Some((message, help)) = normalizer_problem(n) else {
+        let Err(crate::lang::Problem { message, help }) = crate::lang::normalizer::parse(n) else {
             continue;
         };
         out.push(
@@ -523,11 +402,6 @@ fn normalizer(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                 .with_help(help),
         );
     }
-}
-
-#[cfg(test)]
-pub(super) fn normalizer_ok(s: &str) -> bool {
-    normalizer_problem(s).is_none()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use super::context::{Ctx, Tower};
 use super::{LabelAt, Rule};
-use crate::diag::{closest_names, one_of, Diagnostic, Severity};
+use crate::diag::{Diagnostic, Severity};
 use crate::proto::tzrec::protos::loss_config::Loss;
 
 pub(super) const RULES: &[Rule] = &[
@@ -93,38 +93,6 @@ Fix: add a loss, e.g. `losses { binary_cross_entropy {} }`.",
     },
 ];
 
-/// Activation classes of `torch.nn` (written `nn.X` or `torch.nn.X`).
-const TORCH_ACTIVATIONS: &[&str] = &[
-    "ReLU",
-    "ReLU6",
-    "LeakyReLU",
-    "PReLU",
-    "RReLU",
-    "ELU",
-    "SELU",
-    "CELU",
-    "GELU",
-    "SiLU",
-    "Mish",
-    "Sigmoid",
-    "Hardsigmoid",
-    "LogSigmoid",
-    "Tanh",
-    "Hardtanh",
-    "Tanhshrink",
-    "Hardswish",
-    "Hardshrink",
-    "Softshrink",
-    "Softplus",
-    "Softsign",
-    "Softmax",
-    "Softmin",
-    "LogSoftmax",
-    "GLU",
-    "Threshold",
-    "Identity",
-];
-
 fn dropout_ratio(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     for (path, mlp) in &cx.mlps {
         let ratios = &mlp.dropout_ratio;
@@ -177,77 +145,21 @@ fn bn_and_ln(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     }
 }
 
-/// Whether TorchEasyRec can build this activation; `None` when plec cannot
-/// tell (a custom class outside torch.nn).
-fn activation_known(act: &str) -> Option<bool> {
-    let act = act.trim();
-    if act.is_empty() || act == "Dice" {
-        return Some(true);
-    }
-    let base = match act.split_once('(') {
-        Some((base, rest)) => {
-            if !rest.ends_with(')') {
-                return Some(false);
-            }
-            base.trim()
-        }
-        None => act,
-    };
-    let class = base
-        .strip_prefix("torch.nn.")
-        .or_else(|| base.strip_prefix("nn."));
-    match class {
-        Some(c) => Some(TORCH_ACTIVATIONS.contains(&c)),
-        // A dotted path outside torch.nn is a custom class TorchEasyRec
-        // imports at run time; plec cannot check it.
-        None if base.contains('.') => None,
-        None => Some(false),
-    }
-}
-
 fn unknown_activation(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    let known: Vec<String> = TORCH_ACTIVATIONS
-        .iter()
-        .map(|a| format!("nn.{a}"))
-        .chain(std::iter::once("Dice".to_string()))
-        .collect();
     for (path, mlp) in &cx.mlps {
         let Some(act) = mlp.activation.as_deref() else {
             continue;
         };
-        if activation_known(act) != Some(false) {
+        let Err(problem) = crate::lang::activation::parse(act) else {
             continue;
-        }
-        let base = act.split('(').next().unwrap_or(act).trim();
-        let bare = base.rsplit('.').next().unwrap_or(base);
-        let mut close = closest_names(base, known.iter().map(String::as_str), 3);
-        if close.is_empty() {
-            // `Relu`, `relu`, `torch.relu`: match on the class name alone.
-            close = known
-                .iter()
-                .filter(|k| {
-                    k.rsplit('.')
-                        .next()
-                        .is_some_and(|c| c.eq_ignore_ascii_case(bare))
-                })
-                .cloned()
-                .collect();
-        }
-        let help = if close.is_empty() {
-            "use a torch.nn activation such as `nn.ReLU`, `nn.GELU` or `nn.Sigmoid` (names are case-sensitive), or `Dice`".to_string()
-        } else {
-            format!(
-                "did you mean {}? activation names are case-sensitive torch.nn classes",
-                one_of(&close)
-            )
         };
         out.push(
-            rule.diag(format!("unknown activation \"{act}\""))
+            rule.diag(problem.message)
                 .primary_at(
                     cx.value(&format!("{path}.activation")),
                     "not a torch activation",
                 )
-                .with_help(help),
+                .with_help(problem.help),
         );
     }
 }
