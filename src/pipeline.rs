@@ -211,7 +211,7 @@ pub fn lower(source: &str, opts: BuildOptions) -> Result<Lowered, BuildError> {
     };
     let config = schema::typed_config(bound)
         .ok_or_else(|| BuildError::Schema("the file is not a TorchEasyRec config".into()))?;
-    let mut graph = match ir::lower(&config) {
+    let mut graph = match ir::lower_faithfully(&config) {
         Ok(g) => g,
         Err(errors) => {
             let mut all = checked.diagnostics.clone();

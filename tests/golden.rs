@@ -110,3 +110,82 @@ fn every_reported_code_is_explained() {
     }
     assert!(codes.len() >= 40, "{} codes", codes.len());
 }
+
+/// `golden/compile/*.config`: configs `check` accepts but `compile` must
+/// refuse, naming every block plec cannot run faithfully. The diagnostics
+/// of the build are snapshotted like check's; `# compile-expect: CODE@LINE`
+/// lines state exactly which errors must be found.
+#[test]
+fn compile_golden_cases() {
+    let mut paths = Vec::new();
+    cases(Path::new("golden/compile"), &mut paths);
+    paths.sort();
+    assert!(paths.len() >= 3, "only {} compile cases", paths.len());
+    let mut failures = Vec::new();
+    for path in &paths {
+        let source = std::fs::read_to_string(path).expect("read case");
+        let diagnostics = match plec::pipeline::build(&source, Default::default()) {
+            Ok(_) => {
+                failures.push(format!("{}: compiled, but must not", path.display()));
+                continue;
+            }
+            Err(plec::pipeline::BuildError::Diagnostics(d)) => d,
+            Err(e) => {
+                failures.push(format!("{}: not a diagnostic: {e}", path.display()));
+                continue;
+            }
+        };
+        let index = LineIndex::new(&source);
+        let mut found: Vec<String> = diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| {
+                let line = d.primary_span().map_or(0, |s| index.position(s.start).0);
+                format!("{}@{line}", d.code)
+            })
+            .collect();
+        found.sort();
+        let mut expected: Vec<String> = source
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("# compile-expect:"))
+            .map(|e| e.trim().to_string())
+            .collect();
+        expected.sort();
+        if found != expected {
+            failures.push(format!(
+                "{}:\n  expected {expected:?}\n  found    {found:?}",
+                path.display()
+            ));
+        }
+        for d in diagnostics.iter().filter(|d| d.is_error()) {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_plec"))
+                .args(["explain", &d.code])
+                .output()
+                .expect("run plec explain");
+            if !out.status.success() || out.stdout.len() < 80 {
+                failures.push(format!("no explanation for {}", d.code));
+            }
+        }
+        let name = path
+            .strip_prefix("golden")
+            .unwrap_or(path)
+            .with_extension("")
+            .display()
+            .to_string()
+            .replace(['/', '\\'], "__");
+        let file = path.display().to_string();
+        let snapshot = format!(
+            "{}\n--- json ---\n{}",
+            render_human(&file, &source, &diagnostics, false),
+            render_json(&file, &source, &diagnostics)
+        );
+        insta::with_settings!({
+            snapshot_path => "../golden/snapshots",
+            prepend_module_to_snapshot => false,
+            omit_expression => true,
+        }, {
+            insta::assert_snapshot!(format!("build__{name}"), snapshot);
+        });
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -126,6 +126,17 @@ pub fn to_dot(g: &ModelGraph, with_inputs: bool) -> String {
                 "shape=box, style=filled, fillcolor=\"#d9ead3\"",
             ),
             Node::Loss { .. } | Node::Metric { .. } => (node.name(), "shape=note"),
+            Node::SequenceGroup(sg) => (
+                format!(
+                    "sequence group {}\\nquery {} wide, {} steps of {}",
+                    sg.name, sg.query_width, sg.steps, sg.seq_width
+                ),
+                "shape=box, style=\"bold,filled\", fillcolor=\"#e8e8e8\"",
+            ),
+            Node::SeqEncoder(e) => (
+                format!("{}\\n-> {} wide", e.name, e.width()),
+                "shape=box, style=filled, fillcolor=\"#f4cccc\"",
+            ),
         };
         let _ = writeln!(
             out,

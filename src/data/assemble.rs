@@ -141,6 +141,31 @@ pub fn gather(pool: &[Chunk], rows: &[(usize, usize)]) -> Chunk {
                 }
                 FeatureInput::Dense { values, dim }
             }
+            FeatureInput::SeqDense { dim, .. } => {
+                let dim = *dim;
+                let mut values = Vec::new();
+                let mut offsets = Vec::with_capacity(n + 1);
+                offsets.push(0u32);
+                let mut steps = 0u32;
+                for &(c, r) in rows {
+                    if let FeatureInput::SeqDense {
+                        values: src,
+                        offsets: off,
+                        ..
+                    } = &pool[c].batch.features[f]
+                    {
+                        let (a, b) = (off[r] as usize, off[r + 1] as usize);
+                        values.extend_from_slice(&src[a * dim..b * dim]);
+                        steps += (b - a) as u32;
+                    }
+                    offsets.push(steps);
+                }
+                FeatureInput::SeqDense {
+                    values,
+                    offsets,
+                    dim,
+                }
+            }
         })
         .collect();
     let columns = |get: &dyn Fn(&Batch) -> &Vec<Vec<f32>>| -> Vec<Vec<f32>> {

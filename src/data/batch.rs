@@ -10,6 +10,13 @@ pub enum FeatureInput {
     Ids { ids: Vec<u32>, offsets: Vec<u32> },
     /// Dense values, row-major `[rows, dim]`.
     Dense { values: Vec<f32>, dim: usize },
+    /// Dense values of a sequence feature: row `r` has steps
+    /// `offsets[r]..offsets[r + 1]`, each `dim` values of `values`.
+    SeqDense {
+        values: Vec<f32>,
+        offsets: Vec<u32>,
+        dim: usize,
+    },
 }
 
 /// One batch of rows, encoded.

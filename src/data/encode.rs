@@ -35,6 +35,8 @@
 //!   `log10(max(x, a))` (b where that is not finite), ZSCORE `(x - a) / b`,
 //!   MINMAX `(x - a) / (b - a)`. The default is normalized too.
 
+mod sequence;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -125,6 +127,16 @@ pub struct FeatureEncoder {
     default_ids: Vec<u32>,
     /// Raw (not yet normalized) default of each dense position.
     default_dense: Vec<f64>,
+    /// Steps kept of a sequence feature (0: not a sequence).
+    seq_len: usize,
+    /// Splits a string row into steps.
+    seq_delim: String,
+    /// The sequence group the steps belong to (empty: none).
+    seq_group: String,
+    /// Encoded default steps of an id-kind sequence feature.
+    seq_default_ids: Vec<u32>,
+    /// Normalized default steps of a dense sequence feature, row-major.
+    seq_default_dense: Vec<f64>,
 }
 
 fn bad_spec(spec: &FeatureSpec, detail: impl Into<String>) -> DataError {
@@ -179,6 +191,11 @@ impl FeatureEncoder {
             norm: Norm::None,
             default_ids: Vec::new(),
             default_dense: Vec::new(),
+            seq_len: 0,
+            seq_delim: String::new(),
+            seq_group: spec.sequence_group.clone(),
+            seq_default_ids: Vec::new(),
+            seq_default_dense: Vec::new(),
         };
         match kind {
             FeatureKind::IdVocab => enc.init_vocab(spec)?,
@@ -204,6 +221,13 @@ impl FeatureEncoder {
             }
             FeatureKind::RawDense => enc.init_dense(spec)?,
             _ => {}
+        }
+        if spec.sequence_length > 0 {
+            if kind == FeatureKind::ComboHash {
+                return Err(bad_spec(spec, "a combo feature cannot be a sequence"));
+            }
+            enc.init_sequence(spec)?;
+            return Ok(enc);
         }
         if embedded && !spec.default_value.is_empty() {
             enc.default_ids = enc.encode_default(spec)?;
@@ -359,6 +383,11 @@ impl FeatureEncoder {
         &self.name
     }
 
+    /// The sequence group whose steps this feature is part of.
+    pub fn sequence_group(&self) -> Option<&str> {
+        Some(self.seq_group.as_str()).filter(|g| self.seq_len > 0 && !g.is_empty())
+    }
+
     /// Parquet columns read, in order.
     pub fn columns(&self) -> &[String] {
         &self.columns
@@ -512,6 +541,9 @@ impl FeatureEncoder {
             .map(|(i, a)| self.view(a, i, loc))
             .collect::<Result<Vec<_>>>()?;
         let rows = views[0].rows();
+        if self.seq_len > 0 {
+            return self.encode_sequence(&views[0], rows, loc);
+        }
         match self.kind {
             FeatureKind::RawDense => self.encode_dense(&views[0], rows, loc),
             FeatureKind::ComboHash => self.encode_combo(&views, rows, loc),

@@ -158,6 +158,20 @@ pub enum DataError {
         expected: usize,
     },
 
+    #[error("{at}: column `{column}` has {steps} steps but column `{other_column}` has {other_steps}; both are steps of sequence group `{group}`")]
+    #[diagnostic(
+        code(plec::data::step_count),
+        help("the sub-sequences of one grouped sequence must have as many steps in every row; check the sequence_delim and the rows' histories")
+    )]
+    StepCount {
+        at: RowLoc,
+        column: String,
+        steps: u32,
+        other_column: String,
+        other_steps: u32,
+        group: String,
+    },
+
     #[error("feature `{feature}` cannot be encoded: {detail}")]
     #[diagnostic(
         code(plec::data::bad_feature_spec),

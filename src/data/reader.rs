@@ -25,7 +25,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::ProjectionMask;
 
 use super::assemble::{Assembler, Chunk};
-use super::batch::Batch;
+use super::batch::{Batch, FeatureInput};
 use super::column::classify;
 use super::encode::{BatchLoc, FeatureEncoder};
 use super::error::{DataError, Result};
@@ -546,6 +546,7 @@ impl Inner {
                 .collect::<Result<Vec<_>>>()?;
             features.push(enc.encode(&cols, loc)?);
         }
+        check_step_counts(&self.encoders, &features, loc)?;
         let labels = self
             .labels
             .iter()
@@ -659,5 +660,48 @@ impl Iterator for KeptBatches {
         self.inner
             .next_chunk()
             .map(|r| r.map(|c| (c.batch, names.iter().cloned().zip(c.kept).collect())))
+    }
+}
+
+/// Every feature of one sequence group must have as many steps in a row
+/// (tzrec reads a grouped sequence as one history of several attributes).
+fn check_step_counts(
+    encoders: &[FeatureEncoder],
+    features: &[FeatureInput],
+    loc: &BatchLoc<'_>,
+) -> Result<()> {
+    let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (f, enc) in encoders.iter().enumerate() {
+        let Some(group) = enc.sequence_group() else {
+            continue;
+        };
+        let Some(&g) = first.get(group) else {
+            first.insert(group, f);
+            continue;
+        };
+        let (Some(a), Some(b)) = (step_offsets(&features[g]), step_offsets(&features[f])) else {
+            continue;
+        };
+        for r in 0..a.len().min(b.len()).saturating_sub(1) {
+            let (na, nb) = (a[r + 1] - a[r], b[r + 1] - b[r]);
+            if na != nb {
+                return Err(DataError::StepCount {
+                    at: loc.at(r),
+                    column: enc.columns().first().cloned().unwrap_or_default(),
+                    steps: nb,
+                    other_column: encoders[g].columns().first().cloned().unwrap_or_default(),
+                    other_steps: na,
+                    group: group.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn step_offsets(input: &FeatureInput) -> Option<&[u32]> {
+    match input {
+        FeatureInput::Ids { offsets, .. } | FeatureInput::SeqDense { offsets, .. } => Some(offsets),
+        FeatureInput::Dense { .. } => None,
     }
 }

@@ -12,6 +12,11 @@
 //!   matching the normalizer (log-normal for LOG10, normal with the z-score
 //!   mean and deviation, uniform over min..max); `value_dim` > 1 gives a
 //!   list of doubles.
+//! - Sequence columns (features with a `sequence_length`): per sequence
+//!   group, each row draws a history of 1..=`sequence_length` items (about
+//!   2% of rows none, written as null); every column of the group renders
+//!   the same items (an id, word or number derived from the item) joined by
+//!   the `sequence_delim`.
 //! - Labels (int64 0/1 for binary tasks, float for regression ones), sample
 //!   weights (float in [0.5, 1.5]) and grouping keys.
 //!
@@ -19,7 +24,9 @@
 //! Each task's logit is a sum of per-value random effects of every
 //! feature column, drawn deterministically from (seed, task, column, value)
 //! and mixing a part shared by all tasks with a task-specific part; a
-//! smooth function of each raw column; and two pairwise interactions. The
+//! smooth function of each raw column; two pairwise interactions; and per
+//! sequence group a history term, the sum of per-item effects over the
+//! history's items divided by the square root of its length. The
 //! logit is scaled to a fixed spread and shifted to the base rate
 //! ([`BASE_RATE`]). Binary tasks form a funnel in plan order: task i > 0 can
 //! only be 1 where task i-1 is 1 (like cvr after ctr), with conditional
@@ -58,6 +65,13 @@ pub const LOGIT_SPREAD: f64 = 1.2;
 pub const ROW_GROUP_ROWS: usize = 65_536;
 /// Fraction of null values in string id columns.
 pub const NULL_RATE: f64 = 0.01;
+/// Fraction of rows with an empty history in a sequence group.
+pub const EMPTY_HISTORY_RATE: f64 = 0.02;
+/// Distinct items a history draws from.
+pub const HISTORY_ITEMS: u64 = 2_000;
+/// Weight of the planted history term: strong enough that a model that
+/// reads the history beats one that does not by a clear AUC margin.
+pub const HISTORY_WEIGHT: f64 = 3.0;
 
 /// What was generated.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,11 +105,29 @@ pub struct TaskReport {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Gen {
-    IntIds { n: u64 },
-    StrIds { card: u64 },
-    Vocab { words: Vec<String> },
-    Float { dist: FloatDist },
-    FloatList { dim: usize },
+    IntIds {
+        n: u64,
+    },
+    StrIds {
+        card: u64,
+    },
+    Vocab {
+        words: Vec<String>,
+    },
+    Float {
+        dist: FloatDist,
+    },
+    FloatList {
+        dim: usize,
+    },
+    /// A history column of a sequence group: each row's steps are the
+    /// group's item keys, rendered by `inner` and joined by `delim`.
+    Seq {
+        group: String,
+        steps: u32,
+        delim: String,
+        inner: Box<Gen>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,10 +145,11 @@ impl Gen {
             Gen::StrIds { .. } => 3,
             Gen::FloatList { .. } => 2,
             Gen::Float { .. } => 1,
+            Gen::Seq { .. } => 6,
         }
     }
     fn categorical(&self) -> bool {
-        self.priority() >= 3
+        (3..=5).contains(&self.priority())
     }
 }
 
@@ -196,7 +229,23 @@ fn plan_columns(plan: &Plan) -> Vec<Column> {
         let kind = FeatureKind::try_from(spec.kind).unwrap_or(FeatureKind::Unspecified);
         let combo = kind == FeatureKind::ComboHash;
         for c in &spec.input_columns {
-            let g = gen_for(kind, spec, combo);
+            let mut g = gen_for(kind, spec, combo);
+            if spec.sequence_length > 0 {
+                g = Gen::Seq {
+                    group: if spec.sequence_group.is_empty() {
+                        c.clone()
+                    } else {
+                        spec.sequence_group.clone()
+                    },
+                    steps: spec.sequence_length,
+                    delim: if spec.sequence_delim.is_empty() {
+                        ";".into()
+                    } else {
+                        spec.sequence_delim.clone()
+                    },
+                    inner: Box::new(g),
+                };
+            }
             match cols.iter_mut().find(|x| x.name == *c) {
                 Some(col) => col.gen = merge(col.gen.clone(), g),
                 None => cols.push(Column {
@@ -308,12 +357,106 @@ fn draw(col: &Column, rows: usize, seed: u64, split: u64, idx: u64) -> Drawn {
             }
             Arc::new(b.finish())
         }
+        Gen::Seq {
+            group,
+            steps,
+            delim,
+            inner,
+        } => {
+            let hist = history(group, *steps, rows, seed, split);
+            let mut b = StringBuilder::with_capacity(rows, rows * 16);
+            let mut text = String::new();
+            for h in &hist {
+                if h.is_empty() {
+                    b.append_null();
+                    keys.push(0);
+                    continue;
+                }
+                text.clear();
+                for (j, &k) in h.iter().enumerate() {
+                    if j > 0 {
+                        text.push_str(delim);
+                    }
+                    render_step(inner, &col.name, k, &mut text);
+                }
+                b.append_value(&text);
+                keys.push(0);
+            }
+            Arc::new(b.finish())
+        }
     };
     Drawn {
         keys,
         signal,
         array,
     }
+}
+
+/// Item keys of every row's history in a sequence group: deterministic in
+/// (seed, split, group), so every column of the group sees the same items.
+/// About [`EMPTY_HISTORY_RATE`] of rows have none; the others 1..=`steps`
+/// items with Zipf-like popularity.
+fn history(group: &str, steps: u32, rows: usize, seed: u64, split: u64) -> Vec<Vec<u64>> {
+    let g = group
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| mix64(h ^ b as u64));
+    let mut rng = SplitMix64::from_words(&[seed, split, g, 0x5e9]);
+    let zipf = Zipf::new(HISTORY_ITEMS as f64, ZIPF_EXPONENT).ok();
+    (0..rows)
+        .map(|_| {
+            if rng.next_f64() < EMPTY_HISTORY_RATE {
+                return Vec::new();
+            }
+            let n = 1 + rng.below(steps.max(1) as usize);
+            (0..n)
+                .map(|_| zipf.as_ref().map_or(1.0, |z| z.sample(&mut rng)) as u64)
+                .collect()
+        })
+        .collect()
+}
+
+/// Writes one step of item `k` as the column's generator would value it.
+fn render_step(inner: &Gen, column: &str, k: u64, out: &mut String) {
+    let h = mix64(k ^ column.bytes().fold(0u64, |a, b| mix64(a ^ b as u64)));
+    match inner {
+        Gen::IntIds { n } => {
+            let _ = write!(out, "{}", h % n.max(&1));
+        }
+        Gen::Vocab { words } if !words.is_empty() => {
+            out.push_str(&words[(h % words.len() as u64) as usize]);
+        }
+        Gen::Float { dist } => {
+            let z = effect(&[h, 0xf10]);
+            let x = match *dist {
+                FloatDist::Normal { mean, sd } => mean + sd * z,
+                FloatDist::LogNormal => (1.0 + z).exp(),
+                FloatDist::Uniform { lo, hi } => lo + (hi - lo) * (0.5 + z.tanh() * 0.5),
+            };
+            let _ = write!(out, "{x}");
+        }
+        _ => {
+            let _ = write!(out, "{column}_{}", h % 10_000);
+        }
+    }
+}
+
+/// The planted history term of task `t` for a sequence group: the sum of
+/// per-item effects over the steps, divided by sqrt(steps), times
+/// [`HISTORY_WEIGHT`] (0 for an empty history).
+fn history_logits(hist: &[Vec<u64>], group: &str, seed: u64, t: u64) -> Vec<f64> {
+    let g = group.bytes().fold(0u64, |h, b| mix64(h ^ b as u64));
+    hist.iter()
+        .map(|h| {
+            if h.is_empty() {
+                return 0.0;
+            }
+            let sum: f64 = h
+                .iter()
+                .map(|&k| 0.6 * effect(&[seed, g, k, 0x51]) + 0.8 * effect(&[seed, g, k, t, 0x52]))
+                .sum();
+            HISTORY_WEIGHT * sum / (h.len() as f64).sqrt()
+        })
+        .collect()
 }
 
 /// A deterministic standard normal from hashed words.
@@ -329,6 +472,10 @@ fn raw_logits(cols: &[Column], drawn: &[Drawn], rows: usize, seed: u64, t: u64) 
         .collect();
     for (c, (col, d)) in cols.iter().zip(drawn).enumerate() {
         let c = c as u64;
+        if matches!(col.gen, Gen::Seq { .. }) {
+            // Planted per group, once (see `history_logits`).
+            continue;
+        }
         if col.gen.categorical() {
             for (r, l) in logit.iter_mut().enumerate() {
                 let k = d.keys[r];
@@ -444,6 +591,15 @@ pub fn generate(
         }
     }
     let total = train_rows + eval_rows;
+    // Sequence groups, each planted once (however many columns it has).
+    let mut groups: Vec<(String, u32)> = Vec::new();
+    for c in &cols {
+        if let Gen::Seq { group, steps, .. } = &c.gen {
+            if !groups.iter().any(|(g, _)| g == group) {
+                groups.push((group.clone(), *steps));
+            }
+        }
+    }
     // Draw train and eval from separate streams, then score them together
     // so both share one calibration.
     let drawn_train: Vec<Drawn> = cols
@@ -475,7 +631,19 @@ pub fn generate(
         if label_cols.iter().any(|(n, _, _)| *n == task.label_name) {
             continue;
         }
-        let raw = raw_logits(&cols, &drawn_all, total, seed, t as u64);
+        let mut raw = raw_logits(&cols, &drawn_all, total, seed, t as u64);
+        for (group, steps) in &groups {
+            let hist: Vec<Vec<u64>> = history(group, *steps, train_rows, seed, 0)
+                .into_iter()
+                .chain(history(group, *steps, eval_rows, seed, 1))
+                .collect();
+            for (l, h) in raw
+                .iter_mut()
+                .zip(history_logits(&hist, group, seed, t as u64))
+            {
+                *l += h;
+            }
+        }
         let binary = !task
             .losses
             .iter()

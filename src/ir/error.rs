@@ -36,3 +36,13 @@ impl IrError {
         }
     }
 }
+
+impl IrError {
+    /// The config path the error is about, if any.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            IrError::Unsupported { path, .. } | IrError::Invalid { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}

@@ -160,6 +160,8 @@ pub enum MlpRole {
     GateMlp,
     TaskMlp,
     Relation,
+    /// The attention MLP of a DIN encoder.
+    Attention,
 }
 
 impl MlpRole {
@@ -170,6 +172,7 @@ impl MlpRole {
             MlpRole::GateMlp => "gate mlp",
             MlpRole::TaskMlp => "task mlp",
             MlpRole::Relation => "relation mlp",
+            MlpRole::Attention => "attention mlp",
         }
     }
 }
@@ -301,6 +304,61 @@ pub enum Node {
         metric: plan::Metric,
     },
     FusedExperts(FusedExperts),
+    /// A sequence group of a feature group: query features (ports before
+    /// `queries`, each `[B, w]`) and sequence features (`[B, L, w]`).
+    /// Outputs: 0 the query `[B, query_width]`, 1 the steps
+    /// `[B, L, seq_width]`, 2 the step mask `[B, L]`.
+    SequenceGroup(SequenceGroupNode),
+    /// A sequence encoder reading a sequence group's outputs (ports 0
+    /// query, 1 steps, 2 mask); output `[B, width]`.
+    SeqEncoder(SeqEncoderBlock),
+}
+
+/// See [`Node::SequenceGroup`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceGroupNode {
+    pub name: String,
+    /// Number of query features (the first input ports).
+    pub queries: usize,
+    pub query_width: u64,
+    pub seq_width: u64,
+    /// `L`: the sequence_length of its sequence features.
+    pub steps: u64,
+}
+
+/// What a sequence encoder computes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EncoderKind {
+    /// DIN: attention MLP over `[q, s, q - s, q * s]`, a linear to one
+    /// score per step, masked softmax, weighted sum of the steps.
+    Din {
+        mlp: Box<MlpBlock>,
+        score: Box<LinearParams>,
+    },
+    /// Dot-product scores of the query with each step, masked softmax,
+    /// weighted sum.
+    SimpleAttention,
+    /// Sum or mean of the valid steps.
+    Pooling { mean: bool },
+}
+
+/// See [`Node::SeqEncoder`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqEncoderBlock {
+    pub name: String,
+    pub kind: EncoderKind,
+    pub query_width: u64,
+    pub seq_width: u64,
+    pub steps: u64,
+    /// Steps read (`max_seq_length`, or all `steps` when 0).
+    pub max_steps: u64,
+}
+
+impl SeqEncoderBlock {
+    /// Output width: the sequence width, as every encoder here pools steps.
+    pub fn width(&self) -> u64 {
+        self.seq_width
+    }
 }
 
 impl Node {
@@ -318,6 +376,8 @@ impl Node {
             Node::Loss { task, loss } => format!("{task}.{}", loss_name(loss.kind)),
             Node::Metric { task, metric } => format!("{task}.{}", metric_name(metric.kind)),
             Node::FusedExperts(f) => f.name.clone(),
+            Node::SequenceGroup(g) => g.name.clone(),
+            Node::SeqEncoder(e) => e.name.clone(),
         }
     }
 
@@ -333,7 +393,47 @@ impl Node {
         match self {
             Node::InputColumn { .. } => Ok(vec![vec![BATCH]]),
             Node::EmbeddingTable(t) => Ok(vec![vec![t.rows as i64, t.dim as i64]]),
+            Node::Feature(f) if f.spec.sequence_length > 0 => Ok(vec![vec![
+                BATCH,
+                f.spec.sequence_length as i64,
+                f.width as i64,
+            ]]),
             Node::Feature(f) => Ok(vec![batch_shape(f.width)]),
+            Node::SequenceGroup(g) => {
+                let (mut q, mut s) = (0i64, 0i64);
+                for (k, e) in inputs.iter().enumerate() {
+                    match e.shape.as_slice() {
+                        [BATCH, w] if k < g.queries => q += w,
+                        [BATCH, l, w] if k >= g.queries && *l == g.steps as i64 => s += w,
+                        other => return Err(format!("reads a {other:?} feature on port {k}")),
+                    }
+                }
+                if q != g.query_width as i64 || s != g.seq_width as i64 {
+                    return Err(format!(
+                        "features are {q} + {s} wide, the group says {} + {}",
+                        g.query_width, g.seq_width
+                    ));
+                }
+                let l = g.steps as i64;
+                Ok(vec![
+                    batch_shape(g.query_width),
+                    vec![BATCH, l, g.seq_width as i64],
+                    vec![BATCH, l],
+                ])
+            }
+            Node::SeqEncoder(e) => {
+                let l = e.steps as i64;
+                let want = [
+                    batch_shape(e.query_width),
+                    vec![BATCH, l, e.seq_width as i64],
+                    vec![BATCH, l],
+                ];
+                let got: Vec<&Shape> = inputs.iter().map(|x| &x.shape).collect();
+                if got.len() != 3 || got.iter().zip(&want).any(|(g, w)| *g != w) {
+                    return Err(format!("reads {got:?}, expected {want:?}"));
+                }
+                Ok(vec![batch_shape(e.width())])
+            }
             Node::FeatureGroup { width, .. } => {
                 let sum: i64 = inputs
                     .iter()

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use petgraph::stable_graph::NodeIndex;
 
+mod sequence;
+
 use super::error::IrError;
 use super::graph::*;
 use super::shape::{self, dropout_of, feature_width};
@@ -286,57 +288,20 @@ impl Builder {
                     continue;
                 }
             };
-            let columns_of = node.spec.input_columns.clone();
-            let table = node.table.clone();
-            let dim = node.spec.embedding_dim as u64;
-            let rows = node.spec.num_ids;
-            let fnode = self.add(Node::Feature(node));
-            feature_nodes.insert(i, fnode);
-            for c in columns_of {
-                let cnode = *columns
-                    .entry(c.clone())
-                    .or_insert_with(|| self.g.graph.add_node(Node::InputColumn { name: c }));
-                self.g
-                    .graph
-                    .add_edge(cnode, fnode, Edge::new(vec![BATCH], 0, 0));
-            }
-            if let Some(t) = table {
-                let tnode = match tables.get(&t) {
-                    Some((tn, existing, first)) => {
-                        if existing.dim != dim || existing.rows != rows {
-                            if used {
-                                self.errors.push(IrError::invalid(
-                                    format!(
-                                        "features sharing embedding \"{t}\" disagree on its size: {}x{} (feature_configs[{first}]) and {rows}x{dim}",
-                                        existing.rows, existing.dim
-                                    ),
-                                    path.clone(),
-                                ));
-                            }
-                            continue;
-                        }
-                        *tn
-                    }
-                    None => {
-                        let tn_data = TableNode {
-                            name: t.clone(),
-                            rows,
-                            dim,
-                        };
-                        let tn = self.add(Node::EmbeddingTable(tn_data.clone()));
-                        tables.insert(t.clone(), (tn, tn_data, i));
-                        tn
-                    }
-                };
-                self.g
-                    .graph
-                    .add_edge(tnode, fnode, Edge::new(vec![rows as i64, dim as i64], 0, 1));
+            if let Some(fnode) = self.add_feature(node, used, &path, i, &mut columns, &mut tables) {
+                feature_nodes.insert(i, fnode);
             }
         }
         let mut width = 0;
         let mut members = Vec::new();
         for (k, name) in group.feature_names.iter().enumerate() {
             match by_name.get(name.as_str()) {
+                None if sequence::is_grouped_sub_feature(config, name) => {
+                    self.errors.push(IrError::unsupported(
+                        format!("sub-feature \"{name}\" of a grouped sequence in a plain feature list (pooled over its steps)"),
+                        format!("{gpath}.feature_names[{k}]"),
+                    ))
+                }
                 None => self.errors.push(IrError::invalid(
                     format!("the feature group names feature \"{name}\", which is not defined"),
                     format!("{gpath}.feature_names[{k}]"),
@@ -364,16 +329,121 @@ impl Builder {
                 .graph
                 .add_edge(fnode, gnode, Edge::new(batch_shape(w), 0, k as u32));
         }
-        Some(Out {
+        let plain = Out {
             node: gnode,
             port: 0,
             width,
+        };
+        let encoders = self.sequences(config, group, gpath, fg_none, &mut columns);
+        if encoders.is_empty() {
+            return Some(plain);
+        }
+        // tzrec's group output: the plain features, then each encoder.
+        let cat = self.add(Node::Concat {
+            name: format!("{}.with_sequences", group.group_name),
+        });
+        let mut total = 0;
+        for (k, out) in std::iter::once(plain).chain(encoders).enumerate() {
+            self.connect(out, cat, k as u32);
+            total += out.width;
+        }
+        Some(Out {
+            node: cat,
+            port: 0,
+            width: total,
         })
     }
 
+    /// Adds a resolved feature with its input columns and (shared)
+    /// embedding table; `None` when its table disagrees with an earlier
+    /// feature sharing it (an error when the model reads the feature).
+    fn add_feature(
+        &mut self,
+        node: FeatureNode,
+        used: bool,
+        path: &str,
+        first: usize,
+        columns: &mut HashMap<String, NodeIndex>,
+        tables: &mut HashMap<String, (NodeIndex, TableNode, usize)>,
+    ) -> Option<NodeIndex> {
+        let columns_of = node.spec.input_columns.clone();
+        let table = node.table.clone();
+        let dim = node.spec.embedding_dim as u64;
+        let rows = node.spec.num_ids;
+        let tnode = match table {
+            None => None,
+            Some(t) => Some(match tables.get(&t) {
+                Some((tn, existing, at)) => {
+                    if existing.dim != dim || existing.rows != rows {
+                        if used {
+                            self.errors.push(IrError::invalid(
+                                format!(
+                                    "features sharing embedding \"{t}\" disagree on its size: {}x{} (feature_configs[{at}]) and {rows}x{dim}",
+                                    existing.rows, existing.dim
+                                ),
+                                path.to_string(),
+                            ));
+                        }
+                        return None;
+                    }
+                    *tn
+                }
+                None => {
+                    let tn_data = TableNode {
+                        name: t.clone(),
+                        rows,
+                        dim,
+                    };
+                    let tn = self.add(Node::EmbeddingTable(tn_data.clone()));
+                    tables.insert(t.clone(), (tn, tn_data, first));
+                    tn
+                }
+            }),
+        };
+        let fnode = self.add(Node::Feature(node));
+        for c in columns_of {
+            let cnode = *columns
+                .entry(c.clone())
+                .or_insert_with(|| self.g.graph.add_node(Node::InputColumn { name: c }));
+            self.g
+                .graph
+                .add_edge(cnode, fnode, Edge::new(vec![BATCH], 0, 0));
+        }
+        if let Some(tnode) = tnode {
+            self.g
+                .graph
+                .add_edge(tnode, fnode, Edge::new(vec![rows as i64, dim as i64], 0, 1));
+        }
+        Some(fnode)
+    }
+
     fn mlp(&mut self, name: &str, role: MlpRole, path: &str, mlp: &Mlp, input: Out) -> Out {
+        let block = self.mlp_block(name, role, path, mlp, input.width);
+        let width = if block.layers.is_empty() {
+            input.width
+        } else {
+            block.out_dim()
+        };
+        let node = self.add(Node::Mlp(block));
+        self.connect(input, node, 0);
+        Out {
+            node,
+            port: 0,
+            width,
+        }
+    }
+
+    /// The layers of an MLP reading `in_dim` features.
+    fn mlp_block(
+        &mut self,
+        name: &str,
+        role: MlpRole,
+        path: &str,
+        mlp: &Mlp,
+        in_dim: u64,
+    ) -> MlpBlock {
         let mut layers = Vec::new();
-        let mut in_dim = input.width;
+        let mut in_dim = in_dim;
         let use_bn = mlp.use_bn();
         let use_ln = mlp.use_ln();
         if use_bn && use_ln {
@@ -421,16 +491,10 @@ impl Builder {
             });
             in_dim = out;
         }
-        let node = self.add(Node::Mlp(MlpBlock {
+        MlpBlock {
             name: name.to_string(),
             role,
             layers,
-        }));
-        self.connect(input, node, 0);
-        Out {
-            node,
-            port: 0,
-            width: in_dim,
         }
     }
 
@@ -887,6 +951,16 @@ fn resolve_feature(
             exprs.iter().map(|e| input_column(e)).collect()
         }
     };
+    // A sequence id feature in a plain feature list is pooled over its
+    // steps like a multi-value id feature (tzrec's embedding bag).
+    if let Feature::SequenceIdFeature(f) = feature {
+        let mut f = f.clone();
+        f.separator = Some(f.sequence_delim().to_string());
+        let plain = FeatureConfig {
+            feature: Some(Feature::IdFeature(f)),
+        };
+        return resolve_feature(&plain, path, fg_none);
+    }
     let width = feature_width(fc).unwrap_or(0);
     let node = match feature {
         Feature::IdFeature(f) => {

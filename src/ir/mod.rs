@@ -9,6 +9,7 @@
 //! `passes` and then to `plan::emit`. [`reference`] evaluates emitted plans
 //! in plain Rust so passes can be checked for equivalence.
 
+pub mod coverage;
 pub mod error;
 pub mod graph;
 pub mod init;
@@ -20,6 +21,7 @@ pub mod summary;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use coverage::lower_faithfully;
 pub use error::IrError;
 pub use graph::{ModelGraph, Node};
 pub use lower::lower;

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use super::init::from_le_bytes;
-use crate::proto::plan::{Activation, OpKind, Plan};
+use crate::proto::plan::{Activation, OpKind, Plan, Pooling};
 
 /// A dense row-major tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -326,6 +326,27 @@ pub fn evaluate(
                 }
                 out
             }
+            // Steps and masks are inputs, like feature groups.
+            OpKind::SequenceEmbed | OpKind::SequenceMask => groups
+                .get(&op.name)
+                .cloned()
+                .ok_or_else(|| err("no input given for this sequence".into()))?,
+            OpKind::DinInput => match inputs.as_slice() {
+                [q, s] => din_input(q, s).map_err(err)?,
+                _ => return Err(err("needs two inputs".into())),
+            },
+            OpKind::DotScores => match inputs.as_slice() {
+                [q, s] => dot_scores(q, s).map_err(err)?,
+                _ => return Err(err("needs two inputs".into())),
+            },
+            OpKind::AttentionPool => match inputs.as_slice() {
+                [scores, s, m] => attention_pool(scores, s, m).map_err(err)?,
+                _ => return Err(err("needs three inputs".into())),
+            },
+            OpKind::SequencePool => match inputs.as_slice() {
+                [s, m] => sequence_pool(s, m, op.pooling == Pooling::Mean as i32).map_err(err)?,
+                _ => return Err(err("needs two inputs".into())),
+            },
             OpKind::OpUnspecified => return Err(err("op has no kind".into())),
         };
         let idx = op.output as usize;
@@ -379,6 +400,117 @@ fn linear(
     Ok(Tensor::new(shape, data))
 }
 
+/// `[B, L, D]` dimensions of a sequence, checked against the query or
+/// mask that goes with it.
+fn seq_dims(s: &Tensor) -> Result<(usize, usize, usize), String> {
+    match s.shape.as_slice() {
+        [b, l, d] => Ok((*b, *l, *d)),
+        other => Err(format!("a sequence is [B, L, D], not {other:?}")),
+    }
+}
+
+/// `[q, s, q - s, q * s]` per step, the query zero-padded to `D`.
+fn din_input(q: &Tensor, s: &Tensor) -> Result<Tensor, String> {
+    let (b, l, d) = seq_dims(s)?;
+    let dq = q.shape.get(1).copied().unwrap_or(0);
+    if q.shape.len() != 2 || q.shape[0] != b || dq > d {
+        return Err(format!(
+            "query {:?} does not fit steps {:?}",
+            q.shape, s.shape
+        ));
+    }
+    let mut out = Vec::with_capacity(b * l * 4 * d);
+    for r in 0..b {
+        for k in 0..l {
+            let qv = |j: usize| if j < dq { q.data[r * dq + j] } else { 0.0 };
+            let sv = |j: usize| s.data[(r * l + k) * d + j];
+            out.extend((0..d).map(qv));
+            out.extend((0..d).map(sv));
+            out.extend((0..d).map(|j| qv(j) - sv(j)));
+            out.extend((0..d).map(|j| qv(j) * sv(j)));
+        }
+    }
+    Ok(Tensor::new(vec![b, l, 4 * d], out))
+}
+
+/// `s[b, l, :] . q[b, :]` as `[B, L, 1]`.
+fn dot_scores(q: &Tensor, s: &Tensor) -> Result<Tensor, String> {
+    let (b, l, d) = seq_dims(s)?;
+    if q.shape != [b, d] {
+        return Err(format!(
+            "query {:?} does not fit steps {:?}",
+            q.shape, s.shape
+        ));
+    }
+    let mut out = Vec::with_capacity(b * l);
+    for r in 0..b {
+        for k in 0..l {
+            let mut acc = 0.0f64;
+            for j in 0..d {
+                acc += s.data[(r * l + k) * d + j] as f64 * q.data[r * d + j] as f64;
+            }
+            out.push(acc as f32);
+        }
+    }
+    Ok(Tensor::new(vec![b, l, 1], out))
+}
+
+/// Masked softmax of the scores over the steps (TorchEasyRec's
+/// `-(2**31) + 1` at padded steps), then the weighted sum of the steps.
+fn attention_pool(scores: &Tensor, s: &Tensor, mask: &Tensor) -> Result<Tensor, String> {
+    let (b, l, d) = seq_dims(s)?;
+    if scores.data.len() != b * l || mask.shape != [b, l] {
+        return Err(format!(
+            "scores {:?} or mask {:?} do not fit steps {:?}",
+            scores.shape, mask.shape, s.shape
+        ));
+    }
+    let mut out = vec![0.0f32; b * d];
+    for r in 0..b {
+        let z: Vec<f64> = (0..l)
+            .map(|k| {
+                if mask.data[r * l + k] >= 0.5 {
+                    scores.data[r * l + k] as f64
+                } else {
+                    -2_147_483_647.0
+                }
+            })
+            .collect();
+        let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        for j in 0..d {
+            let acc: f64 = e
+                .iter()
+                .enumerate()
+                .map(|(k, w)| w / sum * s.data[(r * l + k) * d + j] as f64)
+                .sum();
+            out[r * d + j] = acc as f32;
+        }
+    }
+    Ok(Tensor::new(vec![b, d], out))
+}
+
+/// Sum of the steps, divided by max(length, 1) for the mean.
+fn sequence_pool(s: &Tensor, mask: &Tensor, mean: bool) -> Result<Tensor, String> {
+    let (b, l, d) = seq_dims(s)?;
+    if mask.shape != [b, l] {
+        return Err(format!(
+            "mask {:?} does not fit steps {:?}",
+            mask.shape, s.shape
+        ));
+    }
+    let mut out = vec![0.0f32; b * d];
+    for r in 0..b {
+        let len: f32 = (0..l).map(|k| mask.data[r * l + k]).sum();
+        for j in 0..d {
+            let sum: f32 = (0..l).map(|k| s.data[(r * l + k) * d + j]).sum();
+            out[r * d + j] = if mean { sum / len.max(1.0) } else { sum };
+        }
+    }
+    Ok(Tensor::new(vec![b, d], out))
+}
+
 /// Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7).
 fn erf(x: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * x.abs() as f64);
@@ -396,6 +528,38 @@ pub fn random_group_inputs(plan: &Plan, batch: usize, seed: u64) -> HashMap<Stri
     let mut rng = crate::rng::SplitMix64::new(seed);
     let mut out = HashMap::new();
     for op in &plan.ops {
+        // Steps are zero past each row's length, as the lookup pads them.
+        if op.kind == OpKind::SequenceEmbed as i32 || op.kind == OpKind::SequenceMask as i32 {
+            let shape = &plan.values[op.output as usize].shape;
+            let l = shape.get(1).copied().unwrap_or(0).max(0) as usize;
+            let d = shape.get(2).copied().unwrap_or(1).max(1) as usize;
+            let lens: Vec<usize> = (0..batch)
+                .map(|r| {
+                    let mut lr = crate::rng::SplitMix64::new(seed ^ (r as u64 + 1));
+                    lr.below(l + 1)
+                })
+                .collect();
+            let mut data = Vec::with_capacity(batch * l * d);
+            for &n in &lens {
+                for k in 0..l {
+                    for _ in 0..d {
+                        data.push(if k >= n {
+                            0.0
+                        } else if op.kind == OpKind::SequenceMask as i32 {
+                            1.0
+                        } else {
+                            (rng.next_f64() * 2.0 - 1.0) as f32
+                        });
+                    }
+                }
+            }
+            let shape = if op.kind == OpKind::SequenceMask as i32 {
+                vec![batch, l]
+            } else {
+                vec![batch, l, d]
+            };
+            out.insert(op.name.clone(), Tensor::new(shape, data));
+        }
         if op.kind == OpKind::FeatureGroup as i32 {
             let w = plan.values[op.output as usize]
                 .shape

@@ -155,7 +155,7 @@ pub fn shape_diagnostics(config: &EasyRecConfig, spans: &SpanMap) -> Vec<Diagnos
 /// kinds and missing dims.
 pub fn feature_width(fc: &FeatureConfig) -> Option<u64> {
     let w = match fc.feature.as_ref()? {
-        Feature::IdFeature(f) => f.embedding_dim as u64,
+        Feature::IdFeature(f) | Feature::SequenceIdFeature(f) => f.embedding_dim as u64,
         Feature::RawFeature(f) if !f.boundaries.is_empty() => f.embedding_dim? as u64,
         Feature::RawFeature(f) => f.value_dim() as u64,
         Feature::ComboFeature(f) => f.embedding_dim? as u64,

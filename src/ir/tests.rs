@@ -66,7 +66,14 @@ fn every_example_lowers_compiles_and_round_trips() {
             assert_eq!(plan.format_version, file::FORMAT_VERSION);
             assert_eq!(plan.source_config_sha256.len(), 64);
             assert_eq!(plan.tasks.len(), 2, "{name}");
-            assert_eq!(plan.features.len(), 16, "{name}");
+            // 16 plain features; the sequence example adds its group's
+            // 3 query and 3 sequence features.
+            let want = if source.contains("sequence_groups") {
+                22
+            } else {
+                16
+            };
+            assert_eq!(plan.features.len(), want, "{name}");
             assert!(plan.forward_flops_per_sample > 0);
             let path = dir.path().join(format!("{name}.{fuse}.bin"));
             file::save(&plan, &path).expect("save");

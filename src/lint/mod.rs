@@ -19,6 +19,7 @@ mod facts;
 mod features;
 mod kinds;
 mod references;
+mod sequences;
 mod training;
 mod values;
 mod warnings;
@@ -91,9 +92,10 @@ impl LabelAt for Diagnostic {
 }
 
 /// Every rule, grouped by theme.
-fn rule_sets() -> [&'static [Rule]; 6] {
+fn rule_sets() -> [&'static [Rule]; 7] {
     [
         references::RULES,
+        sequences::RULES,
         kinds::RULES,
         values::RULES,
         features::RULES,

@@ -213,6 +213,13 @@ fn candle_runtime_agrees_with_the_reference_evaluator() {
     use crate::runtime::{Mode, Model};
     use candle_core::Device;
     for (name, source) in cases() {
+        // The dense variant replaces every feature by a dense one; sequences
+        // have no dense form. Their ops are checked against this evaluator
+        // by `every_pass_preserves_outputs_on_every_example` and against
+        // finite differences in `runtime::tests::sequence`.
+        if source.contains("sequence_groups") {
+            continue;
+        }
         let source = dense_variant(&source);
         let (config, _) = typed(&source);
         for fuse in [false, true] {

@@ -128,7 +128,20 @@ pub fn forward_flops(plan: &Plan) -> u64 {
         match OpKind::try_from(op.kind) {
             Ok(OpKind::Linear) | Ok(OpKind::BatchedLinear) => {
                 if let Some(&w) = op.params.first() {
-                    flops += 2 * shape(w).iter().product::<u64>();
+                    // A linear over `[B, L, in]` (a DIN attention MLP) runs
+                    // once per step.
+                    let per_row: u64 = match OpKind::try_from(op.kind) {
+                        Ok(OpKind::Linear) => op
+                            .inputs
+                            .first()
+                            .and_then(|&x| plan.values.get(x as usize))
+                            .map_or(1, |v| {
+                                let dims = &v.shape[..v.shape.len().saturating_sub(1)];
+                                dims.iter().filter(|&&d| d > 0).map(|&d| d as u64).product()
+                            }),
+                        _ => 1,
+                    };
+                    flops += 2 * per_row * shape(w).iter().product::<u64>();
                 }
             }
             Ok(OpKind::GateMix) => {
@@ -501,6 +514,11 @@ impl Emitter<'_> {
                 let out = self.gate(n, g)?;
                 self.values.insert((n, 0), out);
             }
+            Node::SequenceGroup(g) => self.sequence_group(n, g)?,
+            Node::SeqEncoder(e) => {
+                let out = self.seq_encoder(n, e)?;
+                self.values.insert((n, 0), out);
+            }
             Node::FusedExperts(f) => {
                 let x = self.input(n, 0)?;
                 let (experts, logits) = self.fused(f, x);
@@ -513,11 +531,136 @@ impl Emitter<'_> {
         Ok(())
     }
 
+    /// A sequence group: the query (a feature group of its query
+    /// features), the steps and the mask, as values of ports 0, 1, 2.
+    fn sequence_group(&mut self, n: NodeIndex, g: &SequenceGroupNode) -> Result<(), EmitError> {
+        let inputs: Vec<NodeIndex> = self.g.inputs(n).into_iter().map(|(s, _)| s).collect();
+        let (queries, steps) = inputs.split_at(g.queries.min(inputs.len()));
+        if !queries.is_empty() {
+            let features = self.feature_specs(queries);
+            let out = self.op(
+                &format!("{}.query", g.name),
+                OpKind::FeatureGroup,
+                vec![],
+                batch_shape(g.query_width),
+                vec![],
+            );
+            self.last_op().features = features;
+            self.values.insert((n, 0), out);
+        }
+        let features = self.feature_specs(steps);
+        let l = g.steps as i64;
+        let first = features.first().copied().ok_or_else(|| {
+            EmitError::Internal(format!("sequence group {} has no sequence feature", g.name))
+        })?;
+        let seq = self.op(
+            &format!("{}.sequence", g.name),
+            OpKind::SequenceEmbed,
+            vec![],
+            vec![BATCH, l, g.seq_width as i64],
+            vec![],
+        );
+        self.last_op().features = features;
+        self.values.insert((n, 1), seq);
+        let mask = self.op(
+            &format!("{}.mask", g.name),
+            OpKind::SequenceMask,
+            vec![],
+            vec![BATCH, l],
+            vec![],
+        );
+        self.last_op().features = vec![first];
+        self.values.insert((n, 2), mask);
+        Ok(())
+    }
+
+    /// A sequence encoder's ops; returns its `[B, D]` output.
+    fn seq_encoder(&mut self, n: NodeIndex, e: &SeqEncoderBlock) -> Result<u32, EmitError> {
+        let mut seq = self.input(n, 1)?;
+        let mut mask = self.input(n, 2)?;
+        let d = e.seq_width as i64;
+        if e.max_steps < e.steps {
+            let m = e.max_steps as i64;
+            seq = self.op(
+                &format!("{}.steps", e.name),
+                OpKind::Slice,
+                vec![seq],
+                vec![BATCH, m, d],
+                vec![],
+            );
+            let op = self.last_op();
+            (op.axis, op.start, op.length) = (1, 0, m);
+            mask = self.op(
+                &format!("{}.mask", e.name),
+                OpKind::Slice,
+                vec![mask],
+                vec![BATCH, m],
+                vec![],
+            );
+            let op = self.last_op();
+            (op.axis, op.start, op.length) = (1, 0, m);
+        }
+        let l = e.max_steps as i64;
+        let scores = match &e.kind {
+            EncoderKind::Pooling { mean } => {
+                let out = self.op(
+                    &e.name,
+                    OpKind::SequencePool,
+                    vec![seq, mask],
+                    batch_shape(e.seq_width),
+                    vec![],
+                );
+                self.last_op().pooling = if *mean {
+                    Pooling::Mean as i32
+                } else {
+                    Pooling::Sum as i32
+                };
+                return Ok(out);
+            }
+            EncoderKind::SimpleAttention => {
+                let q = self.input(n, 0)?;
+                self.op(
+                    &format!("{}.scores", e.name),
+                    OpKind::DotScores,
+                    vec![q, seq],
+                    vec![BATCH, l, 1],
+                    vec![],
+                )
+            }
+            EncoderKind::Din { mlp, score } => {
+                let q = self.input(n, 0)?;
+                let x = self.op(
+                    &format!("{}.input", e.name),
+                    OpKind::DinInput,
+                    vec![q, seq],
+                    vec![BATCH, l, 4 * d],
+                    vec![],
+                );
+                let h = self.mlp(mlp, x);
+                self.linear(&format!("{}.score", e.name), score, h)
+            }
+        };
+        Ok(self.op(
+            &e.name,
+            OpKind::AttentionPool,
+            vec![scores, seq, mask],
+            batch_shape(e.seq_width),
+            vec![],
+        ))
+    }
+
     /// Feature specs and tables for the group's inputs; returns the
     /// group's feature indices.
     fn features(&mut self, group: NodeIndex) -> Vec<u32> {
+        let sources: Vec<NodeIndex> = self.g.inputs(group).into_iter().map(|(s, _)| s).collect();
+        self.feature_specs(&sources)
+    }
+
+    /// Feature specs (and their tables) of feature nodes, in order; returns
+    /// their indices in the plan.
+    fn feature_specs(&mut self, sources: &[NodeIndex]) -> Vec<u32> {
         let mut indices = Vec::new();
-        for (src, _) in self.g.inputs(group) {
+        for &src in sources {
             let Node::Feature(f) = &self.g.graph[src] else {
                 continue;
             };

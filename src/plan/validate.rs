@@ -21,8 +21,8 @@ pub struct Analysis {
     pub producer: Vec<Option<usize>>,
     /// Per value, the ops that read it, in op order.
     pub readers: Vec<Vec<usize>>,
-    /// Embedded (non-dense) features read by some FEATURE_GROUP op, in
-    /// order of first use.
+    /// Embedded (non-dense) features read by some FEATURE_GROUP or
+    /// SEQUENCE_EMBED op, in order of first use.
     pub embedded: Vec<usize>,
     /// Per op: the batch axis of its first input (from the value shape).
     pub batch_axis: Vec<usize>,
@@ -62,11 +62,24 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
             }
         }
         let needs_inputs = match kind {
-            OpKind::FeatureGroup => 0,
-            OpKind::GateMix => 2,
+            OpKind::FeatureGroup | OpKind::SequenceEmbed | OpKind::SequenceMask => 0,
+            OpKind::GateMix | OpKind::DinInput | OpKind::DotScores | OpKind::SequencePool => 2,
+            OpKind::AttentionPool => 3,
             _ => 1,
         };
-        if op.inputs.len() < needs_inputs || (kind == OpKind::GateMix && op.inputs.len() != 2) {
+        // Ops of a fixed arity; the others read at least `needs_inputs`.
+        let exact = matches!(
+            kind,
+            OpKind::FeatureGroup
+                | OpKind::GateMix
+                | OpKind::SequenceEmbed
+                | OpKind::SequenceMask
+                | OpKind::DinInput
+                | OpKind::DotScores
+                | OpKind::SequencePool
+                | OpKind::AttentionPool
+        );
+        if op.inputs.len() < needs_inputs || (exact && op.inputs.len() != needs_inputs) {
             return Err(invalid!(
                 "op \"{}\" has {} inputs",
                 op.name,
@@ -104,7 +117,24 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 op.ratio
             ));
         }
-        if kind == OpKind::FeatureGroup {
+        if matches!(kind, OpKind::SequenceEmbed | OpKind::SequenceMask) {
+            if op.features.is_empty() {
+                return Err(invalid!("op \"{}\" reads no sequence feature", op.name));
+            }
+            for &f in &op.features {
+                let spec = plan.features.get(f as usize).ok_or_else(|| {
+                    invalid!("op \"{}\" uses feature {} which does not exist", op.name, f)
+                })?;
+                if spec.sequence_length == 0 {
+                    return Err(invalid!(
+                        "op \"{}\" reads feature \"{}\", which is not a sequence",
+                        op.name,
+                        spec.name
+                    ));
+                }
+            }
+        }
+        if matches!(kind, OpKind::FeatureGroup | OpKind::SequenceEmbed) {
             for &f in &op.features {
                 let spec = plan.features.get(f as usize).ok_or_else(|| {
                     invalid!("op \"{}\" uses feature {} which does not exist", op.name, f)

@@ -150,8 +150,9 @@ pub struct Gathered {
 pub struct Lookup {
     /// One entry per table the batch touched (training only).
     pub gathered: Vec<Gathered>,
-    /// Pooled `[B, dim]` output per plan feature (None for features that are
-    /// not embedded or not needed).
+    /// Pooled `[B, dim]` output per plan feature, `[B, L, dim]` steps for a
+    /// sequence feature (None for features that are not embedded or not
+    /// needed).
     pub pooled: Vec<Option<Tensor>>,
 }
 
@@ -224,7 +225,7 @@ pub(crate) fn feature_ids<'a>(
     }
     match inputs.get(f) {
         Some(FeatureInput::Ids { ids, offsets }) => Ok((spec, t, ids, offsets)),
-        Some(FeatureInput::Dense { .. }) => Err(bad_batch!(
+        Some(FeatureInput::Dense { .. } | FeatureInput::SeqDense { .. }) => Err(bad_batch!(
             "feature \"{}\" is embedded but the batch holds dense values for it",
             spec.name
         )),
@@ -234,6 +235,68 @@ pub(crate) fn feature_ids<'a>(
             features.len()
         )),
     }
+}
+
+/// Places gathered per-step rows `[n, dim]` of a sequence feature at their
+/// steps: `[B, L, dim]` with `L` the feature's `sequence_length`; steps past
+/// a row's length stay zero (TorchEasyRec pads its dense sequences the same
+/// way).
+fn pad_steps(
+    spec: &FeatureSpec,
+    per_id: &Tensor,
+    offsets: &[u32],
+    rows: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let dim = per_id.dim(1)?;
+    let steps = spec.sequence_length as usize;
+    let positions = step_positions(spec, offsets, rows)?;
+    let zeros = Tensor::zeros((rows * steps, dim), per_id.dtype(), device)?;
+    if positions.is_empty() {
+        return Ok(zeros.reshape((rows, steps, dim))?);
+    }
+    let pos = Tensor::from_vec(positions, per_id.dim(0)?, device)?;
+    Ok(zeros
+        .index_add(&pos, per_id, 0)?
+        .reshape((rows, steps, dim))?)
+}
+
+/// The flat position `r * L + k` of every item of a sequence feature's
+/// rows, or an error when a row is longer than `L`.
+pub(crate) fn step_positions(spec: &FeatureSpec, offsets: &[u32], rows: usize) -> Result<Vec<u32>> {
+    let steps = spec.sequence_length as usize;
+    let mut out = Vec::with_capacity(offsets.last().copied().unwrap_or(0) as usize);
+    for r in 0..rows {
+        let (a, b) = (offsets[r], offsets[r + 1]);
+        let n = b.saturating_sub(a) as usize;
+        if n > steps {
+            return Err(bad_batch!(
+                "sequence feature \"{}\" has {} steps in row {}, more than its sequence_length {}",
+                spec.name,
+                n,
+                r,
+                steps
+            ));
+        }
+        out.extend((0..n).map(|k| (r * steps + k) as u32));
+    }
+    Ok(out)
+}
+
+/// Pooled bags, or padded steps for a sequence feature.
+fn pool_or_pad(
+    spec: &FeatureSpec,
+    per_id: &Tensor,
+    seg: &[u32],
+    offsets: &[u32],
+    rows: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    if spec.sequence_length > 0 {
+        return pad_steps(spec, per_id, offsets, rows, device);
+    }
+    let pooling = Pooling::try_from(spec.pooling).unwrap_or(Pooling::Sum);
+    pool(per_id, seg, offsets, rows, pooling, device)
 }
 
 /// Pools gathered per-id rows `[n, dim]` into `[B, dim]` bags.
@@ -298,14 +361,20 @@ pub fn lookup(
     }
     if !train {
         for (f, t, ids, offsets, seg) in &bags {
-            let pooling = Pooling::try_from(features[*f].pooling).unwrap_or(Pooling::Sum);
             let per_id = if ids.is_empty() {
                 Tensor::zeros((0, tables[*t].dim), tables[*t].weight.dtype(), device)?
             } else {
                 let ids_t = Tensor::from_slice(ids, ids.len(), device)?;
                 tables[*t].weight.index_select(&ids_t, 0)?
             };
-            out.pooled[*f] = Some(pool(&per_id, seg, offsets, rows, pooling, device)?);
+            out.pooled[*f] = Some(pool_or_pad(
+                &features[*f],
+                &per_id,
+                seg,
+                offsets,
+                rows,
+                device,
+            )?);
         }
         return Ok(out);
     }
@@ -351,14 +420,20 @@ pub fn lookup(
     }
     for ((f, t, _, offsets, seg), inv) in bags.iter().zip(inverse) {
         let g = &out.gathered[slot_of_table[t]];
-        let pooling = Pooling::try_from(features[*f].pooling).unwrap_or(Pooling::Sum);
         let per_id = if inv.is_empty() {
             Tensor::zeros((0, tables[*t].dim), tables[*t].weight.dtype(), device)?
         } else {
             let inv_t = Tensor::from_vec(inv.clone(), inv.len(), device)?;
             g.rows.as_tensor().index_select(&inv_t, 0)?
         };
-        out.pooled[*f] = Some(pool(&per_id, seg, offsets, rows, pooling, device)?);
+        out.pooled[*f] = Some(pool_or_pad(
+            &features[*f],
+            &per_id,
+            seg,
+            offsets,
+            rows,
+            device,
+        )?);
     }
     Ok(out)
 }

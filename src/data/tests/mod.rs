@@ -2,6 +2,7 @@
 
 mod encode;
 mod reader;
+mod sequence;
 mod synth;
 
 use std::path::Path;

@@ -9,7 +9,7 @@
 pub mod fused;
 pub mod ops;
 
-use candle_core::{backprop::GradStore, Tensor};
+use candle_core::{backprop::GradStore, Device, Tensor};
 
 use super::embedding;
 use super::error::{bad_batch, invalid_plan, Result};
@@ -17,7 +17,7 @@ use super::exec::{Executor, Forward, ModelState};
 use super::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
 use super::precision::Precision;
 use crate::data::batch::{Batch, FeatureInput};
-use crate::proto::plan::{Activation, Op, OpKind, Plan};
+use crate::proto::plan::{Activation, Op, OpKind, Plan, Pooling};
 use crate::rng::SplitMix64;
 
 /// The candle executor of one plan: the rewrites it runs the plan with.
@@ -122,9 +122,9 @@ impl Executor for CandleExec {
                                         .to_dtype(m.dtype)?,
                                 );
                             }
-                            FeatureInput::Ids { .. } => {
+                            FeatureInput::Ids { .. } | FeatureInput::SeqDense { .. } => {
                                 return Err(bad_batch!(
-                                    "feature \"{}\" is dense but the batch holds ids for it",
+                                    "feature \"{}\" is dense but the batch holds ids or steps for it",
                                     spec.name
                                 ))
                             }
@@ -310,6 +310,36 @@ impl Executor for CandleExec {
                     ops::softmax(x, axis(x.rank())?)?
                 }
                 OpKind::GateMix => ops::gate_mix(input(0)?, input(1)?)?,
+                OpKind::SequenceEmbed => {
+                    let mut parts = Vec::with_capacity(op.features.len());
+                    for &f in &op.features {
+                        let f = f as usize;
+                        parts.push(match &lookup.pooled[f] {
+                            Some(t) => t.clone(),
+                            None => sequence_values(
+                                &plan.features[f],
+                                &batch.features[f],
+                                rows,
+                                m.device,
+                            )?
+                            .to_dtype(m.dtype)?,
+                        });
+                    }
+                    Tensor::cat(&parts, 2)?
+                }
+                OpKind::SequenceMask => {
+                    let f = op.features[0] as usize;
+                    sequence_mask(&plan.features[f], &batch.features[f], rows, m.device)?
+                        .to_dtype(m.dtype)?
+                }
+                OpKind::DinInput => ops::din_input(input(0)?, input(1)?)?,
+                OpKind::DotScores => ops::dot_scores(input(0)?, input(1)?)?,
+                OpKind::AttentionPool => ops::attention_pool(input(0)?, input(1)?, input(2)?)?,
+                OpKind::SequencePool => ops::sequence_pool(
+                    input(0)?,
+                    input(1)?,
+                    Pooling::try_from(op.pooling) == Ok(Pooling::Mean),
+                )?,
                 OpKind::OpUnspecified => {
                     return Err(invalid_plan!("op \"{}\" has no kind", op.name))
                 }
@@ -497,4 +527,84 @@ fn stacks_of_slices(plan: &Plan, deferred: &[bool]) -> Vec<Option<StackOfSlices>
             found.filter(|f| f.len > 0)
         })
         .collect()
+}
+
+/// The steps of a dense sequence feature as `[B, L, dim]` (zero past each
+/// row's length).
+fn sequence_values(
+    spec: &crate::proto::plan::FeatureSpec,
+    input: &FeatureInput,
+    rows: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let FeatureInput::SeqDense {
+        values,
+        offsets,
+        dim,
+    } = input
+    else {
+        return Err(bad_batch!(
+            "sequence feature \"{}\" needs dense steps, the batch holds something else",
+            spec.name
+        ));
+    };
+    check_offsets(spec, offsets, rows)?;
+    if values.len() != offsets[rows] as usize * dim {
+        return Err(bad_batch!(
+            "sequence feature \"{}\" has {} values for {} steps of width {}",
+            spec.name,
+            values.len(),
+            offsets[rows],
+            dim
+        ));
+    }
+    let steps = spec.sequence_length as usize;
+    let positions = embedding::step_positions(spec, offsets, rows)?;
+    let mut out = vec![0f32; rows * steps * dim];
+    for (i, &p) in positions.iter().enumerate() {
+        let p = p as usize;
+        out[p * dim..(p + 1) * dim].copy_from_slice(&values[i * dim..(i + 1) * dim]);
+    }
+    Ok(Tensor::from_vec(out, (rows, steps, *dim), device)?)
+}
+
+/// `[B, L]`: 1 at the steps each row has of sequence feature `spec`.
+fn sequence_mask(
+    spec: &crate::proto::plan::FeatureSpec,
+    input: &FeatureInput,
+    rows: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let offsets = match input {
+        FeatureInput::Ids { offsets, .. } | FeatureInput::SeqDense { offsets, .. } => offsets,
+        FeatureInput::Dense { .. } => {
+            return Err(bad_batch!(
+                "sequence feature \"{}\" holds plain dense values in the batch",
+                spec.name
+            ))
+        }
+    };
+    check_offsets(spec, offsets, rows)?;
+    let steps = spec.sequence_length as usize;
+    let positions = embedding::step_positions(spec, offsets, rows)?;
+    let mut mask = vec![0f32; rows * steps];
+    for p in positions {
+        mask[p as usize] = 1.0;
+    }
+    Ok(Tensor::from_vec(mask, (rows, steps), device)?)
+}
+
+fn check_offsets(
+    spec: &crate::proto::plan::FeatureSpec,
+    offsets: &[u32],
+    rows: usize,
+) -> Result<()> {
+    if offsets.len() != rows + 1 || offsets[0] != 0 || offsets.windows(2).any(|w| w[1] < w[0]) {
+        return Err(bad_batch!(
+            "sequence feature \"{}\" has malformed step offsets for {} rows",
+            spec.name,
+            rows
+        ));
+    }
+    Ok(())
 }

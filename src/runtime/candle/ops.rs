@@ -189,3 +189,54 @@ pub fn gate_mix(w: &Tensor, e: &Tensor) -> Result<Tensor> {
     let wt = w.t()?.unsqueeze(2)?;
     e.broadcast_mul(&wt)?.sum(0)
 }
+
+/// Score of a padded sequence step before the softmax, as TorchEasyRec's
+/// encoders write it (`-(2**31) + 1`): far below any real score, so the
+/// step gets no weight unless every step of the row is padding.
+pub const MASKED_SCORE: f64 = -2_147_483_647.0;
+
+/// DIN attention input: `q` `[B, Dq]`, `s` `[B, L, D]` with `Dq <= D`; the
+/// query is zero-padded to `D` and repeated over `L`; output
+/// `[q, s, q - s, q * s]` concatenated along the last axis: `[B, L, 4D]`.
+pub fn din_input(q: &Tensor, s: &Tensor) -> Result<Tensor> {
+    let (b, l, d) = s.dims3()?;
+    let dq = q.dim(1)?;
+    let q = if dq < d {
+        q.pad_with_zeros(1, 0, d - dq)?
+    } else {
+        q.clone()
+    };
+    let qs = q.unsqueeze(1)?.broadcast_as((b, l, d))?.contiguous()?;
+    let s = s.contiguous()?;
+    Tensor::cat(&[&qs, &s, &(&qs - &s)?, &(&qs * &s)?], 2)
+}
+
+/// Dot-product scores: `q` `[B, D]`, `s` `[B, L, D]` to `[B, L, 1]`.
+pub fn dot_scores(q: &Tensor, s: &Tensor) -> Result<Tensor> {
+    s.contiguous()?.matmul(&q.unsqueeze(2)?.contiguous()?)
+}
+
+/// Masked attention pooling: `scores` `[B, L, 1]`, `s` `[B, L, D]`, `mask`
+/// `[B, L]` (1 valid, 0 padding) to `[B, D]`: scores at padded steps
+/// become [`MASKED_SCORE`], softmax over `L`, weighted sum of the steps.
+pub fn attention_pool(scores: &Tensor, s: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, l, _) = s.dims3()?;
+    let scores = scores.reshape((b, l))?;
+    let keep = mask.ge(0.5)?;
+    let padding = Tensor::full(MASKED_SCORE, (b, l), s.device())?.to_dtype(scores.dtype())?;
+    let scores = keep.where_cond(&scores, &padding)?;
+    let w = softmax(&scores, 1)?;
+    w.unsqueeze(1)?.matmul(&s.contiguous()?)?.squeeze(1)
+}
+
+/// Sum (or, with `mean`, the sum over `max(length, 1)`) of the valid steps
+/// of `s` `[B, L, D]` under `mask` `[B, L]`: `[B, D]`. Padded steps are zero
+/// already; the mask only counts the length.
+pub fn sequence_pool(s: &Tensor, mask: &Tensor, mean: bool) -> Result<Tensor> {
+    let summed = s.sum(1)?;
+    if !mean {
+        return Ok(summed);
+    }
+    let len = mask.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?;
+    summed.broadcast_div(&len)
+}

@@ -329,9 +329,9 @@ fn feature_group(
                 }
                 col += dim;
             }
-            FeatureInput::Ids { .. } => {
+            FeatureInput::Ids { .. } | FeatureInput::SeqDense { .. } => {
                 return Err(bad_batch!(
-                    "feature \"{}\" is dense but the batch holds ids for it",
+                    "feature \"{}\" is a plain dense feature, the batch holds ids or steps for it",
                     spec.name
                 ))
             }

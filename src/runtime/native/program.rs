@@ -302,6 +302,20 @@ impl Program {
                         y,
                     )
                 }
+                OpKind::SequenceEmbed
+                | OpKind::SequenceMask
+                | OpKind::DinInput
+                | OpKind::DotScores
+                | OpKind::AttentionPool
+                | OpKind::SequencePool => {
+                    // Sequence encoders run on candle; the runtime falls
+                    // back with a notice.
+                    return Err(unsupported!(
+                        op.name,
+                        "the native engine has no {:?} kernel yet (sequence encoders)",
+                        kind
+                    ));
+                }
                 OpKind::OpUnspecified => {
                     return Err(invalid_plan!("op \"{}\" has no kind", op.name))
                 }

@@ -13,7 +13,7 @@ type F<'a> = &'a dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>;
 
 /// Compares autograd against central differences of `sum(f(inputs) * P)`
 /// for a fixed random projection `P`.
-fn check(name: &str, inputs: &[Tensor], f: F<'_>) {
+pub(super) fn check(name: &str, inputs: &[Tensor], f: F<'_>) {
     let vars: Vec<Var> = inputs
         .iter()
         .map(|t| Var::from_tensor(t).unwrap())
@@ -56,7 +56,7 @@ fn check(name: &str, inputs: &[Tensor], f: F<'_>) {
     }
 }
 
-fn r(shape: &[usize], seed: u64) -> Tensor {
+pub(super) fn r(shape: &[usize], seed: u64) -> Tensor {
     let n = shape.iter().product();
     t64(&randv(n, seed, 0.05), shape)
 }

@@ -8,6 +8,7 @@ mod losses;
 mod native;
 mod pinned;
 mod runs;
+mod sequence;
 
 use candle_core::{DType, Device, Tensor};
 

@@ -1,0 +1,313 @@
+//! Sequence encoders on candle: finite-difference gradients of every
+//! sequence op and of a whole DIN model, a tiny DIN computed by hand, and
+//! the native engine handing sequence plans to candle.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::gradcheck::{check, r};
+use super::*;
+use crate::runtime::candle::ops;
+use crate::runtime::model::{Mode, ParamSlot};
+use crate::runtime::{loss, Trainer};
+
+/// A `[B, L]` mask of 0/1 from per-row lengths.
+fn mask(lengths: &[usize], steps: usize) -> Tensor {
+    let v: Vec<f64> = lengths
+        .iter()
+        .flat_map(|&n| (0..steps).map(move |l| if l < n { 1.0 } else { 0.0 }))
+        .collect();
+    t64(&v, &[lengths.len(), steps])
+}
+
+#[test]
+fn sequence_op_gradients() {
+    // Query narrower than the steps: DIN pads it with zeros.
+    check("din input", &[r(&[2, 2], 1), r(&[2, 3, 3], 2)], &|x| {
+        ops::din_input(&x[0], &x[1])
+    });
+    check("dot scores", &[r(&[2, 3], 3), r(&[2, 4, 3], 4)], &|x| {
+        ops::dot_scores(&x[0], &x[1])
+    });
+    let m = mask(&[2, 4, 1], 4);
+    check(
+        "attention pool",
+        &[r(&[3, 4, 1], 5), r(&[3, 4, 2], 6)],
+        &|x| ops::attention_pool(&x[0], &x[1], &m),
+    );
+    for mean in [false, true] {
+        check("sequence pool", &[r(&[3, 4, 2], 7)], &|x| {
+            ops::sequence_pool(&x[0], &m, mean)
+        });
+    }
+}
+
+/// DIN over two items and one padded step, by hand: q = [1, 0],
+/// s1 = [1, 2], s2 = [0, 1]. The attention input of a step is
+/// [q, s, q - s, q * s]; the one hidden unit reads s0 + s1 + (q*s)0, so it
+/// is 4 for s1 and 1 for s2 (relu keeps both); the score linear is the
+/// identity, the softmax weights sigmoid(3) and 1 - sigmoid(3), and the
+/// output sigmoid(3) * s1 + (1 - sigmoid(3)) * s2 = [sig(3), 1 + sig(3)].
+/// A second row with no step pools three zero steps to zero, as tzrec's
+/// masked softmax does.
+#[test]
+fn tiny_din_by_hand() {
+    let q = t64(&[1.0, 0.0, 1.0, 0.0], &[2, 2]);
+    let s = t64(
+        &[1.0, 2.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        &[2, 3, 2],
+    );
+    let m = mask(&[2, 0], 3);
+    let x = ops::din_input(&q, &s).unwrap();
+    assert_eq!(x.dims(), &[2, 3, 8]);
+    let row0: Vec<f64> = host(&x.get(0).unwrap());
+    assert_eq!(
+        &row0[..16],
+        &[
+            1.0, 0.0, 1.0, 2.0, 0.0, -2.0, 1.0, 0.0, // step 1
+            1.0, 0.0, 0.0, 1.0, 1.0, -1.0, 0.0, 0.0, // step 2
+        ]
+    );
+    let w1 = t64(&[0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0], &[1, 8]);
+    let b1 = t64(&[0.0], &[1]);
+    let h = ops::linear(&x, &w1, Some(&b1)).unwrap().relu().unwrap();
+    assert_eq!(&host(&h)[..3], &[4.0, 1.0, 0.0]);
+    let w2 = t64(&[1.0], &[1, 1]);
+    let b2 = t64(&[0.0], &[1]);
+    let scores = ops::linear(&h, &w2, Some(&b2)).unwrap();
+    let out = host(&ops::attention_pool(&scores, &s, &m).unwrap());
+    let sig3 = 1.0 / (1.0 + (-3.0f64).exp());
+    let want = [sig3, 1.0 + sig3, 0.0, 0.0];
+    for (k, (a, b)) in out.iter().zip(want).enumerate() {
+        assert!((a - b).abs() < 1e-12, "element {k}: {a} vs {b}");
+    }
+}
+
+/// A DIN model of one query feature, one grouped sequence of two id
+/// sub-features (one sharing the query's table by `embedding_name`) and
+/// a plain feature, compiled from its config.
+const DIN_CONFIG: &str = r#"
+data_config { batch_size: 4 label_fields: "clk" }
+feature_configs { id_feature { feature_name: "user" num_buckets: 5 embedding_dim: 2 } }
+feature_configs { id_feature { feature_name: "cate" num_buckets: 6 embedding_dim: 3 embedding_name: "cate_emb" } }
+feature_configs {
+  sequence_feature {
+    sequence_name: "seq"
+    sequence_length: 3
+    sequence_delim: ";"
+    features { id_feature { feature_name: "cate" num_buckets: 6 embedding_dim: 3 embedding_name: "cate_emb" } }
+    features { raw_feature { feature_name: "price" } }
+  }
+}
+model_config {
+  feature_groups {
+    group_name: "all"
+    feature_names: "user"
+    group_type: DEEP
+    sequence_groups {
+      group_name: "seq"
+      feature_names: "cate"
+      feature_names: "seq__cate"
+      feature_names: "seq__price"
+    }
+    sequence_encoders { din_encoder { attn_mlp { hidden_units: [4] activation: "nn.Tanh" } } }
+    sequence_encoders { pooling_encoder { input: "seq" pooling_type: "mean" } }
+  }
+  simple_multi_task {
+    task_towers { tower_name: "ctr" label_name: "clk" losses { binary_cross_entropy {} } }
+  }
+}
+"#;
+
+fn din_plan() -> Plan {
+    crate::pipeline::build(DIN_CONFIG, Default::default())
+        .unwrap()
+        .plan
+}
+
+/// One input per plan feature: sequence rows of lengths 3, 1, 0 and 2.
+fn din_batch(plan: &Plan) -> Batch {
+    let lengths = [3usize, 1, 0, 2];
+    let rows = lengths.len();
+    let features = plan
+        .features
+        .iter()
+        .enumerate()
+        .map(|(f, spec)| {
+            let n = spec.num_ids.max(1) as u32;
+            let id = |r: usize, k: usize| ((r * 7 + k * 3 + f) as u32) % n;
+            if spec.sequence_length == 0 {
+                let bags: Vec<Vec<u32>> = (0..rows).map(|r| vec![id(r, 0)]).collect();
+                let refs: Vec<&[u32]> = bags.iter().map(Vec::as_slice).collect();
+                return ids(&refs);
+            }
+            let mut offsets = vec![0u32];
+            let mut total = 0;
+            for &l in &lengths {
+                total += l as u32;
+                offsets.push(total);
+            }
+            if spec.kind == FeatureKind::RawDense as i32 {
+                let values = randv(total as usize, 40 + f as u64, 0.0)
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect();
+                FeatureInput::SeqDense {
+                    values,
+                    offsets,
+                    dim: 1,
+                }
+            } else {
+                let ids = (0..rows)
+                    .flat_map(|r| (0..lengths[r]).map(move |k| (r, k)))
+                    .map(|(r, k)| id(r, k + 1))
+                    .collect();
+                FeatureInput::Ids { ids, offsets }
+            }
+        })
+        .collect();
+    batch(rows, features, vec![vec![1.0, 0.0, 1.0, 0.0]])
+}
+
+#[test]
+fn din_plan_shape_and_tables() {
+    let plan = din_plan();
+    let kinds: Vec<OpKind> = plan
+        .ops
+        .iter()
+        .filter_map(|o| OpKind::try_from(o.kind).ok())
+        .collect();
+    for k in [
+        OpKind::SequenceEmbed,
+        OpKind::SequenceMask,
+        OpKind::DinInput,
+        OpKind::AttentionPool,
+        OpKind::SequencePool,
+    ] {
+        assert!(kinds.contains(&k), "{k:?} missing from {kinds:?}");
+    }
+    // The query and the sequence share `cate_emb`, apart from bag tables.
+    let mut tables: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
+    tables.sort();
+    assert_eq!(tables, ["seq:cate_emb", "user"]);
+    // Group output: user (2), then DIN (3 + 1), then mean pooling (4).
+    let tower_in = plan
+        .ops
+        .iter()
+        .find(|o| o.name == "all.with_sequences")
+        .map(|o| plan.values[o.output as usize].shape.clone());
+    assert_eq!(tower_in, Some(vec![-1, 10]));
+    // 2 FLOPs per weight: the attention MLP (16 -> 4 -> 1) runs on each of
+    // the 3 steps, the tower's logits linear (10 -> 1) once.
+    let attention = 2 * 3 * (16 * 4 + 4);
+    let tower = 2 * 10;
+    assert_eq!(plan.forward_flops_per_sample, attention + tower);
+}
+
+/// Whole-model gradients of the DIN plan: every trainable parameter and
+/// the gathered rows of the shared query/sequence table, against central
+/// differences of the loss.
+#[test]
+fn din_whole_model_gradients() {
+    let plan = din_plan();
+    let batch = din_batch(&plan);
+    let dev = Device::Cpu;
+    let mut tr = Trainer::with_dtype(&plan, 3, &dev, DType::F64).unwrap();
+    assert!(!tr.model.uses_native());
+    let data = plan.data.clone().unwrap();
+    let mode = Mode::Train { seed: 3, step: 0 };
+    let total = |m: &mut crate::runtime::Model| {
+        let fwd = m.forward(&batch, mode).unwrap();
+        let task = &plan.tasks[0];
+        let t = loss::task_targets(&data, task, &batch, DType::F64, &dev).unwrap();
+        (
+            loss::task_loss(task, &fwd.logits[0], &t).unwrap(),
+            fwd.gathered,
+        )
+    };
+    let (l0, gathered) = total(&mut tr.model);
+    let grads = l0.backward().unwrap();
+    let h = 1e-5;
+    let vars: Vec<(usize, candle_core::Var)> = tr
+        .model
+        .params()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match p {
+            ParamSlot::Trainable(v) => Some((i, v.clone())),
+            ParamSlot::Buffer(_) => None,
+        })
+        .collect();
+    assert!(vars
+        .iter()
+        .any(|(i, _)| plan.params[*i].name.contains(".attn.")));
+    for (i, var) in &vars {
+        let g = host(
+            grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no grad for {}", plan.params[*i].name)),
+        );
+        let base = host(var.as_tensor());
+        let dims = var.dims().to_vec();
+        for k in (0..base.len()).step_by((base.len() / 5).max(1)) {
+            let mut at = |delta: f64| {
+                let mut v = base.clone();
+                v[k] += delta;
+                var.set(&t64(&v, &dims)).unwrap();
+                let s = host(&total(&mut tr.model).0)[0];
+                var.set(&t64(&base, &dims)).unwrap();
+                s
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (fd - g[k]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "param {} element {k}: autograd {} vs finite difference {fd}",
+                plan.params[*i].name,
+                g[k]
+            );
+        }
+    }
+    let shared = plan.tables.iter().position(|t| t.name == "seq:cate_emb");
+    let ga = gathered
+        .iter()
+        .find(|g| Some(g.table) == shared)
+        .expect("the shared table was gathered");
+    let gr = host(grads.get(ga.rows.as_tensor()).unwrap());
+    let dim = tr.model.tables()[ga.table].dim;
+    let base_t = tr.model.tables()[ga.table].weight.clone();
+    let base = host(&base_t);
+    for (u, &row) in ga.host_ids.iter().enumerate() {
+        for d in 0..dim {
+            let mut at = |delta: f64| {
+                let mut v = base.clone();
+                v[row as usize * dim + d] += delta;
+                tr.model.tables_mut()[ga.table].weight = t64(&v, base_t.dims());
+                let s = host(&total(&mut tr.model).0)[0];
+                tr.model.tables_mut()[ga.table].weight = base_t.clone();
+                s
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (fd - gr[u * dim + d]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "row {row} dim {d}: autograd {} vs finite difference {fd}",
+                gr[u * dim + d]
+            );
+        }
+    }
+}
+
+/// The native engine has no sequence kernels: it says so as `Unsupported`
+/// (the runtime then falls back to candle with a notice, or stops under
+/// `--engine native`), never as an invalid plan.
+#[test]
+fn native_engine_hands_sequences_to_candle() {
+    let plan = din_plan();
+    let analysis = crate::plan::validate::analyze(&plan).unwrap();
+    match crate::runtime::native::Engine::new(&plan, &analysis.batch_axis) {
+        Err(crate::runtime::error::RuntimeError::Unsupported { op, why }) => {
+            assert!(op.contains("seq"), "{op}");
+            assert!(why.contains("sequence"), "{why}");
+        }
+        Err(e) => panic!("expected Unsupported, got {e}"),
+        Ok(_) => panic!("the native engine claims to run sequence ops"),
+    }
+}
