@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const PLEC: &str = env!("CARGO_BIN_EXE_plec");
+mod common;
+use common::*;
 
 fn config(expert_units: &str, dim_a: u32) -> String {
     format!(
@@ -48,37 +49,6 @@ model_config {{
 }}
 "#
     )
-}
-
-fn plec(args: &[&str]) -> Output {
-    Command::new(PLEC)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the plec binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = plec(args);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "plec {args:?} failed\n{}",
-        text(&o)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
 }
 
 /// A config and its generated data in `dir`: (config, train, eval).

@@ -7,15 +7,15 @@
 //! the whole file runs in well under a minute on 2 cores (release build).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{Field, Schema};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 
-const PLEC: &str = env!("CARGO_BIN_EXE_plec");
+mod common;
+use common::*;
 
 /// Features, labels and training settings shared by every test config.
 /// The three categorical columns (`a`, `b`, `c`) have few values, so the
@@ -122,43 +122,6 @@ model_config {{
     )
 }
 
-fn plec(args: &[&str]) -> Output {
-    Command::new(PLEC)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the plec binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = plec(args);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "plec {args:?} failed\n{}",
-        text(&o)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, body).expect("write config");
-    p
-}
-
 fn read_json(p: &Path) -> serde_json::Value {
     let t = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&t).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -198,16 +161,6 @@ fn metric(m: &serde_json::Value, name: &str) -> f64 {
     m["eval"][name]
         .as_f64()
         .unwrap_or_else(|| panic!("metrics.json has no eval.{name}: {m}"))
-}
-
-fn read_parquet(p: &Path) -> RecordBatch {
-    let f = std::fs::File::open(p).expect("open parquet");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .expect("parquet footer")
-        .build()
-        .expect("reader");
-    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).collect();
-    arrow_select::concat::concat_batches(&batches[0].schema(), &batches).expect("concat")
 }
 
 fn write_parquet(p: &Path, rb: &RecordBatch) {

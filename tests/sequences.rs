@@ -5,15 +5,15 @@
 //! column and row.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{Field, Schema};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 
-const PLEC: &str = env!("CARGO_BIN_EXE_plec");
+mod common;
+use common::*;
 
 /// A small PLE in the style of tzrec's ple_has_sequence benchmark.
 const WITH_SEQUENCE: &str = r#"
@@ -74,38 +74,6 @@ fn without_sequence() -> String {
     format!("{}  }}\n{}", &WITH_SEQUENCE[..a], &WITH_SEQUENCE[b..])
 }
 
-fn plec(args: &[&str]) -> Output {
-    Command::new(PLEC)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the plec binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = plec(args);
-    assert_eq!(o.status.code(), Some(0), "plec {args:?}\n{}", text(&o));
-    text(&o)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, body).expect("write config");
-    p
-}
-
 fn eval_auc(dir: &Path, task: &str) -> f64 {
     let t = std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json");
     let m: serde_json::Value = serde_json::from_str(&t).expect("json");
@@ -153,16 +121,6 @@ fn din_learns_the_planted_history() {
             "{task}: AUC with the sequence {a:.4}, without {b:.4}"
         );
     }
-}
-
-fn read_parquet(p: &Path) -> RecordBatch {
-    let f = std::fs::File::open(p).expect("open parquet");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .expect("parquet footer")
-        .build()
-        .expect("reader");
-    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).collect();
-    arrow_select::concat::concat_batches(&batches[0].schema(), &batches).expect("concat")
 }
 
 /// `rb` with row `row` of string column `name` set to `value`.
