@@ -138,9 +138,8 @@ fn constant(name: String, shape: Vec<u64>, value: f32, trainable: bool) -> Param
 
 /// The plan's activation for an MLP's `activation` string (parsed by
 /// `lang::activation`), or what plec cannot run of it.
-pub fn parse_activation(text: &str, name: &str, width: u64) -> Result<Act, String> {
+pub fn parse_activation(text: &str, name: &str) -> Result<Act, String> {
     use crate::lang::activation::Activation as A;
-    let _ = width;
     let parsed = crate::lang::activation::parse(text).map_err(|p| p.message)?;
     let kind = match &parsed {
         A::None => plan::Activation::ActNone,
@@ -455,7 +454,7 @@ impl Builder {
         for (k, &units) in mlp.hidden_units.iter().enumerate() {
             let out = units as u64;
             let lname = format!("{name}.layer{k}");
-            let act = match parse_activation(mlp.activation(), &lname, out) {
+            let act = match parse_activation(mlp.activation(), &lname) {
                 Ok(a) => a,
                 Err(what) => {
                     self.errors
