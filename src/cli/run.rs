@@ -52,7 +52,7 @@ pub struct ExecArgs {
     /// rounded to bf16 on the CPU's AMX tiles, f32 accumulation, f32 master
     /// weights and optimizer state). Without AMX, bf16 runs in fp32.
     #[arg(long, default_value = "fp32")]
-    pub precision: runtime::native::Precision,
+    pub precision: runtime::exec::native::Precision,
     /// Executor on the CPU: `auto` (the native engine; candle, with a
     /// notice, for a plan with an op it cannot run), `native` (an op it
     /// cannot run is an error) or `candle` (the reference engine). The
@@ -72,7 +72,7 @@ impl Default for ExecArgs {
             threads: None,
             elementwise_threads: 1,
             device: "cpu".to_string(),
-            precision: runtime::native::Precision::F32,
+            precision: runtime::exec::native::Precision::F32,
             engine: None,
             max_memory: None,
         }
@@ -111,10 +111,10 @@ impl ExecArgs {
             return Err(RunError::new("--elementwise-threads must be at least 1"));
         }
         // A bad PLEC_ISA is the user's error, reported before any work.
-        runtime::native::isa::init().map_err(RunError::new)?;
+        runtime::exec::native::isa::init().map_err(RunError::new)?;
         runtime::set_threads(threads, self.elementwise_threads);
         let device = parse_device(&self.device)?;
-        if self.precision == runtime::native::Precision::Bf16 {
+        if self.precision == runtime::exec::native::Precision::Bf16 {
             if !device.is_cpu() {
                 return Err(RunError::new(
                     "--precision bf16 is for the CPU (AMX); on CUDA use fp32",
@@ -126,7 +126,7 @@ impl ExecArgs {
                 );
             }
         }
-        runtime::native::set_default_precision(self.precision);
+        runtime::exec::native::set_default_precision(self.precision);
         if let Some(e) = self.engine {
             runtime::set_engine_choice(e);
         }
@@ -843,7 +843,7 @@ pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
     }
     let final_loss = r.losses.last().copied().unwrap_or(f32::NAN);
     if device.is_cpu() {
-        println!("plec run: {}", runtime::native::isa::describe());
+        println!("plec run: {}", runtime::exec::native::isa::describe());
     }
     println!(
         "plec run: {}: {} steps, {} epoch{}, {} samples in {:.1}s ({:.0} samples/s on {threads} thread{}), final loss {final_loss:.6}",

@@ -9,8 +9,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::candle::ops;
 use super::error::{bad_batch, invalid_plan, Result};
+use super::exec::candle::ops;
 use crate::data::batch::Batch;
 use crate::proto::plan::{DataSpec, Loss, LossKind, Task};
 

@@ -12,7 +12,6 @@
 //! metrics), [`evaluate`], [`predict`], [`Model::from_plan`],
 //! [`set_threads`].
 
-pub mod candle;
 pub mod checkpoint;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -24,7 +23,6 @@ pub mod exec;
 pub mod interrupt;
 pub mod loss;
 pub mod model;
-pub mod native;
 pub mod optim;
 pub mod params;
 pub mod precision;

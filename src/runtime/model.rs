@@ -9,10 +9,10 @@
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 
-use super::candle::CandleExec;
 use super::embedding::{f32s_from_le, f32s_to_le, Table};
 use super::engine_choice::{announce_once, engine_choice, fallback_notice, EngineChoice};
 use super::error::{bad_batch, invalid_plan, Result, RuntimeError};
+use super::exec::candle::CandleExec;
 use super::exec::{Executor, ModelState};
 use super::precision::Precision;
 use crate::data::batch::Batch;
@@ -44,7 +44,7 @@ pub struct Model {
 /// in place (no intermediate `Vec<f32>`: the embedding tables are most of
 /// a plan, and `to_plan` runs while the whole model is in memory).
 fn le_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    if let Ok(host) = super::native::host::tensor_f32(t) {
+    if let Ok(host) = super::exec::native::host::tensor_f32(t) {
         return Ok(f32s_to_le(host.slice()));
     }
     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -76,7 +76,7 @@ fn executor(
             _ => candle(),
         };
     }
-    match super::native::Engine::new(structure, batch_axis) {
+    match super::exec::native::Engine::new(structure, batch_axis) {
         Ok(e) => Ok(Box::new(e)),
         Err(RuntimeError::Unsupported { op, why }) if choice == EngineChoice::Auto => {
             announce_once(&fallback_notice(&op, &why));

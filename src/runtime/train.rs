@@ -148,9 +148,9 @@ impl TrainReport {
             "task_losses": self.task_losses.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
             "evals": self.evals.iter().map(|(s, m)| serde_json::json!({"step": s, "metrics": obj(m)})).collect::<Vec<_>>(),
             "eval": self.eval.as_deref().map(obj),
-            "cpu": crate::runtime::native::isa::cpu_model(),
-            "isa": crate::runtime::native::isa::chosen().name(),
-            "f32_gemm": crate::runtime::native::isa::chosen().f32_kernel_name(),
+            "cpu": crate::runtime::exec::native::isa::cpu_model(),
+            "isa": crate::runtime::exec::native::isa::chosen().name(),
+            "f32_gemm": crate::runtime::exec::native::isa::chosen().f32_kernel_name(),
         })
     }
 }

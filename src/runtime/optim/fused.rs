@@ -122,7 +122,7 @@ struct AdamConsts {
 fn adam_chunk(k: &AdamConsts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::runtime::native::isa::{chosen, Isa};
+        use crate::runtime::exec::native::isa::{chosen, Isa};
         let isa = chosen();
         if isa >= Isa::Avx512 {
             // SAFETY: `chosen` never exceeds what the CPU has: it has AVX-512F.
@@ -292,7 +292,7 @@ fn sparse_rows_dispatch(
 ) -> Result<(), usize> {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::runtime::native::isa::{chosen, Isa};
+        use crate::runtime::exec::native::isa::{chosen, Isa};
         if chosen() >= Isa::Avx512 {
             // SAFETY: `chosen` never exceeds what the CPU has: it has AVX-512F.
             return unsafe { sparse_rows_avx512(rows, k, w, a, b) };

@@ -18,7 +18,7 @@
 //! optimizers.
 //!
 //! The engine runs on the CPU, in f32 (our kernels in the GEMM frame,
-//! `frame`: AVX-512 `f32gemm` or AVX2 + FMA `avx2gemm`, whichever `isa`
+//! `gemm::frame`: AVX-512 `gemm::f32::avx512` or AVX2 + FMA `gemm::f32::avx2`, whichever `isa`
 //! picks, with the `gemm` crate as the portable fallback) or with bf16 multiplies on AMX tiles
 //! (`Precision`, `amx`); both apply a linear's bias and relu as its output
 //! tiles are stored. The candle path stays the reference:
@@ -26,18 +26,10 @@
 //! and `--engine candle` (or `PLEC_ENGINE=candle`) selects it at run time
 //! (`runtime::engine_choice`).
 
-pub mod amx;
-#[cfg(target_arch = "x86_64")]
-mod avx2gemm;
 mod backward;
 mod embed;
-#[cfg(target_arch = "x86_64")]
-mod f32gemm;
 mod forward;
-// Off x86-64 no backend exists, so the frame's drivers go unused.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub mod frame;
-mod gemm;
+pub mod gemm;
 pub mod host;
 pub mod isa;
 mod kernels;
@@ -55,14 +47,14 @@ use self::embed::Lookup;
 use self::program::Program;
 use self::step::Step;
 use self::view::{Mat, View};
-use super::embedding::{Gathered, Table};
-use super::error::{bad_batch, invalid_plan, Result};
-use super::exec::{logits_tensors, Executor, Forward, ModelState};
-use super::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
-pub use super::precision::Precision;
+use super::{logits_tensors, Executor, Forward, ModelState};
 use crate::data::batch::{Batch, FeatureInput};
 use crate::proto::plan::{Activation, Plan};
 use crate::rng::SplitMix64;
+use crate::runtime::embedding::{Gathered, Table};
+use crate::runtime::error::{bad_batch, invalid_plan, Result};
+use crate::runtime::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
+pub use crate::runtime::precision::Precision;
 
 /// Programs kept per engine, of each kind (training, inference: an
 /// evaluation between training steps keeps the training program). One: a
@@ -148,7 +140,7 @@ impl<'a> Params<'a> {
 impl Precision {
     /// Whether bf16 is asked for and this CPU can run it.
     pub fn runs_bf16(self) -> bool {
-        self == Precision::Bf16 && amx::available() && isa::chosen() >= isa::Isa::Amx
+        self == Precision::Bf16 && gemm::amx::available() && isa::chosen() >= isa::Isa::Amx
     }
 }
 
@@ -162,7 +154,7 @@ impl Engine {
             programs: Vec::new(),
             tape: None,
             precision: default_precision(),
-            times: super::profile::enabled().then(Default::default),
+            times: crate::runtime::profile::enabled().then(Default::default),
         })
     }
 

@@ -11,14 +11,14 @@ pub mod ops;
 
 use candle_core::{backprop::GradStore, Device, Tensor};
 
-use super::embedding;
-use super::error::{bad_batch, invalid_plan, Result};
-use super::exec::{Executor, Forward, ModelState};
-use super::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
-use super::precision::Precision;
+use super::{Executor, Forward, ModelState};
 use crate::data::batch::{Batch, FeatureInput};
 use crate::proto::plan::{Activation, Op, OpKind, Plan, Pooling};
 use crate::rng::SplitMix64;
+use crate::runtime::embedding;
+use crate::runtime::error::{bad_batch, invalid_plan, Result};
+use crate::runtime::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
+use crate::runtime::precision::Precision;
 
 /// The candle executor of one plan: the rewrites it runs the plan with.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! problem description (`Problem`: three strided matrices and one
 //! `Epilogue`), the blocking drivers, the task scheduler, the packing
 //! buffers and the edge cases (k == 0, row sums of unpacked A). A backend
-//! (`f32gemm` for AVX-512, `avx2gemm` for AVX2 + FMA) supplies only what
+//! (`f32::avx512` for AVX-512, `f32::avx2` for AVX2 + FMA) supplies only what
 //! depends on its registers: the micro-kernel, the packers, and the
 //! matrix-vector path, through [`Backend`].
 //!
@@ -99,9 +99,9 @@ pub struct Problem {
 /// The f32 micro-kernel families the frame can drive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    /// 14 x 32 tiles in 28 zmm accumulators (`f32gemm`).
+    /// 14 x 32 tiles in 28 zmm accumulators (`f32::avx512`).
     Avx512,
-    /// 6 x 16 tiles in 12 ymm accumulators (`avx2gemm`).
+    /// 6 x 16 tiles in 12 ymm accumulators (`f32::avx2`).
     Avx2,
 }
 
@@ -267,8 +267,8 @@ pub unsafe fn gemm_f32(kernel: Kernel, problem: &Problem, threads: usize) -> boo
     {
         match kernel {
             // SAFETY (both): the CPU runs the kernel (checked above); the caller's contract.
-            Kernel::Avx512 => unsafe { run::<super::f32gemm::Avx512>(&pr, threads) },
-            Kernel::Avx2 => unsafe { run::<super::avx2gemm::Avx2>(&pr, threads) },
+            Kernel::Avx512 => unsafe { run::<super::f32::avx512::Avx512>(&pr, threads) },
+            Kernel::Avx2 => unsafe { run::<super::f32::avx2::Avx2>(&pr, threads) },
         }
         true
     }
@@ -866,7 +866,3 @@ unsafe fn add_a_row_sums(pr: &Prob) {
         *pr.a_sums.add(i) += s;
     }
 }
-
-#[cfg(all(test, target_arch = "x86_64"))]
-#[path = "f32gemm_tests.rs"]
-mod tests;

@@ -18,7 +18,7 @@
 
 use std::arch::x86_64::*;
 
-use super::frame::{masked, pack_strided, Backend, Epi, Prob};
+use super::super::frame::{masked, pack_strided, Backend, Epi, Prob};
 
 /// Micro-tile rows.
 const MR: usize = 6;
@@ -30,7 +30,7 @@ const PF_DIST: usize = 8;
 const A_DIST: usize = 64;
 
 /// The AVX2 + FMA backend.
-pub(super) struct Avx2;
+pub(in super::super) struct Avx2;
 
 impl Backend for Avx2 {
     const MR: usize = MR;

@@ -8,7 +8,7 @@
 //! `a_sums`. Also: nothing outside `dst` is written, and with
 //! `accumulate = false` NaN garbage in `dst` is ignored.
 
-use super::*;
+use super::frame::*;
 
 /// The kernels this CPU runs; names the others as skipped.
 fn kernels() -> Vec<Kernel> {

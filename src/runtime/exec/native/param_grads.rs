@@ -160,7 +160,7 @@ fn zeros(n: usize) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::proto::plan::Parameter;
-    use crate::runtime::native::view::View;
+    use crate::runtime::exec::native::view::View;
     use candle_core::{Device, Var};
 
     fn linear(w: usize, b: Option<usize>) -> Step {

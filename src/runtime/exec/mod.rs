@@ -3,6 +3,9 @@
 //! (`candle::CandleExec`, the reference and the CUDA path). The model owns
 //! the parameters and tables and lends them to its executor per pass.
 
+pub mod candle;
+pub mod native;
+
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 
 use super::embedding::{Gathered, Table};

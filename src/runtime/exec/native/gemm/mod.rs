@@ -6,8 +6,16 @@
 //! Bounds are checked here, once per call, so the unsafe call below only
 //! ever sees matrices that lie inside their slices.
 
-use super::amx;
-use super::frame::{gemm_f32, Epilogue, Problem, Strided};
+pub mod amx;
+#[cfg(target_arch = "x86_64")]
+mod f32;
+// Off x86-64 no backend exists, so the frame's drivers go unused.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub mod frame;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod suite;
+
+use self::frame::{gemm_f32, Epilogue, Problem, Strided};
 use super::isa;
 use super::view::Mat;
 

@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::frame::{masked, pack_strided, Backend, Epi, Prob};
+use super::super::frame::{masked, pack_strided, Backend, Epi, Prob};
 
 /// Micro-tile rows.
 const MR: usize = 14;
@@ -23,7 +23,7 @@ const PF_DIST: usize = 8;
 const A_DIST: usize = 64;
 
 /// The AVX-512F backend.
-pub(super) struct Avx512;
+pub(in super::super) struct Avx512;
 
 impl Backend for Avx512 {
     const MR: usize = MR;

@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use super::frame::Kernel;
+use super::gemm::frame::Kernel;
 
 /// An instruction-set level, ordered: each level includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,7 +47,7 @@ impl Isa {
         *DETECTED.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             {
-                if super::amx::available() {
+                if super::gemm::amx::available() {
                     return Isa::Amx;
                 }
                 if Kernel::Avx512.available() {
