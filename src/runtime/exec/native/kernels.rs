@@ -8,6 +8,7 @@
 
 use rayon::prelude::*;
 
+use super::shared::Shared;
 use super::view::View;
 use crate::proto::plan::Activation;
 
@@ -17,21 +18,6 @@ const PAR_MIN: usize = 1 << 15;
 /// What a row that is a cache miss costs, in element operations (for
 /// `rows_mut_with`'s choice of threads).
 const ROW_MISS_WORK: usize = 64;
-
-/// A raw pointer that may cross threads. Only `rows_mut` makes one, over
-/// a view whose rows are disjoint.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    // A method, so closures capture the whole wrapper (Send + Sync), not
-    // its raw-pointer field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Calls `f(r, row)` for every row `r` of `v` with the row as a mutable
 /// slice of `buf`, in parallel when the view is large.
@@ -55,7 +41,7 @@ where
     if rows == 0 || width == 0 || v.end() > buf.len() {
         return;
     }
-    let base = SendPtr(buf.as_mut_ptr());
+    let base = Shared::new(buf.as_mut_ptr());
     let one = |r: usize| {
         let off = v.row_offset(r);
         // SAFETY: the row lies inside `buf` (`end()` bounds every row) and
@@ -516,8 +502,8 @@ pub fn gate_mix_backward(
     {
         return;
     }
-    let dw = dw.map(|(b, acc)| (SendPtr(b.as_mut_ptr()), acc));
-    let de = de.map(|(b, acc)| (SendPtr(b.as_mut_ptr()), acc));
+    let dw = dw.map(|(b, acc)| (Shared::new(b.as_mut_ptr()), acc));
+    let de = de.map(|(b, acc)| (Shared::new(b.as_mut_ptr()), acc));
     let one = |b: usize| {
         let (gs, ws) = (row(g, gv, b), row(w, wv, b));
         for kk in 0..kn {

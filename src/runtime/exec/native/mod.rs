@@ -37,6 +37,7 @@ mod param_grads;
 pub mod peak;
 mod program;
 mod relu_masks;
+mod shared;
 mod step;
 mod timing;
 mod view;

@@ -42,6 +42,8 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::super::shared::Shared;
+
 /// Rows per compute task (rounded to whole micro-panels).
 const MT_ROWS: usize = 96;
 /// Below this many flops run single-threaded.
@@ -224,7 +226,7 @@ unsafe impl Send for Prob {}
 unsafe impl Sync for Prob {}
 
 impl Prob {
-    fn new(p: &Problem) -> Self {
+    pub(super) fn new(p: &Problem) -> Self {
         Prob {
             m: p.m,
             n: p.n,
@@ -376,21 +378,49 @@ fn par_tasks(w: usize, ntasks: usize, f: &(dyn Fn(usize) + Sync)) {
     }
 }
 
-/// k == 0: dst = (acc ? dst : 0) + bias, relu.
-unsafe fn epilogue_only(pr: &Prob) {
+/// k == 0: dst = (acc ? dst : 0) + bias, relu, mask; with no epilogue, dst is only
+/// cleared (when not accumulating) and otherwise not touched.
+///
+/// # Safety
+/// `pr` describes valid memory (the GEMM entry points' contract).
+pub(super) unsafe fn epilogue_only(pr: &Prob) {
+    let noop = pr.bias.is_null() && !pr.relu && pr.mask.is_null();
+    if noop && pr.acc {
+        return;
+    }
     for i in 0..pr.m {
         for j in 0..pr.n {
             // SAFETY: (i, j) in range; caller guarantees dst/bias validity.
             let c = pr.dst.offset(i as isize * pr.drs + j as isize * pr.dcs);
-            let mut v = if pr.acc { *c } else { 0.0 };
-            if !pr.bias.is_null() {
-                v += *pr.bias.add(j);
-            }
-            if pr.relu {
-                v = v.max(0.0);
-            }
-            *c = masked(pr, i, j, v);
+            let v = if pr.acc { *c } else { 0.0 };
+            *c = epilogue_value(pr, i, j, v);
         }
+    }
+}
+
+/// The epilogue applied to the full sum `v` (old C included) of element (i, j): bias,
+/// relu (`x > 0 ? x : 0`: NaN and -0.0 become +0.0, like `vmaxps(x, 0)`), then the mask.
+///
+/// # Safety
+/// (i, j) is inside the problem.
+#[inline(always)]
+pub(super) unsafe fn epilogue_value(pr: &Prob, i: usize, j: usize, v: f32) -> f32 {
+    let v = if pr.bias.is_null() {
+        v
+    } else {
+        v + *pr.bias.add(j)
+    };
+    let v = if pr.relu { relu(v) } else { v };
+    masked(pr, i, j, v)
+}
+
+/// Written so it matches `vmaxps(x, 0)` bit for bit (the vector kernels' form).
+#[inline(always)]
+pub(super) fn relu(x: f32) -> f32 {
+    if x > 0.0 {
+        x
+    } else {
+        0.0
     }
 }
 
@@ -426,21 +456,6 @@ fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
     unsafe { p.add(off) }
 }
 
-/// Raw pointer that may be shared with worker jobs.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only for packing buffers; within a phase each region is written by exactly one
-// task, and it is read only after the phase's rayon::scope has joined (happens-before edge).
-unsafe impl Send for SyncPtr {}
-// SAFETY: as for Send: the regions written through shared copies are disjoint per task.
-unsafe impl Sync for SyncPtr {}
-impl SyncPtr {
-    /// Accessor (closures must capture the whole Sync wrapper, not the raw field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Driver.
 
@@ -462,7 +477,7 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
     let b_len = nc_b * kc_b;
     let a_len = if direct { 0 } else { mb_b * kc_b };
 
-    let run = |abuf: SyncPtr, bbuf: SyncPtr| {
+    let run = |abuf: Shared<*mut f32>, bbuf: Shared<*mut f32>| {
         let mut jc = 0;
         while jc < n {
             let nc = nc_b.min(n - jc);
@@ -562,8 +577,8 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
     BUFS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut bufs) => {
             let (va, vb) = &mut *bufs;
-            let abuf = SyncPtr(aligned(va, a_len));
-            let bbuf = SyncPtr(aligned(vb, b_len));
+            let abuf = Shared::new(aligned(va, a_len));
+            let bbuf = Shared::new(aligned(vb, b_len));
             run(abuf, bbuf);
         }
         Err(_) => {
@@ -571,8 +586,8 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
             // waits in a phase): use temporary buffers.
             let mut va = Vec::new();
             let mut vb = Vec::new();
-            let abuf = SyncPtr(aligned(&mut va, a_len));
-            let bbuf = SyncPtr(aligned(&mut vb, b_len));
+            let abuf = Shared::new(aligned(&mut va, a_len));
+            let bbuf = Shared::new(aligned(&mut vb, b_len));
             run(abuf, bbuf);
         }
     });
@@ -617,7 +632,7 @@ unsafe fn gemm_driver2<K: Backend>(pr: &Prob, w: usize) {
     if w > 1 && m_chunks * n_chunks < want {
         n_chunks = want.div_ceil(m_chunks).min(npan_all);
     }
-    let run = |bbuf: SyncPtr| {
+    let run = |bbuf: Shared<*mut f32>| {
         // Phase 1: pack B (K block q, panel jp) at bbuf + pc*n_pad + jp*kc*K::NR.
         par_tasks(w, nkb * npan_all, &|t| {
             let (q, jp) = (t / npan_all, t % npan_all);
@@ -716,12 +731,12 @@ unsafe fn gemm_driver2<K: Backend>(pr: &Prob, w: usize) {
     };
     BUFS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut bufs) => {
-            let bbuf = SyncPtr(aligned(&mut bufs.1, b_len));
+            let bbuf = Shared::new(aligned(&mut bufs.1, b_len));
             run(bbuf);
         }
         Err(_) => {
             let mut vb = Vec::new();
-            let bbuf = SyncPtr(aligned(&mut vb, b_len));
+            let bbuf = Shared::new(aligned(&mut vb, b_len));
             run(bbuf);
         }
     });
@@ -857,12 +872,64 @@ pub(super) unsafe fn pack_strided(
 ///
 /// # Safety
 /// `pr` is a valid problem with a non-null `a_sums`.
-unsafe fn add_a_row_sums(pr: &Prob) {
-    for i in 0..pr.m {
+pub(super) unsafe fn add_a_row_sums(pr: &Prob) {
+    let a = Strided {
+        ptr: pr.a,
+        rs: pr.ars,
+        cs: pr.acs,
+    };
+    add_row_sums(pr.m, pr.k, a, pr.a_sums);
+}
+
+/// Adds each row of the m x k matrix `a`'s sum, in k order, to `sums`.
+///
+/// # Safety
+/// `a` covers its strided m x k range; `sums` has `m` values nothing else touches.
+pub(super) unsafe fn add_row_sums(m: usize, k: usize, a: Strided<*const f32>, sums: *mut f32) {
+    for i in 0..m {
         let mut s = 0f32;
-        for p in 0..pr.k {
-            s += *pr.a.offset(i as isize * pr.ars + p as isize * pr.acs);
+        for p in 0..k {
+            s += *a.ptr.offset(i as isize * a.rs + p as isize * a.cs);
         }
-        *pr.a_sums.add(i) += s;
+        *sums.add(i) += s;
+    }
+}
+
+/// A [`Problem`] from the flat argument list the kernel tests were written
+/// against.
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn test_problem(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (isize, isize),
+    accumulate: bool,
+    a: *const f32,
+    (a_rs, a_cs): (isize, isize),
+    b: *const f32,
+    (b_rs, b_cs): (isize, isize),
+    epilogue: Epilogue,
+) -> Problem {
+    Problem {
+        m,
+        n,
+        k,
+        dst: Strided {
+            ptr: dst,
+            rs: dst_rs,
+            cs: dst_cs,
+        },
+        accumulate,
+        a: Strided {
+            ptr: a,
+            rs: a_rs,
+            cs: a_cs,
+        },
+        b: Strided {
+            ptr: b,
+            rs: b_rs,
+            cs: b_cs,
+        },
+        epilogue,
     }
 }

@@ -12,11 +12,13 @@ mod f32;
 // Off x86-64 no backend exists, so the frame's drivers go unused.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub mod frame;
+mod portable;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod suite;
 
 use self::frame::{gemm_f32, Epilogue, Problem, Strided};
 use super::isa;
+use super::shared::Shared;
 use super::view::Mat;
 
 /// How the engine multiplies: worker threads, and whether the inputs are
@@ -64,20 +66,19 @@ fn check(d: &Mat, dst_len: usize, am: &Mat, a_len: usize, bm: &Mat, b_len: usize
 /// A buffer that several threads write disjoint matrices of (experts of
 /// one batched layer multiplied in parallel; see `matmul_into`).
 #[derive(Debug, Clone, Copy)]
+///
+/// Crosses threads as a [`Shared`] pointer: only `matmul_into` writes
+/// through it, and its callers guarantee that concurrent calls write
+/// disjoint elements.
 pub struct SharedDst {
-    ptr: *mut f32,
+    ptr: Shared<*mut f32>,
     len: usize,
 }
-
-// SAFETY: only `matmul_into` writes through the pointer, and its callers
-// guarantee that concurrent calls write disjoint elements.
-unsafe impl Send for SharedDst {}
-unsafe impl Sync for SharedDst {}
 
 impl SharedDst {
     pub fn new(buf: &mut [f32]) -> Self {
         Self {
-            ptr: buf.as_mut_ptr(),
+            ptr: Shared::new(buf.as_mut_ptr()),
             len: buf.len(),
         }
     }
@@ -85,7 +86,7 @@ impl SharedDst {
     /// The first element (tests write through it).
     #[cfg(test)]
     pub fn ptr(self) -> *mut f32 {
-        self.ptr
+        self.ptr.get()
     }
 
     /// Memory nothing has been written to yet: only for multiplies that
@@ -93,7 +94,7 @@ impl SharedDst {
     /// ever read it.
     pub fn unwritten(buf: &mut [std::mem::MaybeUninit<f32>]) -> Self {
         Self {
-            ptr: buf.as_mut_ptr().cast(),
+            ptr: Shared::new(buf.as_mut_ptr().cast()),
             len: buf.len(),
         }
     }
@@ -169,28 +170,6 @@ pub unsafe fn matmul_into(
             "native engine: a bias gradient is shorter than its weight has rows"
         ));
     }
-    if d.rows == 0 || d.cols == 0 {
-        if let Some(s) = a_sums {
-            // No product, but `a`'s rows still have sums.
-            add_row_sums(s.as_mut_ptr(), a, am);
-        }
-        return Ok(());
-    }
-    if am.cols == 0 {
-        for r in 0..d.rows {
-            for c in 0..d.cols {
-                let at = d.off + r * d.rs as usize + c * d.cs as usize;
-                let o = &mut *dst.ptr.add(at);
-                let old = if accumulate { *o } else { 0.0 };
-                *o = if mask.is_none_or(|m| m[at] > 0.0) {
-                    old
-                } else {
-                    0.0
-                };
-            }
-        }
-        return Ok(());
-    }
     let mask = mask.map(|m| m.as_ptr().add(d.off));
     let a_sums = a_sums.map(|s| s.as_mut_ptr());
     // SAFETY: all matrices were checked to lie inside their slices (every
@@ -200,64 +179,21 @@ pub unsafe fn matmul_into(
     // the call.
     unsafe {
         multiply(
-            dst.ptr, d, accumulate, a, am, b, bm, None, false, mask, a_sums, how,
+            dst.ptr.get(),
+            d,
+            accumulate,
+            a,
+            am,
+            b,
+            bm,
+            None,
+            false,
+            mask,
+            a_sums,
+            how,
         )
     };
     Ok(())
-}
-
-/// Adds each row of `am`'s sum, in column order, to `sums`.
-///
-/// # Safety
-/// `am` lies inside `a` (`check`); `sums` has `am.rows` values that
-/// nothing else touches.
-unsafe fn add_row_sums(sums: *mut f32, a: &[f32], am: Mat) {
-    let ap = a.as_ptr().add(am.off);
-    amx::add_row_sums(am.rows, am.cols, ap, am.rs, am.cs, Some(sums));
-}
-
-/// `dst (+)= a b` on the `gemm` crate (CPUs without AVX2 + FMA, or `PLEC_ISA=portable`).
-///
-/// # Safety
-/// As `matmul_into`, after `check`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn crate_gemm(
-    dst: *mut f32,
-    d: Mat,
-    accumulate: bool,
-    a: &[f32],
-    am: Mat,
-    b: &[f32],
-    bm: Mat,
-    threads: usize,
-) {
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // The gemm crate takes column strides first.
-    gemm::gemm(
-        d.rows,
-        d.cols,
-        am.cols,
-        dst.add(d.off),
-        d.cs,
-        d.rs,
-        accumulate,
-        a.as_ptr().add(am.off),
-        am.cs,
-        am.rs,
-        b.as_ptr().add(bm.off),
-        bm.cs,
-        bm.rs,
-        1.0f32,
-        1.0f32,
-        false,
-        false,
-        false,
-        par,
-    );
 }
 
 /// `dst = a b + bias`, then relu over columns `relu_cols` (start, len),
@@ -357,87 +293,45 @@ unsafe fn multiply(
 ) {
     let out = dst.add(d.off);
     let (ap, bp) = (a.as_ptr().add(am.off), b.as_ptr().add(bm.off));
-    if how.bf16 {
-        let epilogue = Epilogue {
+    let problem = Problem {
+        m: d.rows,
+        n: d.cols,
+        k: am.cols,
+        dst: Strided {
+            ptr: out,
+            rs: d.rs,
+            cs: d.cs,
+        },
+        accumulate,
+        a: Strided {
+            ptr: ap,
+            rs: am.rs,
+            cs: am.cs,
+        },
+        b: Strided {
+            ptr: bp,
+            rs: bm.rs,
+            cs: bm.cs,
+        },
+        epilogue: Epilogue {
             bias,
             relu,
             mask,
             a_sums,
-        };
-        amx::gemm_bf16_epilogue(
-            d.rows,
-            d.cols,
-            am.cols,
-            out,
-            d.rs,
-            d.cs,
-            accumulate,
-            ap,
-            am.rs,
-            am.cs,
-            bp,
-            bm.rs,
-            bm.cs,
-            how.threads,
-            epilogue,
-        );
+        },
+    };
+    if how.bf16 {
+        amx::gemm_bf16(&problem, how.threads);
         return;
     }
     if let Some(kernel) = isa::chosen().f32_kernel() {
-        let problem = Problem {
-            m: d.rows,
-            n: d.cols,
-            k: am.cols,
-            dst: Strided {
-                ptr: out,
-                rs: d.rs,
-                cs: d.cs,
-            },
-            accumulate,
-            a: Strided {
-                ptr: ap,
-                rs: am.rs,
-                cs: am.cs,
-            },
-            b: Strided {
-                ptr: bp,
-                rs: bm.rs,
-                cs: bm.cs,
-            },
-            epilogue: Epilogue {
-                bias,
-                relu,
-                mask,
-                a_sums,
-            },
-        };
         // SAFETY: this function's contract is gemm_f32's: the matrices lie inside their
         // buffers, dst is exclusively ours for the call, bias/mask/a_sums as documented.
         if unsafe { gemm_f32(kernel, &problem, how.threads) } {
             return;
         }
     }
-    if let Some(s) = a_sums {
-        add_row_sums(s, a, am);
-    }
-    crate_gemm(dst, d, accumulate, a, am, b, bm, how.threads);
-    if bias.is_none() && !relu && mask.is_none() {
-        return;
-    }
-    for r in 0..d.rows {
-        for c in 0..d.cols {
-            let at = r as isize * d.rs + c as isize * d.cs;
-            let o = &mut *out.offset(at);
-            let mut v = *o + bias.map_or(0.0, |p| *p.add(c));
-            if relu {
-                v = v.max(0.0);
-            }
-            if !mask.is_none_or(|m| *m.offset(at) > 0.0) {
-                v = 0.0;
-            }
-            *o = v;
-        }
-    }
+    portable::gemm_f32(&problem, how.threads);
 }
 
 #[cfg(test)]

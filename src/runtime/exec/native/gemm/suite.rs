@@ -1,6 +1,9 @@
-//! The one GEMM test suite: `gemm_f32` on every micro-kernel this CPU can
-//! run (the ones it cannot are named on stderr as skipped) against an f64
-//! reference: every transposition of A and B,
+//! The one GEMM test suite, run against every backend this CPU can run
+//! (the ones it cannot are named on stderr as skipped): our f32 kernels in
+//! the frame (AVX-512, AVX2 + FMA), the portable `gemm`-crate backend, the
+//! AMX bf16 kernel and its portable fallback (bf16 backends against a
+//! reference of bf16-rounded inputs), all against f64 sums: every
+//! transposition of A and B,
 //! strided and column-strided outputs, accumulate, bias and relu, 1 and 2
 //! threads, a relu-backward mask on the stored values, edge sizes around
 //! the 14 x 32 and 6 x 16 micro-tiles, several K/M/N blocks
@@ -8,25 +11,51 @@
 //! `a_sums`. Also: nothing outside `dst` is written, and with
 //! `accumulate = false` NaN garbage in `dst` is ignored.
 
+use super::frame::test_problem;
 use super::frame::*;
 
-/// The kernels this CPU runs; names the others as skipped.
-fn kernels() -> Vec<Kernel> {
+/// A backend under test: one of our f32 micro-kernels in the frame, the
+/// `gemm` crate (portable f32), or a bf16 backend (AMX tiles, or its
+/// portable fallback), whose inputs are rounded to bf16.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    F32(Kernel),
+    Portable,
+    Amx,
+    AmxPortable,
+}
+
+impl Target {
+    fn bf16(self) -> bool {
+        matches!(self, Target::Amx | Target::AmxPortable)
+    }
+}
+
+/// The backends this CPU runs; names the others as skipped.
+fn targets() -> Vec<Target> {
     let mut out = Vec::new();
     for k in [Kernel::Avx512, Kernel::Avx2] {
         if k.available() {
-            out.push(k);
+            out.push(Target::F32(k));
         } else {
             eprintln!("skipped: the {k:?} f32 kernel (this CPU cannot run it)");
         }
     }
+    out.push(Target::Portable);
+    if super::amx::available() {
+        out.push(Target::Amx);
+    } else {
+        eprintln!("skipped: the AMX bf16 kernel (this CPU or process cannot use AMX)");
+    }
+    out.push(Target::AmxPortable);
     out
 }
 
-/// `gemm_f32` with the old argument list, as the checks below were written.
+/// One call on `target`, from the flat argument list the checks below were
+/// written against.
 #[allow(clippy::too_many_arguments)]
 unsafe fn call(
-    kernel: Kernel,
+    target: Target,
     m: usize,
     n: usize,
     k: usize,
@@ -45,35 +74,29 @@ unsafe fn call(
     relu: bool,
     mask: *const f32,
     a_sums: *mut f32,
-) -> bool {
-    let problem = Problem {
-        m,
-        n,
-        k,
-        dst: Strided {
-            ptr: dst,
-            rs: dst_rs,
-            cs: dst_cs,
-        },
+) {
+    let problem = test_problem(
+        (m, n, k),
+        dst,
+        (dst_rs, dst_cs),
         accumulate,
-        a: Strided {
-            ptr: a,
-            rs: a_rs,
-            cs: a_cs,
-        },
-        b: Strided {
-            ptr: b,
-            rs: b_rs,
-            cs: b_cs,
-        },
-        epilogue: Epilogue {
+        a,
+        (a_rs, a_cs),
+        b,
+        (b_rs, b_cs),
+        Epilogue {
             bias: (!bias.is_null()).then_some(bias),
             relu,
             mask: (!mask.is_null()).then_some(mask),
             a_sums: (!a_sums.is_null()).then_some(a_sums),
         },
-    };
-    gemm_f32(kernel, &problem, threads)
+    );
+    match target {
+        Target::F32(kernel) => assert!(gemm_f32(kernel, &problem, threads)),
+        Target::Portable => super::portable::gemm_f32(&problem, threads),
+        Target::Amx => super::amx::gemm_bf16(&problem, threads),
+        Target::AmxPortable => super::amx::gemm_bf16_portable(&problem),
+    }
 }
 
 fn span(rows: usize, cols: usize, rs: isize, cs: isize) -> usize {
@@ -137,10 +160,18 @@ fn check(
     // A's row sums go into values already there (a bias gradient is added to).
     let sums_on = seed & 4 != 0;
     let sums_orig = rng.vec(m);
-    for kernel in kernels() {
+    for kernel in targets() {
+        // The bf16 backends multiply bf16-rounded inputs (A's row sums are of the f32 values).
+        let round = |x: f32| {
+            if kernel.bf16() {
+                super::amx::bf16_round(x)
+            } else {
+                x
+            }
+        };
         let mut d = d_orig.clone();
         let mut sums = sums_orig.clone();
-        let ok = unsafe {
+        unsafe {
             call(
                 kernel,
                 m,
@@ -175,7 +206,6 @@ fn check(
                 },
             )
         };
-        assert!(ok);
         let tol = 1e-5 * (k as f64).sqrt() + 1e-6;
         for i in 0..m {
             let row = (0..k).map(|p| a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64);
@@ -197,8 +227,8 @@ fn check(
                 let mut s = 0f64;
                 let mut sa = 0f64;
                 for p in 0..k {
-                    let x = a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64
-                        * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
+                    let x = round(a[(i as isize * a_rs + p as isize * a_cs) as usize]) as f64
+                        * round(b[(p as isize * b_rs + j as isize * b_cs) as usize]) as f64;
                     s += x;
                     sa += x.abs();
                 }
@@ -236,17 +266,11 @@ fn check(
     }
 }
 
-/// Sets up the pool; false (with a note) when this CPU runs none of our
-/// kernels, whose tests then have nothing to check (each check names the
-/// kernels it skips).
+/// Sets up the pool (two threads, so the threaded paths run).
 fn pool() -> bool {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build_global();
-    if !Kernel::Avx512.available() && !Kernel::Avx2.available() {
-        eprintln!("skipped: this CPU has neither AVX-512F nor AVX2 + FMA");
-        return false;
-    }
     true
 }
 
@@ -465,10 +489,17 @@ fn general_strides() {
     let (a_rs, a_cs, b_rs, b_cs) = (2isize * k as isize, 2isize, 3isize, 3 * k as isize);
     let a = rng.vec(span(m, k, a_rs, a_cs));
     let b = rng.vec(span(k, n, b_rs, b_cs));
-    for kernel in kernels() {
+    for kernel in targets() {
+        let round = |x: f32| {
+            if kernel.bf16() {
+                super::amx::bf16_round(x)
+            } else {
+                x
+            }
+        };
         let mut d = vec![f32::NAN; m * n];
         let mut sums = vec![1f32; m];
-        let ok = unsafe {
+        unsafe {
             call(
                 kernel,
                 m,
@@ -491,15 +522,16 @@ fn general_strides() {
                 sums.as_mut_ptr(),
             )
         };
-        assert!(ok);
         for i in 0..m {
             let at = |p: usize| a[(i as isize * a_rs + p as isize * a_cs) as usize] as f64;
+            let at_r = |p: usize| round(a[(i as isize * a_rs + p as isize * a_cs) as usize]) as f64;
             for j in 0..n {
                 let mut s = 0f64;
                 for p in 0..k {
-                    s += at(p) * b[(p as isize * b_rs + j as isize * b_cs) as usize] as f64;
+                    s +=
+                        at_r(p) * round(b[(p as isize * b_rs + j as isize * b_cs) as usize]) as f64;
                 }
-                assert!((d[i * n + j] as f64 - s).abs() < 1e-4, "{i},{j}");
+                assert!((d[i * n + j] as f64 - s).abs() < 1e-4, "{kernel:?} {i},{j}");
             }
             let want = 1.0 + (0..k).map(at).sum::<f64>();
             assert!((sums[i] as f64 - want).abs() < 1e-4, "a_sums[{i}]");
