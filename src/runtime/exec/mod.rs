@@ -13,6 +13,7 @@ use super::error::Result;
 use super::params::{Mode, ParamSlot};
 use super::precision::Precision;
 use crate::data::batch::Batch;
+use crate::plan::validate::Analysis;
 use crate::proto::plan::Plan;
 
 /// The output of one forward pass.
@@ -34,10 +35,9 @@ pub struct ModelState<'a> {
     /// Dense parameters; a training pass replaces batch-norm buffers.
     pub params: &'a mut [ParamSlot],
     pub tables: &'a [Table],
-    /// Embedded features read by some FEATURE_GROUP op.
-    pub embedded: &'a [usize],
-    /// Per op: the batch axis of its first input.
-    pub batch_axis: &'a [usize],
+    /// What the plan's ops read and write, computed once when the model
+    /// was loaded (producers, readers, embedded features, batch axes).
+    pub analysis: &'a Analysis,
     pub device: &'a Device,
     pub dtype: DType,
 }

@@ -302,7 +302,7 @@ fn din_whole_model_gradients() {
 fn native_engine_hands_sequences_to_candle() {
     let plan = din_plan();
     let analysis = crate::plan::validate::analyze(&plan).unwrap();
-    match crate::runtime::exec::native::Engine::new(&plan, &analysis.batch_axis) {
+    match crate::runtime::exec::native::Engine::new(&plan, &analysis) {
         Err(crate::runtime::error::RuntimeError::Unsupported { op, why }) => {
             assert!(op.contains("seq"), "{op}");
             assert!(why.contains("sequence"), "{why}");

@@ -13,6 +13,7 @@ use candle_core::{backprop::GradStore, Device, Tensor};
 
 use super::{Executor, Forward, ModelState};
 use crate::data::batch::{Batch, FeatureInput};
+use crate::plan::validate::Analysis;
 use crate::proto::plan::{Activation, Op, OpKind, Plan, Pooling};
 use crate::rng::SplitMix64;
 use crate::runtime::embedding;
@@ -40,10 +41,10 @@ pub struct CandleExec {
 
 impl CandleExec {
     /// The executor of a validated plan.
-    pub fn new(plan: &Plan) -> Self {
+    pub fn new(plan: &Plan, analysis: &Analysis) -> Self {
         let (deferred, slice_of_linear) = deferred_linears(plan);
         let stack_of_slices = stacks_of_slices(plan, &deferred);
-        let bias_to_relu = bias_to_relu(plan, &slice_of_linear);
+        let bias_to_relu = bias_to_relu(plan, analysis, &slice_of_linear);
         CandleExec {
             stack_of_slices,
             deferred,
@@ -71,7 +72,7 @@ impl Executor for CandleExec {
         let lookup = embedding::lookup(
             m.tables,
             &plan.features,
-            m.embedded,
+            &m.analysis.embedded,
             &batch.features,
             rows,
             train,
@@ -163,7 +164,7 @@ impl Executor for CandleExec {
                 )?,
                 OpKind::BatchNorm => {
                     let x = input(0)?;
-                    let ax = m.batch_axis[oi];
+                    let ax = m.analysis.batch_axis[oi];
                     let eps = if op.eps > 0.0 {
                         op.eps as f64
                     } else {
@@ -381,8 +382,8 @@ impl Executor for CandleExec {
 }
 
 /// Finds the ops `CandleExec::bias_to_relu` describes.
-fn bias_to_relu(plan: &Plan, slice_of_linear: &[Option<usize>]) -> Vec<bool> {
-    let readers = crate::plan::readers(plan);
+fn bias_to_relu(plan: &Plan, analysis: &Analysis, slice_of_linear: &[Option<usize>]) -> Vec<bool> {
+    let readers = &analysis.readers;
     let logits: Vec<usize> = plan.tasks.iter().map(|t| t.logits as usize).collect();
     plan.ops
         .iter()

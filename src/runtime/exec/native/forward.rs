@@ -7,14 +7,12 @@ use super::*;
 
 impl Engine {
     /// Runs every op on `batch`; in training keeps what `backward` needs.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward_pass(
         &mut self,
         plan: &Plan,
-        batch_axis: &[usize],
+        analysis: &Analysis,
         params: &[ParamSlot],
         tables: &[Table],
-        embedded: &[usize],
         batch: &Batch,
         mode: Mode,
     ) -> Result<NativeForward> {
@@ -25,12 +23,12 @@ impl Engine {
         let lookup = embed::lookup(
             tables,
             &plan.features,
-            embedded,
+            &analysis.embedded,
             &batch.features,
             rows,
             train,
         )?;
-        let pi = self.program(plan, batch_axis, rows, train)?;
+        let pi = self.program(plan, analysis, rows, train)?;
         let prog = &mut self.programs[pi];
         let ps = Params::borrow(params)?;
         let n_ops = plan.ops.len();

@@ -50,6 +50,7 @@ use self::step::Step;
 use self::view::{Mat, View};
 use super::{logits_tensors, Executor, Forward, ModelState};
 use crate::data::batch::{Batch, FeatureInput};
+use crate::plan::validate::Analysis;
 use crate::proto::plan::{Activation, Plan};
 use crate::rng::SplitMix64;
 use crate::runtime::embedding::{Gathered, Table};
@@ -149,8 +150,8 @@ impl Engine {
     /// An engine for `plan`, or why not: `Unsupported` for an op it
     /// cannot run, `InvalidPlan` for an inconsistent plan. Builds a small
     /// program to find out.
-    pub fn new(plan: &Plan, batch_axis: &[usize]) -> Result<Self> {
-        Program::build(plan, batch_axis, 2)?;
+    pub fn new(plan: &Plan, analysis: &Analysis) -> Result<Self> {
+        Program::build(plan, analysis, 2)?;
         Ok(Self {
             programs: Vec::new(),
             tape: None,
@@ -184,7 +185,7 @@ impl Engine {
     fn program(
         &mut self,
         plan: &Plan,
-        batch_axis: &[usize],
+        analysis: &Analysis,
         rows: usize,
         training: bool,
     ) -> Result<usize> {
@@ -206,9 +207,9 @@ impl Engine {
             }
         }
         self.programs.push(if training {
-            Program::build(plan, batch_axis, rows)?
+            Program::build(plan, analysis, rows)?
         } else {
-            Program::build_inference(plan, batch_axis, rows)?
+            Program::build_inference(plan, analysis, rows)?
         });
         Ok(self.programs.len() - 1)
     }
@@ -276,13 +277,11 @@ impl Executor for Engine {
             structure,
             params,
             tables,
-            embedded,
-            batch_axis,
+            analysis,
             device,
             ..
         } = m;
-        let out =
-            self.forward_pass(structure, batch_axis, params, tables, embedded, batch, mode)?;
+        let out = self.forward_pass(structure, analysis, params, tables, batch, mode)?;
         for (i, v) in out.buffer_updates {
             let shape = params[i].tensor().dims().to_vec();
             params[i] = ParamSlot::Buffer(Tensor::from_vec(v, shape, device)?);

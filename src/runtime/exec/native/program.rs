@@ -4,6 +4,7 @@
 use super::step::{gradient_writes, Step};
 use super::view::View;
 use crate::plan::resolve_axis;
+use crate::plan::validate::Analysis;
 use crate::proto::plan::{Activation, OpKind, Plan};
 use crate::runtime::error::{invalid_plan, unsupported, Result};
 
@@ -54,7 +55,8 @@ impl Program {
     /// Lays `plan` out for `batch` rows. `Unsupported` names an op the
     /// engine cannot run (the model may then run on candle); `InvalidPlan`
     /// an inconsistency no engine could run.
-    pub fn build(plan: &Plan, batch_axis: &[usize], batch: usize) -> Result<Self> {
+    pub fn build(plan: &Plan, analysis: &Analysis, batch: usize) -> Result<Self> {
+        let batch_axis = &analysis.batch_axis;
         let mut b = Builder {
             plan,
             batch,
@@ -64,7 +66,7 @@ impl Program {
             op: String::new(),
         };
         let mut steps = Vec::with_capacity(plan.ops.len());
-        let in_place = in_place_activations(plan);
+        let in_place = in_place_activations(plan, analysis);
         for (oi, op) in plan.ops.iter().enumerate() {
             b.op.clone_from(&op.name);
             let kind = OpKind::try_from(op.kind).unwrap_or(OpKind::OpUnspecified);
@@ -338,7 +340,7 @@ impl Program {
             b.views[op.output as usize] = Some(out);
             steps.push(step);
         }
-        virtual_concats(plan, &mut steps, &mut b.sizes);
+        virtual_concats(plan, analysis, &mut steps, &mut b.sizes);
         let exclusive = exclusive_buffers(plan, &steps, &b.views, &b.sizes, &b.needs);
         let live = gradient_lifetimes(plan, &steps, &b.views, b.sizes.len(), &b.needs);
         let (gslot, slot_sizes) = assign_slots(&live, &b.sizes);
@@ -383,8 +385,8 @@ impl Program {
     /// training program's activation memory. Safe because every forward
     /// kernel overwrites all of its output (a program is reused batch after
     /// batch without clearing).
-    pub fn build_inference(plan: &Plan, batch_axis: &[usize], batch: usize) -> Result<Self> {
-        let mut p = Self::build(plan, batch_axis, batch)?;
+    pub fn build_inference(plan: &Plan, analysis: &Analysis, batch: usize) -> Result<Self> {
+        let mut p = Self::build(plan, analysis, batch)?;
         p.share_activations(plan);
         Ok(p)
     }
@@ -466,14 +468,8 @@ impl Program {
 /// whose other readers are SLICEs of other columns (the fused expert
 /// layers). Saves one activation and one gradient buffer per layer, the
 /// memory PyTorch saves by keeping only a relu's output.
-fn in_place_activations(plan: &Plan) -> Vec<bool> {
-    let mut producer = vec![None; plan.values.len()];
-    for (i, op) in plan.ops.iter().enumerate() {
-        if let Some(p) = producer.get_mut(op.output as usize) {
-            *p = Some(i);
-        }
-    }
-    let readers = crate::plan::readers(plan);
+fn in_place_activations(plan: &Plan, analysis: &Analysis) -> Vec<bool> {
+    let (producer, readers) = (&analysis.producer, &analysis.readers);
     let logits: Vec<usize> = plan.tasks.iter().map(|t| t.logits as usize).collect();
     let kind = |i: usize| OpKind::try_from(plan.ops[i].kind).unwrap_or(OpKind::OpUnspecified);
     let linear = |i: usize| matches!(kind(i), OpKind::Linear | OpKind::BatchedLinear);
@@ -529,8 +525,8 @@ fn in_place_activations(plan: &Plan) -> Vec<bool> {
 /// (PLE: each task gate's own experts and the shared ones) is not copied:
 /// the gates read its inputs in place, and their gradients go straight
 /// back. The concat's buffer is left empty.
-fn virtual_concats(plan: &Plan, steps: &mut [Step], sizes: &mut [usize]) {
-    let readers = crate::plan::readers(plan);
+fn virtual_concats(plan: &Plan, analysis: &Analysis, steps: &mut [Step], sizes: &mut [usize]) {
+    let readers = &analysis.readers;
     let logits: Vec<usize> = plan.tasks.iter().map(|t| t.logits as usize).collect();
     for c in 0..steps.len() {
         let op = &plan.ops[c];
@@ -843,7 +839,8 @@ mod tests {
         let plan = crate::pipeline::build(&source, Default::default())
             .unwrap()
             .plan;
-        let p = super::Program::build(&plan, &vec![0; plan.ops.len()], 1024).unwrap();
+        let analysis = crate::plan::validate::analyze(&plan).unwrap();
+        let p = super::Program::build(&plan, &analysis, 1024).unwrap();
         let mut zeroed: Vec<usize> = (0..p.bufs.len())
             .filter(|&i| p.needs_grad[i] && !p.exclusive[i])
             .map(|i| p.bufs[i].len() / 1024)
@@ -861,7 +858,7 @@ mod tests {
         assert_eq!((total / 1024, p.gradient_floats() / 1024), (19752, 13084));
         // Forward passes only: values share memory by lifetime (the wide
         // first layer's 6158 floats a row live while the experts read it).
-        let q = super::Program::build_inference(&plan, &vec![0; plan.ops.len()], 1024).unwrap();
+        let q = super::Program::build_inference(&plan, &analysis, 1024).unwrap();
         let shared: usize = q.bufs.iter().map(|b| b.len()).sum();
         assert_eq!(shared / 1024, 12575);
         // Every relu's backward pass runs in the writers of its gradient:
