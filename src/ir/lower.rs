@@ -898,10 +898,7 @@ fn feature_name(fc: &FeatureConfig) -> Option<&str> {
 
 /// The input column of an expression `side:name` (the whole text without a side).
 fn input_column(expression: &str) -> String {
-    match expression.split_once(':') {
-        Some((_, name)) => name.trim().to_string(),
-        None => expression.trim().to_string(),
-    }
+    crate::lang::expression::input_column(expression).to_string()
 }
 
 /// The plan's form of a parsed normalizer (`lang::normalizer`); `None`
