@@ -10,6 +10,8 @@
 //! diagnostic types shared by all stages, `rng` the one random generator;
 //! `cli` is the only module that knows the commands.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod alloc;
 pub mod cli;
 pub mod data;

@@ -79,7 +79,9 @@ pub fn input_column(text: &str) -> &str {
 pub fn reads_feature(text: &str) -> bool {
     match parse(text) {
         Ok(e) => e.reads_feature(),
-        Err(_) => text.split_once(':').is_some_and(|(s, _)| s.trim() == "feature"),
+        Err(_) => text
+            .split_once(':')
+            .is_some_and(|(s, _)| s.trim() == "feature"),
     }
 }
 
@@ -101,7 +103,10 @@ mod tests {
         assert_eq!(p.message, "expression \"age_level\" has no side");
         assert!(p.help.contains("`user:age_level`"), "{}", p.help);
         let p = parse("usr:age_level").unwrap_err();
-        assert_eq!(p.message, "unknown side \"usr\" in expression \"usr:age_level\"");
+        assert_eq!(
+            p.message,
+            "unknown side \"usr\" in expression \"usr:age_level\""
+        );
         assert_eq!(p.help, "did you mean `user:age_level`?");
         let p = parse("user: ").unwrap_err();
         assert_eq!(p.message, "expression \"user: \" names no input");

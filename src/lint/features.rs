@@ -361,5 +361,5 @@ fn normalizer(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
 
 #[cfg(test)]
 pub(super) fn expression_ok(s: &str) -> bool {
-    expression_problem(s).is_none()
+    expression::parse(s).is_ok()
 }

@@ -287,66 +287,68 @@ pub unsafe fn gemm_f32(kernel: Kernel, problem: &Problem, threads: usize) -> boo
 /// # Safety
 /// As `gemm_f32`; the CPU can run `K`.
 unsafe fn run<K: Backend>(pr: &Prob, threads: usize) {
-    let (m, n, k) = (pr.m, pr.n, pr.k);
-    if !pr.a_sums.is_null() && (n <= 1 || pr.acs == 1) {
-        // The paths that read A in place (matrix-vector, row-major A), and an empty product,
-        // pack nothing to sum from. In a weight's gradient A is dY^T, row-major only for a
-        // one-output layer.
-        add_a_row_sums(pr);
-    }
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        // SAFETY: caller guarantees dst (and bias) validity; scalar epilogue only.
-        epilogue_only(pr);
-        return;
-    }
-    let flops = 2.0 * m as f64 * n as f64 * k as f64;
-    let mut workers = threads.min(rayon::current_num_threads()).max(1);
-    if flops < PAR_MIN_FLOPS {
-        workers = 1;
-    }
-    let body = || {
-        if n == 1 {
-            // Matrix-vector product (the NR-wide micro-kernel would waste most of its work).
-            let chunks = if workers > 1 {
-                m.div_ceil(256).min(16 * workers)
-            } else {
-                1
-            };
-            par_tasks(workers, chunks, &|t| {
-                let (i0, i1) = (m * t / chunks, m * (t + 1) / chunks);
-                // SAFETY: disjoint row range of a valid problem; the CPU runs K.
-                unsafe { K::gemv_rows(pr, i0, i1) }
-            });
-        } else {
-            let direct = pr.acs == 1;
-            let kc_max = if direct { K::KC_DIRECT } else { K::KC_PACKED };
-            let use2 = match DRIVER.load(Ordering::Relaxed) {
-                // Narrow B with several K blocks (per-K-block joins dominate driver 1), or
-                // unpacked A with between one and two N blocks (whole packed B is small,
-                // fewer joins).
-                0 => {
-                    (n <= 256 && k > kc_max)
-                        || (direct && n > K::NC_DIRECT && n <= 2 * K::NC_DIRECT)
-                }
-                d => d == 2,
-            };
-            // SAFETY (both): valid problem (caller contract); the CPU runs K.
-            if use2 {
-                unsafe { gemm_driver2::<K>(pr, workers) }
-            } else {
-                unsafe { gemm_driver::<K>(pr, workers) }
-            }
+    unsafe {
+        let (m, n, k) = (pr.m, pr.n, pr.k);
+        if !pr.a_sums.is_null() && (n <= 1 || pr.acs == 1) {
+            // The paths that read A in place (matrix-vector, row-major A), and an empty product,
+            // pack nothing to sum from. In a weight's gradient A is dY^T, row-major only for a
+            // one-output layer.
+            add_a_row_sums(pr);
         }
-    };
-    if workers > 1 && rayon::current_thread_index().is_none() {
-        // Run the driver inside the pool so each parallel phase is a cheap local spawn instead
-        // of a cross-thread injection.
-        rayon::scope(|_| body());
-    } else {
-        body();
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            // SAFETY: caller guarantees dst (and bias) validity; scalar epilogue only.
+            epilogue_only(pr);
+            return;
+        }
+        let flops = 2.0 * m as f64 * n as f64 * k as f64;
+        let mut workers = threads.min(rayon::current_num_threads()).max(1);
+        if flops < PAR_MIN_FLOPS {
+            workers = 1;
+        }
+        let body = || {
+            if n == 1 {
+                // Matrix-vector product (the NR-wide micro-kernel would waste most of its work).
+                let chunks = if workers > 1 {
+                    m.div_ceil(256).min(16 * workers)
+                } else {
+                    1
+                };
+                par_tasks(workers, chunks, &|t| {
+                    let (i0, i1) = (m * t / chunks, m * (t + 1) / chunks);
+                    // SAFETY: disjoint row range of a valid problem; the CPU runs K.
+                    K::gemv_rows(pr, i0, i1)
+                });
+            } else {
+                let direct = pr.acs == 1;
+                let kc_max = if direct { K::KC_DIRECT } else { K::KC_PACKED };
+                let use2 = match DRIVER.load(Ordering::Relaxed) {
+                    // Narrow B with several K blocks (per-K-block joins dominate driver 1), or
+                    // unpacked A with between one and two N blocks (whole packed B is small,
+                    // fewer joins).
+                    0 => {
+                        (n <= 256 && k > kc_max)
+                            || (direct && n > K::NC_DIRECT && n <= 2 * K::NC_DIRECT)
+                    }
+                    d => d == 2,
+                };
+                // SAFETY (both): valid problem (caller contract); the CPU runs K.
+                if use2 {
+                    gemm_driver2::<K>(pr, workers)
+                } else {
+                    gemm_driver::<K>(pr, workers)
+                }
+            }
+        };
+        if workers > 1 && rayon::current_thread_index().is_none() {
+            // Run the driver inside the pool so each parallel phase is a cheap local spawn instead
+            // of a cross-thread injection.
+            rayon::scope(|_| body());
+        } else {
+            body();
+        }
     }
 }
 
@@ -384,16 +386,18 @@ fn par_tasks(w: usize, ntasks: usize, f: &(dyn Fn(usize) + Sync)) {
 /// # Safety
 /// `pr` describes valid memory (the GEMM entry points' contract).
 pub(super) unsafe fn epilogue_only(pr: &Prob) {
-    let noop = pr.bias.is_null() && !pr.relu && pr.mask.is_null();
-    if noop && pr.acc {
-        return;
-    }
-    for i in 0..pr.m {
-        for j in 0..pr.n {
-            // SAFETY: (i, j) in range; caller guarantees dst/bias validity.
-            let c = pr.dst.offset(i as isize * pr.drs + j as isize * pr.dcs);
-            let v = if pr.acc { *c } else { 0.0 };
-            *c = epilogue_value(pr, i, j, v);
+    unsafe {
+        let noop = pr.bias.is_null() && !pr.relu && pr.mask.is_null();
+        if noop && pr.acc {
+            return;
+        }
+        for i in 0..pr.m {
+            for j in 0..pr.n {
+                // SAFETY: (i, j) in range; caller guarantees dst/bias validity.
+                let c = pr.dst.offset(i as isize * pr.drs + j as isize * pr.dcs);
+                let v = if pr.acc { *c } else { 0.0 };
+                *c = epilogue_value(pr, i, j, v);
+            }
         }
     }
 }
@@ -405,13 +409,15 @@ pub(super) unsafe fn epilogue_only(pr: &Prob) {
 /// (i, j) is inside the problem.
 #[inline(always)]
 pub(super) unsafe fn epilogue_value(pr: &Prob, i: usize, j: usize, v: f32) -> f32 {
-    let v = if pr.bias.is_null() {
-        v
-    } else {
-        v + *pr.bias.add(j)
-    };
-    let v = if pr.relu { relu(v) } else { v };
-    masked(pr, i, j, v)
+    unsafe {
+        let v = if pr.bias.is_null() {
+            v
+        } else {
+            v + *pr.bias.add(j)
+        };
+        let v = if pr.relu { relu(v) } else { v };
+        masked(pr, i, j, v)
+    }
 }
 
 /// Written so it matches `vmaxps(x, 0)` bit for bit (the vector kernels' form).
@@ -430,10 +436,12 @@ pub(super) fn relu(x: f32) -> f32 {
 /// (i, j) is inside the problem.
 #[inline(always)]
 pub(super) unsafe fn masked(pr: &Prob, i: usize, j: usize, v: f32) -> f32 {
-    if pr.mask.is_null() || *pr.mask.offset(i as isize * pr.drs + j as isize * pr.dcs) > 0.0 {
-        v
-    } else {
-        0.0
+    unsafe {
+        if pr.mask.is_null() || *pr.mask.offset(i as isize * pr.drs + j as isize * pr.dcs) > 0.0 {
+            v
+        } else {
+            0.0
+        }
     }
 }
 
@@ -775,70 +783,72 @@ unsafe fn tile<K: Backend>(
     first: bool,
     last: bool,
 ) {
-    let beta = !first || pr.acc;
-    if pr.dcs == 1 {
-        let c = pr.dst.offset(i as isize * pr.drs + j as isize);
-        let epi = Epi {
-            beta,
-            bias: if last && !pr.bias.is_null() {
-                pr.bias.add(j)
-            } else {
-                std::ptr::null()
-            },
-            relu: last && pr.relu,
-            mask: if last && !pr.mask.is_null() {
-                pr.mask.offset(i as isize * pr.drs + j as isize)
-            } else {
-                std::ptr::null()
-            },
-        };
-        // SAFETY: rows i..i+mr and columns j..j+nr are valid dst elements.
-        K::kernel(direct, mr, nr, kc, ap, pr.ars, bp, c, pr.drs, &epi);
-    } else {
-        // General column stride: compute into an aligned scratch tile, then scalar copy-out.
-        #[repr(align(64))]
-        struct T([f32; SCRATCH]);
-        debug_assert!(K::MR * K::NR <= SCRATCH);
-        let mut t = T([0.0; SCRATCH]);
-        let epi = Epi {
-            beta: false,
-            bias: std::ptr::null(),
-            relu: false,
-            mask: std::ptr::null(),
-        };
-        // SAFETY: the scratch tile has MR rows of NR floats.
-        K::kernel(
-            direct,
-            mr,
-            nr,
-            kc,
-            ap,
-            pr.ars,
-            bp,
-            t.0.as_mut_ptr(),
-            K::NR as isize,
-            &epi,
-        );
-        for r in 0..mr {
-            for jj in 0..nr {
-                // SAFETY: (i + r, j + jj) is inside the problem.
-                let c = pr
-                    .dst
-                    .offset((i + r) as isize * pr.drs + (j + jj) as isize * pr.dcs);
-                let mut v = t.0[r * K::NR + jj];
-                if beta {
-                    v += *c;
-                }
-                if last {
-                    if !pr.bias.is_null() {
-                        v += *pr.bias.add(j + jj);
+    unsafe {
+        let beta = !first || pr.acc;
+        if pr.dcs == 1 {
+            let c = pr.dst.offset(i as isize * pr.drs + j as isize);
+            let epi = Epi {
+                beta,
+                bias: if last && !pr.bias.is_null() {
+                    pr.bias.add(j)
+                } else {
+                    std::ptr::null()
+                },
+                relu: last && pr.relu,
+                mask: if last && !pr.mask.is_null() {
+                    pr.mask.offset(i as isize * pr.drs + j as isize)
+                } else {
+                    std::ptr::null()
+                },
+            };
+            // SAFETY: rows i..i+mr and columns j..j+nr are valid dst elements.
+            K::kernel(direct, mr, nr, kc, ap, pr.ars, bp, c, pr.drs, &epi);
+        } else {
+            // General column stride: compute into an aligned scratch tile, then scalar copy-out.
+            #[repr(align(64))]
+            struct T([f32; SCRATCH]);
+            debug_assert!(K::MR * K::NR <= SCRATCH);
+            let mut t = T([0.0; SCRATCH]);
+            let epi = Epi {
+                beta: false,
+                bias: std::ptr::null(),
+                relu: false,
+                mask: std::ptr::null(),
+            };
+            // SAFETY: the scratch tile has MR rows of NR floats.
+            K::kernel(
+                direct,
+                mr,
+                nr,
+                kc,
+                ap,
+                pr.ars,
+                bp,
+                t.0.as_mut_ptr(),
+                K::NR as isize,
+                &epi,
+            );
+            for r in 0..mr {
+                for jj in 0..nr {
+                    // SAFETY: (i + r, j + jj) is inside the problem.
+                    let c = pr
+                        .dst
+                        .offset((i + r) as isize * pr.drs + (j + jj) as isize * pr.dcs);
+                    let mut v = t.0[r * K::NR + jj];
+                    if beta {
+                        v += *c;
                     }
-                    if pr.relu {
-                        v = v.max(0.0);
+                    if last {
+                        if !pr.bias.is_null() {
+                            v += *pr.bias.add(j + jj);
+                        }
+                        if pr.relu {
+                            v = v.max(0.0);
+                        }
+                        v = masked(pr, i + r, j + jj, v);
                     }
-                    v = masked(pr, i + r, j + jj, v);
+                    *c = v;
                 }
-                *c = v;
             }
         }
     }
@@ -857,13 +867,15 @@ pub(super) unsafe fn pack_strided(
     width: usize,
     out: *mut f32,
 ) {
-    for p in 0..kc {
-        for t in 0..width {
-            *out.add(p * width + t) = if t < valid {
-                *src.offset(p as isize * k_stride + t as isize * t_stride)
-            } else {
-                0.0
-            };
+    unsafe {
+        for p in 0..kc {
+            for t in 0..width {
+                *out.add(p * width + t) = if t < valid {
+                    *src.offset(p as isize * k_stride + t as isize * t_stride)
+                } else {
+                    0.0
+                };
+            }
         }
     }
 }
@@ -873,12 +885,14 @@ pub(super) unsafe fn pack_strided(
 /// # Safety
 /// `pr` is a valid problem with a non-null `a_sums`.
 pub(super) unsafe fn add_a_row_sums(pr: &Prob) {
-    let a = Strided {
-        ptr: pr.a,
-        rs: pr.ars,
-        cs: pr.acs,
-    };
-    add_row_sums(pr.m, pr.k, a, pr.a_sums);
+    unsafe {
+        let a = Strided {
+            ptr: pr.a,
+            rs: pr.ars,
+            cs: pr.acs,
+        };
+        add_row_sums(pr.m, pr.k, a, pr.a_sums);
+    }
 }
 
 /// Adds each row of the m x k matrix `a`'s sum, in k order, to `sums`.
@@ -886,12 +900,14 @@ pub(super) unsafe fn add_a_row_sums(pr: &Prob) {
 /// # Safety
 /// `a` covers its strided m x k range; `sums` has `m` values nothing else touches.
 pub(super) unsafe fn add_row_sums(m: usize, k: usize, a: Strided<*const f32>, sums: *mut f32) {
-    for i in 0..m {
-        let mut s = 0f32;
-        for p in 0..k {
-            s += *a.ptr.offset(i as isize * a.rs + p as isize * a.cs);
+    unsafe {
+        for i in 0..m {
+            let mut s = 0f32;
+            for p in 0..k {
+                s += *a.ptr.offset(i as isize * a.rs + p as isize * a.cs);
+            }
+            *sums.add(i) += s;
         }
-        *sums.add(i) += s;
     }
 }
 

@@ -170,13 +170,14 @@ pub unsafe fn matmul_into(
             "native engine: a bias gradient is shorter than its weight has rows"
         ));
     }
-    let mask = mask.map(|m| m.as_ptr().add(d.off));
+    // `inside` checked that `d` lies inside the mask's buffer, so the offset stays in it.
+    let mask = mask.map(|m| m.as_ptr().wrapping_add(d.off));
     let a_sums = a_sums.map(|s| s.as_mut_ptr());
     // SAFETY: all matrices were checked to lie inside their slices (every
     // offset a kernel forms is below `end()`), strides are those of the
     // checks, the mask has `d`'s layout, `a_sums` has a value per row of
     // `a` and is borrowed mutably, and the caller owns `d`'s elements for
-    // the call.
+    // the call (this function's contract).
     unsafe {
         multiply(
             dst.ptr.get(),
@@ -291,47 +292,49 @@ unsafe fn multiply(
     a_sums: Option<*mut f32>,
     how: Gemm,
 ) {
-    let out = dst.add(d.off);
-    let (ap, bp) = (a.as_ptr().add(am.off), b.as_ptr().add(bm.off));
-    let problem = Problem {
-        m: d.rows,
-        n: d.cols,
-        k: am.cols,
-        dst: Strided {
-            ptr: out,
-            rs: d.rs,
-            cs: d.cs,
-        },
-        accumulate,
-        a: Strided {
-            ptr: ap,
-            rs: am.rs,
-            cs: am.cs,
-        },
-        b: Strided {
-            ptr: bp,
-            rs: bm.rs,
-            cs: bm.cs,
-        },
-        epilogue: Epilogue {
-            bias,
-            relu,
-            mask,
-            a_sums,
-        },
-    };
-    if how.bf16 {
-        amx::gemm_bf16(&problem, how.threads);
-        return;
-    }
-    if let Some(kernel) = isa::chosen().f32_kernel() {
-        // SAFETY: this function's contract is gemm_f32's: the matrices lie inside their
-        // buffers, dst is exclusively ours for the call, bias/mask/a_sums as documented.
-        if unsafe { gemm_f32(kernel, &problem, how.threads) } {
+    unsafe {
+        let out = dst.add(d.off);
+        let (ap, bp) = (a.as_ptr().add(am.off), b.as_ptr().add(bm.off));
+        let problem = Problem {
+            m: d.rows,
+            n: d.cols,
+            k: am.cols,
+            dst: Strided {
+                ptr: out,
+                rs: d.rs,
+                cs: d.cs,
+            },
+            accumulate,
+            a: Strided {
+                ptr: ap,
+                rs: am.rs,
+                cs: am.cs,
+            },
+            b: Strided {
+                ptr: bp,
+                rs: bm.rs,
+                cs: bm.cs,
+            },
+            epilogue: Epilogue {
+                bias,
+                relu,
+                mask,
+                a_sums,
+            },
+        };
+        if how.bf16 {
+            amx::gemm_bf16(&problem, how.threads);
             return;
         }
+        if let Some(kernel) = isa::chosen().f32_kernel() {
+            // SAFETY: this function's contract is gemm_f32's: the matrices lie inside their
+            // buffers, dst is exclusively ours for the call, bias/mask/a_sums as documented.
+            if gemm_f32(kernel, &problem, how.threads) {
+                return;
+            }
+        }
+        portable::gemm_f32(&problem, how.threads);
     }
-    portable::gemm_f32(&problem, how.threads);
 }
 
 #[cfg(test)]

@@ -75,27 +75,29 @@ unsafe fn call(
     mask: *const f32,
     a_sums: *mut f32,
 ) {
-    let problem = test_problem(
-        (m, n, k),
-        dst,
-        (dst_rs, dst_cs),
-        accumulate,
-        a,
-        (a_rs, a_cs),
-        b,
-        (b_rs, b_cs),
-        Epilogue {
-            bias: (!bias.is_null()).then_some(bias),
-            relu,
-            mask: (!mask.is_null()).then_some(mask),
-            a_sums: (!a_sums.is_null()).then_some(a_sums),
-        },
-    );
-    match target {
-        Target::F32(kernel) => assert!(gemm_f32(kernel, &problem, threads)),
-        Target::Portable => super::portable::gemm_f32(&problem, threads),
-        Target::Amx => super::amx::gemm_bf16(&problem, threads),
-        Target::AmxPortable => super::amx::gemm_bf16_portable(&problem),
+    unsafe {
+        let problem = test_problem(
+            (m, n, k),
+            dst,
+            (dst_rs, dst_cs),
+            accumulate,
+            a,
+            (a_rs, a_cs),
+            b,
+            (b_rs, b_cs),
+            Epilogue {
+                bias: (!bias.is_null()).then_some(bias),
+                relu,
+                mask: (!mask.is_null()).then_some(mask),
+                a_sums: (!a_sums.is_null()).then_some(a_sums),
+            },
+        );
+        match target {
+            Target::F32(kernel) => assert!(gemm_f32(kernel, &problem, threads)),
+            Target::Portable => super::portable::gemm_f32(&problem, threads),
+            Target::Amx => super::amx::gemm_bf16(&problem, threads),
+            Target::AmxPortable => super::amx::gemm_bf16_portable(&problem),
+        }
     }
 }
 

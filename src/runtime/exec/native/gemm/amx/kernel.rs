@@ -58,229 +58,231 @@ fn run_workers(workers: usize, f: &(dyn Fn() + Sync)) {
 /// # Safety
 /// AMX is usable in this process (`detect`); the contract of `super::gemm_bf16`.
 pub(super) unsafe fn gemm(pr: &Prob, threads: usize) {
-    let Prob {
-        m,
-        n,
-        k,
-        dst,
-        drs: dst_rs,
-        dcs: dst_cs,
-        acc: accumulate,
-        a,
-        ars: a_rs,
-        acs: a_cs,
-        b,
-        brs: b_rs,
-        bcs: b_cs,
-        bias,
-        relu,
-        mask,
-        a_sums,
-    } = *pr;
-    let sh = Shape {
-        m,
-        n,
-        k,
-        ks: k.div_ceil(KSTEP),
-    };
-    let pl = sh.panel_lines();
-    let n_panels = n.div_ceil(PANEL);
-    let m_panels = m.div_ceil(PANEL);
-    let max_workers = threads.max(1).min(rayon::current_num_threads().max(1));
-
-    // ---- pack B (shared by all tasks) ----
-    let b_lines = n_panels * pl;
-    let mut bbuf = B_BUF.with(|c| {
-        c.try_borrow_mut()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default()
-    });
-    if bbuf.len() < b_lines {
-        // Every line gets written by pack_b_tile, but zero-init keeps this safe Rust.
-        bbuf = vec![ZERO_LINE; b_lines];
-    }
-    {
-        // Packed B: [panel (pl lines)][k-step][half][16 k-pairs][16 cols x 2].
-        // Work items follow the source's contiguous axis (see pack_a_block): whole panels
-        // when k is contiguous, whole k-steps across all panels otherwise.
-        let by_panel = b_rs == 1;
-        let items = if by_panel { n_panels } else { sh.ks };
-        let bp = Shared::new(bbuf.as_mut_ptr());
-        let bsrc = Shared::new(b);
-        let next = AtomicUsize::new(0);
-        let sh = &sh;
-        let pack = || {
-            let (bp, bsrc) = (bp, bsrc);
-            let one = |jp: usize, s: usize, half: usize| {
-                // SAFETY: every (jp, s, half) tile is packed by exactly one item.
-                let at = jp * pl + s * LINES_PER_STEP + half * 16;
-                let tile = std::slice::from_raw_parts_mut(bp.get().add(at), 16);
-                pack_b_tile(
-                    tile,
-                    sh,
-                    jp * PANEL + half * 16,
-                    s * KSTEP,
-                    bsrc.get(),
-                    b_rs,
-                    b_cs,
-                );
-            };
-            loop {
-                let it = next.fetch_add(1, Ordering::Relaxed);
-                if it >= items {
-                    break;
-                }
-                if by_panel {
-                    for s in 0..sh.ks {
-                        one(it, s, 0);
-                        one(it, s, 1);
-                    }
-                } else {
-                    for jp in 0..n_panels {
-                        one(jp, it, 0);
-                        one(jp, it, 1);
-                    }
-                }
-            }
-        };
-        run_workers(max_workers.min(items), &pack);
-    }
-
-    // ---- compute ----
-    let bl = choose_blocks(&sh, m_panels, n_panels, max_workers, a_rs == 1 && a_cs != 1);
-    let m_blocks = m_panels.div_ceil(bl.mc);
-    let n_chunk = n_panels.div_ceil(bl.n_splits);
-    let tasks = m_blocks * bl.n_splits;
-    let next = AtomicUsize::new(0);
-    let dp = Shared::new(dst);
-    let asrc = Shared::new(a);
-    let bpk = Shared::new(bbuf.as_ptr());
-    let biasp = Shared::new(bias);
-    let maskp = Shared::new(mask);
-    let sumsp = Shared::new(a_sums);
-    let sh_ref = &sh;
-    let work = || {
-        let (dp, asrc, bpk) = (dp, asrc, bpk);
-        let (biasp, maskp, sumsp) = (biasp, maskp, sumsp);
-        let sh = sh_ref;
-        let epi = Epi {
-            bias: biasp.get(),
+    unsafe {
+        let Prob {
+            m,
+            n,
+            k,
+            dst,
+            drs: dst_rs,
+            dcs: dst_cs,
+            acc: accumulate,
+            a,
+            ars: a_rs,
+            acs: a_cs,
+            b,
+            brs: b_rs,
+            bcs: b_cs,
+            bias,
             relu,
-            mask: maskp.get(),
+            mask,
+            a_sums,
+        } = *pr;
+        let sh = Shape {
+            m,
+            n,
+            k,
+            ks: k.div_ceil(KSTEP),
         };
-        let epi_active = !epi.bias.is_null() || epi.relu || !epi.mask.is_null();
-        let out = Out {
-            dst: dp.get(),
-            rs: dst_rs,
-            cs: dst_cs,
-            m: sh.m,
-            n: sh.n,
-        };
-        A_BUF.with(|cell| {
-            // A worker never re-enters rayon, so the borrow should always succeed; if it
-            // somehow does not, use a private buffer rather than skip the work.
-            let mut guard;
-            let mut private = Vec::new();
-            let abuf: &mut Vec<Line> = match cell.try_borrow_mut() {
-                Ok(g) => {
-                    guard = g;
-                    &mut guard
-                }
-                Err(_) => &mut private,
-            };
-            // Packed A block: mc panels x kc steps, panel stride `apl` lines.
-            let apl = bl.kc * LINES_PER_STEP;
-            let need = bl.mc * apl;
-            if abuf.len() < need {
-                abuf.resize(need, ZERO_LINE);
-            }
-            let mut scratch = Scratch([0.0; 1024]);
-            let cfg = tile_cfg();
-            // Tile state is per thread: configure on whichever thread runs this task.
-            asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileCfg, options(nostack, readonly));
-            loop {
-                let t = next.fetch_add(1, Ordering::Relaxed);
-                if t >= tasks {
-                    break;
-                }
-                let (mb, ns) = (t / bl.n_splits, t % bl.n_splits);
-                // Column splits after the first pack the same A rows again.
-                let sums = match ns {
-                    0 => sumsp.get(),
-                    _ => std::ptr::null_mut(),
-                };
-                let ip0 = mb * bl.mc;
-                let ip1 = (ip0 + bl.mc).min(m_panels);
-                let jp0 = ns * n_chunk;
-                let jp1 = (jp0 + n_chunk).min(n_panels);
-                if jp0 >= jp1 {
-                    continue;
-                }
-                // GotoBLAS order: per k block, pack this task's A rows once (L2-resident),
-                // then sweep B panels; each B panel stays in L1 across the A panels.
-                let mut s0 = 0;
-                while s0 < sh.ks {
-                    let s1 = (s0 + bl.kc).min(sh.ks);
-                    pack_a_block(
-                        abuf,
-                        apl,
+        let pl = sh.panel_lines();
+        let n_panels = n.div_ceil(PANEL);
+        let m_panels = m.div_ceil(PANEL);
+        let max_workers = threads.max(1).min(rayon::current_num_threads().max(1));
+
+        // ---- pack B (shared by all tasks) ----
+        let b_lines = n_panels * pl;
+        let mut bbuf = B_BUF.with(|c| {
+            c.try_borrow_mut()
+                .map(|mut v| std::mem::take(&mut *v))
+                .unwrap_or_default()
+        });
+        if bbuf.len() < b_lines {
+            // Every line gets written by pack_b_tile, but zero-init keeps this safe Rust.
+            bbuf = vec![ZERO_LINE; b_lines];
+        }
+        {
+            // Packed B: [panel (pl lines)][k-step][half][16 k-pairs][16 cols x 2].
+            // Work items follow the source's contiguous axis (see pack_a_block): whole panels
+            // when k is contiguous, whole k-steps across all panels otherwise.
+            let by_panel = b_rs == 1;
+            let items = if by_panel { n_panels } else { sh.ks };
+            let bp = Shared::new(bbuf.as_mut_ptr());
+            let bsrc = Shared::new(b);
+            let next = AtomicUsize::new(0);
+            let sh = &sh;
+            let pack = || {
+                let (bp, bsrc) = (bp, bsrc);
+                let one = |jp: usize, s: usize, half: usize| {
+                    // SAFETY: every (jp, s, half) tile is packed by exactly one item.
+                    let at = jp * pl + s * LINES_PER_STEP + half * 16;
+                    let tile = std::slice::from_raw_parts_mut(bp.get().add(at), 16);
+                    pack_b_tile(
+                        tile,
                         sh,
-                        ip0,
-                        ip1,
-                        s0,
-                        s1,
-                        asrc.get(),
-                        a_rs,
-                        a_cs,
-                        sums,
+                        jp * PANEL + half * 16,
+                        s * KSTEP,
+                        bsrc.get(),
+                        b_rs,
+                        b_cs,
                     );
-                    let load_c = accumulate || s0 > 0;
-                    // Bias/relu belong to the finished sum only, never to partial sums
-                    // that a later k block reloads.
-                    let epi_here = (epi_active && s1 == sh.ks).then_some(&epi);
-                    for jp in jp0..jp1 {
-                        let bpanel = bpk.get().add(jp * pl + s0 * LINES_PER_STEP);
-                        for ip in ip0..ip1 {
-                            // Warm the next block's C lines while this one computes:
-                            // otherwise tile stores/loads stall on DRAM round trips.
-                            let (ni, nj) = if ip + 1 < ip1 {
-                                (ip + 1, jp)
-                            } else {
-                                (ip0, jp + 1)
-                            };
-                            if nj < jp1 {
-                                out.prefetch_block(ni * PANEL, nj * PANEL);
-                            }
-                            let apanel = abuf.as_ptr().add((ip - ip0) * apl);
-                            block_32x32(
-                                &out,
-                                ip * PANEL,
-                                jp * PANEL,
-                                apanel,
-                                bpanel,
-                                s1 - s0,
-                                load_c,
-                                epi_here,
-                                &mut scratch,
-                            );
+                };
+                loop {
+                    let it = next.fetch_add(1, Ordering::Relaxed);
+                    if it >= items {
+                        break;
+                    }
+                    if by_panel {
+                        for s in 0..sh.ks {
+                            one(it, s, 0);
+                            one(it, s, 1);
+                        }
+                    } else {
+                        for jp in 0..n_panels {
+                            one(jp, it, 0);
+                            one(jp, it, 1);
                         }
                     }
-                    s0 = s1;
                 }
-            }
-            asm!("tilerelease", options(nostack, nomem));
-        });
-    };
-    run_workers(max_workers.min(tasks), &work);
+            };
+            run_workers(max_workers.min(items), &pack);
+        }
 
-    if bbuf.len() <= B_CACHE_MAX_LINES {
-        // A nested call on this thread (rayon may run other jobs while we wait) took an
-        // empty buffer, so there is nothing to clobber here.
-        B_BUF.with(|c| {
-            if let Ok(mut slot) = c.try_borrow_mut() {
-                *slot = bbuf;
-            }
-        });
+        // ---- compute ----
+        let bl = choose_blocks(&sh, m_panels, n_panels, max_workers, a_rs == 1 && a_cs != 1);
+        let m_blocks = m_panels.div_ceil(bl.mc);
+        let n_chunk = n_panels.div_ceil(bl.n_splits);
+        let tasks = m_blocks * bl.n_splits;
+        let next = AtomicUsize::new(0);
+        let dp = Shared::new(dst);
+        let asrc = Shared::new(a);
+        let bpk = Shared::new(bbuf.as_ptr());
+        let biasp = Shared::new(bias);
+        let maskp = Shared::new(mask);
+        let sumsp = Shared::new(a_sums);
+        let sh_ref = &sh;
+        let work = || {
+            let (dp, asrc, bpk) = (dp, asrc, bpk);
+            let (biasp, maskp, sumsp) = (biasp, maskp, sumsp);
+            let sh = sh_ref;
+            let epi = Epi {
+                bias: biasp.get(),
+                relu,
+                mask: maskp.get(),
+            };
+            let epi_active = !epi.bias.is_null() || epi.relu || !epi.mask.is_null();
+            let out = Out {
+                dst: dp.get(),
+                rs: dst_rs,
+                cs: dst_cs,
+                m: sh.m,
+                n: sh.n,
+            };
+            A_BUF.with(|cell| {
+                // A worker never re-enters rayon, so the borrow should always succeed; if it
+                // somehow does not, use a private buffer rather than skip the work.
+                let mut guard;
+                let mut private = Vec::new();
+                let abuf: &mut Vec<Line> = match cell.try_borrow_mut() {
+                    Ok(g) => {
+                        guard = g;
+                        &mut guard
+                    }
+                    Err(_) => &mut private,
+                };
+                // Packed A block: mc panels x kc steps, panel stride `apl` lines.
+                let apl = bl.kc * LINES_PER_STEP;
+                let need = bl.mc * apl;
+                if abuf.len() < need {
+                    abuf.resize(need, ZERO_LINE);
+                }
+                let mut scratch = Scratch([0.0; 1024]);
+                let cfg = tile_cfg();
+                // Tile state is per thread: configure on whichever thread runs this task.
+                asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileCfg, options(nostack, readonly));
+                loop {
+                    let t = next.fetch_add(1, Ordering::Relaxed);
+                    if t >= tasks {
+                        break;
+                    }
+                    let (mb, ns) = (t / bl.n_splits, t % bl.n_splits);
+                    // Column splits after the first pack the same A rows again.
+                    let sums = match ns {
+                        0 => sumsp.get(),
+                        _ => std::ptr::null_mut(),
+                    };
+                    let ip0 = mb * bl.mc;
+                    let ip1 = (ip0 + bl.mc).min(m_panels);
+                    let jp0 = ns * n_chunk;
+                    let jp1 = (jp0 + n_chunk).min(n_panels);
+                    if jp0 >= jp1 {
+                        continue;
+                    }
+                    // GotoBLAS order: per k block, pack this task's A rows once (L2-resident),
+                    // then sweep B panels; each B panel stays in L1 across the A panels.
+                    let mut s0 = 0;
+                    while s0 < sh.ks {
+                        let s1 = (s0 + bl.kc).min(sh.ks);
+                        pack_a_block(
+                            abuf,
+                            apl,
+                            sh,
+                            ip0,
+                            ip1,
+                            s0,
+                            s1,
+                            asrc.get(),
+                            a_rs,
+                            a_cs,
+                            sums,
+                        );
+                        let load_c = accumulate || s0 > 0;
+                        // Bias/relu belong to the finished sum only, never to partial sums
+                        // that a later k block reloads.
+                        let epi_here = (epi_active && s1 == sh.ks).then_some(&epi);
+                        for jp in jp0..jp1 {
+                            let bpanel = bpk.get().add(jp * pl + s0 * LINES_PER_STEP);
+                            for ip in ip0..ip1 {
+                                // Warm the next block's C lines while this one computes:
+                                // otherwise tile stores/loads stall on DRAM round trips.
+                                let (ni, nj) = if ip + 1 < ip1 {
+                                    (ip + 1, jp)
+                                } else {
+                                    (ip0, jp + 1)
+                                };
+                                if nj < jp1 {
+                                    out.prefetch_block(ni * PANEL, nj * PANEL);
+                                }
+                                let apanel = abuf.as_ptr().add((ip - ip0) * apl);
+                                block_32x32(
+                                    &out,
+                                    ip * PANEL,
+                                    jp * PANEL,
+                                    apanel,
+                                    bpanel,
+                                    s1 - s0,
+                                    load_c,
+                                    epi_here,
+                                    &mut scratch,
+                                );
+                            }
+                        }
+                        s0 = s1;
+                    }
+                }
+                asm!("tilerelease", options(nostack, nomem));
+            });
+        };
+        run_workers(max_workers.min(tasks), &work);
+
+        if bbuf.len() <= B_CACHE_MAX_LINES {
+            // A nested call on this thread (rayon may run other jobs while we wait) took an
+            // empty buffer, so there is nothing to clobber here.
+            B_BUF.with(|c| {
+                if let Ok(mut slot) = c.try_borrow_mut() {
+                    *slot = bbuf;
+                }
+            });
+        }
     }
 }
 
@@ -347,27 +349,29 @@ impl Out {
 
     #[inline(always)]
     unsafe fn at(&self, i: usize, j: usize) -> *mut f32 {
-        self.dst.offset(self.off(i, j))
+        unsafe { self.dst.offset(self.off(i, j)) }
     }
 
     /// prefetchw every cache line of the 32x32 block at (i0, j0) (unit column stride only).
     #[inline(always)]
     unsafe fn prefetch_block(&self, i0: usize, j0: usize) {
-        if self.cs != 1 || i0 >= self.m || j0 >= self.n {
-            return;
-        }
-        let rows = (self.m - i0).min(PANEL);
-        let last = (self.n - j0).min(PANEL) - 1;
-        for r in 0..rows {
-            let p = self.at(i0 + r, j0);
-            // Each distinct cache line of the (<= 128-byte) row once: 2 lines when the
-            // row is 64-byte aligned, 3 otherwise.
-            let first = p as usize & !63;
-            let end = p.add(last) as usize;
-            let mut line = first;
-            while line <= end {
-                asm!("prefetchw [{}]", in(reg) line, options(nostack, readonly, preserves_flags));
-                line += 64;
+        unsafe {
+            if self.cs != 1 || i0 >= self.m || j0 >= self.n {
+                return;
+            }
+            let rows = (self.m - i0).min(PANEL);
+            let last = (self.n - j0).min(PANEL) - 1;
+            for r in 0..rows {
+                let p = self.at(i0 + r, j0);
+                // Each distinct cache line of the (<= 128-byte) row once: 2 lines when the
+                // row is 64-byte aligned, 3 otherwise.
+                let first = p as usize & !63;
+                let end = p.add(last) as usize;
+                let mut line = first;
+                while line <= end {
+                    asm!("prefetchw [{}]", in(reg) line, options(nostack, readonly, preserves_flags));
+                    line += 64;
+                }
             }
         }
     }
@@ -388,41 +392,47 @@ macro_rules! per_acc {
 
 #[inline(always)]
 unsafe fn acc_zero(t: usize) {
-    per_acc!(t, "tilezero ", options(nostack, nomem));
+    unsafe {
+        per_acc!(t, "tilezero ", options(nostack, nomem));
+    }
 }
 
 #[inline(always)]
 unsafe fn acc_load(t: usize, p: *const f32, stride_bytes: isize) {
-    match t {
-        0 => {
-            asm!("tileloadd tmm0, [{p} + {s}*1]", p = in(reg) p, s = in(reg) stride_bytes, options(nostack, readonly))
-        }
-        1 => {
-            asm!("tileloadd tmm1, [{p} + {s}*1]", p = in(reg) p, s = in(reg) stride_bytes, options(nostack, readonly))
-        }
-        2 => {
-            asm!("tileloadd tmm2, [{p} + {s}*1]", p = in(reg) p, s = in(reg) stride_bytes, options(nostack, readonly))
-        }
-        _ => {
-            asm!("tileloadd tmm3, [{p} + {s}*1]", p = in(reg) p, s = in(reg) stride_bytes, options(nostack, readonly))
+    unsafe {
+        match t {
+            0 => {
+                asm!("tileloadd tmm0, [{p} + {s}*1]", p = in(reg) p, s = in(reg) stride_bytes, options(nostack, readonly))
+            }
+            1 => {
+                asm!("tileloadd tmm1, [{p} + {s}*1]", p = in(reg) p, s = in(reg) stride_bytes, options(nostack, readonly))
+            }
+            2 => {
+                asm!("tileloadd tmm2, [{p} + {s}*1]", p = in(reg) p, s = in(reg) stride_bytes, options(nostack, readonly))
+            }
+            _ => {
+                asm!("tileloadd tmm3, [{p} + {s}*1]", p = in(reg) p, s = in(reg) stride_bytes, options(nostack, readonly))
+            }
         }
     }
 }
 
 #[inline(always)]
 unsafe fn acc_store(t: usize, p: *mut f32, stride_bytes: isize) {
-    match t {
-        0 => {
-            asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) stride_bytes, options(nostack))
-        }
-        1 => {
-            asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) stride_bytes, options(nostack))
-        }
-        2 => {
-            asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) stride_bytes, options(nostack))
-        }
-        _ => {
-            asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) stride_bytes, options(nostack))
+    unsafe {
+        match t {
+            0 => {
+                asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) stride_bytes, options(nostack))
+            }
+            1 => {
+                asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) stride_bytes, options(nostack))
+            }
+            2 => {
+                asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) stride_bytes, options(nostack))
+            }
+            _ => {
+                asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) stride_bytes, options(nostack))
+            }
         }
     }
 }
@@ -444,16 +454,18 @@ impl Epi {
     /// `v` of column `j` at offset `off` from dst, finished.
     #[inline(always)]
     unsafe fn apply(&self, v: f32, j: usize, off: isize) -> f32 {
-        let v = if self.bias.is_null() {
-            v
-        } else {
-            v + *self.bias.add(j)
-        };
-        let v = if self.relu { relu_value(v) } else { v };
-        if self.mask.is_null() || *self.mask.offset(off) > 0.0 {
-            v
-        } else {
-            0.0
+        unsafe {
+            let v = if self.bias.is_null() {
+                v
+            } else {
+                v + *self.bias.add(j)
+            };
+            let v = if self.relu { relu_value(v) } else { v };
+            if self.mask.is_null() || *self.mask.offset(off) > 0.0 {
+                v
+            } else {
+                0.0
+            }
         }
     }
 }
@@ -471,26 +483,28 @@ unsafe fn epi_copy_tile(
     relu: bool,
     mask: *const f32,
 ) {
-    let bv = if bias.is_null() {
-        _mm512_setzero_ps()
-    } else {
-        _mm512_loadu_ps(bias)
-    };
-    let zero = _mm512_setzero_ps();
-    for r in 0..16 {
-        let mut v = _mm512_load_ps(src.add(r * 16));
-        if !bias.is_null() {
-            v = _mm512_add_ps(v, bv);
+    unsafe {
+        let bv = if bias.is_null() {
+            _mm512_setzero_ps()
+        } else {
+            _mm512_loadu_ps(bias)
+        };
+        let zero = _mm512_setzero_ps();
+        for r in 0..16 {
+            let mut v = _mm512_load_ps(src.add(r * 16));
+            if !bias.is_null() {
+                v = _mm512_add_ps(v, bv);
+            }
+            if relu {
+                // max(v, 0) returns the second operand for NaN, like `super::relu`.
+                v = _mm512_max_ps(v, zero);
+            }
+            if !mask.is_null() {
+                let y = _mm512_loadu_ps(mask.offset(r as isize * rs));
+                v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, zero), v);
+            }
+            _mm512_storeu_ps(dst.offset(r as isize * rs), v);
         }
-        if relu {
-            // max(v, 0) returns the second operand for NaN, like `super::relu`.
-            v = _mm512_max_ps(v, zero);
-        }
-        if !mask.is_null() {
-            let y = _mm512_loadu_ps(mask.offset(r as isize * rs));
-            v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, zero), v);
-        }
-        _mm512_storeu_ps(dst.offset(r as isize * rs), v);
     }
 }
 
@@ -511,63 +525,65 @@ unsafe fn block_32x32(
     epi: Option<&Epi>,
     scratch: &mut Scratch,
 ) {
-    let stride_bytes = out.rs.wrapping_mul(4);
-    // Per accumulator: (row0, col0, rows, cols, direct)
-    let mut geo = [(0usize, 0usize, 0usize, 0usize, false); 4];
-    for (t, g) in geo.iter_mut().enumerate() {
-        let r0 = i0 + (t >> 1) * 16;
-        let c0 = j0 + (t & 1) * 16;
-        let rows = out.m.saturating_sub(r0).min(16);
-        let cols = out.n.saturating_sub(c0).min(16);
-        let direct = out.cs == 1 && rows == 16 && cols == 16;
-        *g = (r0, c0, rows, cols, direct);
-        if direct && load_c {
-            acc_load(t, out.at(r0, c0), stride_bytes);
-        } else {
-            acc_zero(t);
-        }
-    }
-
-    microkernel(apanel, bpanel, steps);
-
-    let sp = scratch.0.as_mut_ptr();
-    // Store every tile that needs post-processing first, then process: the tilestoreds
-    // drain back to back instead of each copy loop waiting on its own store. With an
-    // epilogue, full tiles also go via scratch (dst written once, by the vector copy):
-    // measured ~3% over the bare GEMM vs ~9% for tilestored to dst + in-place fix-up.
-    for (t, &(r0, c0, rows, cols, direct)) in geo.iter().enumerate() {
-        if direct && epi.is_none() {
-            acc_store(t, out.at(r0, c0), stride_bytes);
-        } else if rows > 0 && cols > 0 {
-            acc_store(t, sp.add(t * 256), 64);
-        }
-    }
-    for (t, &(r0, c0, rows, cols, direct)) in geo.iter().enumerate() {
-        let tile = sp.add(t * 256);
-        if direct {
-            if let Some(e) = epi {
-                let bias = if e.bias.is_null() {
-                    e.bias
-                } else {
-                    e.bias.add(c0)
-                };
-                let mask = if e.mask.is_null() {
-                    e.mask
-                } else {
-                    e.mask.offset(out.off(r0, c0))
-                };
-                epi_copy_tile(tile, out.at(r0, c0), out.rs, bias, e.relu, mask);
+    unsafe {
+        let stride_bytes = out.rs.wrapping_mul(4);
+        // Per accumulator: (row0, col0, rows, cols, direct)
+        let mut geo = [(0usize, 0usize, 0usize, 0usize, false); 4];
+        for (t, g) in geo.iter_mut().enumerate() {
+            let r0 = i0 + (t >> 1) * 16;
+            let c0 = j0 + (t & 1) * 16;
+            let rows = out.m.saturating_sub(r0).min(16);
+            let cols = out.n.saturating_sub(c0).min(16);
+            let direct = out.cs == 1 && rows == 16 && cols == 16;
+            *g = (r0, c0, rows, cols, direct);
+            if direct && load_c {
+                acc_load(t, out.at(r0, c0), stride_bytes);
+            } else {
+                acc_zero(t);
             }
-        } else if rows > 0 && cols > 0 {
-            for r in 0..rows {
-                for c in 0..cols {
-                    let d = out.at(r0 + r, c0 + c);
-                    let s = *tile.add(r * 16 + c);
-                    let v = if load_c { *d + s } else { s };
-                    *d = match epi {
-                        Some(e) => e.apply(v, c0 + c, out.off(r0 + r, c0 + c)),
-                        None => v,
+        }
+
+        microkernel(apanel, bpanel, steps);
+
+        let sp = scratch.0.as_mut_ptr();
+        // Store every tile that needs post-processing first, then process: the tilestoreds
+        // drain back to back instead of each copy loop waiting on its own store. With an
+        // epilogue, full tiles also go via scratch (dst written once, by the vector copy):
+        // measured ~3% over the bare GEMM vs ~9% for tilestored to dst + in-place fix-up.
+        for (t, &(r0, c0, rows, cols, direct)) in geo.iter().enumerate() {
+            if direct && epi.is_none() {
+                acc_store(t, out.at(r0, c0), stride_bytes);
+            } else if rows > 0 && cols > 0 {
+                acc_store(t, sp.add(t * 256), 64);
+            }
+        }
+        for (t, &(r0, c0, rows, cols, direct)) in geo.iter().enumerate() {
+            let tile = sp.add(t * 256);
+            if direct {
+                if let Some(e) = epi {
+                    let bias = if e.bias.is_null() {
+                        e.bias
+                    } else {
+                        e.bias.add(c0)
                     };
+                    let mask = if e.mask.is_null() {
+                        e.mask
+                    } else {
+                        e.mask.offset(out.off(r0, c0))
+                    };
+                    epi_copy_tile(tile, out.at(r0, c0), out.rs, bias, e.relu, mask);
+                }
+            } else if rows > 0 && cols > 0 {
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let d = out.at(r0 + r, c0 + c);
+                        let s = *tile.add(r * 16 + c);
+                        let v = if load_c { *d + s } else { s };
+                        *d = match epi {
+                            Some(e) => e.apply(v, c0 + c, out.off(r0 + r, c0 + c)),
+                            None => v,
+                        };
+                    }
                 }
             }
         }
@@ -578,27 +594,29 @@ unsafe fn block_32x32(
 /// per k-step, tile for rows/cols 0-15 then tile for 16-31, 1 KiB each.
 #[inline(always)]
 unsafe fn microkernel(apanel: *const Line, bpanel: *const Line, steps: usize) {
-    debug_assert!(steps > 0);
-    asm!(
-        "2:",
-        "tileloadd tmm4, [{a} + {s}*1]",
-        "tileloadd tmm6, [{b} + {s}*1]",
-        "tdpbf16ps tmm0, tmm4, tmm6",
-        "tileloadd tmm7, [{b} + {s}*1 + {half}]",
-        "tdpbf16ps tmm1, tmm4, tmm7",
-        "tileloadd tmm5, [{a} + {s}*1 + {half}]",
-        "tdpbf16ps tmm2, tmm5, tmm6",
-        "tdpbf16ps tmm3, tmm5, tmm7",
-        "add {a}, {step}",
-        "add {b}, {step}",
-        "dec {n}",
-        "jnz 2b",
-        a = inout(reg) apanel => _,
-        b = inout(reg) bpanel => _,
-        n = inout(reg) steps => _,
-        s = in(reg) 64usize,
-        half = const HALF_BYTES,
-        step = const STEP_BYTES,
-        options(nostack, readonly),
-    );
+    unsafe {
+        debug_assert!(steps > 0);
+        asm!(
+            "2:",
+            "tileloadd tmm4, [{a} + {s}*1]",
+            "tileloadd tmm6, [{b} + {s}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b} + {s}*1 + {half}]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a} + {s}*1 + {half}]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a}, {step}",
+            "add {b}, {step}",
+            "dec {n}",
+            "jnz 2b",
+            a = inout(reg) apanel => _,
+            b = inout(reg) bpanel => _,
+            n = inout(reg) steps => _,
+            s = in(reg) 64usize,
+            half = const HALF_BYTES,
+            step = const STEP_BYTES,
+            options(nostack, readonly),
+        );
+    }
 }

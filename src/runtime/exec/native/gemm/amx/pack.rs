@@ -48,31 +48,33 @@ impl Shape {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn cvt32(lo: *const f32, hi: *const f32) -> __m512i {
-    cvt_pair(_mm512_loadu_ps(lo), _mm512_loadu_ps(hi))
+    unsafe { cvt_pair(_mm512_loadu_ps(lo), _mm512_loadu_ps(hi)) }
 }
 
 /// `cvt32` of values already loaded.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn cvt_pair(lo: __m512, hi: __m512) -> __m512i {
-    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+    unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)) }
 }
 
 /// Word permutation turning [x0..x15 | y0..y15] into [x0 y0 x1 y1 ...], i.e. VNNI pairs.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn interleave_idx() -> __m512i {
-    const IDX: [u16; 32] = {
-        let mut t = [0u16; 32];
-        let mut c = 0;
-        while c < 16 {
-            t[2 * c] = c as u16;
-            t[2 * c + 1] = 16 + c as u16;
-            c += 1;
-        }
-        t
-    };
-    _mm512_loadu_si512(IDX.as_ptr() as *const _)
+    unsafe {
+        const IDX: [u16; 32] = {
+            let mut t = [0u16; 32];
+            let mut c = 0;
+            while c < 16 {
+                t[2 * c] = c as u16;
+                t[2 * c + 1] = 16 + c as u16;
+                c += 1;
+            }
+            t
+        };
+        _mm512_loadu_si512(IDX.as_ptr() as *const _)
+    }
 }
 
 /// In-register transpose of a 16x16 matrix of 32-bit elements (v[i] = row i).
@@ -109,8 +111,10 @@ unsafe fn transpose16(v: &mut [__m512i; 16]) {
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn store_tile(tile: &mut [Line], v: &[__m512i; 16]) {
-    for (line, x) in tile.iter_mut().zip(v) {
-        _mm512_store_si512(line.0.as_mut_ptr() as *mut _, *x);
+    unsafe {
+        for (line, x) in tile.iter_mut().zip(v) {
+            _mm512_store_si512(line.0.as_mut_ptr() as *mut _, *x);
+        }
     }
 }
 
@@ -130,53 +134,55 @@ pub(super) unsafe fn pack_a_tile(
     cs: isize,
     sums: *mut f32,
 ) {
-    let full = r0 + 16 <= sh.m && k0 + KSTEP <= sh.k;
-    if full && cs == 1 {
-        for (r, line) in tile.iter_mut().enumerate() {
-            let src = a.offset((r0 + r) as isize * rs + k0 as isize);
-            let (lo, hi) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
-            _mm512_store_si512(line.0.as_mut_ptr() as *mut _, cvt_pair(lo, hi));
-            if !sums.is_null() {
-                let mut s = *sums.add(r);
-                for x in std::mem::transmute::<[__m512; 2], [f32; 32]>([lo, hi]) {
-                    s += x;
+    unsafe {
+        let full = r0 + 16 <= sh.m && k0 + KSTEP <= sh.k;
+        if full && cs == 1 {
+            for (r, line) in tile.iter_mut().enumerate() {
+                let src = a.offset((r0 + r) as isize * rs + k0 as isize);
+                let (lo, hi) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
+                _mm512_store_si512(line.0.as_mut_ptr() as *mut _, cvt_pair(lo, hi));
+                if !sums.is_null() {
+                    let mut s = *sums.add(r);
+                    for x in std::mem::transmute::<[__m512; 2], [f32; 32]>([lo, hi]) {
+                        s += x;
+                    }
+                    *sums.add(r) = s;
                 }
-                *sums.add(r) = s;
             }
-        }
-    } else if full && rs == 1 {
-        // Column-major A: v[q] holds rows 0..15 of the k pair (2q, 2q+1) as 32-bit
-        // pairs; transposing gives one 32-bf16 row per line.
-        let perm = interleave_idx();
-        let mut v = [_mm512_setzero_si512(); 16];
-        let mut acc = _mm512_setzero_ps();
-        for (q, x) in v.iter_mut().enumerate() {
-            let c0 = a.offset((k0 + 2 * q) as isize * cs + r0 as isize);
-            let (even, odd) = (_mm512_loadu_ps(c0), _mm512_loadu_ps(c0.offset(cs)));
-            *x = _mm512_permutexvar_epi16(perm, cvt_pair(even, odd));
-            acc = _mm512_add_ps(_mm512_add_ps(acc, even), odd);
-        }
-        transpose16(&mut v);
-        store_tile(tile, &v);
-        if !sums.is_null() {
-            _mm512_storeu_ps(sums, _mm512_add_ps(_mm512_loadu_ps(sums), acc));
-        }
-    } else {
-        for (r, line) in tile.iter_mut().enumerate() {
-            let row = r0 + r;
-            let mut s = 0f32;
-            for e in 0..32 {
-                let kk = k0 + e;
-                line.0[e] = if row < sh.m && kk < sh.k {
-                    let x = *a.offset(row as isize * rs + kk as isize * cs);
-                    s += x;
-                    bf16_bits(x)
-                } else {
-                    0
-                };
+        } else if full && rs == 1 {
+            // Column-major A: v[q] holds rows 0..15 of the k pair (2q, 2q+1) as 32-bit
+            // pairs; transposing gives one 32-bf16 row per line.
+            let perm = interleave_idx();
+            let mut v = [_mm512_setzero_si512(); 16];
+            let mut acc = _mm512_setzero_ps();
+            for (q, x) in v.iter_mut().enumerate() {
+                let c0 = a.offset((k0 + 2 * q) as isize * cs + r0 as isize);
+                let (even, odd) = (_mm512_loadu_ps(c0), _mm512_loadu_ps(c0.offset(cs)));
+                *x = _mm512_permutexvar_epi16(perm, cvt_pair(even, odd));
+                acc = _mm512_add_ps(_mm512_add_ps(acc, even), odd);
             }
-            if !sums.is_null() && row < sh.m {
-                *sums.add(r) += s;
+            transpose16(&mut v);
+            store_tile(tile, &v);
+            if !sums.is_null() {
+                _mm512_storeu_ps(sums, _mm512_add_ps(_mm512_loadu_ps(sums), acc));
+            }
+        } else {
+            for (r, line) in tile.iter_mut().enumerate() {
+                let row = r0 + r;
+                let mut s = 0f32;
+                for e in 0..32 {
+                    let kk = k0 + e;
+                    line.0[e] = if row < sh.m && kk < sh.k {
+                        let x = *a.offset(row as isize * rs + kk as isize * cs);
+                        s += x;
+                        bf16_bits(x)
+                    } else {
+                        0
+                    };
+                }
+                if !sums.is_null() && row < sh.m {
+                    *sums.add(r) += s;
+                }
             }
         }
     }
@@ -199,42 +205,44 @@ pub(super) unsafe fn pack_a_block(
     cs: isize,
     sums: *mut f32,
 ) {
-    let mut one = |ip: usize, s: usize, half: usize| {
-        let at = (ip - ip0) * apl + (s - s0) * LINES_PER_STEP + half * 16;
-        let r0 = ip * PANEL + half * 16;
-        // Rows past m are padding: a full tile's sums go in 16 at a time, so only a tile
-        // inside m gets the pointer (partial tiles sum row by row, checking m).
-        let tile_sums = if sums.is_null() || r0 >= sh.m {
-            std::ptr::null_mut()
-        } else {
-            sums.add(r0)
+    unsafe {
+        let mut one = |ip: usize, s: usize, half: usize| {
+            let at = (ip - ip0) * apl + (s - s0) * LINES_PER_STEP + half * 16;
+            let r0 = ip * PANEL + half * 16;
+            // Rows past m are padding: a full tile's sums go in 16 at a time, so only a tile
+            // inside m gets the pointer (partial tiles sum row by row, checking m).
+            let tile_sums = if sums.is_null() || r0 >= sh.m {
+                std::ptr::null_mut()
+            } else {
+                sums.add(r0)
+            };
+            pack_a_tile(
+                &mut out[at..at + 16],
+                sh,
+                r0,
+                s * KSTEP,
+                a,
+                rs,
+                cs,
+                tile_sums,
+            );
         };
-        pack_a_tile(
-            &mut out[at..at + 16],
-            sh,
-            r0,
-            s * KSTEP,
-            a,
-            rs,
-            cs,
-            tile_sums,
-        );
-    };
-    // Walk the source along its contiguous axis: k-contiguous rows panel by panel,
-    // otherwise k-step by k-step across all panels (touching 32 source rows at a time
-    // instead of hopping over hundreds of pages per tile).
-    if cs == 1 {
-        for ip in ip0..ip1 {
-            for s in s0..s1 {
-                one(ip, s, 0);
-                one(ip, s, 1);
-            }
-        }
-    } else {
-        for s in s0..s1 {
+        // Walk the source along its contiguous axis: k-contiguous rows panel by panel,
+        // otherwise k-step by k-step across all panels (touching 32 source rows at a time
+        // instead of hopping over hundreds of pages per tile).
+        if cs == 1 {
             for ip in ip0..ip1 {
-                one(ip, s, 0);
-                one(ip, s, 1);
+                for s in s0..s1 {
+                    one(ip, s, 0);
+                    one(ip, s, 1);
+                }
+            }
+        } else {
+            for s in s0..s1 {
+                for ip in ip0..ip1 {
+                    one(ip, s, 0);
+                    one(ip, s, 1);
+                }
             }
         }
     }
@@ -252,35 +260,37 @@ pub(super) unsafe fn pack_b_tile(
     rs: isize,
     cs: isize,
 ) {
-    let full = c0 + 16 <= sh.n && k0 + KSTEP <= sh.k;
-    if full && cs == 1 {
-        let perm = interleave_idx();
-        for (p, line) in tile.iter_mut().enumerate() {
-            let r0 = b.offset((k0 + 2 * p) as isize * rs + c0 as isize);
-            let x = _mm512_permutexvar_epi16(perm, cvt32(r0, r0.offset(rs)));
-            _mm512_store_si512(line.0.as_mut_ptr() as *mut _, x);
-        }
-    } else if full && rs == 1 {
-        // k-contiguous columns (B given transposed): v[c] holds column c's 32 k values,
-        // i.e. its 16 (k, k+1) pairs; transposing gives one pair-row per line.
-        let mut v = [_mm512_setzero_si512(); 16];
-        for (c, x) in v.iter_mut().enumerate() {
-            let src = b.offset((c0 + c) as isize * cs + k0 as isize);
-            *x = cvt32(src, src.add(16));
-        }
-        transpose16(&mut v);
-        store_tile(tile, &v);
-    } else {
-        for (p, line) in tile.iter_mut().enumerate() {
-            for c in 0..16 {
-                let col = c0 + c;
-                for t in 0..2 {
-                    let kk = k0 + 2 * p + t;
-                    line.0[2 * c + t] = if col < sh.n && kk < sh.k {
-                        bf16_bits(*b.offset(kk as isize * rs + col as isize * cs))
-                    } else {
-                        0
-                    };
+    unsafe {
+        let full = c0 + 16 <= sh.n && k0 + KSTEP <= sh.k;
+        if full && cs == 1 {
+            let perm = interleave_idx();
+            for (p, line) in tile.iter_mut().enumerate() {
+                let r0 = b.offset((k0 + 2 * p) as isize * rs + c0 as isize);
+                let x = _mm512_permutexvar_epi16(perm, cvt32(r0, r0.offset(rs)));
+                _mm512_store_si512(line.0.as_mut_ptr() as *mut _, x);
+            }
+        } else if full && rs == 1 {
+            // k-contiguous columns (B given transposed): v[c] holds column c's 32 k values,
+            // i.e. its 16 (k, k+1) pairs; transposing gives one pair-row per line.
+            let mut v = [_mm512_setzero_si512(); 16];
+            for (c, x) in v.iter_mut().enumerate() {
+                let src = b.offset((c0 + c) as isize * cs + k0 as isize);
+                *x = cvt32(src, src.add(16));
+            }
+            transpose16(&mut v);
+            store_tile(tile, &v);
+        } else {
+            for (p, line) in tile.iter_mut().enumerate() {
+                for c in 0..16 {
+                    let col = c0 + c;
+                    for t in 0..2 {
+                        let kk = k0 + 2 * p + t;
+                        line.0[2 * c + t] = if col < sh.n && kk < sh.k {
+                            bf16_bits(*b.offset(kk as isize * rs + col as isize * cs))
+                        } else {
+                            0
+                        };
+                    }
                 }
             }
         }

@@ -20,23 +20,25 @@ unsafe fn gemm_bf16(
     b_cs: isize,
     threads: usize,
 ) {
-    gemm_bf16_epilogue(
-        m,
-        n,
-        k,
-        dst,
-        dst_rs,
-        dst_cs,
-        accumulate,
-        a,
-        a_rs,
-        a_cs,
-        b,
-        b_rs,
-        b_cs,
-        threads,
-        Epilogue::default(),
-    )
+    unsafe {
+        gemm_bf16_epilogue(
+            m,
+            n,
+            k,
+            dst,
+            dst_rs,
+            dst_cs,
+            accumulate,
+            a,
+            a_rs,
+            a_cs,
+            b,
+            b_rs,
+            b_cs,
+            threads,
+            Epilogue::default(),
+        )
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -57,18 +59,20 @@ unsafe fn gemm_bf16_epilogue(
     threads: usize,
     epilogue: Epilogue,
 ) {
-    let p = test_problem(
-        (m, n, k),
-        dst,
-        (dst_rs, dst_cs),
-        accumulate,
-        a,
-        (a_rs, a_cs),
-        b,
-        (b_rs, b_cs),
-        epilogue,
-    );
-    super::gemm_bf16(&p, threads)
+    unsafe {
+        let p = test_problem(
+            (m, n, k),
+            dst,
+            (dst_rs, dst_cs),
+            accumulate,
+            a,
+            (a_rs, a_cs),
+            b,
+            (b_rs, b_cs),
+            epilogue,
+        );
+        super::gemm_bf16(&p, threads)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -88,23 +92,25 @@ unsafe fn gemm_bf16_fallback(
     b_cs: isize,
     threads: usize,
 ) {
-    gemm_bf16_fallback_epilogue(
-        m,
-        n,
-        k,
-        dst,
-        dst_rs,
-        dst_cs,
-        accumulate,
-        a,
-        a_rs,
-        a_cs,
-        b,
-        b_rs,
-        b_cs,
-        threads,
-        Epilogue::default(),
-    )
+    unsafe {
+        gemm_bf16_fallback_epilogue(
+            m,
+            n,
+            k,
+            dst,
+            dst_rs,
+            dst_cs,
+            accumulate,
+            a,
+            a_rs,
+            a_cs,
+            b,
+            b_rs,
+            b_cs,
+            threads,
+            Epilogue::default(),
+        )
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -125,18 +131,20 @@ unsafe fn gemm_bf16_fallback_epilogue(
     _threads: usize,
     epilogue: Epilogue,
 ) {
-    let p = test_problem(
-        (m, n, k),
-        dst,
-        (dst_rs, dst_cs),
-        accumulate,
-        a,
-        (a_rs, a_cs),
-        b,
-        (b_rs, b_cs),
-        epilogue,
-    );
-    gemm_bf16_portable(&p)
+    unsafe {
+        let p = test_problem(
+            (m, n, k),
+            dst,
+            (dst_rs, dst_cs),
+            accumulate,
+            a,
+            (a_rs, a_cs),
+            b,
+            (b_rs, b_cs),
+            epilogue,
+        );
+        gemm_bf16_portable(&p)
+    }
 }
 
 struct Rng(u64);

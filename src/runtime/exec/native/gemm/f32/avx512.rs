@@ -108,125 +108,127 @@ unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
     mask: u16,
     epi: &Epi,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); NV]; R];
-    let mut a = ap;
-    let mut b = bp;
-    // Direct mode: bases of row groups {0,1,2}, {3,4,5}, ... (row r = g[r/3] + (r%3)*lda).
-    // Wrapping offsets: groups at or beyond R are never dereferenced. black_box keeps LLVM from
-    // re-deriving all rows from one pointer (which costs extra adds in the loop).
-    let mut g = [
-        std::hint::black_box(ap),
-        std::hint::black_box(ap.wrapping_offset(3 * lda)),
-        std::hint::black_box(ap.wrapping_offset(6 * lda)),
-        std::hint::black_box(ap.wrapping_offset(9 * lda)),
-        std::hint::black_box(ap.wrapping_offset(12 * lda)),
-    ];
-    for p in 0..kc {
-        let mut bv = [_mm512_setzero_ps(); NV];
-        if DIRECT && (p & 15) == 0 {
-            // Unpacked A comes from far memory on the first tile of a row panel: prefetch each
-            // row's line A_DIST floats ahead, once per 16 k-steps (prefetches never fault).
-            for (gi, x) in g.iter().enumerate() {
-                for q in 0..3 {
-                    if gi * 3 + q < R {
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            x.wrapping_offset(q as isize * lda + A_DIST as isize) as *const i8,
-                        );
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
+        let mut a = ap;
+        let mut b = bp;
+        // Direct mode: bases of row groups {0,1,2}, {3,4,5}, ... (row r = g[r/3] + (r%3)*lda).
+        // Wrapping offsets: groups at or beyond R are never dereferenced. black_box keeps LLVM from
+        // re-deriving all rows from one pointer (which costs extra adds in the loop).
+        let mut g = [
+            std::hint::black_box(ap),
+            std::hint::black_box(ap.wrapping_offset(3 * lda)),
+            std::hint::black_box(ap.wrapping_offset(6 * lda)),
+            std::hint::black_box(ap.wrapping_offset(9 * lda)),
+            std::hint::black_box(ap.wrapping_offset(12 * lda)),
+        ];
+        for p in 0..kc {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            if DIRECT && (p & 15) == 0 {
+                // Unpacked A comes from far memory on the first tile of a row panel: prefetch each
+                // row's line A_DIST floats ahead, once per 16 k-steps (prefetches never fault).
+                for (gi, x) in g.iter().enumerate() {
+                    for q in 0..3 {
+                        if gi * 3 + q < R {
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                x.wrapping_offset(q as isize * lda + A_DIST as isize) as *const i8,
+                            );
+                        }
                     }
                 }
             }
+            // Prefetch the streamed B panels PF_DIST k-steps ahead (may run past the panel into
+            // the next one, which is what the next tile uses).
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PF_DIST * NR) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PF_DIST * NR + 16) as *const i8);
+            for (v, x) in bv.iter_mut().enumerate() {
+                // SAFETY: packed B panel has NR floats per k step, 64-byte aligned.
+                *x = _mm512_load_ps(b.add(16 * v));
+            }
+            // Fully unrolled over rows (R is a compile-time constant; dead rows fold away).
+            macro_rules! row {
+                ($r:literal) => {
+                    if $r < R {
+                        // SAFETY: row $r < R <= MR exists in the packed panel / in A (direct).
+                        let av = if DIRECT {
+                            _mm512_set1_ps(*g[$r / 3].offset(($r % 3) as isize * lda))
+                        } else {
+                            _mm512_set1_ps(*a.add($r))
+                        };
+                        for v in 0..NV {
+                            acc[$r][v] = _mm512_fmadd_ps(av, bv[v], acc[$r][v]);
+                        }
+                    }
+                };
+            }
+            row!(0);
+            row!(1);
+            row!(2);
+            row!(3);
+            row!(4);
+            row!(5);
+            row!(6);
+            row!(7);
+            row!(8);
+            row!(9);
+            row!(10);
+            row!(11);
+            row!(12);
+            row!(13);
+            if DIRECT {
+                for x in g.iter_mut() {
+                    *x = x.wrapping_add(1);
+                }
+            } else {
+                a = a.add(MR);
+            }
+            b = b.add(NR);
         }
-        // Prefetch the streamed B panels PF_DIST k-steps ahead (may run past the panel into
-        // the next one, which is what the next tile uses).
-        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PF_DIST * NR) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PF_DIST * NR + 16) as *const i8);
-        for (v, x) in bv.iter_mut().enumerate() {
-            // SAFETY: packed B panel has NR floats per k step, 64-byte aligned.
-            *x = _mm512_load_ps(b.add(16 * v));
-        }
-        // Fully unrolled over rows (R is a compile-time constant; dead rows fold away).
-        macro_rules! row {
+        let zero = _mm512_setzero_ps();
+        // Rows by macro, like the k loop: a loop over rows here may stay rolled, which indexes
+        // `acc` at run time and keeps it in memory inside the k loop (2.5x slower).
+        macro_rules! store_row {
             ($r:literal) => {
                 if $r < R {
-                    // SAFETY: row $r < R <= MR exists in the packed panel / in A (direct).
-                    let av = if DIRECT {
-                        _mm512_set1_ps(*g[$r / 3].offset(($r % 3) as isize * lda))
-                    } else {
-                        _mm512_set1_ps(*a.add($r))
-                    };
+                    let crow = c.offset($r * c_rs);
+                    let mrow = epi.mask.wrapping_offset($r * c_rs);
                     for v in 0..NV {
-                        acc[$r][v] = _mm512_fmadd_ps(av, bv[v], acc[$r][v]);
+                        let m: __mmask16 = if v + 1 == NV { mask } else { 0xFFFF };
+                        let mut x = acc[$r][v];
+                        // SAFETY: masked lanes are inside the tile (caller passes the column mask).
+                        if epi.beta {
+                            x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, crow.add(16 * v)));
+                        }
+                        if !epi.bias.is_null() {
+                            x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, epi.bias.add(16 * v)));
+                        }
+                        if epi.relu {
+                            x = _mm512_max_ps(x, zero);
+                        }
+                        if !epi.mask.is_null() {
+                            let y = _mm512_maskz_loadu_ps(m, mrow.add(16 * v));
+                            x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, zero), x);
+                        }
+                        _mm512_mask_storeu_ps(crow.add(16 * v), m, x);
                     }
                 }
             };
         }
-        row!(0);
-        row!(1);
-        row!(2);
-        row!(3);
-        row!(4);
-        row!(5);
-        row!(6);
-        row!(7);
-        row!(8);
-        row!(9);
-        row!(10);
-        row!(11);
-        row!(12);
-        row!(13);
-        if DIRECT {
-            for x in g.iter_mut() {
-                *x = x.wrapping_add(1);
-            }
-        } else {
-            a = a.add(MR);
-        }
-        b = b.add(NR);
+        store_row!(0);
+        store_row!(1);
+        store_row!(2);
+        store_row!(3);
+        store_row!(4);
+        store_row!(5);
+        store_row!(6);
+        store_row!(7);
+        store_row!(8);
+        store_row!(9);
+        store_row!(10);
+        store_row!(11);
+        store_row!(12);
+        store_row!(13);
     }
-    let zero = _mm512_setzero_ps();
-    // Rows by macro, like the k loop: a loop over rows here may stay rolled, which indexes
-    // `acc` at run time and keeps it in memory inside the k loop (2.5x slower).
-    macro_rules! store_row {
-        ($r:literal) => {
-            if $r < R {
-                let crow = c.offset($r * c_rs);
-                let mrow = epi.mask.wrapping_offset($r * c_rs);
-                for v in 0..NV {
-                    let m: __mmask16 = if v + 1 == NV { mask } else { 0xFFFF };
-                    let mut x = acc[$r][v];
-                    // SAFETY: masked lanes are inside the tile (caller passes the column mask).
-                    if epi.beta {
-                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, crow.add(16 * v)));
-                    }
-                    if !epi.bias.is_null() {
-                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, epi.bias.add(16 * v)));
-                    }
-                    if epi.relu {
-                        x = _mm512_max_ps(x, zero);
-                    }
-                    if !epi.mask.is_null() {
-                        let y = _mm512_maskz_loadu_ps(m, mrow.add(16 * v));
-                        x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, zero), x);
-                    }
-                    _mm512_mask_storeu_ps(crow.add(16 * v), m, x);
-                }
-            }
-        };
-    }
-    store_row!(0);
-    store_row!(1);
-    store_row!(2);
-    store_row!(3);
-    store_row!(4);
-    store_row!(5);
-    store_row!(6);
-    store_row!(7);
-    store_row!(8);
-    store_row!(9);
-    store_row!(10);
-    store_row!(11);
-    store_row!(12);
-    store_row!(13);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -244,31 +246,33 @@ fn lane_mask(lanes: usize) -> u16 {
 /// In-register 16x16 transpose: r[i][j] -> r[j][i].
 #[inline(always)]
 unsafe fn transpose16(r: &mut [__m512; 16]) {
-    let mut t = [_mm512_setzero_ps(); 16];
-    for i in 0..8 {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    let mut s = [_mm512_setzero_ps(); 16];
-    for i in 0..4 {
-        let t0 = _mm512_castps_pd(t[4 * i]);
-        let t1 = _mm512_castps_pd(t[4 * i + 1]);
-        let t2 = _mm512_castps_pd(t[4 * i + 2]);
-        let t3 = _mm512_castps_pd(t[4 * i + 3]);
-        s[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
-        s[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
-        s[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
-        s[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
-    }
-    for c in 0..4 {
-        let x0 = _mm512_shuffle_f32x4::<0x44>(s[c], s[4 + c]);
-        let x1 = _mm512_shuffle_f32x4::<0xEE>(s[c], s[4 + c]);
-        let y0 = _mm512_shuffle_f32x4::<0x44>(s[8 + c], s[12 + c]);
-        let y1 = _mm512_shuffle_f32x4::<0xEE>(s[8 + c], s[12 + c]);
-        r[c] = _mm512_shuffle_f32x4::<0x88>(x0, y0);
-        r[4 + c] = _mm512_shuffle_f32x4::<0xDD>(x0, y0);
-        r[8 + c] = _mm512_shuffle_f32x4::<0x88>(x1, y1);
-        r[12 + c] = _mm512_shuffle_f32x4::<0xDD>(x1, y1);
+    unsafe {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        let mut s = [_mm512_setzero_ps(); 16];
+        for i in 0..4 {
+            let t0 = _mm512_castps_pd(t[4 * i]);
+            let t1 = _mm512_castps_pd(t[4 * i + 1]);
+            let t2 = _mm512_castps_pd(t[4 * i + 2]);
+            let t3 = _mm512_castps_pd(t[4 * i + 3]);
+            s[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+            s[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+            s[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+            s[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+        }
+        for c in 0..4 {
+            let x0 = _mm512_shuffle_f32x4::<0x44>(s[c], s[4 + c]);
+            let x1 = _mm512_shuffle_f32x4::<0xEE>(s[c], s[4 + c]);
+            let y0 = _mm512_shuffle_f32x4::<0x44>(s[8 + c], s[12 + c]);
+            let y1 = _mm512_shuffle_f32x4::<0xEE>(s[8 + c], s[12 + c]);
+            r[c] = _mm512_shuffle_f32x4::<0x88>(x0, y0);
+            r[4 + c] = _mm512_shuffle_f32x4::<0xDD>(x0, y0);
+            r[8 + c] = _mm512_shuffle_f32x4::<0x88>(x1, y1);
+            r[12 + c] = _mm512_shuffle_f32x4::<0xDD>(x1, y1);
+        }
     }
 }
 
@@ -284,50 +288,54 @@ unsafe fn pack_t(
     out_ld: usize,
     lanes: usize,
 ) {
-    let smask = lane_mask(lanes);
-    let mut p = 0;
-    while p < kc {
-        let cnt = (kc - p).min(16);
-        let lm = lane_mask(cnt);
-        let mut r = [_mm512_setzero_ps(); 16];
-        for (i, x) in r.iter_mut().enumerate().take(nrows) {
-            // SAFETY: row i < nrows, columns p..p+cnt are in range (masked).
-            *x = _mm512_maskz_loadu_ps(lm, src.offset(i as isize * ld).add(p));
+    unsafe {
+        let smask = lane_mask(lanes);
+        let mut p = 0;
+        while p < kc {
+            let cnt = (kc - p).min(16);
+            let lm = lane_mask(cnt);
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, x) in r.iter_mut().enumerate().take(nrows) {
+                // SAFETY: row i < nrows, columns p..p+cnt are in range (masked).
+                *x = _mm512_maskz_loadu_ps(lm, src.offset(i as isize * ld).add(p));
+            }
+            transpose16(&mut r);
+            for (q, x) in r.iter().enumerate().take(cnt) {
+                // SAFETY: out has kc*out_ld floats; lanes <= out_ld - offset (caller).
+                _mm512_mask_storeu_ps(out.add((p + q) * out_ld), smask, *x);
+            }
+            p += 16;
         }
-        transpose16(&mut r);
-        for (q, x) in r.iter().enumerate().take(cnt) {
-            // SAFETY: out has kc*out_ld floats; lanes <= out_ld - offset (caller).
-            _mm512_mask_storeu_ps(out.add((p + q) * out_ld), smask, *x);
-        }
-        p += 16;
     }
 }
 
 /// Pack B[pc..pc+kc, j..j+nr] into a NR-wide panel (zero padded).
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_b_panel(pr: &Prob, pc: usize, kc: usize, j: usize, nr: usize, out: *mut f32) {
-    if pr.bcs == 1 {
-        let m0 = lane_mask(nr);
-        let m1 = lane_mask(nr.saturating_sub(16));
-        let mut src = pr.b.offset(pc as isize * pr.brs + j as isize);
-        for p in 0..kc {
-            // SAFETY: columns j..j+nr of row pc+p are valid (masked loads).
-            let x0 = _mm512_maskz_loadu_ps(m0, src);
-            let x1 = _mm512_maskz_loadu_ps(m1, src.add(16));
-            _mm512_store_ps(out.add(p * NR), x0);
-            _mm512_store_ps(out.add(p * NR + 16), x1);
-            src = src.offset(pr.brs);
+    unsafe {
+        if pr.bcs == 1 {
+            let m0 = lane_mask(nr);
+            let m1 = lane_mask(nr.saturating_sub(16));
+            let mut src = pr.b.offset(pc as isize * pr.brs + j as isize);
+            for p in 0..kc {
+                // SAFETY: columns j..j+nr of row pc+p are valid (masked loads).
+                let x0 = _mm512_maskz_loadu_ps(m0, src);
+                let x1 = _mm512_maskz_loadu_ps(m1, src.add(16));
+                _mm512_store_ps(out.add(p * NR), x0);
+                _mm512_store_ps(out.add(p * NR + 16), x1);
+                src = src.offset(pr.brs);
+            }
+        } else if pr.brs == 1 {
+            for h in 0..2 {
+                let rows = nr.saturating_sub(16 * h).min(16);
+                // SAFETY: rows (columns of B) j+16h .. j+16h+rows are valid; contiguous along p.
+                let src = pr.b.offset(pc as isize + (j + 16 * h) as isize * pr.bcs);
+                pack_t(src, pr.bcs, rows, kc, out.add(16 * h), NR, 16);
+            }
+        } else {
+            let src = pr.b.offset(pc as isize * pr.brs + j as isize * pr.bcs);
+            pack_strided(src, pr.brs, pr.bcs, kc, nr, NR, out);
         }
-    } else if pr.brs == 1 {
-        for h in 0..2 {
-            let rows = nr.saturating_sub(16 * h).min(16);
-            // SAFETY: rows (columns of B) j+16h .. j+16h+rows are valid; contiguous along p.
-            let src = pr.b.offset(pc as isize + (j + 16 * h) as isize * pr.bcs);
-            pack_t(src, pr.bcs, rows, kc, out.add(16 * h), NR, 16);
-        }
-    } else {
-        let src = pr.b.offset(pc as isize * pr.brs + j as isize * pr.bcs);
-        pack_strided(src, pr.brs, pr.bcs, kc, nr, NR, out);
     }
 }
 
@@ -344,34 +352,36 @@ unsafe fn pack_a_panel(
     out: *mut f32,
     sum: bool,
 ) {
-    if pr.acs == 1 {
-        // Row-major A: rows contiguous along p -> transpose.
-        let src = pr.a.offset(i as isize * pr.ars + pc as isize);
-        pack_t(src, pr.ars, mr, kc, out, MR, MR);
-    } else if pr.ars == 1 {
-        let lm = lane_mask(mr);
-        let sm = lane_mask(MR);
-        let mut src = pr.a.offset(pc as isize * pr.acs + i as isize);
-        for p in 0..kc {
-            // SAFETY: rows i..i+mr of column pc+p are valid (masked).
-            let x = _mm512_maskz_loadu_ps(lm, src);
-            _mm512_mask_storeu_ps(out.add(p * MR), sm, x);
-            src = src.offset(pr.acs);
+    unsafe {
+        if pr.acs == 1 {
+            // Row-major A: rows contiguous along p -> transpose.
+            let src = pr.a.offset(i as isize * pr.ars + pc as isize);
+            pack_t(src, pr.ars, mr, kc, out, MR, MR);
+        } else if pr.ars == 1 {
+            let lm = lane_mask(mr);
+            let sm = lane_mask(MR);
+            let mut src = pr.a.offset(pc as isize * pr.acs + i as isize);
+            for p in 0..kc {
+                // SAFETY: rows i..i+mr of column pc+p are valid (masked).
+                let x = _mm512_maskz_loadu_ps(lm, src);
+                _mm512_mask_storeu_ps(out.add(p * MR), sm, x);
+                src = src.offset(pr.acs);
+            }
+        } else {
+            let src = pr.a.offset(i as isize * pr.ars + pc as isize * pr.acs);
+            pack_strided(src, pr.acs, pr.ars, kc, mr, MR, out);
         }
-    } else {
-        let src = pr.a.offset(i as isize * pr.ars + pc as isize * pr.acs);
-        pack_strided(src, pr.acs, pr.ars, kc, mr, MR, out);
-    }
-    if sum && !pr.a_sums.is_null() {
-        // The packed panel is exact and still in L1: one vector add per k step.
-        let lm = lane_mask(mr);
-        let mut acc = _mm512_setzero_ps();
-        for p in 0..kc {
-            acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(lm, out.add(p * MR)));
+        if sum && !pr.a_sums.is_null() {
+            // The packed panel is exact and still in L1: one vector add per k step.
+            let lm = lane_mask(mr);
+            let mut acc = _mm512_setzero_ps();
+            for p in 0..kc {
+                acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(lm, out.add(p * MR)));
+            }
+            // SAFETY: rows i..i+mr of a_sums are this panel's, written by no other task.
+            let s = pr.a_sums.add(i);
+            _mm512_mask_storeu_ps(s, lm, _mm512_add_ps(_mm512_maskz_loadu_ps(lm, s), acc));
         }
-        // SAFETY: rows i..i+mr of a_sums are this panel's, written by no other task.
-        let s = pr.a_sums.add(i);
-        _mm512_mask_storeu_ps(s, lm, _mm512_add_ps(_mm512_maskz_loadu_ps(lm, s), acc));
     }
 }
 
@@ -380,83 +390,85 @@ unsafe fn pack_a_panel(
 
 #[target_feature(enable = "avx512f")]
 unsafe fn gemv_rows(pr: &Prob, i0: usize, i1: usize) {
-    let k = pr.k;
-    let finish = |i: usize, s: f32| {
-        // SAFETY: row i is in range; column 0.
-        let c = pr.dst.offset(i as isize * pr.drs);
-        let mut v = s;
-        if pr.acc {
-            v += *c;
-        }
-        if !pr.bias.is_null() {
-            v += *pr.bias;
-        }
-        if pr.relu {
-            v = v.max(0.0);
-        }
-        *c = masked(pr, i, 0, v);
-    };
-    if pr.acs == 1 && pr.brs == 1 {
-        // Dot products along contiguous p.
-        for i in i0..i1 {
-            let arow = pr.a.offset(i as isize * pr.ars);
-            let mut s0 = _mm512_setzero_ps();
-            let mut s1 = _mm512_setzero_ps();
-            let mut p = 0;
-            while p + 32 <= k {
-                s0 = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(arow.add(p)),
-                    _mm512_loadu_ps(pr.b.add(p)),
-                    s0,
-                );
-                s1 = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(arow.add(p + 16)),
-                    _mm512_loadu_ps(pr.b.add(p + 16)),
-                    s1,
-                );
-                p += 32;
+    unsafe {
+        let k = pr.k;
+        let finish = |i: usize, s: f32| {
+            // SAFETY: row i is in range; column 0.
+            let c = pr.dst.offset(i as isize * pr.drs);
+            let mut v = s;
+            if pr.acc {
+                v += *c;
             }
-            while p < k {
-                let lm = lane_mask(k - p);
-                s0 = _mm512_fmadd_ps(
-                    _mm512_maskz_loadu_ps(lm, arow.add(p)),
-                    _mm512_maskz_loadu_ps(lm, pr.b.add(p)),
-                    s0,
-                );
-                p += 16;
+            if !pr.bias.is_null() {
+                v += *pr.bias;
             }
-            finish(i, _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)));
-        }
-    } else if pr.ars == 1 {
-        // Column-major A: accumulate 16 rows at a time.
-        let mut i = i0;
-        while i < i1 {
-            let cnt = (i1 - i).min(16);
-            let lm = lane_mask(cnt);
-            let mut s = _mm512_setzero_ps();
-            for p in 0..k {
-                let bv = _mm512_set1_ps(*pr.b.offset(p as isize * pr.brs));
-                s = _mm512_fmadd_ps(
-                    _mm512_maskz_loadu_ps(lm, pr.a.offset(p as isize * pr.acs).add(i)),
-                    bv,
-                    s,
-                );
+            if pr.relu {
+                v = v.max(0.0);
             }
-            let mut tmp = [0f32; 16];
-            _mm512_storeu_ps(tmp.as_mut_ptr(), s);
-            for (r, &t) in tmp.iter().enumerate().take(cnt) {
-                finish(i + r, t);
+            *c = masked(pr, i, 0, v);
+        };
+        if pr.acs == 1 && pr.brs == 1 {
+            // Dot products along contiguous p.
+            for i in i0..i1 {
+                let arow = pr.a.offset(i as isize * pr.ars);
+                let mut s0 = _mm512_setzero_ps();
+                let mut s1 = _mm512_setzero_ps();
+                let mut p = 0;
+                while p + 32 <= k {
+                    s0 = _mm512_fmadd_ps(
+                        _mm512_loadu_ps(arow.add(p)),
+                        _mm512_loadu_ps(pr.b.add(p)),
+                        s0,
+                    );
+                    s1 = _mm512_fmadd_ps(
+                        _mm512_loadu_ps(arow.add(p + 16)),
+                        _mm512_loadu_ps(pr.b.add(p + 16)),
+                        s1,
+                    );
+                    p += 32;
+                }
+                while p < k {
+                    let lm = lane_mask(k - p);
+                    s0 = _mm512_fmadd_ps(
+                        _mm512_maskz_loadu_ps(lm, arow.add(p)),
+                        _mm512_maskz_loadu_ps(lm, pr.b.add(p)),
+                        s0,
+                    );
+                    p += 16;
+                }
+                finish(i, _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)));
             }
-            i += 16;
-        }
-    } else {
-        for i in i0..i1 {
-            let mut s = 0f32;
-            for p in 0..k {
-                s += *pr.a.offset(i as isize * pr.ars + p as isize * pr.acs)
-                    * *pr.b.offset(p as isize * pr.brs);
+        } else if pr.ars == 1 {
+            // Column-major A: accumulate 16 rows at a time.
+            let mut i = i0;
+            while i < i1 {
+                let cnt = (i1 - i).min(16);
+                let lm = lane_mask(cnt);
+                let mut s = _mm512_setzero_ps();
+                for p in 0..k {
+                    let bv = _mm512_set1_ps(*pr.b.offset(p as isize * pr.brs));
+                    s = _mm512_fmadd_ps(
+                        _mm512_maskz_loadu_ps(lm, pr.a.offset(p as isize * pr.acs).add(i)),
+                        bv,
+                        s,
+                    );
+                }
+                let mut tmp = [0f32; 16];
+                _mm512_storeu_ps(tmp.as_mut_ptr(), s);
+                for (r, &t) in tmp.iter().enumerate().take(cnt) {
+                    finish(i + r, t);
+                }
+                i += 16;
             }
-            finish(i, s);
+        } else {
+            for i in i0..i1 {
+                let mut s = 0f32;
+                for p in 0..k {
+                    s += *pr.a.offset(i as isize * pr.ars + p as isize * pr.acs)
+                        * *pr.b.offset(p as isize * pr.brs);
+                }
+                finish(i, s);
+            }
         }
     }
 }
