@@ -28,7 +28,7 @@ impl Facts {
     /// The options of the schema compiled into plec. Lint always reads the
     /// typed config of the built-in schema, so its facts are the ones that
     /// apply, also under `--proto-path`.
-    pub fn builtin() -> Self {
+    pub(super) fn builtin() -> Self {
         let pool = DescriptorPool::decode(crate::proto::DESCRIPTOR_SET).ok();
         let ext = |name: &str| pool.as_ref()?.get_extension_by_name(name);
         Facts {
@@ -45,32 +45,32 @@ impl Facts {
     }
 
     /// The typed config as a dynamic message of the built-in schema.
-    pub fn dynamic(&self, config: &EasyRecConfig) -> Option<DynamicMessage> {
+    pub(super) fn dynamic(&self, config: &EasyRecConfig) -> Option<DynamicMessage> {
         DynamicMessage::decode(self.root.clone()?, config.encode_to_vec().as_slice()).ok()
     }
 
     /// Whether the field is a bucket setting (`(plec.bucket)`).
-    pub fn is_bucket(&self, f: &FieldDescriptor) -> bool {
+    pub(super) fn is_bucket(&self, f: &FieldDescriptor) -> bool {
         field_flag(f, self.bucket.as_ref())
     }
 
     /// Whether a feature of this kind needs a bucket setting.
-    pub fn needs_bucket(&self, m: &MessageDescriptor) -> bool {
+    pub(super) fn needs_bucket(&self, m: &MessageDescriptor) -> bool {
         message_value(m, self.needs_bucket.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
     }
 
     /// Why TorchEasyRec needs this field set (`(plec.needed)`), if it does.
-    pub fn needed(&self, f: &FieldDescriptor) -> bool {
+    pub(super) fn needed(&self, f: &FieldDescriptor) -> bool {
         field_flag(f, self.needed.as_ref())
     }
 
     /// Whether the field names a feature group (`(plec.group_ref)`).
-    pub fn is_group_ref(&self, f: &FieldDescriptor) -> bool {
+    pub(super) fn is_group_ref(&self, f: &FieldDescriptor) -> bool {
         field_flag(f, self.group_ref.as_ref())
     }
 
     /// The feature groups a model kind reads by name (`(plec.groups)`).
-    pub fn required_groups(&self, m: &MessageDescriptor) -> Vec<String> {
+    pub(super) fn required_groups(&self, m: &MessageDescriptor) -> Vec<String> {
         match message_value(m, self.groups.as_ref()) {
             Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
             _ => Vec::new(),
@@ -78,7 +78,7 @@ impl Facts {
     }
 
     /// Whether a model kind reads only its first feature group.
-    pub fn first_group_only(&self, m: &MessageDescriptor) -> bool {
+    pub(super) fn first_group_only(&self, m: &MessageDescriptor) -> bool {
         message_value(m, self.first_group_only.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
     }
 }

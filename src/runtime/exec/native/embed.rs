@@ -18,7 +18,7 @@ use crate::runtime::error::Result;
 
 /// One embedded feature of a batch, ready to pool.
 #[derive(Debug)]
-pub struct Bag {
+pub(super) struct Bag {
     /// Index of the feature in the plan.
     pub feature: usize,
     /// Slot in `Lookup::rows` (training) or table index (evaluation).
@@ -33,7 +33,7 @@ pub struct Bag {
 
 /// The batch's embedded features, and in training the gathered rows.
 #[derive(Debug, Default)]
-pub struct Lookup {
+pub(super) struct Lookup {
     pub bags: Vec<Bag>,
     /// Training: (table, unique ids, rows `[U, dim]`) per touched table.
     pub rows: Vec<(usize, Vec<u32>, Vec<f32>)>,
@@ -41,7 +41,7 @@ pub struct Lookup {
 
 /// Validates the ids of every `needed` feature and, in training, gathers
 /// the unique rows of each table.
-pub fn lookup(
+pub(super) fn lookup(
     tables: &[Table],
     features: &[FeatureSpec],
     needed: &[usize],
@@ -102,7 +102,7 @@ pub fn lookup(
 
 /// Pools `bag` into columns `[col, col + dim)` of the `[rows, width]`
 /// group buffer `out`, reading rows from `src` (`[*, dim]`).
-pub fn pool(out: &mut [f32], width: usize, col: usize, bag: &Bag, src: &[f32]) {
+pub(super) fn pool(out: &mut [f32], width: usize, col: usize, bag: &Bag, src: &[f32]) {
     let d = bag.dim;
     for (r, w) in bag.offsets.windows(2).enumerate() {
         let (a, b) = (w[0] as usize, w[1] as usize);
@@ -123,7 +123,7 @@ pub fn pool(out: &mut [f32], width: usize, col: usize, bag: &Bag, src: &[f32]) {
 
 /// Adds the gradient of columns `[col, col + dim)` of `g` (`[rows,
 /// width]`) to the gathered rows' gradient `drows`.
-pub fn scatter(drows: &mut [f32], g: &[f32], width: usize, col: usize, bag: &Bag) {
+pub(super) fn scatter(drows: &mut [f32], g: &[f32], width: usize, col: usize, bag: &Bag) {
     let d = bag.dim;
     for (r, w) in bag.offsets.windows(2).enumerate() {
         let (a, b) = (w[0] as usize, w[1] as usize);
@@ -144,7 +144,11 @@ pub fn scatter(drows: &mut [f32], g: &[f32], width: usize, col: usize, bag: &Bag
 }
 
 /// The gathered rows as the sparse optimizer takes them.
-pub fn gathered(lookup: &Lookup, tables: &[Table], device: &Device) -> Result<Vec<Gathered>> {
+pub(super) fn gathered(
+    lookup: &Lookup,
+    tables: &[Table],
+    device: &Device,
+) -> Result<Vec<Gathered>> {
     lookup
         .rows
         .iter()

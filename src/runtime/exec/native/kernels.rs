@@ -24,7 +24,7 @@ const ROW_MISS_WORK: usize = 64;
 ///
 /// The caller guarantees (checked when the program is built) that `v`'s
 /// rows are disjoint and lie inside `buf`; `rows_mut` re-checks the bounds.
-pub fn rows_mut<F>(buf: &mut [f32], v: &View, f: F)
+pub(super) fn rows_mut<F>(buf: &mut [f32], v: &View, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync + Send,
 {
@@ -33,7 +33,7 @@ where
 
 /// `rows_mut` for kernels whose rows cost `work` element operations each
 /// (more than their width: e.g. one dot product per output element).
-pub fn rows_mut_with<F>(buf: &mut [f32], v: &View, work: usize, f: F)
+pub(super) fn rows_mut_with<F>(buf: &mut [f32], v: &View, work: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync + Send,
 {
@@ -72,7 +72,7 @@ fn put(o: &mut f32, v: f32, acc: bool) {
 /// can keep them in vector registers (a plain iterator sum is one serial
 /// chain of dependent adds: f32 addition is not reassociated).
 #[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 16];
@@ -88,13 +88,13 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Row `r` of `v` in `buf`.
-pub fn row<'a>(buf: &'a [f32], v: &View, r: usize) -> &'a [f32] {
+pub(super) fn row<'a>(buf: &'a [f32], v: &View, r: usize) -> &'a [f32] {
     let off = v.row_offset(r);
     &buf[off..off + v.dims[2]]
 }
 
 /// Writes `src` (view `sv`) into `dst` (view `dv`, same dims), or adds it.
-pub fn copy(dst: &mut [f32], dv: &View, src: &[f32], sv: &View, add: bool) {
+pub(super) fn copy(dst: &mut [f32], dv: &View, src: &[f32], sv: &View, add: bool) {
     rows_mut(dst, dv, |r, out| {
         let x = row(src, sv, r);
         if add {
@@ -106,7 +106,7 @@ pub fn copy(dst: &mut [f32], dv: &View, src: &[f32], sv: &View, add: bool) {
 }
 
 /// Adds the column sums of each matrix of `g` to `db` (`[dims[0], dims[2]]`).
-pub fn add_bias_grad(db: &mut [f32], g: &[f32], gv: &View) {
+pub(super) fn add_bias_grad(db: &mut [f32], g: &[f32], gv: &View) {
     let (d1, w) = (gv.dims[1], gv.dims[2]);
     for (e, acc) in db.chunks_mut(w.max(1)).take(gv.dims[0]).enumerate() {
         // Each matrix's rows in order: the same summation order as a
@@ -148,7 +148,7 @@ fn erf(x: f32) -> f32 {
 }
 
 /// `y = act(x)`; `slope` is prelu's parameter (`[1]` or the row width).
-pub fn activation(
+pub(super) fn activation(
     kind: Activation,
     alpha: f32,
     slope: Option<&[f32]>,
@@ -198,7 +198,7 @@ pub fn activation(
 /// `x = act(x)` in place, for the activations whose gradient needs only
 /// their output (relu, sigmoid, tanh; others are left unchanged and never
 /// run in place, see `program::in_place_activations`).
-pub fn activation_in_place(kind: Activation, buf: &mut [f32], v: &View) {
+pub(super) fn activation_in_place(kind: Activation, buf: &mut [f32], v: &View) {
     rows_mut(buf, v, |_, out| match kind {
         Activation::Relu => out.iter_mut().for_each(|x| *x = x.max(0.0)),
         Activation::Sigmoid => out.iter_mut().for_each(|x| *x = sigmoid(*x)),
@@ -209,7 +209,7 @@ pub fn activation_in_place(kind: Activation, buf: &mut [f32], v: &View) {
 
 /// `g = g * act'(y)` in place over view `v` of the gradient, with `y`
 /// the activation's output (same view of the activation buffer).
-pub fn activation_backward_in_place(kind: Activation, g: &mut [f32], v: &View, y: &[f32]) {
+pub(super) fn activation_backward_in_place(kind: Activation, g: &mut [f32], v: &View, y: &[f32]) {
     rows_mut(g, v, |r, out| {
         let ys = row(y, v, r);
         match kind {
@@ -229,7 +229,7 @@ pub fn activation_backward_in_place(kind: Activation, g: &mut [f32], v: &View, y
 
 /// `dx += dy * act'(x)` (from `x` and `y = act(x)`).
 #[allow(clippy::too_many_arguments)]
-pub fn activation_backward(
+pub(super) fn activation_backward(
     kind: Activation,
     alpha: f32,
     slope: Option<&[f32]>,
@@ -308,7 +308,7 @@ pub fn activation_backward(
 }
 
 /// Prelu's slope gradient: `sum dy * min(x, 0)` per slope entry.
-pub fn prelu_slope_grad(ds: &mut [f32], dy: &[f32], dyv: &View, x: &[f32], xv: &View) {
+pub(super) fn prelu_slope_grad(ds: &mut [f32], dy: &[f32], dyv: &View, x: &[f32], xv: &View) {
     for r in 0..dyv.rows() {
         let (g, xs) = (row(dy, dyv, r), row(x, xv, r));
         for j in 0..g.len() {
@@ -321,7 +321,7 @@ pub fn prelu_slope_grad(ds: &mut [f32], dy: &[f32], dyv: &View, x: &[f32], xv: &
 }
 
 /// `y = x * keep * scale` with `keep` one byte per element in row order.
-pub fn dropout(y: &mut [f32], yv: &View, x: &[f32], xv: &View, keep: &[u8], scale: f32) {
+pub(super) fn dropout(y: &mut [f32], yv: &View, x: &[f32], xv: &View, keep: &[u8], scale: f32) {
     let w = yv.dims[2];
     rows_mut(y, yv, |r, out| {
         let (xs, k) = (row(x, xv, r), &keep[r * w..(r + 1) * w]);
@@ -332,7 +332,7 @@ pub fn dropout(y: &mut [f32], yv: &View, x: &[f32], xv: &View, keep: &[u8], scal
 }
 
 /// `dx += dy * keep * scale`.
-pub fn dropout_backward(
+pub(super) fn dropout_backward(
     dx: &mut [f32],
     dxv: &View,
     dy: &[f32],
@@ -352,7 +352,7 @@ pub fn dropout_backward(
 
 /// The lanes of `v` along internal axis `axis`: (start offset, stride)
 /// of each, and their length.
-pub fn lanes(v: &View, axis: usize) -> (Vec<usize>, usize, usize) {
+pub(super) fn lanes(v: &View, axis: usize) -> (Vec<usize>, usize, usize) {
     let others: Vec<usize> = (0..3).filter(|&a| a != axis).collect();
     let (a, b) = (others[0], others[1]);
     let mut starts = Vec::with_capacity(v.dims[a] * v.dims[b]);
@@ -365,7 +365,7 @@ pub fn lanes(v: &View, axis: usize) -> (Vec<usize>, usize, usize) {
 }
 
 /// Softmax along internal axis `axis`; `y` is a fresh buffer.
-pub fn softmax(y: &mut [f32], yv: &View, x: &[f32], xv: &View, axis: usize) {
+pub(super) fn softmax(y: &mut [f32], yv: &View, x: &[f32], xv: &View, axis: usize) {
     if axis == 2 {
         // Along rows (every gate): one row per task, in parallel. A gate's
         // rows are a few logits each, strided through a wide layer's output:
@@ -403,7 +403,7 @@ pub fn softmax(y: &mut [f32], yv: &View, x: &[f32], xv: &View, axis: usize) {
 
 /// `dx += y * (dy - sum(dy * y))` along the lanes.
 #[allow(clippy::too_many_arguments)]
-pub fn softmax_backward(
+pub(super) fn softmax_backward(
     dx: &mut [f32],
     dxv: &View,
     dy: &[f32],
@@ -440,7 +440,7 @@ pub fn softmax_backward(
 
 /// The experts a gate mixes: `[K_j, B, D]` views, possibly of several
 /// buffers (a CONCAT of expert stacks is read in place, never copied).
-pub type Experts<'a> = [(&'a [f32], View)];
+pub(super) type Experts<'a> = [(&'a [f32], View)];
 
 /// Global expert `k` of `parts`: its buffer, view and local index.
 fn expert<'a>(parts: &'a Experts<'a>, mut k: usize) -> Option<(&'a [f32], &'a View, usize)> {
@@ -454,7 +454,7 @@ fn expert<'a>(parts: &'a Experts<'a>, mut k: usize) -> Option<(&'a [f32], &'a Vi
 }
 
 /// `out[b] = sum_k w[b, k] e[k, b]`: `w` `[B, K]`, experts `[K, B, D]`.
-pub fn gate_mix(out: &mut [f32], ov: &View, w: &[f32], wv: &View, parts: &Experts<'_>) {
+pub(super) fn gate_mix(out: &mut [f32], ov: &View, w: &[f32], wv: &View, parts: &Experts<'_>) {
     rows_mut(out, ov, |b, o| {
         let ws = row(w, wv, b);
         o.fill(0.0);
@@ -469,7 +469,7 @@ pub fn gate_mix(out: &mut [f32], ov: &View, w: &[f32], wv: &View, parts: &Expert
 
 /// Where gate mix backward writes: a gradient buffer, and whether it adds
 /// to what is there.
-pub type GradOut<'a> = Option<(&'a mut [f32], bool)>;
+pub(super) type GradOut<'a> = Option<(&'a mut [f32], bool)>;
 
 /// Gate mix backward for the experts of one part (global experts `k0..`,
 /// values `e`, `[K, B, D]` view `ev`), in one pass over the batch rows
@@ -479,7 +479,7 @@ pub type GradOut<'a> = Option<(&'a mut [f32], bool)>;
 /// With `masked`, `de` is zeroed where `e` is not > 0: the backward pass
 /// of the relu that made the experts (see `relu_masks`).
 #[allow(clippy::too_many_arguments)]
-pub fn gate_mix_backward(
+pub(super) fn gate_mix_backward(
     dw: GradOut<'_>,
     dwv: &View,
     de: GradOut<'_>,
@@ -544,7 +544,7 @@ pub fn gate_mix_backward(
 
 /// Per-channel statistics of a normalization: mean and `1 / sqrt(var +
 /// eps)` (biased variance) of every lane along `axis`.
-pub fn lane_moments(x: &[f32], xv: &View, axis: usize, eps: f64) -> (Vec<f32>, Vec<f32>) {
+pub(super) fn lane_moments(x: &[f32], xv: &View, axis: usize, eps: f64) -> (Vec<f32>, Vec<f32>) {
     let (starts, st, n) = lanes(xv, axis);
     let mut mean = Vec::with_capacity(starts.len());
     let mut inv = Vec::with_capacity(starts.len());
@@ -563,7 +563,7 @@ pub fn lane_moments(x: &[f32], xv: &View, axis: usize, eps: f64) -> (Vec<f32>, V
 /// `y = (x - mean) * inv * gamma + beta` per lane along `axis`; lane `l`
 /// uses statistics `l` and affine entry `affine_of(l, i)` for element `i`.
 #[allow(clippy::too_many_arguments)]
-pub fn normalize(
+pub(super) fn normalize(
     y: &mut [f32],
     yv: &View,
     x: &[f32],
@@ -588,7 +588,7 @@ pub fn normalize(
 /// Backward of `normalize` with batch statistics (the gradient flows
 /// through mean and variance): adds to `dx`, `dgamma`, `dbeta`.
 #[allow(clippy::too_many_arguments)]
-pub fn normalize_backward(
+pub(super) fn normalize_backward(
     dx: &mut [f32],
     dxv: &View,
     dy: &[f32],

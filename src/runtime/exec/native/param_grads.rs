@@ -15,7 +15,7 @@ use super::step::Step;
 use crate::proto::plan::Plan;
 use crate::runtime::params::ParamSlot;
 
-pub struct ParamGrads {
+pub(super) struct ParamGrads {
     bufs: Vec<Vec<f32>>,
     /// Per parameter: its buffer starts unwritten, for its one multiply.
     fresh: Vec<bool>,
@@ -23,7 +23,7 @@ pub struct ParamGrads {
 }
 
 impl ParamGrads {
-    pub fn new(plan: &Plan, params: &[ParamSlot], steps: &[Step]) -> Self {
+    pub(super) fn new(plan: &Plan, params: &[ParamSlot], steps: &[Step]) -> Self {
         let sizes: Vec<usize> = plan
             .params
             .iter()
@@ -70,7 +70,7 @@ impl ParamGrads {
     /// Where weight `w`'s multiply writes its gradient (`n` values), and
     /// whether it adds to what is there. None when `w` is not trained.
     /// After the multiply has written all of it, call `stored`.
-    pub fn weight(&mut self, w: usize, n: usize) -> Option<(SharedDst, bool)> {
+    pub(super) fn weight(&mut self, w: usize, n: usize) -> Option<(SharedDst, bool)> {
         let g = self.bufs.get_mut(w)?;
         if self.fresh[w] {
             // Only a write of the whole parameter makes it readable.
@@ -90,7 +90,7 @@ impl ParamGrads {
     /// # Safety
     /// Every one of the parameter's values was written through the
     /// destination `weight` returned.
-    pub unsafe fn stored(&mut self, w: usize) {
+    pub(super) unsafe fn stored(&mut self, w: usize) {
         if self.fresh[w] {
             if let Some(g) = self.bufs.get_mut(w) {
                 // SAFETY: the caller wrote all `sizes[w]` values, which
@@ -101,14 +101,14 @@ impl ParamGrads {
     }
 
     /// A gradient that is added to (a bias's, a slope's), when trained.
-    pub fn added(&mut self, p: usize) -> Option<&mut Vec<f32>> {
+    pub(super) fn added(&mut self, p: usize) -> Option<&mut Vec<f32>> {
         self.bufs
             .get_mut(p)
             .filter(|g| !g.is_empty() && !self.fresh[p])
     }
 
     /// Takes a gradient that is added to out (empty when not trained).
-    pub fn take(&mut self, p: usize) -> Vec<f32> {
+    pub(super) fn take(&mut self, p: usize) -> Vec<f32> {
         match self.added(p) {
             Some(g) => std::mem::take(g),
             None => Vec::new(),
@@ -116,7 +116,7 @@ impl ParamGrads {
     }
 
     /// Puts back what `take` took.
-    pub fn put(&mut self, p: usize, g: Vec<f32>) {
+    pub(super) fn put(&mut self, p: usize, g: Vec<f32>) {
         if let Some(slot) = self.bufs.get_mut(p) {
             *slot = g;
         }
@@ -124,7 +124,7 @@ impl ParamGrads {
 
     /// The gradients, per parameter; a fresh one its multiply never wrote
     /// (none in a complete pass) reads as zeros.
-    pub fn finish(self) -> Vec<Vec<f32>> {
+    pub(super) fn finish(self) -> Vec<Vec<f32>> {
         self.bufs
             .into_iter()
             .zip(self.fresh)

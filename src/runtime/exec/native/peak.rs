@@ -59,7 +59,7 @@ mod x86 {
 
     /// 12 ymm chains (two FMA pipes x latency 4-5 plus slack) of 8 lanes.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2(passes: u64) -> f64 {
+    pub(super) unsafe fn avx2(passes: u64) -> f64 {
         let x = _mm256_set1_ps(std::hint::black_box(0.999_999));
         let y = _mm256_set1_ps(std::hint::black_box(1e-7));
         // Named accumulators, not an array: an array indexed in a loop may live in memory.
@@ -86,7 +86,7 @@ mod x86 {
 
     /// 12 zmm chains of 16 lanes (as many as two pipes x latency 4 need, with slack).
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn avx512(passes: u64) -> f64 {
+    pub(super) unsafe fn avx512(passes: u64) -> f64 {
         let x = _mm512_set1_ps(std::hint::black_box(0.999_999));
         let y = _mm512_set1_ps(std::hint::black_box(1e-7));
         let z = _mm512_setzero_ps();

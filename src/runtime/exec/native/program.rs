@@ -10,7 +10,7 @@ use crate::runtime::error::{invalid_plan, unsupported, Result};
 
 /// The plan at one batch size.
 #[derive(Debug)]
-pub struct Program {
+pub(super) struct Program {
     pub batch: usize,
     /// Built for training (backward passes run on it); an inference
     /// program's values share memory by lifetime (`share_activations`).
@@ -55,7 +55,7 @@ impl Program {
     /// Lays `plan` out for `batch` rows. `Unsupported` names an op the
     /// engine cannot run (the model may then run on candle); `InvalidPlan`
     /// an inconsistency no engine could run.
-    pub fn build(plan: &Plan, analysis: &Analysis, batch: usize) -> Result<Self> {
+    pub(super) fn build(plan: &Plan, analysis: &Analysis, batch: usize) -> Result<Self> {
         let batch_axis = &analysis.batch_axis;
         let mut b = Builder {
             plan,
@@ -385,7 +385,7 @@ impl Program {
     /// training program's activation memory. Safe because every forward
     /// kernel overwrites all of its output (a program is reused batch after
     /// batch without clearing).
-    pub fn build_inference(plan: &Plan, analysis: &Analysis, batch: usize) -> Result<Self> {
+    pub(super) fn build_inference(plan: &Plan, analysis: &Analysis, batch: usize) -> Result<Self> {
         let mut p = Self::build(plan, analysis, batch)?;
         p.share_activations(plan);
         Ok(p)
@@ -436,12 +436,12 @@ impl Program {
 
     /// Floats of gradient memory (all slots).
     #[cfg(test)]
-    pub fn gradient_floats(&self) -> usize {
+    pub(super) fn gradient_floats(&self) -> usize {
         self.slot_sizes.iter().sum()
     }
 
     /// Zeroes `buf`'s gradient (its part of its slot).
-    pub fn zero_grad(&mut self, buf: usize) {
+    pub(super) fn zero_grad(&mut self, buf: usize) {
         let n = self.bufs[buf].len();
         if let Some(g) = self.gbufs.get_mut(self.gslot[buf]) {
             g[..n].fill(0.0);
@@ -450,7 +450,7 @@ impl Program {
 
     /// Allocates the gradient slots the first time, and zeroes the
     /// buffers the loss seeds into that accumulate.
-    pub fn start_backward(&mut self) {
+    pub(super) fn start_backward(&mut self) {
         if self.gbufs.len() != self.slot_sizes.len() {
             self.gbufs = self.slot_sizes.iter().map(|&n| vec![0.0; n]).collect();
         }

@@ -20,7 +20,7 @@ use crate::proto::plan::{Activation, Plan};
 /// `x`, a gate mix's experts) is stored masked by that input's forward
 /// values; per in-place relu step, whether its backward pass is thereby
 /// done (all its gradient's writers mask).
-pub struct ReluMasks {
+pub(super) struct ReluMasks {
     pub masked: Vec<bool>,
     pub relu_done: Vec<bool>,
 }
@@ -77,7 +77,7 @@ fn maskable(step: &Step) -> Vec<View> {
 /// when every gradient write into its output is a maskable one lying
 /// wholly inside it; a writer masks all its maskable writes, so each of
 /// those must lie in a qualifying relu too (checked until nothing changes).
-pub fn relu_masks(plan: &Plan, steps: &[Step], needs: &[bool]) -> ReluMasks {
+pub(super) fn relu_masks(plan: &Plan, steps: &[Step], needs: &[bool]) -> ReluMasks {
     let n = steps.len();
     let relus: Vec<(usize, View, Runs)> = steps
         .iter()

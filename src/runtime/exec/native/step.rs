@@ -5,7 +5,7 @@ use super::view::View;
 
 /// What an op does in the engine.
 #[derive(Debug, Clone)]
-pub enum Step {
+pub(super) enum Step {
     /// A view of its input (SLICE; STACK or CONCAT of adjacent pieces).
     Alias,
     /// FEATURE_GROUP into `out` (`[B, W]`).
@@ -68,7 +68,7 @@ pub enum Step {
 
 /// The views each step's backward pass writes a gradient into (its
 /// inputs that need one), plus the task logits the loss seeds.
-pub fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
+pub(super) fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
     let all: Vec<View> = match step {
         Step::Alias | Step::Group { .. } => Vec::new(),
         Step::Linear { x, .. } => vec![*x],

@@ -12,7 +12,7 @@
 
 /// A view of `dims` elements of buffer `buf` starting at `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct View {
+pub(super) struct View {
     pub buf: usize,
     pub off: usize,
     pub dims: [usize; 3],
@@ -23,7 +23,7 @@ pub struct View {
 
 impl View {
     /// A dense row-major view of a whole buffer.
-    pub fn contiguous(buf: usize, logical: &[usize]) -> Option<Self> {
+    pub(super) fn contiguous(buf: usize, logical: &[usize]) -> Option<Self> {
         let dims = pad(logical)?;
         Some(Self {
             buf,
@@ -35,33 +35,33 @@ impl View {
     }
 
     /// The dims as the plan sees them.
-    pub fn logical(&self) -> Vec<usize> {
+    pub(super) fn logical(&self) -> Vec<usize> {
         self.dims[3 - self.rank..].to_vec()
     }
 
     /// The internal axis of logical axis `axis`.
-    pub fn internal_axis(&self, axis: usize) -> usize {
+    pub(super) fn internal_axis(&self, axis: usize) -> usize {
         axis + 3 - self.rank
     }
 
     /// Number of elements.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.dims.iter().product()
     }
 
     /// Number of rows (`dims[0] * dims[1]`), each `dims[2]` long.
-    pub fn rows(&self) -> usize {
+    pub(super) fn rows(&self) -> usize {
         self.dims[0] * self.dims[1]
     }
 
     /// Offset of row `r`.
-    pub fn row_offset(&self, r: usize) -> usize {
+    pub(super) fn row_offset(&self, r: usize) -> usize {
         let (i0, i1) = (r / self.dims[1].max(1), r % self.dims[1].max(1));
         self.off + i0 * self.strides[0] + i1 * self.strides[1]
     }
 
     /// One past the largest offset the view touches (its `off` when empty).
-    pub fn end(&self) -> usize {
+    pub(super) fn end(&self) -> usize {
         if self.len() == 0 {
             return self.off;
         }
@@ -76,7 +76,7 @@ impl View {
     }
 
     /// The sub-view `[start, start + len)` along internal axis `axis`.
-    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Self {
+    pub(super) fn narrow(&self, axis: usize, start: usize, len: usize) -> Self {
         let mut v = *self;
         v.off += start * self.strides[axis];
         v.dims[axis] = len;
@@ -84,14 +84,14 @@ impl View {
     }
 
     /// The element runs `[start, end)` of its rows, in row order.
-    pub fn row_runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+    pub(super) fn row_runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         (0..self.rows()).map(|r| (self.row_offset(r), self.row_offset(r) + self.dims[2]))
     }
 
     /// Whether no two rows share an element (checked exactly, once per
     /// view when a program is built). Kernels that write rows in parallel
     /// rely on it.
-    pub fn rows_disjoint(&self) -> bool {
+    pub(super) fn rows_disjoint(&self) -> bool {
         if self.strides[2] != 1 {
             return false;
         }
@@ -101,7 +101,7 @@ impl View {
     }
 
     /// Matrix `i0` of the view (rows `dims[1]`, cols `dims[2]`).
-    pub fn mat(&self, i0: usize) -> Mat {
+    pub(super) fn mat(&self, i0: usize) -> Mat {
         Mat {
             off: self.off + i0 * self.strides[0],
             rows: self.dims[1],
@@ -113,7 +113,7 @@ impl View {
 
     /// All rows as one matrix, when the leading dims collapse (the outer
     /// stride steps exactly over the inner rows).
-    pub fn flat_mat(&self) -> Option<Mat> {
+    pub(super) fn flat_mat(&self) -> Option<Mat> {
         if self.dims[0] <= 1 || self.strides[0] == self.dims[1] * self.strides[1] {
             Some(Mat {
                 off: self.off,
