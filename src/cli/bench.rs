@@ -17,7 +17,7 @@ use super::run::{self, render_table, EvalSource};
 use super::{Outcome, RunError};
 
 /// The benchmarked config by default: the full PLE example.
-pub const PLE_EXAMPLE: &str = include_str!("../../examples/ple_taobao.config");
+pub(crate) const PLE_EXAMPLE: &str = include_str!("../../examples/ple_taobao.config");
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -73,7 +73,7 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
     let exec = run::ExecArgs {
         threads: Some(args.threads),
         elementwise_threads: args.elementwise_threads,

@@ -18,7 +18,7 @@ use crate::runtime::checkpoint::dir as ckpt_dir;
 
 /// A checkpoint to continue from, with the plan taken out of it.
 #[derive(Debug)]
-pub struct Resumed {
+pub(crate) struct Resumed {
     pub path: PathBuf,
     pub plan: Plan,
     pub checkpoint: Checkpoint,
@@ -26,7 +26,7 @@ pub struct Resumed {
 
 /// Loads the newest complete checkpoint under `arg` (the run's `--out`
 /// or its `checkpoints` folder); warns about newer ones that do not verify.
-pub fn load(arg: &Path) -> Result<Resumed, RunError> {
+pub(crate) fn load(arg: &Path) -> Result<Resumed, RunError> {
     let dir = ckpt_dir::resolve(arg);
     let (path, mut checkpoint, skipped) = ckpt_dir::newest(&dir).map_err(|e| {
         RunError::from_error(e).with_help(
@@ -50,7 +50,7 @@ pub fn load(arg: &Path) -> Result<Resumed, RunError> {
 
 /// Paths as absolute strings (globs too), so a resume from another working
 /// directory reads the same files.
-pub fn absolute(inputs: &[String]) -> Vec<String> {
+pub(crate) fn absolute(inputs: &[String]) -> Vec<String> {
     let cwd = std::env::current_dir().unwrap_or_default();
     inputs
         .iter()
@@ -97,7 +97,7 @@ fn keep<T: PartialEq + std::fmt::Debug>(
 }
 
 /// The data inputs, evaluation inputs and settings of the resumed run.
-pub fn settings(
+pub(crate) fn settings(
     args: &RunArgs,
     r: &Resumed,
     mut base: RunSettings,

@@ -19,7 +19,7 @@ use crate::proto::tzrec::protos::{
 };
 
 /// Lowers a typed config to the model graph, or every reason it cannot be.
-pub fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> {
+pub(crate) fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> {
     let shape_errors = shape::check_config(config);
     if !shape_errors.is_empty() {
         return Err(shape_errors.into_iter().map(IrError::Shape).collect());
@@ -104,7 +104,7 @@ struct Builder {
 
 /// A linear layer with torch's default init: weight and bias uniform in
 /// `+-1/sqrt(fan_in)`.
-pub fn linear(name: &str, in_dim: u64, out_dim: u64, bias: bool) -> LinearParams {
+pub(crate) fn linear(name: &str, in_dim: u64, out_dim: u64, bias: bool) -> LinearParams {
     let bound = 1.0 / (in_dim.max(1) as f32).sqrt();
     LinearParams {
         in_dim,
@@ -138,7 +138,7 @@ fn constant(name: String, shape: Vec<u64>, value: f32, trainable: bool) -> Param
 
 /// The plan's activation for an MLP's `activation` string (parsed by
 /// `lang::activation`), or what plec cannot run of it.
-pub fn parse_activation(text: &str, name: &str) -> Result<Act, String> {
+pub(crate) fn parse_activation(text: &str, name: &str) -> Result<Act, String> {
     use crate::lang::activation::Activation as A;
     let parsed = crate::lang::activation::parse(text).map_err(|p| p.message)?;
     let kind = match &parsed {
@@ -903,7 +903,7 @@ fn input_column(expression: &str) -> String {
 
 /// The plan's form of a parsed normalizer (`lang::normalizer`); `None`
 /// for an expression, which plec does not evaluate.
-pub fn plan_normalizer(n: &Normalizer) -> Option<plan::Normalizer> {
+pub(crate) fn plan_normalizer(n: &Normalizer) -> Option<plan::Normalizer> {
     let (kind, a, b) = match *n {
         Normalizer::Log10 { threshold, default } => {
             (plan::NormalizerKind::Log10, threshold, default)

@@ -8,11 +8,11 @@ use super::Problem;
 use crate::diag::{closest_names, one_of};
 
 /// Sides an expression may read from, as written.
-pub const SIDES: &[&str] = &["user", "item", "context", "feature", "const"];
+pub(crate) const SIDES: &[&str] = &["user", "item", "context", "feature", "const"];
 
 /// A well-formed expression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Expression<'a> {
+pub(crate) struct Expression<'a> {
     /// One of [`SIDES`].
     pub side: &'a str,
     /// The input column, trimmed.
@@ -21,13 +21,13 @@ pub struct Expression<'a> {
 
 impl Expression<'_> {
     /// Whether the input is another feature's output rather than a column.
-    pub fn reads_feature(&self) -> bool {
+    pub(crate) fn reads_feature(&self) -> bool {
         self.side == "feature"
     }
 }
 
 /// Parses `side:input_name`, or says what is wrong with it.
-pub fn parse(text: &str) -> Result<Expression<'_>, Problem> {
+pub(crate) fn parse(text: &str) -> Result<Expression<'_>, Problem> {
     let Some((side, input)) = text.split_once(':') else {
         let guess = SIDES
             .iter()
@@ -68,7 +68,7 @@ pub fn parse(text: &str) -> Result<Expression<'_>, Problem> {
 /// this where lint does not check the expression (FG_NONE, where
 /// TorchEasyRec does not read it either) and [`parse`] where it does, so
 /// both agree on every expression lint accepts.
-pub fn input_column(text: &str) -> &str {
+pub(crate) fn input_column(text: &str) -> &str {
     match parse(text) {
         Ok(e) => e.input,
         Err(_) => text.split_once(':').map_or(text, |(_, name)| name).trim(),
@@ -76,7 +76,7 @@ pub fn input_column(text: &str) -> &str {
 }
 
 /// Whether a (leniently read) expression's side is `feature`.
-pub fn reads_feature(text: &str) -> bool {
+pub(crate) fn reads_feature(text: &str) -> bool {
     match parse(text) {
         Ok(e) => e.reads_feature(),
         Err(_) => text

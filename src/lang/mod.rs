@@ -6,14 +6,14 @@
 //! lowering uses the value. One parser per language, so the two stages
 //! cannot disagree about what a string means.
 
-pub mod activation;
-pub mod expression;
-pub mod normalizer;
+pub(crate) mod activation;
+pub(crate) mod expression;
+pub(crate) mod normalizer;
 
 /// Why a string of one of these languages is malformed, in the user's
 /// words: what is wrong, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub message: String,
     pub help: String,
 }

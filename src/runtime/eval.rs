@@ -30,7 +30,7 @@ pub trait TaskMetricSink {
 }
 
 /// Builds a metric accumulator for a task.
-pub type MetricFactory<'a> = &'a dyn Fn(&Task) -> Box<dyn TaskMetricSink>;
+pub(crate) type MetricFactory<'a> = &'a dyn Fn(&Task) -> Box<dyn TaskMetricSink>;
 
 /// A task's predictions over a whole data pass.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,17 +141,6 @@ pub fn evaluate_with(
     Ok(out)
 }
 
-/// Accepts any update and reports nothing: for loss-only evaluation.
-#[derive(Debug, Default)]
-pub struct NoMetrics;
-
-impl TaskMetricSink for NoMetrics {
-    fn update(&mut self, _: &[f32], _: &[f32], _: Option<&[f32]>, _: &[(String, Vec<String>)]) {}
-    fn finish(self: Box<Self>) -> Vec<(String, f64)> {
-        Vec::new()
-    }
-}
-
 impl TaskMetricSink for TaskMetrics {
     fn update(
         &mut self,
@@ -169,7 +158,7 @@ impl TaskMetricSink for TaskMetrics {
 
 /// The accumulators plec reports with by default: the task's configured
 /// metrics (`crate::metrics::TaskMetrics`).
-pub fn default_metrics(task: &Task) -> Box<dyn TaskMetricSink> {
+pub(crate) fn default_metrics(task: &Task) -> Box<dyn TaskMetricSink> {
     Box::new(TaskMetrics::new(task))
 }
 

@@ -16,7 +16,7 @@ use crate::proto::plan::{DataSpec, Loss, LossKind, Task};
 
 /// Binary cross-entropy on logits, `max(x, 0) - x y + log(1 + e^-|x|)`:
 /// finite for any logit (candle-nn's overflows near +-30).
-pub fn bce_with_logits(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn bce_with_logits(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     let softplus = (x.relu()? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
     softplus - (x * y)?
 }
@@ -24,7 +24,12 @@ pub fn bce_with_logits(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
 /// Binary focal loss (torchvision's `sigmoid_focal_loss`, as TorchEasyRec):
 /// `alpha_t (1 - p_t)^gamma bce`, with `p_t = p y + (1 - p)(1 - y)` and
 /// `alpha_t = alpha y + (1 - alpha)(1 - y)` (no alpha factor when alpha < 0).
-pub fn binary_focal(x: &Tensor, y: &Tensor, gamma: f32, alpha: f32) -> candle_core::Result<Tensor> {
+pub(crate) fn binary_focal(
+    x: &Tensor,
+    y: &Tensor,
+    gamma: f32,
+    alpha: f32,
+) -> candle_core::Result<Tensor> {
     let bce = bce_with_logits(x, y)?;
     let p = ops::sigmoid(x)?;
     let one_minus_y = (y.neg()? + 1.0)?;
@@ -48,19 +53,19 @@ pub fn binary_focal(x: &Tensor, y: &Tensor, gamma: f32, alpha: f32) -> candle_co
 
 /// Softmax cross-entropy: `logsumexp(x) - x[label]`, with the label given
 /// as a one-hot `[B, C]`.
-pub fn softmax_cross_entropy(x: &Tensor, onehot: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn softmax_cross_entropy(x: &Tensor, onehot: &Tensor) -> candle_core::Result<Tensor> {
     let lse = ops::log_sum_exp(x)?.squeeze(1)?;
     lse - (x * onehot)?.sum(1)?
 }
 
 /// Squared error `(x - y)^2`.
-pub fn l2(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn l2(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     (x - y)?.sqr()
 }
 
 /// What one task's loss needs from a batch, on the device.
 #[derive(Debug)]
-pub struct TaskTargets {
+pub(crate) struct TaskTargets {
     /// Labels `[B]`.
     pub labels: Tensor,
     /// One-hot labels `[B, C]` for softmax cross-entropy.
@@ -80,7 +85,7 @@ fn column<'a>(names: &[String], cols: &'a [Vec<f32>], name: &str, what: &str) ->
 }
 
 /// The label column of a task.
-pub fn task_labels<'a>(data: &DataSpec, task: &Task, batch: &'a Batch) -> Result<&'a [f32]> {
+pub(crate) fn task_labels<'a>(data: &DataSpec, task: &Task, batch: &'a Batch) -> Result<&'a [f32]> {
     let labels = column(&data.label_fields, &batch.labels, &task.label_name, "label")?;
     if labels.len() != batch.rows {
         return Err(bad_batch!(
@@ -94,7 +99,7 @@ pub fn task_labels<'a>(data: &DataSpec, task: &Task, batch: &'a Batch) -> Result
 }
 
 /// The per-sample weights of a task, on the host, as the module doc says.
-pub fn sample_weights(data: &DataSpec, task: &Task, batch: &Batch) -> Result<Vec<f32>> {
+pub(crate) fn sample_weights(data: &DataSpec, task: &Task, batch: &Batch) -> Result<Vec<f32>> {
     let rows = batch.rows;
     let mut w = vec![1.0f32; rows];
     let mut weighted = false;
@@ -155,7 +160,7 @@ pub fn sample_weights(data: &DataSpec, task: &Task, batch: &Batch) -> Result<Vec
 }
 
 /// Uploads a task's labels and weights for one batch.
-pub fn task_targets(
+pub(crate) fn task_targets(
     data: &DataSpec,
     task: &Task,
     batch: &Batch,
@@ -195,7 +200,7 @@ pub fn task_targets(
 }
 
 /// Per-sample loss `[B]` of one configured loss.
-pub fn per_sample_loss(
+pub(crate) fn per_sample_loss(
     loss: &Loss,
     task: &Task,
     logits: &Tensor,
@@ -234,7 +239,7 @@ pub fn per_sample_loss(
 }
 
 /// A task's loss (scalar): every configured loss, weighted and averaged.
-pub fn task_loss(task: &Task, logits: &Tensor, t: &TaskTargets) -> Result<Tensor> {
+pub(crate) fn task_loss(task: &Task, logits: &Tensor, t: &TaskTargets) -> Result<Tensor> {
     let rows = logits.dim(0)? as f64;
     let mut total: Option<Tensor> = None;
     for l in &task.losses {
@@ -250,7 +255,7 @@ pub fn task_loss(task: &Task, logits: &Tensor, t: &TaskTargets) -> Result<Tensor
 
 /// Whether a task is a regression (its first loss is L2): its prediction is
 /// the logit itself, as in TorchEasyRec.
-pub fn is_regression(task: &Task) -> bool {
+pub(crate) fn is_regression(task: &Task) -> bool {
     task.losses
         .first()
         .is_some_and(|l| LossKind::try_from(l.kind) == Ok(LossKind::L2Loss))
@@ -258,7 +263,7 @@ pub fn is_regression(task: &Task) -> bool {
 
 /// Predictions `[B, num_class]`: sigmoid for one class, softmax for more,
 /// the raw logit for regression.
-pub fn predictions(task: &Task, logits: &Tensor) -> Result<Tensor> {
+pub(crate) fn predictions(task: &Task, logits: &Tensor) -> Result<Tensor> {
     if is_regression(task) {
         Ok(logits.clone())
     } else if logits.dim(1)? == 1 {

@@ -19,8 +19,8 @@ use super::precision::Precision;
 use crate::data::batch::Batch;
 use crate::proto::plan::Plan;
 
-pub use super::exec::Forward;
-pub use super::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
+pub(crate) use super::exec::Forward;
+pub(crate) use super::params::{Mode, ParamSlot};
 
 /// A plan loaded onto a device.
 #[derive(Debug)]

@@ -32,7 +32,7 @@ use crate::proto::checkpoint::{self as ckpt, Checkpoint};
 use crate::proto::plan::Plan;
 
 /// Logging interval when the plan leaves `log_step_count_steps` at 0.
-pub const DEFAULT_LOG_STEPS: u64 = 100;
+pub(crate) const DEFAULT_LOG_STEPS: u64 = 100;
 
 /// How progress is shown on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -3,8 +3,8 @@
 //! metrics so far; `proto/plec/checkpoint.proto`), the file envelope
 //! (`file`) and the directory of them a run keeps (`dir`).
 
-pub mod dir;
-pub mod file;
-pub mod writer;
+pub(crate) mod dir;
+pub(crate) mod file;
+pub(crate) mod writer;
 
-pub use file::CheckpointError;
+pub(crate) use file::CheckpointError;

@@ -4,7 +4,7 @@
 //! the parameters and tables and lends them to its executor per pass.
 
 pub mod candle;
-pub mod native;
+pub(crate) mod native;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 

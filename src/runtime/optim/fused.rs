@@ -21,7 +21,7 @@ const CHUNK: usize = 16 * 1024;
 
 /// One Adam/AdamW update of a parameter (the `dst` of the in-place op) with
 /// its gradient (the source), first moments `m` and second moments `v`.
-pub struct AdamStep<'a> {
+pub(crate) struct AdamStep<'a> {
     pub m: RefCell<&'a mut [f32]>,
     pub v: RefCell<&'a mut [f32]>,
     pub lr: f64,
@@ -175,7 +175,7 @@ fn adam_chunk_plain(k: &AdamConsts, p: &mut [f32], g: &[f32], m: &mut [f32], v: 
 /// gathered row `u` (table row `ids[u]`), its gradient `grad[u]` and the
 /// rule's host state, exactly the arithmetic of the tensor path in
 /// `optim::sparse` in one pass over the touched rows.
-pub struct SparseStep<'a> {
+pub(crate) struct SparseStep<'a> {
     pub kind: SparseRule,
     pub ids: &'a [u32],
     pub grad: &'a [f32],
@@ -199,7 +199,7 @@ pub struct SparseStep<'a> {
 
 /// The sparse rules the fused kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SparseRule {
+pub(crate) enum SparseRule {
     Sgd,
     Adagrad,
     RowwiseAdagrad,

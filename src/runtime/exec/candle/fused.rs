@@ -172,7 +172,7 @@ impl candle_core::CustomOp1 for ColumnSum {
 }
 
 /// Whether `bias_relu` runs fused for these tensors.
-pub fn fusable(y: &Tensor, b: &Tensor) -> bool {
+pub(crate) fn fusable(y: &Tensor, b: &Tensor) -> bool {
     y.device().is_cpu()
         && y.dtype() == DType::F32
         && b.dtype() == DType::F32
@@ -181,7 +181,7 @@ pub fn fusable(y: &Tensor, b: &Tensor) -> bool {
 
 /// `relu(y + b)`, `b` broadcast over rows (see the module doc), fused on
 /// the CPU for f32 and plain candle ops otherwise.
-pub fn bias_relu(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub(crate) fn bias_relu(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     if fusable(y, b) {
         return y.contiguous()?.apply_op2(&b.contiguous()?, BiasRelu);
     }
@@ -189,7 +189,7 @@ pub fn bias_relu(y: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// The unfused reference: broadcast add, then relu.
-pub fn plain_bias_relu(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub(crate) fn plain_bias_relu(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     // A `[G, C]` bias belongs to batched experts `[G, R, C]`.
     let b = if b.rank() == 2 {
         b.unsqueeze(1)?

@@ -6,7 +6,7 @@
 //! kernel; the plan rewrites below are candle's alone (the native engine
 //! gets the same effects from its views and epilogues).
 
-pub mod fused;
+pub(crate) mod fused;
 pub mod ops;
 
 use candle_core::{backprop::GradStore, Device, Tensor};

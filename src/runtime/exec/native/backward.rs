@@ -12,7 +12,7 @@ impl Engine {
     /// training forward pass and inserts every trainable parameter's and
     /// every gathered table's gradient into `grads`.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward_pass(
+    pub(crate) fn backward_pass(
         &mut self,
         plan: &Plan,
         params: &[ParamSlot],

@@ -7,7 +7,7 @@ use super::*;
 
 impl Engine {
     /// Runs every op on `batch`; in training keeps what `backward` needs.
-    pub fn forward_pass(
+    pub(crate) fn forward_pass(
         &mut self,
         plan: &Plan,
         analysis: &Analysis,

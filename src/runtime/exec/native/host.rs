@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, Storage, StorageRef, Tensor};
 use crate::runtime::error::{invalid_plan, Result};
 
 /// The contiguous f32 elements of a CPU tensor, read-locked while held.
-pub struct HostSlice<'a> {
+pub(crate) struct HostSlice<'a> {
     guard: StorageRef<'a>,
     start: usize,
     end: usize,
@@ -13,7 +13,7 @@ pub struct HostSlice<'a> {
 
 impl HostSlice<'_> {
     /// The elements.
-    pub fn slice(&self) -> &[f32] {
+    pub(crate) fn slice(&self) -> &[f32] {
         match &*self.guard {
             Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.end],
             // `tensor_f32` only builds a HostSlice over f32 CPU storage.
@@ -23,7 +23,7 @@ impl HostSlice<'_> {
 }
 
 /// Borrows `t`'s elements; errors unless it is a contiguous f32 CPU tensor.
-pub fn tensor_f32(t: &Tensor) -> Result<HostSlice<'_>> {
+pub(crate) fn tensor_f32(t: &Tensor) -> Result<HostSlice<'_>> {
     let (guard, layout) = t.storage_and_layout();
     let Some((start, end)) = layout.contiguous_offsets() else {
         return Err(invalid_plan!(

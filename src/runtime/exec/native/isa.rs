@@ -10,7 +10,7 @@ use super::gemm::frame::Kernel;
 
 /// An instruction-set level, ordered: each level includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Isa {
+pub(crate) enum Isa {
     /// No vector kernels of our own: the `gemm` crate and scalar loops.
     Portable,
     /// AVX2 + FMA (256-bit).
@@ -23,10 +23,10 @@ pub enum Isa {
 
 impl Isa {
     /// Every level, lowest first.
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Amx];
+    pub(crate) const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Amx];
 
     /// The name `PLEC_ISA` takes.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
@@ -42,7 +42,7 @@ impl Isa {
     }
 
     /// The best level this CPU (and OS) supports.
-    pub fn detected() -> Isa {
+    pub(crate) fn detected() -> Isa {
         static DETECTED: OnceLock<Isa> = OnceLock::new();
         *DETECTED.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
@@ -62,7 +62,7 @@ impl Isa {
     }
 
     /// The f32 GEMM micro-kernel this level runs (`None`: the `gemm` crate).
-    pub fn f32_kernel(self) -> Option<Kernel> {
+    pub(crate) fn f32_kernel(self) -> Option<Kernel> {
         match self {
             Isa::Amx | Isa::Avx512 => Some(Kernel::Avx512),
             Isa::Avx2 => Some(Kernel::Avx2),
@@ -71,7 +71,7 @@ impl Isa {
     }
 
     /// What the engine's f32 multiplies run on at this level, for logs and metrics.
-    pub fn f32_kernel_name(self) -> &'static str {
+    pub(crate) fn f32_kernel_name(self) -> &'static str {
         match self.f32_kernel() {
             Some(Kernel::Avx512) => "plec avx512 14x32",
             Some(Kernel::Avx2) => "plec avx2+fma 6x16",
@@ -113,7 +113,7 @@ fn from_env() -> Result<Isa, String> {
 
 /// Fixes the level for this process from `PLEC_ISA` and the CPU; the error says what is wrong
 /// with `PLEC_ISA`. Later calls return the level fixed first.
-pub fn init() -> Result<Isa, String> {
+pub(crate) fn init() -> Result<Isa, String> {
     if let Some(&isa) = CHOSEN.get() {
         return Ok(isa);
     }
@@ -129,14 +129,14 @@ thread_local! {
 
 /// Runs the engine on this thread at level `isa` (`None`: the chosen one; tests only).
 #[cfg(test)]
-pub fn set_forced(isa: Option<Isa>) {
+pub(crate) fn set_forced(isa: Option<Isa>) {
     FORCED.with(|c| c.set(isa));
 }
 
 /// The levels with distinct f32 GEMM paths that this CPU runs (portable, AVX2, AVX-512),
 /// naming on stderr the ones it skips (tests only).
 #[cfg(test)]
-pub fn testable_f32_levels() -> Vec<Isa> {
+pub(crate) fn testable_f32_levels() -> Vec<Isa> {
     let have = Isa::detected();
     let mut out = Vec::new();
     for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
@@ -151,7 +151,7 @@ pub fn testable_f32_levels() -> Vec<Isa> {
 
 /// The level in use: [`init`]'s, or (when nothing called it, as in library use) the CPU's
 /// best capped by a valid `PLEC_ISA`.
-pub fn chosen() -> Isa {
+pub(crate) fn chosen() -> Isa {
     #[cfg(test)]
     if let Some(isa) = FORCED.with(|c| c.get()) {
         return isa;
@@ -161,7 +161,7 @@ pub fn chosen() -> Isa {
 
 /// The CPU's model name (CPUID's brand string on x86-64, else /proc/cpuinfo), for logs and
 /// metrics.
-pub fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     static MODEL: OnceLock<String> = OnceLock::new();
     MODEL
         .get_or_init(|| {
@@ -208,7 +208,7 @@ fn brand_string() -> Option<String> {
 }
 
 /// What this CPU offers and what the engine uses, in one line.
-pub fn describe() -> String {
+pub(crate) fn describe() -> String {
     let isa = chosen();
     let have = Isa::detected();
     let cap = if isa < have {

@@ -29,12 +29,12 @@
 mod backward;
 mod embed;
 mod forward;
-pub mod gemm;
-pub mod host;
-pub mod isa;
+pub(crate) mod gemm;
+pub(crate) mod host;
+pub(crate) mod isa;
 mod kernels;
 mod param_grads;
-pub mod peak;
+pub(crate) mod peak;
 mod program;
 mod relu_masks;
 mod shared;
@@ -56,7 +56,7 @@ use crate::rng::SplitMix64;
 use crate::runtime::embedding::{Gathered, Table};
 use crate::runtime::error::{bad_batch, invalid_plan, Result};
 use crate::runtime::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
-pub use crate::runtime::precision::Precision;
+pub(crate) use crate::runtime::precision::Precision;
 
 /// Programs kept per engine, of each kind (training, inference: an
 /// evaluation between training steps keeps the training program). One: a
@@ -72,7 +72,7 @@ static DEFAULT_PRECISION: std::sync::atomic::AtomicU8 = std::sync::atomic::Atomi
 
 /// Sets the precision of engines created from now on, process-wide like
 /// the thread counts (`runtime::set_threads`): the CLI's `--precision`.
-pub fn set_default_precision(p: Precision) {
+pub(crate) fn set_default_precision(p: Precision) {
     let v = match p {
         Precision::F32 => 0,
         Precision::Bf16 => 1,
@@ -102,7 +102,7 @@ struct Tape {
 
 /// The output of a native forward pass.
 #[derive(Debug)]
-pub struct NativeForward {
+pub(crate) struct NativeForward {
     /// Per task, `[B, C]` row-major.
     pub logits: Vec<Vec<f32>>,
     /// New batch-norm running statistics: (param index, values).
@@ -111,7 +111,7 @@ pub struct NativeForward {
 
 /// The engine of one model: its programs and the last training tape.
 #[derive(Debug)]
-pub struct Engine {
+pub(crate) struct Engine {
     programs: Vec<Program>,
     tape: Option<Tape>,
     precision: Precision,
@@ -150,7 +150,7 @@ impl Engine {
     /// An engine for `plan`, or why not: `Unsupported` for an op it
     /// cannot run, `InvalidPlan` for an inconsistent plan. Builds a small
     /// program to find out.
-    pub fn new(plan: &Plan, analysis: &Analysis) -> Result<Self> {
+    pub(crate) fn new(plan: &Plan, analysis: &Analysis) -> Result<Self> {
         Program::build(plan, analysis, 2)?;
         Ok(Self {
             programs: Vec::new(),
@@ -163,13 +163,13 @@ impl Engine {
     /// Frees every program's buffers and the tape (they are rebuilt on
     /// the next pass), e.g. once training is over: a training program of a
     /// large batch is most of the run's memory.
-    pub fn release_buffers(&mut self) {
+    pub(crate) fn release_buffers(&mut self) {
         self.programs.clear();
         self.tape = None;
     }
 
     /// Sets the precision of the matrix multiplies.
-    pub fn use_precision(&mut self, p: Precision) {
+    pub(crate) fn use_precision(&mut self, p: Precision) {
         self.precision = p;
     }
 
@@ -215,7 +215,7 @@ impl Engine {
     }
 
     /// The gathered embedding rows of the last training forward pass.
-    pub fn gathered(&self, tables: &[Table], device: &Device) -> Result<Vec<Gathered>> {
+    pub(crate) fn gathered(&self, tables: &[Table], device: &Device) -> Result<Vec<Gathered>> {
         match &self.tape {
             Some(t) => embed::gathered(&t.lookup, tables, device),
             None => Ok(Vec::new()),

@@ -14,7 +14,7 @@ const PASSES: u64 = 1 << 25;
 
 /// GFLOP/s of `threads` threads each running the multiply-add loop of `isa` (a multiply-add
 /// counts as 2 FLOPs). Portable: scalar multiply then add, which the compiler keeps apart.
-pub fn fma_peak(isa: Isa, threads: usize) -> f64 {
+pub(crate) fn fma_peak(isa: Isa, threads: usize) -> f64 {
     let threads = threads.max(1);
     let t = Instant::now();
     let flops: f64 = std::thread::scope(|s| {
@@ -114,7 +114,7 @@ mod x86 {
 /// The best GFLOP/s of the engine's f32 multiply (the kernel `isa::chosen` picks) over a few
 /// repetitions of the shapes a large linear layer has: `[m x k] x [k x n]^T` into `[m x n]`
 /// (forward, B = W^T) and the weight gradient `[k x m]^T [m x n]`. Returns (shape, GFLOP/s).
-pub fn gemm_best(threads: usize) -> Vec<(String, f64)> {
+pub(crate) fn gemm_best(threads: usize) -> Vec<(String, f64)> {
     let how = Gemm {
         threads: threads.max(1),
         bf16: false,

@@ -7,7 +7,7 @@ use super::Engine;
 impl Engine {
     /// With `PLEC_PROFILE`: milliseconds per call and share of the total
     /// per step label, largest first.
-    pub fn profile_table(&self) -> Option<String> {
+    pub(crate) fn profile_table(&self) -> Option<String> {
         let times = self.times.as_ref()?;
         let total: f64 = times.values().map(|t| t.0).sum();
         let mut rows: Vec<_> = times.iter().collect();

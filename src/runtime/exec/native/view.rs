@@ -139,7 +139,7 @@ fn pad(logical: &[usize]) -> Option<[usize; 3]> {
 
 /// A strided matrix in a buffer, as the GEMM takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mat {
+pub(crate) struct Mat {
     pub off: usize,
     pub rows: usize,
     pub cols: usize,
@@ -149,7 +149,7 @@ pub struct Mat {
 
 impl Mat {
     /// A dense row-major `rows x cols` matrix at `off`.
-    pub fn dense(off: usize, rows: usize, cols: usize) -> Self {
+    pub(crate) fn dense(off: usize, rows: usize, cols: usize) -> Self {
         Self {
             off,
             rows,
@@ -160,7 +160,7 @@ impl Mat {
     }
 
     /// Rows `r0..r0 + n` (no data moves).
-    pub fn row_block(self, r0: usize, n: usize) -> Self {
+    pub(crate) fn row_block(self, r0: usize, n: usize) -> Self {
         Self {
             off: (self.off as isize + r0 as isize * self.rs) as usize,
             rows: n,
@@ -169,7 +169,7 @@ impl Mat {
     }
 
     /// The transpose (no data moves).
-    pub fn t(self) -> Self {
+    pub(crate) fn t(self) -> Self {
         Self {
             off: self.off,
             rows: self.cols,
@@ -180,7 +180,7 @@ impl Mat {
     }
 
     /// One past the largest offset touched (`off` when empty).
-    pub fn end(&self) -> usize {
+    pub(crate) fn end(&self) -> usize {
         if self.rows == 0 || self.cols == 0 {
             return self.off;
         }

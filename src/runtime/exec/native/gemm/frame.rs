@@ -51,7 +51,7 @@ const PAR_MIN_FLOPS: f64 = 3.0e6;
 
 /// One strided matrix: element (i, j) at `ptr + i * rs + j * cs` (strides in elements).
 #[derive(Clone, Copy, Debug)]
-pub struct Strided<P> {
+pub(crate) struct Strided<P> {
     pub ptr: P,
     pub rs: isize,
     pub cs: isize,
@@ -67,7 +67,7 @@ pub struct Strided<P> {
 /// The struct is deliberately not `Send`/`Sync` (it holds raw pointers); the GEMMs pass the
 /// addresses to their worker tasks internally under the contract below.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Epilogue {
+pub(crate) struct Epilogue {
     /// `n` f32 values, one per output column j, contiguous (stride 1). Must stay valid and
     /// unmodified for the duration of the call and must not overlap `dst`.
     pub bias: Option<*const f32>,
@@ -86,7 +86,7 @@ pub struct Epilogue {
 /// `dst (+)= a b` with an epilogue: the whole description of one f32 GEMM call.
 /// C[i,j] at dst (i*rs + j*cs); A[i,p] is m x k; B[p,j] is k x n; any positive strides.
 #[derive(Clone, Copy, Debug)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -100,7 +100,7 @@ pub struct Problem {
 
 /// The f32 micro-kernel families the frame can drive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kernel {
+pub(crate) enum Kernel {
     /// 14 x 32 tiles in 28 zmm accumulators (`f32::avx512`).
     Avx512,
     /// 6 x 16 tiles in 12 ymm accumulators (`f32::avx2`).
@@ -109,7 +109,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Whether this CPU can run the kernel.
-    pub fn available(self) -> bool {
+    pub(crate) fn available(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             match self {
@@ -260,7 +260,7 @@ impl Prob {
 /// (bias for n elements, mask like dst, a_sums for m elements, when given); dst and a_sums
 /// must not overlap a, b, bias, mask or each other; distinct (i, j) must map to distinct dst
 /// elements; nothing else touches dst or a_sums during the call.
-pub unsafe fn gemm_f32(kernel: Kernel, problem: &Problem, threads: usize) -> bool {
+pub(crate) unsafe fn gemm_f32(kernel: Kernel, problem: &Problem, threads: usize) -> bool {
     if !kernel.available() {
         return false;
     }

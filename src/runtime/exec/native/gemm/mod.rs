@@ -6,12 +6,12 @@
 //! Bounds are checked here, once per call, so the unsafe call below only
 //! ever sees matrices that lie inside their slices.
 
-pub mod amx;
+pub(crate) mod amx;
 #[cfg(target_arch = "x86_64")]
 mod f32;
 // Off x86-64 no backend exists, so the frame's drivers go unused.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub mod frame;
+pub(crate) mod frame;
 mod portable;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod suite;
@@ -24,7 +24,7 @@ use super::view::Mat;
 /// How the engine multiplies: worker threads, and whether the inputs are
 /// rounded to bf16 for the CPU's AMX tiles (f32 accumulation; see `amx`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gemm {
+pub(crate) struct Gemm {
     pub threads: usize,
     pub bf16: bool,
 }
@@ -70,13 +70,13 @@ fn check(d: &Mat, dst_len: usize, am: &Mat, a_len: usize, bm: &Mat, b_len: usize
 /// Crosses threads as a [`Shared`] pointer: only `matmul_into` writes
 /// through it, and its callers guarantee that concurrent calls write
 /// disjoint elements.
-pub struct SharedDst {
+pub(crate) struct SharedDst {
     ptr: Shared<*mut f32>,
     len: usize,
 }
 
 impl SharedDst {
-    pub fn new(buf: &mut [f32]) -> Self {
+    pub(crate) fn new(buf: &mut [f32]) -> Self {
         Self {
             ptr: Shared::new(buf.as_mut_ptr()),
             len: buf.len(),
@@ -85,14 +85,14 @@ impl SharedDst {
 
     /// The first element (tests write through it).
     #[cfg(test)]
-    pub fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut f32 {
         self.ptr.get()
     }
 
     /// Memory nothing has been written to yet: only for multiplies that
     /// store (`accumulate` false), which write an element before they
     /// ever read it.
-    pub fn unwritten(buf: &mut [std::mem::MaybeUninit<f32>]) -> Self {
+    pub(crate) fn unwritten(buf: &mut [std::mem::MaybeUninit<f32>]) -> Self {
         Self {
             ptr: Shared::new(buf.as_mut_ptr().cast()),
             len: buf.len(),
@@ -111,7 +111,7 @@ impl SharedDst {
 /// and `b` (the borrow checker sees to it), so it shares no memory with
 /// them.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_masked(
+pub(crate) fn matmul_masked(
     dst: &mut [f32],
     d: Mat,
     accumulate: bool,
@@ -149,7 +149,7 @@ pub fn matmul_masked(
 /// in `dst`'s buffer, and the buffer outlives the call; `accumulate` is
 /// false when `dst` is `SharedDst::unwritten`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn matmul_into(
+pub(crate) unsafe fn matmul_into(
     dst: SharedDst,
     d: Mat,
     accumulate: bool,
@@ -202,7 +202,7 @@ pub unsafe fn matmul_into(
 /// stored (the f32 kernel's and AMX's epilogues), instead of a bias
 /// broadcast before and a relu pass after.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_bias_relu(
+pub(crate) fn matmul_bias_relu(
     dst: &mut [f32],
     d: Mat,
     a: &[f32],

@@ -7,7 +7,7 @@ static AVAILABLE: OnceLock<bool> = OnceLock::new();
 
 /// Whether AMX-BF16 can be used in this process: CPUID says AMX-TILE and AMX-BF16,
 /// and arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA=18) succeeded (done once, cached in a OnceLock).
-pub fn available() -> bool {
+pub(crate) fn available() -> bool {
     *AVAILABLE.get_or_init(detect)
 }
 

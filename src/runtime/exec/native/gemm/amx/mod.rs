@@ -35,7 +35,7 @@ mod pack;
 #[cfg(test)]
 mod tests;
 
-pub use self::detect::available;
+pub(crate) use self::detect::available;
 use super::frame::{add_a_row_sums, epilogue_only, Prob, Problem};
 
 /// f32 -> bf16 bits, round-to-nearest-even (what VCVTNEPS2BF16 does for normal numbers).
@@ -52,7 +52,7 @@ fn bf16_bits(x: f32) -> u16 {
 
 /// `x` rounded to the nearest bf16 value, as f32.
 #[inline(always)]
-pub fn bf16_round(x: f32) -> f32 {
+pub(crate) fn bf16_round(x: f32) -> f32 {
     f32::from_bits((bf16_bits(x) as u32) << 16)
 }
 
@@ -79,7 +79,7 @@ pub fn bf16_round(x: f32) -> f32 {
 ///   `dst` and are not written during the call; `mask` like `dst`; `a_sums` has `m` values.
 /// * Numerics: the AMX path treats bf16 denormal inputs as zero and flushes denormal results,
 ///   as TDPBF16PS does; the fallback keeps denormals.
-pub unsafe fn gemm_bf16(problem: &Problem, threads: usize) {
+pub(crate) unsafe fn gemm_bf16(problem: &Problem, threads: usize) {
     // SAFETY: the caller's contract.
     unsafe { gemm_bf16_on(problem, threads, available()) }
 }
