@@ -180,7 +180,7 @@ fn num_class_label(cx: &Ctx, t: &Tower, n: u32) -> (Option<std::ops::Range<usize
         (cx.value(&path), format!("num_class is {n}"))
     } else {
         (
-            cx.value(&t.field("tower_name")),
+            cx.value(&t.name_path()),
             "num_class defaults to 1".to_string(),
         )
     }
@@ -275,10 +275,7 @@ fn tower_without_loss(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
         }
         out.push(
             rule.diag(format!("tower \"{}\" has no loss", t.name))
-                .primary_at(
-                    cx.best(&t.field("tower_name")),
-                    "this tower is never trained",
-                )
+                .primary_at(cx.best(&t.name_path()), "this tower is never trained")
                 .with_help("add a loss such as `losses { binary_cross_entropy {} }`"),
         );
     }
