@@ -23,6 +23,7 @@ pub(super) struct Facts {
     groups: Option<ExtensionDescriptor>,
     first_group_only: Option<ExtensionDescriptor>,
     first_label: Option<ExtensionDescriptor>,
+    retrieval: Option<ExtensionDescriptor>,
     group_types: Option<ExtensionDescriptor>,
 }
 
@@ -44,6 +45,7 @@ impl Facts {
             groups: ext("plec.groups"),
             first_group_only: ext("plec.first_group_only"),
             first_label: ext("plec.first_label"),
+            retrieval: ext("plec.retrieval"),
             group_types: ext("plec.group_types"),
         }
     }
@@ -89,6 +91,11 @@ impl Facts {
     /// Whether a model kind trains on the first label field.
     pub fn first_label(&self, m: &MessageDescriptor) -> bool {
         message_value(m, self.first_label.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
+    }
+
+    /// Whether a model kind is a retrieval model (`(plec.retrieval)`).
+    pub fn retrieval(&self, m: &MessageDescriptor) -> bool {
+        message_value(m, self.retrieval.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
     }
 
     /// The group types a `(plec.group_ref)` field of the message at `path`

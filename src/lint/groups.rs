@@ -275,9 +275,17 @@ fn missing_group(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     if matches!(kind.as_str(), "dlrm" | "wukong") && cx.groups.len() > 1 {
         needed.push("sparse".to_string());
     }
+    let hstu_needed = hstu::needed_groups(cx);
     let have: Vec<&str> = cx.groups.iter().map(|g| g.group_name.as_str()).collect();
+    // A group the model reads under its own name is no candidate for a
+    // rename.
+    let spare: Vec<&str> = have
+        .iter()
+        .copied()
+        .filter(|h| !needed.iter().any(|n| n == h) && !hstu_needed.iter().any(|n| n.name == *h))
+        .collect();
     let model_at = cx.name(&format!("model_config.{kind}"));
-    let rename = |g: &str| match closest_names(g, have.iter().copied(), 1).first() {
+    let rename = |g: &str| match closest_names(g, spare.iter().copied(), 1).first() {
         Some(c) => format!("rename the group \"{c}\" to \"{g}\", or add a group named \"{g}\""),
         None => format!("add a feature group named \"{g}\""),
     };
@@ -293,7 +301,7 @@ fn missing_group(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
             .with_help(rename(&g)),
         );
     }
-    for n in hstu::needed_groups(cx) {
+    for n in &hstu_needed {
         if have.contains(&n.name.as_str()) {
             continue;
         }

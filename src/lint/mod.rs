@@ -20,6 +20,7 @@ mod features;
 mod groups;
 mod hstu;
 mod kinds;
+mod losses;
 mod references;
 mod sequences;
 mod sid;
@@ -96,7 +97,7 @@ impl LabelAt for Diagnostic {
 }
 
 /// Every rule, grouped by theme.
-fn rule_sets() -> [&'static [Rule]; 10] {
+fn rule_sets() -> [&'static [Rule]; 11] {
     [
         references::RULES,
         sequences::RULES,
@@ -105,6 +106,7 @@ fn rule_sets() -> [&'static [Rule]; 10] {
         hstu::RULES,
         sid::RULES,
         values::RULES,
+        losses::RULES,
         features::RULES,
         training::RULES,
         warnings::RULES,
