@@ -249,7 +249,7 @@ fn group_type(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
         }
         let want: Vec<&str> = n.types.iter().map(|t| type_name(*t)).collect();
         let t = type_name(g.group_type());
-        let when = if n.at_build {
+        let when = if n.type_at_build {
             "TorchEasyRec fails when it builds the model"
         } else {
             "TorchEasyRec fails at the first batch"
@@ -272,7 +272,10 @@ fn missing_group(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
         return;
     };
     let mut needed = cx.facts.required_groups(desc);
-    if matches!(kind.as_str(), "dlrm" | "wukong") && cx.groups.len() > 1 {
+    // TorchEasyRec keys groups by name: two groups of one name count once.
+    let distinct: std::collections::BTreeSet<&str> =
+        cx.groups.iter().map(|g| g.group_name.as_str()).collect();
+    if matches!(kind.as_str(), "dlrm" | "wukong") && distinct.len() > 1 {
         needed.push("sparse".to_string());
     }
     let hstu_needed = hstu::needed_groups(cx);
@@ -321,10 +324,10 @@ fn missing_group(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                 format!("needs group \"{}\"", n.name),
             )
             .with_help(format!(
-                "{}; {when}; {} ({})",
+                "{}; {when}; {} (`group_type: {}`)",
                 n.why,
                 rename(&n.name),
-                types.join(" or ")
+                types.join("` or `")
             )),
         );
     }

@@ -207,8 +207,13 @@ pub(super) struct Needed {
     pub at: String,
     /// What reads it, for the help text.
     pub why: String,
-    /// TorchEasyRec fails at model build (else at the first batch).
+    /// Without the group TorchEasyRec fails at model build (else at the
+    /// first batch).
     pub at_build: bool,
+    /// With a group of another type TorchEasyRec fails at model build
+    /// (DlrmHSTU checks the contextual group's type; the others break at
+    /// the first batch).
+    pub type_at_build: bool,
     /// `model_config.<kind>`.
     pub kind: &'static str,
 }
@@ -226,6 +231,7 @@ pub(super) fn needed_groups(cx: &Ctx) -> Vec<Needed> {
             return;
         }
         out.push(Needed {
+            type_at_build: name == "contextual",
             name,
             types,
             at,
@@ -495,7 +501,11 @@ fn hstu_setting(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
             if t != w {
                 let sp = format!("{pre}.action_encoder.simple_action_encoder");
                 out.push(
-                    rule.diag(format!("{t} watch-time thresholds but {w} watch-time weights"))
+                    rule.diag(format!(
+                        "{t} watch-time threshold{} but {w} watch-time weight{}",
+                        if t == 1 { "" } else { "s" },
+                        if w == 1 { "" } else { "s" }
+                    ))
                         .primary_at(cx.name(&format!("{sp}.watchtime_to_action_weights")).or_else(|| cx.name(&format!("{sp}.watchtime_to_action_thresholds"))), format!("{w} weights"))
                         .secondary_at(cx.name(&format!("{sp}.watchtime_to_action_thresholds")), format!("{t} thresholds"))
                         .with_help("each threshold turns long watches into the action of the weight at its position; give as many weights as thresholds"),

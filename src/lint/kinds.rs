@@ -265,8 +265,11 @@ fn sparse_dims(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     let Some((kind, _)) = &cx.model_kind else {
         return;
     };
+    // Groups are keyed by name: two groups of one name count once.
+    let distinct: std::collections::BTreeSet<&str> =
+        cx.groups.iter().map(|g| g.group_name.as_str()).collect();
     let group = match kind.as_str() {
-        "dlrm" | "wukong" if cx.groups.len() == 1 => cx.groups[0].group_name.clone(),
+        "dlrm" | "wukong" if distinct.len() == 1 => cx.groups[0].group_name.clone(),
         "dlrm" | "wukong" => "sparse".to_string(),
         "deepfm" if cx.groups.iter().any(|g| g.group_name == "fm") => "fm".to_string(),
         "deepfm" => "deep".to_string(),

@@ -217,7 +217,8 @@ fn loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
             };
             out.push(
                 rule.diag(format!(
-                    "{name} needs num_class {wanted}, but tower \"{}\" has num_class {n}",
+                    "{name} needs num_class {wanted}, but {} \"{}\" has num_class {n}",
+                    if t.fusion { "task" } else { "tower" },
                     t.name
                 ))
                 .primary_at(
@@ -238,11 +239,9 @@ fn rank_loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     let (Some(mc), Some((kind, desc))) = (&cx.config.model_config, &cx.model_kind) else {
         return;
     };
-    let file = desc.parent_file();
-    if !matches!(
-        file.name(),
-        "tzrec/protos/models/rank_model.proto" | "tzrec/protos/models/general_rank_model.proto"
-    ) {
+    // Single-task ranking models train on the first label with
+    // `model_config.num_class`; retrieval models ignore it.
+    if !cx.facts.first_label(desc) || cx.facts.retrieval(desc) {
         return;
     }
     let n = mc.num_class.unwrap_or(1);
