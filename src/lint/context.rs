@@ -87,15 +87,29 @@ pub(super) struct Tower<'a> {
     pub relation_mlp: Option<&'a Mlp>,
     /// A DBMTL tower (its label defaults to `label_fields[index]`).
     pub bayes: bool,
+    /// A task of an HSTU model's `fusion_mtl_tower` (named by `task_name`;
+    /// it has no task space, sample weight or relations).
+    pub fusion: bool,
 }
 
 impl Tower<'_> {
     pub(super) fn field(&self, name: &str) -> String {
         format!("{}.{name}", self.path)
     }
+
+    /// Path of the tower's name (`tower_name`, or a fusion task's
+    /// `task_name`).
+    pub fn name_path(&self) -> String {
+        self.field(if self.fusion {
+            "task_name"
+        } else {
+            "tower_name"
+        })
+    }
 }
 
-/// The multi-task model of the config, if it is one plec models.
+/// The towers of a multi-task model (task towers, or the tasks of an HSTU
+/// model's `fusion_mtl_tower`).
 pub(super) struct MultiTask<'a> {
     pub towers: Vec<Tower<'a>>,
 }
@@ -299,8 +313,17 @@ fn multi_task(model: Option<&Model>) -> Option<MultiTask<'_>> {
                     relations: &[],
                     relation_mlp: None,
                     bayes: false,
+                    fusion: false,
                 });
             }
+        }
+        Model::DlrmHstu(m) => {
+            let path = "model_config.dlrm_hstu.fusion_mtl_tower".to_string();
+            push_fusion_tasks(&path, &m.fusion_mtl_tower.task_configs, &mut towers);
+        }
+        Model::UltraHstu(m) => {
+            let path = "model_config.ultra_hstu.fusion_mtl_tower".to_string();
+            push_fusion_tasks(&path, &m.fusion_mtl_tower.task_configs, &mut towers);
         }
         Model::Dbmtl(m) => {
             let path = "model_config.dbmtl".to_string();
@@ -320,6 +343,7 @@ fn multi_task(model: Option<&Model>) -> Option<MultiTask<'_>> {
                     relations: &t.relation_tower_names,
                     relation_mlp: t.relation_mlp.as_ref(),
                     bayes: true,
+                    fusion: false,
                 });
             }
         }
@@ -350,6 +374,33 @@ fn push_task_towers<'a>(
             relations: &[],
             relation_mlp: None,
             bayes: false,
+            fusion: false,
+        });
+    }
+}
+
+fn push_fusion_tasks<'a>(
+    path: &str,
+    src: &'a [crate::proto::tzrec::protos::FusionSubTaskConfig],
+    out: &mut Vec<Tower<'a>>,
+) {
+    for (i, t) in src.iter().enumerate() {
+        out.push(Tower {
+            path: format!("{path}.task_configs[{i}]"),
+            index: i,
+            name: &t.task_name,
+            label: Some(t.label_name.as_str()).filter(|l| !l.is_empty()),
+            num_class: t.num_class,
+            losses: &t.losses,
+            weight: t.weight,
+            sample_weight_name: None,
+            task_space_label: None,
+            in_task_space_weight: None,
+            out_task_space_weight: None,
+            relations: &[],
+            relation_mlp: None,
+            bayes: false,
+            fusion: true,
         });
     }
 }

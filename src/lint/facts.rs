@@ -22,6 +22,9 @@ pub(super) struct Facts {
     group_ref: Option<ExtensionDescriptor>,
     groups: Option<ExtensionDescriptor>,
     first_group_only: Option<ExtensionDescriptor>,
+    first_label: Option<ExtensionDescriptor>,
+    retrieval: Option<ExtensionDescriptor>,
+    group_types: Option<ExtensionDescriptor>,
 }
 
 impl Facts {
@@ -41,6 +44,9 @@ impl Facts {
             group_ref: ext("plec.group_ref"),
             groups: ext("plec.groups"),
             first_group_only: ext("plec.first_group_only"),
+            first_label: ext("plec.first_label"),
+            retrieval: ext("plec.retrieval"),
+            group_types: ext("plec.group_types"),
         }
     }
 
@@ -80,6 +86,59 @@ impl Facts {
     /// Whether a model kind reads only its first feature group.
     pub(super) fn first_group_only(&self, m: &MessageDescriptor) -> bool {
         message_value(m, self.first_group_only.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
+    }
+
+    /// Whether a model kind trains on the first label field.
+    pub fn first_label(&self, m: &MessageDescriptor) -> bool {
+        message_value(m, self.first_label.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
+    }
+
+    /// Whether a model kind is a retrieval model (`(plec.retrieval)`).
+    pub fn retrieval(&self, m: &MessageDescriptor) -> bool {
+        message_value(m, self.retrieval.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
+    }
+
+    /// The group types a `(plec.group_ref)` field of the message at `path`
+    /// accepts: the innermost `(plec.group_types)` on a message field
+    /// enclosing it, else the field's own. Empty when nothing is said.
+    pub fn group_types(
+        &self,
+        nodes: &[(String, DynamicMessage)],
+        path: &str,
+        fd: &FieldDescriptor,
+    ) -> Vec<String> {
+        let mut at = path;
+        while !at.is_empty() {
+            let (parent, field) = match at.rsplit_once('.') {
+                Some((p, f)) => (p, f),
+                None => ("", at),
+            };
+            let field = field.split('[').next().unwrap_or(field);
+            let held_by = nodes
+                .iter()
+                .find(|(p, _)| p == parent)
+                .and_then(|(_, m)| m.descriptor().get_field_by_name(field));
+            if let Some(types) = held_by.and_then(|f| self.types_of(&f)) {
+                return types;
+            }
+            at = parent;
+        }
+        self.types_of(fd).unwrap_or_default()
+    }
+
+    fn types_of(&self, f: &FieldDescriptor) -> Option<Vec<String>> {
+        let ext = self.group_types.as_ref()?;
+        let options = f.options();
+        if !options.has_extension(ext) {
+            return None;
+        }
+        let value = options.get_extension(ext);
+        let types: Vec<String> = value
+            .as_str()?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        Some(types)
     }
 }
 

@@ -17,12 +17,17 @@
 mod context;
 mod facts;
 mod features;
+mod groups;
+mod hstu;
 mod kinds;
+mod losses;
 mod references;
 mod sequences;
+mod sid;
 mod training;
 mod values;
 mod warnings;
+mod widths;
 
 #[cfg(test)]
 mod tests;
@@ -92,12 +97,16 @@ impl LabelAt for Diagnostic {
 }
 
 /// Every rule, grouped by theme.
-fn rule_sets() -> [&'static [Rule]; 7] {
+fn rule_sets() -> [&'static [Rule]; 11] {
     [
         references::RULES,
         sequences::RULES,
+        groups::RULES,
         kinds::RULES,
+        hstu::RULES,
+        sid::RULES,
         values::RULES,
+        losses::RULES,
         features::RULES,
         training::RULES,
         warnings::RULES,
