@@ -99,7 +99,7 @@ impl Tower<'_> {
 
     /// Path of the tower's name (`tower_name`, or a fusion task's
     /// `task_name`).
-    pub fn name_path(&self) -> String {
+    pub(super) fn name_path(&self) -> String {
         self.field(if self.fusion {
             "task_name"
         } else {

@@ -89,19 +89,19 @@ impl Facts {
     }
 
     /// Whether a model kind trains on the first label field.
-    pub fn first_label(&self, m: &MessageDescriptor) -> bool {
+    pub(super) fn first_label(&self, m: &MessageDescriptor) -> bool {
         message_value(m, self.first_label.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
     }
 
     /// Whether a model kind is a retrieval model (`(plec.retrieval)`).
-    pub fn retrieval(&self, m: &MessageDescriptor) -> bool {
+    pub(super) fn retrieval(&self, m: &MessageDescriptor) -> bool {
         message_value(m, self.retrieval.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
     }
 
     /// The group types a `(plec.group_ref)` field of the message at `path`
     /// accepts: the innermost `(plec.group_types)` on a message field
     /// enclosing it, else the field's own. Empty when nothing is said.
-    pub fn group_types(
+    pub(super) fn group_types(
         &self,
         nodes: &[(String, DynamicMessage)],
         path: &str,

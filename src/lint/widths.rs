@@ -84,7 +84,7 @@ pub(super) struct GroupWidth {
 
 impl GroupWidth {
     /// `group_total_dim(<group>)`: the query and sequence parts together.
-    pub fn total(&self) -> Option<u64> {
+    pub(super) fn total(&self) -> Option<u64> {
         Some(self.query? + self.sequence?)
     }
 }
