@@ -13,7 +13,6 @@ pub(crate) mod gen_data;
 pub(crate) mod graph;
 pub(crate) mod inspect;
 pub(crate) mod predict;
-pub(crate) mod resume;
 pub(crate) mod run;
 pub(crate) mod schema;
 

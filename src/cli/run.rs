@@ -17,6 +17,8 @@
 //! `save_checkpoints_steps` (`--checkpoint-every`) and on Ctrl-C or
 //! SIGTERM; `--resume DIR` continues from the newest (see `resume`).
 
+mod resume;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -581,8 +583,8 @@ pub(crate) fn run_training(
         .as_ref()
         .map(|o| std::path::absolute(o).unwrap_or_else(|_| o.clone()));
     let run_record = crate::proto::checkpoint::RunRecord {
-        data: super::resume::absolute(data),
-        eval: super::resume::absolute(eval),
+        data: resume::absolute(data),
+        eval: resume::absolute(eval),
         batch_size: batch as u64,
         eval_batch_size: eval_batch as u64,
         seed,
@@ -754,7 +756,7 @@ fn progress_of(no_progress: bool, quiet: bool) -> Progress {
 pub(crate) fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
     let (device, threads) = args.exec.setup()?;
     let resumed = match &args.resume {
-        Some(dir) => Some(super::resume::load(dir)?),
+        Some(dir) => Some(resume::load(dir)?),
         None => None,
     };
     let plan = match (&resumed, &args.input) {
@@ -800,7 +802,7 @@ pub(crate) fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
     };
     let (data, eval, settings) = match resumed {
         Some(r) => {
-            let (data, eval, mut settings) = super::resume::settings(args, &r, settings)?;
+            let (data, eval, mut settings) = resume::settings(args, &r, settings)?;
             let p = r.checkpoint.progress.unwrap_or_default();
             eprintln!(
                 "resuming from {} (step {} of the run, epoch {}, batch {})",

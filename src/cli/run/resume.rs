@@ -10,8 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::run::{RunArgs, RunSettings};
-use super::RunError;
+use super::{RunArgs, RunSettings};
+use crate::cli::RunError;
 use crate::proto::checkpoint::{Checkpoint, RunRecord};
 use crate::proto::plan::Plan;
 use crate::runtime::checkpoint::dir as ckpt_dir;
