@@ -26,14 +26,18 @@ pub(crate) fn fma_peak(isa: Isa, threads: usize) -> f64 {
     flops / t.elapsed().as_secs_f64().max(1e-9) / 1e9
 }
 
-/// FLOPs done by one thread's loop.
+/// FLOPs done by one thread's loop (the CPU's best level's loop when `isa` asks for more).
 fn one_thread(isa: Isa) -> f64 {
+    // The vector loops need the instructions their level names, and `fma_peak` is a safe
+    // function: never go above what the CPU has (its caller passes levels up to
+    // `Isa::detected`, for which this changes nothing).
+    let isa = isa.min(Isa::detected());
     #[cfg(target_arch = "x86_64")]
     match isa {
-        // SAFETY: `isa` is at most what the CPU has (the one caller, `plec bench --peak`,
-        // skips levels above `Isa::detected`), and both of these levels include AVX-512F.
+        // SAFETY: `isa` is at most what the CPU has (capped by `Isa::detected` above), and
+        // both of these levels include AVX-512F.
         Isa::Amx | Isa::Avx512 => return unsafe { x86::avx512(PASSES) },
-        // SAFETY: as above, `isa` is at most what the CPU has: it has AVX2 and FMA.
+        // SAFETY: `isa` is at most what the CPU has (capped above): it has AVX2 and FMA.
         Isa::Avx2 => return unsafe { x86::avx2(PASSES) },
         Isa::Portable => {}
     }
