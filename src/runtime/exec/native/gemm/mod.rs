@@ -292,6 +292,13 @@ unsafe fn multiply(
     a_sums: Option<*mut f32>,
     how: Gemm,
 ) {
+    // SAFETY: this function's contract: `d.off`, `am.off` and `bm.off` are offsets into
+    // their buffers (`check`), and the problem built from them is the one every backend
+    // entry point's contract asks for (`gemm_bf16`, `gemm_f32`, `portable::gemm_f32`): each
+    // matrix inside its buffer at its strides, dst exclusively this call's and distinct
+    // from a, b, bias and mask, `a_sums` with a value per row of A. (`check` skips empty
+    // matrices, so for those the offsets are only assumed to be at most their buffer's
+    // length, as `add` requires; the plan's layouts give that.)
     unsafe {
         let out = dst.add(d.off);
         let (ap, bp) = (a.as_ptr().add(am.off), b.as_ptr().add(bm.off));
