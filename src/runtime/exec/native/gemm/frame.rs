@@ -271,47 +271,11 @@ impl Prob {
     }
 }
 
-/// `dst (+)= a * b`, then the epilogue (bias, relu, mask on the final values; A's row sums
-/// added to `a_sums`, each row in k order, so the sums do not depend on `threads`), on the
-/// micro-kernel `kernel`. `threads`: worker count (rayon's current/global pool is used; at
-/// most min(threads, pool size) jobs run). Returns false (and does nothing) when this CPU
-/// cannot run `kernel`, so the caller can fall back.
-///
-/// # Safety
-/// All pointers must be valid for the element ranges implied by m, n, k and the strides
-/// (bias for n elements, mask like dst, a_sums for m elements, when given); dst and a_sums
-/// must not overlap a, b, bias, mask or each other; distinct (i, j) must map to distinct dst
-/// elements; nothing else touches dst or a_sums during the call.
-pub(crate) unsafe fn gemm_f32(kernel: Kernel, problem: &Problem, threads: usize) -> bool {
-    if !kernel.available() {
-        return false;
-    }
-    let pr = Prob::new(problem);
-    #[cfg(target_arch = "x86_64")]
-    {
-        match kernel {
-            // SAFETY: the CPU runs AVX-512F (`available` checked above); `pr` is the caller's
-            // problem, valid by this function's contract.
-            Kernel::Avx512 => unsafe { run::<super::f32::avx512::Avx512>(&pr, threads) },
-            // SAFETY: the CPU runs AVX2 and FMA (`available` checked above); `pr` is the
-            // caller's problem, valid by this function's contract.
-            Kernel::Avx2 => unsafe { run::<super::f32::avx2::Avx2>(&pr, threads) },
-        }
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        // No kernel is available elsewhere (returned above).
-        let _ = (pr, threads);
-        false
-    }
-}
-
-/// [`gemm_f32`] on backend `K`.
+/// `f32::gemm_f32` on backend `K`.
 ///
 /// # Safety
 /// As `gemm_f32`; the CPU can run `K`.
-unsafe fn run<K: Backend>(pr: &Prob, threads: usize) {
+pub(super) unsafe fn run<K: Backend>(pr: &Prob, threads: usize) {
     let (m, n, k) = (pr.m, pr.n, pr.k);
     if !pr.a_sums.is_null() && (n <= 1 || pr.acs == 1) {
         // The paths that read A in place (matrix-vector, row-major A), and an empty product,

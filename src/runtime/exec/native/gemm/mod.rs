@@ -7,7 +7,6 @@
 //! ever sees matrices that lie inside their slices.
 
 pub(crate) mod amx;
-#[cfg(target_arch = "x86_64")]
 mod f32;
 // Off x86-64 no backend exists, so the frame's drivers go unused.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -16,7 +15,8 @@ mod portable;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod suite;
 
-use self::frame::{gemm_f32, Epilogue, Problem, Strided};
+use self::f32::gemm_f32;
+use self::frame::{Epilogue, Problem, Strided};
 use super::isa;
 use super::shared::Shared;
 use super::view::Mat;

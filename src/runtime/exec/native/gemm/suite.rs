@@ -11,6 +11,7 @@
 //! `a_sums`. Also: nothing outside `dst` is written, and with
 //! `accumulate = false` NaN garbage in `dst` is ignored.
 
+use super::f32::gemm_f32;
 use super::frame::test_problem;
 use super::frame::*;
 
@@ -56,7 +57,7 @@ fn targets() -> Vec<Target> {
 ///
 /// # Safety
 /// The arguments describe a valid problem for the backends' entry points
-/// (`frame::gemm_f32`, `amx::gemm_bf16`): every pointer covers the strided
+/// (`f32::gemm_f32`, `amx::gemm_bf16`): every pointer covers the strided
 /// range m, n, k imply (bias n values, mask like dst, `a_sums` m values,
 /// when non-null); dst and `a_sums` overlap nothing else; distinct (i, j)
 /// map to distinct dst elements.
