@@ -347,6 +347,20 @@ pub(crate) fn evaluate(
                 [s, m] => sequence_pool(s, m, op.pooling == Pooling::Mean as i32).map_err(err)?,
                 _ => return Err(err("needs two inputs".into())),
             },
+            OpKind::Mul => match inputs.as_slice() {
+                [a, b] if a.shape == b.shape => Tensor::new(
+                    a.shape.clone(),
+                    a.data
+                        .iter()
+                        .zip(&b.data)
+                        .map(|(x, y)| op.alpha * x * y)
+                        .collect(),
+                ),
+                [a, b] => return Err(err(format!("multiplies {:?} by {:?}", a.shape, b.shape))),
+                _ => return Err(err("needs two inputs".into())),
+            },
+            // Evaluation only: the identity.
+            OpKind::StopGradient => x.ok_or_else(|| err("no input".into()))?.clone(),
             OpKind::OpUnspecified => return Err(err("op has no kind".into())),
         };
         let idx = op.output as usize;

@@ -240,7 +240,8 @@ impl Trainer {
             )?;
             let features = &self.model.structure().features;
             loss::attach_sessions(&mut targets, features, &self.data, task, batch)?;
-            let l = loss::task_loss(task, logits, &targets)?;
+            let logits = loss::task_logits(&self.data, task, logits, batch)?;
+            let l = loss::task_loss(task, &logits, &targets)?;
             task_losses.push(l.clone());
             total = Some(match total {
                 Some(t) => (t + l)?,

@@ -341,6 +341,8 @@ impl Executor for CandleExec {
                     input(1)?,
                     Pooling::try_from(op.pooling) == Ok(Pooling::Mean),
                 )?,
+                OpKind::Mul => (input(0)? * input(1)?)?.affine(f64::from(op.alpha), 0.0)?,
+                OpKind::StopGradient => input(0)?.detach(),
                 OpKind::OpUnspecified => {
                     return Err(invalid_plan!("op \"{}\" has no kind", op.name))
                 }
