@@ -137,6 +137,14 @@ pub(crate) fn to_dot(g: &ModelGraph, with_inputs: bool) -> String {
                 "shape=invtrapezium, style=filled, fillcolor=\"#fce5cd\"",
             ),
             Node::Product { name, scale } => (format!("{name}\\n{scale} x product"), "shape=box"),
+            Node::VariationalDropout(v) => (
+                format!(
+                    "{}\\nvariational dropout over {} features",
+                    v.name,
+                    v.features.len()
+                ),
+                "shape=box",
+            ),
             Node::StopGradient { name } => (format!("{name}\\nstop gradient"), "shape=box"),
             Node::Loss { .. } | Node::Metric { .. } => (node.name(), "shape=note"),
             Node::SequenceGroup(sg) => (

@@ -57,6 +57,8 @@ impl Edge {
 pub enum Init {
     /// Uniform in `[-bound, bound]`, seeded by the compile seed and the name.
     Uniform { bound: f32 },
+    /// Standard normal (torch's `randn`).
+    Normal,
     /// Every element equal.
     Constant(f32),
     /// The row-major concatenation of the parts along axis 0 (also how
@@ -350,6 +352,26 @@ pub enum Node {
     StopGradient {
         name: String,
     },
+    /// Variational dropout over a feature group's output (see the plan's
+    /// VARIATIONAL_DROPOUT op).
+    VariationalDropout(VariationalDropoutBlock),
+}
+
+/// See [`Node::VariationalDropout`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariationalDropoutBlock {
+    pub name: String,
+    /// `[F]`: each feature's drop logit.
+    pub feature_p: ParamSpec,
+    /// Per feature (plain features, then sequence encoders): name, width.
+    pub features: Vec<(String, u64)>,
+    pub lambda: f32,
+}
+
+impl VariationalDropoutBlock {
+    pub fn width(&self) -> u64 {
+        self.features.iter().map(|(_, w)| w).sum()
+    }
 }
 
 /// See [`Node::SequenceGroup`].
@@ -418,6 +440,7 @@ impl Node {
             Node::SeqEncoder(e) => e.name.clone(),
             Node::GateNu(g) => g.name.clone(),
             Node::Product { name, .. } | Node::StopGradient { name } => name.clone(),
+            Node::VariationalDropout(v) => v.name.clone(),
         }
     }
 
@@ -503,6 +526,10 @@ impl Node {
             Node::Tower(t) => {
                 one(t.in_dim())?;
                 Ok(vec![batch_shape(t.out_dim())])
+            }
+            Node::VariationalDropout(v) => {
+                one(v.width())?;
+                Ok(vec![batch_shape(v.width())])
             }
             Node::GateNu(g) => {
                 one(g.first.in_dim)?;

@@ -318,6 +318,7 @@ impl Builder {
             let gpath = format!("model_config.feature_groups[{g}]");
             let mut width = 0;
             let mut members = Vec::new();
+            let mut member_names = Vec::new();
             for (k, name) in group.feature_names.iter().enumerate() {
                 match by_name.get(name.as_str()) {
                     None if sequence::is_grouped_sub_feature(config, name) => {
@@ -334,6 +335,7 @@ impl Builder {
                         if let (Some(&fnode), Some(w)) = (feature_nodes.get(i), feature_width(fc)) {
                             width += w;
                             members.push((fnode, w));
+                            member_names.push((name.clone(), w));
                         }
                     }
                 }
@@ -359,26 +361,75 @@ impl Builder {
                 width,
             };
             let encoders = self.sequences(config, group, &gpath, fg_none, &mut columns);
-            if encoders.is_empty() {
-                outs.push(plain);
-                continue;
-            }
-            // tzrec's group output: the plain features, then each encoder.
-            let cat = self.add(Node::Concat {
-                name: format!("{}.with_sequences", group.group_name),
-            });
-            let mut total = 0;
-            for (k, out) in std::iter::once(plain).chain(encoders).enumerate() {
-                self.connect(out, cat, k as u32);
-                total += out.width;
-            }
-            outs.push(Out {
-                node: cat,
-                port: 0,
-                width: total,
-            });
+            // tzrec names an encoder's output `<group>_seq_encoder_<i>`.
+            member_names.extend(
+                encoders
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (format!("{}_seq_encoder_{i}", group.group_name), e.width)),
+            );
+            let out = if encoders.is_empty() {
+                plain
+            } else {
+                // tzrec's group output: the plain features, then each encoder.
+                let cat = self.add(Node::Concat {
+                    name: format!("{}.with_sequences", group.group_name),
+                });
+                let mut total = 0;
+                for (k, out) in std::iter::once(plain).chain(encoders).enumerate() {
+                    self.connect(out, cat, k as u32);
+                    total += out.width;
+                }
+                Out {
+                    node: cat,
+                    port: 0,
+                    width: total,
+                }
+            };
+            let out = match &mc.variational_dropout {
+                // tzrec gives every non-sequence group of more than one
+                // feature its own variational dropout.
+                Some(vd) if member_names.len() > 1 => self.variational_dropout(
+                    &group.group_name,
+                    member_names,
+                    vd.regularization_lambda(),
+                    out,
+                ),
+                _ => out,
+            };
+            outs.push(out);
         }
         Some(outs)
+    }
+
+    /// A group's variational dropout: one drop logit per feature, drawn
+    /// from a standard normal as torch's `randn`.
+    fn variational_dropout(
+        &mut self,
+        group: &str,
+        features: Vec<(String, u64)>,
+        lambda: f32,
+        input: Out,
+    ) -> Out {
+        let name = format!("{group}.variational_dropout");
+        let node = self.add(Node::VariationalDropout(VariationalDropoutBlock {
+            feature_p: ParamSpec {
+                name: format!("{name}.feature_p"),
+                shape: vec![features.len() as u64],
+                init: Init::Normal,
+                trainable: true,
+                no_decay: false,
+            },
+            name,
+            features,
+            lambda,
+        }));
+        self.connect(input, node, 0);
+        Out {
+            node,
+            port: 0,
+            width: input.width,
+        }
     }
 
     /// Adds a resolved feature with its input columns and (shared)

@@ -567,6 +567,22 @@ impl Emitter<'_> {
                 self.last_op().alpha = *scale;
                 self.values.insert((n, 0), out);
             }
+            Node::VariationalDropout(v) => {
+                let x = self.input(n, 0)?;
+                let p = self.param(&v.feature_p);
+                let out = self.op(
+                    &v.name,
+                    OpKind::VariationalDropout,
+                    vec![x],
+                    batch_shape(v.width()),
+                    vec![p],
+                );
+                let op = self.last_op();
+                op.alpha = v.lambda;
+                op.widths = v.features.iter().map(|(_, w)| *w as u32).collect();
+                op.feature_names = v.features.iter().map(|(n, _)| n.clone()).collect();
+                self.values.insert((n, 0), out);
+            }
             Node::StopGradient { name } => {
                 let x = self.input(n, 0)?;
                 let shape = self.shape(x);

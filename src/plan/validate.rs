@@ -35,6 +35,7 @@ fn param_count_ok(kind: OpKind, n: usize) -> bool {
         OpKind::BatchNorm => n == 4,
         OpKind::LayerNorm => n == 2,
         OpKind::Activation => n <= 1,
+        OpKind::VariationalDropout => n == 1,
         _ => n == 0,
     }
 }
@@ -114,6 +115,14 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 "op \"{}\" uses parameter {} which does not exist",
                 op.name,
                 p
+            ));
+        }
+        if kind == OpKind::VariationalDropout && op.widths.len() != op.feature_names.len() {
+            return Err(invalid!(
+                "variational dropout \"{}\" has {} widths for {} feature names",
+                op.name,
+                op.widths.len(),
+                op.feature_names.len()
             ));
         }
         if kind == OpKind::Dropout && !(0.0..1.0).contains(&op.ratio) {

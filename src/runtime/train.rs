@@ -151,6 +151,7 @@ impl TrainReport {
             "cpu": crate::runtime::exec::native::isa::cpu_model(),
             "isa": crate::runtime::exec::native::isa::chosen().name(),
             "f32_gemm": crate::runtime::exec::native::isa::chosen().f32_kernel_name(),
+            "variational_dropout": crate::runtime::feature_importance::drop_probabilities(&self.plan),
         })
     }
 }
@@ -249,7 +250,10 @@ impl Trainer {
             });
         }
         self.mark(Phase::Forward);
-        let total = total.ok_or_else(|| invalid_plan!("the plan has no tasks"))?;
+        let mut total = total.ok_or_else(|| invalid_plan!("the plan has no tasks"))?;
+        for p in &fwd.penalties {
+            total = (total + p)?;
+        }
         let host: Vec<f32> = task_losses
             .iter()
             .map(|l| l.to_dtype(DType::F32)?.to_scalar::<f32>())

@@ -318,6 +318,12 @@ impl Program {
                         kind
                     ));
                 }
+                OpKind::VariationalDropout => {
+                    return Err(unsupported!(
+                        op.name,
+                        "the native engine has no variational dropout kernel yet"
+                    ));
+                }
                 OpKind::Mul | OpKind::StopGradient => {
                     return Err(unsupported!(
                         op.name,
