@@ -196,9 +196,20 @@ fn layer_norm_experts_are_not_fused() {
 fn dense_variant(source: &str) -> String {
     let model = &source[source.find("model_config {").unwrap_or(0)..];
     let mut out = String::new();
+    // PEPNet's towers are picked by a label the plan must carry.
+    if let Some(rest) = model.split("domain_input_name: \"").nth(1) {
+        let label = rest.split('"').next().unwrap_or_default();
+        out.push_str(&format!(
+            "data_config {{ label_fields: \"clk\" label_fields: \"buy\" label_fields: \"{label}\" }}\n"
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
     for line in model.lines() {
         if let Some(name) = line.trim().strip_prefix("feature_names: ") {
             let name = name.trim_matches('"');
+            if !seen.insert(name.to_string()) {
+                continue;
+            }
             out.push_str(&format!(
                 "feature_configs {{ raw_feature {{ feature_name: \"{name}\" expression: \"user:{name}\" value_dim: 2 }} }}\n"
             ));
@@ -237,22 +248,26 @@ fn candle_runtime_agrees_with_the_reference_evaluator() {
                         .collect()
                 })
                 .collect();
-            let group_op = plan
+            // Every group (PEPNet reads three) from the same feature values.
+            let mut inputs = std::collections::HashMap::new();
+            for group_op in plan
                 .ops
                 .iter()
-                .find(|o| o.kind == crate::plan::OpKind::FeatureGroup as i32)
-                .expect("group op");
-            let mut group = Vec::new();
-            for r in 0..rows {
-                for &f in &group_op.features {
-                    group.extend_from_slice(&feats[f as usize][r * 2..r * 2 + 2]);
+                .filter(|o| o.kind == crate::plan::OpKind::FeatureGroup as i32)
+            {
+                let mut group = Vec::new();
+                for r in 0..rows {
+                    for &f in &group_op.features {
+                        group.extend_from_slice(&feats[f as usize][r * 2..r * 2 + 2]);
+                    }
                 }
+                let width = group.len() / rows;
+                inputs.insert(
+                    group_op.name.clone(),
+                    crate::ir::reference::Tensor::new(vec![rows, width], group),
+                );
             }
-            let width = group.len() / rows;
-            let inputs = std::collections::HashMap::from([(
-                group_op.name.clone(),
-                crate::ir::reference::Tensor::new(vec![rows, width], group),
-            )]);
+            assert!(!inputs.is_empty(), "{name}: no group op");
             let want = evaluate(&plan, &inputs).expect("reference");
             let batch = Batch {
                 rows,

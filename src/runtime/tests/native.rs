@@ -239,6 +239,7 @@ fn example_plans() -> Vec<(String, Plan)> {
         "mmoe_taobao",
         "dbmtl_taobao",
         "simple_multi_task_taobao",
+        "pepnet_taobao",
     ] {
         let path = format!("{}/examples/{name}.config", env!("CARGO_MANIFEST_DIR"));
         let source = std::fs::read_to_string(&path).unwrap();

@@ -439,6 +439,26 @@ impl Engine {
                         }
                     }
                 }
+                Step::Detach { .. } => {}
+                Step::Mul { a, b, y } => {
+                    // One input at a time: both may be views of one buffer.
+                    for (x, other) in [(a, b), (b, a)] {
+                        if needs(x) {
+                            let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                            kernels::mul_backward(
+                                &mut dx,
+                                x,
+                                &prog.gbufs[prog.gslot[y.buf]],
+                                y,
+                                &prog.bufs[other.buf],
+                                other,
+                                op.alpha,
+                                acc(x),
+                            );
+                            prog.gbufs[prog.gslot[x.buf]] = dx;
+                        }
+                    }
+                }
                 Step::Softmax { x, y, axis } => {
                     if needs(x) {
                         let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);

@@ -165,6 +165,24 @@ impl Engine {
                     }
                     prog.bufs[out.buf] = buf;
                 }
+                Step::Mul { a, b, y } => {
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    kernels::mul(
+                        &mut buf,
+                        y,
+                        &prog.bufs[a.buf],
+                        a,
+                        &prog.bufs[b.buf],
+                        b,
+                        op.alpha,
+                    );
+                    prog.bufs[y.buf] = buf;
+                }
+                Step::Detach { x, y } => {
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    kernels::copy(&mut buf, y, &prog.bufs[x.buf], x, false);
+                    prog.bufs[y.buf] = buf;
+                }
                 Step::Softmax { x, y, axis } => {
                     let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
                     kernels::softmax(&mut buf, y, &prog.bufs[x.buf], x, *axis);

@@ -331,6 +331,44 @@ pub(super) fn dropout(y: &mut [f32], yv: &View, x: &[f32], xv: &View, keep: &[u8
     });
 }
 
+/// `y = alpha * a * b`, element-wise.
+pub(super) fn mul(
+    y: &mut [f32],
+    yv: &View,
+    a: &[f32],
+    av: &View,
+    b: &[f32],
+    bv: &View,
+    alpha: f32,
+) {
+    rows_mut(y, yv, |r, out| {
+        let (xa, xb) = (row(a, av, r), row(b, bv, r));
+        out.iter_mut()
+            .zip(xa.iter().zip(xb))
+            .for_each(|(o, (&p, &q))| *o = alpha * p * q);
+    });
+}
+
+/// `dx (+)= alpha * dy * other`: one input's gradient of [`mul`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn mul_backward(
+    dx: &mut [f32],
+    dxv: &View,
+    dy: &[f32],
+    dyv: &View,
+    other: &[f32],
+    ov: &View,
+    alpha: f32,
+    acc: bool,
+) {
+    rows_mut(dx, dxv, |r, out| {
+        let (g, o) = (row(dy, dyv, r), row(other, ov, r));
+        out.iter_mut()
+            .zip(g.iter().zip(o))
+            .for_each(|(d, (&g, &o))| put(d, alpha * g * o, acc));
+    });
+}
+
 /// `dx += dy * keep * scale`.
 pub(super) fn dropout_backward(
     dx: &mut [f32],

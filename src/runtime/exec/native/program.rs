@@ -324,12 +324,23 @@ impl Program {
                         "the native engine has no variational dropout kernel yet"
                     ));
                 }
-                OpKind::Mul | OpKind::StopGradient => {
-                    return Err(unsupported!(
-                        op.name,
-                        "the native engine has no {:?} kernel yet (PEPNet's gate units)",
-                        kind
-                    ));
+                OpKind::Mul => {
+                    let (a, x) = (input(&b, 0)?, input(&b, 1)?);
+                    if a.logical() != x.logical() {
+                        return Err(invalid_plan!(
+                            "op \"{}\" multiplies {:?} by {:?}",
+                            op.name,
+                            a.logical(),
+                            x.logical()
+                        ));
+                    }
+                    let y = b.fresh(&a.logical(), b.needs[a.buf] || b.needs[x.buf])?;
+                    (Step::Mul { a, b: x, y }, y)
+                }
+                OpKind::StopGradient => {
+                    let x = input(&b, 0)?;
+                    let y = b.fresh(&x.logical(), false)?;
+                    (Step::Detach { x, y }, y)
                 }
                 OpKind::OpUnspecified => {
                     return Err(invalid_plan!("op \"{}\" has no kind", op.name))
@@ -585,8 +596,10 @@ fn views_of(step: &mut Step) -> Vec<&mut View> {
         Step::Linear { x, out, .. } | Step::Batched { x, out, .. } => vec![x, out],
         Step::Act { x, y, .. }
         | Step::Dropout { x, y }
+        | Step::Detach { x, y }
         | Step::Softmax { x, y, .. }
         | Step::Norm { x, y, .. } => vec![x, y],
+        Step::Mul { a, b, y } => vec![a, b, y],
         Step::Copy { parts, out } => parts
             .iter_mut()
             .flat_map(|(s, d)| [s, d])
@@ -638,7 +651,8 @@ fn relu_epilogues(plan: &Plan, steps: &[Step]) -> (Vec<Option<(usize, usize)>>, 
 /// or None for views (which pass gradients through untouched).
 fn gradient_read(step: &Step) -> Option<View> {
     match step {
-        Step::Alias => None,
+        Step::Alias | Step::Detach { .. } => None,
+        Step::Mul { y, .. } => Some(*y),
         Step::Group { out }
         | Step::Linear { out, .. }
         | Step::Batched { out, .. }

@@ -38,6 +38,17 @@ pub(super) enum Step {
         x: View,
         y: View,
     },
+    /// `y = alpha * a * b`, element-wise (`alpha` is the op's).
+    Mul {
+        a: View,
+        b: View,
+        y: View,
+    },
+    /// `y = x`; no gradient flows back to `x`.
+    Detach {
+        x: View,
+        y: View,
+    },
     /// STACK or CONCAT by copying: (input, its place in `out`).
     Copy {
         parts: Vec<(View, View)>,
@@ -70,7 +81,8 @@ pub(super) enum Step {
 /// inputs that need one), plus the task logits the loss seeds.
 pub(super) fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
     let all: Vec<View> = match step {
-        Step::Alias | Step::Group { .. } => Vec::new(),
+        Step::Alias | Step::Group { .. } | Step::Detach { .. } => Vec::new(),
+        Step::Mul { a, b, .. } => vec![*a, *b],
         Step::Linear { x, .. } => vec![*x],
         // A shared input takes one gradient per expert; a stacked one, one
         // per expert into its own matrix (together: the view once).

@@ -44,6 +44,8 @@ pub(super) fn record(
         }
         Step::Act { .. } => "activation".into(),
         Step::Dropout { .. } => "dropout".into(),
+        Step::Mul { .. } => "multiply".into(),
+        Step::Detach { .. } => "stop gradient".into(),
         Step::Copy { .. } => "copy".into(),
         Step::Softmax { .. } => "softmax".into(),
         Step::GateMix { .. } => "gate mix".into(),
