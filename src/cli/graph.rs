@@ -145,6 +145,7 @@ pub(crate) fn to_dot(g: &ModelGraph, with_inputs: bool) -> String {
                 ),
                 "shape=box",
             ),
+            Node::Norm { name, .. } => (format!("{name}\\nnorm"), "shape=box"),
             Node::StopGradient { name } => (format!("{name}\\nstop gradient"), "shape=box"),
             Node::Loss { .. } | Node::Metric { .. } => (node.name(), "shape=note"),
             Node::SequenceGroup(sg) => (

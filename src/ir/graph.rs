@@ -355,6 +355,13 @@ pub enum Node {
     /// Variational dropout over a feature group's output (see the plan's
     /// VARIATIONAL_DROPOUT op).
     VariationalDropout(VariationalDropoutBlock),
+    /// A norm with no linear before it (MaskNet's layer norm of the
+    /// embeddings): `[B, d]` to `[B, d]`.
+    Norm {
+        name: String,
+        norm: Norm,
+        width: u64,
+    },
 }
 
 /// See [`Node::VariationalDropout`].
@@ -441,6 +448,7 @@ impl Node {
             Node::GateNu(g) => g.name.clone(),
             Node::Product { name, .. } | Node::StopGradient { name } => name.clone(),
             Node::VariationalDropout(v) => v.name.clone(),
+            Node::Norm { name, .. } => name.clone(),
         }
     }
 
@@ -526,6 +534,10 @@ impl Node {
             Node::Tower(t) => {
                 one(t.in_dim())?;
                 Ok(vec![batch_shape(t.out_dim())])
+            }
+            Node::Norm { width, .. } => {
+                one(*width)?;
+                Ok(vec![batch_shape(*width)])
             }
             Node::VariationalDropout(v) => {
                 one(v.width())?;

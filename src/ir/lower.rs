@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use petgraph::stable_graph::NodeIndex;
 
+mod masknet;
 mod pepnet;
 mod sequence;
 
@@ -927,12 +928,10 @@ impl Builder {
 
     fn dbmtl(&mut self, m: &crate::proto::tzrec::protos::Dbmtl, group: Out) {
         let base = "model_config.dbmtl";
-        if m.mask_net.is_some() {
-            self.errors.push(IrError::unsupported(
-                "DBMTL `mask_net`",
-                format!("{base}.mask_net"),
-            ));
-        }
+        let group = match &m.mask_net {
+            Some(net) => self.mask_net(&format!("{base}.mask_net"), net, group),
+            None => group,
+        };
         let input = match &m.bottom_mlp {
             Some(b) => self.mlp(
                 "bottom",

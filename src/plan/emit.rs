@@ -583,6 +583,16 @@ impl Emitter<'_> {
                 op.feature_names = v.features.iter().map(|(n, _)| n.clone()).collect();
                 self.values.insert((n, 0), out);
             }
+            Node::Norm { name, norm, .. } => {
+                let x = self.input(n, 0)?;
+                let none = Act {
+                    kind: Activation::ActNone,
+                    alpha: 0.0,
+                    slope: None,
+                };
+                let out = self.post(name, norm, &none, 0.0, x);
+                self.values.insert((n, 0), out);
+            }
             Node::StopGradient { name } => {
                 let x = self.input(n, 0)?;
                 let shape = self.shape(x);

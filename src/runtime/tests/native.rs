@@ -266,6 +266,45 @@ fn example_models_match_the_candle_path() {
     }
 }
 
+/// DBMTL's mask net, parallel and serial blocks with a top MLP: the
+/// standalone layer norm, the mask products and the block layers agree
+/// between the engines.
+#[test]
+fn mask_net_matches_the_candle_path() {
+    for (parallel, ratio) in [
+        (true, "reduction_ratio: 0.5"),
+        (false, "reduction_ratio: 0 aggregation_dim: 6"),
+    ] {
+        let source = format!(
+            r#"
+data_config {{ batch_size: 32 label_fields: "clk" label_fields: "buy" }}
+feature_configs {{ id_feature {{ feature_name: "u" num_buckets: 50 embedding_dim: 4 }} }}
+feature_configs {{ id_feature {{ feature_name: "i" num_buckets: 50 embedding_dim: 4 }} }}
+feature_configs {{ raw_feature {{ feature_name: "p" }} }}
+model_config {{
+  feature_groups {{ group_name: "all" feature_names: "u" feature_names: "i" feature_names: "p" group_type: DEEP }}
+  dbmtl {{
+    mask_net {{ n_mask_blocks: 2 mask_block {{ {ratio} hidden_dim: 8 }} top_mlp {{ hidden_units: [8] }} use_parallel: {parallel} }}
+    bottom_mlp {{ hidden_units: [8] }}
+    task_towers {{ tower_name: "ctr" label_name: "clk" mlp {{ hidden_units: [4] }} losses {{ binary_cross_entropy {{}} }} }}
+    task_towers {{ tower_name: "cvr" label_name: "buy" losses {{ binary_cross_entropy {{}} }} relation_tower_names: "ctr" relation_mlp {{ hidden_units: [4] }} }}
+  }}
+}}
+"#
+        );
+        let plan = build(&source, BuildOptions::default())
+            .unwrap_or_else(|e| panic!("mask net compiles: {e:?}"))
+            .plan;
+        let batch = super::runs::random_batch(&plan, 40, 3);
+        compare(
+            &format!("mask net (parallel: {parallel})"),
+            &plan,
+            &batch,
+            2e-4,
+        );
+    }
+}
+
 #[test]
 fn training_runs_match_the_candle_path() {
     // SGD: Adam and Adagrad divide by the gradient's own size, so rounding
