@@ -124,6 +124,31 @@ fn din_learns_the_planted_history() {
 }
 
 /// `rb` with row `row` of string column `name` set to `value`.
+/// Multi-window DIN over the same history (windows of 3, 3 and 4 steps)
+/// also recovers the planted signal.
+#[test]
+fn multi_window_din_learns_the_planted_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let multi = WITH_SEQUENCE.replace(
+        "sequence_encoders { din_encoder { attn_mlp { hidden_units: [16, 8] } } }",
+        "sequence_encoders { multi_window_din_encoder { input: \"click_seq\" attn_mlp { hidden_units: [16, 8] } windows_len: [3, 3, 4] } }",
+    );
+    assert_ne!(multi, WITH_SEQUENCE, "the encoder was replaced");
+    let cfg = write(d, "gen.config", &multi);
+    let data = d.join("data");
+    ok(&["gen-data", s(&cfg), "--rows", "20000", "-o", s(&data)]);
+    let with = train(d, "with", &multi, &data);
+    let without = train(d, "without", &without_sequence(), &data);
+    for task in ["ctr", "cvr"] {
+        let (a, b) = (eval_auc(&with, task), eval_auc(&without, task));
+        assert!(
+            a > b + 0.05,
+            "{task}: AUC with multi-window DIN {a:.4}, without {b:.4}"
+        );
+    }
+}
+
 fn with_value(rb: &RecordBatch, name: &str, row: usize, value: &str) -> RecordBatch {
     let mut fields = Vec::new();
     let mut cols: Vec<ArrayRef> = Vec::new();

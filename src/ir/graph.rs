@@ -407,6 +407,15 @@ pub enum EncoderKind {
     SimpleAttention,
     /// Sum or mean of the valid steps.
     Pooling { mean: bool },
+    /// Multi-window DIN: attention MLP over `[s, q * s, q]`, a linear to
+    /// one score per step, PReLU; per window the masked, weighted mean of
+    /// its steps, then the padded query.
+    MultiWindowDin {
+        mlp: Box<MlpBlock>,
+        score: Box<LinearParams>,
+        act: Box<Act>,
+        windows: Vec<u64>,
+    },
 }
 
 /// See [`Node::SeqEncoder`].
@@ -422,9 +431,16 @@ pub struct SeqEncoderBlock {
 }
 
 impl SeqEncoderBlock {
-    /// Output width: the sequence width, as every encoder here pools steps.
+    /// Output width: the sequence width for the encoders that pool all
+    /// steps into one; one sequence width per window plus the query's for
+    /// multi-window DIN.
     pub fn width(&self) -> u64 {
-        self.seq_width
+        match &self.kind {
+            EncoderKind::MultiWindowDin { windows, .. } => {
+                self.seq_width * (windows.len() as u64 + 1)
+            }
+            _ => self.seq_width,
+        }
     }
 }
 

@@ -347,6 +347,14 @@ pub(crate) fn evaluate(
                 [s, m] => sequence_pool(s, m, op.pooling == Pooling::Mean as i32).map_err(err)?,
                 _ => return Err(err("needs two inputs".into())),
             },
+            OpKind::WindowInput => match inputs.as_slice() {
+                [q, s] => window_input(q, s).map_err(err)?,
+                _ => return Err(err("needs two inputs".into())),
+            },
+            OpKind::WindowPool => match inputs.as_slice() {
+                [scores, s, m, q] => window_pool(scores, s, m, q, &op.widths).map_err(err)?,
+                _ => return Err(err("needs four inputs".into())),
+            },
             OpKind::Mul => match inputs.as_slice() {
                 [a, b] if a.shape == b.shape => Tensor::new(
                     a.shape.clone(),
@@ -548,6 +556,69 @@ fn sequence_pool(s: &Tensor, mask: &Tensor, mean: bool) -> Result<Tensor, String
         }
     }
     Ok(Tensor::new(vec![b, d], out))
+}
+
+/// `[s, q * s, q]` per step, the query zero-padded to `D`.
+fn window_input(q: &Tensor, s: &Tensor) -> Result<Tensor, String> {
+    let (b, l, d) = seq_dims(s)?;
+    let dq = q.shape.get(1).copied().unwrap_or(0);
+    if q.shape.len() != 2 || q.shape[0] != b || dq > d {
+        return Err(format!(
+            "query {:?} does not fit steps {:?}",
+            q.shape, s.shape
+        ));
+    }
+    let mut out = Vec::with_capacity(b * l * 3 * d);
+    for r in 0..b {
+        for k in 0..l {
+            let qv = |j: usize| if j < dq { q.data[r * dq + j] } else { 0.0 };
+            let sv = |j: usize| s.data[(r * l + k) * d + j];
+            out.extend((0..d).map(sv));
+            out.extend((0..d).map(|j| qv(j) * sv(j)));
+            out.extend((0..d).map(qv));
+        }
+    }
+    Ok(Tensor::new(vec![b, l, 3 * d], out))
+}
+
+/// Each window's masked, score-weighted mean over its valid steps, then
+/// the padded query, step by step as the plan's WINDOW_POOL says.
+fn window_pool(
+    scores: &Tensor,
+    s: &Tensor,
+    mask: &Tensor,
+    q: &Tensor,
+    windows: &[u32],
+) -> Result<Tensor, String> {
+    let (b, l, d) = seq_dims(s)?;
+    let dq = q.shape.get(1).copied().unwrap_or(0);
+    if mask.shape != [b, l] || scores.shape != [b, l, 1] || dq > d {
+        return Err(format!(
+            "scores {:?}, mask {:?} or query {:?} do not fit steps {:?}",
+            scores.shape, mask.shape, q.shape, s.shape
+        ));
+    }
+    let width = d * (windows.len() + 1);
+    let mut out = vec![0.0f32; b * width];
+    for r in 0..b {
+        let len: f32 = (0..l).map(|k| mask.data[r * l + k]).sum();
+        let mut start = 0usize;
+        for (w, &wl) in windows.iter().enumerate() {
+            let wl = wl as usize;
+            let count = (len - start as f32).min(wl as f32).max(1.0);
+            for k in start..(start + wl).min(l) {
+                let a = scores.data[r * l + k] * mask.data[r * l + k];
+                for j in 0..d {
+                    out[r * width + w * d + j] += a * s.data[(r * l + k) * d + j] / count;
+                }
+            }
+            start += wl;
+        }
+        for j in 0..dq {
+            out[r * width + windows.len() * d + j] = q.data[r * dq + j];
+        }
+    }
+    Ok(Tensor::new(vec![b, width], out))
 }
 
 /// Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7).

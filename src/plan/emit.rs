@@ -716,6 +716,33 @@ impl Emitter<'_> {
                     vec![],
                 )
             }
+            EncoderKind::MultiWindowDin {
+                mlp,
+                score,
+                act,
+                windows,
+            } => {
+                let q = self.input(n, 0)?;
+                let x = self.op(
+                    &format!("{}.input", e.name),
+                    OpKind::WindowInput,
+                    vec![q, seq],
+                    vec![BATCH, l, 3 * d],
+                    vec![],
+                );
+                let h = self.mlp(mlp, x);
+                let s = self.linear(&format!("{}.score", e.name), score, h);
+                let s = self.post(&format!("{}.score", e.name), &Norm::None, act, 0.0, s);
+                let out = self.op(
+                    &e.name,
+                    OpKind::WindowPool,
+                    vec![s, seq, mask, q],
+                    batch_shape(e.width()),
+                    vec![],
+                );
+                self.last_op().widths = windows.iter().map(|&w| w as u32).collect();
+                return Ok(out);
+            }
             EncoderKind::Din { mlp, score } => {
                 let q = self.input(n, 0)?;
                 let x = self.op(

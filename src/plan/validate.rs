@@ -68,8 +68,10 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
             | OpKind::DinInput
             | OpKind::DotScores
             | OpKind::SequencePool
-            | OpKind::Mul => 2,
+            | OpKind::Mul
+            | OpKind::WindowInput => 2,
             OpKind::AttentionPool => 3,
+            OpKind::WindowPool => 4,
             _ => 1,
         };
         // Ops of a fixed arity; the others read at least `needs_inputs`.
@@ -85,6 +87,8 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 | OpKind::AttentionPool
                 | OpKind::Mul
                 | OpKind::StopGradient
+                | OpKind::WindowInput
+                | OpKind::WindowPool
         );
         if op.inputs.len() < needs_inputs || (exact && op.inputs.len() != needs_inputs) {
             return Err(invalid!(
@@ -115,6 +119,13 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 "op \"{}\" uses parameter {} which does not exist",
                 op.name,
                 p
+            ));
+        }
+        if kind == OpKind::WindowPool && (op.widths.is_empty() || op.widths.contains(&0)) {
+            return Err(invalid!(
+                "window pooling \"{}\" has windows {:?} (it needs one or more, none empty)",
+                op.name,
+                op.widths
             ));
         }
         if kind == OpKind::VariationalDropout && op.widths.len() != op.feature_names.len() {

@@ -221,10 +221,7 @@ impl Builder {
                     .push(IrError::invalid("the encoder names no kind", epath));
                 continue;
             };
-            if matches!(
-                module,
-                SeqModule::SelfAttentionEncoder(_) | SeqModule::MultiWindowDinEncoder(_)
-            ) {
+            if matches!(module, SeqModule::SelfAttentionEncoder(_)) {
                 self.errors.push(IrError::unsupported(
                     format!(
                         "sequence encoder `{}`",
@@ -503,19 +500,72 @@ impl Builder {
                 };
                 (EncoderKind::Pooling { mean }, max_len(m.max_seq_length()))
             }
-            SeqModule::SelfAttentionEncoder(_) | SeqModule::MultiWindowDinEncoder(_) => {
+            SeqModule::MultiWindowDinEncoder(m) => {
+                let at = format!("{epath}.{kind_name}");
+                if q > d || q == 0 {
+                    self.errors.push(IrError::invalid(
+                        format!(
+                            "multi-window DIN needs a query no wider than the sequence and not empty; the query is {q} wide, the sequence {d}"
+                        ),
+                        at,
+                    ));
+                    return None;
+                }
+                if m.windows_len.is_empty() || m.windows_len.contains(&0) {
+                    self.errors.push(IrError::invalid(
+                        "multi-window DIN needs `windows_len`, every window at least one step long",
+                        format!("{at}.windows_len"),
+                    ));
+                    return None;
+                }
+                let mpath = format!("{at}.attn_mlp");
+                if m.attn_mlp.use_bn() {
+                    self.errors.push(IrError::unsupported(
+                        "batch norm in a multi-window DIN attention MLP",
+                        format!("{mpath}.use_bn"),
+                    ));
+                    return None;
+                }
+                let mlp = self.mlp_block(
+                    &format!("{name}.attn"),
+                    MlpRole::Attention,
+                    &mpath,
+                    &m.attn_mlp,
+                    3 * d,
+                );
+                let last = if mlp.layers.is_empty() {
+                    3 * d
+                } else {
+                    mlp.out_dim()
+                };
+                let score = super::linear(&format!("{name}.score"), last, 1, true);
+                // tzrec's `nn.PReLU()`: one slope, 0.25 at the start.
+                let act = super::parse_activation("nn.PReLU", &format!("{name}.active")).ok()?;
+                (
+                    EncoderKind::MultiWindowDin {
+                        mlp: Box::new(mlp),
+                        score: Box::new(score),
+                        act: Box::new(act),
+                        windows: m.windows_len.iter().map(|&w| u64::from(w)).collect(),
+                    },
+                    seq.steps,
+                )
+            }
+            SeqModule::SelfAttentionEncoder(_) => {
                 // Reported by `sequences` before the group was resolved.
                 return None;
             }
         };
-        let node = self.add(Node::SeqEncoder(SeqEncoderBlock {
+        let block = SeqEncoderBlock {
             name,
             kind,
             query_width: q,
             seq_width: d,
             steps: seq.steps,
             max_steps,
-        }));
+        };
+        let width = block.width();
+        let node = self.add(Node::SeqEncoder(block));
         let l = seq.steps as i64;
         let shapes = [batch_shape(q), vec![BATCH, l, d as i64], vec![BATCH, l]];
         for (port, shape) in shapes.into_iter().enumerate() {
@@ -526,7 +576,7 @@ impl Builder {
         Some(Out {
             node,
             port: 0,
-            width: d,
+            width,
         })
     }
 }

@@ -41,6 +41,39 @@ fn sequence_op_gradients() {
     }
 }
 
+/// Multi-window DIN's ops: gradients, and the pooling by hand. Windows
+/// [1, 2, 3] over 4 steps: the last window holds step 3 only (the rest is
+/// past L, as tzrec's negative pad truncates), and a row of length 2
+/// divides window 1 by min(2 - 1, 2) = 1 and the empty window 2 by
+/// max(2 - 3, 1) = 1.
+#[test]
+fn multi_window_din_ops() {
+    check("window input", &[r(&[2, 2], 1), r(&[2, 3, 3], 2)], &|x| {
+        ops::window_input(&x[0], &x[1])
+    });
+    let m = mask(&[2, 4, 0], 4);
+    check(
+        "window pool",
+        &[r(&[3, 4, 1], 5), r(&[3, 4, 2], 6), r(&[3, 1], 7)],
+        &|x| ops::window_pool(&x[0], &x[1], &m, &x[2], &[1, 2, 3]),
+    );
+    let q = t64(&[7.0, 8.0], &[1, 2]);
+    let s = t64(&[1.0, 0.0, 2.0, 0.0, 3.0, 0.0, 4.0, 0.0], &[1, 4, 2]);
+    let scores = t64(&[1.0, 1.0, 1.0, 1.0], &[1, 4, 1]);
+    let y = host(&ops::window_input(&t64(&[2.0], &[1, 1]), &s).unwrap());
+    assert_eq!(&y[..6], &[1.0, 0.0, 2.0, 0.0, 2.0, 0.0]);
+    let m = mask(&[2], 4);
+    let y = host(&ops::window_pool(&scores, &s, &m, &q, &[1, 2, 3]).unwrap());
+    // Window 0: step 0 = 1; window 1: step 1 (step 2 masked) = 2 / 1;
+    // window 2: step 3 masked = 0; then the query.
+    assert_eq!(y, vec![1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 7.0, 8.0]);
+    let m = mask(&[4], 4);
+    let y = host(&ops::window_pool(&scores, &s, &m, &q, &[1, 2, 3]).unwrap());
+    // Full length: window 1 averages steps 1 and 2, window 2 holds step 3
+    // and divides by min(4 - 3, 3) = 1.
+    assert_eq!(y, vec![1.0, 0.0, 2.5, 0.0, 4.0, 0.0, 7.0, 8.0]);
+}
+
 /// DIN over two items and one padded step, by hand: q = [1, 0],
 /// s1 = [1, 2], s2 = [0, 1]. The attention input of a step is
 /// [q, s, q - s, q * s]; the one hidden unit reads s0 + s1 + (q*s)0, so it

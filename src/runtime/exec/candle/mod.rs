@@ -376,6 +376,11 @@ impl Executor for CandleExec {
                         _ => ops::variational_dropout(x, fp, &columns, None)?,
                     }
                 }
+                OpKind::WindowInput => ops::window_input(input(0)?, input(1)?)?,
+                OpKind::WindowPool => {
+                    let windows: Vec<usize> = op.widths.iter().map(|&w| w as usize).collect();
+                    ops::window_pool(input(0)?, input(1)?, input(2)?, input(3)?, &windows)?
+                }
                 OpKind::Mul => ops::mul(input(0)?, input(1)?, op.alpha)?,
                 OpKind::StopGradient => input(0)?.detach(),
                 OpKind::OpUnspecified => {

@@ -285,3 +285,65 @@ pub fn variational_dropout_penalty(feature_p: &Tensor, lambda: f32, rows: usize)
     let keep = sigmoid(feature_p)?.affine(-1.0, 1.0)?.sum_all()?;
     keep.affine(f64::from(lambda) / rows.max(1) as f64, 0.0)
 }
+
+/// `q` `[B, Dq]` zero-padded to `D` and repeated over the steps of `s`
+/// `[B, L, D]`.
+fn repeat_query(q: &Tensor, s: &Tensor) -> Result<Tensor> {
+    let (b, l, d) = s.dims3()?;
+    let dq = q.dim(1)?;
+    let q = if dq < d {
+        q.pad_with_zeros(1, 0, d - dq)?
+    } else {
+        q.clone()
+    };
+    q.unsqueeze(1)?.broadcast_as((b, l, d))?.contiguous()
+}
+
+/// Multi-window DIN's attention input `[s, q * s, q]`, `[B, L, 3D]` (the
+/// plan's WINDOW_INPUT).
+pub fn window_input(q: &Tensor, s: &Tensor) -> Result<Tensor> {
+    let qs = repeat_query(q, s)?;
+    let s = s.contiguous()?;
+    Tensor::cat(&[&s, &(&qs * &s)?, &qs], 2)
+}
+
+/// Multi-window DIN's pooling (the plan's WINDOW_POOL): each window's
+/// masked, score-weighted step sum over its valid steps, then the padded
+/// query: `[B, (W + 1) D]`.
+pub fn window_pool(
+    scores: &Tensor,
+    s: &Tensor,
+    mask: &Tensor,
+    q: &Tensor,
+    windows: &[usize],
+) -> Result<Tensor> {
+    let (b, l, d) = s.dims3()?;
+    let weighted = scores
+        .broadcast_mul(&mask.unsqueeze(2)?)?
+        .broadcast_mul(s)?;
+    let length = mask.sum(1)?;
+    let mut parts = Vec::with_capacity(windows.len() + 1);
+    let mut start = 0usize;
+    for &w in windows {
+        let (lo, hi) = (start.min(l), (start + w).min(l));
+        let summed = if hi > lo {
+            weighted.narrow(1, lo, hi - lo)?.sum(1)?
+        } else {
+            Tensor::zeros((b, d), s.dtype(), s.device())?
+        };
+        // max(min(length - start, w), 1): the window's valid steps, at
+        // least one.
+        let count = length
+            .affine(1.0, -(start as f64))?
+            .clamp(1.0, w.max(1) as f64)?;
+        parts.push(summed.broadcast_div(&count.unsqueeze(1)?)?);
+        start += w;
+    }
+    let dq = q.dim(1)?;
+    parts.push(if dq < d {
+        q.pad_with_zeros(1, 0, d - dq)?
+    } else {
+        q.clone()
+    });
+    Tensor::cat(&parts, 1)
+}

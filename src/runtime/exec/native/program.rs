@@ -309,7 +309,9 @@ impl Program {
                 | OpKind::DinInput
                 | OpKind::DotScores
                 | OpKind::AttentionPool
-                | OpKind::SequencePool => {
+                | OpKind::SequencePool
+                | OpKind::WindowInput
+                | OpKind::WindowPool => {
                     // Sequence encoders run on candle; the runtime falls
                     // back with a notice.
                     return Err(unsupported!(
