@@ -10,8 +10,15 @@ use super::{Outcome, RunError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// rustc-like text with the source.
     Human,
+    /// One JSON object per diagnostic per line.
     Json,
+    /// One SARIF 2.1.0 log for all files (code scanning).
+    Sarif,
+    /// GitHub Actions workflow commands (`::error file=..::`), which become
+    /// annotations on a pull request.
+    Github,
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +57,7 @@ pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
     let mut errors = 0;
     let mut warnings = 0;
     let mut out = String::new();
+    let mut checked_all = Vec::new();
     for (path, source) in &sources {
         let checked = check_source(&schema, source);
         let name = path.display().to_string();
@@ -68,7 +76,24 @@ pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
                 color,
             )),
             Format::Json => out.push_str(&diag::render_json(&name, source, &checked.diagnostics)),
+            Format::Github => {
+                out.push_str(&diag::render_github(&name, source, &checked.diagnostics))
+            }
+            Format::Sarif => {}
         }
+        checked_all.push((name, checked.diagnostics));
+    }
+    if args.format == Format::Sarif {
+        let files: Vec<diag::SarifFile<'_>> = checked_all
+            .iter()
+            .zip(&sources)
+            .map(|((name, diagnostics), (_, source))| diag::SarifFile {
+                name,
+                source,
+                diagnostics,
+            })
+            .collect();
+        out.push_str(&diag::render_sarif(&files, &super::explain::summary));
     }
     if args.format == Format::Human {
         let files = sources.len();
