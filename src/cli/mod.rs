@@ -9,6 +9,7 @@ pub(crate) mod demo;
 pub(crate) mod diff;
 pub(crate) mod eval;
 pub(crate) mod explain;
+pub(crate) mod fmt;
 pub(crate) mod gen_data;
 pub(crate) mod graph;
 pub(crate) mod inspect;
@@ -32,6 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Check config files: syntax, schema and semantic lint, every problem at once.
     Check(check::CheckArgs),
+    /// Rewrite config files in the canonical layout (`--check`: diff only).
+    Fmt(fmt::FmtArgs),
     /// Compare the built-in schema with a .proto tree (`plec schema diff`).
     Schema(schema::SchemaArgs),
     /// Explain a diagnostic code: what it means, an example, how to fix it.
@@ -142,6 +145,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => check::execute(&args),
         Command::Explain(args) => explain::execute(&args),
+        Command::Fmt(args) => fmt::execute(&args),
         Command::Schema(args) => schema::execute(&args),
         Command::Compile(args) => compile::execute(&args),
         Command::Graph(args) => graph::execute(&args),

@@ -8,7 +8,7 @@
 use super::{Diagnostic, LineIndex, Severity};
 
 /// Escapes a command's message (the text after `::`).
-pub fn escape_data(text: &str) -> String {
+pub(super) fn escape_data(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -22,7 +22,7 @@ pub fn escape_data(text: &str) -> String {
 }
 
 /// Escapes a property value (`file=`, `title=`...).
-pub fn escape_property(text: &str) -> String {
+pub(super) fn escape_property(text: &str) -> String {
     escape_data(text).replace(':', "%3A").replace(',', "%2C")
 }
 

@@ -33,7 +33,7 @@ fn level(severity: Severity) -> &'static str {
 /// resolves them against the repository root), absolute ones become
 /// `file://` URIs; bytes outside RFC 3986's unreserved set (and `/`) are
 /// percent-encoded.
-pub fn path_uri(path: &str) -> String {
+pub(super) fn path_uri(path: &str) -> String {
     let mut out = String::new();
     let path = path.replace('\\', "/");
     if path.starts_with('/') {
