@@ -1,10 +1,13 @@
-//! `plec check`: parse, bind and lint config files, reporting every problem.
+//! `plec check`: parse, bind and lint config files, reporting every problem;
+//! with `--data`, also the parquet files the config will read.
 
 use std::path::PathBuf;
 
 use crate::diag::{self, Severity};
 use crate::pipeline::check_source;
 use crate::schema::Schema;
+
+use super::check_data::check_data;
 
 use super::{Outcome, RunError};
 
@@ -39,6 +42,17 @@ pub struct CheckArgs {
     /// Root message of the config (full name) with --proto-path.
     #[arg(long, requires = "proto_path")]
     pub root_message: Option<String>,
+    /// Also check parquet data (files, directories or globs) against what
+    /// the config reads: columns, types, ids, labels, vocabularies,
+    /// sequences and separators.
+    #[arg(long, num_args = 1.., conflicts_with = "proto_path")]
+    pub data: Vec<String>,
+    /// With --data: rows read from the start of each file.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub rows: u64,
+    /// With --data: read every row (overrides --rows).
+    #[arg(long)]
+    pub all: bool,
 }
 
 pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
@@ -58,8 +72,16 @@ pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
     let mut warnings = 0;
     let mut out = String::new();
     let mut checked_all = Vec::new();
+    let mut data_summaries = Vec::new();
     for (path, source) in &sources {
-        let checked = check_source(&schema, source);
+        let mut checked = check_source(&schema, source);
+        if !args.data.is_empty() {
+            let max_rows = (!args.all).then_some(args.rows);
+            let (found, summary) = check_data(source, &checked, &args.data, max_rows);
+            checked.diagnostics.extend(found);
+            diag::sort_by_position(&mut checked.diagnostics);
+            data_summaries.extend(summary);
+        }
         let name = path.display().to_string();
         for d in &checked.diagnostics {
             match d.severity {
@@ -103,6 +125,16 @@ pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
             if errors == 1 { "" } else { "s" },
             if warnings == 1 { "" } else { "s" },
         ));
+        for d in &data_summaries {
+            out.push_str(&format!(
+                "plec check: data: {} file{}, {} of {} rows scanned in {:.2} s\n",
+                d.files,
+                if d.files == 1 { "" } else { "s" },
+                d.rows_scanned,
+                d.rows_total,
+                d.seconds
+            ));
+        }
     }
     print!("{out}");
     if errors > 0 || (args.deny_warnings && warnings > 0) {

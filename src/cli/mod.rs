@@ -4,6 +4,7 @@
 
 pub(crate) mod bench;
 pub(crate) mod check;
+pub(crate) mod check_data;
 pub(crate) mod compile;
 pub(crate) mod demo;
 pub(crate) mod diff;
