@@ -14,6 +14,7 @@ pub(crate) mod fmt;
 pub(crate) mod gen_data;
 pub(crate) mod graph;
 pub(crate) mod inspect;
+pub(crate) mod lsp;
 pub(crate) mod predict;
 pub(crate) mod run;
 pub(crate) mod schema;
@@ -34,6 +35,9 @@ pub struct Cli {
 pub enum Command {
     /// Check config files: syntax, schema and semantic lint, every problem at once.
     Check(check::CheckArgs),
+    /// Language server for config files over stdio (editors: diagnostics,
+    /// hover, completion, definitions, symbols, quick fixes, formatting).
+    Lsp(lsp::LspArgs),
     /// Rewrite config files in the canonical layout (`--check`: diff only).
     Fmt(fmt::FmtArgs),
     /// Compare the built-in schema with a .proto tree (`plec schema diff`).
@@ -147,6 +151,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::execute(&args),
         Command::Explain(args) => explain::execute(&args),
         Command::Fmt(args) => fmt::execute(&args),
+        Command::Lsp(args) => lsp::execute(&args),
         Command::Schema(args) => schema::execute(&args),
         Command::Compile(args) => compile::execute(&args),
         Command::Graph(args) => graph::execute(&args),
