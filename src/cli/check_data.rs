@@ -143,7 +143,8 @@ fn string_field(
 }
 
 /// The path of a feature's `feature_name`. Sub-features of a grouped
-/// sequence are named `<sequence_name>__<feature_name>` in the plan.
+/// sequence are named `[<group>.]<sequence_name>__<feature_name>` in the
+/// plan.
 fn feature_path(spans: &SpanMap, source: &str, name: &str) -> Option<String> {
     let by_name = |want: &str, inside_sequence: Option<&str>| {
         spans
@@ -162,7 +163,10 @@ fn feature_path(spans: &SpanMap, source: &str, name: &str) -> Option<String> {
             .map(|(p, _)| p.clone())
     };
     by_name(name, None).or_else(|| {
-        let (seq, sub) = name.split_once("__")?;
+        // Plan names of grouped sub-features may carry the group in front
+        // (`group.seq__sub`).
+        let bare = name.rsplit('.').next().unwrap_or(name);
+        let (seq, sub) = bare.split_once("__")?;
         by_name(sub, Some(seq))
     })
 }
