@@ -23,6 +23,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 use parquet::arrow::ProjectionMask;
+use rayon::prelude::*;
 
 use super::batch::FeatureInput;
 use super::column::{classify, ColumnView, Item, LeafKind};
@@ -39,6 +40,11 @@ const READ_ROWS: usize = 8192;
 /// Separators a multi-value string column is often written with; one of
 /// them in most rows, and never the configured one, is a likely mistake.
 const LIKELY_SEPARATORS: &[&str] = &["\x1d", ",", ";", "|", "\x03", "\t"];
+
+/// String rows per feature looked at for separators: a sample this large
+/// shows a systematic delimiter mistake, and sniffing every row of a large
+/// file would cost more than encoding it.
+const SNIFF_ROWS: u64 = 10_000;
 
 /// Below this share of values found in the vocabulary, coverage is a
 /// warning (a wrong column, or a vocabulary from other data).
@@ -369,29 +375,39 @@ impl FileScan<'_> {
         feature_ok: &mut [bool],
         number_ok: &[bool],
     ) {
+        // Features are independent: encode and measure them in parallel,
+        // each into its own statistics; findings are gathered in order.
+        let plan = self.plan;
+        let results: Vec<Option<Result<FeatureInput, DataError>>> = self
+            .encoders
+            .par_iter()
+            .zip(self.stats.par_iter_mut())
+            .zip(feature_ok.par_iter())
+            .map(|(((i, enc), stats), ok)| {
+                if !ok {
+                    return None;
+                }
+                let cols: Option<Vec<&ArrayRef>> =
+                    enc.columns().iter().map(|c| rb.column_by_name(c)).collect();
+                let cols = cols?;
+                let input = enc.encode(&cols, loc);
+                if let Ok(input) = &input {
+                    measure(&plan.features[*i], input, cols[0], stats);
+                }
+                Some(input)
+            })
+            .collect();
         let mut encoded: Vec<(FeatureEncoder, FeatureInput)> = Vec::new();
-        for (k, (_, enc)) in self.encoders.iter().enumerate() {
-            if !feature_ok[k] {
-                continue;
-            }
-            let cols: Option<Vec<&ArrayRef>> =
-                enc.columns().iter().map(|c| rb.column_by_name(c)).collect();
-            let Some(cols) = cols else {
-                continue;
-            };
-            match enc.encode(&cols, loc) {
-                Ok(input) => {
-                    measure(
-                        &self.plan.features[self.encoders[k].0],
-                        &input,
-                        cols[0],
-                        &mut self.stats[k],
-                    );
+        for (k, result) in results.into_iter().enumerate() {
+            let enc = &self.encoders[k].1;
+            match result {
+                None => {}
+                Some(Ok(input)) => {
                     if enc.sequence_group().is_some() {
                         encoded.push((enc.clone(), input));
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     feature_ok[k] = false;
                     self.findings.push(Finding::from_error(
                         Subject::Feature(enc.name().to_string()),
@@ -466,6 +482,9 @@ fn measure(spec: &FeatureSpec, input: &FeatureInput, raw: &ArrayRef, s: &mut Fea
     }
     let configured = delimiter(spec);
     for r in 0..view.rows() {
+        if s.string_rows >= SNIFF_ROWS {
+            break;
+        }
         let Some(Item::Str(v)) = view.scalar(r) else {
             continue;
         };
@@ -611,13 +630,15 @@ fn feature_findings(spec: &FeatureSpec, enc: &FeatureEncoder, s: &FeatureStats) 
                     severity: Severity::Warning,
                     code: "plec::data::separator".to_string(),
                     message: format!(
-                        "column `{column}` never holds the {field} {configured:?} of feature `{}`, but {n} of {} rows hold {sep:?}",
+                        "column `{column}` never holds the {field} {configured:?} of feature `{}`, but {n} of the {} non-empty rows sampled hold {sep:?}",
                         enc.name(),
                         s.string_rows
                     ),
-                    help: Some(format!(
-                        "each row is read as one value; if the rows are lists joined by {sep:?}, set `{field}: {sep:?}`"
-                    )),
+                    help: Some(if field == "separator" {
+                        format!("each row is read as one value; if the rows are lists joined by {sep:?}, set `separator: {sep:?}`")
+                    } else {
+                        format!("each row is read as one step; if the steps are joined by {sep:?}, set `sequence_delim: {sep:?}`")
+                    }),
                 });
             }
         }
