@@ -3,7 +3,8 @@
 -- of golden/lint/unknown-feature.config), ask for hover, completion,
 -- definition, symbols, the quick fix, then formatting; write what came back
 -- to TRANSCRIPT. Positions are those of golden/lint/unknown-feature.config.
---   cp golden/lint/unknown-feature.config /tmp/m.config
+--   cp golden/lint/unknown-feature.config /tmp/m.config   (the transcript in
+--   nvim-lsp-session.transcript.txt used /tmp/nv/model.config)
 --   PLEC=target/release/plec CONFIG=/tmp/m.config TRANSCRIPT=/tmp/t.txt \
 --     nvim --headless -u NONE -c "luafile scripts/nvim-lsp-session.lua"
 local out = {}
