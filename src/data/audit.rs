@@ -401,12 +401,11 @@ impl FileScan<'_> {
         for (k, result) in results.into_iter().enumerate() {
             let enc = &self.encoders[k].1;
             match result {
-                None => {}
-                Some(Ok(input)) => {
-                    if enc.sequence_group().is_some() {
-                        encoded.push((enc.clone(), input));
-                    }
+                // Grouped sequences are compared step by step below.
+                Some(Ok(input)) if enc.sequence_group().is_some() => {
+                    encoded.push((enc.clone(), input));
                 }
+                None | Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     feature_ok[k] = false;
                     self.findings.push(Finding::from_error(
