@@ -27,7 +27,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|p| p.strip_prefix(root).map(Path::to_path_buf))
         .collect::<Result<_, _>>()?;
     let mut compiler = protox::Compiler::new([root])?;
-    compiler.include_imports(true).open_files(&relative)?;
+    // Source info keeps the .proto comments, which `plec lsp` shows on
+    // hover; prost gets the set without it (see below).
+    compiler
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(&relative)?;
     // Encoded by protox itself: going through prost_types would drop custom
     // options such as `(plec.unchecked)`, which prost cannot represent.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
@@ -35,7 +40,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("descriptor_set.bin"),
         compiler.encode_file_descriptor_set(),
     )?;
-    let fds = compiler.file_descriptor_set();
+    let mut fds = compiler.file_descriptor_set();
+    // Without source info prost writes no doc comments, so the generated
+    // code stays as it was (and proto comments never become rustdoc).
+    for file in &mut fds.file {
+        file.source_code_info = None;
+    }
     prost_build::Config::new()
         .btree_map(["."])
         .compile_fds(fds)?;

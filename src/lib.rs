@@ -8,6 +8,7 @@
 //! (training and evaluation on the native CPU engine or candle), `metrics`.
 //! `pipeline` runs the compiler stages on a source text; `diag` holds the
 //! diagnostic types shared by all stages, `rng` the one random generator;
+//! `format` prints a syntax tree in the canonical layout (`plec fmt`);
 //! `cli` is the only module that knows the commands.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -18,6 +19,7 @@ pub mod alloc;
 pub mod cli;
 pub mod data;
 pub mod diag;
+pub mod format;
 pub(crate) mod ir;
 pub(crate) mod lang;
 pub(crate) mod lint;

@@ -703,7 +703,46 @@ fn bad_data_is_an_error_with_no_output() {
             !out.join("metrics.json").exists(),
             "{name}: metrics.json written"
         );
+        // `plec check --data` finds the same problem without training, as
+        // an error pointing at the config line (and naming the file and,
+        // for bad values, the row).
+        let o = plec(&["check", s(&config), "--data", s(file), "--format", "json"]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "check --data {name}: {t}");
+        let errors: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .filter(|d: &serde_json::Value| d["severity"] == "error")
+            .collect();
+        let hit = errors.iter().find(|d| {
+            let m = d["message"].as_str().unwrap_or_default();
+            m.contains(s(file)) && needles.iter().all(|n| m.contains(n))
+        });
+        let Some(hit) = hit else {
+            panic!("check --data {name}: no error naming the file and {needles:?}\n{t}");
+        };
+        if name != "truncated" {
+            assert!(
+                hit["line"].as_u64().is_some(),
+                "check --data {name}: no config line\n{t}"
+            );
+        }
     };
+    // Good data checks clean, and the human report points at the config.
+    let o = plec(&["check", s(&config), "--data", s(&train), "--all"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("600 of 600 rows scanned"), "{}", text(&o));
+    let file = dir.path().join("id_out_of_range_human.parquet");
+    write_parquet(&file, &cases[3].1);
+    let o = plec(&["check", s(&config), "--data", s(&file)]);
+    let human = String::from_utf8_lossy(&o.stdout)
+        .replace(s(dir.path()), "<tmp>")
+        .lines()
+        .filter(|l| !l.contains("rows scanned in"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    insta::assert_snapshot!("check_data_id_out_of_range", human);
+
     for (name, rb, needles) in &cases {
         let file = dir.path().join(format!("{name}.parquet"));
         write_parquet(&file, rb);

@@ -1,4 +1,5 @@
-//! `plec check`: parse, bind and lint config files, reporting every problem.
+//! `plec check`: parse, bind and lint config files, reporting every problem;
+//! with `--data`, also the parquet files the config will read.
 
 use std::path::PathBuf;
 
@@ -6,12 +7,21 @@ use crate::diag::{self, Severity};
 use crate::pipeline::check_source;
 use crate::schema::Schema;
 
+use super::check_data::check_data;
+
 use super::{Outcome, RunError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// rustc-like text with the source.
     Human,
+    /// One JSON object per diagnostic per line.
     Json,
+    /// One SARIF 2.1.0 log for all files (code scanning).
+    Sarif,
+    /// GitHub Actions workflow commands (`::error file=..::`), which become
+    /// annotations on a pull request.
+    Github,
 }
 
 #[derive(Debug, clap::Args)]
@@ -32,6 +42,17 @@ pub struct CheckArgs {
     /// Root message of the config (full name) with --proto-path.
     #[arg(long, requires = "proto_path")]
     pub root_message: Option<String>,
+    /// Also check parquet data (files, directories or globs) against what
+    /// the config reads: columns, types, ids, labels, vocabularies,
+    /// sequences and separators.
+    #[arg(long, num_args = 1.., conflicts_with = "proto_path")]
+    pub data: Vec<String>,
+    /// With --data: rows read from the start of each file.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub rows: u64,
+    /// With --data: read every row (overrides --rows).
+    #[arg(long)]
+    pub all: bool,
 }
 
 pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
@@ -50,8 +71,17 @@ pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
     let mut errors = 0;
     let mut warnings = 0;
     let mut out = String::new();
+    let mut checked_all = Vec::new();
+    let mut data_summaries = Vec::new();
     for (path, source) in &sources {
-        let checked = check_source(&schema, source);
+        let mut checked = check_source(&schema, source);
+        if !args.data.is_empty() {
+            let max_rows = (!args.all).then_some(args.rows);
+            let (found, summary) = check_data(source, &checked, &args.data, max_rows);
+            checked.diagnostics.extend(found);
+            diag::sort_by_position(&mut checked.diagnostics);
+            data_summaries.extend(summary);
+        }
         let name = path.display().to_string();
         for d in &checked.diagnostics {
             match d.severity {
@@ -68,7 +98,24 @@ pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
                 color,
             )),
             Format::Json => out.push_str(&diag::render_json(&name, source, &checked.diagnostics)),
+            Format::Github => {
+                out.push_str(&diag::render_github(&name, source, &checked.diagnostics))
+            }
+            Format::Sarif => {}
         }
+        checked_all.push((name, checked.diagnostics));
+    }
+    if args.format == Format::Sarif {
+        let files: Vec<diag::SarifFile<'_>> = checked_all
+            .iter()
+            .zip(&sources)
+            .map(|((name, diagnostics), (_, source))| diag::SarifFile {
+                name,
+                source,
+                diagnostics,
+            })
+            .collect();
+        out.push_str(&diag::render_sarif(&files, &super::explain::summary));
     }
     if args.format == Format::Human {
         let files = sources.len();
@@ -78,6 +125,16 @@ pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
             if errors == 1 { "" } else { "s" },
             if warnings == 1 { "" } else { "s" },
         ));
+        for d in &data_summaries {
+            out.push_str(&format!(
+                "plec check: data: {} file{}, {} of {} rows scanned in {:.2} s\n",
+                d.files,
+                if d.files == 1 { "" } else { "s" },
+                d.rows_scanned,
+                d.rows_total,
+                d.seconds
+            ));
+        }
     }
     print!("{out}");
     if errors > 0 || (args.deny_warnings && warnings > 0) {

@@ -23,6 +23,21 @@ fn first_sentence(text: &str) -> String {
     }
 }
 
+/// The one-line summary of a code (lint, syntax, schema, compile or shape),
+/// for machine formats that describe their rules (SARIF).
+pub(crate) fn summary(code: &str) -> Option<String> {
+    if let Some(rule) = lint::rule(code) {
+        return Some(rule.summary.to_string());
+    }
+    syntax::explain::CODES
+        .iter()
+        .chain(schema::explain::CODES)
+        .chain(crate::pipeline::CODES)
+        .chain(ir::SHAPE_CODES)
+        .find(|(c, _)| *c == code)
+        .map(|(_, text)| first_sentence(text))
+}
+
 pub(crate) fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
     let Some(code) = &args.code else {
         let mut out = String::new();

@@ -4,14 +4,17 @@
 
 pub(crate) mod bench;
 pub(crate) mod check;
+pub(crate) mod check_data;
 pub(crate) mod compile;
 pub(crate) mod demo;
 pub(crate) mod diff;
 pub(crate) mod eval;
 pub(crate) mod explain;
+pub(crate) mod fmt;
 pub(crate) mod gen_data;
 pub(crate) mod graph;
 pub(crate) mod inspect;
+pub(crate) mod lsp;
 pub(crate) mod predict;
 pub(crate) mod run;
 pub(crate) mod schema;
@@ -32,6 +35,11 @@ pub struct Cli {
 pub enum Command {
     /// Check config files: syntax, schema and semantic lint, every problem at once.
     Check(check::CheckArgs),
+    /// Language server for config files over stdio (editors: diagnostics,
+    /// hover, completion, definitions, symbols, quick fixes, formatting).
+    Lsp(lsp::LspArgs),
+    /// Rewrite config files in the canonical layout (`--check`: diff only).
+    Fmt(fmt::FmtArgs),
     /// Compare the built-in schema with a .proto tree (`plec schema diff`).
     Schema(schema::SchemaArgs),
     /// Explain a diagnostic code: what it means, an example, how to fix it.
@@ -142,6 +150,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => check::execute(&args),
         Command::Explain(args) => explain::execute(&args),
+        Command::Fmt(args) => fmt::execute(&args),
+        Command::Lsp(args) => lsp::execute(&args),
         Command::Schema(args) => schema::execute(&args),
         Command::Compile(args) => compile::execute(&args),
         Command::Graph(args) => graph::execute(&args),

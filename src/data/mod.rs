@@ -1,8 +1,10 @@
 //! Parquet to model inputs: resolving input files, reading record batches,
 //! encoding feature columns as the plan's feature specs say, and synthetic
-//! data generation. Hands the runtime [`Batch`]es.
+//! data generation. Hands the runtime [`Batch`]es, and `plec check --data`
+//! an [`audit`] of the files against a plan.
 
 pub mod assemble;
+pub mod audit;
 pub mod batch;
 pub mod column;
 pub mod encode;

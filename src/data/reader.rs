@@ -665,7 +665,7 @@ impl Iterator for KeptBatches {
 
 /// Every feature of one sequence group must have as many steps in a row
 /// (tzrec reads a grouped sequence as one history of several attributes).
-fn check_step_counts(
+pub(super) fn check_step_counts(
     encoders: &[FeatureEncoder],
     features: &[FeatureInput],
     loc: &BatchLoc<'_>,

@@ -1,14 +1,19 @@
 //! Diagnostics shared by every stage: data first (code, severity, message,
-//! labels, help), rendered by miette for people and as JSON lines for tools.
+//! labels, help), rendered by miette for people, and for tools as JSON lines,
+//! SARIF 2.1.0 or GitHub Actions workflow commands.
 //!
 //! Stages return `Vec<Diagnostic>`; only the CLI renders them and decides the
 //! exit code.
 
+mod github;
 mod render;
+mod sarif;
 
 use std::ops::Range;
 
+pub use github::render_github;
 pub use render::{render_human, render_json, LineIndex};
+pub use sarif::{render_sarif, SarifFile};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]

@@ -71,8 +71,10 @@ impl Schema {
             message: e.to_string(),
         };
         let mut compiler = protox::Compiler::new([dir]).map_err(compile_error)?;
+        // Source info keeps the comments `plec lsp` shows on hover.
         compiler
             .include_imports(true)
+            .include_source_info(true)
             .open_files(&files)
             .map_err(compile_error)?;
         // protox's own encoding keeps custom options (prost_types drops them).
