@@ -15,5 +15,6 @@ pub const CODES: &[(&str, &str)] = &[
     ("plec::not-repeated", "A list `[a, b]` was given to a field that holds one value. Give a single value."),
     ("plec::missing-colon", "A scalar field needs `:` between its name and value (`batch_size: 1024`); only message fields may omit it (`data_config { ... }`)."),
     ("plec::nested-list", "A list contains a list. Text format lists are flat: `[1, 2, 3]`."),
+    (super::dialect::CODE, super::dialect::EXPLAIN),
     ("plec::unchecked-block", "A block whose message the schema marks `option (plec.unchecked) = true`: plec knows it by name only, parses its contents but does not check them. The built-in TorchEasyRec schema models every message, so this appears only with a user's own schema (`--proto-path`). Not an error."),
 ];
