@@ -100,6 +100,8 @@ def emit(toks, source_name, commit):
                 statement = []
             depth -= 1
             lines.append("  " * depth + "}")
+        elif tok == ";" and not statement:
+            continue  # an empty statement (`};`) holds no fact
         elif tok == ";":
             statement.append(tok)
             line = join(statement)

@@ -67,7 +67,7 @@ pub fn check_source_detecting(schema: &Schema, easyrec: &Schema, source: &str) -
     let Some(evidence) = other
         .bound
         .as_ref()
-        .and_then(|b| schema::dialect::detect(bound, b, source))
+        .and_then(|b| schema::dialect::detect(schema, bound, b, source))
     else {
         return checked;
     };

@@ -6,17 +6,20 @@
 //! `train_config.optimizer_config`, `model_config.model_class`, ...). Those
 //! fields are the evidence the diagnostic names.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Range;
 
-use super::Bound;
+use super::{Bound, Schema};
 use crate::diag::Diagnostic;
 
 /// Code of the diagnostic that says a file is an EasyRec config.
 pub const CODE: &str = "plec::easyrec-dialect";
 
-/// How many give-away fields the diagnostic names (and labels) at most.
+/// How many give-away fields the diagnostic names at most.
 const NAMED: usize = 4;
+/// How many of them it labels in the source (miette shows every line
+/// between two labels of one snippet, so fewer keep the report short).
+const LABELLED: usize = 3;
 
 /// One field unknown to TorchEasyRec's schema and known to EasyRec's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,10 +62,17 @@ fn without_indices(path: &str) -> String {
 }
 
 /// Whether `easyrec` (the same file bound to EasyRec's schema) explains the
-/// file much better than `tzrec`, and by which fields: blocks before
-/// scalars (`optimizer_config { ... }` says more than `sync_replicas: true`),
-/// outer before inner, then in source order.
-pub fn detect(tzrec: &Bound, easyrec: &Bound, source: &str) -> Option<Evidence> {
+/// file much better than `tzrec` (bound to `tzrec_schema`), and by which
+/// fields. The most telling come first: names TorchEasyRec's schema has
+/// nowhere (`model_class`, unlike `num_epochs`, which is only misplaced),
+/// outer before inner, blocks before scalars (`optimizer_config { ... }`
+/// says more than `sync_replicas: true`), then in source order.
+pub fn detect(
+    tzrec_schema: &Schema,
+    tzrec: &Bound,
+    easyrec: &Bound,
+    source: &str,
+) -> Option<Evidence> {
     let errors_tzrec = schema_errors(tzrec);
     let errors_easyrec = schema_errors(easyrec);
     if errors_tzrec == 0 || errors_easyrec * 2 >= errors_tzrec {
@@ -110,7 +120,23 @@ pub fn detect(tzrec: &Bound, easyrec: &Bound, source: &str) -> Option<Evidence> 
             .and_then(|s| source.get(s.value.clone()))
             .is_some_and(|v| v.starts_with('{') || v.starts_with('<'))
     };
-    give_aways.sort_by_key(|g| (!is_block(g), g.path.matches('.').count(), g.span.start));
+    let tzrec_names: HashSet<String> = tzrec_schema
+        .pool
+        .all_messages()
+        .flat_map(|m| m.fields().map(|f| f.name().to_string()).collect::<Vec<_>>())
+        .collect();
+    let known_to_tzrec = |g: &GiveAway| {
+        let name = g.path.rsplit('.').next().unwrap_or(&g.path);
+        tzrec_names.contains(name)
+    };
+    give_aways.sort_by_key(|g| {
+        (
+            known_to_tzrec(g),
+            g.path.matches('.').count(),
+            !is_block(g),
+            g.span.start,
+        )
+    });
     Some(Evidence {
         give_aways,
         errors_tzrec,
@@ -162,11 +188,12 @@ pub fn diagnostic(evidence: &Evidence) -> Diagnostic {
          EasyRec's schema",
     )
     .with_help(help);
-    for (i, g) in evidence.give_aways.iter().take(NAMED).enumerate() {
+    for (i, g) in evidence.give_aways.iter().take(LABELLED).enumerate() {
+        let label = "a field of EasyRec's schema only";
         d = if i == 0 {
-            d.with_primary(g.span.clone(), "a field of EasyRec's schema only")
+            d.with_primary(g.span.clone(), label)
         } else {
-            d.with_secondary(g.span.clone(), "EasyRec's too")
+            d.with_secondary(g.span.clone(), label)
         };
     }
     d
