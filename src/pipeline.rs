@@ -49,35 +49,54 @@ pub fn check_source(schema: &Schema, source: &str) -> Checked {
 pub fn check_source_detecting(schema: &Schema, easyrec: &Schema, source: &str) -> Checked {
     let parsed = syntax::parse(source);
     let checked = check_parsed(schema, &parsed, source);
+    match detect_easyrec(schema, easyrec, &parsed, source, &checked) {
+        Some((evidence, other)) => {
+            let mut diagnostics = vec![schema::dialect::diagnostic(&evidence)];
+            diagnostics.extend(other.diagnostics);
+            Checked {
+                diagnostics,
+                bound: other.bound,
+                detected: Some(Dialect::EasyRec),
+            }
+        }
+        None => checked,
+    }
+}
+
+/// When `checked` (the file under `schema`) has unknown fields and `schema`
+/// is TorchEasyRec's: the evidence that the file is EasyRec's, and the file
+/// checked under `easyrec`.
+fn detect_easyrec(
+    schema: &Schema,
+    easyrec: &Schema,
+    parsed: &syntax::Parsed,
+    source: &str,
+    checked: &Checked,
+) -> Option<(schema::dialect::Evidence, Checked)> {
     if !schema.is_tzrec() || !easyrec.is_easyrec() {
-        return checked;
+        return None;
     }
     // A file TorchEasyRec's schema accepts is never bound twice.
-    let Some(bound) = checked.bound.as_ref() else {
-        return checked;
-    };
+    let bound = checked.bound.as_ref()?;
     if !bound
         .diagnostics
         .iter()
         .any(|d| d.code == "plec::unknown-field")
     {
-        return checked;
+        return None;
     }
-    let other = check_parsed(easyrec, &parsed, source);
-    let Some(evidence) = other
-        .bound
-        .as_ref()
-        .and_then(|b| schema::dialect::detect(schema, bound, b, source))
-    else {
-        return checked;
-    };
-    let mut diagnostics = vec![schema::dialect::diagnostic(&evidence)];
-    diagnostics.extend(other.diagnostics);
-    Checked {
-        diagnostics,
-        bound: other.bound,
-        detected: Some(Dialect::EasyRec),
-    }
+    let other = check_parsed(easyrec, parsed, source);
+    let evidence = schema::dialect::detect(schema, bound, other.bound.as_ref()?, source)?;
+    Some((evidence, other))
+}
+
+/// The error that replaces TorchEasyRec's schema errors when a file given
+/// to the build is an EasyRec config.
+fn easyrec_refusal(schema: &Schema, source: &str, checked: &Checked) -> Option<Diagnostic> {
+    let easyrec = Schema::builtin_easyrec().ok()?;
+    let parsed = syntax::parse(source);
+    let (evidence, _) = detect_easyrec(schema, &easyrec, &parsed, source, checked)?;
+    Some(schema::dialect::refusal(&evidence))
 }
 
 /// The front end on an already parsed text.
@@ -255,6 +274,9 @@ pub fn lower(source: &str, opts: BuildOptions) -> Result<Lowered, BuildError> {
     let schema = Schema::builtin().map_err(|e| BuildError::Schema(e.to_string()))?;
     let checked = check_source(&schema, source);
     if checked.has_errors() {
+        if let Some(refusal) = easyrec_refusal(&schema, source, &checked) {
+            return Err(BuildError::Diagnostics(vec![refusal]));
+        }
         return Err(BuildError::Diagnostics(checked.diagnostics));
     }
     let Some(bound) = checked.bound.as_ref() else {

@@ -152,8 +152,8 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
-/// The diagnostic that opens the report of a detected EasyRec config.
-pub fn diagnostic(evidence: &Evidence) -> Diagnostic {
+/// "`a`, `b`, `c`, `d` and 9 more are fields of": the give-aways, named.
+fn fields_phrase(evidence: &Evidence) -> String {
     let named: Vec<String> = evidence
         .give_aways
         .iter()
@@ -166,28 +166,20 @@ pub fn diagnostic(evidence: &Evidence) -> Diagnostic {
     } else {
         named.join(", ")
     };
-    let help = format!(
-        "{fields} {} EasyRec's schema but not TorchEasyRec's ({} under TorchEasyRec's \
-         schema, {} under EasyRec's). The findings below are EasyRec's schema checks \
-         (syntax and schema only: plec's semantic rules read TorchEasyRec configs). \
-         `plec check --schema easyrec` checks it as EasyRec without this warning. \
-         Converting it to TorchEasyRec will be `plec convert`, which is not built yet; \
-         until then TorchEasyRec's `tzrec/tools/convert_easyrec_config_to_tzrec_config.py` \
-         converts it",
-        if evidence.give_aways.len() == 1 {
-            "is a field of"
-        } else {
-            "are fields of"
-        },
-        plural(evidence.errors_tzrec, "error"),
-        plural(evidence.errors_easyrec, "error"),
-    );
-    let mut d = Diagnostic::warning(
-        CODE,
-        "this is an EasyRec (TensorFlow) config, not a TorchEasyRec one: checked under \
-         EasyRec's schema",
-    )
-    .with_help(help);
+    let verb = if evidence.give_aways.len() == 1 {
+        "is a field of"
+    } else {
+        "are fields of"
+    };
+    format!("{fields} {verb}")
+}
+
+/// Where TorchEasyRec conversion stands, for the help texts.
+const CONVERT: &str = "Converting it to TorchEasyRec will be `plec convert`, which is not \
+built yet; until then TorchEasyRec's `tzrec/tools/convert_easyrec_config_to_tzrec_config.py` \
+converts it";
+
+fn labelled(mut d: Diagnostic, evidence: &Evidence) -> Diagnostic {
     for (i, g) in evidence.give_aways.iter().take(LABELLED).enumerate() {
         let label = "a field of EasyRec's schema only";
         d = if i == 0 {
@@ -197,6 +189,44 @@ pub fn diagnostic(evidence: &Evidence) -> Diagnostic {
         };
     }
     d
+}
+
+/// The diagnostic that opens `plec check`'s report of a detected EasyRec
+/// config (a warning: the file is then checked under EasyRec's schema).
+pub fn diagnostic(evidence: &Evidence) -> Diagnostic {
+    let help = format!(
+        "{} EasyRec's schema but not TorchEasyRec's ({} under TorchEasyRec's \
+         schema, {} under EasyRec's). The findings below are EasyRec's schema checks \
+         (syntax and schema only: plec's semantic rules read TorchEasyRec configs). \
+         `plec check --schema easyrec` checks it as EasyRec without this warning. {CONVERT}",
+        fields_phrase(evidence),
+        plural(evidence.errors_tzrec, "error"),
+        plural(evidence.errors_easyrec, "error"),
+    );
+    let d = Diagnostic::warning(
+        CODE,
+        "this is an EasyRec (TensorFlow) config, not a TorchEasyRec one: checked under \
+         EasyRec's schema",
+    )
+    .with_help(help);
+    labelled(d, evidence)
+}
+
+/// The error that stops `plec compile` (and `run`, `graph`, `inspect`) on
+/// an EasyRec config, in place of TorchEasyRec's unknown-field errors.
+pub fn refusal(evidence: &Evidence) -> Diagnostic {
+    let help = format!(
+        "{} EasyRec's schema but not TorchEasyRec's. `plec check` checks it under \
+         EasyRec's schema. {CONVERT}; then compile the result",
+        fields_phrase(evidence),
+    );
+    let d = Diagnostic::error(
+        CODE,
+        "this is an EasyRec (TensorFlow) config: plec compiles and runs TorchEasyRec \
+         configs only",
+    )
+    .with_help(help);
+    labelled(d, evidence)
 }
 
 /// Explanation for `plec explain`.
@@ -209,8 +239,8 @@ schema explains it much better (fewer than half the schema errors), plec reports
 warning first, naming the fields that gave it away, and then reports the file's findings \
 under EasyRec's schema instead of a wall of unknown-field errors. Only syntax and schema \
 checks run for EasyRec configs: plec's semantic rules, `plec compile` and `plec run` take \
-TorchEasyRec configs. Run `plec check --schema easyrec FILE` to check an EasyRec config \
-without this warning. Conversion to TorchEasyRec (`plec convert`) is not built yet; \
+TorchEasyRec configs (they stop on this code, as an error, instead). Run \
+`plec check --schema easyrec FILE` to check an EasyRec config without this warning. Conversion to TorchEasyRec (`plec convert`) is not built yet; \
 TorchEasyRec's own `tzrec/tools/convert_easyrec_config_to_tzrec_config.py` converts \
 configs today.";
 
