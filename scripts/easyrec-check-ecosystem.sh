@@ -9,6 +9,10 @@
 #
 # DIR is an EasyRec checkout (holding easy_rec/python/protos); PLEC the plec
 # binary (default: target/release/plec, or $CARGO_TARGET_DIR/release/plec).
+# Configs with errors are then parsed the way EasyRec itself does
+# (scripts/easyrec-protobuf-check.py: EasyRec's protos through protoc and
+# protobuf's text_format.Merge), when Python has protobuf and grpcio-tools,
+# to tell which of them EasyRec rejects too.
 # Exit 0 when no config has an error under EasyRec's schema, every config
 # is detected as EasyRec, and the schemas agree; 1 otherwise.
 set -u
@@ -26,7 +30,7 @@ status=0
 count() { # count SEVERITY JSON-LINES
     grep -c "\"severity\":\"$1\"" <<<"$2" || true
 }
-total_e=0 total_w=0 files=0 bad=0 detected=0 undetected=""
+total_e=0 total_w=0 files=0 bad=0 detected=0 undetected="" failing=()
 printf '%-72s %10s %s\n' config easyrec detected
 while IFS= read -r cfg; do
     files=$((files + 1))
@@ -46,6 +50,7 @@ while IFS= read -r cfg; do
     if [ "$ae" -gt 0 ]; then
         mark=" <-"
         bad=$((bad + 1))
+        failing+=("$cfg")
         status=1
     fi
     printf '%-72s %4sE %3sW %s%s\n' "${cfg#"$dir"/}" "$ae" "$aw" "$d" "$mark"
@@ -56,6 +61,15 @@ echo "detected as EasyRec without --schema: $detected of $files"
 for u in $undetected; do
     echo "  not detected: $u"
 done
+if [ "$bad" -gt 0 ]; then
+    echo "EasyRec's own parser on the configs with errors:"
+    here=$(cd "$(dirname "$0")" && pwd)
+    if python3 -c 'import google.protobuf, grpc_tools' 2>/dev/null; then
+        python3 "$here/easyrec-protobuf-check.py" "$dir" "${failing[@]}" 2>/dev/null
+    else
+        echo "  (skipped: needs Python packages protobuf and grpcio-tools)"
+    fi
+fi
 echo "schema diff:"
 if ! "$plec" schema diff --schema easyrec --proto-path "$dir"; then
     status=1

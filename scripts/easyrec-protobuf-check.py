@@ -14,6 +14,7 @@ config is rejected.
 
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 
@@ -56,6 +57,7 @@ def main():
         except text_format.ParseError as e:
             rejected += 1
             print(f"rejected: {path}: {e}")
+    shutil.rmtree(out, ignore_errors=True)
     print(f"protobuf text_format.Merge: {len(configs)} configs, {rejected} rejected")
     sys.exit(1 if rejected else 0)
 
