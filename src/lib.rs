@@ -15,6 +15,7 @@
 
 pub mod alloc;
 pub mod cli;
+pub mod convert;
 pub mod data;
 pub mod diag;
 pub(crate) mod ir;

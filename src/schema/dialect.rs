@@ -47,7 +47,7 @@ fn schema_errors(bound: &Bound) -> usize {
 }
 
 /// `feature_configs[3].input_names[0]` -> `feature_configs.input_names`.
-fn without_indices(path: &str) -> String {
+pub(crate) fn without_indices(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut depth = 0usize;
     for c in path.chars() {
