@@ -11,6 +11,7 @@
 //! `cli` is the only module that knows the commands.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(unreachable_pub)]
 
 pub mod alloc;

@@ -56,9 +56,10 @@ pub(crate) fn report(path: &Path, source: &str, err: BuildError) -> Result<Outco
         BuildError::TooBig(e) => Err(RunError::from_error(e).with_help(
             "make the largest layers or tables smaller, or raise the limit with --max-memory",
         )),
-        e @ (BuildError::Pass(_) | BuildError::Emit(_) | BuildError::Schema(_)) => {
-            Err(RunError::new(e.to_string()))
-        }
+        e @ (BuildError::Pass(_)
+        | BuildError::Emit(_)
+        | BuildError::Schema(_)
+        | BuildError::Invalid(_)) => Err(RunError::new(e.to_string())),
     }
 }
 

@@ -572,7 +572,7 @@ impl Builder {
         for loss in &plan_task.losses {
             let l = self.add(Node::Loss {
                 task: name.clone(),
-                loss: *loss,
+                loss: loss.clone(),
             });
             self.g
                 .graph
@@ -591,7 +591,8 @@ impl Builder {
 
     fn plan_task(&mut self, path: &str, t: &TaskDesc) -> Option<plan::Task> {
         let mut losses = Vec::new();
-        for (k, l) in t.losses.iter().enumerate() {
+        for l in &t.losses {
+            let mut session_feature = String::new();
             let (kind, gamma, alpha) = match &l.loss {
                 Some(Loss::BinaryCrossEntropy(_)) => (plan::LossKind::BinaryCrossEntropy, 0.0, 0.0),
                 Some(Loss::SoftmaxCrossEntropy(_)) => {
@@ -601,12 +602,9 @@ impl Builder {
                 Some(Loss::BinaryFocalLoss(f)) => {
                     (plan::LossKind::BinaryFocalLoss, f.gamma(), f.alpha())
                 }
-                Some(Loss::JrcLoss(_)) => {
-                    self.errors.push(IrError::unsupported(
-                        "loss `jrc_loss`",
-                        format!("{path}.losses[{k}]"),
-                    ));
-                    continue;
+                Some(Loss::JrcLoss(j)) => {
+                    session_feature = j.session_name.clone();
+                    (plan::LossKind::JrcLoss, 0.0, j.alpha())
                 }
                 None => continue,
             };
@@ -614,6 +612,7 @@ impl Builder {
                 kind: kind as i32,
                 gamma,
                 alpha,
+                session_feature,
             });
         }
         if losses.is_empty() {
@@ -625,8 +624,7 @@ impl Builder {
             };
             losses.push(plan::Loss {
                 kind: kind as i32,
-                gamma: 0.0,
-                alpha: 0.0,
+                ..Default::default()
             });
         }
         let mut metrics = Vec::new();

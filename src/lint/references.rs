@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use super::context::Ctx;
 use super::{LabelAt, Rule};
 use crate::diag::{closest_names, one_of, Diagnostic, Severity};
+use crate::proto::tzrec::protos::loss_config::Loss;
 
 pub(super) const RULES: &[Rule] = &[
     Rule {
@@ -240,6 +241,32 @@ fn unknown_feature(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                         )),
                 );
             }
+        }
+    }
+    // jrc_loss finds each row's session by a feature's name.
+    let Some(model) = &cx.model else {
+        return;
+    };
+    for t in &model.towers {
+        for (k, l) in t.losses.iter().enumerate() {
+            let Some(Loss::JrcLoss(j)) = &l.loss else {
+                continue;
+            };
+            if cx.has_feature(&j.session_name) {
+                continue;
+            }
+            out.push(
+                rule.diag(format!("unknown feature \"{}\"", j.session_name))
+                    .primary_at(
+                        cx.value(&t.field(&format!("losses[{k}].jrc_loss.session_name"))),
+                        "jrc_loss reads each row's session from this feature; none has this name",
+                    )
+                    .with_help(suggest(
+                        &j.session_name,
+                        &cx.feature_names().collect::<Vec<_>>(),
+                        "feature",
+                    )),
+            );
         }
     }
 }

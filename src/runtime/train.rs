@@ -231,13 +231,15 @@ impl Trainer {
         let mut total: Option<Tensor> = None;
         let mut task_losses = Vec::with_capacity(self.tasks.len());
         for (task, logits) in self.tasks.iter().zip(&fwd.logits) {
-            let targets = loss::task_targets(
+            let mut targets = loss::task_targets(
                 &self.data,
                 task,
                 batch,
                 self.model.dtype(),
                 self.model.device(),
             )?;
+            let features = &self.model.structure().features;
+            loss::attach_sessions(&mut targets, features, &self.data, task, batch)?;
             let l = loss::task_loss(task, logits, &targets)?;
             task_losses.push(l.clone());
             total = Some(match total {

@@ -138,12 +138,19 @@ fn adam_chunk(k: &AdamConsts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [
 
 /// 8 lanes of `vsqrtps`/`vdivps` instead of SSE's 4. FMA is enabled but unused: Rust never
 /// contracts `a * b + c` into one, so the numbers are the portable build's.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn adam_chunk_avx2(k: &AdamConsts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     adam_chunk_plain(k, p, g, m, v);
 }
 
+/// 16 lanes of `vsqrtps`/`vdivps` (see `adam_chunk_avx2`).
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn adam_chunk_avx512(
@@ -305,6 +312,10 @@ fn sparse_rows_dispatch(
     sparse_rows(rows, k, w, a, b)
 }
 
+/// `sparse_rows` compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn sparse_rows_avx512(
@@ -317,6 +328,10 @@ unsafe fn sparse_rows_avx512(
     sparse_rows(rows, k, w, a, b)
 }
 
+/// `sparse_rows` compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn sparse_rows_avx2(

@@ -580,6 +580,10 @@ unsafe fn weight_and_bias_grads(
     how: gemm::Gemm,
 ) -> Result<()> {
     match (wgrad, bgrad) {
+        // SAFETY: `dst` is the weight's gradient buffer and `dw` its matrix there, which
+        // this function's contract makes the caller's alone for the call (as
+        // `matmul_into` asks); `add` is the flag `ParamGrads::weight` gave with `dst`, false
+        // for a fresh (unwritten) buffer.
         (Some((dst, add)), db) => unsafe {
             gemm::matmul_into(
                 dst,

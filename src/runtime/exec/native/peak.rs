@@ -26,13 +26,18 @@ pub(crate) fn fma_peak(isa: Isa, threads: usize) -> f64 {
     flops / t.elapsed().as_secs_f64().max(1e-9) / 1e9
 }
 
-/// FLOPs done by one thread's loop.
+/// FLOPs done by one thread's loop (the CPU's best level's loop when `isa` asks for more).
 fn one_thread(isa: Isa) -> f64 {
+    // The vector loops need the instructions their level names, and `fma_peak` is a safe
+    // function: never go above what the CPU has (its caller passes levels up to
+    // `Isa::detected`, for which this changes nothing).
+    let isa = isa.min(Isa::detected());
     #[cfg(target_arch = "x86_64")]
     match isa {
-        // SAFETY (both): `isa` is at most what the CPU has (callers take it from
-        // `Isa::detected`), so the CPU runs these instructions.
+        // SAFETY: `isa` is at most what the CPU has (capped by `Isa::detected` above), and
+        // both of these levels include AVX-512F.
         Isa::Amx | Isa::Avx512 => return unsafe { x86::avx512(PASSES) },
+        // SAFETY: `isa` is at most what the CPU has (capped above): it has AVX2 and FMA.
         Isa::Avx2 => return unsafe { x86::avx2(PASSES) },
         Isa::Portable => {}
     }
@@ -58,6 +63,9 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// 12 ymm chains (two FMA pipes x latency 4-5 plus slack) of 8 lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(passes: u64) -> f64 {
         let x = _mm256_set1_ps(std::hint::black_box(0.999_999));
@@ -85,6 +93,9 @@ mod x86 {
     }
 
     /// 12 zmm chains of 16 lanes (as many as two pipes x latency 4 need, with slack).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn avx512(passes: u64) -> f64 {
         let x = _mm512_set1_ps(std::hint::black_box(0.999_999));

@@ -130,6 +130,17 @@ impl Kernel {
 
 /// What a backend supplies: its tile shape, its blocking, and the code that touches vector
 /// registers. Every method runs only after `Kernel::available` said yes for its kernel.
+///
+/// # Safety
+/// The contract of every method below includes, besides what its own `# Safety` says:
+/// * the CPU runs this backend (`Kernel::available` returned true for its kernel): the
+///   implementations are `#[target_feature]` code;
+/// * `pr`, where passed, describes a problem that satisfies [`gemm_f32`]'s contract (every
+///   pointer valid for the strided ranges m, n, k imply, dst and `a_sums` written by no one
+///   else, distinct (i, j) at distinct dst elements).
+///
+/// The implementations (`f32::avx2`, `f32::avx512`) rely on exactly this, and each
+/// implementing method's `# Safety` is the one here.
 pub(super) trait Backend {
     /// Micro-tile rows.
     const MR: usize;
@@ -146,15 +157,19 @@ pub(super) trait Backend {
     /// Packs B[pc..pc+kc, j..j+nr] into an NR-wide panel (zero padded, 64-byte aligned).
     ///
     /// # Safety
-    /// The columns are inside B; `out` has kc * NR writable floats no one else touches.
+    /// The columns are inside B: `pc + kc <= pr.k`, `j + nr <= pr.n`, `1 <= nr <= NR`;
+    /// `out` is 64-byte aligned (the panel is written with aligned vector stores) and has
+    /// kc * NR writable floats that no one else touches during the call.
     unsafe fn pack_b_panel(pr: &Prob, pc: usize, kc: usize, j: usize, nr: usize, out: *mut f32);
 
     /// Packs A[i..i+mr, pc..pc+kc] into an MR-tall panel (zero padded); with `sum`, adds the
     /// panel's row sums to the problem's `a_sums` (each (panel, k block) is summed once).
     ///
     /// # Safety
-    /// The rows are inside A; `out` has kc * MR writable floats no one else touches; rows
-    /// i..i+mr of `a_sums` belong to the caller.
+    /// The rows are inside A: `i + mr <= pr.m`, `1 <= mr <= MR`, `pc + kc <= pr.k`; `out`
+    /// has kc * MR writable floats that no one else touches during the call (any
+    /// alignment); with `sum` and a non-null `pr.a_sums`, its rows i..i+mr are the
+    /// caller's alone during the call.
     #[allow(clippy::too_many_arguments)]
     unsafe fn pack_a_panel(
         pr: &Prob,
@@ -171,7 +186,13 @@ pub(super) trait Backend {
     /// packed B panel; C row r at c + r*c_rs (unit column stride), stored with `epi`.
     ///
     /// # Safety
-    /// The tile's rows and columns are valid in C (and in the mask); the panels hold kc steps.
+    /// `1 <= mr <= MR`, `1 <= nr <= NR`; `bp` is a 64-byte aligned packed B panel of kc
+    /// steps of NR floats; `ap` is a packed A panel of kc steps of MR floats or (`direct`)
+    /// the first of mr rows at stride `lda` with kc readable floats each; C rows r < mr at
+    /// `c + r*c_rs` have nr floats that are writable (and readable when `epi.beta`) and
+    /// that no one else touches during the call; `epi.bias` is null or points at nr
+    /// readable floats; `epi.mask` is null or points at mr rows (stride `c_rs`) of nr
+    /// readable floats.
     #[allow(clippy::too_many_arguments)]
     unsafe fn kernel(
         direct: bool,
@@ -189,7 +210,8 @@ pub(super) trait Backend {
     /// Rows i0..i1 of the n == 1 product, with the epilogue.
     ///
     /// # Safety
-    /// A valid problem with n == 1; rows i0..i1 belong to the caller.
+    /// `pr.n == 1` and `i0 <= i1 <= pr.m`; rows i0..i1 of dst are the caller's alone during
+    /// the call.
     unsafe fn gemv_rows(pr: &Prob, i0: usize, i1: usize);
 }
 
@@ -249,106 +271,78 @@ impl Prob {
     }
 }
 
-/// `dst (+)= a * b`, then the epilogue (bias, relu, mask on the final values; A's row sums
-/// added to `a_sums`, each row in k order, so the sums do not depend on `threads`), on the
-/// micro-kernel `kernel`. `threads`: worker count (rayon's current/global pool is used; at
-/// most min(threads, pool size) jobs run). Returns false (and does nothing) when this CPU
-/// cannot run `kernel`, so the caller can fall back.
-///
-/// # Safety
-/// All pointers must be valid for the element ranges implied by m, n, k and the strides
-/// (bias for n elements, mask like dst, a_sums for m elements, when given); dst and a_sums
-/// must not overlap a, b, bias, mask or each other; distinct (i, j) must map to distinct dst
-/// elements; nothing else touches dst or a_sums during the call.
-pub(crate) unsafe fn gemm_f32(kernel: Kernel, problem: &Problem, threads: usize) -> bool {
-    if !kernel.available() {
-        return false;
-    }
-    let pr = Prob::new(problem);
-    #[cfg(target_arch = "x86_64")]
-    {
-        match kernel {
-            // SAFETY (both): the CPU runs the kernel (checked above); the caller's contract.
-            Kernel::Avx512 => unsafe { run::<super::f32::avx512::Avx512>(&pr, threads) },
-            Kernel::Avx2 => unsafe { run::<super::f32::avx2::Avx2>(&pr, threads) },
-        }
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        // No kernel is available elsewhere (returned above).
-        let _ = (pr, threads);
-        false
-    }
-}
-
-/// [`gemm_f32`] on backend `K`.
+/// `f32::gemm_f32` on backend `K`.
 ///
 /// # Safety
 /// As `gemm_f32`; the CPU can run `K`.
-unsafe fn run<K: Backend>(pr: &Prob, threads: usize) {
-    unsafe {
-        let (m, n, k) = (pr.m, pr.n, pr.k);
-        if !pr.a_sums.is_null() && (n <= 1 || pr.acs == 1) {
-            // The paths that read A in place (matrix-vector, row-major A), and an empty product,
-            // pack nothing to sum from. In a weight's gradient A is dY^T, row-major only for a
-            // one-output layer.
-            add_a_row_sums(pr);
-        }
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            // SAFETY: caller guarantees dst (and bias) validity; scalar epilogue only.
-            epilogue_only(pr);
-            return;
-        }
-        let flops = 2.0 * m as f64 * n as f64 * k as f64;
-        let mut workers = threads.min(rayon::current_num_threads()).max(1);
-        if flops < PAR_MIN_FLOPS {
-            workers = 1;
-        }
-        let body = || {
-            if n == 1 {
-                // Matrix-vector product (the NR-wide micro-kernel would waste most of its work).
-                let chunks = if workers > 1 {
-                    m.div_ceil(256).min(16 * workers)
-                } else {
-                    1
-                };
-                par_tasks(workers, chunks, &|t| {
-                    let (i0, i1) = (m * t / chunks, m * (t + 1) / chunks);
-                    // SAFETY: disjoint row range of a valid problem; the CPU runs K.
-                    K::gemv_rows(pr, i0, i1)
-                });
+pub(super) unsafe fn run<K: Backend>(pr: &Prob, threads: usize) {
+    let (m, n, k) = (pr.m, pr.n, pr.k);
+    if !pr.a_sums.is_null() && (n <= 1 || pr.acs == 1) {
+        // The paths that read A in place (matrix-vector, row-major A), and an empty product,
+        // pack nothing to sum from. In a weight's gradient A is dY^T, row-major only for a
+        // one-output layer.
+        // SAFETY: the caller's contract covers A's m x k range and `a_sums` (m values no one
+        // else touches); no task is running yet.
+        unsafe { add_a_row_sums(pr) };
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // SAFETY: the caller's contract covers dst, bias and mask; scalar epilogue only, on
+        // this thread.
+        unsafe { epilogue_only(pr) };
+        return;
+    }
+    let flops = 2.0 * m as f64 * n as f64 * k as f64;
+    let mut workers = threads.min(rayon::current_num_threads()).max(1);
+    if flops < PAR_MIN_FLOPS {
+        workers = 1;
+    }
+    let body = || {
+        if n == 1 {
+            // Matrix-vector product (the NR-wide micro-kernel would waste most of its work).
+            let chunks = if workers > 1 {
+                m.div_ceil(256).min(16 * workers)
             } else {
-                let direct = pr.acs == 1;
-                let kc_max = if direct { K::KC_DIRECT } else { K::KC_PACKED };
-                let use2 = match DRIVER.load(Ordering::Relaxed) {
-                    // Narrow B with several K blocks (per-K-block joins dominate driver 1), or
-                    // unpacked A with between one and two N blocks (whole packed B is small,
-                    // fewer joins).
-                    0 => {
-                        (n <= 256 && k > kc_max)
-                            || (direct && n > K::NC_DIRECT && n <= 2 * K::NC_DIRECT)
-                    }
-                    d => d == 2,
-                };
-                // SAFETY (both): valid problem (caller contract); the CPU runs K.
-                if use2 {
-                    gemm_driver2::<K>(pr, workers)
-                } else {
-                    gemm_driver::<K>(pr, workers)
-                }
-            }
-        };
-        if workers > 1 && rayon::current_thread_index().is_none() {
-            // Run the driver inside the pool so each parallel phase is a cheap local spawn instead
-            // of a cross-thread injection.
-            rayon::scope(|_| body());
+                1
+            };
+            par_tasks(workers, chunks, &|t| {
+                let (i0, i1) = (m * t / chunks, m * (t + 1) / chunks);
+                // SAFETY: n == 1 and i0 <= i1 <= m; the row ranges of distinct tasks are
+                // disjoint, so each task's dst rows are its own; the CPU runs K (this
+                // function's contract).
+                unsafe { K::gemv_rows(pr, i0, i1) }
+            });
         } else {
-            body();
+            let direct = pr.acs == 1;
+            let kc_max = if direct { K::KC_DIRECT } else { K::KC_PACKED };
+            let use2 = match DRIVER.load(Ordering::Relaxed) {
+                // Narrow B with several K blocks (per-K-block joins dominate driver 1), or
+                // unpacked A with between one and two N blocks (whole packed B is small,
+                // fewer joins).
+                0 => {
+                    (n <= 256 && k > kc_max)
+                        || (direct && n > K::NC_DIRECT && n <= 2 * K::NC_DIRECT)
+                }
+                d => d == 2,
+            };
+            if use2 {
+                // SAFETY: a valid problem (this function's contract) with m, n, k > 0; the
+                // CPU runs K; workers >= 1.
+                unsafe { gemm_driver2::<K>(pr, workers) }
+            } else {
+                // SAFETY: as for driver 2 just above.
+                unsafe { gemm_driver::<K>(pr, workers) }
+            }
         }
+    };
+    if workers > 1 && rayon::current_thread_index().is_none() {
+        // Run the driver inside the pool so each parallel phase is a cheap local spawn instead
+        // of a cross-thread injection.
+        rayon::scope(|_| body());
+    } else {
+        body();
     }
 }
 
@@ -386,14 +380,15 @@ fn par_tasks(w: usize, ntasks: usize, f: &(dyn Fn(usize) + Sync)) {
 /// # Safety
 /// `pr` describes valid memory (the GEMM entry points' contract).
 pub(super) unsafe fn epilogue_only(pr: &Prob) {
-    unsafe {
-        let noop = pr.bias.is_null() && !pr.relu && pr.mask.is_null();
-        if noop && pr.acc {
-            return;
-        }
-        for i in 0..pr.m {
-            for j in 0..pr.n {
-                // SAFETY: (i, j) in range; caller guarantees dst/bias validity.
+    let noop = pr.bias.is_null() && !pr.relu && pr.mask.is_null();
+    if noop && pr.acc {
+        return;
+    }
+    for i in 0..pr.m {
+        for j in 0..pr.n {
+            // SAFETY: i < m and j < n, so (i, j) is a dst (and mask) element and j a bias
+            // index, all valid by the caller's contract; no one else touches dst.
+            unsafe {
                 let c = pr.dst.offset(i as isize * pr.drs + j as isize * pr.dcs);
                 let v = if pr.acc { *c } else { 0.0 };
                 *c = epilogue_value(pr, i, j, v);
@@ -406,9 +401,12 @@ pub(super) unsafe fn epilogue_only(pr: &Prob) {
 /// relu (`x > 0 ? x : 0`: NaN and -0.0 become +0.0, like `vmaxps(x, 0)`), then the mask.
 ///
 /// # Safety
-/// (i, j) is inside the problem.
+/// (i, j) is inside the problem (`i < m`, `j < n`) and `pr`'s bias and mask, when
+/// non-null, are valid (the GEMM entry points' contract).
 #[inline(always)]
 pub(super) unsafe fn epilogue_value(pr: &Prob, i: usize, j: usize, v: f32) -> f32 {
+    // SAFETY: `j < n` indexes the bias's n values; `masked` gets this function's own
+    // contract for (i, j).
     unsafe {
         let v = if pr.bias.is_null() {
             v
@@ -433,9 +431,11 @@ pub(super) fn relu(x: f32) -> f32 {
 /// `v`, or 0 where the problem's mask is not > 0 at (i, j).
 ///
 /// # Safety
-/// (i, j) is inside the problem.
+/// (i, j) is inside the problem (`i < m`, `j < n`) and `pr.mask`, when non-null, is valid
+/// for dst's m x n range at dst's strides.
 #[inline(always)]
 pub(super) unsafe fn masked(pr: &Prob, i: usize, j: usize, v: f32) -> f32 {
+    // SAFETY: the mask is read only when non-null, at (i, j), inside its m x n range.
     unsafe {
         if pr.mask.is_null() || *pr.mask.offset(i as isize * pr.drs + j as isize * pr.dcs) > 0.0 {
             v
@@ -467,6 +467,13 @@ fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
 // ---------------------------------------------------------------------------------------------
 // Driver.
 
+/// Driver 1: per (NC, KC) block a cooperative "pack B" phase, an optional "pack A" phase and
+/// a compute phase (see the module docs). Every task writes only its own packed panels, its
+/// own micro-tiles of dst and its panels' rows of `a_sums`, and each phase is joined before
+/// the next one reads what it wrote.
+///
+/// # Safety
+/// `pr` satisfies [`gemm_f32`]'s contract with m, n, k > 0; the CPU runs `K`; `w >= 1`.
 unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
     let (m, n, k) = (pr.m, pr.n, pr.k);
     let direct = pr.acs == 1;
@@ -614,6 +621,10 @@ thread_local! {
 /// Driver 2: pack all of B once (all K blocks, cooperatively), then one dynamic phase of
 /// (row chunk x column chunk) tasks, each running the whole K loop for its C block; only two
 /// joins per call.
+///
+/// # Safety
+/// As [`gemm_driver`]: `pr` satisfies [`gemm_f32`]'s contract with m, n, k > 0; the CPU
+/// runs `K`; `w >= 1`.
 unsafe fn gemm_driver2<K: Backend>(pr: &Prob, w: usize) {
     let (m, n, k) = (pr.m, pr.n, pr.k);
     let direct = pr.acs == 1;
@@ -769,6 +780,13 @@ const SCRATCH: usize = 14 * 32;
 
 /// Compute one micro-tile C[i..i+mr, j..j+nr] over a K block and store it with the epilogue.
 /// `ap`: packed A panel, or (direct) &A[i, pc] of row-major A.
+///
+/// # Safety
+/// `pr` satisfies [`gemm_f32`]'s contract and the CPU runs `K`; `1 <= mr <= K::MR`,
+/// `1 <= nr <= K::NR`, `i + mr <= m`, `j + nr <= n`; `ap`, `direct` and `bp` are as
+/// [`Backend::kernel`] takes them for kc k steps (B packed into a 64-byte aligned panel);
+/// `first`/`last` say whether this K block is the first/last (the epilogue goes with the
+/// last); the tile's dst elements are the caller's alone during the call.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<K: Backend>(
     pr: &Prob,
@@ -783,6 +801,10 @@ unsafe fn tile<K: Backend>(
     first: bool,
     last: bool,
 ) {
+    // SAFETY: every pointer formed or read below stays inside the tile's rows i..i+mr and
+    // columns j..j+nr of dst and mask (and columns j..j+nr of the bias), all valid by the
+    // caller's contract; the kernels get panels and a tile as `Backend::kernel` requires
+    // (with column stride != 1 the tile is the local scratch, MR rows of NR floats).
     unsafe {
         let beta = !first || pr.acc;
         if pr.dcs == 1 {
@@ -854,10 +876,13 @@ unsafe fn tile<K: Backend>(
     }
 }
 
+/// Scalar packing for operands with no unit stride: per k step `p`,
+/// `width` values `src[p * k_stride + t * t_stride]` for `t < valid`, then
+/// zeros up to `width`.
 ///
 /// # Safety
 /// `src` covers `kc` k steps of `valid` elements at those strides; `out`
-/// has `kc * width` writable floats.
+/// has `kc * width` writable floats no one else touches during the call.
 pub(super) unsafe fn pack_strided(
     src: *const f32,
     k_stride: isize,
@@ -867,6 +892,8 @@ pub(super) unsafe fn pack_strided(
     width: usize,
     out: *mut f32,
 ) {
+    // SAFETY: `p < kc`, `t < width`: the writes stay in `out`'s kc * width floats, and the
+    // reads (only for `t < valid`) in `src`'s range; both by the caller's contract.
     unsafe {
         for p in 0..kc {
             for t in 0..width {
@@ -885,14 +912,14 @@ pub(super) unsafe fn pack_strided(
 /// # Safety
 /// `pr` is a valid problem with a non-null `a_sums`.
 pub(super) unsafe fn add_a_row_sums(pr: &Prob) {
-    unsafe {
-        let a = Strided {
-            ptr: pr.a,
-            rs: pr.ars,
-            cs: pr.acs,
-        };
-        add_row_sums(pr.m, pr.k, a, pr.a_sums);
-    }
+    let a = Strided {
+        ptr: pr.a,
+        rs: pr.ars,
+        cs: pr.acs,
+    };
+    // SAFETY: a valid problem's A covers its strided m x k range, and its non-null
+    // `a_sums` has m values that nothing else touches (the caller's contract).
+    unsafe { add_row_sums(pr.m, pr.k, a, pr.a_sums) };
 }
 
 /// Adds each row of the m x k matrix `a`'s sum, in k order, to `sums`.
@@ -900,6 +927,8 @@ pub(super) unsafe fn add_a_row_sums(pr: &Prob) {
 /// # Safety
 /// `a` covers its strided m x k range; `sums` has `m` values nothing else touches.
 pub(super) unsafe fn add_row_sums(m: usize, k: usize, a: Strided<*const f32>, sums: *mut f32) {
+    // SAFETY: `i < m`, `p < k`: every read is inside `a`'s range and every write one of
+    // `sums`' m values (the caller's contract).
     unsafe {
         for i in 0..m {
             let mut s = 0f32;

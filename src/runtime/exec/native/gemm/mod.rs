@@ -7,7 +7,6 @@
 //! ever sees matrices that lie inside their slices.
 
 pub(crate) mod amx;
-#[cfg(target_arch = "x86_64")]
 mod f32;
 // Off x86-64 no backend exists, so the frame's drivers go unused.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -16,7 +15,8 @@ mod portable;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod suite;
 
-use self::frame::{gemm_f32, Epilogue, Problem, Strided};
+use self::f32::gemm_f32;
+use self::frame::{Epilogue, Problem, Strided};
 use super::isa;
 use super::shared::Shared;
 use super::view::Mat;
@@ -292,6 +292,13 @@ unsafe fn multiply(
     a_sums: Option<*mut f32>,
     how: Gemm,
 ) {
+    // SAFETY: this function's contract: `d.off`, `am.off` and `bm.off` are offsets into
+    // their buffers (`check`), and the problem built from them is the one every backend
+    // entry point's contract asks for (`gemm_bf16`, `gemm_f32`, `portable::gemm_f32`): each
+    // matrix inside its buffer at its strides, dst exclusively this call's and distinct
+    // from a, b, bias and mask, `a_sums` with a value per row of A. (`check` skips empty
+    // matrices, so for those the offsets are only assumed to be at most their buffer's
+    // length, as `add` requires; the plan's layouts give that.)
     unsafe {
         let out = dst.add(d.off);
         let (ap, bp) = (a.as_ptr().add(am.off), b.as_ptr().add(bm.off));

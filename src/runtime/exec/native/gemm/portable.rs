@@ -5,10 +5,10 @@
 
 use super::frame::{add_a_row_sums, epilogue_value, Prob, Problem};
 
-/// `dst (+)= a b` with the epilogue, like `frame::gemm_f32`.
+/// `dst (+)= a b` with the epilogue, like `f32::gemm_f32`.
 ///
 /// # Safety
-/// As `frame::gemm_f32`.
+/// As `f32::gemm_f32`.
 pub(super) unsafe fn gemm_f32(problem: &Problem, threads: usize) {
     let pr = Prob::new(problem);
     if !pr.a_sums.is_null() {

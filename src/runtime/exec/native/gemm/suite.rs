@@ -11,6 +11,7 @@
 //! `a_sums`. Also: nothing outside `dst` is written, and with
 //! `accumulate = false` NaN garbage in `dst` is ignored.
 
+use super::f32::gemm_f32;
 use super::frame::test_problem;
 use super::frame::*;
 
@@ -53,6 +54,13 @@ fn targets() -> Vec<Target> {
 
 /// One call on `target`, from the flat argument list the checks below were
 /// written against.
+///
+/// # Safety
+/// The arguments describe a valid problem for the backends' entry points
+/// (`f32::gemm_f32`, `amx::gemm_bf16`): every pointer covers the strided
+/// range m, n, k imply (bias n values, mask like dst, `a_sums` m values,
+/// when non-null); dst and `a_sums` overlap nothing else; distinct (i, j)
+/// map to distinct dst elements.
 #[allow(clippy::too_many_arguments)]
 unsafe fn call(
     target: Target,
@@ -75,23 +83,27 @@ unsafe fn call(
     mask: *const f32,
     a_sums: *mut f32,
 ) {
+    let problem = test_problem(
+        (m, n, k),
+        dst,
+        (dst_rs, dst_cs),
+        accumulate,
+        a,
+        (a_rs, a_cs),
+        b,
+        (b_rs, b_cs),
+        Epilogue {
+            bias: (!bias.is_null()).then_some(bias),
+            relu,
+            mask: (!mask.is_null()).then_some(mask),
+            a_sums: (!a_sums.is_null()).then_some(a_sums),
+        },
+    );
+    // SAFETY: `problem` is exactly the arguments, which this function's contract makes a
+    // valid problem; every entry point below has that same contract (`gemm_f32` itself
+    // returns false for a kernel the CPU cannot run, and `gemm_bf16` falls back without
+    // AMX).
     unsafe {
-        let problem = test_problem(
-            (m, n, k),
-            dst,
-            (dst_rs, dst_cs),
-            accumulate,
-            a,
-            (a_rs, a_cs),
-            b,
-            (b_rs, b_cs),
-            Epilogue {
-                bias: (!bias.is_null()).then_some(bias),
-                relu,
-                mask: (!mask.is_null()).then_some(mask),
-                a_sums: (!a_sums.is_null()).then_some(a_sums),
-            },
-        );
         match target {
             Target::F32(kernel) => assert!(gemm_f32(kernel, &problem, threads)),
             Target::Portable => super::portable::gemm_f32(&problem, threads),
@@ -173,6 +185,10 @@ fn check(
         };
         let mut d = d_orig.clone();
         let mut sums = sums_orig.clone();
+        // SAFETY: a, b and d (with its 7 spare floats) are sized by `span` for their strides,
+        // the mask like d, the bias n and the sums m values; d's strides (n + d_extra, 1) or
+        // (1, m + d_extra) give distinct (i, j) distinct elements; d and sums are separate
+        // buffers from each other and from the inputs.
         unsafe {
             call(
                 kernel,
@@ -501,6 +517,8 @@ fn general_strides() {
         };
         let mut d = vec![f32::NAN; m * n];
         let mut sums = vec![1f32; m];
+        // SAFETY: a and b are sized by `span` for their strides, d is a dense m x n row-major
+        // matrix, sums has m values, and all four are separate buffers.
         unsafe {
             call(
                 kernel,

@@ -56,8 +56,21 @@ fn run_workers(workers: usize, f: &(dyn Fn() + Sync)) {
 /// The AMX product for m, n, k > 0 (see `super::gemm_bf16`).
 ///
 /// # Safety
-/// AMX is usable in this process (`detect`); the contract of `super::gemm_bf16`.
+/// AMX is usable in this process (`detect`, which also checked AVX-512F/BW/BF16 for the
+/// packers); the contract of `super::gemm_bf16`, with m, n, k > 0.
 pub(super) unsafe fn gemm(pr: &Prob, threads: usize) {
+    // SAFETY: AMX and AVX-512F/BW/BF16 are usable (this function's contract), so the packers,
+    // `ldtilecfg`/`tilerelease` and the tile code may run; each task configures the tiles of
+    // its own thread (`tile_cfg`) before any tile instruction and releases them at the end.
+    // Packing B: item (jp, s, half) writes the 16 lines at jp * pl + s * LINES_PER_STEP +
+    // half * 16 < n_panels * pl <= bbuf.len(), each by exactly one item, so the `&mut`
+    // slices are disjoint; `pack_b_tile` reads B inside its k x n range (the caller's
+    // contract). Compute: each task packs A (inside its m x k range) into its own thread's
+    // buffer, sized for `bl.mc` panels of `bl.kc` k steps, and reads the packed B after its
+    // phase was joined; `bpanel`/`apanel` hold s1 - s0 >= 1 k steps; each task writes only
+    // the dst elements (and `a_sums` rows) of its own row block x column range, which no
+    // other task touches, and `prefetch_block` and `block_32x32` get blocks whose corner
+    // lies inside dst (ip < m_panels, jp < n_panels).
     unsafe {
         let Prob {
             m,
@@ -347,14 +360,28 @@ impl Out {
         i as isize * self.rs + j as isize * self.cs
     }
 
+    /// The address of element (i, j).
+    ///
+    /// # Safety
+    /// `i < m` and `j < n`, so the element lies inside the destination (whose m x n range
+    /// `dst` covers, by `super::gemm_bf16`'s contract).
     #[inline(always)]
     unsafe fn at(&self, i: usize, j: usize) -> *mut f32 {
+        // SAFETY: (i, j) is an element of dst (the caller's contract), so the offset stays
+        // inside its allocation.
         unsafe { self.dst.offset(self.off(i, j)) }
     }
 
     /// prefetchw every cache line of the 32x32 block at (i0, j0) (unit column stride only).
+    ///
+    /// # Safety
+    /// `self` describes a valid destination (every (i < m, j < n) element inside one
+    /// allocation). Any (i0, j0) is fine: blocks outside m x n are skipped.
     #[inline(always)]
     unsafe fn prefetch_block(&self, i0: usize, j0: usize) {
+        // SAFETY: only for i0 < m, j0 < n: the addresses formed are of elements
+        // (i0 + r, j0) and (i0 + r, j0 + last) with r < rows, all inside dst; `prefetchw`
+        // is a hint that never faults and writes nothing.
         unsafe {
             if self.cs != 1 || i0 >= self.m || j0 >= self.n {
                 return;
@@ -390,15 +417,28 @@ macro_rules! per_acc {
     };
 }
 
+/// Zeroes accumulator tile `t` (tmm0..3; any larger `t` means tmm3).
+///
+/// # Safety
+/// AMX is usable and this thread's tiles are configured (`ldtilecfg` of `tile_cfg`).
 #[inline(always)]
 unsafe fn acc_zero(t: usize) {
+    // SAFETY: `tilezero` touches no memory; the tiles are configured (the caller's
+    // contract).
     unsafe {
         per_acc!(t, "tilezero ", options(nostack, nomem));
     }
 }
 
+/// Loads accumulator tile `t` (tmm0..3) with 16 rows of 16 f32: row r at
+/// `p + r * stride_bytes` bytes.
+///
+/// # Safety
+/// AMX is usable and this thread's tiles are configured (`tile_cfg`); those 16 rows of
+/// 64 bytes are readable and not written concurrently.
 #[inline(always)]
 unsafe fn acc_load(t: usize, p: *const f32, stride_bytes: isize) {
+    // SAFETY: `tileloadd` reads exactly the 16 rows of 64 bytes the caller's contract covers.
     unsafe {
         match t {
             0 => {
@@ -417,8 +457,16 @@ unsafe fn acc_load(t: usize, p: *const f32, stride_bytes: isize) {
     }
 }
 
+/// Stores accumulator tile `t` (tmm0..3) as 16 rows of 16 f32: row r at
+/// `p + r * stride_bytes` bytes.
+///
+/// # Safety
+/// AMX is usable and this thread's tiles are configured (`tile_cfg`); those 16 rows of
+/// 64 bytes are writable and no one else accesses them during the call.
 #[inline(always)]
 unsafe fn acc_store(t: usize, p: *mut f32, stride_bytes: isize) {
+    // SAFETY: `tilestored` writes exactly the 16 rows of 64 bytes the caller's contract
+    // covers.
     unsafe {
         match t {
             0 => {
@@ -452,8 +500,14 @@ struct Epi {
 
 impl Epi {
     /// `v` of column `j` at offset `off` from dst, finished.
+    ///
+    /// # Safety
+    /// `j < n` and `off` is the offset of an element (i, j) of dst, so the bias (n values)
+    /// and the mask (dst's layout), when non-null, are read inside their ranges.
     #[inline(always)]
     unsafe fn apply(&self, v: f32, j: usize, off: isize) -> f32 {
+        // SAFETY: the bias is read at j < n, the mask at an element of dst's range (the
+        // caller's contract); null pointers are not read.
         unsafe {
             let v = if self.bias.is_null() {
                 v
@@ -473,6 +527,12 @@ impl Epi {
 /// dst rows 0..16 (16 unit-stride f32 each, row stride `rs` elements) = epilogue(src rows,
 /// stride 16). `bias` is null or points at this tile's 16 bias values; `mask` is null or
 /// this tile's mask (rows at stride `rs`): values where it is not > 0 are stored as 0.
+///
+/// # Safety
+/// The CPU has AVX-512F; `src` is 64-byte aligned with 16 * 16 readable floats; dst's 16
+/// rows of 16 floats are writable and no one else accesses them during the call; `bias`
+/// is null or has 16 readable floats; `mask` is null or has 16 rows of 16 readable floats
+/// at stride `rs`.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn epi_copy_tile(
@@ -483,6 +543,9 @@ unsafe fn epi_copy_tile(
     relu: bool,
     mask: *const f32,
 ) {
+    // SAFETY: rows r < 16 only: the aligned loads read src's rows (64-byte aligned, 16
+    // floats apart), the unaligned ones the bias and mask rows, the stores dst's rows, all
+    // inside the contract's ranges; null bias and mask are not read.
     unsafe {
         let bv = if bias.is_null() {
             _mm512_setzero_ps()
@@ -512,6 +575,13 @@ unsafe fn epi_copy_tile(
 /// Full tiles with unit column stride go straight between dst and the tile registers
 /// (through `scratch` on the way out when an epilogue applies); edge tiles and other
 /// layouts go through `scratch`. `epi` is Some only for the last k block.
+///
+/// # Safety
+/// AMX and AVX-512F are usable and this thread's tiles are configured (`tile_cfg`); `out`
+/// describes a valid destination with i0 < m, j0 < n, whose elements in rows i0..i0+32,
+/// columns j0..j0+32 (those inside m x n) no one else accesses during the call; `apanel`
+/// and `bpanel` hold `steps >= 1` k steps of the packed layout (`LINES_PER_STEP` lines
+/// each); `epi`'s bias is null or has n values and its mask null or dst's layout.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn block_32x32(
@@ -525,6 +595,11 @@ unsafe fn block_32x32(
     epi: Option<&Epi>,
     scratch: &mut Scratch,
 ) {
+    // SAFETY: the contract above. Direct tiles (unit column stride, all 16 x 16 inside
+    // m x n) are loaded from and stored to dst's 16 rows at the row stride, and copied out
+    // by `epi_copy_tile` with their 16 bias values and mask rows; every other tile goes
+    // through its own 1 KiB slot of `scratch` (64-byte aligned, 4 x 256 floats) and then,
+    // element by element, to dst's rows < rows and columns < cols, i.e. inside m x n.
     unsafe {
         let stride_bytes = out.rs.wrapping_mul(4);
         // Per accumulator: (row0, col0, rows, cols, direct)
@@ -592,8 +667,17 @@ unsafe fn block_32x32(
 
 /// tmm0..3 += A(32 x 32*steps) * B(32*steps x 32), panels in the packed layout:
 /// per k-step, tile for rows/cols 0-15 then tile for 16-31, 1 KiB each.
+///
+/// # Safety
+/// AMX is usable and this thread's tiles are configured (`tile_cfg`); `steps >= 1` (only
+/// debug-asserted: 0 would run the loop 2^64 times); `apanel` and `bpanel` each have
+/// `steps * STEP_BYTES` readable bytes not written during the call. tmm4-7 are clobbered.
 #[inline(always)]
 unsafe fn microkernel(apanel: *const Line, bpanel: *const Line, steps: usize) {
+    // SAFETY: the loop runs `steps` times and reads, per step, the two 1 KiB tiles of each
+    // panel at `+0` and `+HALF_BYTES` (64-byte rows), then advances both by STEP_BYTES: all
+    // inside the panels' `steps * STEP_BYTES` bytes. The tile registers it changes are not
+    // ones the compiler allocates.
     unsafe {
         debug_assert!(steps > 0);
         asm!(

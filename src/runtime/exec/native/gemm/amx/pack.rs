@@ -45,39 +45,55 @@ impl Shape {
 }
 
 /// 32 consecutive f32 (16 at `lo`, 16 at `hi`) -> 32 bf16, `lo` in the low half.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/BF16; `lo` and `hi` each point at 16 readable f32 (any
+/// alignment).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn cvt32(lo: *const f32, hi: *const f32) -> __m512i {
+    // SAFETY: two unaligned 16-float loads inside the ranges of the contract; `cvt_pair`
+    // needs only the CPU features this function has.
     unsafe { cvt_pair(_mm512_loadu_ps(lo), _mm512_loadu_ps(hi)) }
 }
 
 /// `cvt32` of values already loaded.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/BF16.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn cvt_pair(lo: __m512, hi: __m512) -> __m512i {
+    // SAFETY: `__m512bh` and `__m512i` are both 64-byte plain vector types for which every
+    // bit pattern is valid, so the transmute only relabels the 32 bf16 values.
     unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)) }
 }
 
 /// Word permutation turning [x0..x15 | y0..y15] into [x0 y0 x1 y1 ...], i.e. VNNI pairs.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn interleave_idx() -> __m512i {
-    unsafe {
-        const IDX: [u16; 32] = {
-            let mut t = [0u16; 32];
-            let mut c = 0;
-            while c < 16 {
-                t[2 * c] = c as u16;
-                t[2 * c + 1] = 16 + c as u16;
-                c += 1;
-            }
-            t
-        };
-        _mm512_loadu_si512(IDX.as_ptr() as *const _)
-    }
+    const IDX: [u16; 32] = {
+        let mut t = [0u16; 32];
+        let mut c = 0;
+        while c < 16 {
+            t[2 * c] = c as u16;
+            t[2 * c + 1] = 16 + c as u16;
+            c += 1;
+        }
+        t
+    };
+    // SAFETY: an unaligned 64-byte load of IDX, which is 32 u16 = 64 bytes.
+    unsafe { _mm512_loadu_si512(IDX.as_ptr() as *const _) }
 }
 
 /// In-register transpose of a 16x16 matrix of 32-bit elements (v[i] = row i).
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn transpose16(v: &mut [__m512i; 16]) {
@@ -108,9 +124,15 @@ unsafe fn transpose16(v: &mut [__m512i; 16]) {
     }
 }
 
+/// Stores `v[r]` into line r of `tile`, for the first min(16, tile.len()) lines.
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn store_tile(tile: &mut [Line], v: &[__m512i; 16]) {
+    // SAFETY: each store writes one whole `Line`, 64 bytes and 64-byte aligned (its type's
+    // alignment), through a `&mut` to it.
     unsafe {
         for (line, x) in tile.iter_mut().zip(v) {
             _mm512_store_si512(line.0.as_mut_ptr() as *mut _, *x);
@@ -122,6 +144,12 @@ unsafe fn store_tile(tile: &mut [Line], v: &[__m512i; 16]) {
 /// rows >= m and k >= sh.k are zero. With a non-null `sums` (A's row sums at row r0),
 /// also adds each of the tile's rows' sum of its f32 values, in k order, from the loads
 /// the packing makes anyway.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/BF16; `a` covers its strided `sh.m x sh.k` range (element
+/// (i, p) at `a + i*rs + p*cs`); `sums` is null or points at the sums of rows
+/// r0..min(r0 + 16, m) (row r0 + r at `sums + r`), which no one else accesses during the
+/// call. Only the first 16 lines of `tile` are written (fewer if it is shorter).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(super) unsafe fn pack_a_tile(
@@ -134,6 +162,11 @@ pub(super) unsafe fn pack_a_tile(
     cs: isize,
     sums: *mut f32,
 ) {
+    // SAFETY: the contract above. A full tile (r0 + 16 <= m, k0 + 32 <= k) reads rows
+    // r0..r0+16 at k0..k0+32, as two 16-float rows per row (cs == 1) or two 16-row columns
+    // per k pair (rs == 1), and its sums are its 16 rows; otherwise only elements with
+    // row < m and k < sh.k are read, and only rows < m of `sums` written. The aligned stores
+    // write whole 64-byte aligned `Line`s.
     unsafe {
         let full = r0 + 16 <= sh.m && k0 + KSTEP <= sh.k;
         if full && cs == 1 {
@@ -191,6 +224,11 @@ pub(super) unsafe fn pack_a_tile(
 /// Pack A panels ip0..ip1 (32 rows each), k steps s0..s1, into `out` as
 /// [panel (stride `apl` lines)][k-step][half][16 rows][32 bf16]; with a non-null `sums`
 /// (m values), add the block's row sums to it.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/BF16; `a` covers its strided `sh.m x sh.k` range; `sums` is
+/// null or has `sh.m` values whose rows in panels ip0..ip1 no one else accesses during the
+/// call. (`out` is indexed with bounds checks: a short one panics.)
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn pack_a_block(
     out: &mut [Line],
@@ -205,6 +243,10 @@ pub(super) unsafe fn pack_a_block(
     cs: isize,
     sums: *mut f32,
 ) {
+    // SAFETY: `sums.add(r0)` only for r0 < m, so the pointer stays inside the m values, and
+    // `pack_a_tile` then gets the sums of its rows r0..min(r0 + 16, m), which are in this
+    // call's panels; its other requirements (CPU features, `a`'s range) are this
+    // function's own.
     unsafe {
         let mut one = |ip: usize, s: usize, half: usize| {
             let at = (ip - ip0) * apl + (s - s0) * LINES_PER_STEP + half * 16;
@@ -250,6 +292,11 @@ pub(super) unsafe fn pack_a_block(
 
 /// Pack the B tile at columns c0..c0+16, k k0..k0+32 in VNNI form: 16 lines of
 /// [16 cols][2 bf16 (k, k+1)]; cols >= n and k >= sh.k are zero.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/BF16; `b` covers its strided `sh.k x sh.n` range (element
+/// (p, j) at `b + p*rs + j*cs`). Only the first 16 lines of `tile` are written (fewer if it
+/// is shorter).
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(super) unsafe fn pack_b_tile(
     tile: &mut [Line],
@@ -260,6 +307,10 @@ pub(super) unsafe fn pack_b_tile(
     rs: isize,
     cs: isize,
 ) {
+    // SAFETY: the contract above. A full tile (c0 + 16 <= n, k0 + 32 <= k) reads columns
+    // c0..c0+16 at k0..k0+32, as 16-float row pieces (cs == 1) or two 16-float halves of
+    // each column (rs == 1); otherwise only elements with col < n and k < sh.k are read.
+    // The aligned stores write whole 64-byte aligned `Line`s.
     unsafe {
         let full = c0 + 16 <= sh.n && k0 + KSTEP <= sh.k;
         if full && cs == 1 {

@@ -3,6 +3,10 @@ use super::*;
 
 // The entry points with the flat argument lists these tests were written against.
 
+/// [`super::gemm_bf16`] with no epilogue.
+///
+/// # Safety
+/// As [`super::gemm_bf16`], for the problem the arguments describe.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_bf16(
     m: usize,
@@ -20,6 +24,8 @@ unsafe fn gemm_bf16(
     b_cs: isize,
     threads: usize,
 ) {
+    // SAFETY: the same arguments and the default (empty) epilogue: this function's contract
+    // is the callee's.
     unsafe {
         gemm_bf16_epilogue(
             m,
@@ -41,6 +47,10 @@ unsafe fn gemm_bf16(
     }
 }
 
+/// [`super::gemm_bf16`] with `epilogue`.
+///
+/// # Safety
+/// As [`super::gemm_bf16`], for the problem the arguments describe.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_bf16_epilogue(
     m: usize,
@@ -59,22 +69,26 @@ unsafe fn gemm_bf16_epilogue(
     threads: usize,
     epilogue: Epilogue,
 ) {
-    unsafe {
-        let p = test_problem(
-            (m, n, k),
-            dst,
-            (dst_rs, dst_cs),
-            accumulate,
-            a,
-            (a_rs, a_cs),
-            b,
-            (b_rs, b_cs),
-            epilogue,
-        );
-        super::gemm_bf16(&p, threads)
-    }
+    let p = test_problem(
+        (m, n, k),
+        dst,
+        (dst_rs, dst_cs),
+        accumulate,
+        a,
+        (a_rs, a_cs),
+        b,
+        (b_rs, b_cs),
+        epilogue,
+    );
+    // SAFETY: `p` is exactly the arguments, which this function's contract makes a valid
+    // problem for `gemm_bf16`.
+    unsafe { super::gemm_bf16(&p, threads) }
 }
 
+/// [`super::gemm_bf16_portable`] with no epilogue (`threads` is ignored).
+///
+/// # Safety
+/// As [`super::gemm_bf16`], for the problem the arguments describe.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_bf16_fallback(
     m: usize,
@@ -92,6 +106,8 @@ unsafe fn gemm_bf16_fallback(
     b_cs: isize,
     threads: usize,
 ) {
+    // SAFETY: the same arguments and the default (empty) epilogue: this function's contract
+    // is the callee's.
     unsafe {
         gemm_bf16_fallback_epilogue(
             m,
@@ -113,6 +129,10 @@ unsafe fn gemm_bf16_fallback(
     }
 }
 
+/// [`super::gemm_bf16_portable`] with `epilogue` (`_threads` is ignored).
+///
+/// # Safety
+/// As [`super::gemm_bf16`], for the problem the arguments describe.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_bf16_fallback_epilogue(
     m: usize,
@@ -131,20 +151,20 @@ unsafe fn gemm_bf16_fallback_epilogue(
     _threads: usize,
     epilogue: Epilogue,
 ) {
-    unsafe {
-        let p = test_problem(
-            (m, n, k),
-            dst,
-            (dst_rs, dst_cs),
-            accumulate,
-            a,
-            (a_rs, a_cs),
-            b,
-            (b_rs, b_cs),
-            epilogue,
-        );
-        gemm_bf16_portable(&p)
-    }
+    let p = test_problem(
+        (m, n, k),
+        dst,
+        (dst_rs, dst_cs),
+        accumulate,
+        a,
+        (a_rs, a_cs),
+        b,
+        (b_rs, b_cs),
+        epilogue,
+    );
+    // SAFETY: `p` is exactly the arguments, which this function's contract makes a valid
+    // problem for `gemm_bf16_portable` (whose contract is `gemm_bf16`'s).
+    unsafe { gemm_bf16_portable(&p) }
 }
 
 struct Rng(u64);
@@ -227,9 +247,12 @@ impl Mat {
         self.buf[self.idx(i, j)]
     }
     fn ptr(&self) -> *const f32 {
+        // SAFETY: `off` = 4 - lo with lo <= 0 <= hi and len = hi - lo + 9, so
+        // 4 <= off <= len - 5: inside `buf`.
         unsafe { self.buf.as_ptr().offset(self.off) }
     }
     fn ptr_mut(&mut self) -> *mut f32 {
+        // SAFETY: as in `ptr`: `off` lies inside `buf`.
         unsafe { self.buf.as_mut_ptr().offset(self.off) }
     }
     fn in_matrix(&self) -> Vec<bool> {
@@ -277,6 +300,10 @@ fn check(rng: &mut Rng, f: GemmFn, m: usize, n: usize, k: usize, threads: usize)
             refv[i * n + j] = s;
         }
     }
+    // SAFETY: each `Mat::new` buffer holds its matrix's whole strided range around `ptr()`
+    // (negative row strides included); every mode maps distinct (i, j) of d to distinct
+    // elements; d's buffer is its own, apart from a's and b's; `f` is one of the flat entry
+    // points above, whose contract is `gemm_bf16`'s for exactly these arguments.
     unsafe {
         f(
             m,
@@ -384,6 +411,8 @@ fn transposed_a_long_k() {
                     refv[i * n + j] = s;
                 }
             }
+            // SAFETY: as in `check`: `Mat::new` buffers cover their matrices, d's elements
+            // are distinct and d's buffer is apart from a's and b's.
             unsafe {
                 gemm_bf16(
                     m,
@@ -424,6 +453,8 @@ fn amx_matches_fallback_exactly_shaped() {
     let b: Vec<f32> = (0..k * n).map(|_| rng.f()).collect();
     let mut c1 = vec![0.5f32; m * n];
     let mut c2 = c1.clone();
+    // SAFETY: dense row-major m x k A, k x n B and m x n outputs in buffers of exactly those
+    // sizes; c1 and c2 are separate from each other and from the inputs.
     unsafe {
         gemm_bf16(
             m,
@@ -516,6 +547,7 @@ fn check_epi(
     let ep = Epilogue {
         bias: with_bias.then_some(bias.as_ptr()),
         relu: relu_on,
+        // SAFETY: `mask` has as many values as d's buffer, and d.off lies inside that.
         mask: mask_on.then(|| unsafe { mask.as_ptr().offset(d.off) }),
         a_sums: None,
     };
@@ -562,6 +594,9 @@ fn check_epi(
             a_sums: Some(sums.as_mut_ptr()),
             ..ep
         };
+        // SAFETY: as in `check` for a, b and dd (a copy of d's buffer, its own); the bias has
+        // n values, the mask is laid out like dd's buffer (at dd's offset), and `sums` has m
+        // values in a buffer of its own.
         unsafe {
             f(
                 m,
@@ -694,6 +729,8 @@ fn epilogue_default_matches_plain() {
     let b: Vec<f32> = (0..k * n).map(|_| rng.f()).collect();
     let mut c1: Vec<f32> = (0..m * n).map(|_| rng.f()).collect();
     let mut c2 = c1.clone();
+    // SAFETY: A is dense m x k, B a k x n column-major matrix (rs 1, cs k) in its n * k
+    // values, c1 and c2 dense m x n outputs, each in a buffer of its own.
     unsafe {
         gemm_bf16(
             m,

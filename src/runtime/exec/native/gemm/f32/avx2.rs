@@ -32,6 +32,9 @@ const A_DIST: usize = 64;
 /// The AVX2 + FMA backend.
 pub(in super::super) struct Avx2;
 
+// Each method's contract is the trait's (`Backend` and its methods' `# Safety` in `frame`),
+// which includes that the CPU has AVX2 and FMA: what the `#[target_feature]` functions
+// below need besides their pointer ranges.
 impl Backend for Avx2 {
     const MR: usize = MR;
     const NR: usize = NR;
@@ -42,7 +45,8 @@ impl Backend for Avx2 {
     const NC_DIRECT: usize = 384;
 
     unsafe fn pack_b_panel(pr: &Prob, pc: usize, kc: usize, j: usize, nr: usize, out: *mut f32) {
-        // SAFETY: the caller's contract; the frame only calls a backend the CPU runs.
+        // SAFETY: `Backend::pack_b_panel`'s contract, which the caller upholds, is the inner
+        // function's, CPU features included.
         unsafe { pack_b_panel(pr, pc, kc, j, nr, out) }
     }
 
@@ -55,7 +59,8 @@ impl Backend for Avx2 {
         out: *mut f32,
         sum: bool,
     ) {
-        // SAFETY: the caller's contract; the frame only calls a backend the CPU runs.
+        // SAFETY: `Backend::pack_a_panel`'s contract, which the caller upholds, is the inner
+        // function's, CPU features included.
         unsafe { pack_a_panel(pr, i, mr, pc, kc, out, sum) }
     }
 
@@ -74,12 +79,16 @@ impl Backend for Avx2 {
         let nv = nr.div_ceil(8);
         let lanes = nr - 8 * (nv - 1);
         let kf = KERNELS[direct as usize][mr - 1][nv - 1];
-        // SAFETY: the caller's contract; `lanes` keeps the last vector inside the tile.
+        // SAFETY: `kf` is `kernel::<mr, nv, direct>` (the indexing above is checked), and
+        // `Backend::kernel`'s contract is that function's for R = mr rows: NV = nv vectors
+        // cover the tile's nr <= NR columns, and `lanes` (1..=8) limits the last one to the
+        // tile, so C, bias and mask are touched only at the tile's nr columns.
         unsafe { kf(kc, ap, lda, bp, c, c_rs, lanes, epi) }
     }
 
     unsafe fn gemv_rows(pr: &Prob, i0: usize, i1: usize) {
-        // SAFETY: the caller's contract; the frame only calls a backend the CPU runs.
+        // SAFETY: `Backend::gemv_rows`'s contract, which the caller upholds, is the inner
+        // function's, CPU features included.
         unsafe { gemv_rows(pr, i0, i1) }
     }
 }
@@ -103,13 +112,16 @@ static KERNELS: [[[KernelFn; 2]; MR]; 2] = [
 static LANE_BITS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// The mask of the first `n` (<= 8) lanes.
+///
+/// # Safety
+/// `n <= 8` (only debug-asserted: a larger `n` would read before `LANE_BITS`); the CPU has
+/// AVX (every caller is AVX2 + FMA code).
 #[inline(always)]
 unsafe fn lane_mask(n: usize) -> __m256i {
-    unsafe {
-        debug_assert!(n <= 8);
-        // SAFETY: 8 - n + 8 <= 16 elements of LANE_BITS.
-        _mm256_loadu_si256(LANE_BITS.as_ptr().add(8 - n) as *const __m256i)
-    }
+    debug_assert!(n <= 8);
+    // SAFETY: with n <= 8 the load reads elements 8 - n .. 16 - n of LANE_BITS, inside its
+    // 16 (an unaligned load); the CPU has AVX (the caller's contract).
+    unsafe { _mm256_loadu_si256(LANE_BITS.as_ptr().add(8 - n) as *const __m256i) }
 }
 
 /// Micro-kernel: R rows x NV*8 columns over `kc` k-steps.
@@ -118,6 +130,14 @@ unsafe fn lane_mask(n: usize) -> __m256i {
 /// B: packed panel (NR floats per k step, 64-byte aligned).
 /// C: row r at c + r*c_rs; the last vector of each row touches only its first `lanes`
 /// columns (C, bias and mask loads, stores), so columns outside the tile are never touched.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `1 <= R <= MR`, `1 <= lanes <= 8`, and the tile is
+/// w = (NV - 1) * 8 + lanes columns wide. `bp` is 64-byte aligned with kc steps of NR
+/// floats; A holds kc steps as described above for rows r < R (packed: kc * MR floats);
+/// C rows r < R have w floats that are writable (readable when `epi.beta`) and that no
+/// one else touches during the call; `epi.bias` is null or has w readable floats;
+/// `epi.mask` is null or has R rows of w readable floats at stride `c_rs`.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
@@ -130,6 +150,10 @@ unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
     lanes: usize,
     epi: &Epi,
 ) {
+    // SAFETY: by the contract above: per k step the aligned B loads read NV * 8 <= NR floats
+    // of the step's 64-byte aligned, NR-float slot, and the A reads rows r < R only (the
+    // wrapping group bases past R are only prefetched, which never faults); the C, bias and
+    // mask accesses are the tile's rows r < R and its w columns (the last vector masked).
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); NV]; R];
         let mut a = ap;
@@ -252,8 +276,12 @@ unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
 // Packing.
 
 /// In-register 8x8 transpose: r[i][j] -> r[j][i].
+///
+/// # Safety
+/// The CPU has AVX (inlined into AVX2 + FMA code only).
 #[inline(always)]
 unsafe fn transpose8(r: &mut [__m256; 8]) {
+    // SAFETY: register-only AVX intrinsics; the CPU has AVX (the caller's contract).
     unsafe {
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -287,7 +315,9 @@ unsafe fn transpose8(r: &mut [__m256; 8]) {
 /// p (kc values). Writes out[p*out_ld + i] for i < 8 (rows >= nrows are zero).
 ///
 /// # Safety
-/// The rows cover kc values each; `out` has kc*out_ld floats, out_ld >= 8.
+/// The CPU has AVX2 and FMA; `nrows <= 8`; the rows cover kc values each; `out_ld >= 8`
+/// and `out` has (kc - 1) * out_ld + 8 writable floats (none when kc == 0) that no one
+/// else touches during the call.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack_t(
     src: *const f32,
@@ -297,6 +327,9 @@ unsafe fn pack_t(
     out: *mut f32,
     out_ld: usize,
 ) {
+    // SAFETY: `cnt` <= 8 for `lane_mask`; the loads read rows i < nrows at columns
+    // p..p + cnt (masked when cnt < 8) and the stores write out[(p + q) * out_ld ..][..8] for
+    // p + q < kc, all inside the ranges of the contract above.
     unsafe {
         let mut p = 0;
         while p < kc {
@@ -323,8 +356,19 @@ unsafe fn pack_t(
 }
 
 /// Pack B[pc..pc+kc, j..j+nr] into a NR-wide panel (zero padded).
+///
+/// # Safety
+/// As [`Backend::pack_b_panel`] (the CPU has AVX2 and FMA; `out` 64-byte aligned).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack_b_panel(pr: &Prob, pc: usize, kc: usize, j: usize, nr: usize, out: *mut f32) {
+    // SAFETY: the contract above: the reads are B's rows pc..pc+kc at columns j..j+nr (the
+    // loads past column j+nr masked off), the aligned stores fill out's kc 64-byte aligned
+    // NR-float steps, and `pack_t`/`pack_strided` get those same ranges (8 of the NR columns
+    // per `pack_t` call, at out + 8h with row stride NR). Caveat: some addresses formed here
+    // are never dereferenced but can lie past B's allocation, which `add`/`offset` formally
+    // forbid (`wrapping_*` would not): `src.add(8)` when nr <= 8 (its load is fully
+    // masked), the `src.offset(pr.brs)` after the last row, and the `h = 1` source column
+    // when nr <= 8 (`pack_t` then reads no row).
     unsafe {
         if pr.bcs == 1 {
             let full = nr == NR;
@@ -361,6 +405,9 @@ unsafe fn pack_b_panel(pr: &Prob, pc: usize, kc: usize, j: usize, nr: usize, out
 
 /// Pack A[i..i+mr, pc..pc+kc] into an MR-tall panel (zero padded); with `sum`, add the
 /// panel's row sums to the problem's `a_sums` (each (panel, k block) must be summed once).
+///
+/// # Safety
+/// As [`Backend::pack_a_panel`] (the CPU has AVX2 and FMA).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack_a_panel(
@@ -372,6 +419,13 @@ unsafe fn pack_a_panel(
     out: *mut f32,
     sum: bool,
 ) {
+    // SAFETY: the contract above: reads are A's rows i..i+mr (i..i+8 only when `wide`, i.e.
+    // i + 8 <= m) of columns pc..pc+kc; writes stay in out's kc * MR floats (an unmasked
+    // 8-float store at step p < kc - 1 ends at p * MR + 8 <= kc * MR, and the last step's
+    // store is masked to MR lanes) and in rows i..i+mr of `a_sums`, which are this call's.
+    // Caveat: the `src.offset(pr.acs)` after the last step is never dereferenced but can
+    // point past A's allocation, which `offset` formally forbids (`wrapping_offset` would
+    // not).
     unsafe {
         let lm = lane_mask(mr);
         let sm = lane_mask(MR);
@@ -432,8 +486,12 @@ unsafe fn pack_a_panel(
 // n == 1: matrix-vector path.
 
 /// The sum of the 8 lanes.
+///
+/// # Safety
+/// The CPU has AVX (inlined into AVX2 + FMA code only).
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
+    // SAFETY: register-only AVX/SSE intrinsics; the CPU has AVX (the caller's contract).
     unsafe {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -441,8 +499,16 @@ unsafe fn hsum(v: __m256) -> f32 {
     }
 }
 
+/// Rows i0..i1 of the n == 1 product, with the epilogue.
+///
+/// # Safety
+/// As [`Backend::gemv_rows`] (the CPU has AVX2 and FMA).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gemv_rows(pr: &Prob, i0: usize, i1: usize) {
+    // SAFETY: the contract above: A is read at rows i0..i1 (the column-major path's last
+    // loads masked to `cnt` rows) and columns p < k, B at rows p < k of its one column (the
+    // dot-product tail masked to k - p), and dst, the bias and the mask only at rows
+    // i0..i1 of column 0 (`finish`), which are this call's.
     unsafe {
         let k = pr.k;
         let finish = |i: usize, s: f32| {

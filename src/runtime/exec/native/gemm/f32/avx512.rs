@@ -25,6 +25,9 @@ const A_DIST: usize = 64;
 /// The AVX-512F backend.
 pub(in super::super) struct Avx512;
 
+// Each method's contract is the trait's (`Backend` and its methods' `# Safety` in `frame`),
+// which includes that the CPU has AVX-512F: what the `#[target_feature]` functions below
+// need besides their pointer ranges.
 impl Backend for Avx512 {
     const MR: usize = MR;
     const NR: usize = NR;
@@ -35,7 +38,8 @@ impl Backend for Avx512 {
     const NC_DIRECT: usize = 512;
 
     unsafe fn pack_b_panel(pr: &Prob, pc: usize, kc: usize, j: usize, nr: usize, out: *mut f32) {
-        // SAFETY: the caller's contract; the frame only calls a backend the CPU runs.
+        // SAFETY: `Backend::pack_b_panel`'s contract, which the caller upholds, is the inner
+        // function's, CPU features included.
         unsafe { pack_b_panel(pr, pc, kc, j, nr, out) }
     }
 
@@ -48,7 +52,8 @@ impl Backend for Avx512 {
         out: *mut f32,
         sum: bool,
     ) {
-        // SAFETY: the caller's contract; the frame only calls a backend the CPU runs.
+        // SAFETY: `Backend::pack_a_panel`'s contract, which the caller upholds, is the inner
+        // function's, CPU features included.
         unsafe { pack_a_panel(pr, i, mr, pc, kc, out, sum) }
     }
 
@@ -67,12 +72,17 @@ impl Backend for Avx512 {
         let nv = nr.div_ceil(16);
         let mask = lane_mask(nr - 16 * (nv - 1));
         let kf = KERNELS[direct as usize][mr - 1][nv - 1];
-        // SAFETY: the caller's contract; masked lanes keep the last vector inside the tile.
+        // SAFETY: `kf` is `kernel::<mr, nv, direct>` (the indexing above is checked), and
+        // `Backend::kernel`'s contract is that function's for R = mr rows: NV = nv vectors
+        // cover the tile's nr <= NR columns, and `mask` keeps the last one's first
+        // nr - 16 * (nv - 1) lanes, so C, bias and mask are touched only at the tile's nr
+        // columns.
         unsafe { kf(kc, ap, lda, bp, c, c_rs, mask, epi) }
     }
 
     unsafe fn gemv_rows(pr: &Prob, i0: usize, i1: usize) {
-        // SAFETY: the caller's contract; the frame only calls a backend the CPU runs.
+        // SAFETY: `Backend::gemv_rows`'s contract, which the caller upholds, is the inner
+        // function's, CPU features included.
         unsafe { gemv_rows(pr, i0, i1) }
     }
 }
@@ -96,6 +106,15 @@ static KERNELS: [[[KernelFn; 2]; MR]; 2] = [
 /// B: packed panel (NR floats per k step, 64-byte aligned).
 /// C: row r at c + r*c_rs; the last vector of each row is limited by `mask` (C, bias loads and
 /// stores), so columns outside the tile are never touched.
+///
+/// # Safety
+/// The CPU has AVX-512F; `1 <= R <= MR`; `mask` is the first `lanes` bits for some
+/// 1 <= lanes <= 16, and the tile is w = (NV - 1) * 16 + lanes columns wide. `bp` is
+/// 64-byte aligned with kc steps of NR floats; A holds kc steps as described above for rows
+/// r < R (packed: kc * MR floats); C rows r < R have w floats that are writable (readable
+/// when `epi.beta`) and that no one else touches during the call; `epi.bias` is null or
+/// has w readable floats; `epi.mask` is null or has R rows of w readable floats at stride
+/// `c_rs`.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
@@ -108,6 +127,11 @@ unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
     mask: u16,
     epi: &Epi,
 ) {
+    // SAFETY: by the contract above: per k step the aligned B loads read NV * 16 <= NR floats
+    // of the step's 64-byte aligned, NR-float slot, and the A reads rows r < R only (the
+    // wrapping group bases past R are only prefetched, which never faults); the C, bias and
+    // mask accesses are the tile's rows r < R and its w columns (the last vector masked by
+    // `mask`; masked-off lanes are neither read nor written and do not fault).
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); NV]; R];
         let mut a = ap;
@@ -244,8 +268,13 @@ fn lane_mask(lanes: usize) -> u16 {
 }
 
 /// In-register 16x16 transpose: r[i][j] -> r[j][i].
+///
+/// # Safety
+/// The CPU has AVX-512F (inlined into AVX-512F code only).
 #[inline(always)]
 unsafe fn transpose16(r: &mut [__m512; 16]) {
+    // SAFETY: register-only AVX-512F intrinsics; the CPU has AVX-512F (the caller's
+    // contract).
     unsafe {
         let mut t = [_mm512_setzero_ps(); 16];
         for i in 0..8 {
@@ -278,6 +307,12 @@ unsafe fn transpose16(r: &mut [__m512; 16]) {
 
 /// Transposing pack: source rows i < nrows (<= 16) at src + i*ld, contiguous along p (kc values).
 /// Writes out[p*out_ld + i] for i < lanes (rows >= nrows are zero).
+///
+/// # Safety
+/// The CPU has AVX-512F; `nrows <= 16`, `lanes <= 16`; the rows cover kc values each;
+/// `out` has (kc - 1) * out_ld + lanes writable floats (none when kc == 0) that no one else
+/// touches during the call, and the lanes of one step do not reach the next
+/// (`lanes <= out_ld`).
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_t(
     src: *const f32,
@@ -288,6 +323,9 @@ unsafe fn pack_t(
     out_ld: usize,
     lanes: usize,
 ) {
+    // SAFETY: the loads read rows i < nrows at columns p..p + cnt (masked to cnt, so nothing
+    // past the row's kc values is touched) and the stores write the first `lanes` floats of
+    // out[(p + q) * out_ld ..] for p + q < kc (masked), inside the contract's ranges.
     unsafe {
         let smask = lane_mask(lanes);
         let mut p = 0;
@@ -310,8 +348,19 @@ unsafe fn pack_t(
 }
 
 /// Pack B[pc..pc+kc, j..j+nr] into a NR-wide panel (zero padded).
+///
+/// # Safety
+/// As [`Backend::pack_b_panel`] (the CPU has AVX-512F; `out` 64-byte aligned).
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_b_panel(pr: &Prob, pc: usize, kc: usize, j: usize, nr: usize, out: *mut f32) {
+    // SAFETY: the contract above: the reads are B's rows pc..pc+kc at columns j..j+nr (the
+    // loads masked to those columns), the aligned stores fill out's kc 64-byte aligned
+    // NR-float steps, and `pack_t`/`pack_strided` get those same ranges (16 of the NR columns
+    // per `pack_t` call, at out + 16h with row stride NR, 16 lanes each). Caveat: some
+    // addresses formed here are never dereferenced but can lie past B's allocation, which
+    // `add`/`offset` formally forbid (`wrapping_*` would not): `src.add(16)` when nr <= 16
+    // (its load is fully masked), the `src.offset(pr.brs)` after the last row, and the
+    // `h = 1` source column when nr <= 16 (`pack_t` then reads no row).
     unsafe {
         if pr.bcs == 1 {
             let m0 = lane_mask(nr);
@@ -339,9 +388,11 @@ unsafe fn pack_b_panel(pr: &Prob, pc: usize, kc: usize, j: usize, nr: usize, out
     }
 }
 
-/// Scalar packing for operands with no unit stride: per k step `p`,
-/// `width` values `src[p * k_stride + t * t_stride]` for `t < valid`, then
-/// zeros up to `width`.
+/// Pack A[i..i+mr, pc..pc+kc] into an MR-tall panel (zero padded); with `sum`, add the
+/// panel's row sums to the problem's `a_sums` (each (panel, k block) must be summed once).
+///
+/// # Safety
+/// As [`Backend::pack_a_panel`] (the CPU has AVX-512F).
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_a_panel(
     pr: &Prob,
@@ -352,6 +403,12 @@ unsafe fn pack_a_panel(
     out: *mut f32,
     sum: bool,
 ) {
+    // SAFETY: the contract above: reads are A's rows i..i+mr of columns pc..pc+kc (masked to
+    // mr lanes, or `pack_t` with nrows = mr); writes stay in out's kc * MR floats (MR lanes
+    // per step, masked) and in rows i..i+mr of `a_sums` (masked to mr lanes), which are
+    // this call's. Caveat: in the `ars == 1` path the `src.offset(pr.acs)` after the last
+    // step is never dereferenced but can point past A's allocation, which `offset` formally
+    // forbids (`wrapping_offset` would not).
     unsafe {
         if pr.acs == 1 {
             // Row-major A: rows contiguous along p -> transpose.
@@ -388,8 +445,16 @@ unsafe fn pack_a_panel(
 // ---------------------------------------------------------------------------------------------
 // n == 1: matrix-vector path.
 
+/// Rows i0..i1 of the n == 1 product, with the epilogue.
+///
+/// # Safety
+/// As [`Backend::gemv_rows`] (the CPU has AVX-512F).
 #[target_feature(enable = "avx512f")]
 unsafe fn gemv_rows(pr: &Prob, i0: usize, i1: usize) {
+    // SAFETY: the contract above: A is read at rows i0..i1 (the column-major path's loads
+    // masked to `cnt` rows) and columns p < k, B at rows p < k of its one column (the
+    // dot-product tail masked to k - p), and dst, the bias and the mask only at rows
+    // i0..i1 of column 0 (`finish`), which are this call's.
     unsafe {
         let k = pr.k;
         let finish = |i: usize, s: f32| {
