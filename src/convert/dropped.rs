@@ -94,7 +94,12 @@ fn read(used: &BTreeSet<String>, path: &str) -> bool {
 }
 
 /// One diagnostic per outermost unread field.
-pub(crate) fn report(spans: &SpanMap, used: &BTreeSet<String>, source: &str) -> Vec<Diagnostic> {
+pub(crate) fn report(
+    spans: &SpanMap,
+    used: &BTreeSet<String>,
+    reported: &[String],
+    source: &str,
+) -> Vec<Diagnostic> {
     let is_block = |path: &str| {
         spans
             .value(path)
@@ -113,6 +118,13 @@ pub(crate) fn report(spans: &SpanMap, used: &BTreeSet<String>, source: &str) -> 
         }
         if read(used, path) || touched(used, path) || !touched(used, holder(path)) {
             continue;
+        }
+        let inside = |r: &String| {
+            !r.is_empty()
+                && (path == r.as_str() || path.strip_prefix(r.as_str()).is_some_and(|t| t.starts_with(['.', '['])))
+        };
+        if reported.iter().any(inside) {
+            continue; // reported as not converted already
         }
         let plain = without_indices(path);
         let d = if harmless(path) {

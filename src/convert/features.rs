@@ -2,7 +2,9 @@
 //! each EasyRec feature reads the input column of its first `input_names`
 //! (`expression: "user:<column>"`), with its embedding and bucket settings.
 
-use prost_reflect::{DynamicMessage, Value};
+use std::collections::HashSet;
+
+use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 
 use super::dest::{copy, copy_as, push_child, set};
 use super::source::Src;
@@ -14,10 +16,74 @@ pub(crate) fn features(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
     if let Some(v2) = src.child("feature_config") {
         list.extend(v2.children("features"));
     }
+    let used = grouped(src);
     for f in &list {
-        feature(ctx, f, out);
+        let name = f
+            .peek("feature_name")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .or_else(|| f.peek("input_names").and_then(|v| first_str(&v)))
+            .unwrap_or_default();
+        if used.contains(&name) {
+            feature(ctx, f, out);
+        } else {
+            ctx.left_out(
+                f.path(),
+                format!("feature `{name}` is not converted: no feature group uses it"),
+                "EasyRec builds no input for a feature outside every group, so leaving it \
+                 out does not change the model",
+            );
+        }
     }
 }
+
+fn first_str(v: &Value) -> Option<String> {
+    match v {
+        Value::List(items) => items.first().and_then(|i| i.as_str().map(str::to_string)),
+        _ => None,
+    }
+}
+
+/// The feature names the model's groups use (read without recording).
+fn grouped(src: &Src) -> HashSet<String> {
+    let mut out = HashSet::new();
+    let strings = |v: Option<std::borrow::Cow<'_, Value>>, out: &mut HashSet<String>| {
+        if let Some(Value::List(items)) = v.as_deref() {
+            out.extend(items.iter().filter_map(|i| i.as_str().map(str::to_string)));
+        }
+    };
+    let Some(Value::Message(model)) = src.peek("model_config").as_deref().cloned() else {
+        return out;
+    };
+    let Some(fd) = model.descriptor().get_field_by_name("feature_groups") else {
+        return out;
+    };
+    if let Value::List(groups) = model.get_field(&fd).as_ref() {
+        for g in groups.iter().filter_map(Value::as_message) {
+            let field = |m: &DynamicMessage, name: &str| {
+                m.descriptor()
+                    .get_field_by_name(name)
+                    .map(|fd| std::borrow::Cow::Owned(m.get_field(&fd).into_owned()))
+            };
+            strings(field(g, "feature_names"), &mut out);
+            if let Some(Value::List(seqs)) = field(g, "sequence_features").as_deref() {
+                for s in seqs.iter().filter_map(Value::as_message) {
+                    if let Some(Value::List(maps)) = field(s, "seq_att_map").as_deref() {
+                        for m in maps.iter().filter_map(Value::as_message) {
+                            for k in ["key", "hist_seq", "aux_hist_seq"] {
+                                strings(field(m, k), &mut out);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `sequence_length` written when EasyRec's config bounds nothing:
+/// TorchEasyRec needs a bound, and its taobao examples keep 50 clicks.
+const SEQUENCE_LENGTH: u32 = 50;
 
 fn feature(ctx: &mut Ctx, f: &Src, out: &mut DynamicMessage) {
     let inputs = f.strs("input_names");
@@ -61,7 +127,7 @@ fn feature(ctx: &mut Ctx, f: &Src, out: &mut DynamicMessage) {
     let Some(dst) = super::dest::child(ctx, config, oneof) else {
         return;
     };
-    set(ctx, dst, "feature_name", &Value::String(name));
+    set(ctx, dst, "feature_name", &Value::String(name.clone()));
     match kind.as_str() {
         "ComboFeature" => {
             for column in &inputs {
@@ -90,10 +156,11 @@ fn feature(ctx: &mut Ctx, f: &Src, out: &mut DynamicMessage) {
         f.consume("embedding_name");
     }
     match oneof {
-        "raw_feature" | "sequence_raw_feature" => {
-            copy(ctx, f, dst, &["boundaries"]);
+        "raw_feature" => {
+            copy(ctx, f, dst, &["boundaries", "separator"]);
             copy_as(ctx, f, "raw_input_dim", dst, "value_dim");
         }
+        "sequence_raw_feature" => raw_sequence(ctx, f, dst),
         "lookup_feature" => {
             copy(ctx, f, dst, &["boundaries", "vocab_list", "vocab_file"]);
             copy_set(ctx, f, dst, &["hash_bucket_size", "num_buckets"]);
@@ -121,9 +188,29 @@ fn feature(ctx: &mut Ctx, f: &Src, out: &mut DynamicMessage) {
         copy(ctx, f, dst, &["separator"]);
     }
     if kind == "SequenceFeature" {
-        copy(ctx, f, dst, &["sequence_length"]);
+        // `max_seq_len` truncates the sequence, as TorchEasyRec's
+        // `sequence_length` does; EasyRec's own `sequence_length` pads.
+        let max = f.value("max_seq_len").and_then(|v| v.as_u32());
+        let padded = f.value("sequence_length").and_then(|v| v.as_u32());
+        match max.or(padded.filter(|n| *n > 1)) {
+            Some(n) => set(ctx, dst, "sequence_length", &Value::U32(n)),
+            None => {
+                set(ctx, dst, "sequence_length", &Value::U32(SEQUENCE_LENGTH));
+                ctx.unsupported(
+                    f.path(),
+                    format!(
+                        "feature `{name}`: EasyRec keeps whole sequences, TorchEasyRec \
+                         truncates them to `sequence_length`; {SEQUENCE_LENGTH} is written"
+                    ),
+                    "set `max_seq_len` in the EasyRec config (or `sequence_length` in the \
+                     output) to the longest sequence you feed",
+                );
+            }
+        }
         let sep = f.str_or_default("separator");
         set(ctx, dst, "sequence_delim", &Value::String(sep));
+        // Several values in one step of the sequence.
+        copy_as(ctx, f, "seq_multi_sep", dst, "separator");
         f.consume("sub_feature_type");
     }
 }
@@ -141,5 +228,51 @@ fn copy_set(ctx: &mut Ctx, f: &Src, dst: &mut DynamicMessage, names: &[&str]) {
         } else {
             copy_as(ctx, f, name, dst, name);
         }
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::U32(n) => Some(u64::from(*n)),
+        Value::U64(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// A raw sequence's buckets, as EasyRec's feature column builds them:
+/// `boundaries` when written; else, with `num_buckets` > 1 and
+/// `max_val` > `min_val`, values taken as already scaled to [0, 1] and cut
+/// into `num_buckets` equal buckets; else no buckets (`num_buckets`,
+/// `min_val` and `max_val` then change nothing).
+fn raw_sequence(ctx: &mut Ctx, f: &Src, dst: &mut DynamicMessage) {
+    copy_as(ctx, f, "raw_input_dim", dst, "value_dim");
+    if f.is_set("boundaries") {
+        copy(ctx, f, dst, &["boundaries"]);
+        return;
+    }
+    let buckets = f
+        .peek("num_buckets")
+        .and_then(|v| as_u64(&v))
+        .unwrap_or(0);
+    let float = |name: &str| f.peek(name).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let (min, max) = (float("min_val"), float("max_val"));
+    for name in ["num_buckets", "min_val", "max_val"] {
+        f.consume(name);
+    }
+    if buckets > 1 && max > min {
+        let n = buckets as f64;
+        let bounds = (0..buckets).map(|i| Value::F32((i as f64 / n) as f32)).collect();
+        set(ctx, dst, "boundaries", &Value::List(bounds));
+    } else if f.peek("embedding_dim").and_then(|v| v.as_u32()).is_some_and(|d| d > 0) {
+        // TorchEasyRec embeds raw values only through buckets.
+        dst.clear_field_by_name("embedding_dim");
+        ctx.unsupported(
+            &f.field_path("embedding_dim"),
+            "a raw sequence feature without buckets but with `embedding_dim` has no \
+             TorchEasyRec counterpart (EasyRec projects each value to the embedding)"
+                .to_string(),
+            "give the feature `boundaries` (TorchEasyRec then embeds the buckets) or \
+             feed the values as they are",
+        );
     }
 }

@@ -58,6 +58,9 @@ impl Converted {
 pub(crate) struct Ctx<'a> {
     spans: &'a SpanMap,
     diags: Vec<Diagnostic>,
+    /// Paths already reported as not converted: what lies in them is not
+    /// reported again as dropped.
+    reported: Vec<String>,
 }
 
 impl Ctx<'_> {
@@ -77,6 +80,19 @@ impl Ctx<'_> {
             None => d,
         };
         self.diags.push(d);
+        self.reported.push(path.to_string());
+    }
+
+    /// A part of the input left out on purpose because leaving it out
+    /// cannot change the model (a feature no group uses).
+    pub(crate) fn left_out(&mut self, path: &str, message: String, help: &str) {
+        let d = Diagnostic::warning(dropped::CODE, message).with_help(help.to_string());
+        let d = match self.span(path) {
+            Some(s) => d.with_primary(s, "not converted"),
+            None => d,
+        };
+        self.diags.push(d);
+        self.reported.push(path.to_string());
     }
 
     /// A bug in the mapping (a field the TorchEasyRec schema lacks).
@@ -113,6 +129,7 @@ pub fn easyrec_to_tzrec(source: &str) -> Converted {
     let mut ctx = Ctx {
         spans: &bound.spans,
         diags: Vec::new(),
+        reported: Vec::new(),
     };
     let mut out = DynamicMessage::new(tzrec.root.clone());
     train::paths(&mut ctx, &src, &mut out);
@@ -123,7 +140,12 @@ pub fn easyrec_to_tzrec(source: &str) -> Converted {
     model::model(&mut ctx, &src, &mut out);
     let mut diagnostics = checked.diagnostics.clone();
     diagnostics.extend(ctx.diags);
-    diagnostics.extend(dropped::report(&bound.spans, &used.borrow(), source));
+    diagnostics.extend(dropped::report(
+        &bound.spans,
+        &used.borrow(),
+        &ctx.reported,
+        source,
+    ));
     diag::sort_by_position(&mut diagnostics);
     Converted {
         text: Some(print::print(&out)),

@@ -1,7 +1,7 @@
 //! `model_config`: feature groups and the multi-task models (PLE, MMoE,
 //! DBMTL, SimpleMultiTask) with their towers, MLPs, losses and metrics.
 
-use prost_reflect::{DynamicMessage, Value};
+use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 
 use super::dest::{child, copy, push_child, set, set_enum};
 use super::source::Src;
@@ -37,6 +37,7 @@ pub(crate) fn model(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
     let Some(dst) = child(ctx, out, "model_config") else {
         return;
     };
+    zero_is_unset(&m, "embedding_regularization");
     for g in m.children("feature_groups") {
         group(ctx, &g, dst);
     }
@@ -49,6 +50,7 @@ pub(crate) fn model(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
         return;
     };
     let Some((_, class)) = MODELS.iter().find(|(k, _)| *k == kind) else {
+        m.consume("model_class");
         ctx.unsupported(
             &m.field_path(&kind),
             format!("model `{kind}` has no converter in plec convert yet"),
@@ -75,6 +77,7 @@ pub(crate) fn model(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
     let Some(dst) = child(ctx, dst, &kind) else {
         return;
     };
+    zero_is_unset(&body, "l2_regularization");
     let towers = Towers {
         labels: &labels,
         sample_weight: sample_weight.as_deref(),
@@ -92,8 +95,12 @@ pub(crate) fn model(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
             towers.task_towers(ctx, &body, dst, false);
         }
         "mmoe" => {
-            mlp(ctx, &body, "expert_dnn", dst, "expert_mlp");
-            copy(ctx, &body, dst, &["num_expert"]);
+            if body.is_set("expert_dnn") {
+                mlp(ctx, &body, "expert_dnn", dst, "expert_mlp");
+                copy(ctx, &body, dst, &["num_expert"]);
+            } else {
+                experts(ctx, &body, dst);
+            }
             towers.task_towers(ctx, &body, dst, false);
         }
         "dbmtl" => {
@@ -103,6 +110,73 @@ pub(crate) fn model(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
             towers.task_towers(ctx, &body, dst, true);
         }
         _ => towers.task_towers(ctx, &body, dst, false),
+    }
+}
+
+/// EasyRec's deprecated `experts` list: TorchEasyRec's MMoE has one expert
+/// MLP repeated `num_expert` times, so the experts must agree.
+fn experts(ctx: &mut Ctx, body: &Src, dst: &mut DynamicMessage) {
+    let list = body.children("experts");
+    let Some(first) = list.first() else {
+        return;
+    };
+    let units = |e: &Src| {
+        e.child("dnn")
+            .and_then(|d| d.peek("hidden_units").map(|v| v.into_owned()))
+    };
+    let same = list.iter().all(|e| units(e) == units(first));
+    if !same {
+        ctx.unsupported(
+            &body.field_path("experts"),
+            "experts of different shapes have no TorchEasyRec counterpart".to_string(),
+            "TorchEasyRec's MMoE repeats one `expert_mlp`: give all experts the same dnn",
+        );
+        return;
+    }
+    for e in &list {
+        e.consume("expert_name");
+        mlp(ctx, e, "dnn", dst, "expert_mlp");
+    }
+    let n = u32::try_from(list.len()).unwrap_or(u32::MAX);
+    set(ctx, dst, "num_expert", &Value::U32(n));
+}
+
+/// EasyRec's `sequence_features` (DIN target attention over `hist_seq`
+/// with `key` as the query) as TorchEasyRec's sequence group and DIN
+/// encoder, as TorchEasyRec's converter writes them.
+fn sequence_groups(ctx: &mut Ctx, g: &Src, dst: &mut DynamicMessage) {
+    for (i, s) in g.children("sequence_features").iter().enumerate() {
+        let name = s.str("group_name").unwrap_or_else(|| format!("seq_{i}"));
+        // Summaries only.
+        s.consume("tf_summary");
+        let Some(sg) = push_child(ctx, dst, "sequence_groups") else {
+            continue;
+        };
+        set(ctx, sg, "group_name", &Value::String(name.clone()));
+        for map in s.children("seq_att_map") {
+            for field in ["key", "hist_seq", "aux_hist_seq"] {
+                let names = map.strs(field);
+                if !names.is_empty() {
+                    set(ctx, sg, "feature_names", &Value::List(
+                        names.into_iter().map(Value::String).collect(),
+                    ));
+                }
+            }
+        }
+        let Some(enc) = push_child(ctx, dst, "sequence_encoders") else {
+            continue;
+        };
+        let Some(din) = child(ctx, enc, "din_encoder") else {
+            continue;
+        };
+        set(ctx, din, "input", &Value::String(name));
+        if s.is_set("seq_dnn") {
+            mlp(ctx, s, "seq_dnn", din, "attn_mlp");
+        } else if let Some(m) = child(ctx, din, "attn_mlp") {
+            // EasyRec's attention MLP when `seq_dnn` is not written.
+            let units = [128u32, 64, 32, 1].map(Value::U32).to_vec();
+            set(ctx, m, "hidden_units", &Value::List(units));
+        }
     }
 }
 
@@ -120,6 +194,7 @@ fn group(ctx: &mut Ctx, g: &Src, dst: &mut DynamicMessage) {
             "TorchEasyRec groups are DEEP or WIDE: split the group in two",
         ),
     }
+    sequence_groups(ctx, g, d);
 }
 
 /// EasyRec's `DNN` as TorchEasyRec's `MLP`: units and dropout as written,
@@ -230,7 +305,37 @@ fn losses(ctx: &mut Ctx, t: &Src, dst: &mut DynamicMessage) {
         if l.peek("weight").and_then(|v| v.as_f32()) == Some(1.0) {
             l.consume("weight");
         }
-        loss(ctx, &ty, classes, &l.field_path("loss_type"), dst);
+        loss(ctx, &ty, classes, l.path(), dst);
+        if ty == "JRC_LOSS" {
+            jrc(ctx, l, dst);
+        }
+    }
+}
+
+/// The JRC loss's session and alpha, on the loss just written.
+fn jrc(ctx: &mut Ctx, l: &Src, dst: &mut DynamicMessage) {
+    let Some(src) = l.child("jrc_loss") else {
+        return;
+    };
+    // EasyRec's defaults are what TorchEasyRec's JRC loss does.
+    if src.peek("same_label_loss").and_then(|v| v.as_bool()) == Some(true) {
+        src.consume("same_label_loss");
+    }
+    if src.peek("loss_weight_strategy").and_then(|v| v.as_str().map(|s| s == "fixed")) == Some(true)
+    {
+        src.consume("loss_weight_strategy");
+    }
+    let Some(Value::List(list)) = dst
+        .descriptor()
+        .get_field_by_name("losses")
+        .map(|fd| dst.get_field_mut(&fd))
+    else {
+        return;
+    };
+    if let Some(Value::Message(last)) = list.last_mut() {
+        if let Some(j) = child(ctx, last, "jrc_loss") {
+            copy(ctx, &src, j, &["session_name", "alpha"]);
+        }
     }
 }
 
@@ -293,5 +398,12 @@ fn metric(ctx: &mut Ctx, m: &Src, dst: &mut DynamicMessage) {
         }
         "recall_at_topk" => super::dest::copy_as(ctx, &body, "topk", d, "top_k"),
         _ => {}
+    }
+}
+
+/// A regularization written as 0 is none: read, nothing to carry over.
+fn zero_is_unset(src: &Src, name: &str) {
+    if src.peek(name).and_then(|v| v.as_f32()) == Some(0.0) {
+        src.consume(name);
     }
 }

@@ -1,7 +1,7 @@
 //! The pipeline's top-level paths, `train_config` (optimizer and learning
 //! rate schedule), `eval_config` and `data_config`.
 
-use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+use prost_reflect::{DynamicMessage, Value};
 
 use super::dest::{child, copy, copy_as, set, set_enum};
 use super::source::Src;
@@ -17,17 +17,38 @@ pub(crate) fn paths(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
     );
 }
 
-/// EasyRec's one optimizer becomes TorchEasyRec's sparse (embedding) and
-/// dense optimizers, with the same learning rate schedule.
+/// EasyRec's optimizer becomes TorchEasyRec's sparse (embedding) and
+/// dense optimizers, with the same learning rate schedule; of two
+/// `optimizer_config`s EasyRec gives the first to the embeddings and the
+/// second to the other layers, as TorchEasyRec's two sides do.
 pub(crate) fn train_config(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
     let train = src.child("train_config");
     let Some(dst) = child(ctx, out, "train_config") else {
         return;
     };
-    let optimizer = train.as_ref().and_then(|t| t.child("optimizer_config"));
-    match optimizer {
-        Some(opt) => optimizers(ctx, &opt, dst),
-        None => default_optimizers(ctx, dst),
+    let written = train
+        .as_ref()
+        .map(|t| t.children("optimizer_config"))
+        .unwrap_or_default();
+    match written.as_slice() {
+        [] => default_optimizers(ctx, dst),
+        [one] => optimizers(ctx, one, dst, &["sparse_optimizer", "dense_optimizer"]),
+        [sparse, dense] => {
+            optimizers(ctx, sparse, dst, &["sparse_optimizer"]);
+            optimizers(ctx, dense, dst, &["dense_optimizer"]);
+        }
+        [first, rest @ ..] => {
+            if let Some(third) = rest.get(1) {
+                ctx.unsupported(
+                    third.path(),
+                    "more than two `optimizer_config`s have no TorchEasyRec counterpart"
+                        .to_string(),
+                    "TorchEasyRec has one optimizer for embeddings and one for the other \
+                     layers; the first is used for both",
+                );
+            }
+            optimizers(ctx, first, dst, &["sparse_optimizer", "dense_optimizer"]);
+        }
     }
     if let Some(t) = &train {
         copy(
@@ -55,7 +76,11 @@ pub(crate) fn train_config(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
 /// Adam with lr 0.001 and a constant rate for both, as TorchEasyRec's own
 /// converter writes when EasyRec's config has no optimizer.
 fn default_optimizers(ctx: &mut Ctx, dst: &mut DynamicMessage) {
-    for side in ["sparse_optimizer", "dense_optimizer"] {
+    default_sides(ctx, dst, &["sparse_optimizer", "dense_optimizer"]);
+}
+
+fn default_sides(ctx: &mut Ctx, dst: &mut DynamicMessage, sides: &[&str]) {
+    for side in sides {
         if let Some(o) = child(ctx, dst, side) {
             if let Some(adam) = child(ctx, o, "adam_optimizer") {
                 set(ctx, adam, "lr", &Value::F32(0.001));
@@ -65,13 +90,13 @@ fn default_optimizers(ctx: &mut Ctx, dst: &mut DynamicMessage) {
     }
 }
 
-fn optimizers(ctx: &mut Ctx, opt: &Src, dst: &mut DynamicMessage) {
+fn optimizers(ctx: &mut Ctx, opt: &Src, dst: &mut DynamicMessage, sides: &[&str]) {
     // Settings that make no difference when off.
     if opt.peek("use_moving_average").and_then(|v| v.as_bool()) == Some(false) {
         opt.consume("use_moving_average");
     }
     let Some(kind) = opt.oneof("optimizer") else {
-        default_optimizers(ctx, dst);
+        default_sides(ctx, dst, sides);
         return;
     };
     // EasyRec optimizer -> (sparse, dense) TorchEasyRec optimizers, and the
@@ -100,7 +125,7 @@ fn optimizers(ctx: &mut Ctx, opt: &Src, dst: &mut DynamicMessage) {
                  the output gets Adam with lr 0.001: set the optimizer you want in its \
                  train_config",
             );
-            default_optimizers(ctx, dst);
+            default_sides(ctx, dst, sides);
             return;
         }
     };
@@ -109,7 +134,8 @@ fn optimizers(ctx: &mut Ctx, opt: &Src, dst: &mut DynamicMessage) {
     };
     let rate = o.child("learning_rate");
     let schedule = rate.as_ref().and_then(|r| r.oneof("learning_rate"));
-    for (side, name) in [("sparse_optimizer", sparse), ("dense_optimizer", dense)] {
+    for side in sides {
+        let name = if *side == "sparse_optimizer" { sparse } else { dense };
         let Some(side_msg) = child(ctx, dst, side) else {
             continue;
         };
@@ -118,7 +144,7 @@ fn optimizers(ctx: &mut Ctx, opt: &Src, dst: &mut DynamicMessage) {
                 copy_as(ctx, &o, from, m, to);
             }
         }
-        learning_rate(ctx, rate.as_ref(), schedule.as_deref(), side_msg, name);
+        learning_rate(ctx, rate.as_ref(), schedule.as_deref(), side_msg, name, side == &sides[0]);
     }
 }
 
@@ -130,6 +156,7 @@ fn learning_rate(
     schedule: Option<&str>,
     side: &mut DynamicMessage,
     optimizer: &str,
+    first: bool,
 ) {
     let lr_of = |s: &Src, name: &str| s.value_or_default(name).unwrap_or(Value::F32(0.002));
     match (rate, schedule) {
@@ -163,8 +190,8 @@ fn learning_rate(
             }
         }
         (Some(r), Some(other)) => {
-            // Reported once, for the sparse side.
-            if optimizer_is_first(side) {
+            // Reported once, for the first side written.
+            if first {
                 ctx.unsupported(
                     &r.field_path(other),
                     format!("`{other}` has no TorchEasyRec counterpart in plec convert"),
@@ -179,10 +206,6 @@ fn learning_rate(
             child(ctx, side, "constant_learning_rate");
         }
     }
-}
-
-fn optimizer_is_first(side: &DynamicMessage) -> bool {
-    side.descriptor().name() == "SparseOptimizer"
 }
 
 /// `eval_config {}`: EasyRec's global metrics become the towers' metrics
