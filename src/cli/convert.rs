@@ -3,9 +3,9 @@
 //! dropped field can change the model, unless `--allow-lossy`; then checks
 //! what it wrote under the TorchEasyRec schema.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::convert::easyrec_to_tzrec;
+use crate::convert::{easyrec_to_tzrec_with, FgJson};
 use crate::diag::{self, Diagnostic, Severity};
 use crate::pipeline::check_source;
 use crate::schema::Schema;
@@ -23,7 +23,8 @@ pub struct ConvertArgs {
     /// Write the output even when a dropped field can change the model.
     #[arg(long)]
     pub allow_lossy: bool,
-    /// EasyRec's fg.json with the feature expressions (not supported yet).
+    /// EasyRec's fg.json: the features' expressions (`user:age`, lookups'
+    /// map and key); without it each feature reads its input column.
     #[arg(long)]
     pub fg_json: Option<PathBuf>,
     /// Output format of the diagnostics.
@@ -43,18 +44,41 @@ fn count(diags: &[Diagnostic], severity: Severity) -> usize {
     diags.iter().filter(|d| d.severity == severity).count()
 }
 
-pub(crate) fn execute(args: &ConvertArgs) -> Result<Outcome, RunError> {
-    if args.fg_json.is_some() {
-        return Err(RunError::new("--fg-json is not supported yet").with_help(
-            "without it plec convert maps each feature to its input column \
-             (`expression: \"user:<column>\"`), as TorchEasyRec's converter does without an \
-             fg.json; set the expressions in the output by hand",
-        ));
+/// Writes beside the target, then renames: a reader never sees half a
+/// config, and a failed write leaves the old file as it was.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let name = path.file_name().map_or_else(
+        || "plec-convert".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
+    result
+}
+
+pub(crate) fn execute(args: &ConvertArgs) -> Result<Outcome, RunError> {
     let input = args.input.display().to_string();
     let source = std::fs::read_to_string(&args.input)
         .map_err(|e| RunError::new(format!("cannot read {input}: {e}")))?;
-    let converted = easyrec_to_tzrec(&source);
+    let fg = match &args.fg_json {
+        Some(path) => {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| RunError::new(format!("cannot read {name}: {e}")))?;
+            let fg = FgJson::parse(&text).map_err(|e| {
+                RunError::new(format!("{name} is not an EasyRec fg.json: {e}")).with_help(
+                    "give the fg.json EasyRec trains with: {\"features\": [{\"feature_name\": \
+                     ..., \"expression\": ...}, ...]}",
+                )
+            })?;
+            Some(fg)
+        }
+        None => None,
+    };
+    let converted = easyrec_to_tzrec_with(&source, fg.as_ref());
     print!(
         "{}",
         render(args.format, &input, &source, &converted.diagnostics)
@@ -80,8 +104,9 @@ pub(crate) fn execute(args: &ConvertArgs) -> Result<Outcome, RunError> {
         return Ok(Outcome::Problems);
     }
     let output = args.output.display().to_string();
-    let written = format!("# Converted from {input} by plec convert (EasyRec to TorchEasyRec).\n{text}");
-    std::fs::write(&args.output, &written)
+    let written =
+        format!("# Converted from {input} by plec convert (EasyRec to TorchEasyRec).\n{text}");
+    write_atomically(&args.output, &written)
         .map_err(|e| RunError::new(format!("cannot write {output}: {e}")))?;
     // What was written must check clean as TorchEasyRec.
     let tzrec = Schema::builtin().map_err(|e| RunError::new(e.to_string()))?;

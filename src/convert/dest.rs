@@ -44,9 +44,7 @@ fn coerce(kind: &Kind, v: &Value) -> Option<Value> {
         Kind::Bool => Value::Bool(v.as_bool()?),
         Kind::Uint32 | Kind::Fixed32 => Value::U32(u32::try_from(as_u64(v)?).ok()?),
         Kind::Uint64 | Kind::Fixed64 => Value::U64(as_u64(v)?),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            Value::I32(i32::try_from(as_i64(v)?).ok()?)
-        }
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(i32::try_from(as_i64(v)?).ok()?),
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(as_i64(v)?),
         Kind::Float => match v {
             Value::F32(f) => Value::F32(*f),
@@ -111,7 +109,10 @@ pub(crate) fn child<'m>(
     let desc = dst.descriptor();
     let fd = desc.get_field_by_name(name).filter(|f| !f.is_list());
     let Some(fd) = fd else {
-        ctx.internal(format!("`{}` has no message field `{name}`", desc.full_name()));
+        ctx.internal(format!(
+            "`{}` has no message field `{name}`",
+            desc.full_name()
+        ));
         return None;
     };
     match dst.get_field_mut(&fd) {
@@ -132,7 +133,10 @@ pub(crate) fn push_child<'m>(
     let desc = dst.descriptor();
     let fd = desc.get_field_by_name(name).filter(|f| f.is_list());
     let Some(fd) = fd else {
-        ctx.internal(format!("`{}` has no repeated field `{name}`", desc.full_name()));
+        ctx.internal(format!(
+            "`{}` has no repeated field `{name}`",
+            desc.full_name()
+        ));
         return None;
     };
     let Kind::Message(m) = fd.kind() else {

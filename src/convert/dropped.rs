@@ -87,10 +87,7 @@ fn read(used: &BTreeSet<String>, path: &str) -> bool {
     if used.contains(path) {
         return true;
     }
-    path.ends_with(']')
-        && path
-            .rfind('[')
-            .is_some_and(|i| used.contains(&path[..i]))
+    path.ends_with(']') && path.rfind('[').is_some_and(|i| used.contains(&path[..i]))
 }
 
 /// One diagnostic per outermost unread field.
@@ -121,23 +118,31 @@ pub(crate) fn report(
         }
         let inside = |r: &String| {
             !r.is_empty()
-                && (path == r.as_str() || path.strip_prefix(r.as_str()).is_some_and(|t| t.starts_with(['.', '['])))
+                && (path == r.as_str()
+                    || path
+                        .strip_prefix(r.as_str())
+                        .is_some_and(|t| t.starts_with(['.', '['])))
         };
         if reported.iter().any(inside) {
             continue; // reported as not converted already
         }
         let plain = without_indices(path);
         let d = if harmless(path) {
-            Diagnostic::warning(CODE, format!("`{plain}` is dropped: TorchEasyRec has no counterpart"))
-                .with_help(
-                    "dropping it does not change the model (it tunes checkpoints, logging, \
+            Diagnostic::warning(
+                CODE,
+                format!("`{plain}` is dropped: TorchEasyRec has no counterpart"),
+            )
+            .with_help(
+                "dropping it does not change the model (it tunes checkpoints, logging, \
                      evaluation or the input pipeline); set its TorchEasyRec equivalent by \
                      hand if you need one",
-                )
+            )
         } else {
             Diagnostic::error(
                 CODE,
-                format!("`{plain}` is dropped: plec convert has no TorchEasyRec counterpart for it"),
+                format!(
+                    "`{plain}` is dropped: plec convert has no TorchEasyRec counterpart for it"
+                ),
             )
             .with_help(
                 "dropping it can change the model or how it trains: set its equivalent in \
@@ -145,7 +150,34 @@ pub(crate) fn report(
                  without it",
             )
         };
-        out.push(d.with_primary(span.name.clone(), "not converted"));
+        out.push((plain, d.with_primary(span.name.clone(), "not converted")));
+    }
+    collapse(out)
+}
+
+/// One warning for all the elements of a harmless list (such as the
+/// `input_fields` of an ODPS table) instead of one per element.
+fn collapse(found: Vec<(String, Diagnostic)>) -> Vec<Diagnostic> {
+    let mut out: Vec<Diagnostic> = Vec::new();
+    let mut counts: Vec<(String, usize, usize)> = Vec::new();
+    for (plain, d) in found {
+        let seen = counts.iter_mut().find(|(p, _, _)| *p == plain);
+        match seen {
+            Some((_, _, n)) if !d.is_error() => *n += 1,
+            _ => {
+                if !d.is_error() {
+                    counts.push((plain, out.len(), 1));
+                }
+                out.push(d);
+            }
+        }
+    }
+    for (_, at, n) in counts {
+        if n > 1 {
+            if let Some(d) = out.get_mut(at) {
+                d.message = format!("{} ({n} times)", d.message);
+            }
+        }
     }
     out
 }

@@ -97,7 +97,25 @@ fn feature(ctx: &mut Ctx, f: &Src, out: &mut DynamicMessage) {
     };
     let name = f.str("feature_name").unwrap_or_else(|| first.clone());
     let kind = f.enum_name("feature_type", true).unwrap_or_default();
-    let expression = |column: &str| Value::String(format!("user:{column}"));
+    // fg.json's expression for a name, else the input column itself.
+    let fg = ctx.fg;
+    let expression = |column: &str| {
+        let from_fg = fg
+            .and_then(|fg| fg.get(column))
+            .and_then(|e| e.expression.clone());
+        Value::String(from_fg.unwrap_or_else(|| format!("user:{column}")))
+    };
+    // An fg.json lookup behind an EasyRec RawFeature (EasyRec reads the
+    // looked-up value as a raw number).
+    let fg_lookup = fg
+        .and_then(|fg| fg.get(&name).or_else(|| fg.get(&first)))
+        .filter(|e| e.feature_type == "lookup_feature" && e.map.is_some() && e.key.is_some())
+        .cloned();
+    let kind = if kind == "RawFeature" && fg_lookup.is_some() {
+        "LookupFeature".to_string()
+    } else {
+        kind
+    };
     let oneof = match kind.as_str() {
         "IdFeature" | "TagFeature" => "id_feature",
         "RawFeature" => "raw_feature",
@@ -114,7 +132,9 @@ fn feature(ctx: &mut Ctx, f: &Src, out: &mut DynamicMessage) {
         other => {
             ctx.unsupported(
                 &f.field_path("feature_type"),
-                format!("feature `{name}`: `{other}` has no TorchEasyRec counterpart in plec convert"),
+                format!(
+                    "feature `{name}`: `{other}` has no TorchEasyRec counterpart in plec convert"
+                ),
                 "plec convert maps IdFeature, TagFeature, RawFeature, ComboFeature, \
                  LookupFeature and SequenceFeature",
             );
@@ -135,7 +155,20 @@ fn feature(ctx: &mut Ctx, f: &Src, out: &mut DynamicMessage) {
             }
         }
         "LookupFeature" => {
-            if let Some(key) = inputs.get(1) {
+            if let Some(l) = &fg_lookup {
+                set(
+                    ctx,
+                    dst,
+                    "map",
+                    &Value::String(l.map.clone().unwrap_or_default()),
+                );
+                set(
+                    ctx,
+                    dst,
+                    "key",
+                    &Value::String(l.key.clone().unwrap_or_default()),
+                );
+            } else if let Some(key) = inputs.get(1) {
                 set(ctx, dst, "map", &expression(&first));
                 set(ctx, dst, "key", &expression(key));
             } else {
@@ -146,10 +179,18 @@ fn feature(ctx: &mut Ctx, f: &Src, out: &mut DynamicMessage) {
                 );
             }
         }
-        _ => set(ctx, dst, "expression", &expression(&first)),
+        _ => {
+            let own = fg
+                .and_then(|fg| fg.get(&name))
+                .and_then(|e| e.expression.clone());
+            let e = own.map_or_else(|| expression(&first), Value::String);
+            set(ctx, dst, "expression", &e);
+        }
     }
     copy_set(ctx, f, dst, &["embedding_dim"]);
-    let name_set = f.peek("embedding_name").is_some_and(|v| v.as_str() != Some(""));
+    let name_set = f
+        .peek("embedding_name")
+        .is_some_and(|v| v.as_str() != Some(""));
     if name_set {
         copy(ctx, f, dst, &["embedding_name"]);
     } else {
@@ -157,12 +198,19 @@ fn feature(ctx: &mut Ctx, f: &Src, out: &mut DynamicMessage) {
     }
     match oneof {
         "raw_feature" => {
+            // One value per row: nothing to combine.
+            f.consume("combiner");
             copy(ctx, f, dst, &["boundaries", "separator"]);
             copy_as(ctx, f, "raw_input_dim", dst, "value_dim");
         }
         "sequence_raw_feature" => raw_sequence(ctx, f, dst),
         "lookup_feature" => {
-            copy(ctx, f, dst, &["boundaries", "vocab_list", "vocab_file"]);
+            copy(
+                ctx,
+                f,
+                dst,
+                &["boundaries", "vocab_list", "vocab_file", "separator"],
+            );
             copy_set(ctx, f, dst, &["hash_bucket_size", "num_buckets"]);
         }
         "combo_feature" => {
@@ -192,22 +240,33 @@ fn feature(ctx: &mut Ctx, f: &Src, out: &mut DynamicMessage) {
         // `sequence_length` does; EasyRec's own `sequence_length` pads.
         let max = f.value("max_seq_len").and_then(|v| v.as_u32());
         let padded = f.value("sequence_length").and_then(|v| v.as_u32());
-        match max.or(padded.filter(|n| *n > 1)) {
+        let group = fg
+            .and_then(|fg| fg.get(&name))
+            .and_then(|e| e.sequence.clone());
+        let from_fg = group.as_ref().map(|(n, _)| *n).filter(|n| *n > 0);
+        match max.or(from_fg).or(padded.filter(|n| *n > 1)) {
             Some(n) => set(ctx, dst, "sequence_length", &Value::U32(n)),
             None => {
                 set(ctx, dst, "sequence_length", &Value::U32(SEQUENCE_LENGTH));
-                ctx.unsupported(
+                ctx.approximated(
                     f.path(),
                     format!(
                         "feature `{name}`: EasyRec keeps whole sequences, TorchEasyRec \
                          truncates them to `sequence_length`; {SEQUENCE_LENGTH} is written"
                     ),
+                    "no bound on the sequence here",
                     "set `max_seq_len` in the EasyRec config (or `sequence_length` in the \
                      output) to the longest sequence you feed",
                 );
             }
         }
-        let sep = f.str_or_default("separator");
+        let sep = match group {
+            Some((_, delim)) => {
+                f.consume("separator");
+                delim
+            }
+            None => f.str_or_default("separator"),
+        };
         set(ctx, dst, "sequence_delim", &Value::String(sep));
         // Several values in one step of the sequence.
         copy_as(ctx, f, "seq_multi_sep", dst, "separator");
@@ -250,10 +309,7 @@ fn raw_sequence(ctx: &mut Ctx, f: &Src, dst: &mut DynamicMessage) {
         copy(ctx, f, dst, &["boundaries"]);
         return;
     }
-    let buckets = f
-        .peek("num_buckets")
-        .and_then(|v| as_u64(&v))
-        .unwrap_or(0);
+    let buckets = f.peek("num_buckets").and_then(|v| as_u64(&v)).unwrap_or(0);
     let float = |name: &str| f.peek(name).and_then(|v| v.as_f64()).unwrap_or(0.0);
     let (min, max) = (float("min_val"), float("max_val"));
     for name in ["num_buckets", "min_val", "max_val"] {
@@ -261,9 +317,15 @@ fn raw_sequence(ctx: &mut Ctx, f: &Src, dst: &mut DynamicMessage) {
     }
     if buckets > 1 && max > min {
         let n = buckets as f64;
-        let bounds = (0..buckets).map(|i| Value::F32((i as f64 / n) as f32)).collect();
+        let bounds = (0..buckets)
+            .map(|i| Value::F32((i as f64 / n) as f32))
+            .collect();
         set(ctx, dst, "boundaries", &Value::List(bounds));
-    } else if f.peek("embedding_dim").and_then(|v| v.as_u32()).is_some_and(|d| d > 0) {
+    } else if f
+        .peek("embedding_dim")
+        .and_then(|v| v.as_u32())
+        .is_some_and(|d| d > 0)
+    {
         // TorchEasyRec embeds raw values only through buckets.
         dst.clear_field_by_name("embedding_dim");
         ctx.unsupported(

@@ -3,8 +3,8 @@
 //! schema first; its bound message is then read field by field (every read
 //! recorded) and written as TorchEasyRec's `tzrec.protos.EasyRecConfig`,
 //! following the mapping of TorchEasyRec's own converter
-//! (`tzrec/tools/convert_easyrec_config_to_tzrec_config.py`, without an
-//! `fg.json`). Every written field the mapping did not read is reported at
+//! (`tzrec/tools/convert_easyrec_config_to_tzrec_config.py`, with or without
+//! an `fg.json`). Every written field the mapping did not read is reported at
 //! its line (`plec::convert-lossy`), and every part it cannot map yet
 //! (`plec::convert-unsupported`), so nothing is lost silently.
 //!
@@ -18,6 +18,7 @@
 mod dest;
 mod dropped;
 mod features;
+mod fg;
 mod model;
 mod print;
 mod source;
@@ -31,6 +32,7 @@ use crate::diag::{self, Diagnostic};
 use crate::pipeline::check_source;
 use crate::schema::{Schema, SpanMap};
 
+pub use fg::FgJson;
 use source::{Src, Used};
 
 /// Code of a part plec convert cannot map yet.
@@ -57,6 +59,8 @@ impl Converted {
 /// What the mapping reports as it goes.
 pub(crate) struct Ctx<'a> {
     spans: &'a SpanMap,
+    /// EasyRec's fg.json, when given: the features' expressions.
+    fg: Option<&'a FgJson>,
     diags: Vec<Diagnostic>,
     /// Paths already reported as not converted: what lies in them is not
     /// reported again as dropped.
@@ -83,6 +87,20 @@ impl Ctx<'_> {
         self.reported.push(path.to_string());
     }
 
+    /// A part of the input converted only approximately (`label` says
+    /// how), which can change the model: an error, as a dropped part is,
+    /// but what lies inside it is still reported on its own.
+    pub(crate) fn approximated(&mut self, path: &str, message: String, label: &str, help: &str) {
+        let d = Diagnostic::error(UNSUPPORTED, message).with_help(format!(
+            "{help}; or pass --allow-lossy to write the output as it is"
+        ));
+        let d = match self.span(path) {
+            Some(s) => d.with_primary(s, label.to_string()),
+            None => d,
+        };
+        self.diags.push(d);
+    }
+
     /// A part of the input left out on purpose because leaving it out
     /// cannot change the model (a feature no group uses).
     pub(crate) fn left_out(&mut self, path: &str, message: String, help: &str) {
@@ -106,8 +124,15 @@ impl Ctx<'_> {
     }
 }
 
-/// Converts an EasyRec config text to a TorchEasyRec config text.
+/// Converts an EasyRec config text to a TorchEasyRec config text; each
+/// feature reads the input column of its first input name.
 pub fn easyrec_to_tzrec(source: &str) -> Converted {
+    easyrec_to_tzrec_with(source, None)
+}
+
+/// Converts an EasyRec config text, taking the features' expressions from
+/// EasyRec's fg.json when given.
+pub fn easyrec_to_tzrec_with(source: &str, fg: Option<&FgJson>) -> Converted {
     let (easyrec, tzrec) = match (Schema::builtin_easyrec(), Schema::builtin()) {
         (Ok(e), Ok(t)) => (e, t),
         (Err(e), _) | (_, Err(e)) => {
@@ -128,6 +153,7 @@ pub fn easyrec_to_tzrec(source: &str) -> Converted {
     let src = Src::root(&bound.message, &used);
     let mut ctx = Ctx {
         spans: &bound.spans,
+        fg,
         diags: Vec::new(),
         reported: Vec::new(),
     };

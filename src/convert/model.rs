@@ -58,7 +58,9 @@ pub(crate) fn model(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
         );
         return;
     };
-    let written_class = m.peek("model_class").and_then(|v| v.as_str().map(str::to_string));
+    let written_class = m
+        .peek("model_class")
+        .and_then(|v| v.as_str().map(str::to_string));
     if written_class.as_deref() == Some(class) {
         m.consume("model_class");
     } else {
@@ -88,7 +90,12 @@ pub(crate) fn model(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
                 let Some(d) = push_child(ctx, dst, "extraction_networks") else {
                     continue;
                 };
-                copy(ctx, &n, d, &["network_name", "expert_num_per_task", "share_num"]);
+                copy(
+                    ctx,
+                    &n,
+                    d,
+                    &["network_name", "expert_num_per_task", "share_num"],
+                );
                 mlp(ctx, &n, "task_expert_net", d, "task_expert_net");
                 mlp(ctx, &n, "share_expert_net", d, "share_expert_net");
             }
@@ -157,9 +164,12 @@ fn sequence_groups(ctx: &mut Ctx, g: &Src, dst: &mut DynamicMessage) {
             for field in ["key", "hist_seq", "aux_hist_seq"] {
                 let names = map.strs(field);
                 if !names.is_empty() {
-                    set(ctx, sg, "feature_names", &Value::List(
-                        names.into_iter().map(Value::String).collect(),
-                    ));
+                    set(
+                        ctx,
+                        sg,
+                        "feature_names",
+                        &Value::List(names.into_iter().map(Value::String).collect()),
+                    );
                 }
             }
         }
@@ -176,6 +186,7 @@ fn sequence_groups(ctx: &mut Ctx, g: &Src, dst: &mut DynamicMessage) {
             // EasyRec's attention MLP when `seq_dnn` is not written.
             let units = [128u32, 64, 32, 1].map(Value::U32).to_vec();
             set(ctx, m, "hidden_units", &Value::List(units));
+            set(ctx, m, "use_bn", &Value::Bool(true));
         }
     }
 }
@@ -224,7 +235,9 @@ fn mlp(ctx: &mut Ctx, parent: &Src, from: &str, dst: &mut DynamicMessage, to: &s
         _ => {
             ctx.unsupported(
                 &dnn.field_path("activation"),
-                format!("activation `{activation}` has no TorchEasyRec counterpart in plec convert"),
+                format!(
+                    "activation `{activation}` has no TorchEasyRec counterpart in plec convert"
+                ),
                 "plec convert maps relu, sigmoid, tanh, leaky_relu, elu, selu, gelu and dice",
             );
             None
@@ -258,12 +271,17 @@ impl Towers<'_> {
                     "tower_name",
                     "label_name",
                     "num_class",
-                    "weight",
                     "task_space_indicator_label",
                     "in_task_space_weight",
                     "out_task_space_weight",
                 ],
             );
+            // A weight of 1 is TorchEasyRec's default: not written.
+            match t.peek("weight").and_then(|v| v.as_f32()) {
+                Some(w) if w == 1.0 => t.consume("weight"),
+                Some(_) => copy(ctx, t, d, &["weight"]),
+                None => {}
+            }
             if !t.is_set("label_name") {
                 if let Some(label) = self.labels.get(i) {
                     set(ctx, d, "label_name", &Value::String(label.clone()));
@@ -278,7 +296,9 @@ impl Towers<'_> {
             for metric in t.children("metrics_set") {
                 self::metric(ctx, &metric, d);
             }
-            let weighted = t.value_or_default("use_sample_weight").and_then(|v| v.as_bool());
+            let weighted = t
+                .value_or_default("use_sample_weight")
+                .and_then(|v| v.as_bool());
             if let (Some(true), Some(w)) = (weighted, self.sample_weight) {
                 set(ctx, d, "sample_weight_name", &Value::String(w.to_string()));
             }
@@ -288,10 +308,7 @@ impl Towers<'_> {
 
 /// `losses`, or the tower's `loss_type` (CLASSIFICATION by default).
 fn losses(ctx: &mut Ctx, t: &Src, dst: &mut DynamicMessage) {
-    let classes = t
-        .peek("num_class")
-        .and_then(|v| v.as_u32())
-        .unwrap_or(1);
+    let classes = t.peek("num_class").and_then(|v| v.as_u32()).unwrap_or(1);
     let written = t.children("losses");
     if written.is_empty() {
         let ty = t.enum_name("loss_type", true).unwrap_or_default();
@@ -321,7 +338,10 @@ fn jrc(ctx: &mut Ctx, l: &Src, dst: &mut DynamicMessage) {
     if src.peek("same_label_loss").and_then(|v| v.as_bool()) == Some(true) {
         src.consume("same_label_loss");
     }
-    if src.peek("loss_weight_strategy").and_then(|v| v.as_str().map(|s| s == "fixed")) == Some(true)
+    if src
+        .peek("loss_weight_strategy")
+        .and_then(|v| v.as_str().map(|s| s == "fixed"))
+        == Some(true)
     {
         src.consume("loss_weight_strategy");
     }
@@ -392,7 +412,11 @@ fn metric(ctx: &mut Ctx, m: &Src, dst: &mut DynamicMessage) {
         "gauc" => {
             super::dest::copy_as(ctx, &body, "uid_field", d, "grouping_key");
             // TorchEasyRec's grouped AUC is the mean over groups.
-            if body.peek("reduction").and_then(|v| v.as_str().map(|s| s == "mean")) == Some(true) {
+            if body
+                .peek("reduction")
+                .and_then(|v| v.as_str().map(|s| s == "mean"))
+                == Some(true)
+            {
                 body.consume("reduction");
             }
         }

@@ -55,7 +55,11 @@ pub(crate) fn train_config(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
             ctx,
             t,
             dst,
-            &["num_steps", "save_checkpoints_steps", "log_step_count_steps"],
+            &[
+                "num_steps",
+                "save_checkpoints_steps",
+                "log_step_count_steps",
+            ],
         );
     }
     // EasyRec counts epochs in data_config; 0 (its default) runs forever.
@@ -135,7 +139,11 @@ fn optimizers(ctx: &mut Ctx, opt: &Src, dst: &mut DynamicMessage, sides: &[&str]
     let rate = o.child("learning_rate");
     let schedule = rate.as_ref().and_then(|r| r.oneof("learning_rate"));
     for side in sides {
-        let name = if *side == "sparse_optimizer" { sparse } else { dense };
+        let name = if *side == "sparse_optimizer" {
+            sparse
+        } else {
+            dense
+        };
         let Some(side_msg) = child(ctx, dst, side) else {
             continue;
         };
@@ -144,7 +152,14 @@ fn optimizers(ctx: &mut Ctx, opt: &Src, dst: &mut DynamicMessage, sides: &[&str]
                 copy_as(ctx, &o, from, m, to);
             }
         }
-        learning_rate(ctx, rate.as_ref(), schedule.as_deref(), side_msg, name, side == &sides[0]);
+        learning_rate(
+            ctx,
+            rate.as_ref(),
+            schedule.as_deref(),
+            side_msg,
+            name,
+            side == &sides[0],
+        );
     }
 }
 
@@ -180,9 +195,13 @@ fn learning_rate(
             }
             if let Some(d) = child(ctx, side, "exponential_decay_learning_rate") {
                 // EasyRec's defaults differ from TorchEasyRec's: write them.
-                let steps = e.value_or_default("decay_steps").unwrap_or(Value::U32(4_000_000));
+                let steps = e
+                    .value_or_default("decay_steps")
+                    .unwrap_or(Value::U32(4_000_000));
                 set(ctx, d, "decay_size", &steps);
-                let factor = e.value_or_default("decay_factor").unwrap_or(Value::F32(0.95));
+                let factor = e
+                    .value_or_default("decay_factor")
+                    .unwrap_or(Value::F32(0.95));
                 set(ctx, d, "decay_factor", &factor);
                 copy(ctx, &e, d, &["staircase", "min_learning_rate"]);
                 copy_as(ctx, &e, "burnin_learning_rate", d, "warmup_learning_rate");
@@ -224,7 +243,9 @@ pub(crate) fn data_config(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
         return;
     };
     // EasyRec's default batch is 32, TorchEasyRec's 1024: always written.
-    let batch = data.value_or_default("batch_size").unwrap_or(Value::U32(32));
+    let batch = data
+        .value_or_default("batch_size")
+        .unwrap_or(Value::U32(32));
     set(ctx, dst, "batch_size", &batch);
     let input_type = data.enum_name("input_type", false).unwrap_or_default();
     let dataset = if input_type.starts_with("CSVInput") {
