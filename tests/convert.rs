@@ -229,19 +229,26 @@ fn features_as_tzrec_converter_with_fg_json() {
                 "feature_configs.lookup_feature.separator",
                 "the feature's own separator",
             ),
-            ("feature_configs", "one entry more: see sequence_feature"),
+
             (
-                "feature_configs.sequence_id_feature",
-                "see sequence_feature",
+                "feature_configs.sequence_id_feature.pooling",
+                "the written combiner is kept",
             ),
             (
-                "feature_configs.sequence_raw_feature",
-                "see sequence_feature",
+                "feature_configs.sequence_id_feature.sequence_length",
+                "a sequence outside fg.json's sequence groups gets a bound (reported)",
             ),
             (
-                "feature_configs.sequence_feature",
-                "fg.json's sequence group becomes one sequence feature per member here; \
-                 TorchEasyRec's converter nests them in one `sequence_feature`",
+                "feature_configs.sequence_id_feature.sequence_delim",
+                "and its EasyRec separator as the delimiter",
+            ),
+            (
+                "feature_configs.sequence_feature.features.id_feature.pooling",
+                "the written combiner is kept",
+            ),
+            (
+                "feature_configs.sequence_feature.sequence_pk",
+                "fg.json's sequence_pk is kept (TorchEasyRec's converter keeps it only with --use_old_fg off)",
             ),
         ],
     );

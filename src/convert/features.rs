@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 
-use super::dest::{copy, copy_as, push_child, set};
+use super::dest::{child, copy, copy_as, push_child, set};
 use super::source::Src;
 use super::Ctx;
 
@@ -34,6 +34,98 @@ pub(crate) fn features(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
             );
         }
     }
+    nest_sequence_groups(ctx, out);
+}
+
+/// fg.json's sequence groups: their members, converted one by one as
+/// sequence features, move into one `sequence_feature` per group (at the
+/// first member's place), under their names inside the group, without the
+/// length and delimiter the group now holds.
+fn nest_sequence_groups(ctx: &mut Ctx, out: &mut DynamicMessage) {
+    let Some(fg) = ctx.fg else {
+        return;
+    };
+    let Some(fd) = out.descriptor().get_field_by_name("feature_configs") else {
+        return;
+    };
+    let Value::List(configs) = out.get_field(&fd).into_owned() else {
+        return;
+    };
+    let mut kept: Vec<Value> = Vec::new();
+    let mut groups: Vec<(String, usize)> = Vec::new();
+    for config in configs {
+        let member = config.as_message().and_then(|c| {
+            ["sequence_id_feature", "sequence_raw_feature"]
+                .into_iter()
+                .find_map(|k| {
+                    let fd = c.descriptor().get_field_by_name(k)?;
+                    if !c.has_field(&fd) {
+                        return None;
+                    }
+                    let f = c.get_field(&fd).as_message()?.clone();
+                    let name = f.get_field_by_name("feature_name")?.as_str()?.to_string();
+                    let group = fg.get(&name)?.sequence.clone()?;
+                    Some((k, f, group, c.descriptor()))
+                })
+        });
+        let Some((kind, mut feature, group, descriptor)) = member else {
+            kept.push(config);
+            continue;
+        };
+        let at = match groups.iter().find(|(n, _)| *n == group.name) {
+            Some((_, at)) => *at,
+            None => {
+                let mut c = DynamicMessage::new(descriptor);
+                if let Some(seq) = child(ctx, &mut c, "sequence_feature") {
+                    set(
+                        ctx,
+                        seq,
+                        "sequence_name",
+                        &Value::String(group.name.clone()),
+                    );
+                    set(ctx, seq, "sequence_length", &Value::U32(group.length));
+                    set(
+                        ctx,
+                        seq,
+                        "sequence_delim",
+                        &Value::String(group.delim.clone()),
+                    );
+                    if let Some(pk) = &group.pk {
+                        set(ctx, seq, "sequence_pk", &Value::String(pk.clone()));
+                    }
+                }
+                groups.push((group.name.clone(), kept.len()));
+                kept.push(Value::Message(c));
+                kept.len() - 1
+            }
+        };
+        feature.clear_field_by_name("sequence_length");
+        feature.clear_field_by_name("sequence_delim");
+        set(
+            ctx,
+            &mut feature,
+            "feature_name",
+            &Value::String(group.member),
+        );
+        let Some(Value::Message(c)) = kept.get_mut(at) else {
+            continue;
+        };
+        let Some(seq) = child(ctx, c, "sequence_feature") else {
+            continue;
+        };
+        let Some(sub) = push_child(ctx, seq, "features") else {
+            continue;
+        };
+        let inner = if kind == "sequence_id_feature" {
+            "id_feature"
+        } else {
+            "raw_feature"
+        };
+        if let Some(fd) = sub.descriptor().get_field_by_name(inner) {
+            sub.set_field(&fd, Value::Message(feature));
+        }
+    }
+    out.set_field(&fd, Value::List(kept));
 }
 
 fn first_str(v: &Value) -> Option<String> {
@@ -243,7 +335,7 @@ fn feature(ctx: &mut Ctx, f: &Src, out: &mut DynamicMessage) {
         let group = fg
             .and_then(|fg| fg.get(&name))
             .and_then(|e| e.sequence.clone());
-        let from_fg = group.as_ref().map(|(n, _)| *n).filter(|n| *n > 0);
+        let from_fg = group.as_ref().map(|g| g.length).filter(|n| *n > 0);
         match max.or(from_fg).or(padded.filter(|n| *n > 1)) {
             Some(n) => set(ctx, dst, "sequence_length", &Value::U32(n)),
             None => {
@@ -261,9 +353,9 @@ fn feature(ctx: &mut Ctx, f: &Src, out: &mut DynamicMessage) {
             }
         }
         let sep = match group {
-            Some((_, delim)) => {
+            Some(g) => {
                 f.consume("separator");
-                delim
+                g.delim
             }
             None => f.str_or_default("separator"),
         };

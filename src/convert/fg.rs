@@ -3,8 +3,8 @@
 //! `map` and `key`. With it, `plec convert` writes those instead of
 //! `user:<input column>`, as TorchEasyRec's converter does. A sequence
 //! group's features (`sequence_name` entries) get their expressions and
-//! the group's length and delimiter, each as a sequence feature of its own
-//! (TorchEasyRec's converter nests them in one `sequence_feature`).
+//! the group's length and delimiter, and are nested in one
+//! `sequence_feature` per group, as TorchEasyRec's converter does.
 
 use std::collections::HashMap;
 
@@ -17,8 +17,19 @@ pub(crate) struct FgFeature {
     pub(crate) expression: Option<String>,
     pub(crate) map: Option<String>,
     pub(crate) key: Option<String>,
-    /// For a sequence group's feature: the group's length and delimiter.
-    pub(crate) sequence: Option<(u32, String)>,
+    /// For a sequence group's feature: its group.
+    pub(crate) sequence: Option<SeqGroup>,
+}
+
+/// A sequence group of fg.json, as one of its features sees it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SeqGroup {
+    pub(crate) name: String,
+    /// The feature's own name inside the group.
+    pub(crate) member: String,
+    pub(crate) length: u32,
+    pub(crate) delim: String,
+    pub(crate) pk: Option<String>,
 }
 
 /// The features of an fg.json by name (a sequence group's as
@@ -66,7 +77,13 @@ impl FgJson {
                 {
                     if let Some(name) = string(sub, "feature_name") {
                         let mut e = entry(sub);
-                        e.sequence = Some((length, delim.clone()));
+                        e.sequence = Some(SeqGroup {
+                            name: seq.clone(),
+                            member: name.clone(),
+                            length,
+                            delim: delim.clone(),
+                            pk: string(f, "sequence_pk"),
+                        });
                         features.insert(format!("{seq}__{name}"), e);
                     }
                 }
