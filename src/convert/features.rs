@@ -24,7 +24,12 @@ pub(crate) fn features(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
             .or_else(|| f.peek("input_names").and_then(|v| first_str(&v)))
             .unwrap_or_default();
         if used.contains(&name) {
+            let before = written(out);
             feature(ctx, f, out);
+            if written(out) > before {
+                ctx.origins
+                    .record(format!("feature_configs[{before}]"), f.path().to_string());
+            }
         } else {
             ctx.left_out(
                 f.path(),
@@ -35,6 +40,13 @@ pub(crate) fn features(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
         }
     }
     nest_sequence_groups(ctx, out);
+}
+
+/// How many features the output has.
+fn written(out: &DynamicMessage) -> usize {
+    out.get_field_by_name("feature_configs")
+        .and_then(|v| v.as_list().map(<[Value]>::len))
+        .unwrap_or(0)
 }
 
 /// fg.json's sequence groups: their members, converted one by one as
@@ -124,6 +136,11 @@ fn nest_sequence_groups(ctx: &mut Ctx, out: &mut DynamicMessage) {
         if let Some(fd) = sub.descriptor().get_field_by_name(inner) {
             sub.set_field(&fd, Value::Message(feature));
         }
+    }
+    if !groups.is_empty() {
+        // Features moved: their comments are not carried (rare: fg.json
+        // sequence groups only).
+        ctx.origins.retain(|o| !o.starts_with("feature_configs["));
     }
     out.set_field(&fd, Value::List(kept));
 }

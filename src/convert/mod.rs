@@ -15,6 +15,7 @@
 //! SimpleMultiTask with their towers, MLPs, losses and metrics. Not yet:
 //! `fg.json` expressions, sequence groups (DIN), other models, comments.
 
+mod comments;
 mod dest;
 mod dropped;
 mod features;
@@ -62,6 +63,8 @@ pub(crate) struct Ctx<'a> {
     /// EasyRec's fg.json, when given: the features' expressions.
     fg: Option<&'a FgJson>,
     diags: Vec<Diagnostic>,
+    /// Where output blocks came from, for the comments.
+    origins: comments::Origins,
     /// Paths already reported as not converted: what lies in them is not
     /// reported again as dropped.
     reported: Vec<String>,
@@ -154,6 +157,7 @@ pub fn easyrec_to_tzrec_with(source: &str, fg: Option<&FgJson>) -> Converted {
     let mut ctx = Ctx {
         spans: &bound.spans,
         fg,
+        origins: comments::Origins::default(),
         diags: Vec::new(),
         reported: Vec::new(),
     };
@@ -164,6 +168,16 @@ pub fn easyrec_to_tzrec_with(source: &str, fg: Option<&FgJson>) -> Converted {
     train::data_config(&mut ctx, &src, &mut out);
     features::features(&mut ctx, &src, &mut out);
     model::model(&mut ctx, &src, &mut out);
+    let comments = comments::Comments::collect(source, &bound.spans);
+    let mut text = String::new();
+    for line in &comments.header {
+        text.push_str(line);
+        text.push('\n');
+    }
+    if !comments.header.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(&print::print_with(&out, Some((&comments, &ctx.origins))));
     let mut diagnostics = checked.diagnostics.clone();
     diagnostics.extend(ctx.diags);
     diagnostics.extend(dropped::report(
@@ -174,7 +188,7 @@ pub fn easyrec_to_tzrec_with(source: &str, fg: Option<&FgJson>) -> Converted {
     ));
     diag::sort_by_position(&mut diagnostics);
     Converted {
-        text: Some(print::print(&out)),
+        text: Some(text),
         diagnostics,
     }
 }

@@ -5,71 +5,120 @@
 
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, ReflectMessage, Value};
 
-/// The message's fields as text format.
-pub(crate) fn print(msg: &DynamicMessage) -> String {
-    let mut out = String::new();
-    message(&mut out, msg, 0);
-    out
+use super::comments::{Comments, Origins};
+
+/// The message as text format, with the input's comments where they
+/// attach to a field that came from the input.
+pub(crate) fn print_with(msg: &DynamicMessage, comments: Option<(&Comments, &Origins)>) -> String {
+    let mut p = Printer {
+        out: String::new(),
+        comments,
+    };
+    p.message(msg, "", 0);
+    p.out
 }
 
-fn message(out: &mut String, msg: &DynamicMessage, depth: usize) {
-    for fd in msg.descriptor().fields() {
-        if !msg.has_field(&fd) {
-            continue;
+struct Printer<'c> {
+    out: String,
+    comments: Option<(&'c Comments, &'c Origins)>,
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+impl Printer<'_> {
+    fn indent(&mut self, depth: usize) {
+        for _ in 0..depth {
+            self.out.push_str("  ");
         }
-        field(out, &fd, &msg.get_field(&fd), depth);
     }
-}
 
-fn indent(out: &mut String, depth: usize) {
-    for _ in 0..depth {
-        out.push_str("  ");
+    /// Writes the comment lines above `path`; returns its trailing one.
+    fn above(&mut self, path: &str, depth: usize) -> Option<String> {
+        let (comments, origins) = self.comments?;
+        let attached = comments.for_output(origins, path)?;
+        for line in &attached.above {
+            self.indent(depth);
+            self.out.push_str(line);
+            self.out.push('\n');
+        }
+        attached.trailing.clone()
     }
-}
 
-fn block(out: &mut String, name: &str, msg: &DynamicMessage, depth: usize) {
-    indent(out, depth);
-    out.push_str(name);
-    out.push_str(" {\n");
-    message(out, msg, depth + 1);
-    indent(out, depth);
-    out.push_str("}\n");
-}
+    /// Ends a line, with the trailing comment when there is one.
+    fn end_line(&mut self, trailing: Option<String>) {
+        if let Some(t) = trailing {
+            self.out.push_str("  ");
+            self.out.push_str(&t);
+        }
+        self.out.push('\n');
+    }
 
-fn field(out: &mut String, fd: &FieldDescriptor, value: &Value, depth: usize) {
-    let name = fd.name();
-    match value {
-        Value::Message(m) => block(out, name, m, depth),
-        Value::List(items) => {
-            let inline = !matches!(fd.kind(), Kind::Message(_) | Kind::String | Kind::Bytes);
-            if inline {
-                let parts: Vec<String> = items.iter().map(|v| scalar(fd, v)).collect();
-                indent(out, depth);
-                out.push_str(&format!("{name}: [{}]\n", parts.join(", ")));
-            } else {
-                for v in items {
-                    field(out, fd, v, depth);
+    fn message(&mut self, msg: &DynamicMessage, path: &str, depth: usize) {
+        for fd in msg.descriptor().fields() {
+            if !msg.has_field(&fd) {
+                continue;
+            }
+            self.field(&fd, &msg.get_field(&fd), &join(path, fd.name()), depth);
+        }
+    }
+
+    fn block(&mut self, name: &str, msg: &DynamicMessage, path: &str, depth: usize) {
+        let trailing = self.above(path, depth);
+        self.indent(depth);
+        self.out.push_str(name);
+        self.out.push_str(" {");
+        self.end_line(trailing);
+        self.message(msg, path, depth + 1);
+        self.indent(depth);
+        self.out.push_str("}\n");
+    }
+
+    fn field(&mut self, fd: &FieldDescriptor, value: &Value, path: &str, depth: usize) {
+        let name = fd.name();
+        match value {
+            Value::Message(m) => self.block(name, m, path, depth),
+            Value::List(items) => {
+                let inline = !matches!(fd.kind(), Kind::Message(_) | Kind::String | Kind::Bytes);
+                if inline {
+                    let parts: Vec<String> = items.iter().map(|v| scalar(fd, v)).collect();
+                    let trailing = self.above(path, depth);
+                    self.indent(depth);
+                    self.out
+                        .push_str(&format!("{name}: [{}]", parts.join(", ")));
+                    self.end_line(trailing);
+                } else {
+                    for (i, v) in items.iter().enumerate() {
+                        self.field(fd, v, &format!("{path}[{i}]"), depth);
+                    }
                 }
             }
-        }
-        Value::Map(entries) => {
-            let Kind::Message(entry) = fd.kind() else {
-                return;
-            };
-            let value_fd = entry.map_entry_value_field();
-            for (k, v) in entries {
-                indent(out, depth);
-                out.push_str(&format!("{name} {{\n"));
-                indent(out, depth + 1);
-                out.push_str(&format!("key: {}\n", map_key(k)));
-                field(out, &value_fd, v, depth + 1);
-                indent(out, depth);
-                out.push_str("}\n");
+            Value::Map(entries) => {
+                let Kind::Message(entry) = fd.kind() else {
+                    return;
+                };
+                let value_fd = entry.map_entry_value_field();
+                for (k, v) in entries {
+                    self.indent(depth);
+                    self.out.push_str(&format!("{name} {{\n"));
+                    self.indent(depth + 1);
+                    self.out.push_str(&format!("key: {}\n", map_key(k)));
+                    self.field(&value_fd, v, &join(path, "value"), depth + 1);
+                    self.indent(depth);
+                    self.out.push_str("}\n");
+                }
             }
-        }
-        v => {
-            indent(out, depth);
-            out.push_str(&format!("{name}: {}\n", scalar(fd, v)));
+            v => {
+                let trailing = self.above(path, depth);
+                self.indent(depth);
+                self.out.push_str(&format!("{name}: {}", scalar(fd, v)));
+                self.end_line(trailing);
+            }
         }
     }
 }
