@@ -8,12 +8,15 @@
 //! its line (`plec::convert-lossy`), and every part it cannot map yet
 //! (`plec::convert-unsupported`), so nothing is lost silently.
 //!
-//! Covered now: the input paths, the optimizer (Adam, Adagrad, momentum)
-//! with a constant or exponentially decaying rate, batch size, labels,
-//! dataset kind and CSV columns, sample weights; Id, Tag, Raw, Combo,
-//! Lookup and Sequence features; feature groups; PLE, MMoE, DBMTL and
-//! SimpleMultiTask with their towers, MLPs, losses and metrics. Not yet:
-//! `fg.json` expressions, sequence groups (DIN), other models, comments.
+//! Covered: the input paths; one or two optimizers (Adam, Adagrad,
+//! momentum) with a constant or exponentially decaying rate; batch size,
+//! labels, dataset kind, CSV columns, sample weights; Id, Tag, Raw, Combo,
+//! Lookup and Sequence features, with fg.json's expressions and sequence
+//! groups when given; feature groups and their DIN sequence groups; PLE,
+//! MMoE, DBMTL and SimpleMultiTask with their towers, MLPs, losses and
+//! metrics; the input's comments (`comments`). Not covered (reported):
+//! other models (ESMM, backbones, single-task models), regularizations,
+//! the other optimizers, losses and schedules.
 
 mod comments;
 mod dest;

@@ -278,7 +278,7 @@ impl Towers<'_> {
             );
             // A weight of 1 is TorchEasyRec's default: not written.
             match t.peek("weight").and_then(|v| v.as_f32()) {
-                Some(w) if w == 1.0 => t.consume("weight"),
+                Some(1.0) => t.consume("weight"),
                 Some(_) => copy(ctx, t, d, &["weight"]),
                 None => {}
             }
