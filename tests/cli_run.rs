@@ -729,21 +729,22 @@ fn bad_data_is_an_error_with_no_output() {
 
 /// A reader that closes the pipe early (`plec explain | head -1`) ends
 /// plec quietly, as it would any Unix tool, not with a panic on the write.
-/// The read end is closed before plec starts printing, so every write
-/// fails.
+/// The read end is closed before plec starts, so every write fails (closing
+/// it after spawn would race plec's first writes into the pipe buffer).
 #[cfg(unix)]
 #[test]
 fn a_closed_output_pipe_ends_plec_without_a_panic() {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
     use std::process::{Command, Stdio};
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
     let mut child = Command::new(common::PLEC)
         .arg("explain")
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(Stdio::piped())
         .spawn()
         .expect("the plec binary runs");
-    drop(child.stdout.take());
     let mut stderr = String::new();
     child
         .stderr

@@ -122,9 +122,30 @@ pub(crate) fn to_dot(g: &ModelGraph, with_inputs: bool) -> String {
                         .map(|m| format!("{} ", widths(m)))
                         .unwrap_or_default(),
                     t.logits.out_dim
-                ),
+                ) + &if t.more_domains.is_empty() {
+                    String::new()
+                } else {
+                    format!("\\nx {} domains", 1 + t.more_domains.len())
+                },
                 "shape=box, style=filled, fillcolor=\"#d9ead3\"",
             ),
+            Node::GateNu(gn) => (
+                format!(
+                    "{}\\ngate unit {} -> {} -> {}",
+                    gn.name, gn.first.in_dim, gn.first.out_dim, gn.second.out_dim
+                ),
+                "shape=invtrapezium, style=filled, fillcolor=\"#fce5cd\"",
+            ),
+            Node::Product { name, scale } => (format!("{name}\\n{scale} x product"), "shape=box"),
+            Node::VariationalDropout(v) => (
+                format!(
+                    "{}\\nvariational dropout over {} features",
+                    v.name,
+                    v.features.len()
+                ),
+                "shape=box",
+            ),
+            Node::StopGradient { name } => (format!("{name}\\nstop gradient"), "shape=box"),
             Node::Loss { .. } | Node::Metric { .. } => (node.name(), "shape=note"),
             Node::SequenceGroup(sg) => (
                 format!(

@@ -716,17 +716,28 @@ pub fn generate(
             to_array(&labels[train_rows..]),
         ));
     }
-    // Label fields no task reads (e.g. an extra indicator): 0/1 at the base rate.
+    // Label fields no task reads: a domain index (PEPNet's domain label)
+    // uniform over its domains, anything else (e.g. an extra indicator)
+    // 0/1 at the base rate.
     for name in &data.label_fields {
         if !label_cols.iter().any(|(n, _, _)| n == name) && !cols.iter().any(|c| c.name == *name) {
-            let mut draw01 = |n: usize| -> ArrayRef {
+            let domains = plan
+                .tasks
+                .iter()
+                .filter(|t| t.domain_label == *name)
+                .map(|t| t.domain_count as usize)
+                .max();
+            let mut draw = |n: usize| -> ArrayRef {
                 Arc::new(Int64Array::from(
                     (0..n)
-                        .map(|_| (noise.next_f64() < BASE_RATE) as i64)
+                        .map(|_| match domains {
+                            Some(d) => noise.below(d.max(1)) as i64,
+                            None => (noise.next_f64() < BASE_RATE) as i64,
+                        })
                         .collect::<Vec<_>>(),
                 ))
             };
-            let (a, b) = (draw01(train_rows), draw01(eval_rows));
+            let (a, b) = (draw(train_rows), draw(eval_rows));
             label_cols.push((name.clone(), a, b));
         }
     }

@@ -19,7 +19,7 @@ use crate::proto::tzrec::protos::{
 
 /// Every block of `config` that would change the model and that plec
 /// cannot run: sub-features of a grouped sequence whose kind plec has no
-/// sequence form of (when the model reads them), variational dropout and
+/// sequence form of (when the model reads them) and
 /// Pareto loss weighting.
 pub(crate) fn audit(config: &EasyRecConfig) -> Vec<IrError> {
     let mut out = Vec::new();
@@ -51,12 +51,6 @@ pub(crate) fn audit(config: &EasyRecConfig) -> Vec<IrError> {
                 }
             }
         }
-    }
-    if mc.variational_dropout.is_some() {
-        out.push(IrError::unsupported(
-            "variational dropout",
-            "model_config.variational_dropout",
-        ));
     }
     if mc.use_pareto_loss_weight == Some(true) {
         out.push(IrError::unsupported(

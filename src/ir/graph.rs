@@ -57,6 +57,8 @@ impl Edge {
 pub enum Init {
     /// Uniform in `[-bound, bound]`, seeded by the compile seed and the name.
     Uniform { bound: f32 },
+    /// Standard normal (torch's `randn`).
+    Normal,
     /// Every element equal.
     Constant(f32),
     /// The row-major concatenation of the parts along axis 0 (also how
@@ -244,8 +246,19 @@ pub struct TowerBlock {
     pub name: String,
     pub mlp: Option<MlpBlock>,
     pub logits: LinearParams,
+    /// PEPNet's towers for domains 1.. (`mlp` and `logits` are domain 0's):
+    /// each reads the tower's input, and the output is every domain's
+    /// logits side by side, `[B, domains * num_class]`.
+    pub more_domains: Vec<TowerHead>,
     /// Labels, losses, metrics and weights; `logits` is set by emit.
     pub task: plan::Task,
+}
+
+/// One more domain's copy of a tower (see [`TowerBlock::more_domains`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TowerHead {
+    pub mlp: Option<MlpBlock>,
+    pub logits: LinearParams,
 }
 
 impl TowerBlock {
@@ -254,6 +267,21 @@ impl TowerBlock {
             .as_ref()
             .map_or(self.logits.in_dim, MlpBlock::in_dim)
     }
+
+    /// The output width: every domain's logits.
+    pub fn out_dim(&self) -> u64 {
+        self.logits.out_dim * (1 + self.more_domains.len() as u64)
+    }
+}
+
+/// PEPNet's gate neural unit without its gamma: `sigmoid(second(relu(
+/// first(x))))`, a per-row weight in `(0, 1)` for each unit of what it
+/// gates; the [`Node::Product`] that applies it carries the gamma.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateNuBlock {
+    pub name: String,
+    pub first: LinearParams,
+    pub second: LinearParams,
 }
 
 /// A resolved feature: its plan spec (minus the table index) and width.
@@ -312,6 +340,38 @@ pub enum Node {
     /// A sequence encoder reading a sequence group's outputs (ports 0
     /// query, 1 steps, 2 mask); output `[B, width]`.
     SeqEncoder(SeqEncoderBlock),
+    GateNu(GateNuBlock),
+    /// `scale` times the element-wise product of port 0 (a value) and
+    /// port 1 (its gate), both `[B, d]`.
+    Product {
+        name: String,
+        scale: f32,
+    },
+    /// Its input unchanged, with no gradient flowing back (torch's
+    /// `detach`): PEPNet's gates read the embeddings without training them.
+    StopGradient {
+        name: String,
+    },
+    /// Variational dropout over a feature group's output (see the plan's
+    /// VARIATIONAL_DROPOUT op).
+    VariationalDropout(VariationalDropoutBlock),
+}
+
+/// See [`Node::VariationalDropout`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariationalDropoutBlock {
+    pub name: String,
+    /// `[F]`: each feature's drop logit.
+    pub feature_p: ParamSpec,
+    /// Per feature (plain features, then sequence encoders): name, width.
+    pub features: Vec<(String, u64)>,
+    pub lambda: f32,
+}
+
+impl VariationalDropoutBlock {
+    pub fn width(&self) -> u64 {
+        self.features.iter().map(|(_, w)| w).sum()
+    }
 }
 
 /// See [`Node::SequenceGroup`].
@@ -378,6 +438,9 @@ impl Node {
             Node::FusedExperts(f) => f.name.clone(),
             Node::SequenceGroup(g) => g.name.clone(),
             Node::SeqEncoder(e) => e.name.clone(),
+            Node::GateNu(g) => g.name.clone(),
+            Node::Product { name, .. } | Node::StopGradient { name } => name.clone(),
+            Node::VariationalDropout(v) => v.name.clone(),
         }
     }
 
@@ -462,8 +525,27 @@ impl Node {
             }
             Node::Tower(t) => {
                 one(t.in_dim())?;
-                Ok(vec![batch_shape(t.logits.out_dim)])
+                Ok(vec![batch_shape(t.out_dim())])
             }
+            Node::VariationalDropout(v) => {
+                one(v.width())?;
+                Ok(vec![batch_shape(v.width())])
+            }
+            Node::GateNu(g) => {
+                one(g.first.in_dim)?;
+                Ok(vec![batch_shape(g.second.out_dim)])
+            }
+            Node::StopGradient { .. } => match inputs {
+                [e] if e.shape.len() == 2 && e.shape[0] == BATCH => Ok(vec![e.shape.clone()]),
+                _ => Err(format!("expects one [B, d] input, got {}", inputs.len())),
+            },
+            Node::Product { .. } => match inputs {
+                [a, b] if a.shape == b.shape && a.shape.len() == 2 && a.shape[0] == BATCH => {
+                    Ok(vec![a.shape.clone()])
+                }
+                [a, b] => Err(format!("multiplies {:?} by {:?}", a.shape, b.shape)),
+                _ => Err(format!("expects two inputs, got {}", inputs.len())),
+            },
             Node::Loss { .. } | Node::Metric { .. } => Ok(vec![]),
             Node::Gate(g) => infer_gate(g, inputs),
             Node::FusedExperts(f) => {

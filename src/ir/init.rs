@@ -27,6 +27,10 @@ pub(crate) fn materialize(spec: &ParamSpec, seed: u64) -> Vec<f32> {
                 .map(|_| ((rng.next_f64() * 2.0 - 1.0) * *bound as f64) as f32)
                 .collect()
         }
+        Init::Normal => {
+            let mut rng = SplitMix64::new(name_seed(seed, &spec.name));
+            (0..n).map(|_| rng.next_normal() as f32).collect()
+        }
         Init::Concat(parts) => {
             let mut out = Vec::with_capacity(n);
             for p in parts {
@@ -47,7 +51,6 @@ pub(crate) fn to_le_bytes(values: &[f32]) -> Vec<u8> {
 }
 
 /// Reads little-endian f32 bytes (a trailing partial value is ignored).
-#[cfg(test)]
 pub(crate) fn from_le_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)

@@ -1,11 +1,12 @@
 //! Lowering: typed config to model graph, one function per model kind
-//! (`ple`, `mmoe`, `dbmtl`, `simple_multi_task`) built from shared
+//! (`ple`, `mmoe`, `dbmtl`, `simple_multi_task`, `pepnet`) built from shared
 //! building blocks (features, MLP, gate, tower).
 
 use std::collections::HashMap;
 
 use petgraph::stable_graph::NodeIndex;
 
+mod pepnet;
 mod sequence;
 
 use super::error::IrError;
@@ -35,6 +36,7 @@ pub(crate) fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> 
         Some(Model::Mmoe(_)) => "mmoe",
         Some(Model::Dbmtl(_)) => "dbmtl",
         Some(Model::SimpleMultiTask(_)) => "simple_multi_task",
+        Some(Model::Pepnet(_)) => "pepnet",
         Some(other) => {
             let name = format!("{other:?}");
             let name = name.split('(').next().unwrap_or("this model").to_string();
@@ -45,7 +47,7 @@ pub(crate) fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> 
         }
         None => {
             return Err(vec![IrError::invalid(
-                "model_config names no model (ple, mmoe, dbmtl or simple_multi_task)",
+                "model_config names no model (ple, mmoe, dbmtl, pepnet or simple_multi_task)",
                 "model_config",
             )])
         }
@@ -54,8 +56,9 @@ pub(crate) fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> 
         g: ModelGraph::new(kind),
         errors: Vec::new(),
     };
-    let group = b.features(config);
-    if let Some(group) = group {
+    if let Some(Model::Pepnet(m)) = &mc.model {
+        b.pepnet(config, m);
+    } else if let Some(group) = b.features(config) {
         match &mc.model {
             Some(Model::Ple(m)) => b.ple(m, group),
             Some(Model::Mmoe(m)) => b.mmoe(m, group),
@@ -238,19 +241,33 @@ impl Builder {
     /// the group's output.
     fn features(&mut self, config: &EasyRecConfig) -> Option<Out> {
         let mc = config.model_config.as_ref()?;
-        let Some(group) = mc.feature_groups.first() else {
+        if mc.feature_groups.is_empty() {
             self.errors.push(IrError::invalid(
                 "the model has no feature group",
                 "model_config.feature_groups",
             ));
             return None;
-        };
-        let gpath = "model_config.feature_groups[0]";
-        if group.group_type != FeatureGroupType::Deep as i32 {
-            self.errors.push(IrError::unsupported(
-                "a feature group that is not DEEP",
-                format!("{gpath}.group_type"),
-            ));
+        }
+        self.feature_groups(config, &[0])?.into_iter().next()
+    }
+
+    /// Adds features, columns, tables and the feature groups at `wanted`
+    /// (indices into `feature_groups`); returns each group's output, in
+    /// the order asked. A feature read by several groups is one node (one
+    /// lookup) feeding each of them.
+    fn feature_groups(&mut self, config: &EasyRecConfig, wanted: &[usize]) -> Option<Vec<Out>> {
+        let mc = config.model_config.as_ref()?;
+        let groups: Vec<(usize, &crate::proto::tzrec::protos::FeatureGroupConfig)> = wanted
+            .iter()
+            .filter_map(|&g| mc.feature_groups.get(g).map(|c| (g, c)))
+            .collect();
+        for &(g, group) in &groups {
+            if group.group_type != FeatureGroupType::Deep as i32 {
+                self.errors.push(IrError::unsupported(
+                    "a feature group that is not DEEP",
+                    format!("model_config.feature_groups[{g}].group_type"),
+                ));
+            }
         }
         let fg_none = config
             .data_config
@@ -266,16 +283,21 @@ impl Builder {
         let mut columns: HashMap<String, NodeIndex> = HashMap::new();
         let mut tables: HashMap<String, (NodeIndex, TableNode, usize)> = HashMap::new();
         let mut feature_nodes: HashMap<usize, NodeIndex> = HashMap::new();
+        let is_used = |name: &str| {
+            groups
+                .iter()
+                .any(|(_, g)| g.feature_names.iter().any(|n| n == name))
+        };
         // Resolve every supported feature (unused ones become dead nodes);
-        // unsupported ones are an error only when the group uses them.
+        // unsupported ones are an error only when a group uses them.
         let mut order: Vec<usize> = (0..config.feature_configs.len()).collect();
         order.sort_by_key(|&i| {
             let name = feature_name(&config.feature_configs[i]).unwrap_or("");
-            (!group.feature_names.iter().any(|n| n == name), i)
+            (!is_used(name), i)
         });
         for i in order {
             let fc = &config.feature_configs[i];
-            let used = feature_name(fc).is_some_and(|n| group.feature_names.iter().any(|g| g == n));
+            let used = feature_name(fc).is_some_and(is_used);
             let path = format!("feature_configs[{i}]");
             let node = match resolve_feature(fc, &path, fg_none) {
                 Ok(Some(node)) => node,
@@ -291,66 +313,123 @@ impl Builder {
                 feature_nodes.insert(i, fnode);
             }
         }
-        let mut width = 0;
-        let mut members = Vec::new();
-        for (k, name) in group.feature_names.iter().enumerate() {
-            match by_name.get(name.as_str()) {
-                None if sequence::is_grouped_sub_feature(config, name) => {
-                    self.errors.push(IrError::unsupported(
-                        format!("sub-feature \"{name}\" of a grouped sequence in a plain feature list (pooled over its steps)"),
+        let mut outs = Vec::with_capacity(groups.len());
+        for (g, group) in groups {
+            let gpath = format!("model_config.feature_groups[{g}]");
+            let mut width = 0;
+            let mut members = Vec::new();
+            let mut member_names = Vec::new();
+            for (k, name) in group.feature_names.iter().enumerate() {
+                match by_name.get(name.as_str()) {
+                    None if sequence::is_grouped_sub_feature(config, name) => {
+                        self.errors.push(IrError::unsupported(
+                            format!("sub-feature \"{name}\" of a grouped sequence in a plain feature list (pooled over its steps)"),
+                            format!("{gpath}.feature_names[{k}]"),
+                        ))
+                    }
+                    None => self.errors.push(IrError::invalid(
+                        format!("the feature group names feature \"{name}\", which is not defined"),
                         format!("{gpath}.feature_names[{k}]"),
-                    ))
-                }
-                None => self.errors.push(IrError::invalid(
-                    format!("the feature group names feature \"{name}\", which is not defined"),
-                    format!("{gpath}.feature_names[{k}]"),
-                )),
-                Some((i, fc)) => {
-                    if let (Some(&fnode), Some(w)) = (feature_nodes.get(i), feature_width(fc)) {
-                        width += w;
-                        members.push((fnode, w));
+                    )),
+                    Some((i, fc)) => {
+                        if let (Some(&fnode), Some(w)) = (feature_nodes.get(i), feature_width(fc)) {
+                            width += w;
+                            members.push((fnode, w));
+                            member_names.push((name.clone(), w));
+                        }
                     }
                 }
             }
+            if members.is_empty() && self.errors.is_empty() {
+                self.errors.push(IrError::invalid(
+                    "the feature group has no features",
+                    format!("{gpath}.feature_names"),
+                ));
+            }
+            let gnode = self.add(Node::FeatureGroup {
+                name: group.group_name.clone(),
+                width,
+            });
+            for (k, (fnode, w)) in members.into_iter().enumerate() {
+                self.g
+                    .graph
+                    .add_edge(fnode, gnode, Edge::new(batch_shape(w), 0, k as u32));
+            }
+            let plain = Out {
+                node: gnode,
+                port: 0,
+                width,
+            };
+            let encoders = self.sequences(config, group, &gpath, fg_none, &mut columns);
+            // tzrec names an encoder's output `<group>_seq_encoder_<i>`.
+            member_names.extend(
+                encoders
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (format!("{}_seq_encoder_{i}", group.group_name), e.width)),
+            );
+            let out = if encoders.is_empty() {
+                plain
+            } else {
+                // tzrec's group output: the plain features, then each encoder.
+                let cat = self.add(Node::Concat {
+                    name: format!("{}.with_sequences", group.group_name),
+                });
+                let mut total = 0;
+                for (k, out) in std::iter::once(plain).chain(encoders).enumerate() {
+                    self.connect(out, cat, k as u32);
+                    total += out.width;
+                }
+                Out {
+                    node: cat,
+                    port: 0,
+                    width: total,
+                }
+            };
+            let out = match &mc.variational_dropout {
+                // tzrec gives every non-sequence group of more than one
+                // feature its own variational dropout.
+                Some(vd) if member_names.len() > 1 => self.variational_dropout(
+                    &group.group_name,
+                    member_names,
+                    vd.regularization_lambda(),
+                    out,
+                ),
+                _ => out,
+            };
+            outs.push(out);
         }
-        if members.is_empty() && self.errors.is_empty() {
-            self.errors.push(IrError::invalid(
-                "the feature group has no features",
-                format!("{gpath}.feature_names"),
-            ));
-        }
-        let gnode = self.add(Node::FeatureGroup {
-            name: group.group_name.clone(),
-            width,
-        });
-        for (k, (fnode, w)) in members.into_iter().enumerate() {
-            self.g
-                .graph
-                .add_edge(fnode, gnode, Edge::new(batch_shape(w), 0, k as u32));
-        }
-        let plain = Out {
-            node: gnode,
+        Some(outs)
+    }
+
+    /// A group's variational dropout: one drop logit per feature, drawn
+    /// from a standard normal as torch's `randn`.
+    fn variational_dropout(
+        &mut self,
+        group: &str,
+        features: Vec<(String, u64)>,
+        lambda: f32,
+        input: Out,
+    ) -> Out {
+        let name = format!("{group}.variational_dropout");
+        let node = self.add(Node::VariationalDropout(VariationalDropoutBlock {
+            feature_p: ParamSpec {
+                name: format!("{name}.feature_p"),
+                shape: vec![features.len() as u64],
+                init: Init::Normal,
+                trainable: true,
+                no_decay: false,
+            },
+            name,
+            features,
+            lambda,
+        }));
+        self.connect(input, node, 0);
+        Out {
+            node,
             port: 0,
-            width,
-        };
-        let encoders = self.sequences(config, group, gpath, fg_none, &mut columns);
-        if encoders.is_empty() {
-            return Some(plain);
+            width: input.width,
         }
-        // tzrec's group output: the plain features, then each encoder.
-        let cat = self.add(Node::Concat {
-            name: format!("{}.with_sequences", group.group_name),
-        });
-        let mut total = 0;
-        for (k, out) in std::iter::once(plain).chain(encoders).enumerate() {
-            self.connect(out, cat, k as u32);
-            total += out.width;
-        }
-        Some(Out {
-            node: cat,
-            port: 0,
-            width: total,
-        })
     }
 
     /// Adds a resolved feature with its input columns and (shared)
@@ -535,20 +614,30 @@ impl Builder {
     }
 
     fn tower(&mut self, path: &str, task: &TaskDesc, mlp: Option<&Mlp>, input: Out) {
-        let name = &task.name;
+        self.domain_tower(path, task, mlp, input, None);
+    }
+
+    /// One tower's MLP (built standalone, then moved into the tower node)
+    /// and logits linear, named under `prefix`.
+    fn tower_head(
+        &mut self,
+        prefix: &str,
+        path: &str,
+        mlp: Option<&Mlp>,
+        num_class: u64,
+        input: Out,
+    ) -> TowerHead {
         let mut in_dim = input.width;
         let mlp_block = mlp.map(|m| {
-            // Build the MLP standalone, then move it into the tower node.
             let out = self.mlp(
-                &format!("{name}.mlp"),
+                &format!("{prefix}.mlp"),
                 MlpRole::TaskMlp,
                 &format!("{path}.mlp"),
                 m,
                 input,
             );
             in_dim = out.width;
-            let node = self.g.graph.remove_node(out.node);
-            match node {
+            match self.g.graph.remove_node(out.node) {
                 Some(Node::Mlp(b)) => b,
                 _ => MlpBlock {
                     name: String::new(),
@@ -557,15 +646,48 @@ impl Builder {
                 },
             }
         });
+        TowerHead {
+            mlp: mlp_block,
+            logits: linear(&format!("{prefix}.logits"), in_dim, num_class, true),
+        }
+    }
+
+    /// A task tower; with `domains` (PEPNet's label and domain count) one
+    /// copy per domain, each row trained and scored by its domain's copy.
+    fn domain_tower(
+        &mut self,
+        path: &str,
+        task: &TaskDesc,
+        mlp: Option<&Mlp>,
+        input: Out,
+        domains: Option<(&str, u32)>,
+    ) {
+        let name = &task.name;
         let num_class = task.num_class as u64;
-        let plan_task = match self.plan_task(path, task) {
-            Some(t) => t,
-            None => return,
+        let Some(mut plan_task) = self.plan_task(path, task) else {
+            return;
         };
+        let mut heads = match domains {
+            Some((label, count)) => {
+                plan_task.domain_label = label.to_string();
+                plan_task.domain_count = count;
+                (0..count)
+                    .map(|d| {
+                        self.tower_head(&format!("{name}.domain{d}"), path, mlp, num_class, input)
+                    })
+                    .collect()
+            }
+            None => vec![self.tower_head(name, path, mlp, num_class, input)],
+        };
+        // Losses and metrics read every domain's logits; the runtime picks
+        // each row's (`runtime::loss::task_logits`).
+        let width = num_class * heads.len() as u64;
+        let first = heads.remove(0);
         let node = self.add(Node::Tower(TowerBlock {
             name: name.clone(),
-            mlp: mlp_block,
-            logits: linear(&format!("{name}.logits"), in_dim, num_class, true),
+            mlp: first.mlp,
+            logits: first.logits,
+            more_domains: heads,
             task: plan_task.clone(),
         }));
         self.connect(input, node, 0);
@@ -576,7 +698,7 @@ impl Builder {
             });
             self.g
                 .graph
-                .add_edge(node, l, Edge::new(batch_shape(num_class), 0, 0));
+                .add_edge(node, l, Edge::new(batch_shape(width), 0, 0));
         }
         for metric in &plan_task.metrics {
             let m = self.add(Node::Metric {
@@ -585,7 +707,7 @@ impl Builder {
             });
             self.g
                 .graph
-                .add_edge(node, m, Edge::new(batch_shape(num_class), 0, 0));
+                .add_edge(node, m, Edge::new(batch_shape(width), 0, 0));
         }
     }
 
@@ -677,6 +799,8 @@ impl Builder {
             task_space_indicator_label: t.indicator.clone(),
             in_task_space_weight: t.in_weight,
             out_task_space_weight: t.out_weight,
+            domain_label: String::new(),
+            domain_count: 0,
         })
     }
 

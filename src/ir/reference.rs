@@ -347,6 +347,45 @@ pub(crate) fn evaluate(
                 [s, m] => sequence_pool(s, m, op.pooling == Pooling::Mean as i32).map_err(err)?,
                 _ => return Err(err("needs two inputs".into())),
             },
+            OpKind::Mul => match inputs.as_slice() {
+                [a, b] if a.shape == b.shape => Tensor::new(
+                    a.shape.clone(),
+                    a.data
+                        .iter()
+                        .zip(&b.data)
+                        .map(|(x, y)| op.alpha * x * y)
+                        .collect(),
+                ),
+                [a, b] => return Err(err(format!("multiplies {:?} by {:?}", a.shape, b.shape))),
+                _ => return Err(err("needs two inputs".into())),
+            },
+            // Evaluation: each feature's columns times 1 - sigmoid(p_f).
+            OpKind::VariationalDropout => {
+                let x = x.ok_or_else(|| err("no input".into()))?;
+                let fp = p(0)?;
+                let keep: Vec<f32> = op
+                    .widths
+                    .iter()
+                    .zip(&fp.data)
+                    .flat_map(|(&w, &l)| {
+                        std::iter::repeat_n(1.0 - 1.0 / (1.0 + (-l).exp()), w as usize)
+                    })
+                    .collect();
+                let w = x.shape.last().copied().unwrap_or(0);
+                if keep.len() != w {
+                    return Err(err(format!("{} keep factors for {w} columns", keep.len())));
+                }
+                Tensor::new(
+                    x.shape.clone(),
+                    x.data
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| v * keep[i % w])
+                        .collect(),
+                )
+            }
+            // Evaluation only: the identity.
+            OpKind::StopGradient => x.ok_or_else(|| err("no input".into()))?.clone(),
             OpKind::OpUnspecified => return Err(err("op has no kind".into())),
         };
         let idx = op.output as usize;

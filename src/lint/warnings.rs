@@ -369,6 +369,7 @@ fn unused_label(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
         .iter()
         .filter_map(|t| cx.tower_label(t))
         .chain(model.towers.iter().filter_map(|t| t.task_space_label))
+        .chain(pepnet_domain_label(cx))
         .collect();
     for (i, label) in data.label_fields.iter().enumerate() {
         if used.contains(label.as_str()) {
@@ -381,6 +382,18 @@ fn unused_label(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                     "add a tower with `label_name: \"{label}\"`, fix a tower's `label_name`, or drop this label field"
                 )),
         );
+    }
+}
+
+/// PEPNet's `domain_input_name`: tzrec reads the domain index from the
+/// batch's labels (`batch.labels[domain_input_name]`), so it is a label
+/// the model uses although no tower names it.
+fn pepnet_domain_label<'a>(cx: &Ctx<'a>) -> Option<&'a str> {
+    match cx.config.model_config.as_ref()?.model.as_ref()? {
+        crate::proto::tzrec::protos::model_config::Model::Pepnet(p) => {
+            p.domain_input_name.as_deref()
+        }
+        _ => None,
     }
 }
 

@@ -500,14 +500,93 @@ impl Emitter<'_> {
                 self.values.insert((n, 0), out);
             }
             Node::Tower(t) => {
-                let mut x = self.input(n, 0)?;
-                if let Some(m) = &t.mlp {
-                    x = self.mlp(m, x);
-                }
-                let out = self.linear(&format!("{}.logits", t.name), &t.logits, x);
+                let x = self.input(n, 0)?;
+                let head = |e: &mut Self, name: &str, mlp: Option<&MlpBlock>, l: &LinearParams| {
+                    let y = match mlp {
+                        Some(m) => e.mlp(m, x),
+                        None => x,
+                    };
+                    e.linear(name, l, y)
+                };
+                let out = if t.more_domains.is_empty() {
+                    head(
+                        self,
+                        &format!("{}.logits", t.name),
+                        t.mlp.as_ref(),
+                        &t.logits,
+                    )
+                } else {
+                    let mut parts = vec![head(
+                        self,
+                        &format!("{}.domain0.logits", t.name),
+                        t.mlp.as_ref(),
+                        &t.logits,
+                    )];
+                    for (d, h) in t.more_domains.iter().enumerate() {
+                        let name = format!("{}.domain{}.logits", t.name, d + 1);
+                        parts.push(head(self, &name, h.mlp.as_ref(), &h.logits));
+                    }
+                    let width = t.out_dim() as i64;
+                    let cat = self.op(
+                        &format!("{}.logits", t.name),
+                        OpKind::Concat,
+                        parts,
+                        vec![BATCH, width],
+                        vec![],
+                    );
+                    self.last_op().axis = 1;
+                    cat
+                };
                 let mut task = t.task.clone();
                 task.logits = out;
                 self.plan.tasks.push(task);
+                self.values.insert((n, 0), out);
+            }
+            Node::GateNu(g) => {
+                let x = self.input(n, 0)?;
+                let h = self.linear(&format!("{}.layer0", g.name), &g.first, x);
+                let relu = Act {
+                    kind: Activation::Relu,
+                    alpha: 0.0,
+                    slope: None,
+                };
+                let h = self.post(&format!("{}.layer0", g.name), &Norm::None, &relu, 0.0, h);
+                let y = self.linear(&format!("{}.layer1", g.name), &g.second, h);
+                let sigmoid = Act {
+                    kind: Activation::Sigmoid,
+                    alpha: 0.0,
+                    slope: None,
+                };
+                let y = self.post(&format!("{}.layer1", g.name), &Norm::None, &sigmoid, 0.0, y);
+                self.values.insert((n, 0), y);
+            }
+            Node::Product { name, scale } => {
+                let (a, b) = (self.input(n, 0)?, self.input(n, 1)?);
+                let shape = self.shape(a);
+                let out = self.op(name, OpKind::Mul, vec![a, b], shape, vec![]);
+                self.last_op().alpha = *scale;
+                self.values.insert((n, 0), out);
+            }
+            Node::VariationalDropout(v) => {
+                let x = self.input(n, 0)?;
+                let p = self.param(&v.feature_p);
+                let out = self.op(
+                    &v.name,
+                    OpKind::VariationalDropout,
+                    vec![x],
+                    batch_shape(v.width()),
+                    vec![p],
+                );
+                let op = self.last_op();
+                op.alpha = v.lambda;
+                op.widths = v.features.iter().map(|(_, w)| *w as u32).collect();
+                op.feature_names = v.features.iter().map(|(n, _)| n.clone()).collect();
+                self.values.insert((n, 0), out);
+            }
+            Node::StopGradient { name } => {
+                let x = self.input(n, 0)?;
+                let shape = self.shape(x);
+                let out = self.op(name, OpKind::StopGradient, vec![x], shape, vec![]);
                 self.values.insert((n, 0), out);
             }
             Node::Gate(g) => {

@@ -35,6 +35,7 @@ fn param_count_ok(kind: OpKind, n: usize) -> bool {
         OpKind::BatchNorm => n == 4,
         OpKind::LayerNorm => n == 2,
         OpKind::Activation => n <= 1,
+        OpKind::VariationalDropout => n == 1,
         _ => n == 0,
     }
 }
@@ -63,7 +64,11 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
         }
         let needs_inputs = match kind {
             OpKind::FeatureGroup | OpKind::SequenceEmbed | OpKind::SequenceMask => 0,
-            OpKind::GateMix | OpKind::DinInput | OpKind::DotScores | OpKind::SequencePool => 2,
+            OpKind::GateMix
+            | OpKind::DinInput
+            | OpKind::DotScores
+            | OpKind::SequencePool
+            | OpKind::Mul => 2,
             OpKind::AttentionPool => 3,
             _ => 1,
         };
@@ -78,6 +83,8 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 | OpKind::DotScores
                 | OpKind::SequencePool
                 | OpKind::AttentionPool
+                | OpKind::Mul
+                | OpKind::StopGradient
         );
         if op.inputs.len() < needs_inputs || (exact && op.inputs.len() != needs_inputs) {
             return Err(invalid!(
@@ -108,6 +115,14 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 "op \"{}\" uses parameter {} which does not exist",
                 op.name,
                 p
+            ));
+        }
+        if kind == OpKind::VariationalDropout && op.widths.len() != op.feature_names.len() {
+            return Err(invalid!(
+                "variational dropout \"{}\" has {} widths for {} feature names",
+                op.name,
+                op.widths.len(),
+                op.feature_names.len()
             ));
         }
         if kind == OpKind::Dropout && !(0.0..1.0).contains(&op.ratio) {
@@ -183,6 +198,7 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 t.logits
             ));
         }
+        domains(plan, t)?;
         for l in &t.losses {
             if LossKind::try_from(l.kind) == Ok(LossKind::JrcLoss) {
                 jrc_session(plan, t, &l.session_feature)?;
@@ -195,6 +211,49 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
         embedded,
         batch_axis,
     })
+}
+
+/// A task with per-domain towers selects its logits by a label: the label
+/// must be a data field and the logits `domain_count * num_class` wide.
+fn domains(plan: &Plan, t: &Task) -> Result<(), InvalidPlan> {
+    if t.domain_count <= 1 && t.domain_label.is_empty() {
+        return Ok(());
+    }
+    if t.domain_label.is_empty() || t.domain_count < 2 {
+        return Err(invalid!(
+            "task \"{}\" has {} domains selected by label \"{}\" (it needs a label and at least 2)",
+            t.tower_name,
+            t.domain_count,
+            t.domain_label
+        ));
+    }
+    let in_data = plan
+        .data
+        .as_ref()
+        .is_some_and(|d| d.label_fields.contains(&t.domain_label));
+    if !in_data {
+        return Err(invalid!(
+            "task \"{}\" selects its domain by label \"{}\", which is not among the plan's label fields",
+            t.tower_name,
+            t.domain_label
+        ));
+    }
+    let width = plan
+        .values
+        .get(t.logits as usize)
+        .and_then(|v| v.shape.last().copied())
+        .unwrap_or(-1);
+    let want = i64::from(t.domain_count) * i64::from(t.num_class.max(1));
+    if width != want {
+        return Err(invalid!(
+            "task \"{}\" has {} domains of {} classes but its logits are {} wide",
+            t.tower_name,
+            t.domain_count,
+            t.num_class.max(1),
+            width
+        ));
+    }
+    Ok(())
 }
 
 /// A JRC loss compares two logits of rows of one session: it needs two

@@ -47,12 +47,14 @@ pub struct TaskPredictions {
 /// Predictions of every task for one batch, row-major `[rows, num_class]`.
 pub fn predict_batch(model: &mut Model, batch: &Batch) -> Result<Vec<Vec<f32>>> {
     let fwd = model.forward(batch, Mode::Eval)?;
-    let tasks = &model.structure().tasks;
-    tasks
+    let plan = model.structure();
+    let data = plan.data.clone().unwrap_or_default();
+    plan.tasks
         .iter()
         .zip(&fwd.logits)
         .map(|(t, l)| {
-            Ok(loss::predictions(t, l)?
+            let l = loss::task_logits(&data, t, l, batch)?;
+            Ok(loss::predictions(t, &l)?
                 .to_dtype(DType::F32)?
                 .flatten_all()?
                 .to_vec1::<f32>()?)
@@ -98,7 +100,7 @@ pub fn evaluate_with(
         let batch = batch.map_err(RuntimeError::Data)?;
         let fwd = model.forward(&batch, Mode::Eval)?;
         for (ti, task) in plan.tasks.iter().enumerate() {
-            let logits = &fwd.logits[ti];
+            let logits = &loss::task_logits(&data, task, &fwd.logits[ti], &batch)?;
             let mut targets =
                 loss::task_targets(&data, task, &batch, model.dtype(), model.device())?;
             loss::attach_sessions(&mut targets, &plan.features, &data, task, &batch)?;

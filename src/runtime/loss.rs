@@ -190,6 +190,52 @@ pub(crate) fn task_labels<'a>(data: &DataSpec, task: &Task, batch: &'a Batch) ->
     Ok(labels)
 }
 
+/// The logits a task's loss, metrics and predictions read, `[B, num_class]`:
+/// the whole logits value, or for per-domain towers (PEPNet's
+/// `domain_input_name`) each row's block of the domain its label names, as
+/// tzrec's `_select_domain_task_output` gathers it.
+pub(crate) fn task_logits(
+    data: &DataSpec,
+    task: &Task,
+    logits: &Tensor,
+    batch: &Batch,
+) -> Result<Tensor> {
+    if task.domain_count <= 1 {
+        return Ok(logits.clone());
+    }
+    let domains = column(
+        &data.label_fields,
+        &batch.labels,
+        &task.domain_label,
+        "label",
+    )?;
+    if domains.len() != batch.rows {
+        return Err(bad_batch!(
+            "label \"{}\" has {} values for {} rows",
+            task.domain_label,
+            domains.len(),
+            batch.rows
+        ));
+    }
+    let c = task.num_class.max(1) as usize;
+    let mut index = Vec::with_capacity(batch.rows * c);
+    for &d in domains {
+        if !(d >= 0.0 && d < task.domain_count as f32 && d.fract() == 0.0) {
+            return Err(bad_batch!(
+                "label \"{}\" is {} but task \"{}\" has towers for domains 0 to {}",
+                task.domain_label,
+                d,
+                task.tower_name,
+                task.domain_count - 1
+            ));
+        }
+        let first = d as u32 * c as u32;
+        index.extend((0..c as u32).map(|k| first + k));
+    }
+    let index = Tensor::from_vec(index, (batch.rows, c), logits.device())?;
+    Ok(logits.contiguous()?.gather(&index, 1)?)
+}
+
 /// The per-sample weights of a task, on the host, as the module doc says.
 pub(crate) fn sample_weights(data: &DataSpec, task: &Task, batch: &Batch) -> Result<Vec<f32>> {
     let rows = batch.rows;

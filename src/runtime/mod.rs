@@ -20,6 +20,7 @@ pub(crate) mod engine_choice;
 pub(crate) mod error;
 pub(crate) mod eval;
 pub mod exec;
+pub(crate) mod feature_importance;
 pub(crate) mod interrupt;
 pub(crate) mod loss;
 pub(crate) mod model;

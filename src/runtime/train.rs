@@ -151,6 +151,7 @@ impl TrainReport {
             "cpu": crate::runtime::exec::native::isa::cpu_model(),
             "isa": crate::runtime::exec::native::isa::chosen().name(),
             "f32_gemm": crate::runtime::exec::native::isa::chosen().f32_kernel_name(),
+            "variational_dropout": crate::runtime::feature_importance::drop_probabilities(&self.plan),
         })
     }
 }
@@ -240,7 +241,8 @@ impl Trainer {
             )?;
             let features = &self.model.structure().features;
             loss::attach_sessions(&mut targets, features, &self.data, task, batch)?;
-            let l = loss::task_loss(task, logits, &targets)?;
+            let logits = loss::task_logits(&self.data, task, logits, batch)?;
+            let l = loss::task_loss(task, &logits, &targets)?;
             task_losses.push(l.clone());
             total = Some(match total {
                 Some(t) => (t + l)?,
@@ -248,7 +250,10 @@ impl Trainer {
             });
         }
         self.mark(Phase::Forward);
-        let total = total.ok_or_else(|| invalid_plan!("the plan has no tasks"))?;
+        let mut total = total.ok_or_else(|| invalid_plan!("the plan has no tasks"))?;
+        for p in &fwd.penalties {
+            total = (total + p)?;
+        }
         let host: Vec<f32> = task_losses
             .iter()
             .map(|l| l.to_dtype(DType::F32)?.to_scalar::<f32>())

@@ -26,6 +26,9 @@ pub struct Forward {
     /// Native engine, training: the logits as leaf variables; their
     /// gradient seeds `Model::backward_native`. Empty on the candle path.
     pub logit_vars: Vec<Var>,
+    /// Scalar terms the training loss adds besides the tasks' losses
+    /// (variational dropout's regularization); empty when evaluating.
+    pub penalties: Vec<Tensor>,
 }
 
 /// What a model lends its executor for one pass.

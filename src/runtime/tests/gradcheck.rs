@@ -237,6 +237,78 @@ fn dropout_shape_ops_softmax_gate() {
 }
 
 #[test]
+fn pepnet_ops() {
+    check("mul", &[r(&[3, 4], 1), r(&[3, 4], 2)], &|x| {
+        ops::mul(&x[0], &x[1], 2.0)
+    });
+    let (a, b) = (r(&[3, 4], 1), r(&[3, 4], 2));
+    let y = host(&ops::mul(&a, &b, 2.0).unwrap());
+    for ((y, a), b) in y.iter().zip(host(&a)).zip(host(&b)) {
+        assert!((y - 2.0 * a * b).abs() < 1e-15);
+    }
+    // STOP_GRADIENT is candle's detach: the value passes, the gradient
+    // does not (only the second term of 2 * detach(x) + x trains x).
+    let v = Var::from_tensor(&r(&[2, 3], 3)).unwrap();
+    let x = v.as_tensor();
+    let y = ((x.detach() * 2.0).unwrap() + x).unwrap();
+    assert_eq!(host(&y), host(&(x * 3.0).unwrap()));
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(host(g.get(x).unwrap()), vec![1.0; 6]);
+}
+
+/// Variational dropout against a literal transcription of tzrec's
+/// `VariationalDropout` in f64, and its gradients.
+#[test]
+fn variational_dropout() {
+    let widths = [2usize, 1, 3];
+    let columns: Vec<u32> = widths
+        .iter()
+        .enumerate()
+        .flat_map(|(f, &w)| std::iter::repeat_n(f as u32, w))
+        .collect();
+    let columns = Tensor::from_vec(columns, 6, &Device::Cpu).unwrap();
+    let noise: Vec<f64> = randv(9, 7, 0.0).iter().map(|u| (u + 1.0) / 2.0).collect();
+    let u = t64(&noise, &[3, 3]);
+    let (x, p) = (r(&[3, 6], 4), r(&[3], 5));
+    check(
+        "variational dropout, training",
+        &[x.clone(), p.clone()],
+        &|t| ops::variational_dropout(&t[0], &t[1], &columns, Some(&u)),
+    );
+    check(
+        "variational dropout, evaluation",
+        &[x.clone(), p.clone()],
+        &|t| ops::variational_dropout(&t[0], &t[1], &columns, None),
+    );
+    check(
+        "variational dropout penalty",
+        std::slice::from_ref(&p),
+        &|t| ops::variational_dropout_penalty(&t[0], 0.01, 4),
+    );
+    let eps = f64::from(f32::EPSILON);
+    let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let (hx, hp) = (host(&x), host(&p));
+    let train = host(&ops::variational_dropout(&x, &p, &columns, Some(&u)).unwrap());
+    let eval = host(&ops::variational_dropout(&x, &p, &columns, None).unwrap());
+    let feature_of = [0, 0, 1, 2, 2, 2];
+    for row in 0..3 {
+        for col in 0..6 {
+            let f = feature_of[col];
+            let (dp, un) = (sig(hp[f]), noise[row * 3 + f]);
+            let approx =
+                (dp + eps).ln() - (1.0 - dp + eps).ln() + (un + eps).ln() - (1.0 - un + eps).ln();
+            let want = hx[row * 6 + col] * (1.0 - sig(approx / 0.1));
+            assert!((train[row * 6 + col] - want).abs() < 1e-12, "{row},{col}");
+            let want = hx[row * 6 + col] * (1.0 - dp);
+            assert!((eval[row * 6 + col] - want).abs() < 1e-12, "{row},{col}");
+        }
+    }
+    let pen = host(&ops::variational_dropout_penalty(&p, 0.01, 4).unwrap())[0];
+    let want: f64 = hp.iter().map(|&l| 0.01 / 4.0 * (1.0 - sig(l))).sum();
+    assert!((pen - want).abs() < 1e-9, "{pen} vs {want}");
+}
+
+#[test]
 fn losses() {
     let y = t64(&[1.0, 0.0, 1.0, 0.0], &[4]);
     let logits = || r(&[4], 21);

@@ -192,3 +192,53 @@ fn jrc_loss_matches_a_transcription_of_torcheasyrec_and_its_gradient() {
         assert!((gk - num).abs() < 1e-6, "d/dz[{i}][{c}]: {gk} vs {num}");
     }
 }
+
+/// PEPNet's per-domain towers: each row's loss reads the block of logits
+/// its domain label picks (tzrec's `_select_domain_task_output`), the
+/// gradient reaches only that block, and a domain with no tower stops the
+/// batch naming the label.
+#[test]
+fn domain_towers_select_each_rows_logits() {
+    use crate::proto::plan::{DataSpec, Task};
+    let data = DataSpec {
+        label_fields: vec!["clk".into(), "scene".into()],
+        ..Default::default()
+    };
+    let task = Task {
+        tower_name: "ctr".into(),
+        label_name: "clk".into(),
+        num_class: 1,
+        domain_label: "scene".into(),
+        domain_count: 3,
+        ..Default::default()
+    };
+    let logits = t64(
+        &[0.1, 0.2, 0.3, 1.1, 1.2, 1.3, 2.1, 2.2, 2.3, 3.1, 3.2, 3.3],
+        &[4, 3],
+    );
+    let b = batch(
+        4,
+        vec![],
+        vec![vec![1.0, 0.0, 1.0, 0.0], vec![2.0, 0.0, 1.0, 2.0]],
+    );
+    let picked = loss::task_logits(&data, &task, &logits, &b).unwrap();
+    assert_eq!(picked.dims(), &[4, 1]);
+    assert_eq!(host(&picked), vec![0.3, 1.1, 2.2, 3.3]);
+    let v = candle_core::Var::from_tensor(&logits).unwrap();
+    let g = loss::task_logits(&data, &task, v.as_tensor(), &b)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let want = [0., 0., 1., 1., 0., 0., 0., 1., 0., 0., 0., 1.];
+    assert_eq!(host(g.get(v.as_tensor()).unwrap()), want);
+    let bad = batch(4, vec![], vec![vec![1.0; 4], vec![0.0, 3.0, 1.0, 1.0]]);
+    let err = loss::task_logits(&data, &task, &logits, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("label \"scene\" is 3") && err.contains("domains 0 to 2"),
+        "{err}"
+    );
+}

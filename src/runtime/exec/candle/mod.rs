@@ -82,6 +82,8 @@ impl Executor for CandleExec {
         let mut buffer_updates: Vec<(usize, Tensor)> = Vec::new();
         // Biases left to the relu that reads the value (`bias_to_relu`).
         let mut pending_bias: Vec<Option<Tensor>> = vec![None; plan.values.len()];
+        // Training-loss terms of the ops (variational dropout's).
+        let mut penalties: Vec<Tensor> = Vec::new();
         for (oi, op) in plan.ops.iter().enumerate() {
             if self.deferred[oi] {
                 continue;
@@ -341,6 +343,41 @@ impl Executor for CandleExec {
                     input(1)?,
                     Pooling::try_from(op.pooling) == Ok(Pooling::Mean),
                 )?,
+                OpKind::VariationalDropout => {
+                    let x = input(0)?;
+                    let fp = param(m.params, op, 0);
+                    let columns: Vec<u32> = op
+                        .widths
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(f, &w)| std::iter::repeat_n(f as u32, w as usize))
+                        .collect();
+                    if columns.len() != x.dim(1)? || fp.elem_count() != op.widths.len() {
+                        return Err(invalid_plan!(
+                            "variational dropout \"{}\" has {} feature widths summing to {} for a {}-wide input and {} drop logits",
+                            op.name,
+                            op.widths.len(),
+                            columns.len(),
+                            x.dim(1)?,
+                            fp.elem_count()
+                        ));
+                    }
+                    let columns = Tensor::from_vec(columns, x.dim(1)?, m.device)?;
+                    match mode {
+                        Mode::Train { seed, step } => {
+                            let mut rng = SplitMix64::derive(seed, &[step, oi as u64]);
+                            let (rows, f) = (x.dim(0)?, op.widths.len());
+                            let u: Vec<f32> =
+                                (0..rows * f).map(|_| rng.next_f64() as f32).collect();
+                            let u = Tensor::from_vec(u, (rows, f), m.device)?.to_dtype(m.dtype)?;
+                            penalties.push(ops::variational_dropout_penalty(fp, op.alpha, rows)?);
+                            ops::variational_dropout(x, fp, &columns, Some(&u))?
+                        }
+                        _ => ops::variational_dropout(x, fp, &columns, None)?,
+                    }
+                }
+                OpKind::Mul => ops::mul(input(0)?, input(1)?, op.alpha)?,
+                OpKind::StopGradient => input(0)?.detach(),
                 OpKind::OpUnspecified => {
                     return Err(invalid_plan!("op \"{}\" has no kind", op.name))
                 }
@@ -363,6 +400,7 @@ impl Executor for CandleExec {
             logits,
             gathered: lookup.gathered,
             logit_vars: Vec::new(),
+            penalties,
         })
     }
 

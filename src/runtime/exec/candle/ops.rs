@@ -240,3 +240,48 @@ pub fn sequence_pool(s: &Tensor, mask: &Tensor, mean: bool) -> Result<Tensor> {
     let len = mask.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?;
     summed.broadcast_div(&len)
 }
+
+/// `alpha * a * b`, element-wise (the plan's MUL).
+pub fn mul(a: &Tensor, b: &Tensor, alpha: f32) -> Result<Tensor> {
+    (a * b)?.affine(f64::from(alpha), 0.0)
+}
+
+/// TorchEasyRec's variational dropout of one feature group (the plan's
+/// VARIATIONAL_DROPOUT): `x [B, W]` times each column's keep factor.
+/// `columns [W]` (u32) names each column's feature; `noise [B, F]`,
+/// uniform in `[0, 1)`, is given when training: the keep factor is then a
+/// relaxed Bernoulli draw, `1 - sigmoid((logit(p) + logit(u)) / 0.1)`, with
+/// tzrec's epsilon inside each log; without noise it is `1 - p`.
+pub fn variational_dropout(
+    x: &Tensor,
+    feature_p: &Tensor,
+    columns: &Tensor,
+    noise: Option<&Tensor>,
+) -> Result<Tensor> {
+    const TEMPERATURE: f64 = 0.1;
+    let eps = f64::from(f32::EPSILON);
+    let p = sigmoid(feature_p)?;
+    let keep = match noise {
+        Some(u) => {
+            let logit = |v: &Tensor| -> Result<Tensor> {
+                v.affine(1.0, eps)?.log()? - v.affine(-1.0, 1.0 + eps)?.log()?
+            };
+            let approx = (logit(u)?.broadcast_add(&logit(&p)?)? / TEMPERATURE)?;
+            sigmoid(&approx)?
+                .affine(-1.0, 1.0)?
+                .index_select(columns, 1)?
+        }
+        None => p
+            .affine(-1.0, 1.0)?
+            .index_select(columns, 0)?
+            .unsqueeze(0)?,
+    };
+    x.broadcast_mul(&keep)
+}
+
+/// The regularization a variational dropout adds to the training loss:
+/// `lambda / B * sum(1 - sigmoid(feature_p))`.
+pub fn variational_dropout_penalty(feature_p: &Tensor, lambda: f32, rows: usize) -> Result<Tensor> {
+    let keep = sigmoid(feature_p)?.affine(-1.0, 1.0)?.sum_all()?;
+    keep.affine(f64::from(lambda) / rows.max(1) as f64, 0.0)
+}

@@ -296,6 +296,7 @@ impl Executor for Engine {
             logits,
             gathered,
             logit_vars,
+            penalties: Vec::new(),
         })
     }
 

@@ -318,6 +318,19 @@ impl Program {
                         kind
                     ));
                 }
+                OpKind::VariationalDropout => {
+                    return Err(unsupported!(
+                        op.name,
+                        "the native engine has no variational dropout kernel yet"
+                    ));
+                }
+                OpKind::Mul | OpKind::StopGradient => {
+                    return Err(unsupported!(
+                        op.name,
+                        "the native engine has no {:?} kernel yet (PEPNet's gate units)",
+                        kind
+                    ));
+                }
                 OpKind::OpUnspecified => {
                     return Err(invalid_plan!("op \"{}\" has no kind", op.name))
                 }
