@@ -38,6 +38,17 @@ pub(crate) fn model(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
         return;
     };
     zero_is_unset(&m, "embedding_regularization");
+    // The same layer in both (TorchEasyRec's `VariationalDropout`).
+    if let Some(v) = m.child("variational_dropout") {
+        if let Some(d) = child(ctx, dst, "variational_dropout") {
+            copy(
+                ctx,
+                &v,
+                d,
+                &["regularization_lambda", "embedding_wise_variational_dropout"],
+            );
+        }
+    }
     for g in m.children("feature_groups") {
         group(ctx, &g, dst);
     }
