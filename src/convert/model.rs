@@ -45,7 +45,10 @@ pub(crate) fn model(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
                 ctx,
                 &v,
                 d,
-                &["regularization_lambda", "embedding_wise_variational_dropout"],
+                &[
+                    "regularization_lambda",
+                    "embedding_wise_variational_dropout",
+                ],
             );
         }
     }
