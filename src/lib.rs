@@ -17,6 +17,7 @@
 
 pub mod alloc;
 pub mod cli;
+pub mod convert;
 pub mod data;
 pub mod diag;
 pub mod format;

@@ -11,16 +11,21 @@ use crate::ir::{self, IrError, ModelGraph};
 use crate::passes::{self, Applied, PassError};
 use crate::plan::{self, emit::EmitError, Plan};
 use crate::proto::tzrec::protos::EasyRecConfig;
-use crate::schema::{self, Schema, SpanMap};
+use crate::schema::{self, Dialect, Schema, SpanMap};
 use crate::syntax;
 
 /// Everything the front end learned about one source text.
 #[derive(Debug)]
 pub struct Checked {
-    /// Syntax, schema and semantic findings, sorted by position.
+    /// Syntax, schema and semantic findings, sorted by position (after
+    /// dialect detection, its diagnostic comes first).
     pub diagnostics: Vec<Diagnostic>,
     /// The bound config, when the text parsed.
     pub bound: Option<schema::Bound>,
+    /// Set when dialect detection found the file to be of another dialect
+    /// than the schema it was checked with, and checked it under that
+    /// dialect's schema instead ([`check_source_detecting`]).
+    pub detected: Option<Dialect>,
 }
 
 impl Checked {
@@ -33,15 +38,79 @@ impl Checked {
 /// Runs the front end on one source text: syntax, schema, lint.
 pub fn check_source(schema: &Schema, source: &str) -> Checked {
     let parsed = syntax::parse(source);
-    let mut diagnostics = parsed.diagnostics;
-    let Some(document) = parsed.document else {
+    check_parsed(schema, &parsed, source)
+}
+
+/// Like [`check_source`] with TorchEasyRec's schema, but a file that is an
+/// EasyRec config (see [`schema::dialect`]) is checked under `easyrec`
+/// instead, its report opened by the `plec::easyrec-dialect` diagnostic.
+/// With any other `schema` than the built-in TorchEasyRec one, this is
+/// `check_source`.
+pub fn check_source_detecting(schema: &Schema, easyrec: &Schema, source: &str) -> Checked {
+    let parsed = syntax::parse(source);
+    let checked = check_parsed(schema, &parsed, source);
+    match detect_easyrec(schema, easyrec, &parsed, source, &checked) {
+        Some((evidence, other)) => {
+            let mut diagnostics = vec![schema::dialect::diagnostic(&evidence)];
+            diagnostics.extend(other.diagnostics);
+            Checked {
+                diagnostics,
+                bound: other.bound,
+                detected: Some(Dialect::EasyRec),
+            }
+        }
+        None => checked,
+    }
+}
+
+/// When `checked` (the file under `schema`) has unknown fields and `schema`
+/// is TorchEasyRec's: the evidence that the file is EasyRec's, and the file
+/// checked under `easyrec`.
+fn detect_easyrec(
+    schema: &Schema,
+    easyrec: &Schema,
+    parsed: &syntax::Parsed,
+    source: &str,
+    checked: &Checked,
+) -> Option<(schema::dialect::Evidence, Checked)> {
+    if !schema.is_tzrec() || !easyrec.is_easyrec() {
+        return None;
+    }
+    // A file TorchEasyRec's schema accepts is never bound twice.
+    let bound = checked.bound.as_ref()?;
+    if !bound
+        .diagnostics
+        .iter()
+        .any(|d| d.code == "plec::unknown-field")
+    {
+        return None;
+    }
+    let other = check_parsed(easyrec, parsed, source);
+    let evidence = schema::dialect::detect(schema, bound, other.bound.as_ref()?, source)?;
+    Some((evidence, other))
+}
+
+/// The error that replaces TorchEasyRec's schema errors when a file given
+/// to the build is an EasyRec config.
+fn easyrec_refusal(schema: &Schema, source: &str, checked: &Checked) -> Option<Diagnostic> {
+    let easyrec = Schema::builtin_easyrec().ok()?;
+    let parsed = syntax::parse(source);
+    let (evidence, _) = detect_easyrec(schema, &easyrec, &parsed, source, checked)?;
+    Some(schema::dialect::refusal(&evidence))
+}
+
+/// The front end on an already parsed text.
+fn check_parsed(schema: &Schema, parsed: &syntax::Parsed, source: &str) -> Checked {
+    let mut diagnostics = parsed.diagnostics.clone();
+    let Some(document) = parsed.document.as_ref() else {
         return Checked {
             diagnostics,
             bound: None,
+            detected: None,
         };
     };
     let syntax_ok = !diagnostics.iter().any(Diagnostic::is_error);
-    let bound = schema::bind(schema, &document, source);
+    let bound = schema::bind(schema, document, source);
     diagnostics.extend(bound.diagnostics.iter().cloned());
     // Lint needs a well-formed tree; its rules tolerate fields that schema
     // errors left out.
@@ -65,6 +134,7 @@ pub fn check_source(schema: &Schema, source: &str) -> Checked {
     Checked {
         diagnostics,
         bound: Some(bound),
+        detected: None,
     }
 }
 
@@ -208,6 +278,9 @@ pub fn lower(source: &str, opts: BuildOptions) -> Result<Lowered, BuildError> {
     let schema = Schema::builtin().map_err(|e| BuildError::Schema(e.to_string()))?;
     let checked = check_source(&schema, source);
     if checked.has_errors() {
+        if let Some(refusal) = easyrec_refusal(&schema, source, &checked) {
+            return Err(BuildError::Diagnostics(vec![refusal]));
+        }
         return Err(BuildError::Diagnostics(checked.diagnostics));
     }
     let Some(bound) = checked.bound.as_ref() else {

@@ -23,3 +23,8 @@ pub mod checkpoint {
 /// Encoded `FileDescriptorSet` of every file under `proto/`: the schema the
 /// binder checks configs against by default.
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
+
+/// Encoded `FileDescriptorSet` of `proto/easyrec/`: EasyRec's config schema
+/// (`protos`), for `plec check --schema easyrec` and dialect detection.
+pub const EASYREC_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/easyrec_descriptor_set.bin"));

@@ -3,12 +3,41 @@
 //! `golden/snapshots/`. Each case also states what it must report in
 //! `# expect: CODE@LINE` comments; the errors and warnings found must be
 //! exactly those (advice is not listed).
+//!
+//! Cases are checked as plain `plec check` does: with TorchEasyRec's schema
+//! and EasyRec dialect detection (so no TorchEasyRec case may be taken for
+//! an EasyRec config). A case whose first line is `# schema: easyrec` is
+//! checked as `plec check --schema easyrec` does.
 
 use std::path::{Path, PathBuf};
 
 use plec::diag::{render_human, render_json, LineIndex, Severity};
-use plec::pipeline::check_source;
+use plec::pipeline::{check_source, check_source_detecting, Checked};
 use plec::schema::Schema;
+
+/// The built-in schemas, loaded once per test.
+struct Schemas {
+    tzrec: Schema,
+    easyrec: Schema,
+}
+
+impl Schemas {
+    fn load() -> Self {
+        Schemas {
+            tzrec: Schema::builtin().expect("built-in schema"),
+            easyrec: Schema::builtin_easyrec().expect("built-in EasyRec schema"),
+        }
+    }
+
+    /// Checks a case as `plec check` would, honouring `# schema: easyrec`.
+    fn check(&self, source: &str) -> Checked {
+        if source.lines().next().map(str::trim) == Some("# schema: easyrec") {
+            check_source(&self.easyrec, source)
+        } else {
+            check_source_detecting(&self.tzrec, &self.easyrec, source)
+        }
+    }
+}
 
 fn cases(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -36,7 +65,7 @@ fn expectations(source: &str) -> Vec<String> {
 
 #[test]
 fn golden_cases() {
-    let schema = Schema::builtin().expect("built-in schema");
+    let schemas = Schemas::load();
     let mut paths = Vec::new();
     cases(Path::new("golden"), &mut paths);
     paths.sort();
@@ -44,7 +73,19 @@ fn golden_cases() {
     let mut failures = Vec::new();
     for path in &paths {
         let source = std::fs::read_to_string(path).expect("read case");
-        let checked = check_source(&schema, &source);
+        let checked = schemas.check(&source);
+        let dialect_at = checked
+            .diagnostics
+            .iter()
+            .position(|d| d.code == "plec::easyrec-dialect");
+        if checked.detected.is_some() != dialect_at.is_some() || dialect_at.unwrap_or(0) != 0 {
+            failures.push(format!(
+                "{}: the dialect diagnostic must open the report of a detected file, \
+                 and only then (detected {:?}, diagnostic at {dialect_at:?})",
+                path.display(),
+                checked.detected
+            ));
+        }
         let index = LineIndex::new(&source);
         let mut found: Vec<String> = checked
             .diagnostics
@@ -90,13 +131,13 @@ fn golden_cases() {
 /// Every code a golden case produces is explained by `plec explain`.
 #[test]
 fn every_reported_code_is_explained() {
-    let schema = Schema::builtin().expect("built-in schema");
+    let schemas = Schemas::load();
     let mut paths = Vec::new();
     cases(Path::new("golden"), &mut paths);
     let mut codes = std::collections::BTreeSet::new();
     for path in &paths {
         let source = std::fs::read_to_string(path).expect("read case");
-        for d in check_source(&schema, &source).diagnostics {
+        for d in schemas.check(&source).diagnostics {
             codes.insert(d.code);
         }
     }

@@ -1,10 +1,24 @@
 //! Property tests: the parser and binder never panic, whatever the input —
 //! random bytes, random printable text, and random edits of valid configs —
-//! and every diagnostic's labels lie inside the text.
+//! and every diagnostic's labels lie inside the text. Inputs go through
+//! EasyRec dialect detection as in `plec check`, and an EasyRec config is
+//! among the examples edited, so the detection path is exercised too.
 
-use plec::pipeline::check_source;
+use std::sync::OnceLock;
+
+use plec::pipeline::check_source_detecting;
 use plec::schema::Schema;
 use proptest::prelude::*;
+
+fn schemas() -> &'static (Schema, Schema) {
+    static SCHEMAS: OnceLock<(Schema, Schema)> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        (
+            Schema::builtin().expect("schema"),
+            Schema::builtin_easyrec().expect("EasyRec schema"),
+        )
+    })
+}
 
 fn examples() -> Vec<String> {
     let mut out = Vec::new();
@@ -13,6 +27,7 @@ fn examples() -> Vec<String> {
         "examples/mmoe_taobao.config",
         "examples/dbmtl_taobao.config",
         "examples/simple_multi_task_taobao.config",
+        "golden/easyrec/detect-ple.config",
     ] {
         out.push(std::fs::read_to_string(name).expect("example"));
     }
@@ -20,8 +35,8 @@ fn examples() -> Vec<String> {
 }
 
 fn assert_well_formed(source: &str) {
-    let schema = Schema::builtin().expect("schema");
-    let checked = check_source(&schema, source);
+    let (tzrec, easyrec) = schemas();
+    let checked = check_source_detecting(tzrec, easyrec, source);
     for d in &checked.diagnostics {
         assert!(!d.code.is_empty());
         assert!(!d.message.is_empty());
@@ -113,7 +128,7 @@ proptest! {
 
     #[test]
     fn random_edits_of_examples_never_panic(
-        which in 0usize..4,
+        which in 0usize..5,
         edits in proptest::collection::vec(edit_strategy(), 1..6),
     ) {
         let examples = examples();

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use crate::diag::{self, Severity};
-use crate::pipeline::check_source;
-use crate::schema::Schema;
+use crate::pipeline::{check_source, check_source_detecting};
+use crate::schema::{Dialect, Schema};
 
 use super::check_data::check_data;
 
@@ -22,6 +22,25 @@ pub enum Format {
     /// GitHub Actions workflow commands (`::error file=..::`), which become
     /// annotations on a pull request.
     Github,
+}
+
+/// A built-in schema, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaName {
+    /// TorchEasyRec's (`tzrec.protos`): the default.
+    Tzrec,
+    /// EasyRec's (`protos`, TorchEasyRec's TensorFlow predecessor): syntax
+    /// and schema checks only.
+    Easyrec,
+}
+
+impl SchemaName {
+    pub(crate) fn dialect(self) -> Dialect {
+        match self {
+            SchemaName::Tzrec => Dialect::TorchEasyRec,
+            SchemaName::Easyrec => Dialect::EasyRec,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -53,14 +72,27 @@ pub struct CheckArgs {
     /// With --data: read every row (overrides --rows).
     #[arg(long)]
     pub all: bool,
+    /// Check against this built-in schema. Without it (and without
+    /// --proto-path) files are checked as TorchEasyRec configs, and a file
+    /// that is an EasyRec config is detected and checked as one.
+    #[arg(long, value_enum, conflicts_with = "proto_path")]
+    pub schema: Option<SchemaName>,
 }
 
 pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
-    let schema = match &args.proto_path {
-        Some(dir) => Schema::from_proto_path(dir, args.root_message.as_deref()),
-        None => Schema::builtin(),
+    let to_run_error = |e: crate::schema::SchemaError| RunError::new(e.to_string());
+    let schema = match (&args.proto_path, args.schema) {
+        (Some(dir), _) => Schema::from_proto_path(dir, args.root_message.as_deref()),
+        (None, Some(name)) => Schema::builtin_for(name.dialect()),
+        (None, None) => Schema::builtin(),
     }
-    .map_err(|e| RunError::new(e.to_string()))?;
+    .map_err(to_run_error)?;
+    // Dialect detection: only when no schema was asked for.
+    let easyrec = if args.proto_path.is_none() && args.schema.is_none() {
+        Some(Schema::builtin_easyrec().map_err(to_run_error)?)
+    } else {
+        None
+    };
     let color = super::stdout_is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut sources = Vec::new();
     for path in &args.files {
@@ -70,11 +102,18 @@ pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
     }
     let mut errors = 0;
     let mut warnings = 0;
+    let mut detected = 0;
     let mut out = String::new();
     let mut checked_all = Vec::new();
     let mut data_summaries = Vec::new();
     for (path, source) in &sources {
-        let mut checked = check_source(&schema, source);
+        let mut checked = match &easyrec {
+            Some(easyrec) => check_source_detecting(&schema, easyrec, source),
+            None => check_source(&schema, source),
+        };
+        if checked.detected.is_some() {
+            detected += 1;
+        }
         if !args.data.is_empty() {
             let max_rows = (!args.all).then_some(args.rows);
             let (found, summary) = check_data(source, &checked, &args.data, max_rows);
@@ -120,11 +159,26 @@ pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
     if args.format == Format::Human {
         let files = sources.len();
         let noun = if files == 1 { "file" } else { "files" };
+        let note = if schema.is_easyrec() {
+            " (EasyRec's schema: syntax and schema checks only)".to_string()
+        } else if detected > 0 {
+            let which = if files == 1 {
+                "an EasyRec config".to_string()
+            } else if detected == 1 {
+                "1 EasyRec config".to_string()
+            } else {
+                format!("{detected} EasyRec configs")
+            };
+            format!(" ({which}, checked under EasyRec's schema: syntax and schema checks only)")
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "plec check: {files} {noun}, {errors} error{}, {warnings} warning{}\n",
+            "plec check: {files} {noun}, {errors} error{}, {warnings} warning{}{note}\n",
             if errors == 1 { "" } else { "s" },
             if warnings == 1 { "" } else { "s" },
         ));
+
         for d in &data_summaries {
             out.push_str(&format!(
                 "plec check: data: {} file{}, {} of {} rows scanned in {:.2} s\n",

@@ -53,6 +53,7 @@ pub(crate) fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
             ("syntax", syntax::explain::CODES),
             ("schema", schema::explain::CODES),
             ("compile", crate::pipeline::CODES),
+            ("convert", crate::convert::CODES),
         ] {
             for (code, text) in codes {
                 out.push_str(&format!("{code:<34} {kind:<8} {}\n", first_sentence(text)));
@@ -83,6 +84,7 @@ pub(crate) fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
         .iter()
         .chain(schema::explain::CODES)
         .chain(crate::pipeline::CODES)
+        .chain(crate::convert::CODES)
         .find(|(c, _)| *c == full)
     {
         println!("{c}\n\n{text}");
@@ -100,6 +102,7 @@ pub(crate) fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
         .chain(ir::SHAPE_CODES.iter().map(|(c, _)| *c))
         .chain(syntax::explain::CODES.iter().map(|(c, _)| *c))
         .chain(schema::explain::CODES.iter().map(|(c, _)| *c))
+        .chain(crate::convert::CODES.iter().map(|(c, _)| *c))
         .map(|c| c.trim_start_matches("plec::"))
         .collect();
     let bare = code.trim().trim_start_matches("plec::");

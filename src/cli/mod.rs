@@ -6,6 +6,7 @@ pub(crate) mod bench;
 pub(crate) mod check;
 pub(crate) mod check_data;
 pub(crate) mod compile;
+pub(crate) mod convert;
 pub(crate) mod demo;
 pub(crate) mod diff;
 pub(crate) mod eval;
@@ -44,6 +45,8 @@ pub enum Command {
     Schema(schema::SchemaArgs),
     /// Explain a diagnostic code: what it means, an example, how to fix it.
     Explain(explain::ExplainArgs),
+    /// Convert an EasyRec (TensorFlow) config to a TorchEasyRec config.
+    Convert(convert::ConvertArgs),
     /// Compile a config to a plan file (checks it first).
     Compile(compile::CompileArgs),
     /// Draw the model graph as Graphviz DOT.
@@ -154,6 +157,7 @@ pub fn main() -> ExitCode {
         Command::Lsp(args) => lsp::execute(&args),
         Command::Schema(args) => schema::execute(&args),
         Command::Compile(args) => compile::execute(&args),
+        Command::Convert(args) => convert::execute(&args),
         Command::Graph(args) => graph::execute(&args),
         Command::Inspect(args) => inspect::execute(&args),
         Command::Diff(args) => diff::execute(&args),

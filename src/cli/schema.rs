@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use crate::schema::{diff, Schema};
+use crate::schema::{diff, Dialect, Schema, SchemaError};
+
+use super::check::SchemaName;
 
 use super::{Outcome, RunError};
 
@@ -24,9 +26,13 @@ pub enum SchemaCommand {
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
     /// Import root of the .proto tree to compare, e.g. a TorchEasyRec
-    /// checkout (the directory that holds `tzrec/protos`).
+    /// checkout (the directory that holds `tzrec/protos`), or an EasyRec
+    /// checkout (holding `easy_rec/python/protos`) with `--schema easyrec`.
     #[arg(long)]
     pub proto_path: PathBuf,
+    /// The built-in schema to compare (default: TorchEasyRec's).
+    #[arg(long, value_enum, default_value = "tzrec")]
+    pub schema: SchemaName,
 }
 
 pub(crate) fn execute(args: &SchemaArgs) -> Result<Outcome, RunError> {
@@ -36,9 +42,29 @@ pub(crate) fn execute(args: &SchemaArgs) -> Result<Outcome, RunError> {
 }
 
 fn execute_diff(args: &DiffArgs) -> Result<Outcome, RunError> {
-    let builtin = Schema::builtin().map_err(|e| RunError::new(e.to_string()))?;
-    let tree = Schema::from_proto_path(&args.proto_path, None)
-        .map_err(|e| RunError::new(e.to_string()))?;
+    let dialect = args.schema.dialect();
+    let builtin = Schema::builtin_for(dialect).map_err(|e| RunError::new(e.to_string()))?;
+    let tree = Schema::from_proto_path(&args.proto_path, Some(dialect.root())).map_err(|e| {
+        let error = RunError::new(e.to_string());
+        // A tree of the other dialect: say which flag compares it.
+        let other = match dialect {
+            Dialect::TorchEasyRec => ("easyrec", Dialect::EasyRec),
+            Dialect::EasyRec => ("tzrec", Dialect::TorchEasyRec),
+        };
+        match e {
+            SchemaError::UnknownRoot { .. }
+                if Schema::from_proto_path(&args.proto_path, Some(other.1.root())).is_ok() =>
+            {
+                error.with_help(format!(
+                    "{} holds {}'s protos: compare them with `--schema {}`",
+                    args.proto_path.display(),
+                    other.1.name(),
+                    other.0
+                ))
+            }
+            _ => error,
+        }
+    })?;
     let found = diff::diff(&builtin.pool, &tree.pool);
     let mut out = String::new();
     for d in &found {

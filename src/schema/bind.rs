@@ -160,7 +160,7 @@ impl Binder<'_> {
                         .with_primary(field.name_span.clone(), "second member set here")
                         .with_secondary(first_span, "first member set here")
                         .with_help(format!(
-                            "keep only one of them; protobuf rejects this, and a lenient reader would silently use `{name}`"
+                            "keep only one of them; protobuf's text-format Merge, which TorchEasyRec and EasyRec read configs with, silently keeps only `{name}`"
                         )),
                     );
                 }

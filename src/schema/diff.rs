@@ -1,9 +1,11 @@
 //! The drift guard: every message, field, enum value and default that
 //! differs between two descriptor pools (the built-in schema and a `.proto`
 //! tree such as TorchEasyRec's own `tzrec/protos`). plec's own options
-//! (`plec.*`) and the well-known types are not compared.
+//! (`plec.*`) and the well-known types are not compared, nor packages the
+//! built-in schema does not have (a tree may hold both TorchEasyRec's and
+//! EasyRec's protos, as plec's own `proto/` does).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use prost_reflect::{Cardinality, DescriptorPool, EnumDescriptor, FieldDescriptor, Kind, Value};
@@ -55,8 +57,13 @@ fn ignored(package: &str) -> bool {
 /// Everything that differs between `builtin` and `tree`, sorted by name.
 pub fn diff(builtin: &DescriptorPool, tree: &DescriptorPool) -> Vec<Difference> {
     let mut out = Vec::new();
-    let ours = messages(builtin);
-    let theirs = messages(tree);
+    let packages: BTreeSet<String> = builtin
+        .files()
+        .map(|f| f.package_name().to_string())
+        .filter(|p| !ignored(p))
+        .collect();
+    let ours = messages(builtin, &packages);
+    let theirs = messages(tree, &packages);
     one_sided(&ours, &theirs, "message", Side::OnlyBuiltin, &mut out);
     one_sided(&theirs, &ours, "message", Side::OnlyTree, &mut out);
     for (name, mine) in &ours {
@@ -100,8 +107,8 @@ pub fn diff(builtin: &DescriptorPool, tree: &DescriptorPool) -> Vec<Difference> 
             }
         }
     }
-    let ours = enums(builtin);
-    let theirs = enums(tree);
+    let ours = enums(builtin, &packages);
+    let theirs = enums(tree, &packages);
     one_sided(&ours, &theirs, "enum", Side::OnlyBuiltin, &mut out);
     one_sided(&theirs, &ours, "enum", Side::OnlyTree, &mut out);
     for (name, ea) in &ours {
@@ -149,16 +156,19 @@ pub fn diff(builtin: &DescriptorPool, tree: &DescriptorPool) -> Vec<Difference> 
     out
 }
 
-fn messages(pool: &DescriptorPool) -> BTreeMap<String, prost_reflect::MessageDescriptor> {
+fn messages(
+    pool: &DescriptorPool,
+    packages: &BTreeSet<String>,
+) -> BTreeMap<String, prost_reflect::MessageDescriptor> {
     pool.all_messages()
-        .filter(|m| !ignored(m.package_name()) && !m.is_map_entry())
+        .filter(|m| packages.contains(m.package_name()) && !m.is_map_entry())
         .map(|m| (m.full_name().to_string(), m))
         .collect()
 }
 
-fn enums(pool: &DescriptorPool) -> BTreeMap<String, EnumDescriptor> {
+fn enums(pool: &DescriptorPool, packages: &BTreeSet<String>) -> BTreeMap<String, EnumDescriptor> {
     pool.all_enums()
-        .filter(|e| !ignored(e.package_name()))
+        .filter(|e| packages.contains(e.package_name()))
         .map(|e| (e.full_name().to_string(), e))
         .collect()
 }

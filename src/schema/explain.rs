@@ -11,9 +11,10 @@ pub const CODES: &[(&str, &str)] = &[
     ("plec::invalid-utf8", "A string field holds bytes that are not valid UTF-8 (for example from a `\\xff` escape). String fields hold text; use `\\u` escapes for non-ASCII characters."),
     ("plec::invalid-bool", "A boolean field takes `true` or `false` (protobuf also accepts `t`, `f`, `True`, `False`, `1` and `0`). `yes`, `TRUE` or quoted strings are rejected."),
     ("plec::duplicate-field", "A singular field is given twice in one message. TorchEasyRec reads configs with protobuf's Merge, which silently keeps the last value (and merges two blocks of a message field field by field). Almost always a copy-paste mistake: keep one."),
-    ("plec::oneof-conflict", "Two members of one oneof are set, such as `ple { }` and `mmoe { }` in one model_config, or `id_feature` and `raw_feature` in one feature_configs entry. protobuf rejects this; a lenient reader would silently use the later one. Keep one."),
+    ("plec::oneof-conflict", "Two members of one oneof are set, such as `ple { }` and `mmoe { }` in one model_config, or `id_feature` and `raw_feature` in one feature_configs entry. protobuf's text-format Merge, which TorchEasyRec and EasyRec read configs with, silently keeps only the later one and drops the other (protobuf's stricter Parse rejects the file). Keep one."),
     ("plec::not-repeated", "A list `[a, b]` was given to a field that holds one value. Give a single value."),
     ("plec::missing-colon", "A scalar field needs `:` between its name and value (`batch_size: 1024`); only message fields may omit it (`data_config { ... }`)."),
     ("plec::nested-list", "A list contains a list. Text format lists are flat: `[1, 2, 3]`."),
+    (super::dialect::CODE, super::dialect::EXPLAIN),
     ("plec::unchecked-block", "A block whose message the schema marks `option (plec.unchecked) = true`: plec knows it by name only, parses its contents but does not check them. The built-in TorchEasyRec schema models every message, so this appears only with a user's own schema (`--proto-path`). Not an error."),
 ];

@@ -1,13 +1,16 @@
 //! Stage 2: binding a syntax tree to a protobuf schema.
 //!
 //! The schema is any prost-reflect descriptor pool plus a root message: the
-//! built-in TorchEasyRec schema compiled from `proto/` at build time, or a
-//! user's `.proto` tree compiled at run time with protox. Binding produces a
+//! built-in TorchEasyRec schema compiled from `proto/` at build time, the
+//! built-in EasyRec schema (`proto/easyrec/`, for configs of TorchEasyRec's
+//! TensorFlow predecessor), or a user's `.proto` tree compiled at run time
+//! with protox. Binding produces a
 //! dynamic message (transcoded to the prost structs for the built-in schema),
 //! a [`SpanMap`], and every schema diagnostic of the file.
 
 mod bind;
 mod convert;
+pub mod dialect;
 pub mod diff;
 pub mod explain;
 pub mod span_map;
@@ -23,6 +26,34 @@ pub use span_map::{FieldSpan, SpanMap};
 
 /// Full name of the built-in root message.
 pub const DEFAULT_ROOT: &str = "tzrec.protos.EasyRecConfig";
+/// Full name of the root message of EasyRec's schema.
+pub const EASYREC_ROOT: &str = "protos.EasyRecConfig";
+
+/// Which of the two built-in schemas: TorchEasyRec's (the default, the one
+/// plec compiles and runs) or EasyRec's (checked only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    TorchEasyRec,
+    EasyRec,
+}
+
+impl Dialect {
+    /// Full name of the dialect's root message.
+    pub fn root(self) -> &'static str {
+        match self {
+            Dialect::TorchEasyRec => DEFAULT_ROOT,
+            Dialect::EasyRec => EASYREC_ROOT,
+        }
+    }
+
+    /// The dialect's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::TorchEasyRec => "TorchEasyRec",
+            Dialect::EasyRec => "EasyRec",
+        }
+    }
+}
 /// The message option that marks a message as known by name only.
 const UNCHECKED_OPTION: &str = "plec.unchecked";
 
@@ -50,9 +81,23 @@ pub struct Schema {
 impl Schema {
     /// The TorchEasyRec schema compiled into plec.
     pub fn builtin() -> Result<Self, SchemaError> {
-        let pool = DescriptorPool::decode(crate::proto::DESCRIPTOR_SET)
-            .map_err(|e| SchemaError::Builtin(e.to_string()))?;
-        Self::with_root(pool, DEFAULT_ROOT)
+        Self::builtin_for(Dialect::TorchEasyRec)
+    }
+
+    /// The EasyRec schema compiled into plec.
+    pub fn builtin_easyrec() -> Result<Self, SchemaError> {
+        Self::builtin_for(Dialect::EasyRec)
+    }
+
+    /// One of the schemas compiled into plec.
+    pub fn builtin_for(dialect: Dialect) -> Result<Self, SchemaError> {
+        let bytes = match dialect {
+            Dialect::TorchEasyRec => crate::proto::DESCRIPTOR_SET,
+            Dialect::EasyRec => crate::proto::EASYREC_DESCRIPTOR_SET,
+        };
+        let pool =
+            DescriptorPool::decode(bytes).map_err(|e| SchemaError::Builtin(e.to_string()))?;
+        Self::with_root(pool, dialect.root())
     }
 
     /// Compiles every `.proto` file under `dir` (import root `dir`).
@@ -126,6 +171,12 @@ impl Schema {
     /// and the lint rules apply.
     pub fn is_tzrec(&self) -> bool {
         self.root.full_name() == DEFAULT_ROOT
+    }
+
+    /// Whether this is the built-in EasyRec root (checked by the schema
+    /// only: plec's semantic rules read TorchEasyRec's typed config).
+    pub fn is_easyrec(&self) -> bool {
+        self.root.full_name() == EASYREC_ROOT
     }
 }
 
