@@ -108,6 +108,7 @@ fn examples_are_formatted() {
         "examples/dbmtl_taobao.config",
         "examples/simple_multi_task_taobao.config",
         "examples/ple_has_sequence.config",
+        "examples/pepnet_taobao.config",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
