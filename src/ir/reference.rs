@@ -165,7 +165,11 @@ pub(crate) fn evaluate(
                     .unwrap_or(0);
                 let eps = if op.eps > 0.0 { op.eps } else { 1e-5 };
                 let (g, b, m, v) = (p(0)?, p(1)?, p(2)?, p(3)?);
-                let (outer, size, inner) = split(&x.shape, ax);
+                // Over the steps too: one statistic per channel.
+                let (outer, size, inner) = match (op.over_steps, x.shape.as_slice()) {
+                    (true, &[bb, l, c]) => (1, bb * l, c),
+                    _ => split(&x.shape, ax),
+                };
                 let mut out = x.clone();
                 for o in 0..outer {
                     for s in 0..size {

@@ -844,6 +844,9 @@ impl Emitter<'_> {
                 let op = self.last_op();
                 op.eps = 1e-5;
                 op.momentum = 0.1;
+                // `[B, L, C]`: an MLP over a sequence's steps (an attention
+                // MLP); `[E, B, D]` experts keep per-expert statistics.
+                op.over_steps = shape.len() == 3 && shape[0] == BATCH;
             }
             Norm::Layer(ps) => {
                 let params = ps.iter().map(|p| self.param(p)).collect();

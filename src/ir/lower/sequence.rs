@@ -446,13 +446,6 @@ impl Builder {
                     return None;
                 }
                 let mpath = format!("{epath}.{kind_name}.attn_mlp");
-                if m.attn_mlp.use_bn() {
-                    self.errors.push(IrError::unsupported(
-                        "batch norm in a DIN attention MLP",
-                        format!("{mpath}.use_bn"),
-                    ));
-                    return None;
-                }
                 let mlp = self.mlp_block(
                     &format!("{name}.attn"),
                     MlpRole::Attention,
@@ -519,13 +512,6 @@ impl Builder {
                     return None;
                 }
                 let mpath = format!("{at}.attn_mlp");
-                if m.attn_mlp.use_bn() {
-                    self.errors.push(IrError::unsupported(
-                        "batch norm in a multi-window DIN attention MLP",
-                        format!("{mpath}.use_bn"),
-                    ));
-                    return None;
-                }
                 let mlp = self.mlp_block(
                     &format!("{name}.attn"),
                     MlpRole::Attention,

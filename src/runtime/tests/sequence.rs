@@ -241,7 +241,34 @@ fn din_plan_shape_and_tables() {
 /// differences of the loss.
 #[test]
 fn din_whole_model_gradients() {
-    let plan = din_plan();
+    whole_model_gradients(din_plan());
+}
+
+/// The attention MLP with batch norm, as EasyRec writes DIN by default:
+/// statistics per channel over the batch and the steps (tzrec's
+/// `MLP(dim=3)`), gradients through them.
+#[test]
+fn din_with_batch_norm_over_steps_gradients() {
+    let source = DIN_CONFIG.replace(
+        "attn_mlp { hidden_units: [4] activation: \"nn.Tanh\" }",
+        "attn_mlp { hidden_units: [4] activation: \"nn.Tanh\" use_bn: true }",
+    );
+    assert_ne!(source, DIN_CONFIG);
+    let plan = crate::pipeline::build(&source, Default::default())
+        .unwrap()
+        .plan;
+    let bn = plan
+        .ops
+        .iter()
+        .find(|o| o.kind == crate::proto::plan::OpKind::BatchNorm as i32)
+        .expect("a batch norm");
+    assert!(bn.over_steps, "{}", bn.name);
+    let gamma = &plan.params[bn.params[0] as usize];
+    assert_eq!(gamma.shape, vec![4], "one statistic per channel");
+    whole_model_gradients(plan);
+}
+
+fn whole_model_gradients(plan: Plan) {
     let batch = din_batch(&plan);
     let dev = Device::Cpu;
     let mut tr = Trainer::with_dtype(&plan, 3, &dev, DType::F64).unwrap();

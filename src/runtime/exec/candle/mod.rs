@@ -165,15 +165,25 @@ impl Executor for CandleExec {
                     (op.params.len() > 1).then(|| param(m.params, op, 1)),
                 )?,
                 OpKind::BatchNorm => {
-                    let x = input(0)?;
-                    let ax = m.analysis.batch_axis[oi];
+                    let full = input(0)?;
+                    // Over the steps too: the steps become rows.
+                    let flat = match (op.over_steps, full.dims()) {
+                        (true, &[b, l, c]) => Some((full.reshape((b * l, c))?, (b, l, c))),
+                        _ => None,
+                    };
+                    let x = flat.as_ref().map_or(full, |(t, _)| t);
+                    let ax = if flat.is_some() {
+                        0
+                    } else {
+                        m.analysis.batch_axis[oi]
+                    };
                     let eps = if op.eps > 0.0 {
                         op.eps as f64
                     } else {
                         DEFAULT_NORM_EPS
                     };
                     let (gamma, beta) = (param(m.params, op, 0), param(m.params, op, 1));
-                    if train {
+                    let y = if train {
                         let (mean, var) = ops::batch_moments(x, ax)?;
                         let y = ops::batch_norm_apply(x, &mean, &var, gamma, beta, ax, eps)?;
                         let mom = if op.momentum > 0.0 {
@@ -194,6 +204,10 @@ impl Executor for CandleExec {
                         let rm = param(m.params, op, 2).unsqueeze(ax)?;
                         let rv = param(m.params, op, 3).unsqueeze(ax)?;
                         ops::batch_norm_apply(x, &rm, &rv, gamma, beta, ax, eps)?
+                    };
+                    match flat {
+                        Some((_, dims)) => y.reshape(dims)?,
+                        None => y,
                     }
                 }
                 OpKind::LayerNorm => {

@@ -283,6 +283,12 @@ impl Program {
                         out,
                     )
                 }
+                OpKind::BatchNorm if op.over_steps => {
+                    return Err(unsupported!(
+                        op.name,
+                        "the native engine has no batch norm over sequence steps yet"
+                    ));
+                }
                 OpKind::BatchNorm | OpKind::LayerNorm => {
                     let x = input(&b, 0)?;
                     let batch_norm = kind == OpKind::BatchNorm;
