@@ -14,6 +14,8 @@ pub mod alloc;
 pub mod cli;
 pub mod data;
 pub mod diag;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ir;
 pub mod lang;
 pub mod lint;
