@@ -18,11 +18,12 @@
 //! SIGTERM; `--resume DIR` continues from the newest (see `resume`).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::Device;
 
-use crate::data::{DataError, DataSource, ReadOptions};
+use crate::data::{DataError, DataSource, ReadOptions, SeekPoint};
 use crate::plan::file as plan_file;
 use crate::proto::plan::Plan;
 use crate::runtime::{self, BatchIter, BatchSource, BoxError, Progress, RuntimeError};
@@ -248,6 +249,7 @@ pub fn train_source(source: DataSource, plan: &Plan, batch_size: usize, seed: u6
     TrainSource {
         source,
         opts: ReadOptions::train(plan, batch_size, seed, 0),
+        position: Arc::default(),
     }
 }
 
@@ -256,17 +258,43 @@ pub fn train_source(source: DataSource, plan: &Plan, batch_size: usize, seed: u6
 pub struct TrainSource {
     source: DataSource,
     opts: ReadOptions,
+    /// The point of the open pass after its last batch handed out (set by
+    /// the pass's iterator, read when a checkpoint is written).
+    position: Arc<Mutex<Option<SeekPoint>>>,
+}
+
+impl TrainSource {
+    fn tracked(&self, batches: crate::data::Batches) -> BatchIter {
+        let position = Arc::clone(&self.position);
+        if let Ok(mut p) = position.lock() {
+            *p = None;
+        }
+        let mut batches = batches;
+        Box::new(std::iter::from_fn(move || {
+            let next = batches.next()?;
+            if let (Some(at), Ok(mut p)) = (batches.position(), position.lock()) {
+                *p = Some(at.clone());
+            }
+            Some(next.map_err(|e| Box::new(e) as BoxError))
+        }))
+    }
 }
 
 impl BatchSource for TrainSource {
     fn open(&mut self, epoch: u64) -> Result<BatchIter, BoxError> {
         let mut opts = self.opts.clone();
         opts.epoch = epoch;
-        Ok(Box::new(
-            self.source
-                .batches(&opts)
-                .map(|r| r.map_err(|e| Box::new(e) as BoxError)),
-        ))
+        Ok(self.tracked(self.source.batches(&opts)))
+    }
+
+    fn position(&self) -> Option<SeekPoint> {
+        self.position.lock().ok().and_then(|p| p.clone())
+    }
+
+    fn open_at(&mut self, epoch: u64, at: &SeekPoint) -> Result<Option<BatchIter>, BoxError> {
+        let mut opts = self.opts.clone();
+        opts.epoch = epoch;
+        Ok(Some(self.tracked(self.source.batches_from(&opts, at))))
     }
 }
 
@@ -804,9 +832,16 @@ pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
     let (data, eval, settings) = match resumed {
         Some(r) => {
             let (data, eval, mut settings) = super::resume::settings(args, &r, settings)?;
-            let p = r.checkpoint.progress.unwrap_or_default();
+            let p = r.checkpoint.progress.clone().unwrap_or_default();
+            let reading = match &p.data {
+                Some(d) => format!(
+                    "; reading on from file {}, row group {}, row {} of the epoch's order",
+                    d.file, d.row_group, d.row
+                ),
+                None => "; re-reading the epoch up to there".to_string(),
+            };
             eprintln!(
-                "resuming from {} (step {} of the run, epoch {}, batch {})",
+                "resuming from {} (step {} of the run, epoch {}, batch {}{reading})",
                 r.path.display(),
                 p.run_steps,
                 p.epoch,

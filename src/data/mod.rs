@@ -9,11 +9,13 @@ pub mod encode;
 pub mod error;
 pub mod fields;
 pub mod reader;
+pub mod seek;
 pub mod synth;
 
 pub use batch::{Batch, FeatureInput};
 pub use error::{DataError, RowLoc};
 pub use reader::{Batches, DataSource, KeptBatches, KeptColumns, ReadOptions};
+pub use seek::SeekPoint;
 pub use synth::{generate, SynthReport, TaskReport};
 
 #[cfg(test)]
