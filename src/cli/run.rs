@@ -84,7 +84,20 @@ impl ExecArgs {
     /// Stops with the estimate by part when `plan` at `batch` rows would
     /// not fit in the memory allowed (`--max-memory`, else available).
     pub fn check_memory(&self, plan: &Plan, batch: usize, training: bool) -> Result<(), RunError> {
-        let estimate = crate::plan::memory::Estimate::of_plan(plan, batch as u64, training);
+        self.check_run_memory(plan, batch, training, false)
+    }
+
+    /// As [`Self::check_memory`], for a training run that writes
+    /// `checkpoints` (one snapshot more while a checkpoint is written).
+    pub fn check_run_memory(
+        &self,
+        plan: &Plan,
+        batch: usize,
+        training: bool,
+        checkpoints: bool,
+    ) -> Result<(), RunError> {
+        let estimate =
+            crate::plan::memory::Estimate::of_run(plan, batch as u64, training, checkpoints);
         let what = match training {
             true => format!("train at batch {batch}"),
             false => format!("evaluate at batch {batch}"),
@@ -852,8 +865,14 @@ pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
         }
         None => (args.data.clone(), args.eval.clone(), settings),
     };
-    args.exec
-        .check_memory(&plan, train_batch_size(&plan, settings.batch_size)?, true)?;
+    // A run with an output directory writes checkpoints (every
+    // `--checkpoint-every` steps, and when it is stopped).
+    args.exec.check_run_memory(
+        &plan,
+        train_batch_size(&plan, settings.batch_size)?,
+        true,
+        settings.out.is_some(),
+    )?;
     let started = Instant::now();
     runtime::interrupt::install();
     let result = run_training(&plan, &data, &eval, &settings, &device)?;

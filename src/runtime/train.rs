@@ -648,12 +648,17 @@ pub fn train_with(
         let Some(w) = writer.as_mut() else {
             return Ok(());
         };
+        // The previous write finishes before the next snapshot is taken, so
+        // one snapshot at most is alive beside the model (what the memory
+        // estimate counts for checkpoints).
+        let t1 = Instant::now();
+        let previous = w.wait()?;
+        report.checkpoint_wait_seconds += t1.elapsed().as_secs_f64();
+        note_written(report, previous);
         let t0 = Instant::now();
         let c = snapshot(trainer, report, pos, train_time, &opts.run_record)?;
         report.checkpoint_seconds += t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
         let previous = w.submit(c, trainer.global_step)?;
-        report.checkpoint_wait_seconds += t1.elapsed().as_secs_f64();
         note_written(report, previous);
         Ok(())
     };
