@@ -125,8 +125,7 @@ fn every_target_accepts_its_seeds() {
 #[ignore]
 fn write_fuzz_seeds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let counts =
-        plec::fuzzing::seeds::write_seeds(root, &root.join("fuzz/corpus")).expect("seeds");
+    let counts = plec::fuzzing::seeds::write_seeds(root, &root.join("fuzz/corpus")).expect("seeds");
     println!("{counts:?}");
     let dicts = root.join("fuzz/dicts");
     std::fs::create_dir_all(&dicts).expect("fuzz/dicts");

@@ -27,9 +27,12 @@ pub const COMPILE_MAX_MEMORY: u64 = 64 << 20;
 /// sequence).
 pub const PARQUET_PLAN_CONFIG: &str = include_str!("../../examples/ple_has_sequence.config");
 
+/// A target's body: bytes in, nothing out (a panic is the finding).
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the name of its directory under `fuzz/` and
 /// `fuzz/regressions/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("check_source", check_source),
     ("plan_decode", plan_decode),
     ("parquet_read", parquet_read),
@@ -144,7 +147,10 @@ pub fn parquet_read(data: &[u8]) {
     let Some(dir) = scratch_dir() else {
         return;
     };
-    let path = dir.join(format!("input-{}.parquet", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let path = dir.join(format!(
+        "input-{}.parquet",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     if std::fs::write(&path, data).is_err() {
         return;
     }

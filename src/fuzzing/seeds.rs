@@ -84,7 +84,9 @@ fn write_parquet_seeds(dir: &Path) -> Result<usize, String> {
             .and_then(|b| b.build())
             .map_err(|e| e.to_string())?;
         let schema = reader.schema();
-        let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+        let batches = reader
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
         for (name, compression, rows, dictionary) in layouts {
             let props = WriterProperties::builder()
                 .set_compression(compression)
@@ -127,7 +129,9 @@ pub fn config_dict() -> Result<String, String> {
          # the check_source and compile_mutated targets. Regenerate with\n\
          # `cargo test --release --test fuzz_regressions -- --ignored write_fuzz_seeds`.\n",
     );
-    for p in ["{", "}", ":", "[", "]", "<", ">", ",", "\"", "#", "true", "false", "inf", "nan"] {
+    for p in [
+        "{", "}", ":", "[", "]", "<", ">", ",", "\"", "#", "true", "false", "inf", "nan",
+    ] {
         out.push_str(&format!("\"{p}\"\n").replace("\"\"\"", "\"\\\"\""));
     }
     for w in words {
