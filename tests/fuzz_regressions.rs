@@ -6,7 +6,8 @@
 //! (`-timeout=1`); the bound here only keeps a regression from stalling CI.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex, Once};
 use std::time::Duration;
 
 use plec::fuzzing::TARGETS;
@@ -28,9 +29,32 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Runs `f` on `data` on its own thread: `Err` with the panic message, or
-/// a note that it did not return within `bound`.
+/// Panics on any thread of this process so far. The fuzzer aborts on a
+/// panic anywhere (libfuzzer-sys's panic hook), so a panic that plec
+/// catches on a worker thread (the parquet reader's, reported as an error)
+/// is a finding too; this hook counts them.
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+/// Held by every test that runs targets, so one test's deliberate panic is
+/// not counted against another.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            default(info);
+        }));
+    });
+}
+
+/// Runs `f` on `data` on its own thread: `Err` with the panic message (of
+/// that thread or any it started), or a note that it did not return
+/// within `bound`. The caller holds `SERIAL`.
 fn run_one(f: fn(&[u8]), data: Vec<u8>, bound: Duration) -> Result<(), String> {
+    count_panics();
+    let before = PANICS.load(Ordering::SeqCst);
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new().spawn(move || {
         let outcome = std::panic::catch_unwind(|| f(&data));
@@ -40,7 +64,8 @@ fn run_one(f: fn(&[u8]), data: Vec<u8>, bound: Duration) -> Result<(), String> {
         return Err(format!("cannot start a thread: {e}"));
     }
     match rx.recv_timeout(bound) {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) if PANICS.load(Ordering::SeqCst) == before => Ok(()),
+        Ok(Ok(())) => Err("a thread it started panicked (see the output above)".to_string()),
         Ok(Err(panic)) => Err(panic
             .downcast_ref::<String>()
             .cloned()
@@ -52,6 +77,7 @@ fn run_one(f: fn(&[u8]), data: Vec<u8>, bound: Duration) -> Result<(), String> {
 
 #[test]
 fn every_committed_fuzz_input_returns_without_panicking() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let root = regressions_dir();
     let mut failures = Vec::new();
     let mut ran = 0;
@@ -90,7 +116,13 @@ fn the_runner_reports_panics_and_overruns() {
     fn sleeps(_: &[u8]) {
         std::thread::sleep(Duration::from_millis(500));
     }
+    fn panics_on_a_worker(_: &[u8]) {
+        // As plec's reader does: the panic is caught and becomes an error.
+        let _ = std::thread::spawn(|| panic!("worker")).join();
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     assert_eq!(run_one(panics, vec![], BOUND), Err("boom".to_string()));
+    assert!(run_one(panics_on_a_worker, vec![], BOUND).is_err());
     assert!(run_one(sleeps, vec![], Duration::from_millis(50)).is_err());
     assert!(run_one(|_| {}, vec![], BOUND).is_ok());
 }
@@ -103,6 +135,7 @@ fn the_parquet_plan_compiles() {
 
 #[test]
 fn every_target_accepts_its_seeds() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let counts = plec::fuzzing::seeds::write_seeds(root, dir.path()).expect("seeds");

@@ -8,6 +8,7 @@ pub mod column;
 pub mod encode;
 pub mod error;
 pub mod fields;
+mod footer;
 pub mod reader;
 pub mod seek;
 pub mod synth;

@@ -315,6 +315,11 @@ impl Inner {
                 detail: e.to_string(),
             }
         })?;
+        let file_len = file.metadata().map_err(|e| DataError::Io {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        super::footer::check(meta.metadata(), file_len.len(), &path)?;
         let schema = meta.schema().clone();
         let mut projection = BTreeSet::new();
         let available = || {

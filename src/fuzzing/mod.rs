@@ -69,9 +69,10 @@ pub fn check_source(data: &[u8]) {
     let _ = crate::diag::render_human("fuzz.config", text, &checked.diagnostics, false);
 }
 
-/// Any bytes as a plan file, and what `plec run` and `plec inspect` do with
-/// a decoded plan before allocating its model: validation, the memory
-/// estimate, the feature encoders.
+/// Any bytes as a plan file, and what plec does with a decoded plan before
+/// (or without) validating it: `plec inspect` (both formats, with ops),
+/// `plec diff` against itself, a warm start from it (`--init-from`), and
+/// `plec run`'s memory check, validation and feature encoders.
 ///
 /// A mutated plan file almost never keeps its SHA-256 right, so bytes that
 /// start with the magic are also decoded with the length and checksum
@@ -105,12 +106,17 @@ fn with_fixed_envelope(data: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn inspect_plan(p: &Plan) {
-    let valid = plan::validate::analyze(p).is_ok();
-    let _ = plan::memory::Estimate::of_plan(p, 1024, true).total();
-    let _ = plan::memory::Estimate::of_plan(p, 1024, false).total();
+    let _ = crate::cli::inspect::plan_human(p, true);
+    let _ = crate::cli::inspect::memory_section(p);
+    let _ = crate::cli::inspect::plan_json(p, true);
+    let _ = crate::cli::inspect::memory_json(p);
+    let entries = plan::compare::compare(p, p);
+    let _ = plan::compare::difference_rows(&entries, "a", "b");
+    // `plec run --init-from` warm-starts from a plan file as it is.
+    let _ = plan::warm::warm_start(&mut p.clone(), p);
     let _ = plan::emit::forward_flops(p);
-    let _ = plan::readers(p);
-    if valid {
+    let _ = plan::memory::Estimate::of_run(p, 1024, true, true).total();
+    if plan::validate::analyze(p).is_ok() {
         for f in &p.features {
             let _ = crate::data::encode::FeatureEncoder::new(f);
         }

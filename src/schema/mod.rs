@@ -49,10 +49,23 @@ pub struct Schema {
 
 impl Schema {
     /// The TorchEasyRec schema compiled into plec.
+    ///
+    /// Decoded once per process and shared (a `Schema` clones its pool by
+    /// reference): decoding takes ~10 ms and thousands of allocations,
+    /// which a process compiling many texts (tests, the fuzzers) would
+    /// otherwise pay per text. Fuzzing `compile_mutated` found it: under
+    /// the address sanitizer, decoding and dropping the pool on every
+    /// build took over the 1 s hang limit on a loaded machine.
     pub fn builtin() -> Result<Self, SchemaError> {
-        let pool = DescriptorPool::decode(crate::proto::DESCRIPTOR_SET)
-            .map_err(|e| SchemaError::Builtin(e.to_string()))?;
-        Self::with_root(pool, DEFAULT_ROOT)
+        static BUILTIN: std::sync::OnceLock<Result<Schema, String>> = std::sync::OnceLock::new();
+        BUILTIN
+            .get_or_init(|| {
+                let pool = DescriptorPool::decode(crate::proto::DESCRIPTOR_SET)
+                    .map_err(|e| e.to_string())?;
+                Self::with_root(pool, DEFAULT_ROOT).map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(SchemaError::Builtin)
     }
 
     /// Compiles every `.proto` file under `dir` (import root `dir`).
