@@ -10,17 +10,21 @@
 //! diagnostic types shared by all stages, `rng` the one random generator;
 //! `cli` is the only module that knows the commands.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![warn(unreachable_pub)]
+
 pub mod alloc;
 pub mod cli;
 pub mod data;
 pub mod diag;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod ir;
-pub mod lang;
-pub mod lint;
-pub mod metrics;
-pub mod passes;
+pub(crate) mod ir;
+pub(crate) mod lang;
+pub(crate) mod lint;
+pub(crate) mod metrics;
+pub(crate) mod passes;
 pub mod pipeline;
 pub mod plan;
 pub mod proto;

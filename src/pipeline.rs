@@ -159,6 +159,10 @@ pub enum BuildError {
     /// The model's parameters would not fit in memory.
     #[error("{0}")]
     TooBig(#[from] plan::memory::TooBig),
+    /// The plan fails the checks every engine makes when it loads one
+    /// (e.g. a jrc_loss session feature outside the feature groups).
+    #[error("the plan cannot run: {0}")]
+    Invalid(String),
 }
 
 /// A lowering failure as a diagnostic, its span taken from the span map
@@ -241,6 +245,7 @@ pub fn build(source: &str, opts: BuildOptions) -> Result<Built, BuildError> {
     // and the plan is copied once more when it is saved: about three copies
     // of the parameters at the peak.
     let structure = plan::emit::emit_structure(&graph, &config, source, opts.seed)?;
+    plan::validate::analyze(&structure).map_err(|e| BuildError::Invalid(e.0))?;
     let estimate = plan::memory::Estimate::of_plan(&structure, 0, false);
     plan::memory::fits(
         "compile (three copies of the dense parameters while they are initialized and written)",

@@ -753,3 +753,33 @@ fn bad_data_is_an_error_with_no_output() {
     write_parquet(&file, &late);
     check("late", &file, &["clk", "null"]);
 }
+
+/// A reader that closes the pipe early (`plec explain | head -1`) ends
+/// plec quietly, as it would any Unix tool, not with a panic on the write.
+/// The read end is closed before plec starts printing, so every write
+/// fails.
+#[cfg(unix)]
+#[test]
+fn a_closed_output_pipe_ends_plec_without_a_panic() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(common::PLEC)
+        .arg("explain")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the plec binary runs");
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr reads");
+    let status = child.wait().expect("plec ends");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // SIGPIPE is 13 on Linux and the BSDs.
+    assert_eq!(status.signal(), Some(13), "{status:?}: {stderr}");
+}

@@ -18,7 +18,7 @@ use plec::data::batch::{Batch, FeatureInput};
 use plec::pipeline::{build, BuildOptions};
 use plec::proto::plan::{FeatureKind, Plan};
 use plec::rng::SplitMix64;
-use plec::runtime::candle::ops;
+use plec::runtime::exec::candle::ops;
 use plec::runtime::{Mode, Model, Trainer};
 
 /// Relative tolerance of the issue: forward outputs within 1e-4.

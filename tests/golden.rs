@@ -189,3 +189,55 @@ fn compile_golden_cases() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Every model kind of the schema's `ModelConfig.model` oneof has a case in
+/// `golden/kinds/shared/` that plants one mistake per shared rule (the
+/// rules every kind gets), each expected at its line.
+#[test]
+fn every_model_kind_has_a_shared_rules_case() {
+    let pool =
+        prost_reflect::DescriptorPool::decode(plec::proto::DESCRIPTOR_SET).expect("descriptor set");
+    let mc = pool
+        .get_message_by_name("tzrec.protos.ModelConfig")
+        .expect("ModelConfig");
+    let oneof = mc
+        .oneofs()
+        .find(|o| o.name() == "model")
+        .expect("oneof model");
+    let shared = [
+        "plec::unknown-feature",
+        "plec::bucket-config",
+        "plec::embedding-dim",
+        "plec::duplicate-feature",
+        "plec::duplicate-group",
+    ];
+    let mut missing = Vec::new();
+    let mut kinds = 0;
+    for field in oneof.fields() {
+        kinds += 1;
+        let kind = field.name();
+        let path =
+            Path::new("golden/kinds/shared").join(format!("{}.config", kind.replace('_', "-")));
+        let Ok(source) = std::fs::read_to_string(&path) else {
+            missing.push(format!("{kind}: no {}", path.display()));
+            continue;
+        };
+        if !source
+            .lines()
+            .any(|l| l.trim().starts_with(&format!("{kind} {{")))
+        {
+            missing.push(format!(
+                "{kind}: {} has no `{kind} {{` block",
+                path.display()
+            ));
+        }
+        let expected = expectations(&source);
+        for code in shared {
+            if !expected.iter().any(|e| e.starts_with(&format!("{code}@"))) {
+                missing.push(format!("{kind}: {} plants no {code}", path.display()));
+            }
+        }
+    }
+    assert!(kinds >= 27, "only {kinds} model kinds");
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::runtime::native::{isa, isa::Isa, peak as cpu_peak};
+use crate::runtime::exec::native::{isa, isa::Isa, peak as cpu_peak};
 use crate::runtime::{self, Model, Progress, TrainOptions};
 
 use super::compile::human_count;
@@ -17,7 +17,7 @@ use super::run::{self, render_table, EvalSource};
 use super::{Outcome, RunError};
 
 /// The benchmarked config by default: the full PLE example.
-pub const PLE_EXAMPLE: &str = include_str!("../../examples/ple_taobao.config");
+pub(crate) const PLE_EXAMPLE: &str = include_str!("../../examples/ple_taobao.config");
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -51,7 +51,7 @@ pub struct BenchArgs {
     /// Matrix-multiply precisions to measure, comma separated (`fp32`,
     /// `bf16`; see `plec run --help`).
     #[arg(long, value_delimiter = ',', default_value = "fp32,bf16")]
-    pub precisions: Vec<runtime::native::Precision>,
+    pub precisions: Vec<runtime::exec::native::Precision>,
     /// Instead of the model: the CPU's multiply-add peak per instruction
     /// set it has (a register-resident loop on `--threads` threads) and
     /// the best GFLOP/s of plec's own f32 multiply.
@@ -73,12 +73,12 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
     let exec = run::ExecArgs {
         threads: Some(args.threads),
         elementwise_threads: args.elementwise_threads,
         device: args.device.clone(),
-        precision: runtime::native::Precision::F32,
+        precision: runtime::exec::native::Precision::F32,
         engine: args.engine,
         max_memory: None,
     };
@@ -142,14 +142,15 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
         .iter()
         .flat_map(|&p| args.batch_sizes.iter().map(move |&bs| (p, bs)));
     for (precision, bs) in runs {
-        if precision == runtime::native::Precision::Bf16 && !device.is_cpu() {
+        if precision == runtime::exec::native::Precision::Bf16 && !device.is_cpu() {
             continue;
         }
-        runtime::native::set_default_precision(precision);
-        let label = match precision.runs_bf16() || precision == runtime::native::Precision::F32 {
-            true => precision.to_string(),
-            false => format!("{precision} (no AMX: fp32)"),
-        };
+        runtime::exec::native::set_default_precision(precision);
+        let label =
+            match precision.runs_bf16() || precision == runtime::exec::native::Precision::F32 {
+                true => precision.to_string(),
+                false => format!("{precision} (no AMX: fp32)"),
+            };
         reset_peak_rss();
         let mut train_src =
             run::train_source(run::open_data(&plan, &train_inputs)?, &plan, bs, args.seed);
@@ -191,7 +192,7 @@ pub fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
         }));
         rows.push(row);
     }
-    runtime::native::set_default_precision(runtime::native::Precision::F32);
+    runtime::exec::native::set_default_precision(runtime::exec::native::Precision::F32);
     print!("{}", render_table(&rows));
     println!("(training GFLOP/s counts 3x the forward FLOPs; peak RSS is reset per batch size)");
     Ok(Outcome::Clean)

@@ -34,7 +34,7 @@ pub struct CheckArgs {
     pub root_message: Option<String>,
 }
 
-pub fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &CheckArgs) -> Result<Outcome, RunError> {
     let schema = match &args.proto_path {
         Some(dir) => Schema::from_proto_path(dir, args.root_message.as_deref()),
         None => Schema::builtin(),

@@ -39,7 +39,7 @@ pub struct CompileArgs {
 }
 
 /// Reports a build error the way `check` would; returns the outcome.
-pub fn report(path: &Path, source: &str, err: BuildError) -> Result<Outcome, RunError> {
+pub(crate) fn report(path: &Path, source: &str, err: BuildError) -> Result<Outcome, RunError> {
     let color = super::stdout_is_terminal() && std::env::var_os("NO_COLOR").is_none();
     match err {
         BuildError::Diagnostics(d) => {
@@ -56,9 +56,10 @@ pub fn report(path: &Path, source: &str, err: BuildError) -> Result<Outcome, Run
         BuildError::TooBig(e) => Err(RunError::from_error(e).with_help(
             "make the largest layers or tables smaller, or raise the limit with --max-memory",
         )),
-        e @ (BuildError::Pass(_) | BuildError::Emit(_) | BuildError::Schema(_)) => {
-            Err(RunError::new(e.to_string()))
-        }
+        e @ (BuildError::Pass(_)
+        | BuildError::Emit(_)
+        | BuildError::Schema(_)
+        | BuildError::Invalid(_)) => Err(RunError::new(e.to_string())),
     }
 }
 
@@ -74,7 +75,7 @@ pub(super) fn read(path: &Path) -> Result<String, RunError> {
 }
 
 /// `1.23M`-style counts.
-pub fn human_count(n: u64) -> String {
+pub(crate) fn human_count(n: u64) -> String {
     match n {
         n if n >= 1_000_000_000 => format!("{:.2}G", n as f64 / 1e9),
         n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
@@ -83,7 +84,7 @@ pub fn human_count(n: u64) -> String {
     }
 }
 
-pub fn execute(args: &CompileArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &CompileArgs) -> Result<Outcome, RunError> {
     let source = read(&args.file)?;
     let opts = BuildOptions {
         seed: args.seed,

@@ -18,10 +18,10 @@ use super::{Outcome, RunError};
 use crate::pipeline::{self, check_source, BuildOptions};
 
 /// The demo's config: the PLE example with smaller hash buckets.
-pub const DEMO_CONFIG: &str = include_str!("../../examples/ple_demo.config");
+pub(crate) const DEMO_CONFIG: &str = include_str!("../../examples/ple_demo.config");
 
 /// Default training rows: one epoch trains in about a minute on 2 cores.
-pub const DEFAULT_ROWS: usize = 100_000;
+pub(crate) const DEFAULT_ROWS: usize = 100_000;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -43,7 +43,7 @@ fn step(n: usize, title: &str) {
     println!("\n[{n}/5] {title}");
 }
 
-pub fn execute(args: &DemoArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &DemoArgs) -> Result<Outcome, RunError> {
     let started = Instant::now();
     let (device, threads) = args.exec.setup()?;
     if args.rows < 100 {

@@ -17,7 +17,7 @@ pub struct DiffArgs {
     pub b: PathBuf,
 }
 
-pub fn execute(args: &DiffArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &DiffArgs) -> Result<Outcome, RunError> {
     let a = match load_plan(&args.a, 0)? {
         Ok(p) => p,
         Err(outcome) => return Ok(outcome),

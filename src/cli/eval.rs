@@ -35,7 +35,7 @@ pub struct EvalArgs {
     pub exec: ExecArgs,
 }
 
-pub fn execute(args: &EvalArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &EvalArgs) -> Result<Outcome, RunError> {
     let (device, _) = args.exec.setup()?;
     let plan = match run::load_plan(&args.plan, 0)? {
         Ok(p) => p,

@@ -23,7 +23,7 @@ fn first_sentence(text: &str) -> String {
     }
 }
 
-pub fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &ExplainArgs) -> Result<Outcome, RunError> {
     let Some(code) = &args.code else {
         let mut out = String::new();
         for rule in lint::rules() {

@@ -32,7 +32,7 @@ pub struct GenDataArgs {
 }
 
 /// Generates the data and returns the report.
-pub fn generate(
+pub(crate) fn generate(
     plan: &Plan,
     rows: usize,
     eval_rows: usize,
@@ -46,7 +46,7 @@ pub fn generate(
 }
 
 /// Bayes AUC per binary task, as a table.
-pub fn truth_table(report: &SynthReport) -> String {
+pub(crate) fn truth_table(report: &SynthReport) -> String {
     let mut rows = vec![vec![
         "task".to_string(),
         "label".to_string(),
@@ -70,7 +70,7 @@ pub fn truth_table(report: &SynthReport) -> String {
     render_table(&rows)
 }
 
-pub fn execute(args: &GenDataArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &GenDataArgs) -> Result<Outcome, RunError> {
     let plan = match run::load_plan(&args.config, 0)? {
         Ok(p) => p,
         Err(outcome) => return Ok(outcome),

@@ -54,7 +54,7 @@ fn shape_text(shape: &[i64]) -> String {
 }
 
 /// Renders a model graph as DOT.
-pub fn to_dot(g: &ModelGraph, with_inputs: bool) -> String {
+pub(crate) fn to_dot(g: &ModelGraph, with_inputs: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", esc(&g.model_kind));
     out.push_str("  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=10];\n  edge [fontname=\"Helvetica\", fontsize=9];\n");
@@ -166,7 +166,7 @@ pub fn to_dot(g: &ModelGraph, with_inputs: bool) -> String {
     out
 }
 
-pub fn execute(args: &GraphArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &GraphArgs) -> Result<Outcome, RunError> {
     let source = read(&args.file)?;
     let opts = BuildOptions {
         fuse: args.fused,

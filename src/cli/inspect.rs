@@ -31,7 +31,7 @@ pub struct InspectArgs {
 }
 
 /// The summary table of a config.
-pub fn summary_table(s: &Summary) -> String {
+pub(crate) fn summary_table(s: &Summary) -> String {
     let rows: Vec<(&str, String)> = vec![
         ("model", s.model_kind.clone()),
         ("features", s.features.to_string()),
@@ -96,7 +96,7 @@ fn optimizer_json(o: &Option<p::Optimizer>) -> Json {
 }
 
 /// A plan as JSON (parameter data summarized, not dumped).
-pub fn plan_json(plan: &Plan, with_ops: bool) -> Json {
+pub(crate) fn plan_json(plan: &Plan, with_ops: bool) -> Json {
     let features: Vec<Json> = plan
         .features
         .iter()
@@ -210,7 +210,7 @@ pub fn plan_json(plan: &Plan, with_ops: bool) -> Json {
 }
 
 /// The human view of a plan.
-pub fn plan_human(plan: &Plan, with_ops: bool) -> String {
+pub(crate) fn plan_human(plan: &Plan, with_ops: bool) -> String {
     let j = plan_json(plan, with_ops);
     let mut out = String::new();
     out.push_str(&format!(
@@ -322,7 +322,7 @@ fn estimates(plan: &Plan) -> (u64, Estimate, Estimate) {
 }
 
 /// The memory estimates as a human section.
-pub fn memory_section(plan: &Plan) -> String {
+pub(crate) fn memory_section(plan: &Plan) -> String {
     let (batch, train, eval) = estimates(plan);
     format!(
         "\nmemory estimate, training at batch {batch} (evaluation: {}):\n{}",
@@ -332,12 +332,12 @@ pub fn memory_section(plan: &Plan) -> String {
 }
 
 /// The memory estimates as JSON.
-pub fn memory_json(plan: &Plan) -> Json {
+pub(crate) fn memory_json(plan: &Plan) -> Json {
     let (batch, train, eval) = estimates(plan);
     json!({ "batch_size": batch, "train": train, "eval_total": eval.total() })
 }
 
-pub fn execute(args: &InspectArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &InspectArgs) -> Result<Outcome, RunError> {
     let bytes = std::fs::read(&args.file)
         .map_err(|e| RunError::new(format!("cannot read {}: {e}", args.file.display())))?;
     if bytes.starts_with(crate::plan::file::MAGIC) {

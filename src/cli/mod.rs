@@ -2,20 +2,19 @@
 //! module that knows every stage, and the only place exit codes are chosen:
 //! 0 clean, 1 problems found, 2 could not run, 130 interrupted (Ctrl-C).
 
-pub mod bench;
-pub mod check;
-pub mod compile;
-pub mod demo;
-pub mod diff;
-pub mod eval;
-pub mod explain;
-pub mod gen_data;
-pub mod graph;
-pub mod inspect;
-pub mod predict;
-pub mod resume;
-pub mod run;
-pub mod schema;
+pub(crate) mod bench;
+pub(crate) mod check;
+pub(crate) mod compile;
+pub(crate) mod demo;
+pub(crate) mod diff;
+pub(crate) mod eval;
+pub(crate) mod explain;
+pub(crate) mod gen_data;
+pub(crate) mod graph;
+pub(crate) mod inspect;
+pub(crate) mod predict;
+pub(crate) mod run;
+pub(crate) mod schema;
 
 use std::process::ExitCode;
 

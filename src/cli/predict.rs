@@ -47,7 +47,7 @@ pub struct PredictArgs {
 }
 
 /// Output column names of a task's predictions.
-pub fn prediction_columns(task: &Task) -> Vec<String> {
+pub(crate) fn prediction_columns(task: &Task) -> Vec<String> {
     let t = &task.tower_name;
     if loss::is_regression(task) {
         vec![format!("y_{t}")]
@@ -139,7 +139,7 @@ fn write_predictions(
     Ok(rows)
 }
 
-pub fn execute(args: &PredictArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &PredictArgs) -> Result<Outcome, RunError> {
     let (device, _) = args.exec.setup()?;
     let plan = match run::load_plan(&args.plan, 0)? {
         Ok(p) => p,

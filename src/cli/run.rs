@@ -17,6 +17,8 @@
 //! `save_checkpoints_steps` (`--checkpoint-every`) and on Ctrl-C or
 //! SIGTERM; `--resume DIR` continues from the newest (see `resume`).
 
+mod resume;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -33,7 +35,7 @@ use super::{Outcome, RunError};
 use crate::pipeline::{self, BuildOptions};
 
 /// Default batch size when the plan leaves it 0 (TorchEasyRec's default).
-pub const DEFAULT_BATCH_SIZE: usize = 1024;
+pub(crate) const DEFAULT_BATCH_SIZE: usize = 1024;
 
 /// Device and thread flags shared by the commands that run a model.
 #[derive(Debug, Clone, clap::Args)]
@@ -53,7 +55,7 @@ pub struct ExecArgs {
     /// rounded to bf16 on the CPU's AMX tiles, f32 accumulation, f32 master
     /// weights and optimizer state). Without AMX, bf16 runs in fp32.
     #[arg(long, default_value = "fp32")]
-    pub precision: runtime::native::Precision,
+    pub precision: runtime::exec::native::Precision,
     /// Executor on the CPU: `auto` (the native engine; candle, with a
     /// notice, for a plan with an op it cannot run), `native` (an op it
     /// cannot run is an error) or `candle` (the reference engine). The
@@ -73,7 +75,7 @@ impl Default for ExecArgs {
             threads: None,
             elementwise_threads: 1,
             device: "cpu".to_string(),
-            precision: runtime::native::Precision::F32,
+            precision: runtime::exec::native::Precision::F32,
             engine: None,
             max_memory: None,
         }
@@ -125,10 +127,10 @@ impl ExecArgs {
             return Err(RunError::new("--elementwise-threads must be at least 1"));
         }
         // A bad PLEC_ISA is the user's error, reported before any work.
-        runtime::native::isa::init().map_err(RunError::new)?;
+        runtime::exec::native::isa::init().map_err(RunError::new)?;
         runtime::set_threads(threads, self.elementwise_threads);
         let device = parse_device(&self.device)?;
-        if self.precision == runtime::native::Precision::Bf16 {
+        if self.precision == runtime::exec::native::Precision::Bf16 {
             if !device.is_cpu() {
                 return Err(RunError::new(
                     "--precision bf16 is for the CPU (AMX); on CUDA use fp32",
@@ -140,7 +142,7 @@ impl ExecArgs {
                 );
             }
         }
-        runtime::native::set_default_precision(self.precision);
+        runtime::exec::native::set_default_precision(self.precision);
         if let Some(e) = self.engine {
             runtime::set_engine_choice(e);
         }
@@ -149,7 +151,7 @@ impl ExecArgs {
 }
 
 /// Parses `cpu`, `cuda` or `cuda:N` and opens that device.
-pub fn parse_device(name: &str) -> Result<Device, RunError> {
+pub(crate) fn parse_device(name: &str) -> Result<Device, RunError> {
     let lower = name.trim().to_ascii_lowercase();
     if lower == "cpu" {
         return Ok(Device::Cpu);
@@ -187,7 +189,7 @@ fn cuda_device(ordinal: usize) -> Result<Device, RunError> {
 }
 
 /// A plan read from a plan file, or compiled from a config file.
-pub fn load_plan(path: &Path, seed: u64) -> Result<Result<Plan, Outcome>, RunError> {
+pub(crate) fn load_plan(path: &Path, seed: u64) -> Result<Result<Plan, Outcome>, RunError> {
     let bytes = std::fs::read(path)
         .map_err(|e| RunError::new(format!("cannot read {}: {e}", path.display())))?;
     if bytes.starts_with(plan_file::MAGIC) {
@@ -206,7 +208,7 @@ pub fn load_plan(path: &Path, seed: u64) -> Result<Result<Plan, Outcome>, RunErr
 
 /// Compiles a config text to a plan; errors are reported as `compile` does
 /// (`Err(Outcome::Problems)`: exit 1).
-pub fn compile_source(
+pub(crate) fn compile_source(
     path: &Path,
     source: &str,
     seed: u64,
@@ -225,7 +227,7 @@ pub fn compile_source(
 }
 
 /// The batch size of a training pass: the flag, else the plan's.
-pub fn train_batch_size(plan: &Plan, flag: Option<usize>) -> Result<usize, RunError> {
+pub(crate) fn train_batch_size(plan: &Plan, flag: Option<usize>) -> Result<usize, RunError> {
     let data = plan.data.clone().unwrap_or_default();
     match flag {
         Some(0) => Err(RunError::new("--batch-size must be at least 1")),
@@ -238,7 +240,7 @@ pub fn train_batch_size(plan: &Plan, flag: Option<usize>) -> Result<usize, RunEr
 /// The batch size of an evaluation pass: `flag`, else the plan's
 /// `eval_batch_size`, else the training batch size (`train_flag`, else the
 /// plan's `batch_size`).
-pub fn eval_batch_size(
+pub(crate) fn eval_batch_size(
     plan: &Plan,
     flag: Option<usize>,
     train_flag: Option<usize>,
@@ -253,12 +255,17 @@ pub fn eval_batch_size(
 }
 
 /// Opens (and checks the columns of) the parquet inputs for `plan`.
-pub fn open_data(plan: &Plan, inputs: &[String]) -> Result<DataSource, RunError> {
+pub(crate) fn open_data(plan: &Plan, inputs: &[String]) -> Result<DataSource, RunError> {
     DataSource::open(plan, inputs).map_err(|e| data_error(&e))
 }
 
 /// A training source: shuffled per epoch as the plan says.
-pub fn train_source(source: DataSource, plan: &Plan, batch_size: usize, seed: u64) -> TrainSource {
+pub(crate) fn train_source(
+    source: DataSource,
+    plan: &Plan,
+    batch_size: usize,
+    seed: u64,
+) -> TrainSource {
     TrainSource {
         source,
         opts: ReadOptions::train(plan, batch_size, seed, 0),
@@ -268,7 +275,7 @@ pub fn train_source(source: DataSource, plan: &Plan, batch_size: usize, seed: u6
 
 /// A pass-per-epoch reader over parquet files for training.
 #[derive(Debug, Clone)]
-pub struct TrainSource {
+pub(crate) struct TrainSource {
     source: DataSource,
     opts: ReadOptions,
     /// The point of the open pass after its last batch handed out (set by
@@ -313,13 +320,13 @@ impl BatchSource for TrainSource {
 
 /// An evaluation source: every row, in file order.
 #[derive(Debug, Clone)]
-pub struct EvalSource {
+pub(crate) struct EvalSource {
     source: DataSource,
     opts: ReadOptions,
 }
 
 impl EvalSource {
-    pub fn new(source: DataSource, batch_size: usize) -> Self {
+    pub(crate) fn new(source: DataSource, batch_size: usize) -> Self {
         EvalSource {
             source,
             opts: ReadOptions::eval(batch_size),
@@ -327,7 +334,7 @@ impl EvalSource {
     }
 
     /// Rows in the evaluation files.
-    pub fn num_rows(&self) -> u64 {
+    pub(crate) fn num_rows(&self) -> u64 {
         self.source.num_rows()
     }
 }
@@ -342,16 +349,8 @@ impl BatchSource for EvalSource {
     }
 }
 
-/// A diagnostic's message followed by its help line.
-pub fn with_help(e: &dyn miette::Diagnostic) -> String {
-    match e.help() {
-        Some(h) => format!("{e}\n  help: {h}"),
-        None => e.to_string(),
-    }
-}
-
 /// A data error as a run error (message and help).
-pub fn data_error(e: &DataError) -> RunError {
+pub(crate) fn data_error(e: &DataError) -> RunError {
     let err = RunError::new(e.to_string());
     match miette::Diagnostic::help(e) {
         Some(h) => err.with_help(h.to_string()),
@@ -360,7 +359,7 @@ pub fn data_error(e: &DataError) -> RunError {
 }
 
 /// A runtime error as a run error; data errors keep their file, row and help.
-pub fn runtime_error(e: RuntimeError) -> RunError {
+pub(crate) fn runtime_error(e: RuntimeError) -> RunError {
     if let RuntimeError::Data(inner) = &e {
         if let Some(d) = inner.downcast_ref::<DataError>() {
             return data_error(d);
@@ -412,7 +411,7 @@ fn fmt_value(v: f64) -> String {
 /// The per-task metrics table: one row per task, one column per metric
 /// (`loss`, `auc`, `exact_auc`, `logloss`...); names that name no task are
 /// listed below it.
-pub fn metrics_table(plan: &Plan, metrics: &[(String, f64)]) -> String {
+pub(crate) fn metrics_table(plan: &Plan, metrics: &[(String, f64)]) -> String {
     let towers: Vec<String> = plan.tasks.iter().map(|t| t.tower_name.clone()).collect();
     let mut columns: Vec<&str> = Vec::new();
     let mut cells: Vec<Vec<Option<f64>>> = vec![Vec::new(); towers.len()];
@@ -460,7 +459,7 @@ pub fn metrics_table(plan: &Plan, metrics: &[(String, f64)]) -> String {
 }
 
 /// Left-aligned first column, right-aligned others, two spaces apart.
-pub fn render_table(rows: &[Vec<String>]) -> String {
+pub(crate) fn render_table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -565,7 +564,7 @@ pub struct RunArgs {
 
 /// What `run_training` did, for `run` and `demo`.
 #[derive(Debug)]
-pub struct RunResult {
+pub(crate) struct RunResult {
     pub report: runtime::TrainReport,
     /// Files written into `--out`.
     pub written: Vec<PathBuf>,
@@ -573,7 +572,7 @@ pub struct RunResult {
 
 /// Settings of one training run.
 #[derive(Debug, Clone, Default)]
-pub struct RunSettings {
+pub(crate) struct RunSettings {
     pub epochs: Option<u64>,
     pub steps: Option<u64>,
     pub batch_size: Option<usize>,
@@ -591,7 +590,7 @@ pub struct RunSettings {
 
 /// Trains `plan` on `data`, evaluating on `eval` (when not empty); writes
 /// the outputs all-or-nothing (see the module doc).
-pub fn run_training(
+pub(crate) fn run_training(
     plan: &Plan,
     data: &[String],
     eval: &[String],
@@ -625,8 +624,8 @@ pub fn run_training(
         .as_ref()
         .map(|o| std::path::absolute(o).unwrap_or_else(|_| o.clone()));
     let run_record = crate::proto::checkpoint::RunRecord {
-        data: super::resume::absolute(data),
-        eval: super::resume::absolute(eval),
+        data: resume::absolute(data),
+        eval: resume::absolute(eval),
         batch_size: batch as u64,
         eval_batch_size: eval_batch as u64,
         seed,
@@ -795,10 +794,10 @@ fn progress_of(no_progress: bool, quiet: bool) -> Progress {
     }
 }
 
-pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
     let (device, threads) = args.exec.setup()?;
     let resumed = match &args.resume {
-        Some(dir) => Some(super::resume::load(dir)?),
+        Some(dir) => Some(resume::load(dir)?),
         None => None,
     };
     let plan = match (&resumed, &args.input) {
@@ -844,7 +843,7 @@ pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
     };
     let (data, eval, settings) = match resumed {
         Some(r) => {
-            let (data, eval, mut settings) = super::resume::settings(args, &r, settings)?;
+            let (data, eval, mut settings) = resume::settings(args, &r, settings)?;
             let p = r.checkpoint.progress.clone().unwrap_or_default();
             let reading = match &p.data {
                 Some(d) => format!(
@@ -897,7 +896,7 @@ pub fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
     }
     let final_loss = r.losses.last().copied().unwrap_or(f32::NAN);
     if device.is_cpu() {
-        println!("plec run: {}", runtime::native::isa::describe());
+        println!("plec run: {}", runtime::exec::native::isa::describe());
     }
     println!(
         "plec run: {}: {} steps, {} epoch{}, {} samples in {:.1}s ({:.0} samples/s on {threads} thread{}), final loss {final_loss:.6}",

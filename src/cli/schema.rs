@@ -29,7 +29,7 @@ pub struct DiffArgs {
     pub proto_path: PathBuf,
 }
 
-pub fn execute(args: &SchemaArgs) -> Result<Outcome, RunError> {
+pub(crate) fn execute(args: &SchemaArgs) -> Result<Outcome, RunError> {
     match &args.command {
         SchemaCommand::Diff(d) => execute_diff(d),
     }

@@ -12,7 +12,7 @@ use super::error::{DataError, Result};
 /// Every column chunk must lie inside the file: a negative start or
 /// length panics in `ColumnChunkMetaData::byte_range`, and one past the
 /// end makes the reader ask for more bytes than the file has.
-pub fn check(md: &ParquetMetaData, file_len: u64, path: &Path) -> Result<()> {
+pub(super) fn check(md: &ParquetMetaData, file_len: u64, path: &Path) -> Result<()> {
     for (g, rg) in md.row_groups().iter().enumerate() {
         for c in rg.columns() {
             let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());

@@ -21,7 +21,7 @@ use crate::proto::tzrec::protos::{
 /// cannot run: sub-features of a grouped sequence whose kind plec has no
 /// sequence form of (when the model reads them), variational dropout and
 /// Pareto loss weighting.
-pub fn audit(config: &EasyRecConfig) -> Vec<IrError> {
+pub(crate) fn audit(config: &EasyRecConfig) -> Vec<IrError> {
     let mut out = Vec::new();
     let Some(mc) = &config.model_config else {
         return out;
@@ -110,7 +110,7 @@ fn unsupported_seq_sub(f: Option<&SeqFeature>) -> Option<&'static str> {
 }
 
 /// The field name of an encoder kind, as written in the config.
-pub fn encoder_kind(m: &SeqModule) -> &'static str {
+pub(crate) fn encoder_kind(m: &SeqModule) -> &'static str {
     match m {
         SeqModule::DinEncoder(_) => "din_encoder",
         SeqModule::SimpleAttention(_) => "simple_attention",
@@ -123,7 +123,7 @@ pub fn encoder_kind(m: &SeqModule) -> &'static str {
 /// Lowers the config, or every reason it cannot be run as written: the
 /// blocks [`audit`] finds plus the lowering's own errors (an unsupported
 /// block named by both is reported once).
-pub fn lower_faithfully(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> {
+pub(crate) fn lower_faithfully(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> {
     let mut errors = audit(config);
     match super::lower(config) {
         Ok(graph) if errors.is_empty() => return Ok(graph),

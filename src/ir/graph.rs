@@ -14,13 +14,13 @@ use petgraph::Direction;
 use crate::proto::plan;
 
 /// A tensor shape; [`BATCH`] marks the symbolic batch axis.
-pub type Shape = Vec<i64>;
+pub(crate) type Shape = Vec<i64>;
 
 /// The symbolic batch dimension, as in `plan.proto`.
-pub const BATCH: i64 = -1;
+pub(crate) const BATCH: i64 = -1;
 
 /// `[B, width]`.
-pub fn batch_shape(width: u64) -> Shape {
+pub(crate) fn batch_shape(width: u64) -> Shape {
     vec![BATCH, width as i64]
 }
 
@@ -523,7 +523,7 @@ fn infer_gate(g: &GateBlock, inputs: &[&Edge]) -> Result<Vec<Shape>, String> {
 }
 
 /// Short name of a loss kind.
-pub fn loss_name(kind: i32) -> &'static str {
+pub(crate) fn loss_name(kind: i32) -> &'static str {
     match plan::LossKind::try_from(kind) {
         Ok(plan::LossKind::BinaryCrossEntropy) => "binary_cross_entropy",
         Ok(plan::LossKind::SoftmaxCrossEntropy) => "softmax_cross_entropy",
@@ -534,7 +534,7 @@ pub fn loss_name(kind: i32) -> &'static str {
 }
 
 /// Short name of a metric kind.
-pub fn metric_name(kind: i32) -> &'static str {
+pub(crate) fn metric_name(kind: i32) -> &'static str {
     match plan::MetricKind::try_from(kind) {
         Ok(plan::MetricKind::Auc) => "auc",
         Ok(plan::MetricKind::GroupedAuc) => "grouped_auc",

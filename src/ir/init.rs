@@ -6,7 +6,7 @@ use super::graph::{Init, ParamSpec};
 use crate::rng::SplitMix64;
 
 /// FNV-1a of a name, mixed with the seed: the per-parameter stream seed.
-pub fn name_seed(seed: u64, name: &str) -> u64 {
+pub(crate) fn name_seed(seed: u64, name: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in name.bytes() {
         h ^= b as u64;
@@ -17,7 +17,7 @@ pub fn name_seed(seed: u64, name: &str) -> u64 {
 }
 
 /// The initial values of a parameter, row-major.
-pub fn materialize(spec: &ParamSpec, seed: u64) -> Vec<f32> {
+pub(crate) fn materialize(spec: &ParamSpec, seed: u64) -> Vec<f32> {
     let n = spec.numel() as usize;
     match &spec.init {
         Init::Constant(v) => vec![*v; n],
@@ -38,7 +38,7 @@ pub fn materialize(spec: &ParamSpec, seed: u64) -> Vec<f32> {
 }
 
 /// Little-endian f32 bytes.
-pub fn to_le_bytes(values: &[f32]) -> Vec<u8> {
+pub(crate) fn to_le_bytes(values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 4);
     for v in values {
         out.extend_from_slice(&v.to_le_bytes());
@@ -47,7 +47,8 @@ pub fn to_le_bytes(values: &[f32]) -> Vec<u8> {
 }
 
 /// Reads little-endian f32 bytes (a trailing partial value is ignored).
-pub fn from_le_bytes(bytes: &[u8]) -> Vec<f32> {
+#[cfg(test)]
+pub(crate) fn from_le_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

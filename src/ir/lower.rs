@@ -19,7 +19,7 @@ use crate::proto::tzrec::protos::{
 };
 
 /// Lowers a typed config to the model graph, or every reason it cannot be.
-pub fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> {
+pub(crate) fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> {
     let shape_errors = shape::check_config(config);
     if !shape_errors.is_empty() {
         return Err(shape_errors.into_iter().map(IrError::Shape).collect());
@@ -104,7 +104,7 @@ struct Builder {
 
 /// A linear layer with torch's default init: weight and bias uniform in
 /// `+-1/sqrt(fan_in)`.
-pub fn linear(name: &str, in_dim: u64, out_dim: u64, bias: bool) -> LinearParams {
+pub(crate) fn linear(name: &str, in_dim: u64, out_dim: u64, bias: bool) -> LinearParams {
     let bound = 1.0 / (in_dim.max(1) as f32).sqrt();
     LinearParams {
         in_dim,
@@ -138,7 +138,7 @@ fn constant(name: String, shape: Vec<u64>, value: f32, trainable: bool) -> Param
 
 /// The plan's activation for an MLP's `activation` string (parsed by
 /// `lang::activation`), or what plec cannot run of it.
-pub fn parse_activation(text: &str, name: &str) -> Result<Act, String> {
+pub(crate) fn parse_activation(text: &str, name: &str) -> Result<Act, String> {
     use crate::lang::activation::Activation as A;
     let parsed = crate::lang::activation::parse(text).map_err(|p| p.message)?;
     let kind = match &parsed {
@@ -572,7 +572,7 @@ impl Builder {
         for loss in &plan_task.losses {
             let l = self.add(Node::Loss {
                 task: name.clone(),
-                loss: *loss,
+                loss: loss.clone(),
             });
             self.g
                 .graph
@@ -591,7 +591,8 @@ impl Builder {
 
     fn plan_task(&mut self, path: &str, t: &TaskDesc) -> Option<plan::Task> {
         let mut losses = Vec::new();
-        for (k, l) in t.losses.iter().enumerate() {
+        for l in &t.losses {
+            let mut session_feature = String::new();
             let (kind, gamma, alpha) = match &l.loss {
                 Some(Loss::BinaryCrossEntropy(_)) => (plan::LossKind::BinaryCrossEntropy, 0.0, 0.0),
                 Some(Loss::SoftmaxCrossEntropy(_)) => {
@@ -601,12 +602,9 @@ impl Builder {
                 Some(Loss::BinaryFocalLoss(f)) => {
                     (plan::LossKind::BinaryFocalLoss, f.gamma(), f.alpha())
                 }
-                Some(Loss::JrcLoss(_)) => {
-                    self.errors.push(IrError::unsupported(
-                        "loss `jrc_loss`",
-                        format!("{path}.losses[{k}]"),
-                    ));
-                    continue;
+                Some(Loss::JrcLoss(j)) => {
+                    session_feature = j.session_name.clone();
+                    (plan::LossKind::JrcLoss, 0.0, j.alpha())
                 }
                 None => continue,
             };
@@ -614,6 +612,7 @@ impl Builder {
                 kind: kind as i32,
                 gamma,
                 alpha,
+                session_feature,
             });
         }
         if losses.is_empty() {
@@ -625,8 +624,7 @@ impl Builder {
             };
             losses.push(plan::Loss {
                 kind: kind as i32,
-                gamma: 0.0,
-                alpha: 0.0,
+                ..Default::default()
             });
         }
         let mut metrics = Vec::new();
@@ -898,15 +896,12 @@ fn feature_name(fc: &FeatureConfig) -> Option<&str> {
 
 /// The input column of an expression `side:name` (the whole text without a side).
 fn input_column(expression: &str) -> String {
-    match expression.split_once(':') {
-        Some((_, name)) => name.trim().to_string(),
-        None => expression.trim().to_string(),
-    }
+    crate::lang::expression::input_column(expression).to_string()
 }
 
 /// The plan's form of a parsed normalizer (`lang::normalizer`); `None`
 /// for an expression, which plec does not evaluate.
-pub fn plan_normalizer(n: &Normalizer) -> Option<plan::Normalizer> {
+pub(crate) fn plan_normalizer(n: &Normalizer) -> Option<plan::Normalizer> {
     let (kind, a, b) = match *n {
         Normalizer::Log10 { threshold, default } => {
             (plan::NormalizerKind::Log10, threshold, default)

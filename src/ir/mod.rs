@@ -9,26 +9,27 @@
 //! `passes` and then to `plan::emit`. [`reference`] evaluates emitted plans
 //! in plain Rust so passes can be checked for equivalence.
 
-pub mod coverage;
-pub mod error;
-pub mod graph;
-pub mod init;
-pub mod lower;
-pub mod reference;
-pub mod shape;
-pub mod summary;
+pub(crate) mod coverage;
+pub(crate) mod error;
+pub(crate) mod graph;
+pub(crate) mod init;
+pub(crate) mod lower;
+#[cfg(test)]
+pub(crate) mod reference;
+pub(crate) mod shape;
+pub(crate) mod summary;
 
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use coverage::lower_faithfully;
-pub use error::IrError;
-pub use graph::{ModelGraph, Node};
-pub use lower::lower;
-pub use shape::{shape_diagnostics, ShapeError, SHAPE_CODES};
-pub use summary::{summarize, Summary};
+pub(crate) use coverage::lower_faithfully;
+pub(crate) use error::IrError;
+pub(crate) use graph::ModelGraph;
+pub(crate) use lower::lower;
+pub(crate) use shape::{shape_diagnostics, SHAPE_CODES};
+pub(crate) use summary::{summarize, Summary};
 
 /// The long explanation of a shape diagnostic code, for `plec explain`.
-pub fn explain(code: &str) -> Option<&'static str> {
+pub(crate) fn explain(code: &str) -> Option<&'static str> {
     shape::explain(code)
 }

@@ -13,13 +13,13 @@ use crate::proto::plan::{Activation, OpKind, Plan, Pooling};
 
 /// A dense row-major tensor.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Tensor {
+pub(crate) struct Tensor {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
 }
 
 impl Tensor {
-    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+    pub(crate) fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
         Tensor { shape, data }
     }
 
@@ -35,7 +35,7 @@ impl Tensor {
 /// Why evaluation failed.
 #[derive(Debug, thiserror::Error)]
 #[error("reference evaluation failed at op \"{op}\": {message}")]
-pub struct EvalError {
+pub(crate) struct EvalError {
     pub op: String,
     pub message: String,
 }
@@ -57,7 +57,7 @@ fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
 }
 
 /// Runs every op of `plan`; returns each task's logits by tower name.
-pub fn evaluate(
+pub(crate) fn evaluate(
     plan: &Plan,
     groups: &HashMap<String, Tensor>,
 ) -> Result<HashMap<String, Tensor>, EvalError> {
@@ -524,7 +524,7 @@ fn erf(x: f32) -> f32 {
 
 /// Random feature-group inputs for every FEATURE_GROUP op of `plan`
 /// (uniform in [-1, 1), deterministic from `seed`).
-pub fn random_group_inputs(plan: &Plan, batch: usize, seed: u64) -> HashMap<String, Tensor> {
+pub(crate) fn random_group_inputs(plan: &Plan, batch: usize, seed: u64) -> HashMap<String, Tensor> {
     let mut rng = crate::rng::SplitMix64::new(seed);
     let mut out = HashMap::new();
     for op in &plan.ops {

@@ -76,7 +76,7 @@ impl ShapeError {
 }
 
 /// Every shape code with its long explanation, for `plec explain`.
-pub const SHAPE_CODES: &[(&str, &str)] = &[
+pub(crate) const SHAPE_CODES: &[(&str, &str)] = &[
     (
         "plec::expert-width",
         "In a PLE extraction layer, each task gate mixes the task's own experts \
@@ -129,7 +129,7 @@ expert a gate mixes must have the same output width.",
 ];
 
 /// The long explanation of a shape code (`plec explain plec::expert-width`).
-pub fn explain(code: &str) -> Option<&'static str> {
+pub(crate) fn explain(code: &str) -> Option<&'static str> {
     let code = if code.starts_with("plec::") {
         code.to_string()
     } else {
@@ -142,7 +142,7 @@ pub fn explain(code: &str) -> Option<&'static str> {
 }
 
 /// Shape diagnostics of a typed config, labelled through `spans`.
-pub fn shape_diagnostics(config: &EasyRecConfig, spans: &SpanMap) -> Vec<Diagnostic> {
+pub(crate) fn shape_diagnostics(config: &EasyRecConfig, spans: &SpanMap) -> Vec<Diagnostic> {
     check_config(config)
         .iter()
         .map(|e| e.to_diagnostic(spans))
@@ -153,7 +153,7 @@ pub fn shape_diagnostics(config: &EasyRecConfig, spans: &SpanMap) -> Vec<Diagnos
 /// combo features are `embedding_dim` wide; raw features `value_dim` wide
 /// (default 1), or `embedding_dim` with boundaries. `None` for unsupported
 /// kinds and missing dims.
-pub fn feature_width(fc: &FeatureConfig) -> Option<u64> {
+pub(crate) fn feature_width(fc: &FeatureConfig) -> Option<u64> {
     let w = match fc.feature.as_ref()? {
         Feature::IdFeature(f) | Feature::SequenceIdFeature(f) => f.embedding_dim as u64,
         Feature::RawFeature(f) if !f.boundaries.is_empty() => f.embedding_dim? as u64,
@@ -175,7 +175,7 @@ fn feature_name(fc: &FeatureConfig) -> Option<&str> {
 }
 
 /// Dropout ratio of layer `i`.
-pub fn dropout_of(mlp: &Mlp, i: usize) -> f32 {
+pub(crate) fn dropout_of(mlp: &Mlp, i: usize) -> f32 {
     match mlp.dropout_ratio.as_slice() {
         [] => 0.0,
         [r] => *r,
@@ -184,7 +184,7 @@ pub fn dropout_of(mlp: &Mlp, i: usize) -> f32 {
 }
 
 /// Checks every shape rule on a config and returns all the mistakes.
-pub fn check_config(config: &EasyRecConfig) -> Vec<ShapeError> {
+pub(crate) fn check_config(config: &EasyRecConfig) -> Vec<ShapeError> {
     let mut out = Vec::new();
     // TorchEasyRec builds embedding tables only for features some group
     // reads; an unused feature's missing dim is never asserted.

@@ -6,7 +6,7 @@ use crate::proto::plan::Plan;
 
 /// What a compiled model holds, in a modeler's numbers.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub model_kind: String,
     /// Features in the feature group.
     pub features: usize,
@@ -28,7 +28,7 @@ pub struct Summary {
 }
 
 /// Summarizes a graph and the plan emitted from it.
-pub fn summarize(graph: &ModelGraph, plan: &Plan) -> Summary {
+pub(crate) fn summarize(graph: &ModelGraph, plan: &Plan) -> Summary {
     let mut experts = 0;
     let mut gates = 0;
     let mut towers = 0;

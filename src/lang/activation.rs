@@ -8,7 +8,7 @@ use super::Problem;
 use crate::diag::{closest_names, one_of};
 
 /// Activation classes of `torch.nn`.
-pub const TORCH_ACTIVATIONS: &[&str] = &[
+pub(crate) const TORCH_ACTIVATIONS: &[&str] = &[
     "ReLU",
     "ReLU6",
     "LeakyReLU",
@@ -41,7 +41,7 @@ pub const TORCH_ACTIVATIONS: &[&str] = &[
 
 /// A parsed activation.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Activation {
+pub(crate) enum Activation {
     /// An empty string: no activation.
     None,
     /// A `torch.nn` class (one of `TORCH_ACTIVATIONS`) and the values it
@@ -61,7 +61,7 @@ pub enum Activation {
 impl Activation {
     /// The first argument as a number, if it is one (a leaky relu's
     /// slope, an elu's alpha).
-    pub fn first_number(&self) -> Option<f64> {
+    pub(crate) fn first_number(&self) -> Option<f64> {
         match self {
             Activation::Torch { args, .. } => args.first().and_then(|a| a.parse().ok()),
             _ => None,
@@ -70,7 +70,7 @@ impl Activation {
 
     /// Arguments other than booleans (`inplace=True` never changes what is
     /// computed).
-    pub fn significant_args(&self) -> usize {
+    pub(crate) fn significant_args(&self) -> usize {
         match self {
             Activation::Torch { args, .. } => args
                 .iter()
@@ -101,7 +101,7 @@ fn known_names() -> Vec<String> {
 }
 
 /// Parses an activation string.
-pub fn parse(text: &str) -> Result<Activation, Problem> {
+pub(crate) fn parse(text: &str) -> Result<Activation, Problem> {
     let t = text.trim();
     if t.is_empty() {
         return Ok(Activation::None);

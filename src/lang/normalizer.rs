@@ -11,7 +11,7 @@ use crate::diag::closest_names;
 
 /// A parsed normalizer.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Normalizer {
+pub(crate) enum Normalizer {
     /// `x > threshold ? log10(x) : default`.
     Log10 { threshold: f64, default: f64 },
     /// `(x - mean) / standard_deviation`.
@@ -72,7 +72,7 @@ fn pairs(text: &str) -> Result<Vec<(&str, &str)>, Problem> {
 }
 
 /// Parses a normalizer string.
-pub fn parse(text: &str) -> Result<Normalizer, Problem> {
+pub(crate) fn parse(text: &str) -> Result<Normalizer, Problem> {
     let pairs = pairs(text)?;
     let Some(&(_, method)) = pairs.iter().find(|(k, _)| *k == "method") else {
         return Err(Problem::new(

@@ -30,7 +30,7 @@ pub(super) enum FeatureKind<'a> {
 
 impl Feature<'_> {
     /// `id feature`, `raw feature` or `combo feature`.
-    pub fn kind_words(&self) -> &'static str {
+    pub(super) fn kind_words(&self) -> &'static str {
         match self.kind {
             FeatureKind::Id(_) => "id feature",
             FeatureKind::Raw(_) => "raw feature",
@@ -38,11 +38,11 @@ impl Feature<'_> {
         }
     }
 
-    pub fn field(&self, name: &str) -> String {
+    pub(super) fn field(&self, name: &str) -> String {
         format!("{}.{name}", self.path)
     }
 
-    pub fn embedding_name(&self) -> Option<&str> {
+    pub(super) fn embedding_name(&self) -> Option<&str> {
         match self.kind {
             FeatureKind::Id(f) => f.embedding_name.as_deref(),
             FeatureKind::Raw(f) => f.embedding_name.as_deref(),
@@ -51,7 +51,7 @@ impl Feature<'_> {
         .filter(|s| !s.is_empty())
     }
 
-    pub fn pooling(&self) -> Option<&str> {
+    pub(super) fn pooling(&self) -> Option<&str> {
         match self.kind {
             FeatureKind::Id(f) => f.pooling.as_deref(),
             FeatureKind::Raw(f) => f.pooling.as_deref(),
@@ -61,7 +61,7 @@ impl Feature<'_> {
 
     /// Whether the feature's value enters a group as is (a raw feature
     /// without boundaries or a dense embedding).
-    pub fn is_dense(&self) -> bool {
+    pub(super) fn is_dense(&self) -> bool {
         matches!(self.kind, FeatureKind::Raw(f) if f.boundaries.is_empty() && f.dense_emb.is_none())
     }
 }
@@ -87,15 +87,29 @@ pub(super) struct Tower<'a> {
     pub relation_mlp: Option<&'a Mlp>,
     /// A DBMTL tower (its label defaults to `label_fields[index]`).
     pub bayes: bool,
+    /// A task of an HSTU model's `fusion_mtl_tower` (named by `task_name`;
+    /// it has no task space, sample weight or relations).
+    pub fusion: bool,
 }
 
 impl Tower<'_> {
-    pub fn field(&self, name: &str) -> String {
+    pub(super) fn field(&self, name: &str) -> String {
         format!("{}.{name}", self.path)
+    }
+
+    /// Path of the tower's name (`tower_name`, or a fusion task's
+    /// `task_name`).
+    pub(super) fn name_path(&self) -> String {
+        self.field(if self.fusion {
+            "task_name"
+        } else {
+            "tower_name"
+        })
     }
 }
 
-/// The multi-task model of the config, if it is one plec models.
+/// The towers of a multi-task model (task towers, or the tasks of an HSTU
+/// model's `fusion_mtl_tower`).
 pub(super) struct MultiTask<'a> {
     pub towers: Vec<Tower<'a>>,
 }
@@ -122,7 +136,7 @@ pub(super) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(config: &'a EasyRecConfig, spans: &'a SpanMap) -> Self {
+    pub(super) fn new(config: &'a EasyRecConfig, spans: &'a SpanMap) -> Self {
         let mut features = Vec::new();
         for (i, fc) in config.feature_configs.iter().enumerate() {
             let base = format!("feature_configs[{i}]");
@@ -200,38 +214,38 @@ impl<'a> Ctx<'a> {
     }
 
     /// Span of the value at `path`.
-    pub fn value(&self, path: &str) -> Option<Range<usize>> {
+    pub(super) fn value(&self, path: &str) -> Option<Range<usize>> {
         self.spans.value(path)
     }
 
     /// Span of the field name at `path`.
-    pub fn name(&self, path: &str) -> Option<Range<usize>> {
+    pub(super) fn name(&self, path: &str) -> Option<Range<usize>> {
         self.spans.name(path)
     }
 
     /// The value at `path`, else the nearest enclosing block's name.
-    pub fn best(&self, path: &str) -> Option<Range<usize>> {
+    pub(super) fn best(&self, path: &str) -> Option<Range<usize>> {
         self.spans.best(path)
     }
 
     /// Whether `path` was written in the source.
-    pub fn written(&self, path: &str) -> bool {
+    pub(super) fn written(&self, path: &str) -> bool {
         self.spans.contains(path)
     }
 
     /// How feature generation runs (FG_NONE when there is no data_config).
-    pub fn fg_mode(&self) -> FgMode {
+    pub(super) fn fg_mode(&self) -> FgMode {
         self.data.map_or(FgMode::FgNone, |d| d.fg_mode())
     }
 
     /// Whether the file has feature definitions to check names against.
-    pub fn has_features(&self) -> bool {
+    pub(super) fn has_features(&self) -> bool {
         !self.config.feature_configs.is_empty()
     }
 
     /// The label column a tower trains on: its `label_name`, or for a DBMTL
     /// tower without one, `label_fields` at its position.
-    pub fn tower_label(&self, t: &Tower<'a>) -> Option<&'a str> {
+    pub(super) fn tower_label(&self, t: &Tower<'a>) -> Option<&'a str> {
         if let Some(l) = t.label {
             return Some(l);
         }
@@ -244,16 +258,16 @@ impl<'a> Ctx<'a> {
         None
     }
 
-    pub fn feature(&self, name: &str) -> Option<&Feature<'a>> {
+    pub(super) fn feature(&self, name: &str) -> Option<&Feature<'a>> {
         self.features.iter().find(|f| f.name == name)
     }
 
-    pub fn feature_names(&self) -> impl Iterator<Item = &str> {
+    pub(super) fn feature_names(&self) -> impl Iterator<Item = &str> {
         self.all_features.iter().map(|(n, _)| n.as_str())
     }
 
     /// Whether a feature of any kind has this name.
-    pub fn has_feature(&self, name: &str) -> bool {
+    pub(super) fn has_feature(&self, name: &str) -> bool {
         self.all_features.iter().any(|(n, _)| n == name)
     }
 }
@@ -299,8 +313,17 @@ fn multi_task(model: Option<&Model>) -> Option<MultiTask<'_>> {
                     relations: &[],
                     relation_mlp: None,
                     bayes: false,
+                    fusion: false,
                 });
             }
+        }
+        Model::DlrmHstu(m) => {
+            let path = "model_config.dlrm_hstu.fusion_mtl_tower".to_string();
+            push_fusion_tasks(&path, &m.fusion_mtl_tower.task_configs, &mut towers);
+        }
+        Model::UltraHstu(m) => {
+            let path = "model_config.ultra_hstu.fusion_mtl_tower".to_string();
+            push_fusion_tasks(&path, &m.fusion_mtl_tower.task_configs, &mut towers);
         }
         Model::Dbmtl(m) => {
             let path = "model_config.dbmtl".to_string();
@@ -320,6 +343,7 @@ fn multi_task(model: Option<&Model>) -> Option<MultiTask<'_>> {
                     relations: &t.relation_tower_names,
                     relation_mlp: t.relation_mlp.as_ref(),
                     bayes: true,
+                    fusion: false,
                 });
             }
         }
@@ -350,6 +374,33 @@ fn push_task_towers<'a>(
             relations: &[],
             relation_mlp: None,
             bayes: false,
+            fusion: false,
+        });
+    }
+}
+
+fn push_fusion_tasks<'a>(
+    path: &str,
+    src: &'a [crate::proto::tzrec::protos::FusionSubTaskConfig],
+    out: &mut Vec<Tower<'a>>,
+) {
+    for (i, t) in src.iter().enumerate() {
+        out.push(Tower {
+            path: format!("{path}.task_configs[{i}]"),
+            index: i,
+            name: &t.task_name,
+            label: Some(t.label_name.as_str()).filter(|l| !l.is_empty()),
+            num_class: t.num_class,
+            losses: &t.losses,
+            weight: t.weight,
+            sample_weight_name: None,
+            task_space_label: None,
+            in_task_space_weight: None,
+            out_task_space_weight: None,
+            relations: &[],
+            relation_mlp: None,
+            bayes: false,
+            fusion: true,
         });
     }
 }

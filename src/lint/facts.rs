@@ -22,13 +22,16 @@ pub(super) struct Facts {
     group_ref: Option<ExtensionDescriptor>,
     groups: Option<ExtensionDescriptor>,
     first_group_only: Option<ExtensionDescriptor>,
+    first_label: Option<ExtensionDescriptor>,
+    retrieval: Option<ExtensionDescriptor>,
+    group_types: Option<ExtensionDescriptor>,
 }
 
 impl Facts {
     /// The options of the schema compiled into plec. Lint always reads the
     /// typed config of the built-in schema, so its facts are the ones that
     /// apply, also under `--proto-path`.
-    pub fn builtin() -> Self {
+    pub(super) fn builtin() -> Self {
         let pool = DescriptorPool::decode(crate::proto::DESCRIPTOR_SET).ok();
         let ext = |name: &str| pool.as_ref()?.get_extension_by_name(name);
         Facts {
@@ -41,36 +44,39 @@ impl Facts {
             group_ref: ext("plec.group_ref"),
             groups: ext("plec.groups"),
             first_group_only: ext("plec.first_group_only"),
+            first_label: ext("plec.first_label"),
+            retrieval: ext("plec.retrieval"),
+            group_types: ext("plec.group_types"),
         }
     }
 
     /// The typed config as a dynamic message of the built-in schema.
-    pub fn dynamic(&self, config: &EasyRecConfig) -> Option<DynamicMessage> {
+    pub(super) fn dynamic(&self, config: &EasyRecConfig) -> Option<DynamicMessage> {
         DynamicMessage::decode(self.root.clone()?, config.encode_to_vec().as_slice()).ok()
     }
 
     /// Whether the field is a bucket setting (`(plec.bucket)`).
-    pub fn is_bucket(&self, f: &FieldDescriptor) -> bool {
+    pub(super) fn is_bucket(&self, f: &FieldDescriptor) -> bool {
         field_flag(f, self.bucket.as_ref())
     }
 
     /// Whether a feature of this kind needs a bucket setting.
-    pub fn needs_bucket(&self, m: &MessageDescriptor) -> bool {
+    pub(super) fn needs_bucket(&self, m: &MessageDescriptor) -> bool {
         message_value(m, self.needs_bucket.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
     }
 
     /// Why TorchEasyRec needs this field set (`(plec.needed)`), if it does.
-    pub fn needed(&self, f: &FieldDescriptor) -> bool {
+    pub(super) fn needed(&self, f: &FieldDescriptor) -> bool {
         field_flag(f, self.needed.as_ref())
     }
 
     /// Whether the field names a feature group (`(plec.group_ref)`).
-    pub fn is_group_ref(&self, f: &FieldDescriptor) -> bool {
+    pub(super) fn is_group_ref(&self, f: &FieldDescriptor) -> bool {
         field_flag(f, self.group_ref.as_ref())
     }
 
     /// The feature groups a model kind reads by name (`(plec.groups)`).
-    pub fn required_groups(&self, m: &MessageDescriptor) -> Vec<String> {
+    pub(super) fn required_groups(&self, m: &MessageDescriptor) -> Vec<String> {
         match message_value(m, self.groups.as_ref()) {
             Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
             _ => Vec::new(),
@@ -78,8 +84,61 @@ impl Facts {
     }
 
     /// Whether a model kind reads only its first feature group.
-    pub fn first_group_only(&self, m: &MessageDescriptor) -> bool {
+    pub(super) fn first_group_only(&self, m: &MessageDescriptor) -> bool {
         message_value(m, self.first_group_only.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
+    }
+
+    /// Whether a model kind trains on the first label field.
+    pub(super) fn first_label(&self, m: &MessageDescriptor) -> bool {
+        message_value(m, self.first_label.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
+    }
+
+    /// Whether a model kind is a retrieval model (`(plec.retrieval)`).
+    pub(super) fn retrieval(&self, m: &MessageDescriptor) -> bool {
+        message_value(m, self.retrieval.as_ref()).is_some_and(|v| v.as_bool() == Some(true))
+    }
+
+    /// The group types a `(plec.group_ref)` field of the message at `path`
+    /// accepts: the innermost `(plec.group_types)` on a message field
+    /// enclosing it, else the field's own. Empty when nothing is said.
+    pub(super) fn group_types(
+        &self,
+        nodes: &[(String, DynamicMessage)],
+        path: &str,
+        fd: &FieldDescriptor,
+    ) -> Vec<String> {
+        let mut at = path;
+        while !at.is_empty() {
+            let (parent, field) = match at.rsplit_once('.') {
+                Some((p, f)) => (p, f),
+                None => ("", at),
+            };
+            let field = field.split('[').next().unwrap_or(field);
+            let held_by = nodes
+                .iter()
+                .find(|(p, _)| p == parent)
+                .and_then(|(_, m)| m.descriptor().get_field_by_name(field));
+            if let Some(types) = held_by.and_then(|f| self.types_of(&f)) {
+                return types;
+            }
+            at = parent;
+        }
+        self.types_of(fd).unwrap_or_default()
+    }
+
+    fn types_of(&self, f: &FieldDescriptor) -> Option<Vec<String>> {
+        let ext = self.group_types.as_ref()?;
+        let options = f.options();
+        if !options.has_extension(ext) {
+            return None;
+        }
+        let value = options.get_extension(ext);
+        let types: Vec<String> = value
+            .as_str()?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        Some(types)
     }
 }
 

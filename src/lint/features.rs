@@ -7,7 +7,8 @@ use std::ops::Range;
 
 use super::context::{Ctx, Feature, FeatureKind};
 use super::{LabelAt, Rule};
-use crate::diag::{closest_names, one_of, Diagnostic, Severity};
+use crate::diag::{Diagnostic, Severity};
+use crate::lang::expression;
 use crate::proto::tzrec::protos::FgMode;
 
 pub(super) const RULES: &[Rule] = &[
@@ -154,52 +155,6 @@ fn boundaries_order(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     }
 }
 
-/// Sides an expression may read from.
-const SIDES: &[&str] = &["user", "item", "context", "feature", "const"];
-
-/// Why `expr` is not `side:input_name`, if it is not.
-fn expression_problem(expr: &str) -> Option<(String, String)> {
-    let Some((side, input)) = expr.split_once(':') else {
-        let guess = SIDES
-            .iter()
-            .take(3)
-            .map(|s| format!("`{s}:{expr}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Some((
-            format!("expression \"{expr}\" has no side"),
-            format!("write `side:input_name`, e.g. {guess}; the side is one of user, item, context, feature or const"),
-        ));
-    };
-    if !SIDES.contains(&side) {
-        let close = closest_names(side, SIDES.iter().copied(), 2);
-        let help = if close.is_empty() {
-            "the side is one of `user`, `item`, `context`, `feature` or `const`".to_string()
-        } else {
-            format!(
-                "did you mean {}?",
-                one_of(
-                    &close
-                        .iter()
-                        .map(|s| format!("{s}:{input}"))
-                        .collect::<Vec<_>>()
-                )
-            )
-        };
-        return Some((
-            format!("unknown side \"{side}\" in expression \"{expr}\""),
-            help,
-        ));
-    }
-    if input.trim().is_empty() {
-        return Some((
-            format!("expression \"{expr}\" names no input"),
-            format!("write the input column after the colon, e.g. `{side}:my_column`"),
-        ));
-    }
-    None
-}
-
 /// Expressions of a feature with their paths (only those written).
 fn expressions<'a>(cx: &Ctx, f: &'a Feature) -> Vec<(&'a str, String)> {
     match f.kind {
@@ -229,13 +184,13 @@ fn bad_expression(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     }
     for f in &cx.features {
         for (expr, path) in expressions(cx, f) {
-            let Some((message, help)) = expression_problem(expr) else {
+            let Err(problem) = expression::parse(expr) else {
                 continue;
             };
             out.push(
-                rule.diag(message)
+                rule.diag(problem.message)
                     .primary_at(cx.value(&path), "expected `side:input_name`")
-                    .with_help(help),
+                    .with_help(problem.help),
             );
         }
     }
@@ -406,5 +361,5 @@ fn normalizer(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
 
 #[cfg(test)]
 pub(super) fn expression_ok(s: &str) -> bool {
-    expression_problem(s).is_none()
+    expression::parse(s).is_ok()
 }

@@ -1,7 +1,6 @@
 //! Rules for every model and feature kind: the facts read from the
-//! schema's options (bucket settings, names TorchEasyRec depends on, fields
-//! that name a feature group, the groups a model reads), and the
-//! cross-checks TorchEasyRec's model classes make when they build (DLRM's
+//! schema's options (bucket settings, names TorchEasyRec depends on), and
+//! the cross-checks TorchEasyRec's model classes make when they build (DLRM's
 //! equal sparse dims, DeepFM's FM dims, a retrieval model's equal tower
 //! widths), plus what runs in plec but not in TorchEasyRec.
 
@@ -82,41 +81,6 @@ encoder.",
         check: sequence_encoder,
     },
     Rule {
-        code: "plec::unknown-group",
-        severity: Severity::Error,
-        summary:
-            "a tower or model names a feature group that does not exist, or one of the wrong kind",
-        explain: "\
-Towers (`input`, `augment_input`, `history_input`) and some models name the
-feature group they read (the schema marks these fields `(plec.group_ref)`).
-The name must be the `group_name` of a feature group, or of a sequence group
-inside one; a DIN tower must read a sequence group. TorchEasyRec fails with a
-KeyError when it builds the model.
-
-Example:
-    user_tower { input: \"usr\" mlp { hidden_units: [64] } }
-
-Fix: use the group's exact name.",
-        check: unknown_group,
-    },
-    Rule {
-        code: "plec::missing-group",
-        severity: Severity::Error,
-        summary: "the model reads a feature group by a fixed name and there is none",
-        explain: "\
-Several TorchEasyRec models read feature groups by fixed names: WideAndDeep,
-DeepFM and xDeepFM read \"wide\" and \"deep\"; PEPNet reads \"all\"; DlrmHSTU
-reads \"uih\" and \"candidate\"; DLRM and WuKong with more than one group read
-\"sparse\" (and \"dense\" when present). The schema lists them with
-`(plec.groups)`. Without such a group the model fails at build time.
-
-Example:
-    deepfm { deep { hidden_units: [64] } }  # groups named \"all\" only
-
-Fix: name the groups as the model expects.",
-        check: missing_group,
-    },
-    Rule {
         code: "plec::sparse-dims",
         severity: Severity::Error,
         summary: "features that a model interacts pairwise have different embedding dims",
@@ -187,21 +151,6 @@ TorchEasyRec.",
         check: not_in_torcheasyrec,
     },
 ];
-
-/// Group names a reference may use: every feature group and every
-/// sequence group inside one.
-fn group_names(cx: &Ctx) -> Vec<String> {
-    let mut names = Vec::new();
-    for g in cx.groups {
-        names.push(g.group_name.clone());
-        for s in &g.sequence_groups {
-            if let Some(n) = &s.group_name {
-                names.push(n.clone());
-            }
-        }
-    }
-    names
-}
 
 fn bucket_config(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     for (path, msg) in feature_blocks(&cx.nodes) {
@@ -290,95 +239,6 @@ fn missing_name(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn unknown_group(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    if cx.groups.is_empty() {
-        return;
-    }
-    let names = group_names(cx);
-    for (path, msg) in &cx.nodes {
-        for fd in msg.descriptor().fields() {
-            if !cx.facts.is_group_ref(&fd) || !msg.has_field(&fd) {
-                continue;
-            }
-            let value = msg.get_field(&fd);
-            let Some(v) = value.as_str() else { continue };
-            if v.trim().is_empty() {
-                continue;
-            }
-            if names.iter().any(|n| n == v) {
-                // A DIN tower attends over a sequence: it reads
-                // `<group>.sequence`, which only sequence groups have.
-                let plain = cx.groups.iter().find(|g| g.group_name == v).filter(|g| {
-                    g.group_type() == crate::proto::tzrec::protos::FeatureGroupType::Deep
-                        || g.group_type() == crate::proto::tzrec::protos::FeatureGroupType::Wide
-                });
-                let is_seq_group = cx.groups.iter().any(|g| {
-                    g.sequence_groups
-                        .iter()
-                        .any(|s| s.group_name.as_deref() == Some(v))
-                        || (g.group_name == v && g.sequence_groups.len() == 1)
-                });
-                if msg.descriptor().full_name() == "tzrec.protos.DINTower"
-                    && plain.is_some()
-                    && !is_seq_group
-                {
-                    out.push(
-                        rule.diag(format!("DIN tower reads group \"{v}\", which is not a sequence group"))
-                            .primary_at(cx.value(&format!("{path}.input")), "a DEEP or WIDE group")
-                            .with_help("a DIN tower attends over a sequence; point `input` at a SEQUENCE group (or a sequence group inside a DEEP group)"),
-                    );
-                }
-                continue;
-            }
-            let close = closest_names(v, names.iter().map(String::as_str), 3);
-            let help = if close.is_empty() {
-                format!("the feature groups are {}", one_of(&names))
-            } else {
-                format!("did you mean {}?", one_of(&close))
-            };
-            out.push(
-                rule.diag(format!("unknown feature group \"{v}\""))
-                    .primary_at(
-                        cx.value(&format!("{path}.{}", fd.name())),
-                        "no feature group has this name",
-                    )
-                    .with_help(help),
-            );
-        }
-    }
-}
-
-fn missing_group(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
-    let Some((kind, desc)) = &cx.model_kind else {
-        return;
-    };
-    let mut needed = cx.facts.required_groups(desc);
-    if matches!(kind.as_str(), "dlrm" | "wukong") && cx.groups.len() > 1 {
-        needed.push("sparse".to_string());
-    }
-    let have: Vec<&str> = cx.groups.iter().map(|g| g.group_name.as_str()).collect();
-    for g in needed {
-        if have.contains(&g.as_str()) {
-            continue;
-        }
-        let close = closest_names(&g, have.iter().copied(), 1);
-        let help = match close.first() {
-            Some(c) => format!("rename the group \"{c}\" to \"{g}\", or add a group named \"{g}\""),
-            None => format!("add a feature group named \"{g}\""),
-        };
-        out.push(
-            rule.diag(format!(
-                "{kind} reads a feature group named \"{g}\", and there is none"
-            ))
-            .primary_at(
-                cx.name(&format!("model_config.{kind}")),
-                format!("{kind} needs group \"{g}\""),
-            )
-            .with_help(help),
-        );
-    }
-}
-
 /// `embedding_dim` of every feature by name (0 when unset).
 fn dims_by_name(cx: &Ctx) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -405,8 +265,11 @@ fn sparse_dims(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     let Some((kind, _)) = &cx.model_kind else {
         return;
     };
+    // Groups are keyed by name: two groups of one name count once.
+    let distinct: std::collections::BTreeSet<&str> =
+        cx.groups.iter().map(|g| g.group_name.as_str()).collect();
     let group = match kind.as_str() {
-        "dlrm" | "wukong" if cx.groups.len() == 1 => cx.groups[0].group_name.clone(),
+        "dlrm" | "wukong" if distinct.len() == 1 => cx.groups[0].group_name.clone(),
         "dlrm" | "wukong" => "sparse".to_string(),
         "deepfm" if cx.groups.iter().any(|g| g.group_name == "fm") => "fm".to_string(),
         "deepfm" => "deep".to_string(),

@@ -17,12 +17,17 @@
 mod context;
 mod facts;
 mod features;
+mod groups;
+mod hstu;
 mod kinds;
+mod losses;
 mod references;
 mod sequences;
+mod sid;
 mod training;
 mod values;
 mod warnings;
+mod widths;
 
 #[cfg(test)]
 mod tests;
@@ -36,7 +41,7 @@ use crate::schema::SpanMap;
 use context::Ctx;
 
 /// One lint rule: a stable code, its severity, and the check itself.
-pub struct Rule {
+pub(crate) struct Rule {
     /// Stable code such as `plec::unknown-feature`.
     pub code: &'static str,
     /// Every diagnostic of this rule has this severity.
@@ -92,12 +97,16 @@ impl LabelAt for Diagnostic {
 }
 
 /// Every rule, grouped by theme.
-fn rule_sets() -> [&'static [Rule]; 7] {
+fn rule_sets() -> [&'static [Rule]; 11] {
     [
         references::RULES,
         sequences::RULES,
+        groups::RULES,
         kinds::RULES,
+        hstu::RULES,
+        sid::RULES,
         values::RULES,
+        losses::RULES,
         features::RULES,
         training::RULES,
         warnings::RULES,
@@ -105,29 +114,24 @@ fn rule_sets() -> [&'static [Rule]; 7] {
 }
 
 /// Every lint rule plec knows, in a stable order.
-pub fn rules() -> impl Iterator<Item = &'static Rule> {
+pub(crate) fn rules() -> impl Iterator<Item = &'static Rule> {
     rule_sets().into_iter().flatten()
 }
 
 /// Every lint code, in a stable order.
-pub fn all_codes() -> Vec<&'static str> {
+pub(crate) fn all_codes() -> Vec<&'static str> {
     rules().map(|r| r.code).collect()
 }
 
 /// The rule with this code; `unknown-feature` is accepted for
 /// `plec::unknown-feature`.
-pub fn rule(code: &str) -> Option<&'static Rule> {
+pub(crate) fn rule(code: &str) -> Option<&'static Rule> {
     let code = code.trim();
     rules().find(|r| r.code == code || r.code.strip_prefix("plec::") == Some(code))
 }
 
-/// The explanation of a code: what it means, an example and how to fix it.
-pub fn explain(code: &str) -> Option<&'static str> {
-    rule(code).map(|r| r.explain)
-}
-
 /// Runs every rule on a typed config; `spans` locates the values.
-pub fn run(config: &EasyRecConfig, spans: &SpanMap) -> Vec<Diagnostic> {
+pub(crate) fn run(config: &EasyRecConfig, spans: &SpanMap) -> Vec<Diagnostic> {
     let cx = Ctx::new(config, spans);
     let mut out = Vec::new();
     for rule in rules() {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use super::context::Ctx;
 use super::{LabelAt, Rule};
 use crate::diag::{closest_names, one_of, Diagnostic, Severity};
+use crate::proto::tzrec::protos::loss_config::Loss;
 
 pub(super) const RULES: &[Rule] = &[
     Rule {
@@ -31,9 +32,11 @@ the missing feature to `feature_configs`.",
         severity: Severity::Error,
         summary: "a tower trains on a label that is not in data_config.label_fields",
         explain: "\
-A task tower's `label_name` must be one of `data_config.label_fields`: only
+A task tower's `label_name` (and the `label_name` of each task of an HSTU
+model's `fusion_mtl_tower`) must be one of `data_config.label_fields`: only
 those columns are read as labels. A DBMTL tower without `label_name` takes
 `label_fields` at its position, so it needs as many label fields as towers.
+(Models without towers train on `label_fields[0]`: `plec::no-label`.)
 
 Example:
     data_config { label_fields: \"clk\" label_fields: \"buy\" }
@@ -42,6 +45,25 @@ Example:
 Fix: use a listed label (`label_name: \"clk\"`), or add the column to
 `label_fields`.",
         check: unknown_label,
+    },
+    Rule {
+        code: "plec::no-label",
+        severity: Severity::Error,
+        summary: "a single-task or retrieval model has no label field to train on",
+        explain: "\
+Single-task ranking models (DeepFM, DLRM, MultiTower, MultiTowerDIN, DCN,
+MaskNet, WuKong, TDM...) and retrieval models (DSSM, DSSMV2, DAT, MIND,
+HSTUMatch) have no `label_name`: TorchEasyRec trains them on the first entry
+of `data_config.label_fields` (the schema marks them `(plec.first_label)`).
+With no label field a retrieval model fails when it is built (`labels[0]`),
+and a ranking model at its first loss (it looks up a label named \"\").
+
+Example:
+    data_config { batch_size: 1024 dataset_type: ParquetDataset }
+    model_config { deepfm { ... } losses { binary_cross_entropy {} } }
+
+Fix: list the label column: `label_fields: \"clk\"`.",
+        check: no_label,
     },
     Rule {
         code: "plec::unknown-sample-weight",
@@ -221,6 +243,32 @@ fn unknown_feature(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
             }
         }
     }
+    // jrc_loss finds each row's session by a feature's name.
+    let Some(model) = &cx.model else {
+        return;
+    };
+    for t in &model.towers {
+        for (k, l) in t.losses.iter().enumerate() {
+            let Some(Loss::JrcLoss(j)) = &l.loss else {
+                continue;
+            };
+            if cx.has_feature(&j.session_name) {
+                continue;
+            }
+            out.push(
+                rule.diag(format!("unknown feature \"{}\"", j.session_name))
+                    .primary_at(
+                        cx.value(&t.field(&format!("losses[{k}].jrc_loss.session_name"))),
+                        "jrc_loss reads each row's session from this feature; none has this name",
+                    )
+                    .with_help(suggest(
+                        &j.session_name,
+                        &cx.feature_names().collect::<Vec<_>>(),
+                        "feature",
+                    )),
+            );
+        }
+    }
 }
 
 fn label_fields<'a>(cx: &Ctx<'a>) -> Vec<&'a str> {
@@ -257,7 +305,7 @@ fn unknown_label(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
             None if t.bayes && data.label_fields.get(t.index).is_none() => {
                 out.push(
                     rule.diag(format!("tower \"{}\" has no label", t.name))
-                        .primary_at(cx.best(&t.field("tower_name")), "no `label_name` here")
+                        .primary_at(cx.best(&t.name_path()), "no `label_name` here")
                         .with_help(format!(
                             "a DBMTL tower without `label_name` trains on `label_fields[{}]`, but only {} label field{} listed; set `label_name`",
                             t.index,
@@ -269,6 +317,26 @@ fn unknown_label(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
             None => {}
         }
     }
+}
+
+fn no_label(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
+    let (Some(data), Some((kind, desc))) = (cx.data, &cx.model_kind) else {
+        return;
+    };
+    if !cx.facts.first_label(desc) || !data.label_fields.is_empty() {
+        return;
+    }
+    out.push(
+        rule.diag(format!(
+            "{kind} trains on the first of `data_config.label_fields`, and there is none"
+        ))
+        .primary_at(cx.name("data_config"), "no `label_fields`")
+        .secondary_at(
+            cx.name(&format!("model_config.{kind}")),
+            "takes its label from `label_fields[0]`",
+        )
+        .with_help("add the label column to `data_config`, e.g. `label_fields: \"clk\"`"),
+    );
 }
 
 fn unknown_sample_weight(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
@@ -380,7 +448,7 @@ fn duplicate_tower(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     let items = model
         .towers
         .iter()
-        .map(|t| (t.name, t.field("tower_name")))
+        .map(|t| (t.name, t.name_path()))
         .collect();
     duplicates(rule, cx, "tower name", items, out);
 }
@@ -470,7 +538,7 @@ fn relation_order(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                     ))
                     .primary_at(here, "defined later")
                     .secondary_at(
-                        cx.value(&other.field("tower_name")),
+                        cx.value(&other.name_path()),
                         format!("\"{r}\" is defined here"),
                     )
                     .with_help(format!(

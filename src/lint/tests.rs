@@ -6,7 +6,11 @@ use crate::diag::{Diagnostic, LineIndex, Severity};
 use crate::pipeline::check_source;
 use crate::schema::Schema;
 
-use super::{all_codes, explain, rule, rules};
+use super::{all_codes, rule, rules};
+
+fn explain(code: &str) -> Option<&'static str> {
+    rule(code).map(|r| r.explain)
+}
 
 /// A small valid MMoE config; mutations below put one mistake in it.
 const BASE: &str = r#"train_input_path: "data/train.parquet"

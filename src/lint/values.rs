@@ -67,7 +67,8 @@ Fix: use the exact torch name (`nn.ReLU`).",
 A tower ends in Linear(-> num_class) logits, and each loss expects a number of
 logits: `binary_cross_entropy`, `binary_focal_loss` and `l2_loss` need
 `num_class: 1` (the default); `softmax_cross_entropy` needs `num_class` of 2 or
-more. A mismatch fails inside the loss at the first training step.
+more; `jrc_loss` needs exactly 2. This holds for single-task models
+(`model_config.num_class`), task towers and HSTU fusion tasks. A mismatch fails inside the loss at the first training step.
 
 Example:
     task_towers { tower_name: \"ctr\" num_class: 2
@@ -164,6 +165,8 @@ fn unknown_activation(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     }
 }
 
+const JRC_HELP: &str = "TorchEasyRec asserts \"num_class must be 2 when loss type is jrc_loss\" (a click and a non-click logit); set `num_class: 2`";
+
 fn loss_name(loss: &Loss) -> &'static str {
     match loss {
         Loss::BinaryCrossEntropy(_) => "binary_cross_entropy",
@@ -180,7 +183,7 @@ fn num_class_label(cx: &Ctx, t: &Tower, n: u32) -> (Option<std::ops::Range<usize
         (cx.value(&path), format!("num_class is {n}"))
     } else {
         (
-            cx.value(&t.field("tower_name")),
+            cx.value(&t.name_path()),
             "num_class defaults to 1".to_string(),
         )
     }
@@ -199,7 +202,7 @@ fn loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                     ("1", n == 1)
                 }
                 Loss::SoftmaxCrossEntropy(_) => ("2 or more", n >= 2),
-                Loss::JrcLoss(_) => continue,
+                Loss::JrcLoss(_) => ("2", n == 2),
             };
             if ok {
                 continue;
@@ -207,13 +210,15 @@ fn loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
             let (span, text) = num_class_label(cx, t, n);
             let help = match loss {
                 Loss::SoftmaxCrossEntropy(_) => "set `num_class` to the number of classes, or use `binary_cross_entropy` for a binary label".to_string(),
+                Loss::JrcLoss(_) => JRC_HELP.to_string(),
                 _ => format!(
                     "`{name}` reads one logit per sample; remove `num_class: {n}`, or use `softmax_cross_entropy` for {n} classes"
                 ),
             };
             out.push(
                 rule.diag(format!(
-                    "{name} needs num_class {wanted}, but tower \"{}\" has num_class {n}",
+                    "{name} needs num_class {wanted}, but {} \"{}\" has num_class {n}",
+                    if t.fusion { "task" } else { "tower" },
                     t.name
                 ))
                 .primary_at(
@@ -234,11 +239,9 @@ fn rank_loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     let (Some(mc), Some((kind, desc))) = (&cx.config.model_config, &cx.model_kind) else {
         return;
     };
-    let file = desc.parent_file();
-    if !matches!(
-        file.name(),
-        "tzrec/protos/models/rank_model.proto" | "tzrec/protos/models/general_rank_model.proto"
-    ) {
+    // Single-task ranking models train on the first label with
+    // `model_config.num_class`; retrieval models ignore it.
+    if !cx.facts.first_label(desc) || cx.facts.retrieval(desc) {
         return;
     }
     let n = mc.num_class.unwrap_or(1);
@@ -250,7 +253,7 @@ fn rank_loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                 ("1", n == 1)
             }
             Loss::SoftmaxCrossEntropy(_) => ("2 or more", n >= 2),
-            Loss::JrcLoss(_) => continue,
+            Loss::JrcLoss(_) => ("2", n == 2),
         };
         if ok {
             continue;
@@ -261,6 +264,7 @@ fn rank_loss_num_class(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                 .secondary_at(cx.value("model_config.num_class"), format!("num_class {n}"))
                 .with_help(match loss {
                     Loss::SoftmaxCrossEntropy(_) => "set `num_class` to the number of classes, or use `binary_cross_entropy` for a binary label".to_string(),
+                    Loss::JrcLoss(_) => JRC_HELP.to_string(),
                     _ => format!("`{name}` reads one logit per sample; remove `num_class: {n}`, or use `softmax_cross_entropy` for {n} classes"),
                 }),
         );
@@ -275,10 +279,7 @@ fn tower_without_loss(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
         }
         out.push(
             rule.diag(format!("tower \"{}\" has no loss", t.name))
-                .primary_at(
-                    cx.best(&t.field("tower_name")),
-                    "this tower is never trained",
-                )
+                .primary_at(cx.best(&t.name_path()), "this tower is never trained")
                 .with_help("add a loss such as `losses { binary_cross_entropy {} }`"),
         );
     }

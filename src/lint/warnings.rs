@@ -324,6 +324,10 @@ fn conversion_like(s: &str) -> bool {
 
 fn cvr_without_task_space(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
     let Some(model) = &cx.model else { return };
+    // HSTU fusion tasks have no task space to set.
+    if model.towers.iter().any(|t| t.fusion) {
+        return;
+    }
     let clicks: Vec<(&Tower, &str)> = model
         .towers
         .iter()
@@ -343,8 +347,8 @@ fn cvr_without_task_space(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
         }
         out.push(
             rule.diag(format!("conversion tower \"{}\" has no task space", t.name))
-                .primary_at(cx.best(&t.field("tower_name")), "trained on every impression")
-                .secondary_at(cx.best(&click_tower.field("tower_name")), format!("clicks are labeled \"{click_label}\" here"))
+                .primary_at(cx.best(&t.name_path()), "trained on every impression")
+                .secondary_at(cx.best(&click_tower.name_path()), format!("clicks are labeled \"{click_label}\" here"))
                 .with_help(format!(
                     "a conversion can only follow a click; set `task_space_indicator_label: \"{click_label}\"` to train on clicked samples{}, or ignore this if the tower is meant to predict conversions over all impressions",
                     if t.bayes { " or relate it to the click tower with `relation_tower_names`" } else { "" }

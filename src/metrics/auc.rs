@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 
 /// Number of AUC thresholds when a metric gives none (TorchEasyRec's default).
-pub const DEFAULT_THRESHOLDS: usize = 200;
+pub(crate) const DEFAULT_THRESHOLDS: usize = 200;
 
 /// Exact AUC of scored examples: the weighted probability that a random
 /// positive scores above a random negative, ties counting one half (the
 /// average-rank Mann-Whitney statistic). NaN without both classes.
 ///
 /// `examples` are `(score, weight, positive)`; it is sorted in place.
-pub fn exact_auc_of(examples: &mut [(f32, f32, bool)]) -> f64 {
+pub(crate) fn exact_auc_of(examples: &mut [(f32, f32, bool)]) -> f64 {
     examples.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     let (mut neg_below, mut num, mut pos_total) = (0.0f64, 0.0f64, 0.0f64);
     let mut i = 0;
@@ -42,7 +42,7 @@ pub fn exact_auc_of(examples: &mut [(f32, f32, bool)]) -> f64 {
 }
 
 /// Exact AUC of plain slices (`labels > 0.5` are positive), unit weights.
-pub fn exact_auc(scores: &[f32], labels: &[f32]) -> f64 {
+pub(crate) fn exact_auc(scores: &[f32], labels: &[f32]) -> f64 {
     let mut ex: Vec<(f32, f32, bool)> = scores
         .iter()
         .zip(labels)
@@ -53,19 +53,19 @@ pub fn exact_auc(scores: &[f32], labels: &[f32]) -> f64 {
 
 /// Exact AUC over everything seen; keeps every example (12 bytes each).
 #[derive(Debug, Clone, Default)]
-pub struct ExactAuc {
+pub(crate) struct ExactAuc {
     examples: Vec<(f32, f32, bool)>,
 }
 
 impl ExactAuc {
     /// Adds one example.
     #[inline]
-    pub fn push(&mut self, score: f32, weight: f32, positive: bool) {
+    pub(crate) fn push(&mut self, score: f32, weight: f32, positive: bool) {
         self.examples.push((score, weight, positive));
     }
 
     /// The AUC so far (NaN without both classes).
-    pub fn value(&self) -> f64 {
+    pub(crate) fn value(&self) -> f64 {
         exact_auc_of(&mut self.examples.clone())
     }
 }
@@ -75,7 +75,7 @@ impl ExactAuc {
 /// positive at threshold t when `score >= t`, and the area is the
 /// trapezoid rule over the N (FPR, TPR) points (no extra (0, 0) point).
 #[derive(Debug, Clone)]
-pub struct BinnedAuc {
+pub(crate) struct BinnedAuc {
     /// `pos[j]` / `neg[j]`: weight of examples whose highest threshold
     /// reached is `j`; scores below 0 reach none and are not stored.
     pos: Vec<f64>,
@@ -86,7 +86,7 @@ pub struct BinnedAuc {
 
 impl BinnedAuc {
     /// `thresholds` >= 2 (smaller values are raised to 2).
-    pub fn new(thresholds: usize) -> Self {
+    pub(crate) fn new(thresholds: usize) -> Self {
         let n = thresholds.max(2);
         BinnedAuc {
             pos: vec![0.0; n],
@@ -103,7 +103,7 @@ impl BinnedAuc {
 
     /// Adds one example.
     #[inline]
-    pub fn push(&mut self, score: f32, weight: f32, positive: bool) {
+    pub(crate) fn push(&mut self, score: f32, weight: f32, positive: bool) {
         let w = weight as f64;
         if positive {
             self.pos_total += w;
@@ -130,7 +130,7 @@ impl BinnedAuc {
     }
 
     /// The AUC so far (NaN without both classes).
-    pub fn value(&self) -> f64 {
+    pub(crate) fn value(&self) -> f64 {
         if self.pos_total <= 0.0 || self.neg_total <= 0.0 {
             return f64::NAN;
         }
@@ -155,7 +155,7 @@ impl BinnedAuc {
 /// with equal weight over the groups that have both a positive and a
 /// negative example; other groups are skipped. NaN if no group qualifies.
 #[derive(Debug, Clone, Default)]
-pub struct GroupedAuc {
+pub(crate) struct GroupedAuc {
     ids: HashMap<String, u32>,
     /// `(group, score, weight, positive)`.
     examples: Vec<(u32, f32, f32, bool)>,
@@ -164,7 +164,7 @@ pub struct GroupedAuc {
 impl GroupedAuc {
     /// Adds one example of group `key`.
     #[inline]
-    pub fn push(&mut self, key: &str, score: f32, weight: f32, positive: bool) {
+    pub(crate) fn push(&mut self, key: &str, score: f32, weight: f32, positive: bool) {
         let next = self.ids.len() as u32;
         let g = match self.ids.get(key) {
             Some(&g) => g,
@@ -177,7 +177,8 @@ impl GroupedAuc {
     }
 
     /// Number of groups with both classes.
-    pub fn groups_counted(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn groups_counted(&self) -> usize {
         self.per_group().len()
     }
 
@@ -198,7 +199,7 @@ impl GroupedAuc {
     }
 
     /// The grouped AUC so far.
-    pub fn value(&self) -> f64 {
+    pub(crate) fn value(&self) -> f64 {
         let aucs = self.per_group();
         if aucs.is_empty() {
             return f64::NAN;

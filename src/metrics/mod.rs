@@ -20,8 +20,8 @@
 //! `probs` are one number per row: the sigmoid probability for binary
 //! tasks, the prediction for regression ones.
 
-pub mod auc;
-pub mod pointwise;
+pub(crate) mod auc;
+pub(crate) mod pointwise;
 
 use crate::proto::plan::{LossKind, MetricKind, Task};
 use auc::{BinnedAuc, ExactAuc, GroupedAuc, DEFAULT_THRESHOLDS};
@@ -40,8 +40,7 @@ enum State {
 
 /// Streaming metrics of one task.
 #[derive(Debug, Clone)]
-pub struct TaskMetrics {
-    tower: String,
+pub(crate) struct TaskMetrics {
     /// `(output name, state)`, in the plan's metric order.
     states: Vec<(String, State)>,
     pointwise: Pointwise,
@@ -49,7 +48,7 @@ pub struct TaskMetrics {
 
 impl TaskMetrics {
     /// Accumulators for every metric of `task` (see the module doc).
-    pub fn new(task: &Task) -> Self {
+    pub(crate) fn new(task: &Task) -> Self {
         let tower = task.tower_name.clone();
         let mut states: Vec<(String, State)> = Vec::new();
         let mut add = |name: String, state: State| {
@@ -112,19 +111,14 @@ impl TaskMetrics {
             add(format!("logloss_{tower}"), State::LogLoss);
         }
         TaskMetrics {
-            tower,
             states,
             pointwise: Pointwise::default(),
         }
     }
 
-    /// The tower this accumulates for.
-    pub fn tower_name(&self) -> &str {
-        &self.tower
-    }
-
     /// Grouping-key columns this task's grouped AUCs need.
-    pub fn grouping_keys(&self) -> Vec<&str> {
+    #[cfg(test)]
+    pub(crate) fn grouping_keys(&self) -> Vec<&str> {
         self.states
             .iter()
             .filter_map(|(_, s)| match s {
@@ -138,7 +132,8 @@ impl TaskMetrics {
     /// every grouped AUC of the task; with several grouped AUCs on
     /// different keys use [`Self::update_batch`]. Rows beyond the shortest
     /// slice are ignored.
-    pub fn update(
+    #[cfg(test)]
+    pub(crate) fn update(
         &mut self,
         probs: &[f32],
         labels: &[f32],
@@ -152,7 +147,7 @@ impl TaskMetrics {
     /// Adds one batch, taking each grouped AUC's keys from
     /// `batch_group_keys` (as in [`crate::data::Batch::group_keys`]) by
     /// column name.
-    pub fn update_batch(
+    pub(crate) fn update_batch(
         &mut self,
         probs: &[f32],
         labels: &[f32],
@@ -211,7 +206,7 @@ impl TaskMetrics {
 
     /// Current values, `(name, value)` in the plan's metric order; each
     /// `auc_` is followed by its `exact_auc_`.
-    pub fn finish(&self) -> Vec<(String, f64)> {
+    pub(crate) fn finish(&self) -> Vec<(String, f64)> {
         let p = &self.pointwise;
         let mut out = Vec::new();
         for (name, state) in &self.states {

@@ -3,15 +3,15 @@
 
 /// Probabilities are clamped to `[EPS, 1 - EPS]` in log loss, so a
 /// saturated sigmoid gives a large but finite loss.
-pub const EPS: f64 = 1e-7;
+pub(crate) const EPS: f64 = 1e-7;
 
 /// Accuracy threshold: predicted positive when `prob > 0.5` (as
 /// torchmetrics' `BinaryAccuracy`); labels are positive when `> 0.5`.
-pub const ACCURACY_THRESHOLD: f32 = 0.5;
+pub(crate) const ACCURACY_THRESHOLD: f32 = 0.5;
 
 /// Weighted sums behind every pointwise metric.
 #[derive(Debug, Clone, Default)]
-pub struct Pointwise {
+pub(crate) struct Pointwise {
     weight: f64,
     label: f64,
     logloss: f64,
@@ -28,7 +28,7 @@ fn binary_entropy(p: f64) -> f64 {
 impl Pointwise {
     /// Adds one example.
     #[inline]
-    pub fn push(&mut self, prob: f32, label: f32, weight: f32) {
+    pub(crate) fn push(&mut self, prob: f32, label: f32, weight: f32) {
         let (p, y, w) = (prob as f64, label as f64, weight as f64);
         let pc = p.clamp(EPS, 1.0 - EPS);
         self.weight += w;
@@ -50,25 +50,25 @@ impl Pointwise {
     }
 
     /// Weighted mean binary cross-entropy (natural log).
-    pub fn logloss(&self) -> f64 {
+    pub(crate) fn logloss(&self) -> f64 {
         self.mean(self.logloss)
     }
 
     /// Log loss divided by the entropy of the weighted base rate: below 1
     /// means better than always predicting the base rate.
-    pub fn normalized_entropy(&self) -> f64 {
+    pub(crate) fn normalized_entropy(&self) -> f64 {
         self.logloss() / binary_entropy(self.mean(self.label))
     }
 
-    pub fn mse(&self) -> f64 {
+    pub(crate) fn mse(&self) -> f64 {
         self.mean(self.squared)
     }
 
-    pub fn mae(&self) -> f64 {
+    pub(crate) fn mae(&self) -> f64 {
         self.mean(self.absolute)
     }
 
-    pub fn accuracy(&self) -> f64 {
+    pub(crate) fn accuracy(&self) -> f64 {
         self.mean(self.correct)
     }
 }

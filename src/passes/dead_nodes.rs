@@ -10,7 +10,7 @@ use crate::ir::graph::{ModelGraph, Node};
 /// Removes nodes from which no tower can be reached (losses and metrics of
 /// live towers are kept).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RemoveDeadNodes;
+pub(crate) struct RemoveDeadNodes;
 
 impl Pass for RemoveDeadNodes {
     fn name(&self) -> &'static str {

@@ -27,7 +27,7 @@ use crate::proto::plan::Activation;
 
 /// Batches parallel experts and joins the gates that read their input.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FuseParallelExperts;
+pub(crate) struct FuseParallelExperts;
 
 /// What must be equal for experts to share one batched chain.
 type Signature = Vec<(u64, u64, u8, i32, u32, u32, bool)>;

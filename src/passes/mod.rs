@@ -17,11 +17,11 @@ use petgraph::stable_graph::{EdgeIndex, NodeIndex};
 
 use crate::ir::graph::{Edge, ModelGraph, Node};
 
-pub use dead_nodes::RemoveDeadNodes;
-pub use fuse_experts::FuseParallelExperts;
+pub(crate) use dead_nodes::RemoveDeadNodes;
+pub(crate) use fuse_experts::FuseParallelExperts;
 
 /// A graph rewrite: looks at the graph, proposes one patch at a time.
-pub trait Pass {
+pub(crate) trait Pass {
     /// Name in logs (`FuseParallelExperts`).
     fn name(&self) -> &'static str;
     /// The next change this pass would make, or `None` at its fixpoint.
@@ -30,14 +30,14 @@ pub trait Pass {
 
 /// A node a patch refers to: an existing one or one the patch adds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     Old(NodeIndex),
     New(usize),
 }
 
 /// What a pass would change; applied only by the driver.
 #[derive(Debug, Clone, Default)]
-pub struct Patch {
+pub(crate) struct Patch {
     /// One line for logs: what and why.
     pub description: String,
     pub add_nodes: Vec<Node>,
@@ -65,7 +65,7 @@ pub struct PassError {
 
 impl Patch {
     /// Applies the patch to `graph`.
-    pub fn apply(self, graph: &mut ModelGraph) {
+    pub(crate) fn apply(self, graph: &mut ModelGraph) {
         let g = &mut graph.graph;
         for (n, node) in self.replace_nodes {
             if let Some(w) = g.node_weight_mut(n) {
@@ -92,7 +92,7 @@ impl Patch {
 }
 
 /// The standard pipeline: dead-node removal, then expert fusion if asked.
-pub fn pipeline(fuse: bool) -> Vec<Box<dyn Pass>> {
+pub(crate) fn pipeline(fuse: bool) -> Vec<Box<dyn Pass>> {
     let mut passes: Vec<Box<dyn Pass>> = vec![Box::new(RemoveDeadNodes)];
     if fuse {
         passes.push(Box::new(FuseParallelExperts));
@@ -102,7 +102,7 @@ pub fn pipeline(fuse: bool) -> Vec<Box<dyn Pass>> {
 
 /// Applies `passes` until none proposes a patch (or `max_patches` were
 /// applied), checking the graph after every patch.
-pub fn optimize(
+pub(crate) fn optimize(
     graph: &mut ModelGraph,
     passes: &[Box<dyn Pass>],
     max_patches: Option<usize>,

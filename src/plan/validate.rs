@@ -3,7 +3,7 @@
 //! op kind), and the analysis they yield, computed once per plan and read
 //! by both engines.
 
-use crate::proto::plan::{Activation, FeatureKind, OpKind, Plan};
+use crate::proto::plan::{Activation, FeatureKind, LossKind, OpKind, Plan, Task};
 
 /// Why a plan cannot be executed by any engine.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -183,6 +183,11 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 t.logits
             ));
         }
+        for l in &t.losses {
+            if LossKind::try_from(l.kind) == Ok(LossKind::JrcLoss) {
+                jrc_session(plan, t, &l.session_feature)?;
+            }
+        }
     }
     Ok(Analysis {
         readers: super::readers(plan),
@@ -190,4 +195,33 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
         embedded,
         batch_axis,
     })
+}
+
+/// A JRC loss compares two logits of rows of one session: it needs two
+/// classes and a session feature the batches carry as ids.
+fn jrc_session(plan: &Plan, t: &Task, name: &str) -> Result<(), InvalidPlan> {
+    if t.num_class != 2 {
+        return Err(invalid!(
+            "task \"{}\" trains with jrc_loss but has {} classes (it needs 2)",
+            t.tower_name,
+            t.num_class
+        ));
+    }
+    let Some(f) = plan.features.iter().find(|f| f.name == name) else {
+        return Err(invalid!(
+            "task \"{}\": jrc_loss session feature \"{name}\" is not a feature of the plan (plec loads the features of the model's feature groups)",
+            t.tower_name
+        ));
+    };
+    let ids = !matches!(
+        FeatureKind::try_from(f.kind),
+        Ok(FeatureKind::RawDense) | Ok(FeatureKind::Unspecified) | Err(_)
+    );
+    if !ids || f.sequence_length > 0 {
+        return Err(invalid!(
+            "task \"{}\": jrc_loss session feature \"{name}\" must be a non-sequence id feature",
+            t.tower_name
+        ));
+    }
+    Ok(())
 }

@@ -100,7 +100,7 @@ fn init_values(t: &EmbeddingTable, n: usize) -> Vec<f32> {
 }
 
 /// Decodes row-major little-endian f32 bytes (length already checked).
-pub fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -111,7 +111,7 @@ pub fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
 /// bytes already are that: one copy (a checkpoint snapshot encodes every
 /// table and optimizer buffer while training waits, and the per-value loop
 /// took seconds for the PLE example's 230 MB of tables).
-pub fn f32s_to_le(values: &[f32]) -> Vec<u8> {
+pub(crate) fn f32s_to_le(values: &[f32]) -> Vec<u8> {
     #[cfg(target_endian = "little")]
     {
         // SAFETY: f32 has no padding and no invalid bit patterns as bytes;
@@ -147,7 +147,7 @@ pub struct Gathered {
 
 /// Result of looking up every embedded feature of a batch.
 #[derive(Debug, Default)]
-pub struct Lookup {
+pub(crate) struct Lookup {
     /// One entry per table the batch touched (training only).
     pub gathered: Vec<Gathered>,
     /// Pooled `[B, dim]` output per plan feature, `[B, L, dim]` steps for a
@@ -338,7 +338,7 @@ fn pool(
 /// With `train`, ids are deduplicated per table and gathered into leaf
 /// `Var`s as the module doc says; otherwise each feature reads the table
 /// directly and nothing is tracked.
-pub fn lookup(
+pub(crate) fn lookup(
     tables: &[Table],
     features: &[FeatureSpec],
     needed: &[usize],

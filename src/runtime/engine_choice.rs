@@ -63,7 +63,7 @@ pub fn set_engine_choice(c: EngineChoice) {
 /// `PLEC_ENGINE` (`native`, `candle`), else `Auto`. A `PLEC_ENGINE` value
 /// that names no engine counts as `Auto`: the CLI validates its flag, and
 /// the variable is a testing aid.
-pub fn engine_choice() -> EngineChoice {
+pub(crate) fn engine_choice() -> EngineChoice {
     match CHOICE.load(Ordering::Relaxed) {
         1 => EngineChoice::Auto,
         2 => EngineChoice::Native,
@@ -76,7 +76,7 @@ pub fn engine_choice() -> EngineChoice {
 }
 
 /// The one-line notice for a plan that falls back to candle.
-pub fn fallback_notice(op: &str, why: &str) -> String {
+pub(crate) fn fallback_notice(op: &str, why: &str) -> String {
     format!(
         "note: op \"{op}\" runs on the slower candle path ({why}); the whole model trains there, \
          several times slower than on the native engine (`--engine native` makes this an error)"

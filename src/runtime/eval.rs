@@ -30,7 +30,7 @@ pub trait TaskMetricSink {
 }
 
 /// Builds a metric accumulator for a task.
-pub type MetricFactory<'a> = &'a dyn Fn(&Task) -> Box<dyn TaskMetricSink>;
+pub(crate) type MetricFactory<'a> = &'a dyn Fn(&Task) -> Box<dyn TaskMetricSink>;
 
 /// A task's predictions over a whole data pass.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,7 +99,9 @@ pub fn evaluate_with(
         let fwd = model.forward(&batch, Mode::Eval)?;
         for (ti, task) in plan.tasks.iter().enumerate() {
             let logits = &fwd.logits[ti];
-            let targets = loss::task_targets(&data, task, &batch, model.dtype(), model.device())?;
+            let mut targets =
+                loss::task_targets(&data, task, &batch, model.dtype(), model.device())?;
+            loss::attach_sessions(&mut targets, &plan.features, &data, task, &batch)?;
             let l = loss::task_loss(task, logits, &targets)?
                 .to_dtype(DType::F64)?
                 .to_scalar::<f64>()?;
@@ -118,10 +120,16 @@ pub fn evaluate_with(
                     .and_then(|i| batch.sample_weights.get(i))
                     .map(|c| c.as_slice())
             };
-            // The metrics take one number per row; multi-class tasks report
-            // their loss only.
-            if task.num_class <= 1 {
-                sinks[ti].update(&probs, labels, weights, &batch.group_keys);
+            // The metrics take one number per row: the probability for one
+            // class, that of class 1 for two (tzrec's `probs1`, which its
+            // AUCs read); tasks of more classes report their loss only.
+            match task.num_class {
+                0 | 1 => sinks[ti].update(&probs, labels, weights, &batch.group_keys),
+                2 => {
+                    let probs1: Vec<f32> = probs.iter().skip(1).step_by(2).copied().collect();
+                    sinks[ti].update(&probs1, labels, weights, &batch.group_keys)
+                }
+                _ => {}
             }
         }
         rows += batch.rows;
@@ -141,17 +149,6 @@ pub fn evaluate_with(
     Ok(out)
 }
 
-/// Accepts any update and reports nothing: for loss-only evaluation.
-#[derive(Debug, Default)]
-pub struct NoMetrics;
-
-impl TaskMetricSink for NoMetrics {
-    fn update(&mut self, _: &[f32], _: &[f32], _: Option<&[f32]>, _: &[(String, Vec<String>)]) {}
-    fn finish(self: Box<Self>) -> Vec<(String, f64)> {
-        Vec::new()
-    }
-}
-
 impl TaskMetricSink for TaskMetrics {
     fn update(
         &mut self,
@@ -169,7 +166,7 @@ impl TaskMetricSink for TaskMetrics {
 
 /// The accumulators plec reports with by default: the task's configured
 /// metrics (`crate::metrics::TaskMetrics`).
-pub fn default_metrics(task: &Task) -> Box<dyn TaskMetricSink> {
+pub(crate) fn default_metrics(task: &Task) -> Box<dyn TaskMetricSink> {
     Box::new(TaskMetrics::new(task))
 }
 

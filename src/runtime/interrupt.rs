@@ -8,19 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// Whether a stop was asked for (by a signal, or by `request`).
-pub fn requested() -> bool {
+pub(crate) fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
-}
-
-/// Asks the training loop to stop after its current step (what the signal
-/// handler does; tests call it directly).
-pub fn request() {
-    REQUESTED.store(true, Ordering::SeqCst);
-}
-
-/// Clears a stop request.
-pub fn clear() {
-    REQUESTED.store(false, Ordering::SeqCst);
 }
 
 #[cfg(unix)]
@@ -31,7 +20,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// Installs the handler for SIGINT and SIGTERM (once per process; the CLI
 /// calls it before training).
-pub fn install() {
+pub(crate) fn install() {
     #[cfg(unix)]
     // SAFETY: `on_signal` only stores to an atomic, which is
     // async-signal-safe; the sigaction struct is fully initialized

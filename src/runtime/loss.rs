@@ -9,14 +9,14 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::candle::ops;
 use super::error::{bad_batch, invalid_plan, Result};
-use crate::data::batch::Batch;
-use crate::proto::plan::{DataSpec, Loss, LossKind, Task};
+use super::exec::candle::ops;
+use crate::data::batch::{Batch, FeatureInput};
+use crate::proto::plan::{DataSpec, FeatureSpec, Loss, LossKind, Task};
 
 /// Binary cross-entropy on logits, `max(x, 0) - x y + log(1 + e^-|x|)`:
 /// finite for any logit (candle-nn's overflows near +-30).
-pub fn bce_with_logits(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn bce_with_logits(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     let softplus = (x.relu()? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
     softplus - (x * y)?
 }
@@ -24,7 +24,12 @@ pub fn bce_with_logits(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
 /// Binary focal loss (torchvision's `sigmoid_focal_loss`, as TorchEasyRec):
 /// `alpha_t (1 - p_t)^gamma bce`, with `p_t = p y + (1 - p)(1 - y)` and
 /// `alpha_t = alpha y + (1 - alpha)(1 - y)` (no alpha factor when alpha < 0).
-pub fn binary_focal(x: &Tensor, y: &Tensor, gamma: f32, alpha: f32) -> candle_core::Result<Tensor> {
+pub(crate) fn binary_focal(
+    x: &Tensor,
+    y: &Tensor,
+    gamma: f32,
+    alpha: f32,
+) -> candle_core::Result<Tensor> {
     let bce = bce_with_logits(x, y)?;
     let p = ops::sigmoid(x)?;
     let one_minus_y = (y.neg()? + 1.0)?;
@@ -48,25 +53,117 @@ pub fn binary_focal(x: &Tensor, y: &Tensor, gamma: f32, alpha: f32) -> candle_co
 
 /// Softmax cross-entropy: `logsumexp(x) - x[label]`, with the label given
 /// as a one-hot `[B, C]`.
-pub fn softmax_cross_entropy(x: &Tensor, onehot: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn softmax_cross_entropy(x: &Tensor, onehot: &Tensor) -> candle_core::Result<Tensor> {
     let lse = ops::log_sum_exp(x)?.squeeze(1)?;
     lse - (x * onehot)?.sum(1)?
 }
 
+/// TorchEasyRec's JRC loss per sample (Sheng et al. 2022, arXiv
+/// 2208.06164), for two-class logits `x` `[B, 2]`:
+/// `alpha * ce_i + (1 - alpha) * ge_i`, where `ce_i` is the cross-entropy
+/// of row i and `ge_i` the cross-entropy of a softmax over the rows of i's
+/// session that could compete with it: i itself and the rows of the other
+/// label, each scored by its logit of i's label. `s.mask` is 0 for those
+/// rows and -1e9 for every other (`Sessions::new`). Averaged over the
+/// batch this is tzrec's `alpha * mean(ce) + (1 - alpha) * (pos_num *
+/// loss_pos + neg_num * loss_neg) / B`. (tzrec's loss is NaN on a batch
+/// with no positive or no negative row, from a mean over nothing; here
+/// those rows simply have no such term to miss.)
+pub(crate) fn jrc(
+    x: &Tensor,
+    onehot: &Tensor,
+    s: &Sessions,
+    alpha: f32,
+) -> candle_core::Result<Tensor> {
+    let own = (x * onehot)?.sum(1)?;
+    let ce = (ops::log_sum_exp(x)?.squeeze(1)? - &own)?;
+    let z0 = x.narrow(1, 0, 1)?.t()?;
+    let z1 = x.narrow(1, 1, 1)?.t()?;
+    // scores[i, j]: row j's logit of row i's label.
+    let scores = (s.label.matmul(&z1)? + s.not_label.matmul(&z0)?)?;
+    let ge = (ops::log_sum_exp(&(scores + &s.mask)?)?.squeeze(1)? - own)?;
+    (ce * alpha as f64)? + (ge * (1.0 - alpha as f64))?
+}
+
+/// What the JRC loss needs of a batch's sessions, on the device.
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    /// `[B, B]`: 0 where row j competes with row i (same session, and j is
+    /// i or has the other label), -1e9 elsewhere.
+    pub mask: Tensor,
+    /// Labels `[B, 1]` and `1 - label`.
+    pub label: Tensor,
+    pub not_label: Tensor,
+}
+
+impl Sessions {
+    /// From each row's session id and 0/1 label.
+    pub(crate) fn new(
+        sessions: &[u32],
+        labels: &[f32],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let b = labels.len();
+        let mut mask = vec![-1e9f32; b * b];
+        for i in 0..b {
+            for j in 0..b {
+                if sessions[i] == sessions[j] && (i == j || labels[i] != labels[j]) {
+                    mask[i * b + j] = 0.0;
+                }
+            }
+        }
+        let not: Vec<f32> = labels.iter().map(|l| 1.0 - l).collect();
+        Ok(Sessions {
+            mask: Tensor::from_vec(mask, (b, b), device)?.to_dtype(dtype)?,
+            label: Tensor::from_slice(labels, (b, 1), device)?.to_dtype(dtype)?,
+            not_label: Tensor::from_vec(not, (b, 1), device)?.to_dtype(dtype)?,
+        })
+    }
+}
+
+/// Each row's session for a JRC loss: the first id of its session
+/// feature, 0 for a row without one (tzrec pads with 0).
+pub(crate) fn session_ids(features: &[FeatureSpec], batch: &Batch, name: &str) -> Result<Vec<u32>> {
+    let at = features
+        .iter()
+        .position(|f| f.name == name)
+        .ok_or_else(|| {
+            invalid_plan!("jrc_loss reads session feature \"{name}\", which the plan does not have")
+        })?;
+    match batch.features.get(at) {
+        Some(FeatureInput::Ids { ids, offsets }) => Ok((0..batch.rows)
+            .map(|r| {
+                let (a, b) = (offsets[r] as usize, offsets[r + 1] as usize);
+                if a < b {
+                    ids[a]
+                } else {
+                    0
+                }
+            })
+            .collect()),
+        _ => Err(invalid_plan!(
+            "jrc_loss session feature \"{name}\" is not an id feature"
+        )),
+    }
+}
+
 /// Squared error `(x - y)^2`.
-pub fn l2(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn l2(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     (x - y)?.sqr()
 }
 
 /// What one task's loss needs from a batch, on the device.
 #[derive(Debug)]
-pub struct TaskTargets {
+pub(crate) struct TaskTargets {
     /// Labels `[B]`.
     pub labels: Tensor,
     /// One-hot labels `[B, C]` for softmax cross-entropy.
     pub onehot: Option<Tensor>,
     /// Final per-sample weights `[B]` (normalized, times the tower weight).
     pub weights: Tensor,
+    /// A JRC loss's sessions (`attach_sessions`).
+    pub sessions: Option<Sessions>,
 }
 
 fn column<'a>(names: &[String], cols: &'a [Vec<f32>], name: &str, what: &str) -> Result<&'a [f32]> {
@@ -80,7 +177,7 @@ fn column<'a>(names: &[String], cols: &'a [Vec<f32>], name: &str, what: &str) ->
 }
 
 /// The label column of a task.
-pub fn task_labels<'a>(data: &DataSpec, task: &Task, batch: &'a Batch) -> Result<&'a [f32]> {
+pub(crate) fn task_labels<'a>(data: &DataSpec, task: &Task, batch: &'a Batch) -> Result<&'a [f32]> {
     let labels = column(&data.label_fields, &batch.labels, &task.label_name, "label")?;
     if labels.len() != batch.rows {
         return Err(bad_batch!(
@@ -94,7 +191,7 @@ pub fn task_labels<'a>(data: &DataSpec, task: &Task, batch: &'a Batch) -> Result
 }
 
 /// The per-sample weights of a task, on the host, as the module doc says.
-pub fn sample_weights(data: &DataSpec, task: &Task, batch: &Batch) -> Result<Vec<f32>> {
+pub(crate) fn sample_weights(data: &DataSpec, task: &Task, batch: &Batch) -> Result<Vec<f32>> {
     let rows = batch.rows;
     let mut w = vec![1.0f32; rows];
     let mut weighted = false;
@@ -155,7 +252,7 @@ pub fn sample_weights(data: &DataSpec, task: &Task, batch: &Batch) -> Result<Vec
 }
 
 /// Uploads a task's labels and weights for one batch.
-pub fn task_targets(
+pub(crate) fn task_targets(
     data: &DataSpec,
     task: &Task,
     batch: &Batch,
@@ -164,10 +261,12 @@ pub fn task_targets(
 ) -> Result<TaskTargets> {
     let labels = task_labels(data, task, batch)?;
     let weights = sample_weights(data, task, batch)?;
-    let needs_onehot = task
-        .losses
-        .iter()
-        .any(|l| LossKind::try_from(l.kind) == Ok(LossKind::SoftmaxCrossEntropy));
+    let needs_onehot = task.losses.iter().any(|l| {
+        matches!(
+            LossKind::try_from(l.kind),
+            Ok(LossKind::SoftmaxCrossEntropy | LossKind::JrcLoss)
+        )
+    });
     let onehot = if needs_onehot {
         let c = task.num_class as usize;
         let mut oh = vec![0f32; batch.rows * c];
@@ -191,11 +290,42 @@ pub fn task_targets(
         labels: Tensor::from_slice(labels, batch.rows, device)?.to_dtype(dtype)?,
         onehot,
         weights: Tensor::from_vec(weights, batch.rows, device)?.to_dtype(dtype)?,
+        sessions: None,
     })
 }
 
+/// Adds the sessions a task's JRC loss needs (nothing for other losses):
+/// call after [`task_targets`] with the plan's features.
+pub(crate) fn attach_sessions(
+    targets: &mut TaskTargets,
+    features: &[FeatureSpec],
+    data: &DataSpec,
+    task: &Task,
+    batch: &Batch,
+) -> Result<()> {
+    let Some(jrc) = task
+        .losses
+        .iter()
+        .find(|l| LossKind::try_from(l.kind) == Ok(LossKind::JrcLoss))
+    else {
+        return Ok(());
+    };
+    let labels = task_labels(data, task, batch)?;
+    if let Some(l) = labels.iter().find(|&&l| l != 0.0 && l != 1.0) {
+        return Err(bad_batch!(
+            "label \"{}\" is {l} but task \"{}\" trains with jrc_loss, which needs 0/1 labels",
+            task.label_name,
+            task.tower_name
+        ));
+    }
+    let sessions = session_ids(features, batch, &jrc.session_feature)?;
+    let (dtype, device) = (targets.labels.dtype(), targets.labels.device().clone());
+    targets.sessions = Some(Sessions::new(&sessions, labels, dtype, &device)?);
+    Ok(())
+}
+
 /// Per-sample loss `[B]` of one configured loss.
-pub fn per_sample_loss(
+pub(crate) fn per_sample_loss(
     loss: &Loss,
     task: &Task,
     logits: &Tensor,
@@ -226,6 +356,13 @@ pub fn per_sample_loss(
                 task.tower_name
             )),
         },
+        LossKind::JrcLoss => match (&t.onehot, &t.sessions) {
+            (Some(oh), Some(s)) => Ok(jrc(logits, oh, s, loss.alpha)?),
+            _ => Err(invalid_plan!(
+                "task \"{}\" trains with jrc_loss but its batch has no sessions",
+                task.tower_name
+            )),
+        },
         LossKind::LossUnspecified => Err(invalid_plan!(
             "task \"{}\" has a loss without a kind",
             task.tower_name
@@ -234,7 +371,7 @@ pub fn per_sample_loss(
 }
 
 /// A task's loss (scalar): every configured loss, weighted and averaged.
-pub fn task_loss(task: &Task, logits: &Tensor, t: &TaskTargets) -> Result<Tensor> {
+pub(crate) fn task_loss(task: &Task, logits: &Tensor, t: &TaskTargets) -> Result<Tensor> {
     let rows = logits.dim(0)? as f64;
     let mut total: Option<Tensor> = None;
     for l in &task.losses {
@@ -250,7 +387,7 @@ pub fn task_loss(task: &Task, logits: &Tensor, t: &TaskTargets) -> Result<Tensor
 
 /// Whether a task is a regression (its first loss is L2): its prediction is
 /// the logit itself, as in TorchEasyRec.
-pub fn is_regression(task: &Task) -> bool {
+pub(crate) fn is_regression(task: &Task) -> bool {
     task.losses
         .first()
         .is_some_and(|l| LossKind::try_from(l.kind) == Ok(LossKind::L2Loss))
@@ -258,7 +395,7 @@ pub fn is_regression(task: &Task) -> bool {
 
 /// Predictions `[B, num_class]`: sigmoid for one class, softmax for more,
 /// the raw logit for regression.
-pub fn predictions(task: &Task, logits: &Tensor) -> Result<Tensor> {
+pub(crate) fn predictions(task: &Task, logits: &Tensor) -> Result<Tensor> {
     if is_regression(task) {
         Ok(logits.clone())
     } else if logits.dim(1)? == 1 {

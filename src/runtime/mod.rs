@@ -12,25 +12,23 @@
 //! metrics), [`evaluate`], [`predict`], [`Model::from_plan`],
 //! [`set_threads`].
 
-pub mod candle;
-pub mod checkpoint;
+pub(crate) mod checkpoint;
 #[cfg(feature = "cuda")]
-pub mod cuda;
-pub mod embedding;
-pub mod engine_choice;
-pub mod error;
-pub mod eval;
+pub(crate) mod cuda;
+pub(crate) mod embedding;
+pub(crate) mod engine_choice;
+pub(crate) mod error;
+pub(crate) mod eval;
 pub mod exec;
-pub mod interrupt;
-pub mod loss;
-pub mod model;
-pub mod native;
-pub mod optim;
-pub mod params;
-pub mod precision;
-pub mod profile;
-pub mod source;
-pub mod train;
+pub(crate) mod interrupt;
+pub(crate) mod loss;
+pub(crate) mod model;
+pub(crate) mod optim;
+pub(crate) mod params;
+pub(crate) mod precision;
+pub(crate) mod profile;
+pub(crate) mod source;
+pub(crate) mod train;
 
 #[cfg(test)]
 mod tests;
@@ -38,7 +36,8 @@ mod tests;
 pub use engine_choice::{set_engine_choice, EngineChoice};
 pub use error::{BoxError, Result, RuntimeError};
 pub use eval::{evaluate, evaluate_with, predict, predict_batch, TaskMetricSink, TaskPredictions};
-pub use model::{Mode, Model};
+pub use model::Model;
+pub use params::Mode;
 pub use source::{vec_source, BatchIter, BatchSource};
 pub use train::{train, train_with, Progress, TrainOptions, TrainReport, Trainer};
 

@@ -7,19 +7,20 @@
 //! The model keeps a copy of the plan without any parameter or table data
 //! (the structure), so `to_plan` can write the trained values back.
 
+use crate::plan::validate::Analysis;
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 
-use super::candle::CandleExec;
 use super::embedding::{f32s_from_le, f32s_to_le, Table};
 use super::engine_choice::{announce_once, engine_choice, fallback_notice, EngineChoice};
 use super::error::{bad_batch, invalid_plan, Result, RuntimeError};
+use super::exec::candle::CandleExec;
 use super::exec::{Executor, ModelState};
 use super::precision::Precision;
 use crate::data::batch::Batch;
 use crate::proto::plan::Plan;
 
-pub use super::exec::Forward;
-pub use super::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
+pub(crate) use super::exec::Forward;
+pub(crate) use super::params::{Mode, ParamSlot};
 
 /// A plan loaded onto a device.
 #[derive(Debug)]
@@ -30,10 +31,9 @@ pub struct Model {
     structure: Plan,
     params: Vec<ParamSlot>,
     tables: Vec<Table>,
-    /// Embedded features read by some FEATURE_GROUP op.
-    embedded: Vec<usize>,
-    /// Per op: the batch axis of its first input (from the value shape).
-    batch_axis: Vec<usize>,
+    /// What the plan's ops read and write (`plan::validate`), which both
+    /// executors use.
+    analysis: Analysis,
     /// What runs the plan's ops: the native engine or candle.
     exec: Box<dyn Executor>,
     /// Wall time spent in `forward` (benchmarks report model-only speed).
@@ -44,7 +44,7 @@ pub struct Model {
 /// in place (no intermediate `Vec<f32>`: the embedding tables are most of
 /// a plan, and `to_plan` runs while the whole model is in memory).
 fn le_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    if let Ok(host) = super::native::host::tensor_f32(t) {
+    if let Ok(host) = super::exec::native::host::tensor_f32(t) {
         return Ok(f32s_to_le(host.slice()));
     }
     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -58,12 +58,13 @@ fn le_bytes(t: &Tensor) -> Result<Vec<u8>> {
 /// not run it either).
 fn executor(
     structure: &Plan,
-    batch_axis: &[usize],
+    analysis: &Analysis,
     device: &Device,
     dtype: DType,
     choice: EngineChoice,
 ) -> Result<Box<dyn Executor>> {
-    let candle = || -> Result<Box<dyn Executor>> { Ok(Box::new(CandleExec::new(structure))) };
+    let candle =
+        || -> Result<Box<dyn Executor>> { Ok(Box::new(CandleExec::new(structure, analysis))) };
     if choice == EngineChoice::Candle {
         return candle();
     }
@@ -76,7 +77,7 @@ fn executor(
             _ => candle(),
         };
     }
-    match super::native::Engine::new(structure, batch_axis) {
+    match super::exec::native::Engine::new(structure, analysis) {
         Ok(e) => Ok(Box::new(e)),
         Err(RuntimeError::Unsupported { op, why }) if choice == EngineChoice::Auto => {
             announce_once(&fallback_notice(&op, &why));
@@ -140,16 +141,14 @@ impl Model {
         }
         let analysis = crate::plan::validate::analyze(plan)
             .map_err(|e| RuntimeError::InvalidPlan(e.to_string()))?;
-        let (embedded, batch_axis) = (analysis.embedded, analysis.batch_axis);
-        let exec = executor(&structure, &batch_axis, device, dtype, choice)?;
+        let exec = executor(&structure, &analysis, device, dtype, choice)?;
         Ok(Self {
             device: device.clone(),
             dtype,
             structure,
             params,
             tables,
-            embedded,
-            batch_axis,
+            analysis,
             exec,
             forward_time: std::time::Duration::ZERO,
         })
@@ -192,7 +191,7 @@ impl Model {
         };
         self.exec = executor(
             &self.structure,
-            &self.batch_axis,
+            &self.analysis,
             &self.device,
             self.dtype,
             choice,
@@ -207,8 +206,7 @@ impl Model {
             structure,
             params,
             tables,
-            embedded,
-            batch_axis,
+            analysis,
             device,
             dtype,
             ..
@@ -217,8 +215,7 @@ impl Model {
             structure,
             params,
             tables,
-            embedded,
-            batch_axis,
+            analysis,
             device,
             dtype: *dtype,
         };

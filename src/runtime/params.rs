@@ -4,9 +4,9 @@
 use candle_core::{Tensor, Var};
 
 /// Default batch/layer-norm epsilon (torch's) when the plan leaves it 0.
-pub const DEFAULT_NORM_EPS: f64 = 1e-5;
+pub(crate) const DEFAULT_NORM_EPS: f64 = 1e-5;
 /// Default batch-norm momentum (torch's) when the plan leaves it 0.
-pub const DEFAULT_BN_MOMENTUM: f64 = 0.1;
+pub(crate) const DEFAULT_BN_MOMENTUM: f64 = 0.1;
 
 /// How a forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::time::Instant;
 use once_cell::sync::Lazy;
 
 /// Whether `PLEC_PROFILE` is set to anything but empty or `0`.
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     static ON: Lazy<bool> =
         Lazy::new(|| std::env::var("PLEC_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"));
     *ON

@@ -34,7 +34,7 @@ use crate::proto::checkpoint::{self as ckpt, Checkpoint};
 use crate::proto::plan::Plan;
 
 /// Logging interval when the plan leaves `log_step_count_steps` at 0.
-pub const DEFAULT_LOG_STEPS: u64 = 100;
+pub(crate) const DEFAULT_LOG_STEPS: u64 = 100;
 
 /// How progress is shown on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -150,9 +150,9 @@ impl TrainReport {
             "task_losses": self.task_losses.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
             "evals": self.evals.iter().map(|(s, m)| serde_json::json!({"step": s, "metrics": obj(m)})).collect::<Vec<_>>(),
             "eval": self.eval.as_deref().map(obj),
-            "cpu": crate::runtime::native::isa::cpu_model(),
-            "isa": crate::runtime::native::isa::chosen().name(),
-            "f32_gemm": crate::runtime::native::isa::chosen().f32_kernel_name(),
+            "cpu": crate::runtime::exec::native::isa::cpu_model(),
+            "isa": crate::runtime::exec::native::isa::chosen().name(),
+            "f32_gemm": crate::runtime::exec::native::isa::chosen().f32_kernel_name(),
         })
     }
 }
@@ -233,13 +233,15 @@ impl Trainer {
         let mut total: Option<Tensor> = None;
         let mut task_losses = Vec::with_capacity(self.tasks.len());
         for (task, logits) in self.tasks.iter().zip(&fwd.logits) {
-            let targets = loss::task_targets(
+            let mut targets = loss::task_targets(
                 &self.data,
                 task,
                 batch,
                 self.model.dtype(),
                 self.model.device(),
             )?;
+            let features = &self.model.structure().features;
+            loss::attach_sessions(&mut targets, features, &self.data, task, batch)?;
             let l = loss::task_loss(task, logits, &targets)?;
             task_losses.push(l.clone());
             total = Some(match total {

@@ -8,7 +8,7 @@ use crate::syntax::ast::ScalarKind;
 /// Why a literal does not fit a field; the binder turns it into a
 /// diagnostic with the field's name and spans.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ConvertError {
+pub(super) enum ConvertError {
     /// The literal is of another kind than the field.
     WrongKind {
         expected: String,
@@ -35,7 +35,7 @@ pub enum ConvertError {
 }
 
 /// What a field of this kind expects, in user words.
-pub fn expected_for(kind: &Kind) -> String {
+pub(super) fn expected_for(kind: &Kind) -> String {
     match kind {
         Kind::Double | Kind::Float => "a number".into(),
         Kind::Int32
@@ -118,7 +118,7 @@ fn enum_names(e: &EnumDescriptor) -> Vec<String> {
 
 /// Converts a literal for a field of `kind`. `text` is the literal's source
 /// text (booleans accept exactly `0` and `1` as written).
-pub fn convert(kind: &Kind, scalar: &ScalarKind, text: &str) -> Result<Value, ConvertError> {
+pub(super) fn convert(kind: &Kind, scalar: &ScalarKind, text: &str) -> Result<Value, ConvertError> {
     let wrong = || ConvertError::WrongKind {
         expected: expected_for(kind),
     };

@@ -20,7 +20,7 @@ fn closer(open: u8) -> u8 {
 
 /// Returns one diagnostic per unterminated string, unclosed opener and
 /// stray closer.
-pub fn check(source: &str) -> Vec<Diagnostic> {
+pub(super) fn check(source: &str) -> Vec<Diagnostic> {
     let b = source.as_bytes();
     let mut diags = Vec::new();
     let mut stack: Vec<Open> = Vec::new();

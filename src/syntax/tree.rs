@@ -12,7 +12,7 @@ use super::{Rule, TextProtoParser};
 use crate::diag::Diagnostic;
 
 /// Builds the tree, or explains why the text is not well-formed.
-pub fn build(source: &str) -> Result<(Document, Vec<Diagnostic>), Box<Diagnostic>> {
+pub(super) fn build(source: &str) -> Result<(Document, Vec<Diagnostic>), Box<Diagnostic>> {
     let pairs = TextProtoParser::parse(Rule::document, source)
         .map_err(|e| Box::new(grammar_error(source, &e)))?;
     let mut builder = Builder {

@@ -16,7 +16,7 @@ use parquet::file::properties::WriterProperties;
 use crate::proto::plan::{DataSpec, FeatureKind, FeatureSpec, Plan};
 
 /// Writes `cols` to a parquet file with row groups of `rg_rows` rows.
-pub fn write_parquet(path: &Path, cols: Vec<(&str, ArrayRef)>, rg_rows: usize) {
+pub(super) fn write_parquet(path: &Path, cols: Vec<(&str, ArrayRef)>, rg_rows: usize) {
     let batch = RecordBatch::try_from_iter(cols).unwrap();
     let props = WriterProperties::builder()
         .set_max_row_group_row_count(Some(rg_rows))
@@ -27,7 +27,7 @@ pub fn write_parquet(path: &Path, cols: Vec<(&str, ArrayRef)>, rg_rows: usize) {
     w.close().unwrap();
 }
 
-pub fn spec(name: &str, kind: FeatureKind, cols: &[&str], num_ids: u64) -> FeatureSpec {
+pub(super) fn spec(name: &str, kind: FeatureKind, cols: &[&str], num_ids: u64) -> FeatureSpec {
     FeatureSpec {
         name: name.into(),
         kind: kind as i32,
@@ -37,7 +37,7 @@ pub fn spec(name: &str, kind: FeatureKind, cols: &[&str], num_ids: u64) -> Featu
     }
 }
 
-pub fn plan(features: Vec<FeatureSpec>, labels: &[&str], weights: &[&str]) -> Plan {
+pub(super) fn plan(features: Vec<FeatureSpec>, labels: &[&str], weights: &[&str]) -> Plan {
     Plan {
         data: Some(DataSpec {
             batch_size: 4,
@@ -50,6 +50,6 @@ pub fn plan(features: Vec<FeatureSpec>, labels: &[&str], weights: &[&str]) -> Pl
     }
 }
 
-pub fn arr<A: arrow_array::Array + 'static>(a: A) -> ArrayRef {
+pub(super) fn arr<A: arrow_array::Array + 'static>(a: A) -> ArrayRef {
     Arc::new(a)
 }

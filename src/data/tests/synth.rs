@@ -24,7 +24,7 @@ fn binary_task(tower: &str, label: &str) -> Task {
 }
 
 /// A plan using every feature kind, two funnel tasks and a grouped AUC.
-pub fn full_plan() -> Plan {
+pub(super) fn full_plan() -> Plan {
     let mut vocab = spec("cat", FeatureKind::IdVocab, &["cat"], 12);
     vocab.vocab = (0..10).map(|i| format!("c{i}")).collect();
     let mut bucket = spec("age", FeatureKind::RawBucketized, &["age"], 4);

@@ -150,9 +150,8 @@ fn plain(fc: &FeatureConfig, path: String) -> Candidate {
 /// The expression's input column of a grouped sub-feature: tzrec prefixes
 /// the sequence inputs (single-input kinds, any side but `feature`).
 fn sequence_column(expression: &str, prefix: &str) -> String {
-    let side = expression.split_once(':').map(|(s, _)| s.trim());
     let name = input_column(expression);
-    if side == Some("feature") {
+    if crate::lang::expression::reads_feature(expression) {
         name
     } else {
         format!("{prefix}{name}")

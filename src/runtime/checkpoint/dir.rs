@@ -9,18 +9,18 @@ use super::file::{self, CheckpointError, TEMP_PREFIX};
 use crate::proto::checkpoint::Checkpoint;
 
 /// Name of the checkpoint directory inside a run's output directory.
-pub const DIR_NAME: &str = "checkpoints";
+pub(crate) const DIR_NAME: &str = "checkpoints";
 const PREFIX: &str = "ckpt-";
 const SUFFIX: &str = ".plecckpt";
 
 /// The file name of the checkpoint at `step`.
-pub fn file_name(step: u64) -> String {
+pub(crate) fn file_name(step: u64) -> String {
     format!("{PREFIX}{step:012}{SUFFIX}")
 }
 
 /// The checkpoints in `dir` as (step, path), newest first. A directory
 /// that does not exist has none.
-pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+pub(crate) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -50,7 +50,7 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
 /// The checkpoint directory a `--resume` argument names: the directory
 /// itself when it holds checkpoints, else its `checkpoints` folder (the
 /// run's `--out`).
-pub fn resolve(arg: &Path) -> PathBuf {
+pub(crate) fn resolve(arg: &Path) -> PathBuf {
     let inner = arg.join(DIR_NAME);
     match list(arg) {
         Ok(v) if !v.is_empty() => arg.to_path_buf(),
@@ -61,7 +61,7 @@ pub fn resolve(arg: &Path) -> PathBuf {
 
 /// The newest checkpoint in `dir` that reads and verifies; each newer one
 /// that does not is named in `skipped` with the reason.
-pub fn newest(dir: &Path) -> Result<(PathBuf, Checkpoint, Vec<String>), CheckpointError> {
+pub(crate) fn newest(dir: &Path) -> Result<(PathBuf, Checkpoint, Vec<String>), CheckpointError> {
     let found = list(dir)?;
     if found.is_empty() {
         return Err(CheckpointError::NoneFound {
@@ -87,7 +87,7 @@ pub fn newest(dir: &Path) -> Result<(PathBuf, Checkpoint, Vec<String>), Checkpoi
 
 /// Removes all but the newest `keep` checkpoints (0 keeps all) and any
 /// temporary file a killed write left behind.
-pub fn prune(dir: &Path, keep: u64) -> Result<(), CheckpointError> {
+pub(crate) fn prune(dir: &Path, keep: u64) -> Result<(), CheckpointError> {
     if keep > 0 {
         for (_, path) in list(dir)?.into_iter().skip(keep as usize) {
             std::fs::remove_file(&path)

@@ -15,12 +15,12 @@ use sha2::{Digest, Sha256};
 use crate::proto::checkpoint::Checkpoint;
 
 /// Identifies a plec checkpoint file.
-pub const MAGIC: &[u8; 8] = b"PLECCKPT";
+pub(crate) const MAGIC: &[u8; 8] = b"PLECCKPT";
 /// Current checkpoint format version; loaders refuse anything newer.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 /// Prefix of the temporary files a write goes through.
-pub const TEMP_PREFIX: &str = ".tmp-ckpt-";
+pub(crate) const TEMP_PREFIX: &str = ".tmp-ckpt-";
 
 /// A checkpoint that could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +45,10 @@ pub enum CheckpointError {
     Mismatch { path: PathBuf, why: String },
 }
 
-/// Encodes a checkpoint into the envelope bytes.
-pub fn encode(ckpt: &Checkpoint) -> Vec<u8> {
+/// Encodes a checkpoint into the envelope bytes (tests compare `save`'s
+/// streamed file with it).
+#[cfg(test)]
+pub(crate) fn encode(ckpt: &Checkpoint) -> Vec<u8> {
     let payload = ckpt.encode_to_vec();
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(MAGIC);
@@ -58,7 +60,7 @@ pub fn encode(ckpt: &Checkpoint) -> Vec<u8> {
 }
 
 /// Decodes envelope bytes; `path` only names the file in errors.
-pub fn decode(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError> {
+pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError> {
     let invalid = |why: String| CheckpointError::Invalid {
         path: path.to_path_buf(),
         why,
@@ -98,7 +100,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError> 
 }
 
 /// Reads and verifies a checkpoint file.
-pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+pub(crate) fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
         path: path.to_path_buf(),
         source,
@@ -107,7 +109,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
 }
 
 /// Writes `ckpt` to `path` atomically and durably (see the module doc).
-pub fn save(ckpt: &Checkpoint, path: &Path) -> Result<(), CheckpointError> {
+pub(crate) fn save(ckpt: &Checkpoint, path: &Path) -> Result<(), CheckpointError> {
     let err = |source| CheckpointError::Write {
         path: path.to_path_buf(),
         source,

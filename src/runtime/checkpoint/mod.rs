@@ -3,18 +3,18 @@
 //! metrics so far; `proto/plec/checkpoint.proto`), the file envelope
 //! (`file`) and the directory of them a run keeps (`dir`).
 
-pub mod dir;
-pub mod file;
-pub mod writer;
+pub(crate) mod dir;
+pub(crate) mod file;
+pub(crate) mod writer;
 
-pub use file::CheckpointError;
+pub(crate) use file::CheckpointError;
 
 use crate::data::assemble::RowId;
 use crate::data::seek::SeekPoint;
 use crate::proto::checkpoint::DataPosition;
 
 /// A reader position as a checkpoint stores it.
-pub fn data_position(at: &SeekPoint) -> DataPosition {
+pub(crate) fn data_position(at: &SeekPoint) -> DataPosition {
     DataPosition {
         file: at.file,
         row_group: at.row_group,
@@ -32,7 +32,7 @@ pub fn data_position(at: &SeekPoint) -> DataPosition {
 
 /// A checkpoint's reader position; `None` when its pending rows are not
 /// pairs (a corrupted checkpoint: the resume then re-reads and skips).
-pub fn seek_point(p: &DataPosition) -> Option<SeekPoint> {
+pub(crate) fn seek_point(p: &DataPosition) -> Option<SeekPoint> {
     if p.pending_files.len() != p.pending_rows.len() {
         return None;
     }

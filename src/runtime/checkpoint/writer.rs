@@ -17,7 +17,7 @@ type Done = Result<(PathBuf, f64), CheckpointError>;
 
 /// The background checkpoint writer of one run.
 #[derive(Debug)]
-pub struct Writer {
+pub(crate) struct Writer {
     dir: PathBuf,
     keep: u64,
     pending: Option<JoinHandle<Done>>,
@@ -25,7 +25,7 @@ pub struct Writer {
 
 impl Writer {
     /// A writer into `dir`, keeping the newest `keep` checkpoints (0: all).
-    pub fn new(dir: PathBuf, keep: u64) -> Self {
+    pub(crate) fn new(dir: PathBuf, keep: u64) -> Self {
         Self {
             dir,
             keep,
@@ -35,7 +35,7 @@ impl Writer {
 
     /// Starts writing `c` as the checkpoint of `step`, after the previous
     /// write has finished; returns that previous write's result.
-    pub fn submit(
+    pub(crate) fn submit(
         &mut self,
         c: Checkpoint,
         step: u64,
@@ -58,7 +58,7 @@ impl Writer {
     }
 
     /// Waits for the write in progress; its file and seconds, if any.
-    pub fn wait(&mut self) -> Result<Option<(PathBuf, f64)>, CheckpointError> {
+    pub(crate) fn wait(&mut self) -> Result<Option<(PathBuf, f64)>, CheckpointError> {
         match self.pending.take() {
             None => Ok(None),
             Some(h) => match h.join() {

@@ -28,7 +28,7 @@ struct State {
 
 /// A dense optimizer and its state.
 #[derive(Debug)]
-pub struct DenseOptimizer {
+pub(crate) struct DenseOptimizer {
     kind: OptimizerKind,
     cfg: Optimizer,
     state: Vec<State>,
@@ -40,7 +40,7 @@ pub struct DenseOptimizer {
 
 impl DenseOptimizer {
     /// An optimizer for `num_params` parameters (indexed like the plan's).
-    pub fn new(cfg: &Optimizer, num_params: usize) -> Result<Self> {
+    pub(crate) fn new(cfg: &Optimizer, num_params: usize) -> Result<Self> {
         let kind = OptimizerKind::try_from(cfg.kind).unwrap_or(OptimizerKind::OptimizerUnspecified);
         match kind {
             OptimizerKind::Sgd
@@ -63,19 +63,20 @@ impl DenseOptimizer {
     }
 
     /// The optimizer's settings.
-    pub fn config(&self) -> &Optimizer {
+    pub(crate) fn config(&self) -> &Optimizer {
         &self.cfg
     }
 
     /// Allows or forbids the fused CPU kernel (on by default; the tests
     /// turn it off to compare against the tensor path).
-    pub fn set_fused(&mut self, on: bool) {
+    #[cfg(test)]
+    pub(crate) fn set_fused(&mut self, on: bool) {
         self.fused = on;
     }
 
     /// One update of every parameter in `params` (plan index, var,
     /// no_decay) that has a gradient in `grads`, with learning rate `lr`.
-    pub fn step(
+    pub(crate) fn step(
         &mut self,
         params: &[(usize, &Var, bool)],
         grads: &GradStore,
@@ -195,7 +196,7 @@ impl DenseOptimizer {
 
 impl DenseOptimizer {
     /// The state as a checkpoint holds it (see `optim::state`).
-    pub fn export(&self) -> Result<OptimizerState> {
+    pub(crate) fn export(&self) -> Result<OptimizerState> {
         let mut slots = Vec::with_capacity(self.state.len());
         for st in &self.state {
             let slot = match (&st.host, &st.a) {
@@ -223,7 +224,7 @@ impl DenseOptimizer {
 
     /// Restores a checkpoint's state; `sizes` are the parameters' element
     /// counts in plan order, the tensors go to `device` in `dtype`.
-    pub fn import(
+    pub(crate) fn import(
         &mut self,
         saved: &OptimizerState,
         sizes: &[usize],

@@ -21,7 +21,7 @@ const CHUNK: usize = 16 * 1024;
 
 /// One Adam/AdamW update of a parameter (the `dst` of the in-place op) with
 /// its gradient (the source), first moments `m` and second moments `v`.
-pub struct AdamStep<'a> {
+pub(crate) struct AdamStep<'a> {
     pub m: RefCell<&'a mut [f32]>,
     pub v: RefCell<&'a mut [f32]>,
     pub lr: f64,
@@ -122,7 +122,7 @@ struct AdamConsts {
 fn adam_chunk(k: &AdamConsts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::runtime::native::isa::{chosen, Isa};
+        use crate::runtime::exec::native::isa::{chosen, Isa};
         let isa = chosen();
         if isa >= Isa::Avx512 {
             // SAFETY: `chosen` never exceeds what the CPU has: it has AVX-512F.
@@ -138,12 +138,19 @@ fn adam_chunk(k: &AdamConsts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [
 
 /// 8 lanes of `vsqrtps`/`vdivps` instead of SSE's 4. FMA is enabled but unused: Rust never
 /// contracts `a * b + c` into one, so the numbers are the portable build's.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn adam_chunk_avx2(k: &AdamConsts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     adam_chunk_plain(k, p, g, m, v);
 }
 
+/// 16 lanes of `vsqrtps`/`vdivps` (see `adam_chunk_avx2`).
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn adam_chunk_avx512(
@@ -175,7 +182,7 @@ fn adam_chunk_plain(k: &AdamConsts, p: &mut [f32], g: &[f32], m: &mut [f32], v: 
 /// gathered row `u` (table row `ids[u]`), its gradient `grad[u]` and the
 /// rule's host state, exactly the arithmetic of the tensor path in
 /// `optim::sparse` in one pass over the touched rows.
-pub struct SparseStep<'a> {
+pub(crate) struct SparseStep<'a> {
     pub kind: SparseRule,
     pub ids: &'a [u32],
     pub grad: &'a [f32],
@@ -199,7 +206,7 @@ pub struct SparseStep<'a> {
 
 /// The sparse rules the fused kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SparseRule {
+pub(crate) enum SparseRule {
     Sgd,
     Adagrad,
     RowwiseAdagrad,
@@ -292,7 +299,7 @@ fn sparse_rows_dispatch(
 ) -> Result<(), usize> {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::runtime::native::isa::{chosen, Isa};
+        use crate::runtime::exec::native::isa::{chosen, Isa};
         if chosen() >= Isa::Avx512 {
             // SAFETY: `chosen` never exceeds what the CPU has: it has AVX-512F.
             return unsafe { sparse_rows_avx512(rows, k, w, a, b) };
@@ -305,6 +312,10 @@ fn sparse_rows_dispatch(
     sparse_rows(rows, k, w, a, b)
 }
 
+/// `sparse_rows` compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn sparse_rows_avx512(
@@ -317,6 +328,10 @@ unsafe fn sparse_rows_avx512(
     sparse_rows(rows, k, w, a, b)
 }
 
+/// `sparse_rows` compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn sparse_rows_avx2(

@@ -1,22 +1,22 @@
 //! Optimizers: dense ones over the model's `Var`s, sparse ones over the
 //! embedding rows a batch touched, and the learning-rate schedules both use.
 
-pub mod dense;
-pub mod fused;
-pub mod schedule;
-pub mod sparse;
-pub mod state;
+pub(crate) mod dense;
+pub(crate) mod fused;
+pub(crate) mod schedule;
+pub(crate) mod sparse;
+pub(crate) mod state;
 
 use crate::proto::plan::{Optimizer, OptimizerKind};
 
 /// torch's Adagrad epsilon, used when the plan leaves `eps` at 0 (a zero
 /// epsilon divides zero by zero for a row that never had a gradient).
-pub const DEFAULT_ADAGRAD_EPS: f64 = 1e-10;
+pub(crate) const DEFAULT_ADAGRAD_EPS: f64 = 1e-10;
 /// torch's Adam epsilon, used when the plan leaves `eps` at 0.
-pub const DEFAULT_ADAM_EPS: f64 = 1e-8;
+pub(crate) const DEFAULT_ADAM_EPS: f64 = 1e-8;
 
 /// The epsilon an optimizer uses.
-pub fn eps_of(opt: &Optimizer) -> f64 {
+pub(crate) fn eps_of(opt: &Optimizer) -> f64 {
     if opt.eps > 0.0 {
         return opt.eps as f64;
     }

@@ -10,7 +10,7 @@
 use crate::proto::plan::{LearningRate, Optimizer, ScheduleKind};
 
 /// The learning rate of `opt` at step `step` of epoch `epoch`.
-pub fn learning_rate(opt: &Optimizer, step: u64, epoch: u64) -> f64 {
+pub(crate) fn learning_rate(opt: &Optimizer, step: u64, epoch: u64) -> f64 {
     let base = opt.lr as f64;
     let Some(s) = &opt.schedule else {
         return base;

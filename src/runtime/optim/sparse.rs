@@ -34,7 +34,7 @@ struct TableState {
 
 /// A sparse optimizer and its per-table state.
 #[derive(Debug)]
-pub struct SparseOptimizer {
+pub(crate) struct SparseOptimizer {
     kind: OptimizerKind,
     cfg: Optimizer,
     state: Vec<TableState>,
@@ -63,7 +63,7 @@ fn write_rows(dst: &Tensor, ids: &Tensor, src: &Tensor) -> Result<()> {
 
 impl SparseOptimizer {
     /// An optimizer for `num_tables` tables.
-    pub fn new(cfg: &Optimizer, num_tables: usize) -> Result<Self> {
+    pub(crate) fn new(cfg: &Optimizer, num_tables: usize) -> Result<Self> {
         let kind = OptimizerKind::try_from(cfg.kind).unwrap_or(OptimizerKind::OptimizerUnspecified);
         if kind == OptimizerKind::OptimizerUnspecified {
             return Err(invalid_plan!("the sparse optimizer has no kind"));
@@ -79,17 +79,18 @@ impl SparseOptimizer {
 
     /// Allows or forbids the fused CPU kernel (on by default; a test turns
     /// it off to compare against the tensor path).
-    pub fn set_fused(&mut self, on: bool) {
+    #[cfg(test)]
+    pub(crate) fn set_fused(&mut self, on: bool) {
         self.fused = on;
     }
 
     /// The optimizer's settings.
-    pub fn config(&self) -> &Optimizer {
+    pub(crate) fn config(&self) -> &Optimizer {
         &self.cfg
     }
 
     /// Applies the gradients of the gathered rows to their tables.
-    pub fn step(
+    pub(crate) fn step(
         &mut self,
         tables: &mut [Table],
         gathered: &[Gathered],
@@ -231,7 +232,7 @@ impl SparseOptimizer {
     /// The state as a checkpoint holds it (see `optim::state`): for adam
     /// `a` is the first moment and `b` the second, otherwise `a` is the
     /// accumulator.
-    pub fn export(&self) -> Result<OptimizerState> {
+    pub(crate) fn export(&self) -> Result<OptimizerState> {
         let mut slots = Vec::with_capacity(self.state.len());
         for st in &self.state {
             let a = st.acc.as_ref().or(st.m.as_ref());
@@ -260,7 +261,7 @@ impl SparseOptimizer {
 
     /// Restores a checkpoint's state for `tables` (the model's, in plan
     /// order), onto their device and dtype.
-    pub fn import(&mut self, saved: &OptimizerState, tables: &[Table]) -> Result<()> {
+    pub(crate) fn import(&mut self, saved: &OptimizerState, tables: &[Table]) -> Result<()> {
         state::check_slots(&saved.slots, self.state.len(), "sparse")?;
         state::check_slots(&saved.slots, tables.len(), "sparse")?;
         let adam = matches!(self.kind, OptimizerKind::Adam | OptimizerKind::Adamw);

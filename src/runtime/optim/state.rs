@@ -12,7 +12,7 @@ use crate::runtime::embedding::{f32s_from_le, f32s_to_le};
 use crate::runtime::error::{invalid_plan, Result};
 
 /// A device tensor as a checkpoint buffer.
-pub fn from_tensor(t: &Tensor) -> Result<StateTensor> {
+pub(crate) fn from_tensor(t: &Tensor) -> Result<StateTensor> {
     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok(StateTensor {
         shape: t.dims().iter().map(|&d| d as u64).collect(),
@@ -21,7 +21,7 @@ pub fn from_tensor(t: &Tensor) -> Result<StateTensor> {
 }
 
 /// A host buffer (the fused kernels' state) as a checkpoint buffer.
-pub fn from_host(v: &[f32]) -> StateTensor {
+pub(crate) fn from_host(v: &[f32]) -> StateTensor {
     StateTensor {
         shape: vec![v.len() as u64],
         data: f32s_to_le(v),
@@ -30,7 +30,7 @@ pub fn from_host(v: &[f32]) -> StateTensor {
 
 /// The values of a checkpoint buffer, checked to hold `expected` of them
 /// (`what` names the buffer in the error).
-pub fn to_host(t: &StateTensor, expected: usize, what: &str) -> Result<Vec<f32>> {
+pub(crate) fn to_host(t: &StateTensor, expected: usize, what: &str) -> Result<Vec<f32>> {
     let n: u64 = t.shape.iter().product();
     if n != expected as u64 || t.data.len() as u64 != n * 4 {
         return Err(invalid_plan!(
@@ -43,7 +43,7 @@ pub fn to_host(t: &StateTensor, expected: usize, what: &str) -> Result<Vec<f32>>
 
 /// A checkpoint buffer as a tensor of its own shape on `device`, checked
 /// to hold `expected` values.
-pub fn to_tensor(
+pub(crate) fn to_tensor(
     t: &StateTensor,
     expected: usize,
     what: &str,
@@ -56,7 +56,7 @@ pub fn to_tensor(
 }
 
 /// Checks that a checkpoint has one slot per parameter or table.
-pub fn check_slots(slots: &[StateSlot], expected: usize, what: &str) -> Result<()> {
+pub(crate) fn check_slots(slots: &[StateSlot], expected: usize, what: &str) -> Result<()> {
     if slots.len() != expected {
         return Err(invalid_plan!(
             "the checkpoint's {what} optimizer state has {} slots, the plan {expected}",

@@ -4,8 +4,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::*;
-use crate::runtime::candle::ops;
 use crate::runtime::embedding::{lookup, Table};
+use crate::runtime::exec::candle::ops;
 use crate::runtime::model::{Mode, ParamSlot};
 use crate::runtime::{loss, Trainer};
 

@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::runtime::candle::ops;
+use crate::runtime::exec::candle::ops;
 
 /// GFLOP/s of `f` doing `flops` per call: best of 5 rounds of `reps` calls.
 fn gflops(flops: f64, reps: usize, mut f: impl FnMut()) -> f64 {
@@ -178,7 +178,7 @@ fn stack_of_slices_view_matches_stack() {
 /// gradient within 1e-4 relative (a column sum in a different order).
 #[test]
 fn bias_relu_matches_plain_ops() {
-    use crate::runtime::candle::fused::{bias_relu, fusable, plain_bias_relu};
+    use crate::runtime::exec::candle::fused::{bias_relu, fusable, plain_bias_relu};
     use candle_core::Var;
 
     let dev = Device::Cpu;

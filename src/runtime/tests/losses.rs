@@ -110,3 +110,85 @@ fn sample_weights_follow_semantics() {
     b3.labels[1][0] = 5.0;
     assert!(loss::task_targets(&data, &cls, &b3, DType::F64, &Device::Cpu).is_err());
 }
+
+/// tzrec's JRC loss, transcribed literally in f64 (mean reduction): the
+/// batch cross-entropy, then for positives a softmax of their click
+/// logits against the session's negatives, for negatives of their
+/// non-click logits against the session's positives.
+fn jrc_reference(z: &[[f64; 2]], y: &[f64], s: &[u32], alpha: f64) -> f64 {
+    let b = y.len();
+    let lse = |v: &[f64]| {
+        let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+    };
+    let ce: f64 = (0..b)
+        .map(|i| lse(&z[i]) - z[i][y[i] as usize])
+        .sum::<f64>()
+        / b as f64;
+    let side = |label: f64, col: usize| -> (f64, usize) {
+        let rows: Vec<usize> = (0..b).filter(|&i| y[i] == label).collect();
+        let mut sum = 0.0;
+        for &i in &rows {
+            let row: Vec<f64> = (0..b)
+                .map(|j| {
+                    let masked = s[i] != s[j] || (j != i && y[j] == label);
+                    z[j][col] + if masked { -1e9 } else { 0.0 }
+                })
+                .collect();
+            sum += lse(&row) - z[i][col];
+        }
+        (sum / rows.len() as f64, rows.len())
+    };
+    let (loss_pos, pos) = side(1.0, 1);
+    let (loss_neg, neg) = side(0.0, 0);
+    let ge = (loss_pos * pos as f64 + loss_neg * neg as f64) / b as f64;
+    alpha * ce + (1.0 - alpha) * ge
+}
+
+#[test]
+fn jrc_loss_matches_a_transcription_of_torcheasyrec_and_its_gradient() {
+    let z = [
+        [0.3, -0.2],
+        [-1.1, 0.8],
+        [0.5, 0.5],
+        [2.0, -0.7],
+        [-0.4, 1.9],
+        [0.9, 0.1],
+        [-0.6, -1.3],
+    ];
+    let y = [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0];
+    // Three sessions; session 9 has one row, which competes only with itself.
+    let s = [4u32, 4, 7, 7, 7, 9, 4];
+    // The config's alpha is a proto float, in tzrec as here.
+    let alpha = 0.3f32 as f64;
+    let flat: Vec<f64> = z.iter().flatten().copied().collect();
+    let x = Var::from_tensor(&t64(&flat, &[7, 2])).unwrap();
+    let onehot: Vec<f64> = y
+        .iter()
+        .flat_map(|&l| if l == 1.0 { [0.0, 1.0] } else { [1.0, 0.0] })
+        .collect();
+    let onehot = t64(&onehot, &[7, 2]);
+    let labels: Vec<f32> = y.iter().map(|&l| l as f32).collect();
+    let sessions = loss::Sessions::new(&s, &labels, DType::F64, &Device::Cpu).unwrap();
+    let per = loss::jrc(x.as_tensor(), &onehot, &sessions, alpha as f32).unwrap();
+    let mean = (per.sum_all().unwrap() / 7.0).unwrap();
+    let got = host(&mean)[0];
+    let want = jrc_reference(&z, &y, &s, alpha);
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    // tzrec's own JRCLoss (torch, f64 logits, alpha = 0.3 as a float32)
+    // on these inputs gave 0.7200525999623023.
+    assert!((got - 0.7200525999623023).abs() < 1e-12, "{got}");
+    // Gradient against central differences of the reference.
+    let g = mean.backward().unwrap();
+    let g = host(g.get(x.as_tensor()).unwrap());
+    let h = 1e-6;
+    for (k, gk) in g.iter().enumerate() {
+        let (i, c) = (k / 2, k % 2);
+        let (mut up, mut down) = (z, z);
+        up[i][c] += h;
+        down[i][c] -= h;
+        let num =
+            (jrc_reference(&up, &y, &s, alpha) - jrc_reference(&down, &y, &s, alpha)) / (2.0 * h);
+        assert!((gk - num).abs() < 1e-6, "d/dz[{i}][{c}]: {gk} vs {num}");
+    }
+}

@@ -317,7 +317,7 @@ fn bf16_engine_stays_close_to_f32() {
     let plan = build(&source, BuildOptions::default()).unwrap().plan;
     let batch = super::runs::random_batch(&plan, 256, 3);
     let (mut n, mut c) = models(&plan);
-    n.set_precision(crate::runtime::native::Precision::Bf16)
+    n.set_precision(crate::runtime::exec::native::Precision::Bf16)
         .unwrap();
     for mode in [Mode::Eval, Mode::Train { seed: 1, step: 1 }] {
         let (a, b) = (
@@ -327,7 +327,7 @@ fn bf16_engine_stays_close_to_f32() {
         for (x, y) in a.logits.iter().zip(&b.logits) {
             let (x, y) = (host32(x), host32(y));
             assert_close("bf16 logits", &x, &y, 3e-2);
-            if crate::runtime::native::Precision::Bf16.runs_bf16() {
+            if crate::runtime::exec::native::Precision::Bf16.runs_bf16() {
                 assert!(x != y, "bf16 multiplies should round");
             }
         }

@@ -83,7 +83,7 @@ fn examples_keep_their_plans_and_losses() {
         if sha != *want_sha {
             mismatches.push(format!("{name}: plan bytes changed ({sha})"));
         }
-        let exact = crate::runtime::native::isa::chosen().f32_kernel_name() == PINNED_KERNEL;
+        let exact = crate::runtime::exec::native::isa::chosen().f32_kernel_name() == PINNED_KERNEL;
         let close = |a: f64, b: f64| match exact {
             true => a.to_bits() == b.to_bits(),
             false => (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1e-3),

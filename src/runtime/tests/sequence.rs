@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::gradcheck::{check, r};
 use super::*;
-use crate::runtime::candle::ops;
+use crate::runtime::exec::candle::ops;
 use crate::runtime::model::{Mode, ParamSlot};
 use crate::runtime::{loss, Trainer};
 
@@ -302,7 +302,7 @@ fn din_whole_model_gradients() {
 fn native_engine_hands_sequences_to_candle() {
     let plan = din_plan();
     let analysis = crate::plan::validate::analyze(&plan).unwrap();
-    match crate::runtime::native::Engine::new(&plan, &analysis.batch_axis) {
+    match crate::runtime::exec::native::Engine::new(&plan, &analysis) {
         Err(crate::runtime::error::RuntimeError::Unsupported { op, why }) => {
             assert!(op.contains("seq"), "{op}");
             assert!(why.contains("sequence"), "{why}");

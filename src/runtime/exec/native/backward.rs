@@ -1,0 +1,607 @@
+//! The native engine's backward pass: from the logits' gradients back
+//! through the tape of the last training forward pass, into parameter and
+//! embedding-row gradients for candle's `GradStore`.
+
+use super::kernels;
+use super::param_grads::ParamGrads;
+use super::timing::{record, record_label};
+use super::*;
+
+impl Engine {
+    /// Backpropagates `dlogits` (per task, `[B, C]`) through the last
+    /// training forward pass and inserts every trainable parameter's and
+    /// every gathered table's gradient into `grads`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward_pass(
+        &mut self,
+        plan: &Plan,
+        params: &[ParamSlot],
+        dlogits: &[Option<Vec<f32>>],
+        gathered: &[Gathered],
+        grads: &mut GradStore,
+        device: &Device,
+    ) -> Result<()> {
+        let nt = self.gemm();
+        let tape = self
+            .tape
+            .take()
+            .ok_or_else(|| invalid_plan!("backward without a training forward pass"))?;
+        let prog = self
+            .programs
+            .iter_mut()
+            .find(|p| p.batch == tape.batch && p.training)
+            .ok_or_else(|| invalid_plan!("the forward pass's program is gone"))?;
+        let t_zero = self.times.is_some().then(std::time::Instant::now);
+        prog.start_backward();
+        record_label(&mut self.times, "bwd zero gradients", t_zero);
+        let ps = Params::borrow(params)?;
+        let t_alloc = self.times.is_some().then(std::time::Instant::now);
+        let mut pg = ParamGrads::new(plan, params, &prog.steps);
+        record_label(&mut self.times, "bwd parameter gradients", t_alloc);
+        for (t, d) in plan.tasks.iter().zip(dlogits) {
+            let Some(v) = prog.views[t.logits as usize] else {
+                continue;
+            };
+            let w = v.dims[2];
+            let acc = !prog.exclusive[v.buf];
+            let mut g = std::mem::take(&mut prog.gbufs[prog.gslot[v.buf]]);
+            // A task without a gradient (weight 0) still seeds zeros: an
+            // exclusive buffer is never zeroed otherwise.
+            kernels::rows_mut(&mut g, &v, |r, out| match d {
+                Some(d) if acc => out
+                    .iter_mut()
+                    .zip(&d[r * w..(r + 1) * w])
+                    .for_each(|(o, &x)| *o += x),
+                Some(d) => out.copy_from_slice(&d[r * w..(r + 1) * w]),
+                None if acc => {}
+                None => out.fill(0.0),
+            });
+            prog.gbufs[prog.gslot[v.buf]] = g;
+        }
+        // Gradients of the gathered rows, per slot; a slot's bags share
+        // one table, so the first bag gives its row width.
+        let mut drows: Vec<Vec<f32>> = tape
+            .lookup
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(slot, (_, list, _))| {
+                let dim = tape
+                    .lookup
+                    .bags
+                    .iter()
+                    .find(|b| b.source == slot)
+                    .map_or(0, |b| b.dim);
+                vec![0.0; list.len() * dim]
+            })
+            .collect();
+        for (oi, step) in prog.steps.iter().enumerate().rev() {
+            let op = &plan.ops[oi];
+            let needs = |v: &View| prog.needs_grad[v.buf];
+            let acc = |v: &View| !prog.exclusive[v.buf];
+            // The relu behind an input, when this step masks its gradient:
+            // its output (the input's values) is the mask.
+            let mask = |v: &View| prog.grad_masked[oi].then_some(prog.bufs[v.buf].as_slice());
+            let t0 = self.times.is_some().then(std::time::Instant::now);
+            for &b in &prog.zero_before[oi] {
+                let n = prog.bufs[b].len();
+                prog.gbufs[prog.gslot[b]][..n].fill(0.0);
+            }
+            match step {
+                Step::Alias => {}
+                Step::Group { out } => {
+                    let cols = tape.columns[oi].as_deref().unwrap_or(&[]);
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
+                    for (k, &f) in op.features.iter().enumerate() {
+                        let Some(bag) = tape.lookup.bags.iter().find(|b| b.feature == f as usize)
+                        else {
+                            continue;
+                        };
+                        if let (Some(&c), Some(d)) = (cols.get(k), drows.get_mut(bag.source)) {
+                            embed::scatter(d, g, out.dims[2], c, bag);
+                        }
+                    }
+                }
+                Step::Linear { x, out, w, b }
+                    if needs(x) && experts_in_parallel(nt, out.rows(), 2) =>
+                {
+                    // The weight and input gradients are independent: one
+                    // thread each, like the experts of a batched layer.
+                    let (o, i) = (out.dims[2], x.dims[2]);
+                    let (gm, xm) = (flat(out)?, flat(x)?);
+                    let one = gemm::Gemm { threads: 1, ..nt };
+                    let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
+                    let xs = &prog.bufs[x.buf];
+                    let acc_x = acc(x);
+                    let wgrad = pg.weight(*w, o * i);
+                    let bgrad = b.and_then(|b| pg.added(b));
+                    let (rw, rx) = rayon::join(
+                        || {
+                            let dw = Mat::dense(0, o, i);
+                            // SAFETY: the weight's gradient buffer is this
+                            // multiply's alone; `add` as `weight` says.
+                            unsafe {
+                                weight_and_bias_grads(
+                                    wgrad,
+                                    bgrad,
+                                    dw,
+                                    g,
+                                    gm,
+                                    &flat_view(out),
+                                    xs,
+                                    xm,
+                                    one,
+                                )
+                            }
+                        },
+                        || {
+                            gemm::matmul_masked(
+                                &mut dx,
+                                xm,
+                                acc_x,
+                                g,
+                                gm,
+                                ps.get(*w),
+                                Mat::dense(0, o, i),
+                                mask(x),
+                                one,
+                            )
+                        },
+                    );
+                    prog.gbufs[prog.gslot[x.buf]] = dx;
+                    rw?;
+                    rx?;
+                    if wgrad.is_some() {
+                        // SAFETY: the multiply wrote the whole weight.
+                        unsafe { pg.stored(*w) };
+                    }
+                }
+                Step::Linear { x, out, w, b } => {
+                    let (o, i) = (out.dims[2], x.dims[2]);
+                    let (gm, xm) = (flat(out)?, flat(x)?);
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
+                    let wgrad = pg.weight(*w, o * i);
+                    let bgrad = b.and_then(|b| pg.added(b));
+                    // SAFETY: as in the parallel case above.
+                    unsafe {
+                        weight_and_bias_grads(
+                            wgrad,
+                            bgrad,
+                            Mat::dense(0, o, i),
+                            g,
+                            gm,
+                            &flat_view(out),
+                            &prog.bufs[x.buf],
+                            xm,
+                            nt,
+                        )?;
+                        if wgrad.is_some() {
+                            pg.stored(*w);
+                        }
+                    }
+                    if needs(x) {
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        let r = gemm::matmul_masked(
+                            &mut dx,
+                            xm,
+                            acc(x),
+                            &prog.gbufs[prog.gslot[out.buf]],
+                            gm,
+                            ps.get(*w),
+                            Mat::dense(0, o, i),
+                            mask(x),
+                            nt,
+                        );
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
+                        r?;
+                    }
+                }
+                Step::Batched { x, out, w, b }
+                    if experts_in_parallel(nt, out.dims[1], out.dims[0]) =>
+                {
+                    use rayon::prelude::*;
+                    let (e, o, i) = (out.dims[0], out.dims[2], x.dims[2]);
+                    let one = gemm::Gemm { threads: 1, ..nt };
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
+                    let xs = &prog.bufs[x.buf];
+                    // Tasks share out evenly over the threads (see
+                    // `expert_parts`): blocks of `op` weight rows here,
+                    // of `rp` batch rows for the input gradient.
+                    let parts = expert_parts(nt, o, e);
+                    let op = o / parts;
+                    let wgrad = pg.weight(*w, e * o * i);
+                    let bgrad = b.and_then(|b| pg.added(b));
+                    match (wgrad, bgrad) {
+                        (Some((dw, add)), db) => {
+                            // Task `c` sums its weight rows' share of the
+                            // bias gradient (`parts` divides `o`: e * parts
+                            // chunks).
+                            let sums: Vec<Option<&mut [f32]>> = match db {
+                                Some(db) => expert_rows(db, e * o)?
+                                    .chunks_mut(op.max(1))
+                                    .map(Some)
+                                    .collect(),
+                                None => (0..e * parts).map(|_| None).collect(),
+                            };
+                            let rs: Vec<Result<()>> = sums
+                                .into_par_iter()
+                                .enumerate()
+                                .map(|(c, sums)| {
+                                    let (k, p) = (c / parts, c % parts);
+                                    let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
+                                    // SAFETY: task `c` writes block `c` of the
+                                    // weight's gradient, no other task's.
+                                    unsafe {
+                                        gemm::matmul_into(
+                                            dw,
+                                            Mat::dense(c * op * i, op, i),
+                                            add,
+                                            g,
+                                            out.mat(k).t().row_block(p * op, op),
+                                            xs,
+                                            xm,
+                                            None,
+                                            sums,
+                                            one,
+                                        )
+                                    }
+                                })
+                                .collect();
+                            rs.into_iter().collect::<Result<Vec<()>>>()?;
+                            // SAFETY: the blocks cover the whole weight.
+                            unsafe { pg.stored(*w) };
+                        }
+                        (None, Some(db)) => kernels::add_bias_grad(db, g, out),
+                        (None, None) => {}
+                    }
+                    if needs(x) {
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        let shared = gemm::SharedDst::new(&mut dx);
+                        let g = &prog.gbufs[prog.gslot[out.buf]];
+                        let parts = if x.rank == 3 {
+                            expert_parts(nt, out.dims[1], e)
+                        } else {
+                            1
+                        };
+                        let rp = out.dims[1] / parts;
+                        let run = |c: usize| -> Result<()> {
+                            let (k, p) = (c / parts, c % parts);
+                            // A shared input is written by one expert at a time,
+                            // each multiply on all threads.
+                            let (xm, how) = match x.rank {
+                                2 => (flat(x)?, nt),
+                                _ => (x.mat(k).row_block(p * rp, rp), one),
+                            };
+                            // SAFETY: stacked inputs: each expert's matrix is its own
+                            // rows of a view whose rows are disjoint (checked when the
+                            // program was built), so parallel calls never share an
+                            // element; a shared input is written one expert at a time.
+                            unsafe {
+                                gemm::matmul_into(
+                                    shared,
+                                    xm,
+                                    acc(x),
+                                    g,
+                                    out.mat(k).row_block(p * rp, rp),
+                                    ps.get(*w),
+                                    Mat::dense(k * o * i, o, i),
+                                    mask(x),
+                                    None,
+                                    how,
+                                )
+                            }
+                        };
+                        let r: Result<Vec<()>> = if x.rank == 3 {
+                            (0..e * parts).into_par_iter().map(run).collect()
+                        } else {
+                            (0..e).map(run).collect()
+                        };
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
+                        r?;
+                    }
+                }
+                Step::Batched { x, out, w, b } => {
+                    let (e, o, i) = (out.dims[0], out.dims[2], x.dims[2]);
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
+                    let wgrad = pg.weight(*w, e * o * i);
+                    let bgrad = b.and_then(|b| pg.added(b));
+                    match (wgrad, bgrad) {
+                        (Some((dw, add)), mut db) => {
+                            if let Some(d) = db.as_deref_mut() {
+                                expert_rows(d, e * o)?;
+                            }
+                            for k in 0..e {
+                                let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
+                                let sums = db.as_deref_mut().map(|d| &mut d[k * o..(k + 1) * o]);
+                                // SAFETY: one expert's block at a time.
+                                unsafe {
+                                    gemm::matmul_into(
+                                        dw,
+                                        Mat::dense(k * o * i, o, i),
+                                        add,
+                                        g,
+                                        out.mat(k).t(),
+                                        &prog.bufs[x.buf],
+                                        xm,
+                                        None,
+                                        sums,
+                                        nt,
+                                    )?;
+                                }
+                            }
+                            // SAFETY: the experts' blocks cover the whole weight.
+                            unsafe { pg.stored(*w) };
+                        }
+                        (None, Some(db)) => kernels::add_bias_grad(db, g, out),
+                        (None, None) => {}
+                    }
+                    if needs(x) {
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        let mut r = Ok(());
+                        for k in 0..e {
+                            let xm = if x.rank == 2 { flat(x)? } else { x.mat(k) };
+                            r = r.and(gemm::matmul_masked(
+                                &mut dx,
+                                xm,
+                                acc(x),
+                                &prog.gbufs[prog.gslot[out.buf]],
+                                out.mat(k),
+                                ps.get(*w),
+                                Mat::dense(k * o * i, o, i),
+                                mask(x),
+                                nt,
+                            ));
+                        }
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
+                        r?;
+                    }
+                }
+                // Its gradient's writers masked it (see `relu_masks`).
+                Step::Act { in_place: true, .. } if prog.relu_backward_fused[oi] => {}
+                Step::Act {
+                    x, in_place: true, ..
+                } => {
+                    let kind = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
+                    kernels::activation_backward_in_place(
+                        kind,
+                        &mut prog.gbufs[prog.gslot[x.buf]],
+                        x,
+                        &prog.bufs[x.buf],
+                    );
+                }
+                Step::Act { x, y, slope, .. } => {
+                    let kind = Activation::try_from(op.activation).unwrap_or(Activation::ActNone);
+                    let s = slope.map(|s| ps.get(s));
+                    if let Some(ds) = slope.and_then(|s| pg.added(s)) {
+                        kernels::prelu_slope_grad(
+                            ds,
+                            &prog.gbufs[prog.gslot[y.buf]],
+                            y,
+                            &prog.bufs[x.buf],
+                            x,
+                        );
+                    }
+                    if needs(x) {
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        kernels::activation_backward(
+                            kind,
+                            op.alpha,
+                            s,
+                            &mut dx,
+                            x,
+                            &prog.gbufs[prog.gslot[y.buf]],
+                            y,
+                            &prog.bufs[x.buf],
+                            x,
+                            &prog.bufs[y.buf],
+                            y,
+                            acc(x),
+                        );
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
+                    }
+                }
+                Step::Dropout { x, y } => {
+                    if needs(x) {
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        match &tape.masks[oi] {
+                            Some(keep) => {
+                                let s = 1.0 / (1.0 - op.ratio);
+                                kernels::dropout_backward(
+                                    &mut dx,
+                                    x,
+                                    &prog.gbufs[prog.gslot[y.buf]],
+                                    y,
+                                    keep,
+                                    s,
+                                    acc(x),
+                                )
+                            }
+                            None => {
+                                kernels::copy(&mut dx, x, &prog.gbufs[prog.gslot[y.buf]], y, acc(x))
+                            }
+                        }
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
+                    }
+                }
+                Step::Copy { parts, out } => {
+                    for (src, dst) in parts {
+                        if needs(src) && src.buf != out.buf {
+                            let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[src.buf]]);
+                            kernels::copy(
+                                &mut dx,
+                                src,
+                                &prog.gbufs[prog.gslot[out.buf]],
+                                dst,
+                                acc(src),
+                            );
+                            prog.gbufs[prog.gslot[src.buf]] = dx;
+                        }
+                    }
+                }
+                Step::Softmax { x, y, axis } => {
+                    if needs(x) {
+                        let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        kernels::softmax_backward(
+                            &mut dx,
+                            x,
+                            &prog.gbufs[prog.gslot[y.buf]],
+                            y,
+                            &prog.bufs[y.buf],
+                            y,
+                            *axis,
+                            acc(x),
+                        );
+                        prog.gbufs[prog.gslot[x.buf]] = dx;
+                    }
+                }
+                Step::GateMix { w, es, out } => {
+                    // One part at a time: parts may share a buffer (two
+                    // views of one expert stack), and each pass takes the
+                    // gate weights' and its experts' gradients out at once.
+                    // Their gradients, the gate weights' and the output's
+                    // are all live here, so they are in different slots.
+                    let mut dw =
+                        needs(w).then(|| std::mem::take(&mut prog.gbufs[prog.gslot[w.buf]]));
+                    let mut k0 = 0;
+                    for e in es {
+                        let mut de =
+                            needs(e).then(|| std::mem::take(&mut prog.gbufs[prog.gslot[e.buf]]));
+                        let g = &prog.gbufs[prog.gslot[out.buf]];
+                        kernels::gate_mix_backward(
+                            dw.as_deref_mut().map(|d| (d, acc(w))),
+                            w,
+                            de.as_deref_mut().map(|d| (d, acc(e))),
+                            mask(e).is_some(),
+                            &prog.bufs[e.buf],
+                            e,
+                            g,
+                            out,
+                            &prog.bufs[w.buf],
+                            w,
+                            k0,
+                        );
+                        if let Some(de) = de {
+                            prog.gbufs[prog.gslot[e.buf]] = de;
+                        }
+                        k0 += e.dims[0];
+                    }
+                    if let Some(dw) = dw {
+                        prog.gbufs[prog.gslot[w.buf]] = dw;
+                    }
+                }
+                Step::Norm {
+                    x,
+                    y,
+                    axis,
+                    batch_norm,
+                    params: p,
+                } => {
+                    let Some((mean, inv)) = &tape.stats[oi] else {
+                        continue;
+                    };
+                    let mut dgamma = pg.take(p[0]);
+                    let mut dbeta = pg.take(p[1]);
+                    dgamma.resize(ps.get(p[0]).len(), 0.0);
+                    dbeta.resize(ps.get(p[1]).len(), 0.0);
+                    let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                    let bn = *batch_norm;
+                    let affine = move |l: usize, i: usize| if bn { l } else { i };
+                    kernels::normalize_backward(
+                        &mut dx,
+                        x,
+                        &prog.gbufs[prog.gslot[y.buf]],
+                        y,
+                        &prog.bufs[x.buf],
+                        x,
+                        *axis,
+                        mean,
+                        inv,
+                        ps.get(p[0]),
+                        &mut dgamma,
+                        &mut dbeta,
+                        &affine,
+                        acc(x),
+                    );
+                    prog.gbufs[prog.gslot[x.buf]] = dx;
+                    pg.put(p[0], dgamma);
+                    pg.put(p[1], dbeta);
+                }
+            }
+            record(&mut self.times, "bwd", step, t0);
+        }
+        let t_out = self.times.is_some().then(std::time::Instant::now);
+        for ((slot, p), g) in params.iter().zip(&plan.params).zip(pg.finish()) {
+            if let ParamSlot::Trainable(var) = slot {
+                let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+                grads.insert(var.as_tensor(), Tensor::from_vec(g, shape, device)?);
+            }
+        }
+        for (g, d) in gathered.iter().zip(drows) {
+            let dims = g.rows.as_tensor().dims().to_vec();
+            grads.insert(g.rows.as_tensor(), Tensor::from_vec(d, dims, device)?);
+        }
+        record_label(&mut self.times, "bwd gradients out", t_out);
+        Ok(())
+    }
+}
+
+/// A batched layer's bias gradient, whose rows the weight-gradient
+/// multiplies sum into: it must have one value per weight row.
+fn expert_rows(db: &mut [f32], rows: usize) -> Result<&mut [f32]> {
+    if db.len() == rows {
+        Ok(db)
+    } else {
+        Err(invalid_plan!(
+            "native engine: a bias has {} values where its weight has {rows} rows",
+            db.len()
+        ))
+    }
+}
+
+/// `dW (+)= dY^T X` into a weight's gradient (`wgrad`, as
+/// `ParamGrads::weight` gives it; `dw` is the weight's matrix there), which
+/// also sums the bias's gradient `bgrad` as it packs dY^T (`gm` is dY); a
+/// bias whose weight is not trained is summed in a pass of its own over dY
+/// (view `gv`).
+///
+/// # Safety
+/// As `gemm::matmul_into` for `dw` in the weight's gradient buffer.
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_and_bias_grads(
+    wgrad: Option<(gemm::SharedDst, bool)>,
+    bgrad: Option<&mut Vec<f32>>,
+    dw: Mat,
+    g: &[f32],
+    gm: Mat,
+    gv: &View,
+    xs: &[f32],
+    xm: Mat,
+    how: gemm::Gemm,
+) -> Result<()> {
+    match (wgrad, bgrad) {
+        // SAFETY: `dst` is the weight's gradient buffer and `dw` its matrix there, which
+        // this function's contract makes the caller's alone for the call (as
+        // `matmul_into` asks); `add` is the flag `ParamGrads::weight` gave with `dst`, false
+        // for a fresh (unwritten) buffer.
+        (Some((dst, add)), db) => unsafe {
+            gemm::matmul_into(
+                dst,
+                dw,
+                add,
+                g,
+                gm.t(),
+                xs,
+                xm,
+                None,
+                db.map(|d| d.as_mut_slice()),
+                how,
+            )
+        },
+        (None, Some(db)) => {
+            kernels::add_bias_grad(db, g, gv);
+            Ok(())
+        }
+        (None, None) => Ok(()),
+    }
+}

@@ -1,0 +1,340 @@
+//! The native CPU engine: a plan's forward and backward passes as direct
+//! GEMM calls and row kernels over preallocated buffers, instead of
+//! candle's tensor ops and autograd.
+//!
+//! Why: on the PLE example candle spent about two thirds of a training
+//! step outside matrix multiplies (element-wise ops on one thread, a fresh
+//! tensor per op, zero-padded slice gradients, the autograd graph), so a
+//! step ran at ~60 GFLOP/s where the `gemm` crate alone reaches ~200.
+//! Here, for each batch size, a `Program` (`program`) fixes every value's
+//! view once: slices and stacks of adjacent blocks are views of their
+//! input's buffer (zero copies), relus run in place over their linear's
+//! output, gates read concatenated experts where they lie, every other
+//! value gets a buffer allocated once and reused step after step, and
+//! gradient buffers are written once where one writer covers them and share
+//! memory by lifetime. The loss stays in candle (a `[B, C]` graph per
+//! task): its logits gradient seeds `backward`, and the parameter and
+//! embedding gradients go back into candle's `GradStore` for the shared
+//! optimizers.
+//!
+//! The engine runs on the CPU, in f32 (our kernels in the GEMM frame,
+//! `gemm::frame`: AVX-512 `gemm::f32::avx512` or AVX2 + FMA `gemm::f32::avx2`, whichever `isa`
+//! picks, with the `gemm` crate as the portable fallback) or with bf16 multiplies on AMX tiles
+//! (`Precision`, `amx`); both apply a linear's bias and relu as its output
+//! tiles are stored. The candle path stays the reference:
+//! `runtime::tests::native` checks logits and every gradient against it,
+//! and `--engine candle` (or `PLEC_ENGINE=candle`) selects it at run time
+//! (`runtime::engine_choice`).
+
+mod backward;
+mod embed;
+mod forward;
+pub(crate) mod gemm;
+pub(crate) mod host;
+pub(crate) mod isa;
+mod kernels;
+mod param_grads;
+pub(crate) mod peak;
+mod program;
+mod relu_masks;
+mod shared;
+mod step;
+mod timing;
+mod view;
+
+use candle_core::{backprop::GradStore, Device, Tensor};
+
+use self::embed::Lookup;
+use self::program::Program;
+use self::step::Step;
+use self::view::{Mat, View};
+use super::{logits_tensors, Executor, Forward, ModelState};
+use crate::data::batch::{Batch, FeatureInput};
+use crate::plan::validate::Analysis;
+use crate::proto::plan::{Activation, Plan};
+use crate::rng::SplitMix64;
+use crate::runtime::embedding::{Gathered, Table};
+use crate::runtime::error::{bad_batch, invalid_plan, Result};
+use crate::runtime::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
+pub(crate) use crate::runtime::precision::Precision;
+
+/// Programs kept per engine, of each kind (training, inference: an
+/// evaluation between training steps keeps the training program). One: a
+/// program is most of a run's memory (PLE at batch 8192: ~1 GB), and
+/// keeping the full batch's program while an epoch's last, shorter batch
+/// built its own raised the peak by 250 MiB (1754 -> 2006 MiB in bf16).
+/// Rebuilding costs first touches of the buffers (~0.1 s per GB), once or
+/// twice per epoch.
+const PROGRAMS_KEPT: usize = 1;
+
+/// The precision new engines start with (`set_default_precision`).
+static DEFAULT_PRECISION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets the precision of engines created from now on, process-wide like
+/// the thread counts (`runtime::set_threads`): the CLI's `--precision`.
+pub(crate) fn set_default_precision(p: Precision) {
+    let v = match p {
+        Precision::F32 => 0,
+        Precision::Bf16 => 1,
+    };
+    DEFAULT_PRECISION.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn default_precision() -> Precision {
+    match DEFAULT_PRECISION.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
+
+/// What a forward pass leaves for `backward`.
+#[derive(Debug, Default)]
+struct Tape {
+    batch: usize,
+    lookup: Lookup,
+    /// Per op: dropout keep-mask (one byte per element, row order).
+    masks: Vec<Option<Vec<u8>>>,
+    /// Per op: batch-norm / layer-norm lane statistics (mean, 1/std).
+    stats: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+    /// Per FEATURE_GROUP op: the first column of each of its features.
+    columns: Vec<Option<Vec<usize>>>,
+}
+
+/// The output of a native forward pass.
+#[derive(Debug)]
+pub(crate) struct NativeForward {
+    /// Per task, `[B, C]` row-major.
+    pub logits: Vec<Vec<f32>>,
+    /// New batch-norm running statistics: (param index, values).
+    pub buffer_updates: Vec<(usize, Vec<f32>)>,
+}
+
+/// The engine of one model: its programs and the last training tape.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    programs: Vec<Program>,
+    tape: Option<Tape>,
+    precision: Precision,
+    /// With `PLEC_PROFILE`: seconds and calls per step label.
+    times: Option<std::collections::BTreeMap<String, (f64, u64)>>,
+}
+
+/// Parameter data of the model, borrowed for one pass.
+struct Params<'a> {
+    hosts: Vec<host::HostSlice<'a>>,
+}
+
+impl<'a> Params<'a> {
+    fn borrow(params: &'a [ParamSlot]) -> Result<Self> {
+        Ok(Self {
+            hosts: params
+                .iter()
+                .map(|p| host::tensor_f32(p.tensor()))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    fn get(&self, i: usize) -> &[f32] {
+        self.hosts.get(i).map_or(&[], |h| h.slice())
+    }
+}
+
+impl Precision {
+    /// Whether bf16 is asked for and this CPU can run it.
+    pub fn runs_bf16(self) -> bool {
+        self == Precision::Bf16 && gemm::amx::available() && isa::chosen() >= isa::Isa::Amx
+    }
+}
+
+impl Engine {
+    /// An engine for `plan`, or why not: `Unsupported` for an op it
+    /// cannot run, `InvalidPlan` for an inconsistent plan. Builds a small
+    /// program to find out.
+    pub(crate) fn new(plan: &Plan, analysis: &Analysis) -> Result<Self> {
+        Program::build(plan, analysis, 2)?;
+        Ok(Self {
+            programs: Vec::new(),
+            tape: None,
+            precision: default_precision(),
+            times: crate::runtime::profile::enabled().then(Default::default),
+        })
+    }
+
+    /// Frees every program's buffers and the tape (they are rebuilt on
+    /// the next pass), e.g. once training is over: a training program of a
+    /// large batch is most of the run's memory.
+    pub(crate) fn release_buffers(&mut self) {
+        self.programs.clear();
+        self.tape = None;
+    }
+
+    /// Sets the precision of the matrix multiplies.
+    pub(crate) fn use_precision(&mut self, p: Precision) {
+        self.precision = p;
+    }
+
+    fn gemm(&self) -> gemm::Gemm {
+        gemm::Gemm {
+            threads: rayon::current_num_threads().max(1),
+            bf16: self.precision.runs_bf16(),
+        }
+    }
+
+    /// The program for `rows`-row batches, for training or (`training`
+    /// false) forward passes only; at most `PROGRAMS_KEPT` of each.
+    fn program(
+        &mut self,
+        plan: &Plan,
+        analysis: &Analysis,
+        rows: usize,
+        training: bool,
+    ) -> Result<usize> {
+        let same = |p: &Program| p.training == training;
+        if let Some(i) = self
+            .programs
+            .iter()
+            .position(|p| p.batch == rows && same(p))
+        {
+            return Ok(i);
+        }
+        if self.programs.iter().filter(|p| same(p)).count() >= PROGRAMS_KEPT {
+            // Drop the least recently built (the tape never outlives a
+            // step), handing its pages back to the OS: otherwise the new
+            // program's buffers, of other sizes, would not all fit in the
+            // freed ones and the run's resident memory would grow.
+            if let Some(i) = self.programs.iter().position(same) {
+                crate::alloc::returning_freed_memory(|| drop(self.programs.remove(i)));
+            }
+        }
+        self.programs.push(if training {
+            Program::build(plan, analysis, rows)?
+        } else {
+            Program::build_inference(plan, analysis, rows)?
+        });
+        Ok(self.programs.len() - 1)
+    }
+
+    /// The gathered embedding rows of the last training forward pass.
+    pub(crate) fn gathered(&self, tables: &[Table], device: &Device) -> Result<Vec<Gathered>> {
+        match &self.tape {
+            Some(t) => embed::gathered(&t.lookup, tables, device),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Rows up to which a batched layer multiplies its experts in parallel,
+/// one thread each, rather than one after another on all threads: at batch
+/// 1024 that is 12-20% faster with AMX and ~6% with the f32 kernel (no
+/// splitting of small multiplies); at 8192 each expert's multiply is big
+/// enough that splitting it wins (expert-parallel was 1.5x slower there).
+const EXPERT_PARALLEL_MAX_ROWS: usize = 2048;
+
+fn experts_in_parallel(how: gemm::Gemm, rows: usize, experts: usize) -> bool {
+    how.threads > 1 && experts > 1 && rows <= EXPERT_PARALLEL_MAX_ROWS
+}
+
+/// Into how many equal row blocks each expert's multiply is cut when the
+/// experts run in parallel, so that the tasks share out evenly over the
+/// threads: three experts on two threads would leave one thread idle a
+/// third of the time; six half-experts do not. 1 when the experts already
+/// share out evenly, or `rows` does not divide.
+fn expert_parts(how: gemm::Gemm, rows: usize, experts: usize) -> usize {
+    let t = how.threads.max(1);
+    let (mut a, mut b) = (experts.max(1), t);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    let parts = t / a;
+    if parts > 1 && rows.is_multiple_of(parts) {
+        parts
+    } else {
+        1
+    }
+}
+
+/// The view's rows as one matrix (its leading dims must collapse).
+fn flat(v: &View) -> Result<Mat> {
+    v.flat_mat()
+        .ok_or_else(|| invalid_plan!("native engine: a value's rows do not form one matrix"))
+}
+
+/// The view as rank 2 over its collapsed rows (for bias kernels).
+fn flat_view(v: &View) -> View {
+    let mut f = *v;
+    f.dims = [1, v.rows(), v.dims[2]];
+    f.strides = [v.rows() * v.strides[1], v.strides[1], 1];
+    f
+}
+
+impl Executor for Engine {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn forward(&mut self, m: ModelState<'_>, batch: &Batch, mode: Mode) -> Result<Forward> {
+        let ModelState {
+            structure,
+            params,
+            tables,
+            analysis,
+            device,
+            ..
+        } = m;
+        let out = self.forward_pass(structure, analysis, params, tables, batch, mode)?;
+        for (i, v) in out.buffer_updates {
+            let shape = params[i].tensor().dims().to_vec();
+            params[i] = ParamSlot::Buffer(Tensor::from_vec(v, shape, device)?);
+        }
+        let train = matches!(mode, Mode::Train { .. });
+        let (logits, logit_vars) = logits_tensors(out.logits, batch.rows, device, train)?;
+        let gathered = match train {
+            true => self.gathered(tables, device)?,
+            false => Vec::new(),
+        };
+        Ok(Forward {
+            logits,
+            gathered,
+            logit_vars,
+        })
+    }
+
+    /// Runs the engine's backward pass from the logits' gradients in
+    /// `grads` and adds every parameter's and gathered table's gradient.
+    fn backward(&mut self, m: ModelState<'_>, fwd: &Forward, grads: &mut GradStore) -> Result<()> {
+        if fwd.logit_vars.is_empty() {
+            return Ok(());
+        }
+        let dlogits = fwd
+            .logit_vars
+            .iter()
+            .map(|v| {
+                grads
+                    .get(v.as_tensor())
+                    .map(|g| g.flatten_all()?.to_vec1::<f32>())
+                    .transpose()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        self.backward_pass(
+            m.structure,
+            m.params,
+            &dlogits,
+            &fwd.gathered,
+            grads,
+            m.device,
+        )
+    }
+
+    fn set_precision(&mut self, p: Precision) -> std::result::Result<(), String> {
+        self.use_precision(p);
+        Ok(())
+    }
+
+    fn profile(&self) -> Option<String> {
+        self.profile_table()
+    }
+
+    fn release_buffers(&mut self) {
+        Engine::release_buffers(self);
+    }
+}

@@ -1,0 +1,87 @@
+//! What each op does in the engine (`Step`), and the gradient views its
+//! backward pass writes: what `program` lays out and `relu_masks` reads.
+
+use super::view::View;
+
+/// What an op does in the engine.
+#[derive(Debug, Clone)]
+pub(super) enum Step {
+    /// A view of its input (SLICE; STACK or CONCAT of adjacent pieces).
+    Alias,
+    /// FEATURE_GROUP into `out` (`[B, W]`).
+    Group {
+        out: View,
+    },
+    /// `out = x W^T + b` over the collapsed rows of `x`.
+    Linear {
+        x: View,
+        out: View,
+        w: usize,
+        b: Option<usize>,
+    },
+    /// Per expert `k`: `out[k] = x[k] W[k]^T + b[k]` (`x` shared when rank 2).
+    Batched {
+        x: View,
+        out: View,
+        w: usize,
+        b: Option<usize>,
+    },
+    /// `y = act(x)`; `in_place`: `y` is `x`'s own view (see
+    /// `in_place_activations`).
+    Act {
+        x: View,
+        y: View,
+        slope: Option<usize>,
+        in_place: bool,
+    },
+    Dropout {
+        x: View,
+        y: View,
+    },
+    /// STACK or CONCAT by copying: (input, its place in `out`).
+    Copy {
+        parts: Vec<(View, View)>,
+        out: View,
+    },
+    Softmax {
+        x: View,
+        y: View,
+        axis: usize,
+    },
+    /// `es`: the experts, one `[K_j, B, D]` view per part (one part, or
+    /// the inputs of a CONCAT that only gates read; see `virtual_concats`).
+    GateMix {
+        w: View,
+        es: Vec<View>,
+        out: View,
+    },
+    /// Batch norm (lanes along the batch axis, affine per lane) or layer
+    /// norm (lanes along the last axis, affine per position).
+    Norm {
+        x: View,
+        y: View,
+        axis: usize,
+        batch_norm: bool,
+        params: Vec<usize>,
+    },
+}
+
+/// The views each step's backward pass writes a gradient into (its
+/// inputs that need one), plus the task logits the loss seeds.
+pub(super) fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
+    let all: Vec<View> = match step {
+        Step::Alias | Step::Group { .. } => Vec::new(),
+        Step::Linear { x, .. } => vec![*x],
+        // A shared input takes one gradient per expert; a stacked one, one
+        // per expert into its own matrix (together: the view once).
+        Step::Batched { x, out, .. } if x.rank == 2 => vec![*x; out.dims[0]],
+        Step::Batched { x, .. } => vec![*x],
+        // In place, the activation rescales the gradient its readers wrote.
+        Step::Act { in_place: true, .. } => Vec::new(),
+        Step::Act { x, .. } | Step::Dropout { x, .. } | Step::Softmax { x, .. } => vec![*x],
+        Step::Norm { x, .. } => vec![*x],
+        Step::Copy { parts, .. } => parts.iter().map(|(src, _)| *src).collect(),
+        Step::GateMix { w, es, .. } => std::iter::once(*w).chain(es.iter().copied()).collect(),
+    };
+    all.into_iter().filter(|v| needs[v.buf]).collect()
+}
