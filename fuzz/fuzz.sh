@@ -15,6 +15,10 @@ case $target in
   *) dict=() ;;
 esac
 mkdir -p "corpus/$target" "artifacts/$target"
-exec "target/x86_64-unknown-linux-gnu/release/$target" "corpus/$target" \
+start=$(date +%s)
+status=0
+"target/x86_64-unknown-linux-gnu/release/$target" "corpus/$target" \
   "${dict[@]}" -timeout=1 -rss_limit_mb=2048 -max_total_time="$seconds" \
-  -print_final_stats=1 -artifact_prefix="artifacts/$target/" "$@"
+  -print_final_stats=1 -artifact_prefix="artifacts/$target/" "$@" || status=$?
+echo "wall_seconds: $(($(date +%s) - start)) corpus_files: $(ls "corpus/$target" | wc -l) exit: $status"
+exit $status
