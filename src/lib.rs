@@ -21,6 +21,8 @@ pub mod convert;
 pub mod data;
 pub mod diag;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod ir;
 pub(crate) mod lang;
 pub(crate) mod lint;

@@ -512,6 +512,33 @@ fn huge_models_are_refused_with_an_estimate() {
     );
 }
 
+/// A run with an output directory writes checkpoints, and a checkpoint
+/// being written holds a snapshot of the parameters, tables and optimizer
+/// state on the writer's thread: its estimate counts that snapshot, one
+/// without `--out` does not.
+#[test]
+fn the_training_estimate_counts_a_checkpoint_snapshot_with_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "small.config", &ple_config());
+    let plan = dir.path().join("plan.bin");
+    ok(&["compile", s(&config), "-o", s(&plan)]);
+    let out = dir.path().join("out");
+    let run = |with_out: bool| {
+        let mut args = vec!["run", s(&plan), "--data", "missing.parquet"];
+        args.extend(["--max-memory", "1K"]);
+        if with_out {
+            args.extend(["--out", s(&out)]);
+        }
+        let o = plec(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        text(&o)
+    };
+    let with = run(true);
+    assert!(with.contains("a checkpoint being written"), "{with}");
+    let without = run(false);
+    assert!(!without.contains("checkpoint"), "{without}");
+}
+
 /// `--engine native` and `--engine candle` train the same model to the
 /// same quality (the engines sum in different orders, so not to the bit),
 /// and neither prints the fallback notice on a plan the native engine runs.

@@ -322,7 +322,7 @@ fn estimates(plan: &Plan) -> (u64, Estimate, Estimate) {
 }
 
 /// The memory estimates as a human section.
-fn memory_section(plan: &Plan) -> String {
+pub(crate) fn memory_section(plan: &Plan) -> String {
     let (batch, train, eval) = estimates(plan);
     format!(
         "\nmemory estimate, training at batch {batch} (evaluation: {}):\n{}",
@@ -332,7 +332,7 @@ fn memory_section(plan: &Plan) -> String {
 }
 
 /// The memory estimates as JSON.
-fn memory_json(plan: &Plan) -> Json {
+pub(crate) fn memory_json(plan: &Plan) -> Json {
     let (batch, train, eval) = estimates(plan);
     json!({ "batch_size": batch, "train": train, "eval_total": eval.total() })
 }

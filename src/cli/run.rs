@@ -20,11 +20,12 @@
 mod resume;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::Device;
 
-use crate::data::{DataError, DataSource, ReadOptions};
+use crate::data::{DataError, DataSource, ReadOptions, SeekPoint};
 use crate::plan::file as plan_file;
 use crate::proto::plan::Plan;
 use crate::runtime::{self, BatchIter, BatchSource, BoxError, Progress, RuntimeError};
@@ -85,7 +86,20 @@ impl ExecArgs {
     /// Stops with the estimate by part when `plan` at `batch` rows would
     /// not fit in the memory allowed (`--max-memory`, else available).
     pub fn check_memory(&self, plan: &Plan, batch: usize, training: bool) -> Result<(), RunError> {
-        let estimate = crate::plan::memory::Estimate::of_plan(plan, batch as u64, training);
+        self.check_run_memory(plan, batch, training, false)
+    }
+
+    /// As [`Self::check_memory`], for a training run that writes
+    /// `checkpoints` (one snapshot more while a checkpoint is written).
+    pub fn check_run_memory(
+        &self,
+        plan: &Plan,
+        batch: usize,
+        training: bool,
+        checkpoints: bool,
+    ) -> Result<(), RunError> {
+        let estimate =
+            crate::plan::memory::Estimate::of_run(plan, batch as u64, training, checkpoints);
         let what = match training {
             true => format!("train at batch {batch}"),
             false => format!("evaluate at batch {batch}"),
@@ -255,6 +269,7 @@ pub(crate) fn train_source(
     TrainSource {
         source,
         opts: ReadOptions::train(plan, batch_size, seed, 0),
+        position: Arc::default(),
     }
 }
 
@@ -263,17 +278,43 @@ pub(crate) fn train_source(
 pub(crate) struct TrainSource {
     source: DataSource,
     opts: ReadOptions,
+    /// The point of the open pass after its last batch handed out (set by
+    /// the pass's iterator, read when a checkpoint is written).
+    position: Arc<Mutex<Option<SeekPoint>>>,
+}
+
+impl TrainSource {
+    fn tracked(&self, batches: crate::data::Batches) -> BatchIter {
+        let position = Arc::clone(&self.position);
+        if let Ok(mut p) = position.lock() {
+            *p = None;
+        }
+        let mut batches = batches;
+        Box::new(std::iter::from_fn(move || {
+            let next = batches.next()?;
+            if let (Some(at), Ok(mut p)) = (batches.position(), position.lock()) {
+                *p = Some(at.clone());
+            }
+            Some(next.map_err(|e| Box::new(e) as BoxError))
+        }))
+    }
 }
 
 impl BatchSource for TrainSource {
     fn open(&mut self, epoch: u64) -> Result<BatchIter, BoxError> {
         let mut opts = self.opts.clone();
         opts.epoch = epoch;
-        Ok(Box::new(
-            self.source
-                .batches(&opts)
-                .map(|r| r.map_err(|e| Box::new(e) as BoxError)),
-        ))
+        Ok(self.tracked(self.source.batches(&opts)))
+    }
+
+    fn position(&self) -> Option<SeekPoint> {
+        self.position.lock().ok().and_then(|p| p.clone())
+    }
+
+    fn open_at(&mut self, epoch: u64, at: &SeekPoint) -> Result<Option<BatchIter>, BoxError> {
+        let mut opts = self.opts.clone();
+        opts.epoch = epoch;
+        Ok(Some(self.tracked(self.source.batches_from(&opts, at))))
     }
 }
 
@@ -803,9 +844,16 @@ pub(crate) fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
     let (data, eval, settings) = match resumed {
         Some(r) => {
             let (data, eval, mut settings) = resume::settings(args, &r, settings)?;
-            let p = r.checkpoint.progress.unwrap_or_default();
+            let p = r.checkpoint.progress.clone().unwrap_or_default();
+            let reading = match &p.data {
+                Some(d) => format!(
+                    "; reading on from file {}, row group {}, row {} of the epoch's order",
+                    d.file, d.row_group, d.row
+                ),
+                None => "; re-reading the epoch up to there".to_string(),
+            };
             eprintln!(
-                "resuming from {} (step {} of the run, epoch {}, batch {})",
+                "resuming from {} (step {} of the run, epoch {}, batch {}{reading})",
                 r.path.display(),
                 p.run_steps,
                 p.epoch,
@@ -816,8 +864,14 @@ pub(crate) fn execute(args: &RunArgs) -> Result<Outcome, RunError> {
         }
         None => (args.data.clone(), args.eval.clone(), settings),
     };
-    args.exec
-        .check_memory(&plan, train_batch_size(&plan, settings.batch_size)?, true)?;
+    // A run with an output directory writes checkpoints (every
+    // `--checkpoint-every` steps, and when it is stopped).
+    args.exec.check_run_memory(
+        &plan,
+        train_batch_size(&plan, settings.batch_size)?,
+        true,
+        settings.out.is_some(),
+    )?;
     let started = Instant::now();
     runtime::interrupt::install();
     let result = run_training(&plan, &data, &eval, &settings, &device)?;

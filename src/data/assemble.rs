@@ -13,6 +13,17 @@ pub struct Chunk {
     pub batch: Batch,
     /// Kept (pass-through) columns, in the order they were asked for.
     pub kept: Vec<ArrayRef>,
+    /// Where each row came from: a resume re-reads the rows a checkpoint
+    /// left in the assembler by these.
+    pub origin: Vec<RowId>,
+}
+
+/// One row of the input: the file (index into the data source's resolved
+/// files, before shuffling) and the row counted from the file's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowId {
+    pub file: u32,
+    pub row: u64,
 }
 
 /// Collects chunks and emits full batches.
@@ -50,6 +61,35 @@ impl Assembler {
             pool: Vec::new(),
             pooled: 0,
         }
+    }
+
+    /// Continues where a pass left off: `pending` (the rows read but not yet
+    /// cut into a batch, in pool order) goes back into the pool, and the
+    /// row shuffle continues from `shuffle_state`. From there the assembler
+    /// cuts exactly the batches the interrupted pass would have.
+    pub fn restore(&mut self, pending: Option<Chunk>, shuffle_state: u64) {
+        if let Some(rng) = self.shuffle.as_mut() {
+            *rng = SplitMix64::new(shuffle_state);
+        }
+        self.pool.clear();
+        self.pooled = 0;
+        if let Some(chunk) = pending.filter(|c| c.batch.rows > 0) {
+            self.pooled = chunk.batch.rows;
+            self.pool.push(chunk);
+        }
+    }
+
+    /// The rows read but not yet cut into a batch, in pool order.
+    pub fn pending_rows(&self) -> Vec<RowId> {
+        self.pool
+            .iter()
+            .flat_map(|c| c.origin.iter().copied())
+            .collect()
+    }
+
+    /// The row shuffle's generator state (0 without shuffling).
+    pub fn shuffle_state(&self) -> u64 {
+        self.shuffle.as_ref().map_or(0, SplitMix64::state)
     }
 
     /// Adds a chunk; returns the batches now complete.
@@ -209,5 +249,6 @@ pub fn gather(pool: &[Chunk], rows: &[(usize, usize)]) -> Chunk {
             group_keys,
         },
         kept,
+        origin: rows.iter().map(|&(c, r)| pool[c].origin[r]).collect(),
     }
 }

@@ -183,6 +183,13 @@ pub enum DataError {
     #[diagnostic(code(plec::data::write), help("check free disk space and permissions"))]
     Write { path: PathBuf, detail: String },
 
+    #[error("cannot continue the pass where the checkpoint left it: {detail}")]
+    #[diagnostic(
+        code(plec::data::reseek),
+        help("resume with the data the run started with, or start a new run")
+    )]
+    Reseek { detail: String },
+
     #[error("the data reader thread stopped unexpectedly: {detail}")]
     #[diagnostic(
         code(plec::data::reader_stopped),

@@ -10,12 +10,15 @@ pub mod column;
 pub mod encode;
 pub mod error;
 pub mod fields;
+mod footer;
 pub mod reader;
+pub mod seek;
 pub mod synth;
 
 pub use batch::{Batch, FeatureInput};
 pub use error::{DataError, RowLoc};
 pub use reader::{Batches, DataSource, KeptBatches, KeptColumns, ReadOptions};
+pub use seek::SeekPoint;
 pub use synth::{generate, SynthReport, TaskReport};
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::ProjectionMask;
 
-use super::assemble::{Assembler, Chunk};
+use super::assemble::{Assembler, Chunk, RowId};
 use super::batch::{Batch, FeatureInput};
 use super::column::classify;
 use super::encode::{BatchLoc, FeatureEncoder};
@@ -32,6 +32,7 @@ use super::error::{DataError, Result};
 use super::fields::{
     key_shape_ok, number_shape_ok, read_keys, read_numbers, KEY_EXPECTED, NUMBER_EXPECTED,
 };
+use super::seek::{self, SeekPoint};
 use crate::proto::plan::{MetricKind, Plan};
 use crate::rng::SplitMix64;
 
@@ -99,19 +100,19 @@ impl ReadOptions {
 
 /// One input file, opened and checked.
 #[derive(Debug, Clone)]
-struct FileInfo {
-    path: PathBuf,
-    meta: ArrowReaderMetadata,
+pub(super) struct FileInfo {
+    pub(super) path: PathBuf,
+    pub(super) meta: ArrowReaderMetadata,
     /// Root column indices to read.
-    projection: Vec<usize>,
+    pub(super) projection: Vec<usize>,
     /// First file row of each row group.
-    rg_start: Vec<u64>,
-    rows: u64,
+    pub(super) rg_start: Vec<u64>,
+    pub(super) rows: u64,
 }
 
 #[derive(Debug)]
-struct Inner {
-    files: Vec<FileInfo>,
+pub(super) struct Inner {
+    pub(super) files: Vec<FileInfo>,
     encoders: Vec<FeatureEncoder>,
     labels: Vec<String>,
     weights: Vec<String>,
@@ -246,7 +247,17 @@ impl DataSource {
     /// The plan given to [`Self::open`] decides; see [`ReadOptions::train`].
     pub fn batches(&self, opts: &ReadOptions) -> Batches {
         Batches {
-            inner: self.spawn(opts),
+            inner: self.spawn(opts, None),
+        }
+    }
+
+    /// Like [`Self::batches`], continuing a pass at `at` (a
+    /// [`Batches::position`] of an earlier pass with the same options over
+    /// the same files): yields exactly the batches that pass yielded after
+    /// it, reading only from there on.
+    pub fn batches_from(&self, opts: &ReadOptions, at: &SeekPoint) -> Batches {
+        Batches {
+            inner: self.spawn(opts, Some(at.clone())),
         }
     }
 
@@ -254,20 +265,20 @@ impl DataSource {
     /// order, same rows as the batch).
     pub fn batches_with_kept(&self, opts: &ReadOptions) -> KeptBatches {
         KeptBatches {
-            inner: self.spawn(opts),
+            inner: self.spawn(opts, None),
             names: self.inner.keep.clone(),
         }
     }
 
-    fn spawn(&self, opts: &ReadOptions) -> ChunkStream {
+    fn spawn(&self, opts: &ReadOptions, start: Option<SeekPoint>) -> ChunkStream {
         let (tx, rx) = sync_channel(opts.prefetch.max(1));
         let inner = Arc::clone(&self.inner);
         let opts = opts.clone();
         let handle = std::thread::Builder::new()
             .name("plec-reader".to_string())
             .spawn(move || {
-                let mut send = |item: Result<Chunk>| tx.send(item).is_ok();
-                if let Err(e) = inner.read_all(&opts, &mut send) {
+                let mut send = |item: Result<Located>| tx.send(item).is_ok();
+                if let Err(e) = inner.read_all(&opts, start.as_ref(), &mut send) {
                     send(Err(e));
                 }
             });
@@ -276,11 +287,13 @@ impl DataSource {
                 rx: Some(rx),
                 handle: Some(h),
                 spawn_error: None,
+                position: None,
             },
             Err(e) => ChunkStream {
                 rx: None,
                 handle: None,
                 spawn_error: Some(e.to_string()),
+                position: None,
             },
         }
     }
@@ -302,6 +315,11 @@ impl Inner {
                 detail: e.to_string(),
             }
         })?;
+        let file_len = file.metadata().map_err(|e| DataError::Io {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        super::footer::check(meta.metadata(), file_len.len(), &path)?;
         let schema = meta.schema().clone();
         let mut projection = BTreeSet::new();
         let available = || {
@@ -392,24 +410,37 @@ impl Inner {
         })
     }
 
-    /// Reads every file once, sending finished chunks; stops early (Ok)
-    /// when the receiver hangs up.
+    /// Reads every file once (from `start` on, when given), sending
+    /// finished chunks; stops early (Ok) when the receiver hangs up.
     fn read_all(
         &self,
         opts: &ReadOptions,
-        send: &mut dyn FnMut(Result<Chunk>) -> bool,
+        start: Option<&SeekPoint>,
+        send: &mut dyn FnMut(Result<Located>) -> bool,
     ) -> Result<()> {
-        let mut file_order: Vec<usize> = (0..self.files.len()).collect();
-        let mut order_rng = SplitMix64::from_words(&[opts.seed, opts.epoch, 1]);
+        let order = seek::pass_order(&self.files, opts);
         let row_rng = SplitMix64::from_words(&[opts.seed, opts.epoch, 2]);
-        if opts.shuffle {
-            order_rng.shuffle(&mut file_order);
-        }
         let mut asm = Assembler::new(
             opts.batch_size,
             opts.drop_remainder,
             opts.shuffle.then_some(row_rng),
             opts.shuffle_buffer_batches,
+        );
+        let mut out = Emitter {
+            cut_start: self.pass_start(opts, asm.shuffle_state()),
+            skip: 0,
+            send,
+        };
+        if let Some(at) = start {
+            self.check_seek(at, opts)?;
+            asm.restore(self.read_rows(&at.pending, opts)?, at.shuffle_state);
+            out.cut_start = at.with_skip(0);
+            out.skip = at.skip;
+        }
+        let from = (
+            out.cut_start.file,
+            out.cut_start.row_group,
+            out.cut_start.row,
         );
         let read_size = opts.batch_size.clamp(1, 1 << 16);
         let threads = opts.encode_threads.max(1);
@@ -417,17 +448,26 @@ impl Inner {
         // small batch sizes do not pay a thread start per batch.
         let group = threads * (8192 / read_size).max(1);
         let mut pending: Vec<Pending> = Vec::with_capacity(group);
-        for fi in file_order {
+        for (oi, (fi, rgs)) in order.iter().enumerate() {
+            if (oi as u64) < from.0 {
+                continue;
+            }
+            let fi = *fi;
             let info = &self.files[fi];
             let file = File::open(&info.path).map_err(|e| DataError::Io {
                 path: info.path.clone(),
                 detail: e.to_string(),
             })?;
-            let mut rgs: Vec<usize> = (0..info.rg_start.len()).collect();
-            if opts.shuffle {
-                order_rng.shuffle(&mut rgs);
-            }
-            for rg in rgs {
+            for (gi, &rg) in rgs.iter().enumerate() {
+                let first = match (oi as u64, gi as u64).cmp(&(from.0, from.1)) {
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Equal => from.2,
+                    std::cmp::Ordering::Greater => 0,
+                };
+                let rg_rows = seek::rg_rows(info, rg);
+                if first > 0 && first >= rg_rows {
+                    continue;
+                }
                 let corrupt = |detail: String| DataError::Corrupt {
                     file: info.path.clone(),
                     row_group: rg,
@@ -438,38 +478,46 @@ impl Inner {
                     info.meta.parquet_schema(),
                     info.projection.iter().copied(),
                 );
-                let reader =
+                let mut builder =
                     ParquetRecordBatchReaderBuilder::new_with_metadata(input, info.meta.clone())
                         .with_projection(mask)
                         .with_row_groups(vec![rg])
-                        .with_batch_size(read_size)
-                        .build()
-                        .map_err(|e| corrupt(e.to_string()))?;
-                let mut first_row = info.rg_start[rg];
+                        .with_batch_size(read_size);
+                if first > 0 {
+                    builder = builder.with_row_selection(seek::from_row(first, rg_rows));
+                }
+                let reader = builder.build().map_err(|e| corrupt(e.to_string()))?;
+                let mut row = first;
                 for rb in reader {
                     let rb = rb.map_err(|e| corrupt(e.to_string()))?;
-                    let rows = rb.num_rows() as u64;
+                    let first_row = info.rg_start[rg] + row;
+                    row += rb.num_rows() as u64;
                     pending.push(Pending {
                         rb,
                         file: fi,
                         first_row,
                         row_group: rg,
+                        after: (oi as u64, gi as u64, row),
                     });
-                    first_row += rows;
-                    if pending.len() >= group && !self.flush(&mut pending, opts, &mut asm, send)? {
+                    if pending.len() >= group
+                        && !self.flush(&mut pending, opts, &mut asm, &mut out)?
+                    {
                         return Ok(());
                     }
                 }
             }
         }
-        if !self.flush(&mut pending, opts, &mut asm, send)? {
+        if !self.flush(&mut pending, opts, &mut asm, &mut out)? {
             return Ok(());
         }
-        for out in asm.finish() {
-            if !send(Ok(out)) {
-                return Ok(());
-            }
-        }
+        let end = SeekPoint {
+            file: order.len() as u64,
+            row_group: 0,
+            row: 0,
+            pending: Vec::new(),
+            ..out.cut_start.with_skip(0)
+        };
+        out.emit(asm.finish(), end);
         Ok(())
     }
 
@@ -482,7 +530,7 @@ impl Inner {
         pending: &mut Vec<Pending>,
         opts: &ReadOptions,
         asm: &mut Assembler,
-        send: &mut dyn FnMut(Result<Chunk>) -> bool,
+        out: &mut Emitter<'_>,
     ) -> Result<bool> {
         let encode_one = |p: &Pending| {
             let loc = BatchLoc {
@@ -490,7 +538,7 @@ impl Inner {
                 first_row: p.first_row,
                 row_group: p.row_group,
             };
-            self.encode(&p.rb, &loc, opts.group_keys)
+            self.encode(&p.rb, &loc, p.file, opts.group_keys)
         };
         let threads = opts.encode_threads.max(1).min(pending.len());
         let chunks: Vec<Result<Chunk>> = if threads <= 1 {
@@ -515,19 +563,36 @@ impl Inner {
                     .collect()
             })
         };
-        pending.clear();
-        for chunk in chunks {
-            for out in asm.push(chunk?) {
-                if !send(Ok(out)) {
-                    return Ok(false);
-                }
+        let afters: Vec<(u64, u64, u64)> = pending.drain(..).map(|p| p.after).collect();
+        for (chunk, (file, row_group, row)) in chunks.into_iter().zip(afters) {
+            let batches = asm.push(chunk?);
+            if batches.is_empty() {
+                continue;
+            }
+            let after = SeekPoint {
+                file,
+                row_group,
+                row,
+                shuffle_state: asm.shuffle_state(),
+                pending: asm.pending_rows(),
+                ..out.cut_start.with_skip(0)
+            };
+            if !out.emit(batches, after) {
+                return Ok(false);
             }
         }
         Ok(true)
     }
 
-    /// Encodes one record batch: features, labels, weights, keys, kept.
-    fn encode(&self, rb: &RecordBatch, loc: &BatchLoc<'_>, with_keys: bool) -> Result<Chunk> {
+    /// Encodes one record batch (rows from `loc.first_row` of file `file`
+    /// on): features, labels, weights, keys, kept.
+    pub(super) fn encode(
+        &self,
+        rb: &RecordBatch,
+        loc: &BatchLoc<'_>,
+        file: usize,
+        with_keys: bool,
+    ) -> Result<Chunk> {
         let column = |name: &str| -> Result<&ArrayRef> {
             rb.column_by_name(name)
                 .ok_or_else(|| DataError::MissingColumn {
@@ -579,6 +644,12 @@ impl Inner {
                 group_keys,
             },
             kept,
+            origin: (0..rb.num_rows() as u64)
+                .map(|r| RowId {
+                    file: file as u32,
+                    row: loc.first_row + r,
+                })
+                .collect(),
         })
     }
 }
@@ -589,13 +660,60 @@ struct Pending {
     file: usize,
     first_row: u64,
     row_group: usize,
+    /// Where the pass stands once this record batch is read: (index into
+    /// the file order, into that file's row-group order, row in the group).
+    after: (u64, u64, u64),
+}
+
+/// A finished batch and the point of the pass right after it.
+struct Located {
+    chunk: Chunk,
+    after: SeekPoint,
+}
+
+/// Sends the assembler's batches, each with the point after it.
+struct Emitter<'a> {
+    /// The point after the last cut, from which the next cut's rows are
+    /// read: the batches of a cut but its last point there (skipping those
+    /// already out), the last one to the point after the cut.
+    cut_start: SeekPoint,
+    /// Batches still to drop (already handed out before a resume).
+    skip: u64,
+    send: &'a mut dyn FnMut(Result<Located>) -> bool,
+}
+
+impl Emitter<'_> {
+    /// Sends the batches of one cut, `after` being the point once the cut
+    /// is made. False when the receiver hung up.
+    fn emit(&mut self, batches: Vec<Chunk>, after: SeekPoint) -> bool {
+        let n = batches.len();
+        for (j, chunk) in batches.into_iter().enumerate() {
+            if self.skip > 0 {
+                self.skip -= 1;
+                continue;
+            }
+            let at = match j + 1 < n {
+                true => self.cut_start.with_skip(j as u64 + 1),
+                false => after.clone(),
+            };
+            if !(self.send)(Ok(Located { chunk, after: at })) {
+                return false;
+            }
+        }
+        if n > 0 {
+            self.cut_start = after;
+        }
+        true
+    }
 }
 
 /// The receiving end of the reader thread.
 struct ChunkStream {
-    rx: Option<Receiver<Result<Chunk>>>,
+    rx: Option<Receiver<Result<Located>>>,
     handle: Option<JoinHandle<()>>,
     spawn_error: Option<String>,
+    /// The point after the last chunk received.
+    position: Option<SeekPoint>,
 }
 
 impl ChunkStream {
@@ -610,7 +728,10 @@ impl ChunkStream {
                 self.rx = None;
                 Some(Err(e))
             }
-            Ok(ok) => Some(ok),
+            Ok(Ok(Located { chunk, after })) => {
+                self.position = Some(after);
+                Some(Ok(chunk))
+            }
             Err(_) => {
                 self.rx = None;
                 let handle = self.handle.take()?;
@@ -634,6 +755,14 @@ impl ChunkStream {
 /// an error the iterator ends. Dropping it stops the thread.
 pub struct Batches {
     inner: ChunkStream,
+}
+
+impl Batches {
+    /// The point of the pass after the last batch returned (`None` before
+    /// the first): [`DataSource::batches_from`] continues from it.
+    pub fn position(&self) -> Option<&SeekPoint> {
+        self.inner.position.as_ref()
+    }
 }
 
 impl Iterator for Batches {

@@ -115,7 +115,9 @@ fn emit_with(
 }
 
 /// Forward FLOPs per sample (2 per multiply-add) of linears, batched
-/// linears and gate mixes; element-wise ops are not counted.
+/// linears and gate mixes; element-wise ops are not counted. Any plan,
+/// valid or not (a value or parameter it names may be missing; absurd
+/// shapes saturate).
 pub fn forward_flops(plan: &Plan) -> u64 {
     let shape = |p: u32| -> Vec<u64> {
         plan.params
@@ -137,25 +139,32 @@ pub fn forward_flops(plan: &Plan) -> u64 {
                             .and_then(|&x| plan.values.get(x as usize))
                             .map_or(1, |v| {
                                 let dims = &v.shape[..v.shape.len().saturating_sub(1)];
-                                dims.iter().filter(|&&d| d > 0).map(|&d| d as u64).product()
+                                product(dims.iter().filter(|&&d| d > 0).map(|&d| d as u64))
                             }),
                         _ => 1,
                     };
-                    flops += 2 * per_row * shape(w).iter().product::<u64>();
+                    let n = product([2, per_row, product(shape(w))]);
+                    flops = flops.saturating_add(n);
                 }
             }
             Ok(OpKind::GateMix) => {
-                if let Some(&x) = op.inputs.get(1) {
-                    let s = &plan.values[x as usize].shape;
-                    if s.len() == 3 {
-                        flops += 2 * (s[0].max(0) * s[2].max(0)) as u64;
-                    }
+                // A plan file names values by index: one out of range is
+                // counted as nothing (validation rejects the plan later).
+                let s = op.inputs.get(1).and_then(|&x| plan.values.get(x as usize));
+                if let Some(s) = s.map(|v| &v.shape).filter(|s| s.len() == 3) {
+                    let n = product([2, s[0].max(0) as u64, s[2].max(0) as u64]);
+                    flops = flops.saturating_add(n);
                 }
             }
             _ => {}
         }
     }
     flops
+}
+
+/// Saturating product (a plan file can hold absurd shapes).
+fn product(dims: impl IntoIterator<Item = u64>) -> u64 {
+    dims.into_iter().fold(1u64, |n, d| n.saturating_mul(d))
 }
 
 // Defaults come from the schema: prost's accessors (`x.momentum()`) return

@@ -60,6 +60,8 @@ pub fn encode(plan: &Plan) -> Vec<u8> {
     let payload = plan.encode_to_vec();
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&header(
+        MAGIC,
+        FORMAT_VERSION,
         payload.len() as u64,
         &Sha256::digest(&payload).into(),
     ));
@@ -68,10 +70,10 @@ pub fn encode(plan: &Plan) -> Vec<u8> {
 }
 
 /// The envelope header for a payload of `len` bytes with digest `sha`.
-fn header(len: u64, sha: &[u8; 32]) -> [u8; HEADER_LEN] {
+fn header(magic: &[u8; 8], version: u32, len: u64, sha: &[u8; 32]) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
-    h[..8].copy_from_slice(MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[..8].copy_from_slice(magic);
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[12..20].copy_from_slice(&len.to_le_bytes());
     h[20..].copy_from_slice(sha);
     h
@@ -143,24 +145,37 @@ pub fn save(plan: &Plan, path: &Path) -> Result<(), PlanFileError> {
 }
 
 fn save_streaming(plan: &Plan, path: &Path) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
     let mut tmp = temp_sibling(path)?;
-    let len = plan.encoded_len() as u64;
+    write_envelope(plan, MAGIC, FORMAT_VERSION, tmp.as_file_mut())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Writes `msg` into the empty file `out` in this envelope layout (with
+/// `magic` and `version`: checkpoints share it), encoding straight into the
+/// file rather than into an in-memory copy of the payload.
+pub fn write_envelope<M: Message>(
+    msg: &M,
+    magic: &[u8; 8],
+    version: u32,
+    out: &mut std::fs::File,
+) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let len = msg.encoded_len() as u64;
     // The digest is only known at the end: write it over the placeholder.
-    tmp.write_all(&header(len, &[0; 32]))?;
-    let mut sink = HashingSink::new(tmp.as_file_mut());
-    plan.encode(&mut sink)
-        .map_err(|e| std::io::Error::other(format!("encoding the plan: {e}")))?;
+    out.write_all(&header(magic, version, len, &[0; 32]))?;
+    let mut sink = HashingSink::new(out);
+    msg.encode(&mut sink)
+        .map_err(|e| std::io::Error::other(format!("encoding: {e}")))?;
     let (sha, written) = sink.finish()?;
     if written != len {
         return Err(std::io::Error::other(format!(
-            "the plan encoded to {written} bytes, {len} expected"
+            "the message encoded to {written} bytes, {len} expected"
         )));
     }
-    tmp.as_file_mut().seek(SeekFrom::Start(0))?;
-    tmp.write_all(&header(len, &sha))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    out.seek(SeekFrom::Start(0))?;
+    out.write_all(&header(magic, version, len, &sha))?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! How much memory a plan needs, estimated from its shapes before anything
 //! is allocated: parameters, their gradients and optimizer state, embedding
-//! tables and their sparse optimizer state, and per-batch activations. The
+//! tables and their sparse optimizer state, per-batch activations, and
+//! (training with checkpoints) the snapshot a checkpoint writer holds. The
 //! compiler and the runtime compare it with what the machine has (cgroup
 //! limit or `MemAvailable`) or `--max-memory`, and stop with the breakdown
 //! rather than grow until the kernel kills them.
@@ -29,10 +30,19 @@ pub struct Estimate {
     pub table_training: u64,
     /// Values (and, training, their gradients) of one batch.
     pub activations: u64,
+    /// Training with checkpoints: the snapshot a checkpoint writer holds
+    /// on its background thread while training goes on (parameters,
+    /// tables and their optimizer state; not the gradients).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub checkpoint: u64,
     /// The largest single parameter or table.
     pub largest: u64,
     /// Its name.
     pub largest_name: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// State tensors an optimizer keeps per parameter element.
@@ -55,6 +65,13 @@ impl Estimate {
     /// The memory `plan` needs to evaluate (`training` false) or train at
     /// `batch` rows.
     pub fn of_plan(plan: &Plan, batch: u64, training: bool) -> Estimate {
+        Self::of_run(plan, batch, training, false)
+    }
+
+    /// As [`Self::of_plan`]; a training run with `checkpoints` also holds
+    /// one checkpoint snapshot while it is written (see
+    /// `runtime::checkpoint::writer`).
+    pub fn of_run(plan: &Plan, batch: u64, training: bool, checkpoints: bool) -> Estimate {
         let settings = plan.train.as_ref();
         let dense_state = settings
             .and_then(|t| t.dense_optimizer.as_ref())
@@ -63,6 +80,8 @@ impl Estimate {
             .and_then(|t| t.sparse_optimizer.as_ref())
             .map_or(0, |o| state_per_element(o.kind));
         let mut e = Estimate::default();
+        // Optimizer state alone (a checkpoint holds it, not the gradients).
+        let mut state = 0u64;
         for p in &plan.params {
             let bytes = numel(p.shape.iter().copied()).saturating_mul(F32);
             e.params = e.params.saturating_add(bytes);
@@ -70,6 +89,7 @@ impl Estimate {
                 e.param_training = e
                     .param_training
                     .saturating_add(bytes.saturating_mul(1 + dense_state));
+                state = state.saturating_add(bytes.saturating_mul(dense_state));
             }
             if bytes > e.largest {
                 e.largest = bytes;
@@ -83,6 +103,7 @@ impl Estimate {
                 e.table_training = e
                     .table_training
                     .saturating_add(bytes.saturating_mul(sparse_state));
+                state = state.saturating_add(bytes.saturating_mul(sparse_state));
             }
             if bytes > e.largest {
                 e.largest = bytes;
@@ -110,6 +131,9 @@ impl Estimate {
             0
         };
         e.activations = values.saturating_add(gradients).saturating_mul(F32);
+        if training && checkpoints {
+            e.checkpoint = e.params.saturating_add(e.tables).saturating_add(state);
+        }
         e
     }
 
@@ -121,6 +145,7 @@ impl Estimate {
             self.tables,
             self.table_training,
             self.activations,
+            self.checkpoint,
         ]
         .iter()
         .fold(0u64, |s, &b| s.saturating_add(b))
@@ -134,10 +159,14 @@ impl Estimate {
             ("embedding tables", self.tables),
             ("their optimizer state", self.table_training),
             ("activations of one batch", self.activations),
+            ("a checkpoint being written", self.checkpoint),
             ("total", self.total()),
         ];
         let mut out = String::new();
         for (name, bytes) in rows {
+            if name == "a checkpoint being written" && bytes == 0 {
+                continue;
+            }
             out.push_str(&format!("  {name:<38} {:>10}\n", human_bytes(bytes)));
         }
         if !self.largest_name.is_empty() {
@@ -304,6 +333,30 @@ mod tests {
         assert_eq!(e.largest_name, "t");
         let eval = Estimate::of_plan(&plan(), 16, false);
         assert_eq!(eval.total(), 4000 + 32000 + (160 + 192) * 4);
+        assert_eq!(e.checkpoint, 0);
+        assert!(!e.table().contains("checkpoint"));
+    }
+
+    #[test]
+    fn a_checkpoint_being_written_holds_parameters_tables_and_state() {
+        let plain = Estimate::of_plan(&plan(), 16, true);
+        let e = Estimate::of_run(&plan(), 16, true, true);
+        // parameters + Adam's two moments, table + Adagrad's accumulator;
+        // no gradients
+        assert_eq!(e.checkpoint, 4000 + 2 * 4000 + 32000 + 32000);
+        assert_eq!(e.total(), plain.total() + e.checkpoint);
+        assert!(
+            e.table().contains("a checkpoint being written"),
+            "{}",
+            e.table()
+        );
+        // Evaluation writes no checkpoints.
+        assert_eq!(Estimate::of_run(&plan(), 16, false, true).checkpoint, 0);
+        // Frozen parameters are in the snapshot, but have no state.
+        let mut frozen = plan();
+        frozen.params[0].trainable = false;
+        let f = Estimate::of_run(&frozen, 16, true, true);
+        assert_eq!(f.checkpoint, 4000 + 32000 + 32000);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! and yields `Batch`es or errors.
 
 use crate::data::batch::Batch;
+use crate::data::seek::SeekPoint;
 
 use super::error::BoxError;
 
@@ -12,6 +13,20 @@ pub type BatchIter = Box<dyn Iterator<Item = Result<Batch, BoxError>>>;
 pub trait BatchSource {
     /// Starts pass `epoch` (0-based) over the data.
     fn open(&mut self, epoch: u64) -> Result<BatchIter, BoxError>;
+
+    /// Where the pass opened last stands after the batches it has handed
+    /// out, for a checkpoint; `None` when this source cannot seek.
+    fn position(&self) -> Option<SeekPoint> {
+        None
+    }
+
+    /// Opens pass `epoch` at `at` (a [`Self::position`] of an earlier run
+    /// over the same data), yielding the batches that followed it there.
+    /// `Ok(None)`: this source cannot seek, and the caller re-reads the
+    /// epoch and skips the batches already trained.
+    fn open_at(&mut self, _epoch: u64, _at: &SeekPoint) -> Result<Option<BatchIter>, BoxError> {
+        Ok(None)
+    }
 }
 
 impl<F> BatchSource for F

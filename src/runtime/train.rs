@@ -6,10 +6,12 @@
 //! steps and when a stop is requested (Ctrl-C, SIGTERM: `interrupt`), after
 //! the step in progress. A run resumed from one replays nothing it does
 //! not have to: the parameters, optimizer state, counters and metrics come
-//! from the checkpoint; the data reader reopens the same epoch (its order
-//! is a function of the seed and the epoch) and skips the batches already
-//! trained; dropout's stream is a function of the seed and the global
-//! step. So on the same engine the resumed run computes exactly what the
+//! from the checkpoint; the data reader continues the epoch from the
+//! position the checkpoint recorded (`data::seek`: file, row group, row,
+//! the rows held for shuffling and the shuffle's state), or, for a source
+//! that cannot seek, reopens the epoch (its order is a function of the seed
+//! and the epoch) and skips the batches already trained; dropout's stream
+//! is a function of the seed and the global step. So on the same engine the resumed run computes exactly what the
 //! uninterrupted run would have.
 
 use std::io::IsTerminal;
@@ -445,6 +447,8 @@ struct Position {
     epoch: u64,
     batches_in_epoch: u64,
     seed: u64,
+    /// The data reader's point after those batches, when it can tell.
+    data: Option<crate::data::SeekPoint>,
 }
 
 /// The checkpoint of the run now: the trainer's state plus progress,
@@ -473,6 +477,7 @@ fn snapshot(
         epochs_started: report.epochs,
         seed: pos.seed,
         train_seconds: train_time,
+        data: pos.data.as_ref().map(super::checkpoint::data_position),
     });
     c.history = Some(ckpt::History {
         losses: report.losses.clone(),
@@ -502,7 +507,7 @@ fn snapshot(
 /// Puts a checkpoint's counters and metrics back into `report`; the
 /// position to continue from.
 fn restore_report(c: &Checkpoint, report: &mut TrainReport, seed: u64) -> Result<(Position, f64)> {
-    let p = c.progress.unwrap_or_default();
+    let p = c.progress.clone().unwrap_or_default();
     if p.seed != seed {
         return Err(CheckpointError::Mismatch {
             path: PathBuf::from("(resume)"),
@@ -536,6 +541,7 @@ fn restore_report(c: &Checkpoint, report: &mut TrainReport, seed: u64) -> Result
             epoch: p.epoch,
             batches_in_epoch: p.batches_in_epoch,
             seed,
+            data: p.data.as_ref().and_then(super::checkpoint::seek_point),
         },
         p.train_seconds,
     ))
@@ -607,10 +613,12 @@ pub fn train_with(
         epoch: 0,
         batches_in_epoch: 0,
         seed,
+        data: None,
     };
     // Batches of the first epoch opened that were trained before the
-    // checkpoint this run resumes from.
+    // checkpoint this run resumes from, and where the reader stood then.
     let mut skip = 0u64;
+    let mut seek_to = None;
     if let Some(c) = &opts.resume {
         let before = c.run.as_ref().map_or("", |r| r.engine.as_str());
         let now = trainer.model.engine_name();
@@ -623,6 +631,7 @@ pub fn train_with(
         trainer.restore_optimizers(c)?;
         let (p, t) = restore_report(c, &mut report, seed)?;
         skip = p.batches_in_epoch;
+        seek_to = p.data.clone();
         pos = p;
         train_time = t;
         reporter.resume_at(report.steps);
@@ -646,12 +655,17 @@ pub fn train_with(
         let Some(w) = writer.as_mut() else {
             return Ok(());
         };
+        // The previous write finishes before the next snapshot is taken, so
+        // one snapshot at most is alive beside the model (what the memory
+        // estimate counts for checkpoints).
+        let t1 = Instant::now();
+        let previous = w.wait()?;
+        report.checkpoint_wait_seconds += t1.elapsed().as_secs_f64();
+        note_written(report, previous);
         let t0 = Instant::now();
         let c = snapshot(trainer, report, pos, train_time, &opts.run_record)?;
         report.checkpoint_seconds += t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
         let previous = w.submit(c, trainer.global_step)?;
-        report.checkpoint_wait_seconds += t1.elapsed().as_secs_f64();
         note_written(report, previous);
         Ok(())
     };
@@ -659,12 +673,24 @@ pub fn train_with(
         if epochs.is_some_and(|e| pos.epoch >= e) || steps.is_some_and(|s| report.steps >= s) {
             break;
         }
-        let iter = train_data.open(pos.epoch).map_err(RuntimeError::Data)?;
+        // A reader that seeks to the checkpoint's position yields only the
+        // batches not trained yet; any other reopens the epoch, and the
+        // loop skips the first `skip` batches.
+        let seeked = match seek_to.take() {
+            Some(at) => train_data
+                .open_at(pos.epoch, &at)
+                .map_err(RuntimeError::Data)?,
+            None => None,
+        };
+        pos.batches_in_epoch = if seeked.is_some() { skip } else { 0 };
+        let iter = match seeked {
+            Some(iter) => iter,
+            None => train_data.open(pos.epoch).map_err(RuntimeError::Data)?,
+        };
         if skip == 0 {
             // A resumed epoch was counted when it was first opened.
             report.epochs += 1;
         }
-        pos.batches_in_epoch = 0;
         let mut t0 = Instant::now();
         trainer.restart_clock();
         for batch in iter {
@@ -704,6 +730,7 @@ pub fn train_with(
             }
             let stop = super::interrupt::requested();
             if stop || (ckpt_every > 0 && report.steps.is_multiple_of(ckpt_every)) {
+                pos.data = train_data.position();
                 checkpoint(&trainer, &mut report, &pos, train_time)?;
                 paused = true;
             }

@@ -80,6 +80,13 @@ pub struct Schema {
 
 impl Schema {
     /// The TorchEasyRec schema compiled into plec.
+    ///
+    /// Decoded once per process and shared (a `Schema` clones its pool by
+    /// reference): decoding takes ~10 ms and thousands of allocations,
+    /// which a process compiling many texts (tests, the fuzzers) would
+    /// otherwise pay per text. Fuzzing `compile_mutated` found it: under
+    /// the address sanitizer, decoding and dropping the pool on every
+    /// build took over the 1 s hang limit on a loaded machine.
     pub fn builtin() -> Result<Self, SchemaError> {
         Self::builtin_for(Dialect::TorchEasyRec)
     }
@@ -89,15 +96,22 @@ impl Schema {
         Self::builtin_for(Dialect::EasyRec)
     }
 
-    /// One of the schemas compiled into plec.
+    /// One of the schemas compiled into plec, decoded once per process per
+    /// dialect (see [`Schema::builtin`]).
     pub fn builtin_for(dialect: Dialect) -> Result<Self, SchemaError> {
-        let bytes = match dialect {
-            Dialect::TorchEasyRec => crate::proto::DESCRIPTOR_SET,
-            Dialect::EasyRec => crate::proto::EASYREC_DESCRIPTOR_SET,
+        type Cell = std::sync::OnceLock<Result<Schema, String>>;
+        static TZREC: Cell = Cell::new();
+        static EASYREC: Cell = Cell::new();
+        let (cell, bytes) = match dialect {
+            Dialect::TorchEasyRec => (&TZREC, crate::proto::DESCRIPTOR_SET),
+            Dialect::EasyRec => (&EASYREC, crate::proto::EASYREC_DESCRIPTOR_SET),
         };
-        let pool =
-            DescriptorPool::decode(bytes).map_err(|e| SchemaError::Builtin(e.to_string()))?;
-        Self::with_root(pool, dialect.root())
+        cell.get_or_init(|| {
+            let pool = DescriptorPool::decode(bytes).map_err(|e| e.to_string())?;
+            Self::with_root(pool, dialect.root()).map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(SchemaError::Builtin)
     }
 
     /// Compiles every `.proto` file under `dir` (import root `dir`).

@@ -2,6 +2,7 @@
 
 mod encode;
 mod reader;
+mod seek;
 mod sequence;
 mod synth;
 

@@ -12,7 +12,7 @@ use crate::proto::plan::{FeatureKind, Metric, MetricKind, Plan, Task};
 
 /// 10 rows in row groups of 4: user "u0".."u9", item i, price i/2, label
 /// i % 2 (int64), weight 1 + i (float).
-fn good_file(dir: &Path, name: &str, offset: i64) -> PathBuf {
+pub(super) fn good_file(dir: &Path, name: &str, offset: i64) -> PathBuf {
     let p = dir.join(name);
     let n = 10;
     let user: Vec<String> = (0..n).map(|i| format!("u{}", i + offset)).collect();
@@ -60,7 +60,7 @@ fn good_file(dir: &Path, name: &str, offset: i64) -> PathBuf {
     p
 }
 
-fn test_plan() -> Plan {
+pub(super) fn test_plan() -> Plan {
     let mut p = plan(
         vec![
             spec("user", FeatureKind::IdHash, &["user"], 1000),

@@ -1,8 +1,9 @@
 //! Writes checkpoints on a background thread, so training stalls only for
 //! the snapshot (copying parameters and optimizer state off the model),
 //! not for encoding, hashing, writing and fsyncing hundreds of megabytes.
-//! One write at a time: the next checkpoint waits for the previous one,
-//! which bounds the extra memory to one snapshot.
+//! One write at a time: the trainer waits for the previous write before it
+//! takes the next snapshot, and the snapshot is encoded straight into the
+//! file, so the extra memory is one snapshot (`plan::memory` counts it).
 
 use std::path::PathBuf;
 use std::thread::JoinHandle;
