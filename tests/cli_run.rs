@@ -823,3 +823,35 @@ fn a_closed_output_pipe_ends_plec_without_a_panic() {
     // SIGPIPE is 13 on Linux and the BSDs.
     assert_eq!(status.signal(), Some(13), "{status:?}: {stderr}");
 }
+
+/// Pages the parquet crate panics on (found by fuzzing `parquet_read`,
+/// kept in `fuzz/pending/`): `plec run` stops with a damaged-row-group
+/// error naming the file, not a plec bug report.
+#[test]
+fn a_page_the_parquet_decoder_panics_on_is_a_damaged_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.bin");
+    ok(&[
+        "compile",
+        "examples/ple_has_sequence.config",
+        "-o",
+        s(&plan),
+    ]);
+    for (name, why) in [
+        ("byte-array-page-divide-by-zero", "divide by zero"),
+        ("validity-bitmap-short", "out of bounds"),
+    ] {
+        let data = format!("fuzz/pending/parquet_read/{name}");
+        let o = plec(&["run", s(&plan), "--data", &data, "--steps", "1"]);
+        let err = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains(&format!("`{data}` row group"))
+                && err.contains("the parquet decoder failed on a malformed page")
+                && err.contains(why)
+                && err.contains("rewrite it")
+                && !err.contains("bug in plec"),
+            "{name}: {err}"
+        );
+    }
+}

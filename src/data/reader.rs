@@ -486,9 +486,26 @@ impl Inner {
                 if first > 0 {
                     builder = builder.with_row_selection(seek::from_row(first, rg_rows));
                 }
-                let reader = builder.build().map_err(|e| corrupt(e.to_string()))?;
+                let mut reader = builder.build().map_err(|e| corrupt(e.to_string()))?;
                 let mut row = first;
-                for rb in reader {
+                loop {
+                    // The parquet crate panics on some malformed pages (one
+                    // that declares no values but holds bytes, a validity
+                    // bitmap shorter than its array; found by fuzzing): the
+                    // file's fault, reported as a damaged row group.
+                    let next =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next()))
+                            .map_err(|panic| {
+                                let why = panic
+                                    .downcast_ref::<String>()
+                                    .cloned()
+                                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                    .unwrap_or_default();
+                                corrupt(format!(
+                                    "the parquet decoder failed on a malformed page ({why})"
+                                ))
+                            })?;
+                    let Some(rb) = next else { break };
                     let rb = rb.map_err(|e| corrupt(e.to_string()))?;
                     let first_row = info.rg_start[rg] + row;
                     row += rb.num_rows() as u64;
