@@ -460,8 +460,17 @@ fn seq_dims(s: &Tensor) -> Result<(usize, usize, usize), String> {
     }
 }
 
-/// `[q, s, q - s, q * s]` per step, the query zero-padded to `D`.
-fn din_input(q: &Tensor, s: &Tensor) -> Result<Tensor, String> {
+/// What an attention input concatenates per step.
+#[derive(Clone, Copy)]
+enum Stream {
+    Query,
+    Step,
+    Difference,
+    Product,
+}
+
+/// The per-step concatenation of `streams`, the query zero-padded to `D`.
+fn step_streams(q: &Tensor, s: &Tensor, streams: &[Stream]) -> Result<Tensor, String> {
     let (b, l, d) = seq_dims(s)?;
     let dq = q.shape.get(1).copied().unwrap_or(0);
     if q.shape.len() != 2 || q.shape[0] != b || dq > d {
@@ -470,18 +479,34 @@ fn din_input(q: &Tensor, s: &Tensor) -> Result<Tensor, String> {
             q.shape, s.shape
         ));
     }
-    let mut out = Vec::with_capacity(b * l * 4 * d);
+    let mut out = Vec::with_capacity(b * l * streams.len() * d);
     for r in 0..b {
         for k in 0..l {
             let qv = |j: usize| if j < dq { q.data[r * dq + j] } else { 0.0 };
             let sv = |j: usize| s.data[(r * l + k) * d + j];
-            out.extend((0..d).map(qv));
-            out.extend((0..d).map(sv));
-            out.extend((0..d).map(|j| qv(j) - sv(j)));
-            out.extend((0..d).map(|j| qv(j) * sv(j)));
+            for stream in streams {
+                out.extend((0..d).map(|j| match stream {
+                    Stream::Query => qv(j),
+                    Stream::Step => sv(j),
+                    Stream::Difference => qv(j) - sv(j),
+                    Stream::Product => qv(j) * sv(j),
+                }));
+            }
         }
     }
-    Ok(Tensor::new(vec![b, l, 4 * d], out))
+    Ok(Tensor::new(vec![b, l, streams.len() * d], out))
+}
+
+/// DIN: `[q, s, q - s, q * s]` per step.
+fn din_input(q: &Tensor, s: &Tensor) -> Result<Tensor, String> {
+    use Stream::*;
+    step_streams(q, s, &[Query, Step, Difference, Product])
+}
+
+/// Multi-window DIN: `[s, q * s, q]` per step.
+fn window_input(q: &Tensor, s: &Tensor) -> Result<Tensor, String> {
+    use Stream::*;
+    step_streams(q, s, &[Step, Product, Query])
 }
 
 /// `s[b, l, :] . q[b, :]` as `[B, L, 1]`.
@@ -560,29 +585,6 @@ fn sequence_pool(s: &Tensor, mask: &Tensor, mean: bool) -> Result<Tensor, String
         }
     }
     Ok(Tensor::new(vec![b, d], out))
-}
-
-/// `[s, q * s, q]` per step, the query zero-padded to `D`.
-fn window_input(q: &Tensor, s: &Tensor) -> Result<Tensor, String> {
-    let (b, l, d) = seq_dims(s)?;
-    let dq = q.shape.get(1).copied().unwrap_or(0);
-    if q.shape.len() != 2 || q.shape[0] != b || dq > d {
-        return Err(format!(
-            "query {:?} does not fit steps {:?}",
-            q.shape, s.shape
-        ));
-    }
-    let mut out = Vec::with_capacity(b * l * 3 * d);
-    for r in 0..b {
-        for k in 0..l {
-            let qv = |j: usize| if j < dq { q.data[r * dq + j] } else { 0.0 };
-            let sv = |j: usize| s.data[(r * l + k) * d + j];
-            out.extend((0..d).map(sv));
-            out.extend((0..d).map(|j| qv(j) * sv(j)));
-            out.extend((0..d).map(qv));
-        }
-    }
-    Ok(Tensor::new(vec![b, l, 3 * d], out))
 }
 
 /// Each window's masked, score-weighted mean over its valid steps, then

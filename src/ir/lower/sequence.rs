@@ -415,6 +415,31 @@ impl Builder {
         })
     }
 
+    /// A target-attention scorer: the attention MLP over `width`-wide step
+    /// inputs, then a linear to one score per step.
+    fn attention_scorer(
+        &mut self,
+        name: &str,
+        path: &str,
+        mlp: &crate::proto::tzrec::protos::Mlp,
+        width: u64,
+    ) -> (MlpBlock, LinearParams) {
+        let block = self.mlp_block(
+            &format!("{name}.attn"),
+            MlpRole::Attention,
+            path,
+            mlp,
+            width,
+        );
+        let last = if block.layers.is_empty() {
+            width
+        } else {
+            block.out_dim()
+        };
+        let score = super::linear(&format!("{name}.score"), last, 1, true);
+        (block, score)
+    }
+
     /// One encoder over a sequence group's outputs.
     fn encoder(
         &mut self,
@@ -446,19 +471,7 @@ impl Builder {
                     return None;
                 }
                 let mpath = format!("{epath}.{kind_name}.attn_mlp");
-                let mlp = self.mlp_block(
-                    &format!("{name}.attn"),
-                    MlpRole::Attention,
-                    &mpath,
-                    &m.attn_mlp,
-                    4 * d,
-                );
-                let last = if mlp.layers.is_empty() {
-                    4 * d
-                } else {
-                    mlp.out_dim()
-                };
-                let score = super::linear(&format!("{name}.score"), last, 1, true);
+                let (mlp, score) = self.attention_scorer(&name, &mpath, &m.attn_mlp, 4 * d);
                 (
                     EncoderKind::Din {
                         mlp: Box::new(mlp),
@@ -512,19 +525,7 @@ impl Builder {
                     return None;
                 }
                 let mpath = format!("{at}.attn_mlp");
-                let mlp = self.mlp_block(
-                    &format!("{name}.attn"),
-                    MlpRole::Attention,
-                    &mpath,
-                    &m.attn_mlp,
-                    3 * d,
-                );
-                let last = if mlp.layers.is_empty() {
-                    3 * d
-                } else {
-                    mlp.out_dim()
-                };
-                let score = super::linear(&format!("{name}.score"), last, 1, true);
+                let (mlp, score) = self.attention_scorer(&name, &mpath, &m.attn_mlp, 3 * d);
                 // tzrec's `nn.PReLU()`: one slope, 0.25 at the start.
                 let act = super::parse_activation("nn.PReLU", &format!("{name}.active")).ok()?;
                 (

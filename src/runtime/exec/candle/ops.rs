@@ -199,14 +199,7 @@ pub const MASKED_SCORE: f64 = -2_147_483_647.0;
 /// query is zero-padded to `D` and repeated over `L`; output
 /// `[q, s, q - s, q * s]` concatenated along the last axis: `[B, L, 4D]`.
 pub fn din_input(q: &Tensor, s: &Tensor) -> Result<Tensor> {
-    let (b, l, d) = s.dims3()?;
-    let dq = q.dim(1)?;
-    let q = if dq < d {
-        q.pad_with_zeros(1, 0, d - dq)?
-    } else {
-        q.clone()
-    };
-    let qs = q.unsqueeze(1)?.broadcast_as((b, l, d))?.contiguous()?;
+    let qs = repeat_query(q, s)?;
     let s = s.contiguous()?;
     Tensor::cat(&[&qs, &s, &(&qs - &s)?, &(&qs * &s)?], 2)
 }
