@@ -149,7 +149,7 @@ pub(crate) fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
         let label =
             match precision.runs_bf16() || precision == runtime::exec::native::Precision::F32 {
                 true => precision.to_string(),
-                false => format!("{precision} (no AMX: fp32)"),
+                false => format!("{precision} (no bf16 kernel: fp32)"),
             };
         reset_peak_rss();
         let mut train_src =
@@ -217,8 +217,18 @@ fn peak(threads: usize) -> Result<Outcome, RunError> {
         println!("peak {level}: {g:.1} GFLOP/s f32 multiply-add on {threads} thread(s)");
     }
     println!("peak best: {best:.1} GFLOP/s");
+    let bf16_peak = cpu_peak::bf16_dot_peak(threads).map(|_| {
+        // As above: the first pass wakes the cores up.
+        cpu_peak::bf16_dot_peak(threads).unwrap_or(0.0)
+    });
+    match bf16_peak {
+        Some(g) => println!(
+            "peak bf16: {g:.1} GFLOP/s bf16 dot product (vdpbf16ps) on {threads} thread(s)"
+        ),
+        None => println!("peak bf16: - (this CPU has no avx512_bf16)"),
+    }
     let mut top = 0f64;
-    for (shape, g) in cpu_peak::gemm_best(threads) {
+    for (shape, g) in cpu_peak::gemm_best(threads, false) {
         top = top.max(g);
         println!(
             "gemm {shape}: {g:.1} GFLOP/s ({:.0}% of peak) on {}",
@@ -230,5 +240,21 @@ fn peak(threads: usize) -> Result<Outcome, RunError> {
         "gemm best: {top:.1} GFLOP/s ({:.0}% of peak)",
         100.0 * top / best.max(1e-9)
     );
+    if isa::chosen().bf16_kernel().is_some() {
+        let peak = bf16_peak.unwrap_or(best);
+        let mut top = 0f64;
+        for (shape, g) in cpu_peak::gemm_best(threads, true) {
+            top = top.max(g);
+            println!(
+                "gemm bf16 {shape}: {g:.1} GFLOP/s ({:.0}% of bf16 peak) on {}",
+                100.0 * g / peak.max(1e-9),
+                isa::chosen().bf16_kernel_name()
+            );
+        }
+        println!(
+            "gemm bf16 best: {top:.1} GFLOP/s ({:.0}% of bf16 peak)",
+            100.0 * top / peak.max(1e-9)
+        );
+    }
     Ok(Outcome::Clean)
 }

@@ -133,12 +133,12 @@ impl ExecArgs {
         if self.precision == runtime::exec::native::Precision::Bf16 {
             if !device.is_cpu() {
                 return Err(RunError::new(
-                    "--precision bf16 is for the CPU (AMX); on CUDA use fp32",
+                    "--precision bf16 is for the CPU (AMX or AVX512-BF16); on CUDA use fp32",
                 ));
             }
             if !self.precision.runs_bf16() {
                 eprintln!(
-                    "note: this CPU has no AMX-BF16 tiles (or the kernel refused them); --precision bf16 runs in fp32"
+                    "note: this CPU has neither AMX-BF16 tiles nor AVX512-BF16 (or PLEC_ISA caps them); --precision bf16 runs in fp32"
                 );
             }
         }

@@ -1,6 +1,7 @@
 //! Which instruction set the engine's kernels use: the best this CPU has
-//! (AMX -> AVX-512 -> AVX2 + FMA -> portable), capped by the environment
-//! variable `PLEC_ISA` (`portable`, `avx2`, `avx512` or `amx`), so one
+//! (AMX -> AVX512-BF16 -> AVX-512 -> AVX2 + FMA -> portable), capped by the
+//! environment variable `PLEC_ISA` (`portable`, `avx2`, `avx512`,
+//! `avx512bf16` or `amx`), so one
 //! machine can run and compare every path it supports. The CLI calls
 //! [`init`] before any work, so a bad `PLEC_ISA` is an error the user sees.
 
@@ -17,13 +18,31 @@ pub(crate) enum Isa {
     Avx2,
     /// AVX-512F (512-bit).
     Avx512,
-    /// AVX-512 plus AMX-BF16 tiles (bf16 multiplies).
+    /// AVX-512 plus AVX512-BF16 dot products (bf16 multiplies without AMX: AMD Zen 4/5,
+    /// Intel Cooper Lake).
+    Avx512Bf16,
+    /// AVX-512 plus AMX-BF16 tiles (bf16 multiplies; every AMX CPU also has AVX512-BF16).
     Amx,
+}
+
+/// The kernel `--precision bf16` multiplies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bf16Kernel {
+    /// AMX tiles (`gemm::amx`).
+    Amx,
+    /// `vdpbf16ps` in the GEMM frame (`gemm::avx512bf16`).
+    Avx512Bf16,
 }
 
 impl Isa {
     /// Every level, lowest first.
-    pub(crate) const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Amx];
+    pub(crate) const ALL: [Isa; 5] = [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Avx512Bf16,
+        Isa::Amx,
+    ];
 
     /// The name `PLEC_ISA` takes.
     pub(crate) fn name(self) -> &'static str {
@@ -31,6 +50,7 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512bf16",
             Isa::Amx => "amx",
         }
     }
@@ -50,6 +70,9 @@ impl Isa {
                 if super::gemm::amx::available() {
                     return Isa::Amx;
                 }
+                if super::gemm::avx512bf16::available() {
+                    return Isa::Avx512Bf16;
+                }
                 if Kernel::Avx512.available() {
                     return Isa::Avx512;
                 }
@@ -64,9 +87,28 @@ impl Isa {
     /// The f32 GEMM micro-kernel this level runs (`None`: the `gemm` crate).
     pub(crate) fn f32_kernel(self) -> Option<Kernel> {
         match self {
-            Isa::Amx | Isa::Avx512 => Some(Kernel::Avx512),
+            Isa::Amx | Isa::Avx512Bf16 | Isa::Avx512 => Some(Kernel::Avx512),
             Isa::Avx2 => Some(Kernel::Avx2),
             Isa::Portable => None,
+        }
+    }
+
+    /// The kernel bf16 multiplies run on at this level (`None`: bf16 runs in f32). AMX
+    /// needs the process's tile permission as well (`gemm::amx::available`).
+    pub(crate) fn bf16_kernel(self) -> Option<Bf16Kernel> {
+        match self {
+            Isa::Amx if super::gemm::amx::available() => Some(Bf16Kernel::Amx),
+            Isa::Amx | Isa::Avx512Bf16 => Some(Bf16Kernel::Avx512Bf16),
+            Isa::Avx512 | Isa::Avx2 | Isa::Portable => None,
+        }
+    }
+
+    /// What the engine's bf16 multiplies run on at this level, for logs and metrics.
+    pub(crate) fn bf16_kernel_name(self) -> &'static str {
+        match self.bf16_kernel() {
+            Some(Bf16Kernel::Amx) => "plec amx 32x32 tiles",
+            Some(Bf16Kernel::Avx512Bf16) => "plec avx512-bf16 14x32",
+            None => "none (bf16 runs in fp32)",
         }
     }
 
@@ -217,9 +259,10 @@ pub(crate) fn describe() -> String {
         String::new()
     };
     format!(
-        "cpu {}: isa {isa}{cap}, f32 gemm {}",
+        "cpu {}: isa {isa}{cap}, f32 gemm {}, bf16 gemm {}",
         cpu_model(),
-        isa.f32_kernel_name()
+        isa.f32_kernel_name(),
+        isa.bf16_kernel_name()
     )
 }
 
@@ -234,7 +277,8 @@ mod tests {
             assert_eq!(Isa::parse(&i.name().to_uppercase()), Some(i));
         }
         assert_eq!(Isa::parse("sse"), None);
-        assert!(Isa::Portable < Isa::Avx2 && Isa::Avx2 < Isa::Avx512 && Isa::Avx512 < Isa::Amx);
+        assert!(Isa::Portable < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
+        assert!(Isa::Avx512 < Isa::Avx512Bf16 && Isa::Avx512Bf16 < Isa::Amx);
         assert!(!cpu_model().is_empty());
     }
 }

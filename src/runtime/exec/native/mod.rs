@@ -142,7 +142,7 @@ impl<'a> Params<'a> {
 impl Precision {
     /// Whether bf16 is asked for and this CPU can run it.
     pub fn runs_bf16(self) -> bool {
-        self == Precision::Bf16 && gemm::amx::available() && isa::chosen() >= isa::Isa::Amx
+        self == Precision::Bf16 && isa::chosen().bf16_kernel().is_some()
     }
 }
 

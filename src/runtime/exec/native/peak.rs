@@ -1,7 +1,8 @@
 //! What this CPU can do at most, for `plec bench --peak`: a register-resident
 //! multiply-add loop per instruction set the CPU has (no loads, independent
-//! accumulators, so only the FMA units limit it), and the GFLOP/s of the
-//! engine's own f32 multiply on a large shape. A benchmark, not a test.
+//! accumulators, so only the FMA units limit it), the same for the bf16 dot
+//! product (`vdpbf16ps`) where the CPU has AVX512-BF16, and the GFLOP/s of
+//! the engine's own multiply on a large shape. A benchmark, not a test.
 
 use std::time::Instant;
 
@@ -36,13 +37,34 @@ fn one_thread(isa: Isa) -> f64 {
     match isa {
         // SAFETY: `isa` is at most what the CPU has (capped by `Isa::detected` above), and
         // both of these levels include AVX-512F.
-        Isa::Amx | Isa::Avx512 => return unsafe { x86::avx512(PASSES) },
+        Isa::Amx | Isa::Avx512Bf16 | Isa::Avx512 => return unsafe { x86::avx512(PASSES) },
         // SAFETY: `isa` is at most what the CPU has (capped above): it has AVX2 and FMA.
         Isa::Avx2 => return unsafe { x86::avx2(PASSES) },
         Isa::Portable => {}
     }
     let _ = isa;
     scalar(PASSES / 4)
+}
+
+/// GFLOP/s of `threads` threads each running the bf16 dot-product loop (`vdpbf16ps`: per
+/// 32-bit lane two products and their sum, 4 FLOPs), or `None` when the CPU has no
+/// AVX512-BF16.
+pub(crate) fn bf16_dot_peak(threads: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::avx512bf16::available() {
+        let threads = threads.max(1);
+        let t = Instant::now();
+        let flops: f64 = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                // SAFETY: the CPU has AVX-512F and AVX512-BF16 (checked just above).
+                .map(|_| s.spawn(|| unsafe { x86::avx512_bf16(PASSES) }))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        return Some(flops / t.elapsed().as_secs_f64().max(1e-9) / 1e9);
+    }
+    let _ = threads;
+    None
 }
 
 fn scalar(passes: u64) -> f64 {
@@ -120,15 +142,51 @@ mod x86 {
         std::hint::black_box([a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]);
         (passes * 12 * 16 * 2) as f64
     }
+
+    /// 12 zmm chains of `vdpbf16ps` (16 lanes, two bf16 products each).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn avx512_bf16(passes: u64) -> f64 {
+        let x = _mm512_cvtne2ps_pbh(
+            _mm512_set1_ps(std::hint::black_box(0.5)),
+            _mm512_set1_ps(std::hint::black_box(1e-3)),
+        );
+        let y = _mm512_cvtne2ps_pbh(
+            _mm512_set1_ps(std::hint::black_box(1e-3)),
+            _mm512_set1_ps(std::hint::black_box(0.25)),
+        );
+        let z = _mm512_setzero_ps();
+        let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5) = (z, z, z, z, z, z);
+        let (mut a6, mut a7, mut a8, mut a9, mut a10, mut a11) = (z, z, z, z, z, z);
+        for _ in 0..passes {
+            a0 = _mm512_dpbf16_ps(a0, x, y);
+            a1 = _mm512_dpbf16_ps(a1, x, y);
+            a2 = _mm512_dpbf16_ps(a2, x, y);
+            a3 = _mm512_dpbf16_ps(a3, x, y);
+            a4 = _mm512_dpbf16_ps(a4, x, y);
+            a5 = _mm512_dpbf16_ps(a5, x, y);
+            a6 = _mm512_dpbf16_ps(a6, x, y);
+            a7 = _mm512_dpbf16_ps(a7, x, y);
+            a8 = _mm512_dpbf16_ps(a8, x, y);
+            a9 = _mm512_dpbf16_ps(a9, x, y);
+            a10 = _mm512_dpbf16_ps(a10, x, y);
+            a11 = _mm512_dpbf16_ps(a11, x, y);
+        }
+        std::hint::black_box([a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]);
+        (passes * 12 * 16 * 4) as f64
+    }
 }
 
-/// The best GFLOP/s of the engine's f32 multiply (the kernel `isa::chosen` picks) over a few
-/// repetitions of the shapes a large linear layer has: `[m x k] x [k x n]^T` into `[m x n]`
-/// (forward, B = W^T) and the weight gradient `[k x m]^T [m x n]`. Returns (shape, GFLOP/s).
-pub(crate) fn gemm_best(threads: usize) -> Vec<(String, f64)> {
+/// The best GFLOP/s of the engine's multiply (the kernel `isa::chosen` picks, in f32 or
+/// with bf16 inputs) over a few repetitions of the shapes a large linear layer has:
+/// `[m x k] x [k x n]^T` into `[m x n]` (forward, B = W^T) and the weight gradient
+/// `[k x m]^T [m x n]`. Returns (shape, GFLOP/s).
+pub(crate) fn gemm_best(threads: usize, bf16: bool) -> Vec<(String, f64)> {
     let how = Gemm {
         threads: threads.max(1),
-        bf16: false,
+        bf16,
     };
     let (m, n, k) = (8192usize, 1024usize, 1024usize);
     let a: Vec<f32> = (0..m * k)

@@ -153,6 +153,9 @@ pub(super) trait Backend {
     /// Unpacked (row-major) A blocking: K block, N block.
     const KC_DIRECT: usize;
     const NC_DIRECT: usize;
+    /// Whether the kernel can read row-major A in place (`Backend::kernel`'s `direct`);
+    /// a backend that must convert A (bf16) always packs it.
+    const DIRECT_A: bool = true;
 
     /// Packs B[pc..pc+kc, j..j+nr] into an NR-wide panel (zero padded, 64-byte aligned).
     ///
@@ -277,7 +280,7 @@ impl Prob {
 /// As `gemm_f32`; the CPU can run `K`.
 pub(super) unsafe fn run<K: Backend>(pr: &Prob, threads: usize) {
     let (m, n, k) = (pr.m, pr.n, pr.k);
-    if !pr.a_sums.is_null() && (n <= 1 || pr.acs == 1) {
+    if !pr.a_sums.is_null() && (n <= 1 || (pr.acs == 1 && K::DIRECT_A)) {
         // The paths that read A in place (matrix-vector, row-major A), and an empty product,
         // pack nothing to sum from. In a weight's gradient A is dY^T, row-major only for a
         // one-output layer.
@@ -315,7 +318,7 @@ pub(super) unsafe fn run<K: Backend>(pr: &Prob, threads: usize) {
                 unsafe { K::gemv_rows(pr, i0, i1) }
             });
         } else {
-            let direct = pr.acs == 1;
+            let direct = pr.acs == 1 && K::DIRECT_A;
             let kc_max = if direct { K::KC_DIRECT } else { K::KC_PACKED };
             let use2 = match DRIVER.load(Ordering::Relaxed) {
                 // Narrow B with several K blocks (per-K-block joins dominate driver 1), or
@@ -476,7 +479,7 @@ fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
 /// `pr` satisfies [`gemm_f32`]'s contract with m, n, k > 0; the CPU runs `K`; `w >= 1`.
 unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
     let (m, n, k) = (pr.m, pr.n, pr.k);
-    let direct = pr.acs == 1;
+    let direct = pr.acs == 1 && K::DIRECT_A;
     let (kc_max, nc_max, mb_max) = if direct {
         (K::KC_DIRECT, K::NC_DIRECT, usize::MAX / 2)
     } else {
@@ -627,7 +630,7 @@ thread_local! {
 /// runs `K`; `w >= 1`.
 unsafe fn gemm_driver2<K: Backend>(pr: &Prob, w: usize) {
     let (m, n, k) = (pr.m, pr.n, pr.k);
-    let direct = pr.acs == 1;
+    let direct = pr.acs == 1 && K::DIRECT_A;
     let (kc_max, nc_max) = if direct {
         (K::KC_DIRECT, K::NC_DIRECT)
     } else {

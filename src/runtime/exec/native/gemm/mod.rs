@@ -1,12 +1,15 @@
 //! The engine's one matrix multiply: `dst (+)= a b` over strided matrices
 //! in f32 buffers: in f32 on our kernels (`frame`: AVX-512 or AVX2 + FMA,
 //! the best `isa::chosen` allows), or on the `gemm` crate elsewhere; in
-//! bf16 on AMX tiles (`amx`).
+//! bf16 on AMX tiles (`amx`) or, without AMX, on AVX512-BF16 dot products
+//! in the frame (`avx512bf16`).
 //!
 //! Bounds are checked here, once per call, so the unsafe call below only
 //! ever sees matrices that lie inside their slices.
 
 pub(crate) mod amx;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512bf16;
 mod f32;
 // Off x86-64 no backend exists, so the frame's drivers go unused.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -14,6 +17,8 @@ pub(crate) mod frame;
 mod portable;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod suite;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use self::f32::gemm_f32;
 use self::frame::{Epilogue, Problem, Strided};
@@ -22,7 +27,8 @@ use super::shared::Shared;
 use super::view::Mat;
 
 /// How the engine multiplies: worker threads, and whether the inputs are
-/// rounded to bf16 for the CPU's AMX tiles (f32 accumulation; see `amx`).
+/// rounded to bf16 (f32 accumulation) for the CPU's AMX tiles or AVX512-BF16
+/// dot products (`isa::Isa::bf16_kernel`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Gemm {
     pub threads: usize,
@@ -267,7 +273,7 @@ pub(crate) fn matmul_bias_relu(
 }
 
 /// `dst (+)= a b`, then `+ bias` per column, relu, and the mask when asked,
-/// on the backend `how` picks: AMX for bf16, else our f32 kernel, else the
+/// on the backend `how` picks: AMX or AVX512-BF16 for bf16, else our f32 kernel, else the
 /// `gemm` crate followed by a scalar epilogue pass.
 ///
 /// # Safety
@@ -330,6 +336,13 @@ unsafe fn multiply(
             },
         };
         if how.bf16 {
+            #[cfg(target_arch = "x86_64")]
+            if isa::chosen().bf16_kernel() == Some(isa::Bf16Kernel::Avx512Bf16)
+                && avx512bf16::gemm(&problem, how.threads)
+            {
+                return;
+            }
+            // AMX, or (where neither runs: tests only) AMX's portable fallback.
             amx::gemm_bf16(&problem, how.threads);
             return;
         }

@@ -1,8 +1,9 @@
 //! The one GEMM test suite, run against every backend this CPU can run
 //! (the ones it cannot are named on stderr as skipped): our f32 kernels in
 //! the frame (AVX-512, AVX2 + FMA), the portable `gemm`-crate backend, the
-//! AMX bf16 kernel and its portable fallback (bf16 backends against a
-//! reference of bf16-rounded inputs), all against f64 sums: every
+//! bf16 backends (the AVX512-BF16 kernel in the frame, the AMX kernel and
+//! AMX's portable fallback, against a reference of bf16-rounded inputs),
+//! all against f64 sums: every
 //! transposition of A and B,
 //! strided and column-strided outputs, accumulate, bias and relu, 1 and 2
 //! threads, a relu-backward mask on the stored values, edge sizes around
@@ -22,13 +23,14 @@ use super::frame::*;
 enum Target {
     F32(Kernel),
     Portable,
+    Avx512Bf16,
     Amx,
     AmxPortable,
 }
 
 impl Target {
     fn bf16(self) -> bool {
-        matches!(self, Target::Amx | Target::AmxPortable)
+        matches!(self, Target::Avx512Bf16 | Target::Amx | Target::AmxPortable)
     }
 }
 
@@ -43,6 +45,11 @@ fn targets() -> Vec<Target> {
         }
     }
     out.push(Target::Portable);
+    if super::avx512bf16::available() {
+        out.push(Target::Avx512Bf16);
+    } else {
+        eprintln!("skipped: the AVX512-BF16 kernel (this CPU has no avx512_bf16)");
+    }
     if super::amx::available() {
         out.push(Target::Amx);
     } else {
@@ -57,7 +64,7 @@ fn targets() -> Vec<Target> {
 ///
 /// # Safety
 /// The arguments describe a valid problem for the backends' entry points
-/// (`f32::gemm_f32`, `amx::gemm_bf16`): every pointer covers the strided
+/// (`f32::gemm_f32`, `avx512bf16::gemm`, `amx::gemm_bf16`): every pointer covers the strided
 /// range m, n, k imply (bias n values, mask like dst, `a_sums` m values,
 /// when non-null); dst and `a_sums` overlap nothing else; distinct (i, j)
 /// map to distinct dst elements.
@@ -107,6 +114,7 @@ unsafe fn call(
         match target {
             Target::F32(kernel) => assert!(gemm_f32(kernel, &problem, threads)),
             Target::Portable => super::portable::gemm_f32(&problem, threads),
+            Target::Avx512Bf16 => assert!(super::avx512bf16::gemm(&problem, threads)),
             Target::Amx => super::amx::gemm_bf16(&problem, threads),
             Target::AmxPortable => super::amx::gemm_bf16_portable(&problem),
         }

@@ -41,7 +41,7 @@ use super::frame::{add_a_row_sums, epilogue_only, Prob, Problem};
 /// f32 -> bf16 bits, round-to-nearest-even (what VCVTNEPS2BF16 does for normal numbers).
 /// NaNs stay NaN (quieted) instead of possibly rounding into infinity.
 #[inline(always)]
-fn bf16_bits(x: f32) -> u16 {
+pub(super) fn bf16_bits(x: f32) -> u16 {
     let b = x.to_bits();
     if b & 0x7fff_ffff > 0x7f80_0000 {
         return ((b >> 16) | 0x0040) as u16;

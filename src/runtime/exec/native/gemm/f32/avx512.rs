@@ -208,6 +208,32 @@ unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
             }
             b = b.add(NR);
         }
+        store_acc::<R, NV>(&acc, c, c_rs, mask, epi);
+    }
+}
+
+/// Stores an R x (NV x 16) tile of f32 accumulators into C with the epilogue: `+ C` when
+/// `epi.beta`, `+ bias`, relu, then 0 where the mask is not > 0; the last vector of each row
+/// is limited to the lanes in `mask`. Shared by the f32 and the bf16 dot-product kernels,
+/// whose accumulators are both f32.
+///
+/// # Safety
+/// The CPU has AVX-512F (inlined into AVX-512F code only); C rows r < R at `c + r*c_rs`
+/// have (NV - 1) * 16 + lanes(mask) floats that are writable (readable when `epi.beta`) and
+/// that no one else touches during the call; `epi.bias` is null or has that many readable
+/// floats; `epi.mask` is null or has R such rows at stride `c_rs`.
+#[inline(always)]
+pub(in super::super) unsafe fn store_acc<const R: usize, const NV: usize>(
+    acc: &[[__m512; NV]; R],
+    c: *mut f32,
+    c_rs: isize,
+    mask: u16,
+    epi: &Epi,
+) {
+    // SAFETY: the accesses are the tile's rows r < R and its columns (the last vector masked
+    // by `mask`; masked-off lanes are neither read nor written and do not fault), inside the
+    // contract's ranges.
+    unsafe {
         let zero = _mm512_setzero_ps();
         // Rows by macro, like the k loop: a loop over rows here may stay rolled, which indexes
         // `acc` at run time and keeps it in memory inside the k loop (2.5x slower).
@@ -259,7 +285,7 @@ unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
 // Packing.
 
 #[inline(always)]
-fn lane_mask(lanes: usize) -> u16 {
+pub(in super::super) fn lane_mask(lanes: usize) -> u16 {
     if lanes >= 16 {
         0xFFFF
     } else {
