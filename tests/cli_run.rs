@@ -362,8 +362,8 @@ fn config_errors_and_bad_flags_exit_codes() {
     }
 }
 
-/// `--precision bf16` trains and evaluates (on AMX where the CPU has it,
-/// in fp32 otherwise) to the same quality as fp32; an unknown precision is
+/// `--precision bf16` trains and evaluates (on AMX or AVX512-BF16 where the
+/// CPU has them, in fp32 otherwise) to the same quality as fp32; an unknown precision is
 /// a usage error.
 #[test]
 fn bf16_precision_matches_fp32_quality() {

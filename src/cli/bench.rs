@@ -57,6 +57,11 @@ pub struct BenchArgs {
     /// the best GFLOP/s of plec's own f32 multiply.
     #[arg(long)]
     pub peak: bool,
+    /// Instead of the model: the GFLOP/s of the engine's multiply on linear layers given
+    /// as ROWSxINxOUT (e.g. `8192x1024x512,1024x256x128`): forward, input gradient and
+    /// weight gradient, in each of `--precisions` this CPU runs.
+    #[arg(long, value_delimiter = ',', value_name = "ROWSxINxOUT")]
+    pub gemm: Vec<String>,
 }
 
 /// Peak resident set size of this process in bytes (`VmHWM`), if known.
@@ -85,6 +90,9 @@ pub(crate) fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
     let (device, threads) = exec.setup()?;
     if args.peak {
         return peak(threads);
+    }
+    if !args.gemm.is_empty() {
+        return layer_gemms(&args.gemm, &args.precisions, threads);
     }
     if args.batch_sizes.contains(&0) {
         return Err(RunError::new("--batch-sizes must all be at least 1"));
@@ -195,6 +203,56 @@ pub(crate) fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
     runtime::exec::native::set_default_precision(runtime::exec::native::Precision::F32);
     print!("{}", render_table(&rows));
     println!("(training GFLOP/s counts 3x the forward FLOPs; peak RSS is reset per batch size)");
+    Ok(Outcome::Clean)
+}
+
+/// `plec bench --gemm`: one row per layer shape and precision.
+fn layer_gemms(
+    shapes: &[String],
+    precisions: &[runtime::exec::native::Precision],
+    threads: usize,
+) -> Result<Outcome, RunError> {
+    let parse = |s: &str| -> Option<[usize; 3]> {
+        let v: Vec<usize> = s
+            .split('x')
+            .map(|d| d.trim().parse().ok().filter(|&d| d > 0))
+            .collect::<Option<_>>()?;
+        <[usize; 3]>::try_from(v).ok()
+    };
+    let dims = shapes
+        .iter()
+        .map(|s| {
+            parse(s).ok_or_else(|| {
+                RunError::new(format!(
+                    "--gemm {s:?}: give a layer as ROWSxINxOUT with positive numbers, e.g. 8192x1024x512"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    println!("plec bench --gemm: {}", isa::describe());
+    let mut rows = vec![[
+        "precision",
+        "rows x in -> out",
+        "forward GFLOP/s",
+        "input grad GFLOP/s",
+        "weight grad GFLOP/s",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for &precision in precisions {
+        let bf16 = precision == runtime::exec::native::Precision::Bf16;
+        if bf16 && !precision.runs_bf16() {
+            println!("{precision}: skipped (this CPU has no bf16 kernel)");
+            continue;
+        }
+        for &[m, k, n] in &dims {
+            let g = cpu_peak::gemm_layer(m, n, k, threads, bf16);
+            let mut row = vec![precision.to_string(), format!("{m} x {k} -> {n}")];
+            row.extend(g.iter().map(|g| format!("{g:.1}")));
+            rows.push(row);
+        }
+    }
+    print!("{}", render_table(&rows));
     Ok(Outcome::Clean)
 }
 

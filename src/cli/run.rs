@@ -52,8 +52,9 @@ pub struct ExecArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Matrix-multiply precision on the CPU: `fp32`, or `bf16` (inputs
-    /// rounded to bf16 on the CPU's AMX tiles, f32 accumulation, f32 master
-    /// weights and optimizer state). Without AMX, bf16 runs in fp32.
+    /// rounded to bf16 on the CPU's AMX tiles or AVX512-BF16 dot products, f32
+    /// accumulation, f32 master weights and optimizer state). Without either, bf16 runs in
+    /// fp32.
     #[arg(long, default_value = "fp32")]
     pub precision: runtime::exec::native::Precision,
     /// Executor on the CPU: `auto` (the native engine; candle, with a

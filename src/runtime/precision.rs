@@ -8,9 +8,10 @@ pub enum Precision {
     /// f32 throughout.
     #[default]
     F32,
-    /// Matrix-multiply inputs rounded to bf16 on the CPU's AMX tiles, f32
-    /// accumulation, f32 master weights, optimizer state and everything
-    /// else. Where AMX is absent the multiplies run in f32 instead.
+    /// Matrix-multiply inputs rounded to bf16 on the CPU's AMX tiles or
+    /// AVX512-BF16 dot products, f32 accumulation, f32 master weights,
+    /// optimizer state and everything else. Where the CPU has neither the
+    /// multiplies run in f32 instead.
     Bf16,
 }
 

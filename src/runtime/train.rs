@@ -153,6 +153,7 @@ impl TrainReport {
             "cpu": crate::runtime::exec::native::isa::cpu_model(),
             "isa": crate::runtime::exec::native::isa::chosen().name(),
             "f32_gemm": crate::runtime::exec::native::isa::chosen().f32_kernel_name(),
+            "bf16_gemm": crate::runtime::exec::native::isa::chosen().bf16_kernel_name(),
             "variational_dropout": crate::runtime::feature_importance::drop_probabilities(&self.plan),
         })
     }

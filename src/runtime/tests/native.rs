@@ -387,6 +387,91 @@ fn bf16_engine_stays_close_to_f32() {
     }
 }
 
+/// Training with bf16 multiplies follows the f32 run, on each bf16 kernel this CPU has
+/// (AVX512-BF16 dot products, AMX tiles; the others are named as skipped), forced in turn
+/// on the test's thread. Tolerance: bf16 keeps 8 mantissa bits, so each multiply input is
+/// off by at most 2^-9 (0.2%) relative; the logits' error is of that order, and a batch's
+/// mean cross-entropy moves by less than the logits' error times its slope (at most 1).
+/// Over a dozen Adam steps the two runs' parameters drift apart by a few such errors, so
+/// the losses stay within 2% of each other (measured: under 0.5%); a kernel that dropped
+/// k terms, a column or the bias would be far outside it.
+#[test]
+fn bf16_training_follows_the_f32_losses() {
+    use crate::runtime::exec::native::isa::{self, Isa};
+    use crate::runtime::exec::native::Precision;
+    let path = format!("{}/examples/ple_demo.config", env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(path).unwrap();
+    let plan = build(&source, BuildOptions::default()).unwrap().plan;
+    let batches: Vec<_> = (0..3)
+        .map(|s| super::runs::random_batch(&plan, 256, 20 + s))
+        .collect();
+    let losses = |p: Precision| {
+        let mut t = Trainer::new(&plan, 5, &Device::Cpu).unwrap();
+        t.model.set_native(true).unwrap();
+        t.model.set_precision(p).unwrap();
+        (0..12)
+            .map(|s| t.step(&batches[s % batches.len()], 0).unwrap().total)
+            .collect::<Vec<f32>>()
+    };
+    isa::set_forced(Some(Isa::Avx512.min(Isa::detected())));
+    let f32_losses = losses(Precision::F32);
+    let mut ran = 0;
+    for level in [Isa::Avx512Bf16, Isa::Amx] {
+        if level > Isa::detected() {
+            eprintln!(
+                "skipped: bf16 training on {level} (this CPU supports up to {})",
+                Isa::detected()
+            );
+            continue;
+        }
+        isa::set_forced(Some(level));
+        let bf16_losses = losses(Precision::Bf16);
+        assert_ne!(
+            bf16_losses, f32_losses,
+            "{level}: bf16 multiplies should round"
+        );
+        let worst = bf16_losses
+            .iter()
+            .zip(&f32_losses)
+            .map(|(a, b)| (a - b).abs() / b.abs())
+            .fold(0f32, f32::max);
+        eprintln!("bf16 training on {level}: losses within {worst:.2e} of f32 (relative)");
+        for (step, (a, b)) in bf16_losses.iter().zip(&f32_losses).enumerate() {
+            assert!(
+                (a - b).abs() <= 2e-2 * b.abs(),
+                "{level} step {step}: bf16 loss {a} vs f32 {b}"
+            );
+        }
+        ran += 1;
+    }
+    isa::set_forced(None);
+    if ran == 0 {
+        eprintln!("skipped: every bf16 kernel (bf16 runs in f32 on this CPU)");
+    }
+}
+
+/// An evaluation batch larger than the native engine's chunk (1024 rows) runs in
+/// chunks, the last one shorter; the joined logits are those of the candle path's
+/// single pass, row for row, on every task.
+#[test]
+fn evaluation_in_chunks_matches_one_pass() {
+    let path = format!("{}/examples/ple_demo.config", env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(path).unwrap();
+    let plan = build(&source, BuildOptions::default()).unwrap().plan;
+    let batch = super::runs::random_batch(&plan, 2500, 4);
+    let (mut n, mut c) = models(&plan);
+    let (a, b) = (
+        n.forward(&batch, Mode::Eval).unwrap(),
+        c.forward(&batch, Mode::Eval).unwrap(),
+    );
+    assert_eq!(a.logits.len(), b.logits.len());
+    for (x, y) in a.logits.iter().zip(&b.logits) {
+        assert_eq!(x.dims(), y.dims());
+        assert_eq!(x.dims()[0], 2500);
+        assert_close("chunked logits", &host32(x), &host32(y), 1e-4);
+    }
+}
+
 /// A valid plan with an op the native engine cannot run: a linear over a
 /// stack of column slices (candle multiplies it as a rank-3 tensor; the
 /// native engine would need its rows as one strided matrix).

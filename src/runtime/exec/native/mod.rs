@@ -19,7 +19,7 @@
 //!
 //! The engine runs on the CPU, in f32 (our kernels in the GEMM frame,
 //! `gemm::frame`: AVX-512 `gemm::f32::avx512` or AVX2 + FMA `gemm::f32::avx2`, whichever `isa`
-//! picks, with the `gemm` crate as the portable fallback) or with bf16 multiplies on AMX tiles
+//! picks, with the `gemm` crate as the portable fallback) or with bf16 multiplies on AMX tiles or AVX512-BF16 dot products
 //! (`Precision`, `amx`); both apply a linear's bias and relu as its output
 //! tiles are stored. The candle path stays the reference:
 //! `runtime::tests::native` checks logits and every gradient against it,
@@ -197,7 +197,11 @@ impl Engine {
         {
             return Ok(i);
         }
-        if self.programs.iter().filter(|p| same(p)).count() >= PROGRAMS_KEPT {
+        // Evaluation runs a batch in chunks of at most `EVAL_CHUNK_ROWS` rows (`Model`),
+        // so an inference program is small, and a batch's last, shorter chunk needs a
+        // second one: keep both rather than rebuild one per chunk.
+        let kept = if training { PROGRAMS_KEPT } else { 2 };
+        if self.programs.iter().filter(|p| same(p)).count() >= kept {
             // Drop the least recently built (the tape never outlives a
             // step), handing its pages back to the OS: otherwise the new
             // program's buffers, of other sizes, would not all fit in the

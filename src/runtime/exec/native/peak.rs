@@ -179,27 +179,22 @@ mod x86 {
     }
 }
 
-/// The best GFLOP/s of the engine's multiply (the kernel `isa::chosen` picks, in f32 or
-/// with bf16 inputs) over a few repetitions of the shapes a large linear layer has:
-/// `[m x k] x [k x n]^T` into `[m x n]` (forward, B = W^T) and the weight gradient
-/// `[k x m]^T [m x n]`. Returns (shape, GFLOP/s).
-pub(crate) fn gemm_best(threads: usize, bf16: bool) -> Vec<(String, f64)> {
+/// The GFLOP/s of the engine's multiply (the kernel `isa::chosen` picks, in f32 or with
+/// bf16 inputs) on the three products of a linear layer `[m x k] -> [m x n]`: the forward
+/// pass `X W^T` (B = W^T), the input gradient `dY W` and the weight gradient `dY^T X`;
+/// the best of three repetitions after a warm-up each.
+pub(crate) fn gemm_layer(m: usize, n: usize, k: usize, threads: usize, bf16: bool) -> [f64; 3] {
     let how = Gemm {
         threads: threads.max(1),
         bf16,
     };
-    let (m, n, k) = (8192usize, 1024usize, 1024usize);
-    let a: Vec<f32> = (0..m * k)
-        .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
-        .collect();
-    let w: Vec<f32> = (0..n * k)
-        .map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0)
-        .collect();
-    let mut out = vec![0f32; m * n];
-    let mut dw = vec![0f32; k * n];
-    let dy: Vec<f32> = (0..m * n)
-        .map(|i| ((i * 3 % 7) as f32 - 3.0) / 8.0)
-        .collect();
+    let fill = |len: usize, mul: usize, modulo: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * mul % modulo) as f32 - (modulo / 2) as f32) / 8.0)
+            .collect()
+    };
+    let (x, w, dy) = (fill(m * k, 7, 13), fill(n * k, 5, 11), fill(m * n, 3, 7));
+    let (mut y, mut dx, mut dw) = (vec![0f32; m * n], vec![0f32; m * k], vec![0f32; n * k]);
     let time = |f: &mut dyn FnMut()| {
         f();
         let mut best = f64::INFINITY;
@@ -213,10 +208,10 @@ pub(crate) fn gemm_best(threads: usize, bf16: bool) -> Vec<(String, f64)> {
     let flops = 2.0 * (m * n * k) as f64;
     let fwd = time(&mut || {
         let _ = matmul_masked(
-            &mut out,
+            &mut y,
             Mat::dense(0, m, n),
             false,
-            &a,
+            &x,
             Mat::dense(0, m, k),
             &w,
             Mat::dense(0, n, k).t(),
@@ -224,28 +219,43 @@ pub(crate) fn gemm_best(threads: usize, bf16: bool) -> Vec<(String, f64)> {
             how,
         );
     });
-    // dW[k x n] = X^T [k x m] dY [m x n].
-    let bwd = time(&mut || {
+    let input = time(&mut || {
         let _ = matmul_masked(
-            &mut dw,
-            Mat::dense(0, k, n),
+            &mut dx,
+            Mat::dense(0, m, k),
             false,
-            &a,
-            Mat::dense(0, m, k).t(),
             &dy,
             Mat::dense(0, m, n),
+            &w,
+            Mat::dense(0, n, k),
             None,
             how,
         );
     });
+    let weight = time(&mut || {
+        let _ = matmul_masked(
+            &mut dw,
+            Mat::dense(0, n, k),
+            false,
+            &dy,
+            Mat::dense(0, m, n).t(),
+            &x,
+            Mat::dense(0, m, k),
+            None,
+            how,
+        );
+    });
+    [fwd, input, weight].map(|t| flops / t / 1e9)
+}
+
+/// The best GFLOP/s of the engine's multiply on the shapes of a large linear layer
+/// (`gemm_layer` of 8192 rows, 1024 -> 1024): its forward pass and weight gradient.
+/// Returns (shape, GFLOP/s).
+pub(crate) fn gemm_best(threads: usize, bf16: bool) -> Vec<(String, f64)> {
+    let (m, n, k) = (8192usize, 1024usize, 1024usize);
+    let [fwd, _, weight] = gemm_layer(m, n, k, threads, bf16);
     vec![
-        (
-            format!("{m}x{k} * ({n}x{k})^T (forward)"),
-            flops / fwd / 1e9,
-        ),
-        (
-            format!("({m}x{k})^T * {m}x{n} (weight gradient)"),
-            flops / bwd / 1e9,
-        ),
+        (format!("{m}x{k} * ({n}x{k})^T (forward)"), fwd),
+        (format!("({m}x{n})^T * {m}x{k} (weight gradient)"), weight),
     ]
 }

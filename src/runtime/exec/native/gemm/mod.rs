@@ -107,7 +107,7 @@ impl SharedDst {
 }
 
 /// `dst = a b` (or `dst += a b` with `accumulate`), with `how.threads`
-/// workers of rayon's pool, in f32 or (`how.bf16`) on AMX tiles, then
+/// workers of rayon's pool, in f32 or (`how.bf16`) with bf16 inputs, then
 /// each element of `d` set to 0 where `mask` (laid out
 /// like `d`, in a buffer of `dst`'s layout) is not > 0: the backward pass
 /// of a relu whose output is `mask`, applied as the input gradient is

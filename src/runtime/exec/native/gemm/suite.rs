@@ -17,7 +17,7 @@ use super::frame::test_problem;
 use super::frame::*;
 
 /// A backend under test: one of our f32 micro-kernels in the frame, the
-/// `gemm` crate (portable f32), or a bf16 backend (AMX tiles, or its
+/// `gemm` crate (portable f32), or a bf16 backend (AVX512-BF16 dot products, AMX tiles, or AMX's
 /// portable fallback), whose inputs are rounded to bf16.
 #[derive(Clone, Copy, Debug)]
 enum Target {
