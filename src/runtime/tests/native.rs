@@ -240,6 +240,7 @@ fn example_plans() -> Vec<(String, Plan)> {
         "dbmtl_taobao",
         "simple_multi_task_taobao",
         "pepnet_taobao",
+        "ple_has_sequence",
     ] {
         let path = format!("{}/examples/{name}.config", env!("CARGO_MANIFEST_DIR"));
         let source = std::fs::read_to_string(&path).unwrap();
@@ -264,6 +265,45 @@ fn example_models_match_the_candle_path() {
         let batch = super::runs::random_batch(&plan, 96, 7);
         compare(&name, &plan, &batch, 2e-4);
     }
+}
+
+/// Every sequence encoder the native engine runs (DIN, simple attention,
+/// sum and mean pooling) over embedded and dense steps, with rows longer
+/// and shorter than others and empty ones: logits, parameter gradients and
+/// the gathered embedding rows' gradients agree with the candle path.
+#[test]
+fn sequence_encoders_match_the_candle_path() {
+    let source = r#"
+data_config { batch_size: 32 label_fields: "clk" }
+feature_configs { id_feature { feature_name: "item_id" num_buckets: 60 embedding_dim: 6 } }
+feature_configs { id_feature { feature_name: "user" num_buckets: 40 embedding_dim: 4 } }
+feature_configs { sequence_id_feature { feature_name: "click_items" num_buckets: 60 embedding_dim: 6 sequence_length: 7 } }
+feature_configs { sequence_raw_feature { feature_name: "click_prices" sequence_length: 5 } }
+model_config {
+  feature_groups {
+    group_name: "all"
+    feature_names: "item_id"
+    feature_names: "user"
+    group_type: DEEP
+    sequence_groups { group_name: "clicks" feature_names: "item_id" feature_names: "click_items" }
+    sequence_groups { group_name: "prices" feature_names: "click_prices" }
+    sequence_encoders { din_encoder { input: "clicks" attn_mlp { hidden_units: [8, 4] } } }
+    sequence_encoders { simple_attention { input: "clicks" } }
+    sequence_encoders { pooling_encoder { input: "prices" pooling_type: "sum" } }
+    sequence_encoders { pooling_encoder { input: "clicks" pooling_type: "mean" } }
+  }
+  mmoe {
+    expert_mlp { hidden_units: [16] }
+    num_expert: 2
+    task_towers { tower_name: "ctr" label_name: "clk" losses { binary_cross_entropy {} } }
+  }
+}
+"#;
+    let plan = build(source, BuildOptions::default())
+        .unwrap_or_else(|e| panic!("sequence encoders compile: {e:?}"))
+        .plan;
+    let batch = super::runs::random_batch(&plan, 37, 9);
+    compare("sequence encoders", &plan, &batch, 2e-4);
 }
 
 /// DBMTL's mask net, parallel and serial blocks with a top MLP: the

@@ -397,6 +397,33 @@ pub(super) fn random_batch(plan: &Plan, rows: usize, seed: u64) -> crate::data::
         .features
         .iter()
         .map(|f| {
+            let steps = f.sequence_length as usize;
+            if steps > 0 {
+                // Rows of 0..=L steps, so some are empty and some full.
+                let lens: Vec<usize> = (0..rows)
+                    .map(|_| (r.next_u64() % (steps as u64 + 1)) as usize)
+                    .collect();
+                let offsets: Vec<u32> = std::iter::once(0)
+                    .chain(lens.iter().scan(0u32, |acc, &n| {
+                        *acc += n as u32;
+                        Some(*acc)
+                    }))
+                    .collect();
+                let total = lens.iter().sum::<usize>();
+                if FeatureKind::try_from(f.kind) == Ok(FeatureKind::RawDense) {
+                    let dim = f.value_dim.max(1) as usize;
+                    return crate::data::batch::FeatureInput::SeqDense {
+                        values: (0..total * dim).map(|_| r.next_f64() as f32).collect(),
+                        offsets,
+                        dim,
+                    };
+                }
+                let n = plan.tables[f.table as usize].num_rows;
+                return crate::data::batch::FeatureInput::Ids {
+                    ids: (0..total).map(|_| (r.next_u64() % n) as u32).collect(),
+                    offsets,
+                };
+            }
             if FeatureKind::try_from(f.kind) == Ok(FeatureKind::RawDense) {
                 let dim = f.value_dim.max(1) as usize;
                 crate::data::batch::FeatureInput::Dense {

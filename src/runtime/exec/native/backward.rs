@@ -4,6 +4,7 @@
 
 use super::kernels;
 use super::param_grads::ParamGrads;
+use super::sequence;
 use super::timing::{record, record_label};
 use super::*;
 
@@ -437,6 +438,94 @@ impl Engine {
                             );
                             prog.gbufs[prog.gslot[src.buf]] = dx;
                         }
+                    }
+                }
+                Step::SeqMask { .. } => {}
+                Step::SeqEmbed { out } => {
+                    let cols = tape.columns[oi].as_deref().unwrap_or(&[]);
+                    let g = &prog.gbufs[prog.gslot[out.buf]];
+                    for (k, &f) in op.features.iter().enumerate() {
+                        let Some(bag) = tape.lookup.bags.iter().find(|b| b.feature == f as usize)
+                        else {
+                            continue;
+                        };
+                        if let (Some(&c), Some(d)) = (cols.get(k), drows.get_mut(bag.source)) {
+                            sequence::scatter_steps(d, g, out, c, bag);
+                        }
+                    }
+                }
+                Step::DinInput { q, s, y } | Step::DotScores { q, s, y } => {
+                    let din = matches!(step, Step::DinInput { .. });
+                    // One input at a time: both may be views of one buffer.
+                    if needs(q) {
+                        let mut dq = std::mem::take(&mut prog.gbufs[prog.gslot[q.buf]]);
+                        let (g, sv) = (&prog.gbufs[prog.gslot[y.buf]], &prog.bufs[s.buf]);
+                        if din {
+                            sequence::din_input_grad_query(&mut dq, q, g, y, sv, s, acc(q));
+                        } else {
+                            sequence::dot_scores_grad_query(&mut dq, q, g, y, sv, s, acc(q));
+                        }
+                        prog.gbufs[prog.gslot[q.buf]] = dq;
+                    }
+                    if needs(s) {
+                        let mut ds = std::mem::take(&mut prog.gbufs[prog.gslot[s.buf]]);
+                        let (g, qv) = (&prog.gbufs[prog.gslot[y.buf]], &prog.bufs[q.buf]);
+                        if din {
+                            sequence::din_input_grad_steps(&mut ds, s, g, y, qv, q, acc(s));
+                        } else {
+                            sequence::dot_scores_grad_steps(&mut ds, s, g, y, qv, q, acc(s));
+                        }
+                        prog.gbufs[prog.gslot[s.buf]] = ds;
+                    }
+                }
+                Step::AttnPool { scores, s, mask, y } => {
+                    if needs(scores) {
+                        let mut d = std::mem::take(&mut prog.gbufs[prog.gslot[scores.buf]]);
+                        sequence::attention_pool_grad_scores(
+                            &mut d,
+                            scores,
+                            &prog.gbufs[prog.gslot[y.buf]],
+                            y,
+                            &prog.bufs[scores.buf],
+                            scores,
+                            &prog.bufs[s.buf],
+                            s,
+                            &prog.bufs[mask.buf],
+                            mask,
+                            acc(scores),
+                        );
+                        prog.gbufs[prog.gslot[scores.buf]] = d;
+                    }
+                    if needs(s) {
+                        let mut d = std::mem::take(&mut prog.gbufs[prog.gslot[s.buf]]);
+                        sequence::attention_pool_grad_steps(
+                            &mut d,
+                            s,
+                            &prog.gbufs[prog.gslot[y.buf]],
+                            y,
+                            &prog.bufs[scores.buf],
+                            scores,
+                            &prog.bufs[mask.buf],
+                            mask,
+                            acc(s),
+                        );
+                        prog.gbufs[prog.gslot[s.buf]] = d;
+                    }
+                }
+                Step::SeqPool { s, mask, y, mean } => {
+                    if needs(s) {
+                        let mut d = std::mem::take(&mut prog.gbufs[prog.gslot[s.buf]]);
+                        sequence::pool_grad(
+                            &mut d,
+                            s,
+                            &prog.gbufs[prog.gslot[y.buf]],
+                            y,
+                            &prog.bufs[mask.buf],
+                            mask,
+                            *mean,
+                            acc(s),
+                        );
+                        prog.gbufs[prog.gslot[s.buf]] = d;
                     }
                 }
                 Step::Detach { .. } => {}

@@ -2,6 +2,7 @@
 //! batch, keeping in training what the backward pass needs (the tape).
 
 use super::kernels;
+use super::sequence;
 use super::timing::record;
 use super::*;
 
@@ -178,6 +179,69 @@ impl Engine {
                     );
                     prog.bufs[y.buf] = buf;
                 }
+                Step::SeqEmbed { out } => {
+                    let mut buf = std::mem::take(&mut prog.bufs[out.buf]);
+                    let cols =
+                        sequence_steps(&mut buf, out, plan, op, tables, batch, &tape.lookup, train);
+                    prog.bufs[out.buf] = buf;
+                    tape.columns[oi] = Some(cols?);
+                }
+                Step::SeqMask { out } => {
+                    let f = op.features.first().map(|&f| f as usize);
+                    let spec = f.and_then(|f| plan.features.get(f));
+                    let offsets = match f.and_then(|f| batch.features.get(f)) {
+                        Some(FeatureInput::Ids { offsets, .. })
+                        | Some(FeatureInput::SeqDense { offsets, .. }) => offsets,
+                        _ => {
+                            return Err(bad_batch!(
+                                "sequence mask \"{}\" has no sequence feature in the batch",
+                                op.name
+                            ))
+                        }
+                    };
+                    let name = spec.map_or("", |s| s.name.as_str());
+                    let mut buf = std::mem::take(&mut prog.bufs[out.buf]);
+                    let r = sequence::mask(&mut buf, out, offsets, name);
+                    prog.bufs[out.buf] = buf;
+                    r?;
+                }
+                Step::DinInput { q, s, y } => {
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    sequence::din_input(&mut buf, y, &prog.bufs[q.buf], q, &prog.bufs[s.buf], s);
+                    prog.bufs[y.buf] = buf;
+                }
+                Step::DotScores { q, s, y } => {
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    sequence::dot_scores(&mut buf, y, &prog.bufs[q.buf], q, &prog.bufs[s.buf], s);
+                    prog.bufs[y.buf] = buf;
+                }
+                Step::AttnPool { scores, s, mask, y } => {
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    sequence::attention_pool(
+                        &mut buf,
+                        y,
+                        &prog.bufs[scores.buf],
+                        scores,
+                        &prog.bufs[s.buf],
+                        s,
+                        &prog.bufs[mask.buf],
+                        mask,
+                    );
+                    prog.bufs[y.buf] = buf;
+                }
+                Step::SeqPool { s, mask, y, mean } => {
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    sequence::pool(
+                        &mut buf,
+                        y,
+                        &prog.bufs[s.buf],
+                        s,
+                        &prog.bufs[mask.buf],
+                        mask,
+                        *mean,
+                    );
+                    prog.bufs[y.buf] = buf;
+                }
                 Step::Detach { x, y } => {
                     let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
                     kernels::copy(&mut buf, y, &prog.bufs[x.buf], x, false);
@@ -287,6 +351,76 @@ impl Engine {
 /// Fills the feature group `out` (`[B, W]`) and returns each feature's
 /// first column.
 #[allow(clippy::too_many_arguments)]
+/// SEQUENCE_EMBED: each feature's steps side by side in `[B, L, W]`, zero
+/// past each row's length; returns each feature's first column.
+#[allow(clippy::too_many_arguments)]
+fn sequence_steps(
+    buf: &mut [f32],
+    out: &View,
+    plan: &Plan,
+    op: &crate::proto::plan::Op,
+    tables: &[Table],
+    batch: &Batch,
+    lookup: &Lookup,
+    train: bool,
+) -> Result<Vec<usize>> {
+    let width = out.dims[2];
+    let region = out.off..out.end().min(buf.len());
+    buf[region].fill(0.0);
+    let mut cols = Vec::with_capacity(op.features.len());
+    let mut col = 0usize;
+    for &f in &op.features {
+        let f = f as usize;
+        let name = plan.features.get(f).map_or("", |s| s.name.as_str());
+        cols.push(col);
+        let dim = if let Some(bag) = lookup.bags.iter().find(|b| b.feature == f) {
+            if col + bag.dim > width {
+                return Err(bad_batch!(
+                    "sequence group \"{}\" is wider than the plan says",
+                    op.name
+                ));
+            }
+            if train {
+                sequence::embed_steps(buf, out, col, bag, &lookup.rows[bag.source].2, name)?;
+            } else {
+                let weight = host::tensor_f32(&tables[bag.source].weight)?;
+                sequence::embed_steps(buf, out, col, bag, weight.slice(), name)?;
+            }
+            bag.dim
+        } else {
+            match batch.features.get(f) {
+                Some(FeatureInput::SeqDense {
+                    values,
+                    offsets,
+                    dim,
+                }) => {
+                    if col + dim > width {
+                        return Err(bad_batch!(
+                            "sequence group \"{}\" is wider than the plan says",
+                            op.name
+                        ));
+                    }
+                    sequence::dense_steps(buf, out, col, (values, offsets, *dim), name)?;
+                    *dim
+                }
+                _ => return Err(bad_batch!(
+                    "sequence feature \"{name}\" needs dense steps, the batch holds something else"
+                )),
+            }
+        };
+        col += dim;
+    }
+    if col != width {
+        return Err(bad_batch!(
+            "sequence group \"{}\" is {} wide, the plan says {}",
+            op.name,
+            col,
+            width
+        ));
+    }
+    Ok(cols)
+}
+
 fn feature_group(
     buf: &mut [f32],
     out: &View,

@@ -37,6 +37,7 @@ mod param_grads;
 pub(crate) mod peak;
 mod program;
 mod relu_masks;
+mod sequence;
 mod shared;
 mod step;
 mod timing;

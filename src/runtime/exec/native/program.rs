@@ -310,19 +310,80 @@ impl Program {
                         y,
                     )
                 }
-                OpKind::SequenceEmbed
-                | OpKind::SequenceMask
-                | OpKind::DinInput
-                | OpKind::DotScores
-                | OpKind::AttentionPool
-                | OpKind::SequencePool
-                | OpKind::WindowInput
-                | OpKind::WindowPool => {
-                    // Sequence encoders run on candle; the runtime falls
+                OpKind::SequenceEmbed => {
+                    let shape = b.declared(op.output as usize)?;
+                    if shape.len() != 3 {
+                        return Err(invalid_plan!(
+                            "sequence op \"{}\" makes {:?}",
+                            op.name,
+                            shape
+                        ));
+                    }
+                    let embedded = op
+                        .features
+                        .iter()
+                        .any(|&f| analysis.embedded.contains(&(f as usize)));
+                    let out = b.fresh(&shape, embedded)?;
+                    (Step::SeqEmbed { out }, out)
+                }
+                OpKind::SequenceMask => {
+                    let shape = b.declared(op.output as usize)?;
+                    let out = b.fresh(&shape, false)?;
+                    (Step::SeqMask { out }, out)
+                }
+                OpKind::DinInput | OpKind::DotScores => {
+                    let (q, s) = (input(&b, 0)?, input(&b, 1)?);
+                    if q.rank != 2 || s.rank != 3 || q.dims[1] != s.dims[0] || q.dims[2] > s.dims[2]
+                    {
+                        return Err(invalid_plan!(
+                            "sequence op \"{}\" takes {:?} and {:?}",
+                            op.name,
+                            q.logical(),
+                            s.logical()
+                        ));
+                    }
+                    let needs = b.needs[q.buf] || b.needs[s.buf];
+                    if kind == OpKind::DinInput {
+                        let y = b.fresh(&[s.dims[0], s.dims[1], 4 * s.dims[2]], needs)?;
+                        (Step::DinInput { q, s, y }, y)
+                    } else {
+                        if q.dims[2] != s.dims[2] {
+                            return Err(invalid_plan!("dot scores \"{}\" widths", op.name));
+                        }
+                        let y = b.fresh(&[s.dims[0], s.dims[1], 1], needs)?;
+                        (Step::DotScores { q, s, y }, y)
+                    }
+                }
+                OpKind::AttentionPool => {
+                    let (scores, s, mask) = (input(&b, 0)?, input(&b, 1)?, input(&b, 2)?);
+                    let (rows, steps) = (s.dims[0], s.dims[1]);
+                    if s.rank != 3
+                        || scores.dims != [rows, steps, 1]
+                        || mask.rank != 2
+                        || mask.dims[1..] != [rows, steps]
+                    {
+                        return Err(invalid_plan!("attention pool \"{}\" shapes", op.name));
+                    }
+                    let y = b.fresh(&[rows, s.dims[2]], b.needs[scores.buf] || b.needs[s.buf])?;
+                    (Step::AttnPool { scores, s, mask, y }, y)
+                }
+                OpKind::SequencePool => {
+                    let (s, mask) = (input(&b, 0)?, input(&b, 1)?);
+                    let (rows, steps) = (s.dims[0], s.dims[1]);
+                    if s.rank != 3 || mask.rank != 2 || mask.dims[1..] != [rows, steps] {
+                        return Err(invalid_plan!("sequence pool \"{}\" shapes", op.name));
+                    }
+                    let mean = crate::proto::plan::Pooling::try_from(op.pooling)
+                        == Ok(crate::proto::plan::Pooling::Mean);
+                    let y = b.fresh(&[rows, s.dims[2]], b.needs[s.buf])?;
+                    (Step::SeqPool { s, mask, y, mean }, y)
+                }
+                OpKind::WindowInput | OpKind::WindowPool => {
+                    // Multi-window DIN runs on candle; the runtime falls
                     // back with a notice.
                     return Err(unsupported!(
                         op.name,
-                        "the native engine has no {:?} kernel yet (sequence encoders)",
+                        "the native engine has no {:?} kernel yet (multi-window DIN)",
                         kind
                     ));
                 }
@@ -608,6 +669,10 @@ fn views_of(step: &mut Step) -> Vec<&mut View> {
         | Step::Softmax { x, y, .. }
         | Step::Norm { x, y, .. } => vec![x, y],
         Step::Mul { a, b, y } => vec![a, b, y],
+        Step::SeqEmbed { out } | Step::SeqMask { out } => vec![out],
+        Step::DinInput { q, s, y } | Step::DotScores { q, s, y } => vec![q, s, y],
+        Step::AttnPool { scores, s, mask, y } => vec![scores, s, mask, y],
+        Step::SeqPool { s, mask, y, .. } => vec![s, mask, y],
         Step::Copy { parts, out } => parts
             .iter_mut()
             .flat_map(|(s, d)| [s, d])
@@ -659,8 +724,13 @@ fn relu_epilogues(plan: &Plan, steps: &[Step]) -> (Vec<Option<(usize, usize)>>, 
 /// or None for views (which pass gradients through untouched).
 fn gradient_read(step: &Step) -> Option<View> {
     match step {
-        Step::Alias | Step::Detach { .. } => None,
-        Step::Mul { y, .. } => Some(*y),
+        Step::Alias | Step::Detach { .. } | Step::SeqMask { .. } => None,
+        Step::Mul { y, .. }
+        | Step::DinInput { y, .. }
+        | Step::DotScores { y, .. }
+        | Step::AttnPool { y, .. }
+        | Step::SeqPool { y, .. } => Some(*y),
+        Step::SeqEmbed { out } => Some(*out),
         Step::Group { out }
         | Step::Linear { out, .. }
         | Step::Batched { out, .. }

@@ -66,6 +66,40 @@ pub(super) enum Step {
         es: Vec<View>,
         out: View,
     },
+    /// SEQUENCE_EMBED into `out` (`[B, L, W]`).
+    SeqEmbed {
+        out: View,
+    },
+    /// SEQUENCE_MASK into `out` (`[B, L]`).
+    SeqMask {
+        out: View,
+    },
+    /// `y = [q, s, q - s, q * s]` per step (DIN's attention input).
+    DinInput {
+        q: View,
+        s: View,
+        y: View,
+    },
+    /// Masked softmax of `scores` over the steps, weighted sum of `s`.
+    AttnPool {
+        scores: View,
+        s: View,
+        mask: View,
+        y: View,
+    },
+    /// Sum (mean with `mean`) of the steps of `s`.
+    SeqPool {
+        s: View,
+        mask: View,
+        y: View,
+        mean: bool,
+    },
+    /// `y[r, l] = q[r] . s[r, l]`.
+    DotScores {
+        q: View,
+        s: View,
+        y: View,
+    },
     /// Batch norm (lanes along the batch axis, affine per lane) or layer
     /// norm (lanes along the last axis, affine per position).
     Norm {
@@ -81,7 +115,14 @@ pub(super) enum Step {
 /// inputs that need one), plus the task logits the loss seeds.
 pub(super) fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
     let all: Vec<View> = match step {
-        Step::Alias | Step::Group { .. } | Step::Detach { .. } => Vec::new(),
+        Step::Alias
+        | Step::Group { .. }
+        | Step::Detach { .. }
+        | Step::SeqEmbed { .. }
+        | Step::SeqMask { .. } => Vec::new(),
+        Step::DinInput { q, s, .. } | Step::DotScores { q, s, .. } => vec![*q, *s],
+        Step::AttnPool { scores, s, .. } => vec![*scores, *s],
+        Step::SeqPool { s, .. } => vec![*s],
         Step::Mul { a, b, .. } => vec![*a, *b],
         Step::Linear { x, .. } => vec![*x],
         // A shared input takes one gradient per expert; a stacked one, one

@@ -50,6 +50,12 @@ pub(super) fn record(
         Step::Softmax { .. } => "softmax".into(),
         Step::GateMix { .. } => "gate mix".into(),
         Step::Norm { .. } => "norm".into(),
+        Step::SeqEmbed { .. } => "sequence steps".into(),
+        Step::SeqMask { .. } => "sequence mask".into(),
+        Step::DinInput { .. } => "din input".into(),
+        Step::AttnPool { .. } => "attention pool".into(),
+        Step::SeqPool { .. } => "sequence pool".into(),
+        Step::DotScores { .. } => "dot scores".into(),
     };
     let e = times.entry(format!("{dir} {label}")).or_insert((0.0, 0));
     e.0 += t0.elapsed().as_secs_f64();
