@@ -267,8 +267,9 @@ fn example_models_match_the_candle_path() {
     }
 }
 
-/// Every sequence encoder the native engine runs (DIN, simple attention,
-/// sum and mean pooling) over embedded and dense steps, with rows longer
+/// Every sequence encoder the native engine runs (DIN, with and without
+/// batch norm over the steps in its attention MLP, simple attention, sum
+/// and mean pooling) over embedded and dense steps, with rows longer
 /// and shorter than others and empty ones: logits, parameter gradients and
 /// the gathered embedding rows' gradients agree with the candle path.
 #[test]
@@ -288,6 +289,7 @@ model_config {
     sequence_groups { group_name: "clicks" feature_names: "item_id" feature_names: "click_items" }
     sequence_groups { group_name: "prices" feature_names: "click_prices" }
     sequence_encoders { din_encoder { input: "clicks" attn_mlp { hidden_units: [8, 4] } } }
+    sequence_encoders { din_encoder { input: "clicks" attn_mlp { hidden_units: [5] use_bn: true } } }
     sequence_encoders { simple_attention { input: "clicks" } }
     sequence_encoders { pooling_encoder { input: "prices" pooling_type: "sum" } }
     sequence_encoders { pooling_encoder { input: "clicks" pooling_type: "mean" } }

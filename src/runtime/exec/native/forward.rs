@@ -403,9 +403,11 @@ fn sequence_steps(
                     sequence::dense_steps(buf, out, col, (values, offsets, *dim), name)?;
                     *dim
                 }
-                _ => return Err(bad_batch!(
+                _ => {
+                    return Err(bad_batch!(
                     "sequence feature \"{name}\" needs dense steps, the batch holds something else"
-                )),
+                ))
+                }
             }
         };
         col += dim;

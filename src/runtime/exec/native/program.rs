@@ -284,10 +284,36 @@ impl Program {
                     )
                 }
                 OpKind::BatchNorm if op.over_steps => {
-                    return Err(unsupported!(
-                        op.name,
-                        "the native engine has no batch norm over sequence steps yet"
-                    ));
+                    // Statistics over every step of every row: the [B, L, D]
+                    // value read as [B * L, D], normalized along the rows.
+                    let x = input(&b, 0)?;
+                    let dense = |v: &View| {
+                        v.rank == 3 && v.strides == [v.dims[1] * v.dims[2], v.dims[2], 1]
+                    };
+                    if !dense(&x) {
+                        return Err(unsupported!(
+                            op.name,
+                            "batch norm over the steps of a value that is not one dense [B, L, D] block"
+                        ));
+                    }
+                    let y = b.fresh(&x.logical(), true)?;
+                    let rows = |v: View| View {
+                        dims: [1, v.dims[0] * v.dims[1], v.dims[2]],
+                        strides: [v.dims[0] * v.dims[1] * v.dims[2], v.dims[2], 1],
+                        rank: 2,
+                        ..v
+                    };
+                    let params = op.params.iter().map(|&p| p as usize).collect();
+                    (
+                        Step::Norm {
+                            x: rows(x),
+                            y: rows(y),
+                            axis: 1,
+                            batch_norm: true,
+                            params,
+                        },
+                        y,
+                    )
                 }
                 OpKind::BatchNorm | OpKind::LayerNorm => {
                     let x = input(&b, 0)?;
