@@ -268,8 +268,9 @@ fn example_models_match_the_candle_path() {
 }
 
 /// Every sequence encoder the native engine runs (DIN, with and without
-/// batch norm over the steps in its attention MLP, simple attention, sum
-/// and mean pooling) over embedded and dense steps, with rows longer
+/// batch norm over the steps in its attention MLP, multi-window DIN with
+/// windows running past the sequence, simple attention, sum and mean
+/// pooling) over embedded and dense steps, with rows longer
 /// and shorter than others and empty ones: logits, parameter gradients and
 /// the gathered embedding rows' gradients agree with the candle path.
 #[test]
@@ -291,6 +292,7 @@ model_config {
     sequence_encoders { din_encoder { input: "clicks" attn_mlp { hidden_units: [8, 4] } } }
     sequence_encoders { din_encoder { input: "clicks" attn_mlp { hidden_units: [5] use_bn: true } } }
     sequence_encoders { simple_attention { input: "clicks" } }
+    sequence_encoders { multi_window_din_encoder { input: "clicks" attn_mlp { hidden_units: [6] } windows_len: [2, 3, 4] } }
     sequence_encoders { pooling_encoder { input: "prices" pooling_type: "sum" } }
     sequence_encoders { pooling_encoder { input: "clicks" pooling_type: "mean" } }
   }

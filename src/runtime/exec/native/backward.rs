@@ -454,13 +454,18 @@ impl Engine {
                         }
                     }
                 }
-                Step::DinInput { q, s, y } | Step::DotScores { q, s, y } => {
+                Step::DinInput { q, s, y }
+                | Step::DotScores { q, s, y }
+                | Step::WindowInput { q, s, y } => {
                     let din = matches!(step, Step::DinInput { .. });
+                    let window = matches!(step, Step::WindowInput { .. });
                     // One input at a time: both may be views of one buffer.
                     if needs(q) {
                         let mut dq = std::mem::take(&mut prog.gbufs[prog.gslot[q.buf]]);
                         let (g, sv) = (&prog.gbufs[prog.gslot[y.buf]], &prog.bufs[s.buf]);
-                        if din {
+                        if window {
+                            sequence::window_input_grad_query(&mut dq, q, g, y, sv, s, acc(q));
+                        } else if din {
                             sequence::din_input_grad_query(&mut dq, q, g, y, sv, s, acc(q));
                         } else {
                             sequence::dot_scores_grad_query(&mut dq, q, g, y, sv, s, acc(q));
@@ -470,7 +475,9 @@ impl Engine {
                     if needs(s) {
                         let mut ds = std::mem::take(&mut prog.gbufs[prog.gslot[s.buf]]);
                         let (g, qv) = (&prog.gbufs[prog.gslot[y.buf]], &prog.bufs[q.buf]);
-                        if din {
+                        if window {
+                            sequence::window_input_grad_steps(&mut ds, s, g, y, qv, q, acc(s));
+                        } else if din {
                             sequence::din_input_grad_steps(&mut ds, s, g, y, qv, q, acc(s));
                         } else {
                             sequence::dot_scores_grad_steps(&mut ds, s, g, y, qv, q, acc(s));
@@ -510,6 +517,40 @@ impl Engine {
                             acc(s),
                         );
                         prog.gbufs[prog.gslot[s.buf]] = d;
+                    }
+                }
+                Step::WindowPool {
+                    scores,
+                    s,
+                    mask,
+                    q,
+                    y,
+                    windows,
+                } => {
+                    // One gradient at a time: the inputs may be views of one buffer.
+                    for (which, v) in [scores, s, q].into_iter().enumerate() {
+                        if !needs(v) {
+                            continue;
+                        }
+                        let mut d = std::mem::take(&mut prog.gbufs[prog.gslot[v.buf]]);
+                        let target = Some((d.as_mut_slice(), v, acc(v)));
+                        let (mut dsc, mut dst, mut dq) = (None, None, None);
+                        match which {
+                            0 => dsc = target,
+                            1 => dst = target,
+                            _ => dq = target,
+                        }
+                        sequence::window_pool_grads(
+                            (&prog.gbufs[prog.gslot[y.buf]], y),
+                            (&prog.bufs[scores.buf], scores),
+                            (&prog.bufs[s.buf], s),
+                            (&prog.bufs[mask.buf], mask),
+                            windows,
+                            dsc,
+                            dst,
+                            dq,
+                        );
+                        prog.gbufs[prog.gslot[v.buf]] = d;
                     }
                 }
                 Step::SeqPool { s, mask, y, mean } => {

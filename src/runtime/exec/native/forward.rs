@@ -242,6 +242,31 @@ impl Engine {
                     );
                     prog.bufs[y.buf] = buf;
                 }
+                Step::WindowInput { q, s, y } => {
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    sequence::window_input(&mut buf, y, &prog.bufs[q.buf], q, &prog.bufs[s.buf], s);
+                    prog.bufs[y.buf] = buf;
+                }
+                Step::WindowPool {
+                    scores,
+                    s,
+                    mask,
+                    q,
+                    y,
+                    windows,
+                } => {
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    sequence::window_pool(
+                        &mut buf,
+                        y,
+                        (&prog.bufs[scores.buf], scores),
+                        (&prog.bufs[s.buf], s),
+                        (&prog.bufs[mask.buf], mask),
+                        (&prog.bufs[q.buf], q),
+                        windows,
+                    );
+                    prog.bufs[y.buf] = buf;
+                }
                 Step::Detach { x, y } => {
                     let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
                     kernels::copy(&mut buf, y, &prog.bufs[x.buf], x, false);

@@ -404,14 +404,44 @@ impl Program {
                     let y = b.fresh(&[rows, s.dims[2]], b.needs[s.buf])?;
                     (Step::SeqPool { s, mask, y, mean }, y)
                 }
-                OpKind::WindowInput | OpKind::WindowPool => {
-                    // Multi-window DIN runs on candle; the runtime falls
-                    // back with a notice.
-                    return Err(unsupported!(
-                        op.name,
-                        "the native engine has no {:?} kernel yet (multi-window DIN)",
-                        kind
-                    ));
+                OpKind::WindowInput => {
+                    let (q, s) = (input(&b, 0)?, input(&b, 1)?);
+                    if q.rank != 2 || s.rank != 3 || q.dims[1] != s.dims[0] || q.dims[2] > s.dims[2]
+                    {
+                        return Err(invalid_plan!("window input \"{}\" shapes", op.name));
+                    }
+                    let needs = b.needs[q.buf] || b.needs[s.buf];
+                    let y = b.fresh(&[s.dims[0], s.dims[1], 3 * s.dims[2]], needs)?;
+                    (Step::WindowInput { q, s, y }, y)
+                }
+                OpKind::WindowPool => {
+                    let (scores, s) = (input(&b, 0)?, input(&b, 1)?);
+                    let (mask, q) = (input(&b, 2)?, input(&b, 3)?);
+                    let (rows, steps, d) = (s.dims[0], s.dims[1], s.dims[2]);
+                    if s.rank != 3
+                        || scores.dims != [rows, steps, 1]
+                        || mask.rank != 2
+                        || mask.dims[1..] != [rows, steps]
+                        || q.rank != 2
+                        || q.dims[1] != rows
+                        || q.dims[2] > d
+                    {
+                        return Err(invalid_plan!("window pool \"{}\" shapes", op.name));
+                    }
+                    let windows: Vec<usize> = op.widths.iter().map(|&w| w as usize).collect();
+                    let needs = b.needs[scores.buf] || b.needs[s.buf] || b.needs[q.buf];
+                    let y = b.fresh(&[rows, (windows.len() + 1) * d], needs)?;
+                    (
+                        Step::WindowPool {
+                            scores,
+                            s,
+                            mask,
+                            q,
+                            y,
+                            windows,
+                        },
+                        y,
+                    )
                 }
                 OpKind::VariationalDropout => {
                     return Err(unsupported!(
@@ -696,7 +726,17 @@ fn views_of(step: &mut Step) -> Vec<&mut View> {
         | Step::Norm { x, y, .. } => vec![x, y],
         Step::Mul { a, b, y } => vec![a, b, y],
         Step::SeqEmbed { out } | Step::SeqMask { out } => vec![out],
-        Step::DinInput { q, s, y } | Step::DotScores { q, s, y } => vec![q, s, y],
+        Step::DinInput { q, s, y }
+        | Step::DotScores { q, s, y }
+        | Step::WindowInput { q, s, y } => vec![q, s, y],
+        Step::WindowPool {
+            scores,
+            s,
+            mask,
+            q,
+            y,
+            ..
+        } => vec![scores, s, mask, q, y],
         Step::AttnPool { scores, s, mask, y } => vec![scores, s, mask, y],
         Step::SeqPool { s, mask, y, .. } => vec![s, mask, y],
         Step::Copy { parts, out } => parts
@@ -755,6 +795,8 @@ fn gradient_read(step: &Step) -> Option<View> {
         | Step::DinInput { y, .. }
         | Step::DotScores { y, .. }
         | Step::AttnPool { y, .. }
+        | Step::WindowInput { y, .. }
+        | Step::WindowPool { y, .. }
         | Step::SeqPool { y, .. } => Some(*y),
         Step::SeqEmbed { out } => Some(*out),
         Step::Group { out }

@@ -413,3 +413,185 @@ fn put_all(out: &mut [f32], v: &[f32], acc: bool) {
         *o = if acc { *o + x } else { x };
     }
 }
+
+/// Multi-window DIN's attention input: `y` `[B, L, 3D]` = `[s, q * s, q]`
+/// per step, `q` zero-padded to `D`.
+pub(super) fn window_input(y: &mut [f32], yv: &View, q: &[f32], qv: &View, s: &[f32], sv: &View) {
+    let (steps, d, dq) = (sv.dims[1], sv.dims[2], qv.dims[2]);
+    rows_mut(y, yv, |rl, out| {
+        let (qr, sr) = (row(q, qv, rl / steps), row(s, sv, rl));
+        for j in 0..d {
+            let qj = if j < dq { qr[j] } else { 0.0 };
+            out[j] = sr[j];
+            out[d + j] = qj * sr[j];
+            out[2 * d + j] = qj;
+        }
+    });
+}
+
+/// Gradient of `window_input` for the query: `dq[r] (+)= sum_l (g_prod * s
+/// + g_q)` over its first `Dq` columns.
+pub(super) fn window_input_grad_query(
+    dq: &mut [f32],
+    dqv: &View,
+    g: &[f32],
+    gv: &View,
+    s: &[f32],
+    sv: &View,
+    acc: bool,
+) {
+    let (steps, d) = (sv.dims[1], sv.dims[2]);
+    rows_mut(dq, dqv, |r, out| {
+        let mut sum = vec![0f32; out.len()];
+        for l in 0..steps {
+            let (gr, sr) = (row(g, gv, r * steps + l), row(s, sv, r * steps + l));
+            for (j, x) in sum.iter_mut().enumerate() {
+                *x += gr[d + j] * sr[j] + gr[2 * d + j];
+            }
+        }
+        put_all(out, &sum, acc);
+    });
+}
+
+/// Gradient of `window_input` for the steps: `ds (+)= g_s + g_prod * q`.
+pub(super) fn window_input_grad_steps(
+    ds: &mut [f32],
+    dsv: &View,
+    g: &[f32],
+    gv: &View,
+    q: &[f32],
+    qv: &View,
+    acc: bool,
+) {
+    let (steps, d, dq) = (dsv.dims[1], dsv.dims[2], qv.dims[2]);
+    rows_mut(ds, dsv, |rl, out| {
+        let (gr, qr) = (row(g, gv, rl), row(q, qv, rl / steps));
+        for (j, o) in out.iter_mut().enumerate() {
+            let qj = if j < dq { qr[j] } else { 0.0 };
+            let v = gr[j] + gr[d + j] * qj;
+            *o = if acc { *o + v } else { v };
+        }
+    });
+}
+
+/// The windows of multi-window DIN over `steps` steps: per window its step
+/// range (cut at `steps`), its first step and its length.
+fn window_ranges(windows: &[usize], steps: usize) -> Vec<(std::ops::Range<usize>, usize, usize)> {
+    let mut start = 0usize;
+    windows
+        .iter()
+        .map(|&w| {
+            let r = (start.min(steps)..(start + w).min(steps), start, w);
+            start += w;
+            r
+        })
+        .collect()
+}
+
+/// A window's divisor: its valid steps `min(length - start, len)`, at least 1.
+fn window_count(length: f32, start: usize, len: usize) -> f32 {
+    (length - start as f32).clamp(1.0, len.max(1) as f32)
+}
+
+/// Multi-window DIN's pooling: per window, the sum over its steps of
+/// `score * mask * s` over the window's count; then `q` zero-padded to `D`:
+/// `y` `[B, (W + 1) D]`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn window_pool(
+    y: &mut [f32],
+    yv: &View,
+    (scores, scv): (&[f32], &View),
+    (s, sv): (&[f32], &View),
+    (mask, mv): (&[f32], &View),
+    (q, qv): (&[f32], &View),
+    windows: &[usize],
+) {
+    let (steps, d) = (sv.dims[1], sv.dims[2]);
+    let ranges = window_ranges(windows, steps);
+    rows_mut(y, yv, |r, out| {
+        let m = row(mask, mv, r);
+        let length: f32 = m.iter().sum();
+        out.fill(0.0);
+        for (w, (range, start, len)) in ranges.iter().enumerate() {
+            let part = &mut out[w * d..(w + 1) * d];
+            for l in range.clone() {
+                let f = row(scores, scv, r * steps + l)[0] * m[l];
+                for (o, &x) in part.iter_mut().zip(row(s, sv, r * steps + l)) {
+                    *o += f * x;
+                }
+            }
+            let c = window_count(length, *start, *len);
+            part.iter_mut().for_each(|o| *o /= c);
+        }
+        let qr = row(q, qv, r);
+        out[windows.len() * d..windows.len() * d + qr.len()].copy_from_slice(qr);
+    });
+}
+
+/// Gradients of `window_pool`: for the scores (`[B, L, 1]`), `mask * (s .
+/// g_w) / count` at the steps of window `w`, 0 past the windows; for the
+/// steps, `score * mask * g_w / count`; for the query, its part of `g`.
+/// Each is written only where its `Some`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn window_pool_grads(
+    (g, gv): (&[f32], &View),
+    (scores, scv): (&[f32], &View),
+    (s, sv): (&[f32], &View),
+    (mask, mv): (&[f32], &View),
+    windows: &[usize],
+    dscores: Option<(&mut [f32], &View, bool)>,
+    ds: Option<(&mut [f32], &View, bool)>,
+    dq: Option<(&mut [f32], &View, bool)>,
+) {
+    let (rows, steps, d) = (sv.dims[0], sv.dims[1], sv.dims[2]);
+    let ranges = window_ranges(windows, steps);
+    // Per step: the window it is in (its gradient part and count), if any.
+    let per_step = |r: usize| -> Vec<Option<(usize, f32)>> {
+        let length: f32 = row(mask, mv, r).iter().sum();
+        let mut out = vec![None; steps];
+        for (w, (range, start, len)) in ranges.iter().enumerate() {
+            for l in range.clone() {
+                out[l] = Some((w, window_count(length, *start, *len)));
+            }
+        }
+        out
+    };
+    if let Some((dsc, dscv, acc)) = dscores {
+        for r in 0..rows {
+            let (gr, m, wins) = (row(g, gv, r), row(mask, mv, r), per_step(r));
+            for l in 0..steps {
+                let v = match wins[l] {
+                    Some((w, c)) => {
+                        m[l] * dot(row(s, sv, r * steps + l), &gr[w * d..(w + 1) * d]) / c
+                    }
+                    None => 0.0,
+                };
+                let o = dscv.row_offset(r * steps + l);
+                dsc[o] = if acc { dsc[o] + v } else { v };
+            }
+        }
+    }
+    if let Some((dsb, dsv, acc)) = ds {
+        let wins: Vec<Vec<Option<(usize, f32)>>> = (0..rows).map(per_step).collect();
+        rows_mut(dsb, dsv, |rl, out| {
+            let (r, l) = (rl / steps, rl % steps);
+            let (f, part) = match wins[r][l] {
+                Some((w, c)) => (row(scores, scv, rl)[0] * row(mask, mv, r)[l] / c, Some(w)),
+                None => (0.0, None),
+            };
+            let gr = row(g, gv, r);
+            for (j, o) in out.iter_mut().enumerate() {
+                let v = part.map_or(0.0, |w| f * gr[w * d + j]);
+                *o = if acc { *o + v } else { v };
+            }
+        });
+    }
+    if let Some((dqb, dqv, acc)) = dq {
+        let at = windows.len() * d;
+        rows_mut(dqb, dqv, |r, out| {
+            let gr = row(g, gv, r);
+            let n = out.len();
+            put_all(out, &gr[at..at + n], acc);
+        });
+    }
+}

@@ -100,6 +100,21 @@ pub(super) enum Step {
         s: View,
         y: View,
     },
+    /// `y = [s, q * s, q]` per step (multi-window DIN's attention input).
+    WindowInput {
+        q: View,
+        s: View,
+        y: View,
+    },
+    /// Multi-window DIN's pooling over `windows` (each window's length).
+    WindowPool {
+        scores: View,
+        s: View,
+        mask: View,
+        q: View,
+        y: View,
+        windows: Vec<usize>,
+    },
     /// Batch norm (lanes along the batch axis, affine per lane) or layer
     /// norm (lanes along the last axis, affine per position).
     Norm {
@@ -120,7 +135,10 @@ pub(super) fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
         | Step::Detach { .. }
         | Step::SeqEmbed { .. }
         | Step::SeqMask { .. } => Vec::new(),
-        Step::DinInput { q, s, .. } | Step::DotScores { q, s, .. } => vec![*q, *s],
+        Step::DinInput { q, s, .. }
+        | Step::DotScores { q, s, .. }
+        | Step::WindowInput { q, s, .. } => vec![*q, *s],
+        Step::WindowPool { scores, s, q, .. } => vec![*scores, *s, *q],
         Step::AttnPool { scores, s, .. } => vec![*scores, *s],
         Step::SeqPool { s, .. } => vec![*s],
         Step::Mul { a, b, .. } => vec![*a, *b],

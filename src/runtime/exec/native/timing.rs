@@ -56,6 +56,8 @@ pub(super) fn record(
         Step::AttnPool { .. } => "attention pool".into(),
         Step::SeqPool { .. } => "sequence pool".into(),
         Step::DotScores { .. } => "dot scores".into(),
+        Step::WindowInput { .. } => "window input".into(),
+        Step::WindowPool { .. } => "window pool".into(),
     };
     let e = times.entry(format!("{dir} {label}")).or_insert((0.0, 0));
     e.0 += t0.elapsed().as_secs_f64();
