@@ -310,6 +310,57 @@ model_config {
     compare("sequence encoders", &plan, &batch, 2e-4);
 }
 
+/// Variational dropout on the native engine: its keep factors (the candle
+/// path's noise, bit for bit), its input and drop-logit gradients, and in
+/// training its penalty, whose gradient candle's autograd adds to the
+/// engine's: logits, gradients, losses and trained parameters agree.
+#[test]
+fn variational_dropout_matches_the_candle_path() {
+    let source = r#"
+data_config { batch_size: 32 label_fields: "clk" label_fields: "buy" }
+feature_configs { id_feature { feature_name: "u" num_buckets: 50 embedding_dim: 4 } }
+feature_configs { id_feature { feature_name: "i" num_buckets: 50 embedding_dim: 3 } }
+feature_configs { raw_feature { feature_name: "p" } }
+model_config {
+  feature_groups { group_name: "all" feature_names: "u" feature_names: "i" feature_names: "p" group_type: DEEP }
+  variational_dropout { regularization_lambda: 20.0 }
+  mmoe {
+    expert_mlp { hidden_units: [8] }
+    num_expert: 2
+    task_towers { tower_name: "ctr" label_name: "clk" losses { binary_cross_entropy {} } }
+    task_towers { tower_name: "cvr" label_name: "buy" losses { binary_cross_entropy {} } }
+  }
+}
+"#;
+    let mut plan = build(source, BuildOptions::default())
+        .unwrap_or_else(|e| panic!("variational dropout compiles: {e:?}"))
+        .plan;
+    let batch = super::runs::random_batch(&plan, 33, 5);
+    compare("variational dropout", &plan, &batch, 2e-4);
+    // SGD, so each step moves the drop logits by their gradient, the
+    // penalty's share included (a large lambda makes that share count).
+    let train = plan.train.as_mut().unwrap();
+    train.dense_optimizer = Some(optimizer(OptimizerKind::Sgd, 0.5));
+    train.sparse_optimizer = Some(optimizer(OptimizerKind::Sgd, 0.5));
+    let run = |native: bool| {
+        let mut t = Trainer::new(&plan, 3, &Device::Cpu).unwrap();
+        t.model.set_native(native).unwrap();
+        assert_eq!(t.model.uses_native(), native);
+        let losses: Vec<f32> = (0..4).map(|_| t.step(&batch, 0).unwrap().total).collect();
+        (losses, t.to_plan().unwrap())
+    };
+    let ((ln, pn), (lc, pc)) = (run(true), run(false));
+    assert_close("variational dropout losses", &ln, &lc, 1e-4);
+    for (a, b) in pn.params.iter().zip(&pc.params) {
+        assert_close(
+            &format!("trained {}", a.name),
+            &f32s(&a.data),
+            &f32s(&b.data),
+            1e-4,
+        );
+    }
+}
+
 /// DBMTL's mask net, parallel and serial blocks with a top MLP: the
 /// standalone layer norm, the mask products and the block layers agree
 /// between the engines.

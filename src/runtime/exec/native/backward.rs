@@ -569,6 +569,27 @@ impl Engine {
                         prog.gbufs[prog.gslot[s.buf]] = d;
                     }
                 }
+                Step::VarDrop { x, y, fp, columns } => {
+                    let keep = tape.stats[oi].as_ref().map_or(&[][..], |s| s.0.as_slice());
+                    let mut dx =
+                        needs(x).then(|| std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]));
+                    let mut dfp = pg.take(*fp);
+                    kernels::vd_backward(
+                        dx.as_mut().map(|d| (d.as_mut_slice(), x, acc(x))),
+                        (!dfp.is_empty()).then_some(dfp.as_mut_slice()),
+                        &prog.gbufs[prog.gslot[y.buf]],
+                        y,
+                        &prog.bufs[x.buf],
+                        x,
+                        keep,
+                        ps.get(*fp),
+                        columns,
+                    );
+                    pg.put(*fp, dfp);
+                    if let Some(d) = dx {
+                        prog.gbufs[prog.gslot[x.buf]] = d;
+                    }
+                }
                 Step::Detach { .. } => {}
                 Step::Mul { a, b, y } => {
                     // One input at a time: both may be views of one buffer.
@@ -684,7 +705,13 @@ impl Engine {
         for ((slot, p), g) in params.iter().zip(&plan.params).zip(pg.finish()) {
             if let ParamSlot::Trainable(var) = slot {
                 let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
-                grads.insert(var.as_tensor(), Tensor::from_vec(g, shape, device)?);
+                let mut t = Tensor::from_vec(g, shape, device)?;
+                // A term of the loss outside the logits (variational
+                // dropout's penalty) already has its gradient here.
+                if let Some(prev) = grads.get(var.as_tensor()) {
+                    t = (prev + t)?;
+                }
+                grads.insert(var.as_tensor(), t);
             }
         }
         for (g, d) in gathered.iter().zip(drows) {

@@ -41,6 +41,7 @@ impl Engine {
             columns: (0..n_ops).map(|_| None).collect(),
         };
         let mut updates = Vec::new();
+        let mut penalties = Vec::new();
         for (oi, step) in prog.steps.iter().enumerate() {
             let op = &plan.ops[oi];
             let t0 = self.times.is_some().then(std::time::Instant::now);
@@ -267,6 +268,25 @@ impl Engine {
                     );
                     prog.bufs[y.buf] = buf;
                 }
+                Step::VarDrop { x, y, fp, columns } => {
+                    let features = op.widths.len();
+                    let keep = match mode {
+                        Mode::Train { seed, step } => {
+                            // The candle path's stream: the same noise bit for bit.
+                            let mut rng = SplitMix64::derive(seed, &[step, oi as u64]);
+                            let u: Vec<f32> = (0..rows * features)
+                                .map(|_| rng.next_f64() as f32)
+                                .collect();
+                            penalties.push((*fp, op.alpha));
+                            kernels::vd_keep(ps.get(*fp), rows, Some(&u))
+                        }
+                        _ => kernels::vd_keep(ps.get(*fp), rows, None),
+                    };
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    kernels::vd_apply(&mut buf, y, &prog.bufs[x.buf], x, &keep, columns);
+                    prog.bufs[y.buf] = buf;
+                    tape.stats[oi] = Some((keep, Vec::new()));
+                }
                 Step::Detach { x, y } => {
                     let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
                     kernels::copy(&mut buf, y, &prog.bufs[x.buf], x, false);
@@ -369,6 +389,7 @@ impl Engine {
         Ok(NativeForward {
             logits,
             buffer_updates: updates,
+            penalties,
         })
     }
 }

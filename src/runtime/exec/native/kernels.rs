@@ -670,3 +670,90 @@ pub(super) fn normalize_backward(
         }
     }
 }
+
+/// Variational dropout's relaxed-Bernoulli temperature (TorchEasyRec's).
+const VD_TEMPERATURE: f32 = 0.1;
+
+/// `ln(v + eps) - ln(1 + eps - v)`, with tzrec's epsilon inside each log.
+fn vd_logit(v: f32) -> f32 {
+    let eps = f32::EPSILON;
+    (v + eps).ln() - (1.0 + eps - v).ln()
+}
+
+/// Variational dropout's keep factors per row and feature (`[rows, F]`):
+/// with `noise` (uniform `[rows, F]`, training) `1 - sigmoid((logit(u) +
+/// logit(p)) / 0.1)`, without it `1 - p`, for `p = sigmoid(feature_p)`.
+pub(super) fn vd_keep(feature_p: &[f32], rows: usize, noise: Option<&[f32]>) -> Vec<f32> {
+    let p: Vec<f32> = feature_p.iter().map(|&x| sigmoid(x)).collect();
+    match noise {
+        Some(u) => u
+            .iter()
+            .enumerate()
+            .map(|(i, &u)| {
+                let pf = p[i % p.len().max(1)];
+                1.0 - sigmoid((vd_logit(u) + vd_logit(pf)) / VD_TEMPERATURE)
+            })
+            .collect(),
+        None => (0..rows).flat_map(|_| p.iter().map(|&p| 1.0 - p)).collect(),
+    }
+}
+
+/// `y[r, c] = x[r, c] * keep[r, columns[c]]`.
+pub(super) fn vd_apply(
+    y: &mut [f32],
+    yv: &View,
+    x: &[f32],
+    xv: &View,
+    keep: &[f32],
+    columns: &[usize],
+) {
+    let f = keep.len() / xv.rows().max(1);
+    rows_mut(y, yv, |r, out| {
+        for ((o, &v), &c) in out.iter_mut().zip(row(x, xv, r)).zip(columns) {
+            *o = v * keep[r * f + c];
+        }
+    });
+}
+
+/// Variational dropout's gradients: `dx (+)= g * keep`, and each
+/// feature's drop logit gets `sum g * x * d keep / d feature_p`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn vd_backward(
+    dx: Option<(&mut [f32], &View, bool)>,
+    dfp: Option<&mut [f32]>,
+    g: &[f32],
+    gv: &View,
+    x: &[f32],
+    xv: &View,
+    keep: &[f32],
+    feature_p: &[f32],
+    columns: &[usize],
+) {
+    let f = feature_p.len().max(1);
+    if let Some((dx, dxv, acc)) = dx {
+        rows_mut(dx, dxv, |r, out| {
+            for ((o, &gv), &c) in out.iter_mut().zip(row(g, gv, r)).zip(columns) {
+                put(o, gv * keep[r * f + c], acc);
+            }
+        });
+    }
+    if let Some(dfp) = dfp {
+        let eps = f32::EPSILON;
+        // d keep / d feature_p = -s (1 - s) / T * dlogit(p)/dp * p (1 - p),
+        // s = 1 - keep the relaxed drop.
+        let dp: Vec<f32> = feature_p
+            .iter()
+            .map(|&z| {
+                let p = sigmoid(z);
+                (1.0 / (p + eps) + 1.0 / (1.0 + eps - p)) * p * (1.0 - p) / VD_TEMPERATURE
+            })
+            .collect();
+        for r in 0..gv.rows() {
+            let (gr, xr) = (row(g, gv, r), row(x, xv, r));
+            for ((&gc, &xc), &c) in gr.iter().zip(xr).zip(columns) {
+                let k = keep[r * f + c];
+                dfp[c] -= gc * xc * k * (1.0 - k) * dp[c];
+            }
+        }
+    }
+}

@@ -108,6 +108,10 @@ pub(crate) struct NativeForward {
     pub logits: Vec<Vec<f32>>,
     /// New batch-norm running statistics: (param index, values).
     pub buffer_updates: Vec<(usize, Vec<f32>)>,
+    /// Training: each variational dropout's drop-logit param and lambda,
+    /// whose penalty the training loss adds (built on the param's tensor,
+    /// so candle's autograd gives its gradient).
+    pub penalties: Vec<(usize, f32)>,
 }
 
 /// The engine of one model: its programs and the last training tape.
@@ -292,6 +296,18 @@ impl Executor for Engine {
             params[i] = ParamSlot::Buffer(Tensor::from_vec(v, shape, device)?);
         }
         let train = matches!(mode, Mode::Train { .. });
+        let penalties = out
+            .penalties
+            .iter()
+            .map(|&(p, lambda)| {
+                crate::runtime::exec::candle::ops::variational_dropout_penalty(
+                    params[p].tensor(),
+                    lambda,
+                    batch.rows,
+                )
+                .map_err(Into::into)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let (logits, logit_vars) = logits_tensors(out.logits, batch.rows, device, train)?;
         let gathered = match train {
             true => self.gathered(tables, device)?,
@@ -301,7 +317,7 @@ impl Executor for Engine {
             logits,
             gathered,
             logit_vars,
-            penalties: Vec::new(),
+            penalties,
         })
     }
 

@@ -444,10 +444,28 @@ impl Program {
                     )
                 }
                 OpKind::VariationalDropout => {
-                    return Err(unsupported!(
-                        op.name,
-                        "the native engine has no variational dropout kernel yet"
-                    ));
+                    let x = input(&b, 0)?;
+                    let columns: Vec<usize> = op
+                        .widths
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(f, &w)| std::iter::repeat_n(f, w as usize))
+                        .collect();
+                    let fp = op.params.first().map(|&p| p as usize);
+                    let (Some(fp), true, true) = (
+                        fp,
+                        x.rank == 2 && columns.len() == x.dims[2],
+                        param_shape(0) == [op.widths.len()],
+                    ) else {
+                        return Err(invalid_plan!(
+                            "variational dropout \"{}\": {} feature widths for a {:?} input",
+                            op.name,
+                            op.widths.len(),
+                            x.logical()
+                        ));
+                    };
+                    let y = b.fresh(&x.logical(), b.needs[x.buf] || trainable)?;
+                    (Step::VarDrop { x, y, fp, columns }, y)
                 }
                 OpKind::Mul => {
                     let (a, x) = (input(&b, 0)?, input(&b, 1)?);
@@ -725,6 +743,7 @@ fn views_of(step: &mut Step) -> Vec<&mut View> {
         | Step::Softmax { x, y, .. }
         | Step::Norm { x, y, .. } => vec![x, y],
         Step::Mul { a, b, y } => vec![a, b, y],
+        Step::VarDrop { x, y, .. } => vec![x, y],
         Step::SeqEmbed { out } | Step::SeqMask { out } => vec![out],
         Step::DinInput { q, s, y }
         | Step::DotScores { q, s, y }
@@ -792,6 +811,7 @@ fn gradient_read(step: &Step) -> Option<View> {
     match step {
         Step::Alias | Step::Detach { .. } | Step::SeqMask { .. } => None,
         Step::Mul { y, .. }
+        | Step::VarDrop { y, .. }
         | Step::DinInput { y, .. }
         | Step::DotScores { y, .. }
         | Step::AttnPool { y, .. }

@@ -44,6 +44,14 @@ pub(super) enum Step {
         b: View,
         y: View,
     },
+    /// TorchEasyRec's variational dropout: `y[r, c] = x[r, c] * keep[r, f]`,
+    /// `f = columns[c]` the column's feature, its drop logits param `fp`.
+    VarDrop {
+        x: View,
+        y: View,
+        fp: usize,
+        columns: Vec<usize>,
+    },
     /// `y = x`; no gradient flows back to `x`.
     Detach {
         x: View,
@@ -142,6 +150,7 @@ pub(super) fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
         Step::AttnPool { scores, s, .. } => vec![*scores, *s],
         Step::SeqPool { s, .. } => vec![*s],
         Step::Mul { a, b, .. } => vec![*a, *b],
+        Step::VarDrop { x, .. } => vec![*x],
         Step::Linear { x, .. } => vec![*x],
         // A shared input takes one gradient per expert; a stacked one, one
         // per expert into its own matrix (together: the view once).

@@ -46,6 +46,7 @@ pub(super) fn record(
         Step::Dropout { .. } => "dropout".into(),
         Step::Mul { .. } => "multiply".into(),
         Step::Detach { .. } => "stop gradient".into(),
+        Step::VarDrop { .. } => "variational dropout".into(),
         Step::Copy { .. } => "copy".into(),
         Step::Softmax { .. } => "softmax".into(),
         Step::GateMix { .. } => "gate mix".into(),
