@@ -6,7 +6,8 @@
 #
 # A config passes when `plec check` reports nothing, `plec compile`
 # succeeds (so no block was dropped: compile refuses any block it cannot
-# run), and `plec gen-data` plus `plec run --steps 3` on that data finish.
+# run), and `plec gen-data` plus `plec run --steps 3 --engine native` on
+# that data finish (so the native CPU engine runs every op of the model).
 # Configs are found under examples/, tzrec/benchmark/configs/ and
 # tzrec/tests/configs/ by their model_config kind. Not part of CI: it needs
 # a tzrec checkout, e.g.
@@ -50,7 +51,8 @@ for rel in "${configs[@]}"; do
   step compile "$plec" compile "$cfg" -o "$out/plan.bin"
   step gen-data "$plec" gen-data "$out/plan.bin" --rows 512 -o "$out/data"
   step run "$plec" run "$out/plan.bin" --data "$out/data/train.parquet" \
-    --eval "$out/data/eval.parquet" --steps 3 --batch-size 64 -o "$out/run" -q
+    --eval "$out/data/eval.parquet" --steps 3 --batch-size 64 --engine native \
+    -o "$out/run" -q
   if [ "$status" = ok ]; then
     pass=$((pass + 1)); printf 'ok    %s\n' "$rel"
   else
