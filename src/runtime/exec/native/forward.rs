@@ -394,9 +394,6 @@ impl Engine {
     }
 }
 
-/// Fills the feature group `out` (`[B, W]`) and returns each feature's
-/// first column.
-#[allow(clippy::too_many_arguments)]
 /// SEQUENCE_EMBED: each feature's steps side by side in `[B, L, W]`, zero
 /// past each row's length; returns each feature's first column.
 #[allow(clippy::too_many_arguments)]
@@ -469,6 +466,9 @@ fn sequence_steps(
     Ok(cols)
 }
 
+/// Fills the feature group `out` (`[B, W]`) and returns each feature's
+/// first column.
+#[allow(clippy::too_many_arguments)]
 fn feature_group(
     buf: &mut [f32],
     out: &View,
