@@ -91,17 +91,10 @@ impl Engine {
             match step {
                 Step::Alias => {}
                 Step::Group { out } => {
-                    let cols = tape.columns[oi].as_deref().unwrap_or(&[]);
                     let g = &prog.gbufs[prog.gslot[out.buf]];
-                    for (k, &f) in op.features.iter().enumerate() {
-                        let Some(bag) = tape.lookup.bags.iter().find(|b| b.feature == f as usize)
-                        else {
-                            continue;
-                        };
-                        if let (Some(&c), Some(d)) = (cols.get(k), drows.get_mut(bag.source)) {
-                            embed::scatter(d, g, out.dims[2], c, bag);
-                        }
-                    }
+                    for_each_bag(op, &tape, oi, &mut drows, |d, c, bag| {
+                        embed::scatter(d, g, out.dims[2], c, bag)
+                    });
                 }
                 Step::Linear { x, out, w, b }
                     if needs(x) && experts_in_parallel(nt, out.rows(), 2) =>
@@ -442,46 +435,46 @@ impl Engine {
                 }
                 Step::SeqMask { .. } => {}
                 Step::SeqEmbed { out } => {
-                    let cols = tape.columns[oi].as_deref().unwrap_or(&[]);
                     let g = &prog.gbufs[prog.gslot[out.buf]];
-                    for (k, &f) in op.features.iter().enumerate() {
-                        let Some(bag) = tape.lookup.bags.iter().find(|b| b.feature == f as usize)
-                        else {
-                            continue;
-                        };
-                        if let (Some(&c), Some(d)) = (cols.get(k), drows.get_mut(bag.source)) {
-                            sequence::scatter_steps(d, g, out, c, bag);
-                        }
-                    }
+                    for_each_bag(op, &tape, oi, &mut drows, |d, c, bag| {
+                        sequence::scatter_steps(d, g, out, c, bag)
+                    });
                 }
                 Step::DinInput { q, s, y }
                 | Step::DotScores { q, s, y }
                 | Step::WindowInput { q, s, y } => {
-                    let din = matches!(step, Step::DinInput { .. });
-                    let window = matches!(step, Step::WindowInput { .. });
+                    use sequence::terms;
+                    let d = s.dims[2];
                     // One input at a time: both may be views of one buffer.
                     if needs(q) {
                         let mut dq = std::mem::take(&mut prog.gbufs[prog.gslot[q.buf]]);
                         let (g, sv) = (&prog.gbufs[prog.gslot[y.buf]], &prog.bufs[s.buf]);
-                        if window {
-                            sequence::window_input_grad_query(&mut dq, q, g, y, sv, s, acc(q));
-                        } else if din {
-                            sequence::din_input_grad_query(&mut dq, q, g, y, sv, s, acc(q));
-                        } else {
-                            sequence::dot_scores_grad_query(&mut dq, q, g, y, sv, s, acc(q));
-                        }
+                        let (din, window) = (
+                            |g: &[f32], s: &[f32], j| terms::din_query(g, s, j, d),
+                            |g: &[f32], s: &[f32], j| terms::window_query(g, s, j, d),
+                        );
+                        let term: &(dyn Fn(&[f32], &[f32], usize) -> f32 + Sync) = match step {
+                            Step::DinInput { .. } => &din,
+                            Step::WindowInput { .. } => &window,
+                            _ => &terms::dot_query,
+                        };
+                        sequence::query_grad(&mut dq, q, g, y, sv, s, acc(q), term);
                         prog.gbufs[prog.gslot[q.buf]] = dq;
                     }
                     if needs(s) {
                         let mut ds = std::mem::take(&mut prog.gbufs[prog.gslot[s.buf]]);
                         let (g, qv) = (&prog.gbufs[prog.gslot[y.buf]], &prog.bufs[q.buf]);
-                        if window {
-                            sequence::window_input_grad_steps(&mut ds, s, g, y, qv, q, acc(s));
-                        } else if din {
-                            sequence::din_input_grad_steps(&mut ds, s, g, y, qv, q, acc(s));
-                        } else {
-                            sequence::dot_scores_grad_steps(&mut ds, s, g, y, qv, q, acc(s));
-                        }
+                        let (din, window, dot) = (
+                            |g: &[f32], q, j| terms::din_step(g, q, j, d),
+                            |g: &[f32], q, j| terms::window_step(g, q, j, d),
+                            |g: &[f32], q, _| terms::dot_step(g, q),
+                        );
+                        let term: &(dyn Fn(&[f32], f32, usize) -> f32 + Sync) = match step {
+                            Step::DinInput { .. } => &din,
+                            Step::WindowInput { .. } => &window,
+                            _ => &dot,
+                        };
+                        sequence::steps_grad(&mut ds, s, g, y, qv, q, acc(s), term);
                         prog.gbufs[prog.gslot[s.buf]] = ds;
                     }
                 }
@@ -720,6 +713,32 @@ impl Engine {
         }
         record_label(&mut self.times, "bwd gradients out", t_out);
         Ok(())
+    }
+}
+
+/// Calls `f` with each embedded feature of a FEATURE_GROUP or
+/// SEQUENCE_EMBED op (the `oi`-th): its table slot's row gradients, its
+/// first column in the op's output and its bag.
+fn for_each_bag(
+    op: &crate::proto::plan::Op,
+    tape: &Tape,
+    oi: usize,
+    drows: &mut [Vec<f32>],
+    mut f: impl FnMut(&mut [f32], usize, &embed::Bag),
+) {
+    let cols = tape.columns[oi].as_deref().unwrap_or(&[]);
+    for (k, &feature) in op.features.iter().enumerate() {
+        let Some(bag) = tape
+            .lookup
+            .bags
+            .iter()
+            .find(|b| b.feature == feature as usize)
+        else {
+            continue;
+        };
+        if let (Some(&c), Some(d)) = (cols.get(k), drows.get_mut(bag.source)) {
+            f(d, c, bag);
+        }
     }
 }
 

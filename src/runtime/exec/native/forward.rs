@@ -394,6 +394,22 @@ impl Engine {
     }
 }
 
+/// `f` of the rows `bag` reads: in training the gathered rows of its slot,
+/// else its table's weights.
+fn with_rows<R>(
+    lookup: &Lookup,
+    tables: &[Table],
+    bag: &embed::Bag,
+    train: bool,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Result<R> {
+    if train {
+        return Ok(f(&lookup.rows[bag.source].2));
+    }
+    let weight = host::tensor_f32(&tables[bag.source].weight)?;
+    Ok(f(weight.slice()))
+}
+
 /// SEQUENCE_EMBED: each feature's steps side by side in `[B, L, W]`, zero
 /// past each row's length; returns each feature's first column.
 #[allow(clippy::too_many_arguments)]
@@ -423,12 +439,9 @@ fn sequence_steps(
                     op.name
                 ));
             }
-            if train {
-                sequence::embed_steps(buf, out, col, bag, &lookup.rows[bag.source].2, name)?;
-            } else {
-                let weight = host::tensor_f32(&tables[bag.source].weight)?;
-                sequence::embed_steps(buf, out, col, bag, weight.slice(), name)?;
-            }
+            with_rows(lookup, tables, bag, train, |src| {
+                sequence::embed_steps(buf, out, col, bag, src, name)
+            })??;
             bag.dim
         } else {
             match batch.features.get(f) {
@@ -493,13 +506,9 @@ fn feature_group(
                     op.name
                 ));
             }
-            if train {
-                let src = &lookup.rows[bag.source].2;
-                embed::pool(buf, width, col, bag, src);
-            } else {
-                let weight = host::tensor_f32(&tables[bag.source].weight)?;
-                embed::pool(buf, width, col, bag, weight.slice());
-            }
+            with_rows(lookup, tables, bag, train, |src| {
+                embed::pool(buf, width, col, bag, src)
+            })?;
             col += bag.dim;
             continue;
         }

@@ -142,51 +142,6 @@ pub(super) fn din_input(y: &mut [f32], yv: &View, q: &[f32], qv: &View, s: &[f32
     });
 }
 
-/// Gradient of `din_input` for the query: `dq[r] (+)= sum_l (g_q + g_diff +
-/// g_prod * s)` over its first `Dq` columns.
-pub(super) fn din_input_grad_query(
-    dq: &mut [f32],
-    dqv: &View,
-    g: &[f32],
-    gv: &View,
-    s: &[f32],
-    sv: &View,
-    acc: bool,
-) {
-    let (steps, d) = (sv.dims[1], sv.dims[2]);
-    rows_mut(dq, dqv, |r, out| {
-        let mut sum = vec![0f32; out.len()];
-        for l in 0..steps {
-            let (gr, sr) = (row(g, gv, r * steps + l), row(s, sv, r * steps + l));
-            for (j, x) in sum.iter_mut().enumerate() {
-                *x += gr[j] + gr[2 * d + j] + gr[3 * d + j] * sr[j];
-            }
-        }
-        put_all(out, &sum, acc);
-    });
-}
-
-/// Gradient of `din_input` for the steps: `ds (+)= g_s - g_diff + g_prod * q`.
-pub(super) fn din_input_grad_steps(
-    ds: &mut [f32],
-    dsv: &View,
-    g: &[f32],
-    gv: &View,
-    q: &[f32],
-    qv: &View,
-    acc: bool,
-) {
-    let (steps, d, dq) = (dsv.dims[1], dsv.dims[2], qv.dims[2]);
-    rows_mut(ds, dsv, |rl, out| {
-        let (gr, qr) = (row(g, gv, rl), row(q, qv, rl / steps));
-        for (j, o) in out.iter_mut().enumerate() {
-            let qj = if j < dq { qr[j] } else { 0.0 };
-            let v = gr[d + j] - gr[2 * d + j] + gr[3 * d + j] * qj;
-            *o = if acc { *o + v } else { v };
-        }
-    });
-}
-
 /// The attention weights of one row: its scores (`[L]` in `scores`' rows of
 /// one value each) with padded steps at `MASKED_SCORE`, softmaxed.
 fn weights(
@@ -365,8 +320,11 @@ pub(super) fn dot_scores(y: &mut [f32], yv: &View, q: &[f32], qv: &View, s: &[f3
     });
 }
 
-/// Gradient of `dot_scores` for the query: `dq[r] (+)= sum_l g[r, l] s[r, l]`.
-pub(super) fn dot_scores_grad_query(
+/// The query's gradient of an op that pairs the (zero-padded) query with
+/// every step: `dq[r] (+)= sum_l term(g[r, l], s[r, l], j)` for each of the
+/// query's `Dq` columns `j`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn query_grad<T>(
     dq: &mut [f32],
     dqv: &View,
     g: &[f32],
@@ -374,22 +332,27 @@ pub(super) fn dot_scores_grad_query(
     s: &[f32],
     sv: &View,
     acc: bool,
-) {
+    term: T,
+) where
+    T: Fn(&[f32], &[f32], usize) -> f32 + Sync + Send,
+{
     let steps = sv.dims[1];
     rows_mut(dq, dqv, |r, out| {
         let mut sum = vec![0f32; out.len()];
         for l in 0..steps {
-            let gl = row(g, gv, r * steps + l)[0];
-            for (x, &v) in sum.iter_mut().zip(row(s, sv, r * steps + l)) {
-                *x += gl * v;
+            let (gr, sr) = (row(g, gv, r * steps + l), row(s, sv, r * steps + l));
+            for (j, x) in sum.iter_mut().enumerate() {
+                *x += term(gr, sr, j);
             }
         }
         put_all(out, &sum, acc);
     });
 }
 
-/// Gradient of `dot_scores` for the steps: `ds[r, l] (+)= g[r, l] q[r]`.
-pub(super) fn dot_scores_grad_steps(
+/// The steps' gradient of such an op: `ds[r, l, j] (+)= term(g[r, l],
+/// q~[r, j], j)`, `q~` the query zero-padded to the steps' width.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn steps_grad<T>(
     ds: &mut [f32],
     dsv: &View,
     g: &[f32],
@@ -397,14 +360,43 @@ pub(super) fn dot_scores_grad_steps(
     q: &[f32],
     qv: &View,
     acc: bool,
-) {
-    let steps = dsv.dims[1];
+    term: T,
+) where
+    T: Fn(&[f32], f32, usize) -> f32 + Sync + Send,
+{
+    let (steps, dq) = (dsv.dims[1], qv.dims[2]);
     rows_mut(ds, dsv, |rl, out| {
-        let gl = row(g, gv, rl)[0];
-        for (o, &x) in out.iter_mut().zip(row(q, qv, rl / steps)) {
-            *o = if acc { *o + gl * x } else { gl * x };
+        let (gr, qr) = (row(g, gv, rl), row(q, qv, rl / steps));
+        for (j, o) in out.iter_mut().enumerate() {
+            let v = term(gr, if j < dq { qr[j] } else { 0.0 }, j);
+            *o = if acc { *o + v } else { v };
         }
     });
+}
+
+/// Per-step gradient terms (`g` one step's output gradient, `D` the steps'
+/// width) of DIN's input `[q, s, q - s, q * s]`, simple attention's dot
+/// scores and multi-window DIN's input `[s, q * s, q]`: for the query given
+/// the step `s`, for the step given the padded query value `q`.
+pub(super) mod terms {
+    pub(in super::super) fn din_query(g: &[f32], s: &[f32], j: usize, d: usize) -> f32 {
+        g[j] + g[2 * d + j] + g[3 * d + j] * s[j]
+    }
+    pub(in super::super) fn din_step(g: &[f32], q: f32, j: usize, d: usize) -> f32 {
+        g[d + j] - g[2 * d + j] + g[3 * d + j] * q
+    }
+    pub(in super::super) fn dot_query(g: &[f32], s: &[f32], j: usize) -> f32 {
+        g[0] * s[j]
+    }
+    pub(in super::super) fn dot_step(g: &[f32], q: f32) -> f32 {
+        g[0] * q
+    }
+    pub(in super::super) fn window_query(g: &[f32], s: &[f32], j: usize, d: usize) -> f32 {
+        g[d + j] * s[j] + g[2 * d + j]
+    }
+    pub(in super::super) fn window_step(g: &[f32], q: f32, j: usize, d: usize) -> f32 {
+        g[j] + g[d + j] * q
+    }
 }
 
 /// `out (+)= v` element-wise.
@@ -425,51 +417,6 @@ pub(super) fn window_input(y: &mut [f32], yv: &View, q: &[f32], qv: &View, s: &[
             out[j] = sr[j];
             out[d + j] = qj * sr[j];
             out[2 * d + j] = qj;
-        }
-    });
-}
-
-/// Gradient of `window_input` for the query: `dq[r] (+)= sum_l (g_prod * s
-/// + g_q)` over its first `Dq` columns.
-pub(super) fn window_input_grad_query(
-    dq: &mut [f32],
-    dqv: &View,
-    g: &[f32],
-    gv: &View,
-    s: &[f32],
-    sv: &View,
-    acc: bool,
-) {
-    let (steps, d) = (sv.dims[1], sv.dims[2]);
-    rows_mut(dq, dqv, |r, out| {
-        let mut sum = vec![0f32; out.len()];
-        for l in 0..steps {
-            let (gr, sr) = (row(g, gv, r * steps + l), row(s, sv, r * steps + l));
-            for (j, x) in sum.iter_mut().enumerate() {
-                *x += gr[d + j] * sr[j] + gr[2 * d + j];
-            }
-        }
-        put_all(out, &sum, acc);
-    });
-}
-
-/// Gradient of `window_input` for the steps: `ds (+)= g_s + g_prod * q`.
-pub(super) fn window_input_grad_steps(
-    ds: &mut [f32],
-    dsv: &View,
-    g: &[f32],
-    gv: &View,
-    q: &[f32],
-    qv: &View,
-    acc: bool,
-) {
-    let (steps, d, dq) = (dsv.dims[1], dsv.dims[2], qv.dims[2]);
-    rows_mut(ds, dsv, |rl, out| {
-        let (gr, qr) = (row(g, gv, rl), row(q, qv, rl / steps));
-        for (j, o) in out.iter_mut().enumerate() {
-            let qj = if j < dq { qr[j] } else { 0.0 };
-            let v = gr[j] + gr[d + j] * qj;
-            *o = if acc { *o + v } else { v };
         }
     });
 }

@@ -212,20 +212,7 @@ unsafe fn kernel<const R: usize, const NV: usize>(
                     }
                 };
             }
-            row!(0);
-            row!(1);
-            row!(2);
-            row!(3);
-            row!(4);
-            row!(5);
-            row!(6);
-            row!(7);
-            row!(8);
-            row!(9);
-            row!(10);
-            row!(11);
-            row!(12);
-            row!(13);
+            unroll_rows14!(row);
             a = a.add(MR);
             b = b.add(NR);
         }

@@ -7,6 +7,28 @@
 //! Bounds are checked here, once per call, so the unsafe call below only
 //! ever sees matrices that lie inside their slices.
 
+/// `$m!(0); $m!(1); ... $m!(13);`: the 14-row micro-kernels unroll their rows
+/// through it (a rolled loop over rows may index the accumulators in memory,
+/// inside the k loop: 2.5x slower).
+macro_rules! unroll_rows14 {
+    ($m:ident) => {
+        $m!(0);
+        $m!(1);
+        $m!(2);
+        $m!(3);
+        $m!(4);
+        $m!(5);
+        $m!(6);
+        $m!(7);
+        $m!(8);
+        $m!(9);
+        $m!(10);
+        $m!(11);
+        $m!(12);
+        $m!(13);
+    };
+}
+
 pub(crate) mod amx;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512bf16;

@@ -185,20 +185,7 @@ unsafe fn kernel<const R: usize, const NV: usize, const DIRECT: bool>(
                     }
                 };
             }
-            row!(0);
-            row!(1);
-            row!(2);
-            row!(3);
-            row!(4);
-            row!(5);
-            row!(6);
-            row!(7);
-            row!(8);
-            row!(9);
-            row!(10);
-            row!(11);
-            row!(12);
-            row!(13);
+            unroll_rows14!(row);
             if DIRECT {
                 for x in g.iter_mut() {
                     *x = x.wrapping_add(1);
@@ -264,20 +251,7 @@ pub(in super::super) unsafe fn store_acc<const R: usize, const NV: usize>(
                 }
             };
         }
-        store_row!(0);
-        store_row!(1);
-        store_row!(2);
-        store_row!(3);
-        store_row!(4);
-        store_row!(5);
-        store_row!(6);
-        store_row!(7);
-        store_row!(8);
-        store_row!(9);
-        store_row!(10);
-        store_row!(11);
-        store_row!(12);
-        store_row!(13);
+        unroll_rows14!(store_row);
     }
 }
 
