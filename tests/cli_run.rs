@@ -362,6 +362,55 @@ fn config_errors_and_bad_flags_exit_codes() {
     }
 }
 
+/// `PLEC_ISA` picks the bf16 kernel as the run reports it: at `avx512bf16`
+/// the AVX512-BF16 kernel (no note; `metrics.json` names it), at `avx512`
+/// none, with the one-line note that bf16 runs in fp32. A level this CPU
+/// lacks is named as skipped.
+#[test]
+fn plec_isa_picks_the_bf16_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "ple.config", &ple_config());
+    let (train, _, _) = gen_data(dir.path(), &config, 600);
+    for (level, kernel, note) in [
+        ("avx512bf16", "plec avx512-bf16 14x32", false),
+        ("avx512", "none (bf16 runs in fp32)", true),
+    ] {
+        let out = dir.path().join(level);
+        let o = std::process::Command::new(common::PLEC)
+            .args([
+                "run",
+                s(&config),
+                "--data",
+                s(&train),
+                "--steps",
+                "2",
+                "--precision",
+                "bf16",
+                "--out",
+                s(&out),
+                "-q",
+            ])
+            .env("NO_COLOR", "1")
+            .env("PLEC_ISA", level)
+            .output()
+            .expect("plec runs");
+        if text(&o).contains("asks for more than this CPU has") {
+            eprintln!("skipped: PLEC_ISA={level} (this CPU lacks it)");
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(0), "{level}: {}", text(&o));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            stderr.contains("--precision bf16 runs in fp32"),
+            note,
+            "{level}: {stderr}"
+        );
+        let m = read_json(&out.join("metrics.json"));
+        assert_eq!(m["isa"], level, "{m}");
+        assert_eq!(m["bf16_gemm"], kernel, "{m}");
+    }
+}
+
 /// `--precision bf16` trains and evaluates (on AMX or AVX512-BF16 where the
 /// CPU has them, in fp32 otherwise) to the same quality as fp32; an unknown precision is
 /// a usage error.
