@@ -9,6 +9,7 @@
 //! `pipeline` runs the compiler stages on a source text; `diag` holds the
 //! diagnostic types shared by all stages, `rng` the one random generator;
 //! `format` prints a syntax tree in the canonical layout (`plec fmt`);
+//! `export` writes a trained plan as an ONNX model and data as its inputs;
 //! `cli` is the only module that knows the commands.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod convert;
 pub mod data;
 pub mod diag;
+pub mod export;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;

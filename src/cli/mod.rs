@@ -11,6 +11,7 @@ pub(crate) mod demo;
 pub(crate) mod diff;
 pub(crate) mod eval;
 pub(crate) mod explain;
+pub(crate) mod export;
 pub(crate) mod fmt;
 pub(crate) mod gen_data;
 pub(crate) mod graph;
@@ -61,6 +62,9 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Write each task's predictions for parquet data to a parquet file.
     Predict(predict::PredictArgs),
+    /// Export a trained plan as an ONNX model, or parquet data as its
+    /// encoded inputs (`--inputs`, an .npz).
+    Export(export::ExportArgs),
     /// Generate synthetic parquet data for a config, with a planted model.
     GenData(gen_data::GenDataArgs),
     /// The PLE example end to end: check, compile, gen-data, train, evaluate.
@@ -164,6 +168,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::execute(&args),
         Command::Eval(args) => eval::execute(&args),
         Command::Predict(args) => predict::execute(&args),
+        Command::Export(args) => export::execute(&args),
         Command::GenData(args) => gen_data::execute(&args),
         Command::Demo(args) => demo::execute(&args),
         Command::Bench(args) => bench::execute(&args),

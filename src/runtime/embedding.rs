@@ -80,7 +80,7 @@ impl Table {
 }
 
 /// Deterministic initial values of a never-trained table.
-fn init_values(t: &EmbeddingTable, n: usize) -> Vec<f32> {
+pub(crate) fn init_values(t: &EmbeddingTable, n: usize) -> Vec<f32> {
     let mut rng = SplitMix64::new(t.init_seed);
     let scale = t.init_scale as f64;
     match InitKind::try_from(t.init).unwrap_or(InitKind::InitUnspecified) {
