@@ -450,10 +450,10 @@ impl Engine {
                         let mut dq = std::mem::take(&mut prog.gbufs[prog.gslot[q.buf]]);
                         let (g, sv) = (&prog.gbufs[prog.gslot[y.buf]], &prog.bufs[s.buf]);
                         let (din, window) = (
-                            |g: &[f32], s: &[f32], j| terms::din_query(g, s, j, d),
-                            |g: &[f32], s: &[f32], j| terms::window_query(g, s, j, d),
+                            move |g: &[f32], s: &[f32], j| terms::din_query(g, s, j, d),
+                            move |g: &[f32], s: &[f32], j| terms::window_query(g, s, j, d),
                         );
-                        let term: &(dyn Fn(&[f32], &[f32], usize) -> f32 + Sync) = match step {
+                        let term: &sequence::QueryTerm = match step {
                             Step::DinInput { .. } => &din,
                             Step::WindowInput { .. } => &window,
                             _ => &terms::dot_query,
@@ -465,11 +465,11 @@ impl Engine {
                         let mut ds = std::mem::take(&mut prog.gbufs[prog.gslot[s.buf]]);
                         let (g, qv) = (&prog.gbufs[prog.gslot[y.buf]], &prog.bufs[q.buf]);
                         let (din, window, dot) = (
-                            |g: &[f32], q, j| terms::din_step(g, q, j, d),
-                            |g: &[f32], q, j| terms::window_step(g, q, j, d),
+                            move |g: &[f32], q, j| terms::din_step(g, q, j, d),
+                            move |g: &[f32], q, j| terms::window_step(g, q, j, d),
                             |g: &[f32], q, _| terms::dot_step(g, q),
                         );
-                        let term: &(dyn Fn(&[f32], f32, usize) -> f32 + Sync) = match step {
+                        let term: &sequence::StepTerm = match step {
                             Step::DinInput { .. } => &din,
                             Step::WindowInput { .. } => &window,
                             _ => &dot,

@@ -320,6 +320,12 @@ pub(super) fn dot_scores(y: &mut [f32], yv: &View, q: &[f32], qv: &View, s: &[f3
     });
 }
 
+/// A query-side gradient term: (a step's output gradient, the step, column).
+pub(super) type QueryTerm = dyn Fn(&[f32], &[f32], usize) -> f32 + Sync;
+/// A step-side gradient term: (a step's output gradient, the padded query
+/// value, column).
+pub(super) type StepTerm = dyn Fn(&[f32], f32, usize) -> f32 + Sync;
+
 /// The query's gradient of an op that pairs the (zero-padded) query with
 /// every step: `dq[r] (+)= sum_l term(g[r, l], s[r, l], j)` for each of the
 /// query's `Dq` columns `j`.
