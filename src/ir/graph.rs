@@ -185,6 +185,11 @@ pub struct MlpBlock {
     pub name: String,
     pub role: MlpRole,
     pub layers: Vec<DenseLayer>,
+    /// The config path of the MLP message it lowers (e.g.
+    /// `model_config.ple.extraction_networks[0].share_expert_net`); empty
+    /// for blocks built from other fields. The language server's hover
+    /// finds a block's shapes by it.
+    pub path: String,
 }
 
 impl MlpBlock {

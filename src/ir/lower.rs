@@ -574,6 +574,7 @@ impl Builder {
             name: name.to_string(),
             role,
             layers,
+            path: path.to_string(),
         }
     }
 
@@ -643,6 +644,7 @@ impl Builder {
                 _ => MlpBlock {
                     name: String::new(),
                     role: MlpRole::TaskMlp,
+                    path: String::new(),
                     layers: Vec::new(),
                 },
             }

@@ -92,7 +92,64 @@ pub(crate) fn hover(schema: &Schema, text: &str, pos: Position) -> Option<Hover>
     let s = scan(text, span.start);
     let md = message_at(schema, &s.blocks())?;
     let field = md.get_field_by_name(word)?;
-    Some(markdown(hover_text(&field), Some(lines.range(&span))))
+    let mut value = hover_text(&field);
+    if matches!(field.kind(), Kind::Message(m) if m.name() == "MLP") {
+        if let Some(shapes) = mlp_shapes(schema, text, span.start) {
+            value.push_str(&shapes);
+        }
+    }
+    Some(markdown(value, Some(lines.range(&span))))
+}
+
+/// Blocks listed in an MLP hover before the rest are only counted.
+const SHAPES_LISTED: usize = 8;
+
+/// The layers the MLP block whose field name starts at `name_start` (an
+/// expert net, a tower's `mlp`, a bottom MLP) lowers to, with their widths,
+/// when the buffer compiles: one line per block the compiler builds from it
+/// (every expert of a task's expert net, say).
+fn mlp_shapes(schema: &Schema, text: &str, name_start: usize) -> Option<String> {
+    let checked = crate::pipeline::check_source(schema, text);
+    if checked.has_errors() {
+        return None;
+    }
+    let bound = checked.bound.as_ref()?;
+    let config = crate::schema::typed_config(bound)?;
+    let graph = crate::ir::lower_faithfully(&config).ok()?;
+    let mut blocks: Vec<&crate::ir::graph::MlpBlock> = graph
+        .graph
+        .node_weights()
+        .filter_map(|n| match n {
+            crate::ir::graph::Node::Mlp(b) => Some(b),
+            _ => None,
+        })
+        .filter(|b| {
+            !b.path.is_empty()
+                && bound
+                    .spans
+                    .name(&b.path)
+                    .is_some_and(|r| r.start == name_start)
+        })
+        .collect();
+    if blocks.is_empty() {
+        return None;
+    }
+    blocks.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = format!(
+        "\n\n**shapes** ({} block(s), `[batch, width]`):",
+        blocks.len()
+    );
+    for b in blocks.iter().take(SHAPES_LISTED) {
+        let widths: Vec<String> = std::iter::once(b.in_dim())
+            .chain(b.widths())
+            .map(|w| w.to_string())
+            .collect();
+        out.push_str(&format!("\n- `{}`: {}", b.name, widths.join(" → ")));
+    }
+    if blocks.len() > SHAPES_LISTED {
+        out.push_str(&format!("\n- … and {} more", blocks.len() - SHAPES_LISTED));
+    }
+    Some(out)
 }
 
 fn markdown(value: String, range: Option<Range>) -> Hover {
@@ -265,4 +322,47 @@ pub(crate) fn formatting(text: &str) -> Option<Vec<TextEdit>> {
         lines.range(&(0..text.len())),
         formatted,
     )])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hover_value(text: &str, at: usize) -> String {
+        let schema = Schema::builtin().expect("builtin schema");
+        let pos = Lines::new(text).position(at);
+        match hover(&schema, text, pos).map(|h| h.contents) {
+            Some(HoverContents::Markup(m)) => m.value,
+            other => panic!("no markdown hover: {other:?}"),
+        }
+    }
+
+    /// Hover on an expert net names every expert the compiler builds from
+    /// it with its widths, input first; the same name in another
+    /// extraction network shows that network's experts; a config that does
+    /// not compile shows the field's docs only.
+    #[test]
+    fn hover_on_an_expert_net_shows_its_experts_shapes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ple_demo.config");
+        let text = std::fs::read_to_string(path).expect("example");
+        let first = text.find("task_expert_net").expect("an expert net");
+        let v = hover_value(&text, first + 2);
+        assert!(v.contains("**task_expert_net**"), "{v}");
+        assert!(v.contains("**shapes** (4 block(s)"), "{v}");
+        for e in ["layer1.ctr.expert0", "layer1.cvr.expert1"] {
+            assert!(v.contains(&format!("`{e}`: 256 → 256 → 128 → 64")), "{v}");
+        }
+        assert!(!v.contains("layer2"), "{v}");
+        let second = first + 1 + text[first + 1..].find("task_expert_net").expect("layer2");
+        let v = hover_value(&text, second);
+        assert!(v.contains("**shapes** (6 block(s)"), "{v}");
+        assert!(v.contains("`layer2.ctr.expert2`: 64 →"), "{v}");
+
+        let broken = text.replacen("label_name: \"clk\"", "label_name: \"nope\"", 1);
+        let v = hover_value(&broken, first + 2);
+        assert!(
+            v.contains("**task_expert_net**") && !v.contains("shapes"),
+            "{v}"
+        );
+    }
 }

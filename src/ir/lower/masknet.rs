@@ -120,6 +120,7 @@ impl Builder {
         let generator = self.add(Node::Mlp(MlpBlock {
             name: format!("{name}.mask_generator"),
             role: MlpRole::Bottom,
+            path: String::new(),
             layers: vec![
                 DenseLayer {
                     linear: linear(
@@ -162,6 +163,7 @@ impl Builder {
         let ffn = self.add(Node::Mlp(MlpBlock {
             name: ffn_name.clone(),
             role: MlpRole::Bottom,
+            path: String::new(),
             layers: vec![DenseLayer {
                 linear: linear(&format!("{ffn_name}.layer0"), feature.width, h, true),
                 norm: Norm::Layer([

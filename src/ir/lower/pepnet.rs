@@ -121,6 +121,7 @@ impl Builder {
                 let node = self.add(Node::Mlp(MlpBlock {
                     name: lname.clone(),
                     role: MlpRole::TaskMlp,
+                    path: String::new(),
                     layers: vec![DenseLayer {
                         linear: linear(&lname, y.width, units, true),
                         norm: Norm::None,
