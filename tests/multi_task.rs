@@ -39,26 +39,7 @@ model_config {
 "#;
 
 /// A DBMTL with variational dropout over its one group.
-const VARIATIONAL: &str = r#"
-train_config {
-  sparse_optimizer { adagrad_optimizer { lr: 0.05 } constant_learning_rate {} }
-  dense_optimizer { adam_optimizer { lr: 0.003 } constant_learning_rate {} }
-  num_epochs: 1
-}
-data_config { batch_size: 128 label_fields: "clk" label_fields: "buy" }
-feature_configs { id_feature { feature_name: "user_id" num_buckets: 500 embedding_dim: 8 } }
-feature_configs { id_feature { feature_name: "cate_id" num_buckets: 300 embedding_dim: 8 } }
-feature_configs { raw_feature { feature_name: "price" } }
-model_config {
-  feature_groups { group_name: "all" feature_names: "user_id" feature_names: "cate_id" feature_names: "price" group_type: DEEP }
-  variational_dropout { regularization_lambda: 0.05 }
-  dbmtl {
-    bottom_mlp { hidden_units: [32] }
-    task_towers { tower_name: "ctr" label_name: "clk" mlp { hidden_units: [8] } losses { binary_cross_entropy {} } metrics { auc {} } }
-    task_towers { tower_name: "cvr" label_name: "buy" mlp { hidden_units: [8] } losses { binary_cross_entropy {} } metrics { auc {} } relation_tower_names: "ctr" relation_mlp { hidden_units: [8] } }
-  }
-}
-"#;
+const VARIATIONAL: &str = include_str!("data/dbmtl_variational_dropout.config");
 
 fn metrics(dir: &Path) -> serde_json::Value {
     let t = std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json");
