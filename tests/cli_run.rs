@@ -362,6 +362,38 @@ fn config_errors_and_bad_flags_exit_codes() {
     }
 }
 
+/// `plec bench --sequence` measures the built-in sequence PLE beside the
+/// plain one: a row per model with the sequence model's samples/s as a
+/// share of the plain model's.
+#[test]
+fn bench_sequence_adds_the_sequence_ple_beside_the_plain_one() {
+    let out = ok(&[
+        "bench",
+        "--sequence",
+        "--rows",
+        "256",
+        "--eval-rows",
+        "128",
+        "--batch-sizes",
+        "128",
+        "--precisions",
+        "fp32",
+    ]);
+    let row = |model: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(model))
+            .unwrap_or_else(|| panic!("no {model} row in\n{out}"))
+            .to_string()
+    };
+    assert!(out.contains("train / eval vs first model"), "{out}");
+    assert!(row("ple_taobao ").trim_end().ends_with('-'), "{out}");
+    let seq = row("ple_has_sequence");
+    assert!(
+        seq.contains("x / ") && seq.trim_end().ends_with('x'),
+        "{seq}"
+    );
+}
+
 /// `PLEC_ISA` picks the bf16 kernel as the run reports it: at `avx512bf16`
 /// the AVX512-BF16 kernel (no note; `metrics.json` names it), at `avx512`
 /// none, with the one-line note that bf16 runs in fp32. A level this CPU

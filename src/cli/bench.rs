@@ -18,6 +18,8 @@ use super::{Outcome, RunError};
 
 /// The benchmarked config by default: the full PLE example.
 pub(crate) const PLE_EXAMPLE: &str = include_str!("../../examples/ple_taobao.config");
+/// `--sequence`: the PLE example with a 50-item click history under DIN.
+const SEQUENCE_PLE_EXAMPLE: &str = include_str!("../../examples/ple_has_sequence.config");
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -45,6 +47,11 @@ pub struct BenchArgs {
     /// Benchmark this config instead of the built-in PLE example.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Also benchmark the built-in sequence PLE (`examples/ple_has_sequence.config`:
+    /// a 50-item click history under DIN), each of its rows beside the PLE's
+    /// (or `--config`'s) at the same precision and batch size.
+    #[arg(long)]
+    pub sequence: bool,
     /// Seed of the data and the parameters.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -110,13 +117,106 @@ pub(crate) fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
             }
         }
     };
+    let mut models = vec![(name, plan)];
+    if args.sequence {
+        let path = PathBuf::from("examples/ple_has_sequence.config");
+        match run::compile_source(&path, SEQUENCE_PLE_EXAMPLE, args.seed)? {
+            Ok(p) => models.push((format!("{} (built in)", path.display()), p)),
+            Err(outcome) => return Ok(outcome),
+        }
+    }
+    if device.is_cpu() {
+        println!("plec bench: {}", isa::describe());
+    }
+    let mut header = vec![
+        "model".to_string(),
+        "precision".to_string(),
+        "batch".to_string(),
+        "train samples/s".to_string(),
+        "train GFLOP/s".to_string(),
+        "ms/step".to_string(),
+        "eval samples/s".to_string(),
+        "eval GFLOP/s".to_string(),
+        "peak RSS MiB".to_string(),
+    ];
+    let tasks: Vec<String> = models[0]
+        .1
+        .tasks
+        .iter()
+        .map(|t| t.tower_name.clone())
+        .collect();
+    header.extend(tasks.iter().map(|t| format!("AUC {t}")));
+    if models.len() > 1 {
+        header.push("train / eval vs first model".to_string());
+    }
+    let mut rows = vec![header];
+    // Per (precision, batch): the first model's train and eval samples/s.
+    let mut first: Vec<((String, usize), (f64, f64))> = Vec::new();
+    for (mi, (name, plan)) in models.iter().enumerate() {
+        for m in bench_model(args, name, plan, &device, threads)? {
+            let key = (m.label.clone(), m.batch);
+            let mut row = vec![short_name(name), m.label.clone(), m.batch.to_string()];
+            row.extend(m.cells);
+            row.extend(tasks.iter().map(|t| {
+                m.aucs
+                    .iter()
+                    .find(|(k, _)| *k == format!("auc_{t}"))
+                    .map_or_else(|| "-".to_string(), |(_, v)| format!("{v:.4}"))
+            }));
+            if models.len() > 1 {
+                row.push(match first.iter().find(|(k, _)| *k == key) {
+                    Some((_, (tr, ev))) if mi > 0 => {
+                        format!("{:.2}x / {:.2}x", m.train_sps / tr, m.eval_sps / ev)
+                    }
+                    _ => "-".to_string(),
+                });
+            }
+            if mi == 0 {
+                first.push((key, (m.train_sps, m.eval_sps)));
+            }
+            rows.push(row);
+        }
+    }
+    print!("{}", render_table(&rows));
+    println!("(training GFLOP/s counts 3x the forward FLOPs; peak RSS is reset per batch size)");
+    Ok(Outcome::Clean)
+}
+
+/// One measured (precision, batch size) of a model.
+struct Measured {
+    label: String,
+    batch: usize,
+    train_sps: f64,
+    eval_sps: f64,
+    /// train samples/s, train GFLOP/s, ms/step, eval samples/s, eval GFLOP/s, peak RSS.
+    cells: Vec<String>,
+    aucs: Vec<(String, f64)>,
+}
+
+/// The file name of a model's config, for the table.
+fn short_name(name: &str) -> String {
+    let path = name.split(' ').next().unwrap_or(name);
+    std::path::Path::new(path)
+        .file_stem()
+        .map_or_else(|| name.to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+/// One epoch of training and one evaluation of `plan` on generated data,
+/// per precision and batch size.
+fn bench_model(
+    args: &BenchArgs,
+    name: &str,
+    plan: &crate::proto::plan::Plan,
+    device: &candle_core::Device,
+    threads: usize,
+) -> Result<Vec<Measured>, RunError> {
     let flops = plan.forward_flops_per_sample as f64;
     let tmp = tempfile::Builder::new()
         .prefix("plec-bench-")
         .tempdir()
         .map_err(|e| RunError::new(format!("cannot create a temporary directory: {e}")))?;
     let t = Instant::now();
-    let truth = gen_data::generate(&plan, args.rows, args.eval_rows, args.seed, tmp.path())?;
+    let truth = gen_data::generate(plan, args.rows, args.eval_rows, args.seed, tmp.path())?;
     println!(
         "plec bench: {name}: {} FLOP/sample forward, {} train rows, {} eval rows (generated in {:.1}s), {threads} matmul thread{}, {} element-wise, device {}",
         human_count(plan.forward_flops_per_sample),
@@ -127,24 +227,9 @@ pub(crate) fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
         args.elementwise_threads,
         args.device,
     );
-    if device.is_cpu() {
-        println!("plec bench: {}", isa::describe());
-    }
     let train_inputs = vec![truth.train_path.display().to_string()];
     let eval_inputs = vec![truth.eval_path.display().to_string()];
-    let tasks: Vec<String> = plan.tasks.iter().map(|t| t.tower_name.clone()).collect();
-    let mut header = vec![
-        "precision".to_string(),
-        "batch".to_string(),
-        "train samples/s".to_string(),
-        "train GFLOP/s".to_string(),
-        "ms/step".to_string(),
-        "eval samples/s".to_string(),
-        "eval GFLOP/s".to_string(),
-        "peak RSS MiB".to_string(),
-    ];
-    header.extend(tasks.iter().map(|t| format!("AUC {t}")));
-    let mut rows = vec![header];
+    let mut out = Vec::new();
     let runs = args
         .precisions
         .iter()
@@ -161,49 +246,48 @@ pub(crate) fn execute(args: &BenchArgs) -> Result<Outcome, RunError> {
             };
         reset_peak_rss();
         let mut train_src =
-            run::train_source(run::open_data(&plan, &train_inputs)?, &plan, bs, args.seed);
+            run::train_source(run::open_data(plan, &train_inputs)?, plan, bs, args.seed);
         let opts = TrainOptions {
             num_epochs: Some(1),
             seed: Some(args.seed),
             progress: Progress::Silent,
             ..TrainOptions::default()
         };
-        let report = runtime::train(&plan, &mut train_src, None, &opts, &device)
-            .map_err(run::runtime_error)?;
-        let train_sps = report.samples_per_sec();
-        let mut eval_src = EvalSource::new(run::open_data(&plan, &eval_inputs)?, bs);
-        let mut model = Model::from_plan(&report.plan, &device).map_err(run::runtime_error)?;
-        let t0 = Instant::now();
-        let metrics = runtime::evaluate(&mut model, &mut eval_src).map_err(run::runtime_error)?;
-        let eval_sps = truth.eval_rows as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        let measured = (|| {
+            let report = runtime::train(plan, &mut train_src, None, &opts, device)
+                .map_err(run::runtime_error)?;
+            let train_sps = report.samples_per_sec();
+            let mut eval_src = EvalSource::new(run::open_data(plan, &eval_inputs)?, bs);
+            let mut model = Model::from_plan(&report.plan, device).map_err(run::runtime_error)?;
+            let t0 = Instant::now();
+            let aucs = runtime::evaluate(&mut model, &mut eval_src).map_err(run::runtime_error)?;
+            let eval_sps = truth.eval_rows as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            Ok::<_, RunError>((report, train_sps, eval_sps, aucs))
+        })();
+        runtime::exec::native::set_default_precision(runtime::exec::native::Precision::F32);
+        let (report, train_sps, eval_sps, aucs) = measured?;
         let rss = peak_rss().map_or_else(|| "-".to_string(), |b| format!("{}", b >> 20));
         println!(
             "  {label} batch {bs}: train {train_sps:.0} samples/s ({} steps), eval {eval_sps:.0} samples/s",
             report.steps
         );
-        let mut row = vec![
+        out.push(Measured {
             label,
-            bs.to_string(),
-            format!("{train_sps:.0}"),
-            format!("{:.1}", 3.0 * flops * train_sps / 1e9),
-            format!("{:.1}", 1e3 / report.steps_per_sec().max(1e-9)),
-            format!("{eval_sps:.0}"),
-            format!("{:.1}", flops * eval_sps / 1e9),
-            rss,
-        ];
-        row.extend(tasks.iter().map(|t| {
-            let key = format!("auc_{t}");
-            metrics
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map_or_else(|| "-".to_string(), |(_, v)| format!("{v:.4}"))
-        }));
-        rows.push(row);
+            batch: bs,
+            train_sps,
+            eval_sps,
+            cells: vec![
+                format!("{train_sps:.0}"),
+                format!("{:.1}", 3.0 * flops * train_sps / 1e9),
+                format!("{:.1}", 1e3 / report.steps_per_sec().max(1e-9)),
+                format!("{eval_sps:.0}"),
+                format!("{:.1}", flops * eval_sps / 1e9),
+                rss,
+            ],
+            aucs,
+        });
     }
-    runtime::exec::native::set_default_precision(runtime::exec::native::Precision::F32);
-    print!("{}", render_table(&rows));
-    println!("(training GFLOP/s counts 3x the forward FLOPs; peak RSS is reset per batch size)");
-    Ok(Outcome::Clean)
+    Ok(out)
 }
 
 /// `plec bench --gemm`: one row per layer shape and precision.
