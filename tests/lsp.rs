@@ -119,6 +119,24 @@ fn pos(text: &str, needle: &str, delta: usize) -> Value {
     json!({"line": line, "character": col})
 }
 
+/// The labels of a completion reply.
+fn completion_labels(items: &Value) -> Vec<&str> {
+    items
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["label"].as_str())
+        .collect()
+}
+
+/// The markdown of a hover reply (empty when there is none).
+fn hover_value(h: &Value) -> String {
+    h["contents"]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn doc(position: Value) -> Value {
     json!({"textDocument": {"uri": URI}, "position": position})
 }
@@ -164,10 +182,7 @@ fn an_editor_session() {
 
     // Hover on a field name: its type, message and .proto comment.
     let h = c.request("textDocument/hover", doc(pos(&text, "hash_bucket_size", 3)));
-    let hover = h["contents"]["value"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let hover = hover_value(&h);
     assert!(
         hover.contains("**hash_bucket_size**") && hover.contains("IdFeature"),
         "{hover}"
@@ -177,10 +192,7 @@ fn an_editor_session() {
         "textDocument/hover",
         doc(pos(&text, "feature_names: \"pid\"", 17)),
     );
-    let hover = h["contents"]["value"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let hover = hover_value(&h);
     assert!(
         hover.contains("context:pid") && hover.contains("hash_bucket_size: 20"),
         "{hover}"
@@ -191,12 +203,7 @@ fn an_editor_session() {
         "textDocument/completion",
         doc(pos(&text, "    group_type: DEEP", 4)),
     );
-    let labels: Vec<&str> = items
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter_map(|i| i["label"].as_str())
-        .collect();
+    let labels = completion_labels(&items);
     assert!(
         labels.contains(&"feature_names") && labels.contains(&"group_type"),
         "{labels:?}"
@@ -206,23 +213,13 @@ fn an_editor_session() {
         "textDocument/completion",
         doc(pos(&text, "group_type: DEEP", 12)),
     );
-    let labels: Vec<&str> = items
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter_map(|i| i["label"].as_str())
-        .collect();
+    let labels = completion_labels(&items);
     assert!(
         labels.contains(&"DEEP") && labels.contains(&"WIDE"),
         "{labels:?}"
     );
     let items = c.request("textDocument/completion", doc(pos(&text, "\"cat_id\"", 1)));
-    let labels: Vec<&str> = items
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter_map(|i| i["label"].as_str())
-        .collect();
+    let labels = completion_labels(&items);
     assert!(
         labels.contains(&"cate_id") && labels.contains(&"user_id"),
         "{labels:?}"

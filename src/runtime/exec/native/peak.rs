@@ -84,6 +84,32 @@ fn scalar(passes: u64) -> f64 {
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// `passes` rounds of `a_i = op(a_i, x, y)` over twelve independent
+    /// accumulators starting at `z`, kept from being optimized away. Named
+    /// locals, not an array: an array indexed in a loop may live in memory.
+    macro_rules! twelve_chains {
+        ($op:ident, $z:expr, $x:expr, $y:expr, $passes:expr) => {{
+            let z = $z;
+            let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5) = (z, z, z, z, z, z);
+            let (mut a6, mut a7, mut a8, mut a9, mut a10, mut a11) = (z, z, z, z, z, z);
+            for _ in 0..$passes {
+                a0 = $op(a0, $x, $y);
+                a1 = $op(a1, $x, $y);
+                a2 = $op(a2, $x, $y);
+                a3 = $op(a3, $x, $y);
+                a4 = $op(a4, $x, $y);
+                a5 = $op(a5, $x, $y);
+                a6 = $op(a6, $x, $y);
+                a7 = $op(a7, $x, $y);
+                a8 = $op(a8, $x, $y);
+                a9 = $op(a9, $x, $y);
+                a10 = $op(a10, $x, $y);
+                a11 = $op(a11, $x, $y);
+            }
+            std::hint::black_box([a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]);
+        }};
+    }
+
     /// 12 ymm chains (two FMA pipes x latency 4-5 plus slack) of 8 lanes.
     ///
     /// # Safety
@@ -92,25 +118,8 @@ mod x86 {
     pub(super) unsafe fn avx2(passes: u64) -> f64 {
         let x = _mm256_set1_ps(std::hint::black_box(0.999_999));
         let y = _mm256_set1_ps(std::hint::black_box(1e-7));
-        // Named accumulators, not an array: an array indexed in a loop may live in memory.
         let z = _mm256_setzero_ps();
-        let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5) = (z, z, z, z, z, z);
-        let (mut a6, mut a7, mut a8, mut a9, mut a10, mut a11) = (z, z, z, z, z, z);
-        for _ in 0..passes {
-            a0 = _mm256_fmadd_ps(a0, x, y);
-            a1 = _mm256_fmadd_ps(a1, x, y);
-            a2 = _mm256_fmadd_ps(a2, x, y);
-            a3 = _mm256_fmadd_ps(a3, x, y);
-            a4 = _mm256_fmadd_ps(a4, x, y);
-            a5 = _mm256_fmadd_ps(a5, x, y);
-            a6 = _mm256_fmadd_ps(a6, x, y);
-            a7 = _mm256_fmadd_ps(a7, x, y);
-            a8 = _mm256_fmadd_ps(a8, x, y);
-            a9 = _mm256_fmadd_ps(a9, x, y);
-            a10 = _mm256_fmadd_ps(a10, x, y);
-            a11 = _mm256_fmadd_ps(a11, x, y);
-        }
-        std::hint::black_box([a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]);
+        twelve_chains!(_mm256_fmadd_ps, z, x, y, passes);
         (passes * 12 * 8 * 2) as f64
     }
 
@@ -123,23 +132,7 @@ mod x86 {
         let x = _mm512_set1_ps(std::hint::black_box(0.999_999));
         let y = _mm512_set1_ps(std::hint::black_box(1e-7));
         let z = _mm512_setzero_ps();
-        let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5) = (z, z, z, z, z, z);
-        let (mut a6, mut a7, mut a8, mut a9, mut a10, mut a11) = (z, z, z, z, z, z);
-        for _ in 0..passes {
-            a0 = _mm512_fmadd_ps(a0, x, y);
-            a1 = _mm512_fmadd_ps(a1, x, y);
-            a2 = _mm512_fmadd_ps(a2, x, y);
-            a3 = _mm512_fmadd_ps(a3, x, y);
-            a4 = _mm512_fmadd_ps(a4, x, y);
-            a5 = _mm512_fmadd_ps(a5, x, y);
-            a6 = _mm512_fmadd_ps(a6, x, y);
-            a7 = _mm512_fmadd_ps(a7, x, y);
-            a8 = _mm512_fmadd_ps(a8, x, y);
-            a9 = _mm512_fmadd_ps(a9, x, y);
-            a10 = _mm512_fmadd_ps(a10, x, y);
-            a11 = _mm512_fmadd_ps(a11, x, y);
-        }
-        std::hint::black_box([a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]);
+        twelve_chains!(_mm512_fmadd_ps, z, x, y, passes);
         (passes * 12 * 16 * 2) as f64
     }
 
@@ -158,23 +151,7 @@ mod x86 {
             _mm512_set1_ps(std::hint::black_box(0.25)),
         );
         let z = _mm512_setzero_ps();
-        let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5) = (z, z, z, z, z, z);
-        let (mut a6, mut a7, mut a8, mut a9, mut a10, mut a11) = (z, z, z, z, z, z);
-        for _ in 0..passes {
-            a0 = _mm512_dpbf16_ps(a0, x, y);
-            a1 = _mm512_dpbf16_ps(a1, x, y);
-            a2 = _mm512_dpbf16_ps(a2, x, y);
-            a3 = _mm512_dpbf16_ps(a3, x, y);
-            a4 = _mm512_dpbf16_ps(a4, x, y);
-            a5 = _mm512_dpbf16_ps(a5, x, y);
-            a6 = _mm512_dpbf16_ps(a6, x, y);
-            a7 = _mm512_dpbf16_ps(a7, x, y);
-            a8 = _mm512_dpbf16_ps(a8, x, y);
-            a9 = _mm512_dpbf16_ps(a9, x, y);
-            a10 = _mm512_dpbf16_ps(a10, x, y);
-            a11 = _mm512_dpbf16_ps(a11, x, y);
-        }
-        std::hint::black_box([a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]);
+        twelve_chains!(_mm512_dpbf16_ps, z, x, y, passes);
         (passes * 12 * 16 * 4) as f64
     }
 }
