@@ -57,7 +57,8 @@ model_config {
 "#;
 
 /// A grouped sequence of an id and a dense sub-feature (a shared table),
-/// read by a DIN encoder and a mean pooling encoder.
+/// read by two DIN encoders (one with Dice in its attention MLP, as the
+/// tower is) and a mean pooling encoder.
 const DENSE_SEQUENCE: &str = r#"
 train_config {
   sparse_optimizer { adagrad_optimizer { lr: 0.05 } constant_learning_rate {} }
@@ -88,10 +89,11 @@ model_config {
       feature_names: "seq__price"
     }
     sequence_encoders { din_encoder { attn_mlp { hidden_units: [8] activation: "nn.Tanh" } } }
+    sequence_encoders { din_encoder { attn_mlp { hidden_units: [6, 3] activation: "Dice" } } }
     sequence_encoders { pooling_encoder { input: "seq" pooling_type: "mean" } }
   }
   simple_multi_task {
-    task_towers { tower_name: "ctr" label_name: "clk" mlp { hidden_units: [8] } losses { binary_cross_entropy {} } }
+    task_towers { tower_name: "ctr" label_name: "clk" mlp { hidden_units: [8] activation: "Dice" } losses { binary_cross_entropy {} } }
   }
 }
 "#;

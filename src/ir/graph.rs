@@ -142,6 +142,19 @@ pub struct Act {
     pub alpha: f32,
     /// The PReLU slope parameter.
     pub slope: Option<ParamSpec>,
+    /// Dice (`kind` is then `ActNone`): its own batch norm and gate.
+    pub dice: Option<Box<DiceParams>>,
+}
+
+/// TorchEasyRec's Dice activation of one layer: `p = sigmoid(bn(x))`, the
+/// batch norm without affine parameters, then `x * (p + alpha * (1 - p))`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiceParams {
+    /// gamma (1) and beta (0), both frozen (torch's `affine=False`), then
+    /// the running mean and variance, as a batch norm's params.
+    pub bn: [ParamSpec; 4],
+    /// One per channel, initialized to 0.
+    pub alpha: ParamSpec,
 }
 
 /// One perceptron of an MLP: Linear, then norm, activation, dropout.

@@ -179,6 +179,35 @@ pub(crate) fn parse_activation(text: &str, name: &str) -> Result<Act, String> {
         // torch.nn.PReLU(): one slope shared by all channels, initialized 0.25.
         slope: (kind == plan::Activation::Prelu)
             .then(|| constant(format!("{name}.prelu.slope"), vec![1], 0.25, true)),
+        dice: None,
+    })
+}
+
+/// An MLP layer's activation of `width` channels: [`parse_activation`],
+/// and Dice, whose parameters are per channel.
+pub(crate) fn layer_activation(text: &str, name: &str, width: u64) -> Result<Act, String> {
+    if !matches!(
+        crate::lang::activation::parse(text),
+        Ok(crate::lang::activation::Activation::Dice)
+    ) {
+        return parse_activation(text, name);
+    }
+    // tzrec's Dice: BatchNorm1d(width, affine=False) (eps 1e-5, momentum
+    // 0.1, as every batch norm plec builds) and alpha zeros.
+    let frozen = |what: &str, v: f32| constant(format!("{name}.dice.bn.{what}"), vec![width], v, false);
+    Ok(Act {
+        kind: plan::Activation::ActNone,
+        alpha: 0.0,
+        slope: None,
+        dice: Some(Box::new(DiceParams {
+            bn: [
+                frozen("gamma", 1.0),
+                frozen("beta", 0.0),
+                frozen("running_mean", 0.0),
+                frozen("running_var", 1.0),
+            ],
+            alpha: constant(format!("{name}.dice.alpha"), vec![width], 0.0, true),
+        })),
     })
 }
 
@@ -534,7 +563,7 @@ impl Builder {
         for (k, &units) in mlp.hidden_units.iter().enumerate() {
             let out = units as u64;
             let lname = format!("{name}.layer{k}");
-            let act = match parse_activation(mlp.activation(), &lname) {
+            let act = match layer_activation(mlp.activation(), &lname, out) {
                 Ok(a) => a,
                 Err(what) => {
                     self.errors
@@ -543,6 +572,7 @@ impl Builder {
                         kind: plan::Activation::ActNone,
                         alpha: 0.0,
                         slope: None,
+                        dice: None,
                     }
                 }
             };

@@ -371,6 +371,23 @@ pub(crate) fn evaluate(
                 [a, b] => return Err(err(format!("multiplies {:?} by {:?}", a.shape, b.shape))),
                 _ => return Err(err("needs two inputs".into())),
             },
+            OpKind::Dice => match inputs.as_slice() {
+                [x, g] if x.shape == g.shape => {
+                    let alpha = &p(0)?.data;
+                    let w = x.shape.last().copied().unwrap_or(0);
+                    if alpha.len() != w {
+                        return Err(err(format!("{} alphas for {w} columns", alpha.len())));
+                    }
+                    let data = x.data.iter().zip(&g.data).enumerate();
+                    Tensor::new(
+                        x.shape.clone(),
+                        data.map(|(i, (&v, &q))| v * (q + alpha[i % w] * (1.0 - q)))
+                            .collect(),
+                    )
+                }
+                [x, g] => return Err(err(format!("gates {:?} by {:?}", x.shape, g.shape))),
+                _ => return Err(err("needs two inputs".into())),
+            },
             // Evaluation: each feature's columns times 1 - sigmoid(p_f).
             OpKind::VariationalDropout => {
                 let x = x.ok_or_else(|| err("no input".into()))?;

@@ -41,7 +41,7 @@ fn signature(m: &MlpBlock) -> Option<Signature> {
                 Norm::Batch(_) => 1,
                 Norm::Layer(_) => return None,
             };
-            if l.act.kind == Activation::Prelu {
+            if l.act.kind == Activation::Prelu || l.act.dice.is_some() {
                 return None;
             }
             Some((

@@ -558,6 +558,7 @@ impl Emitter<'_> {
                     kind: Activation::Relu,
                     alpha: 0.0,
                     slope: None,
+                    dice: None,
                 };
                 let h = self.post(&format!("{}.layer0", g.name), &Norm::None, &relu, 0.0, h);
                 let y = self.linear(&format!("{}.layer1", g.name), &g.second, h);
@@ -565,6 +566,7 @@ impl Emitter<'_> {
                     kind: Activation::Sigmoid,
                     alpha: 0.0,
                     slope: None,
+                    dice: None,
                 };
                 let y = self.post(&format!("{}.layer1", g.name), &Norm::None, &sigmoid, 0.0, y);
                 self.values.insert((n, 0), y);
@@ -598,6 +600,7 @@ impl Emitter<'_> {
                     kind: Activation::ActNone,
                     alpha: 0.0,
                     slope: None,
+                    dice: None,
                 };
                 let out = self.post(name, norm, &none, 0.0, x);
                 self.values.insert((n, 0), out);
@@ -869,6 +872,9 @@ impl Emitter<'_> {
                 self.last_op().eps = 1e-5;
             }
         }
+        if let Some(dice) = &act.dice {
+            x = self.dice(name, dice, x);
+        }
         if act.kind != Activation::ActNone {
             let params = act.slope.iter().map(|p| self.param(p)).collect();
             x = self.op(
@@ -893,6 +899,41 @@ impl Emitter<'_> {
             self.last_op().ratio = dropout;
         }
         x
+    }
+
+    /// Dice over `x`: its affine-free batch norm (statistics over the
+    /// steps too for `[B, L, C]`, as tzrec's `Dice(dim=3)`), a sigmoid,
+    /// then the DICE gate.
+    fn dice(&mut self, name: &str, d: &DiceParams, x: u32) -> u32 {
+        let shape = self.shape(x);
+        let bn = d.bn.iter().map(|p| self.param(p)).collect();
+        let normed = self.op(
+            &format!("{name}.dice.bn"),
+            OpKind::BatchNorm,
+            vec![x],
+            shape.clone(),
+            bn,
+        );
+        let op = self.last_op();
+        op.eps = 1e-5;
+        op.momentum = 0.1;
+        op.over_steps = shape.len() == 3 && shape[0] == BATCH;
+        let p = self.op(
+            &format!("{name}.dice.sigmoid"),
+            OpKind::Activation,
+            vec![normed],
+            shape.clone(),
+            vec![],
+        );
+        self.last_op().activation = Activation::Sigmoid as i32;
+        let alpha = self.param(&d.alpha);
+        self.op(
+            &format!("{name}.dice"),
+            OpKind::Dice,
+            vec![x, p],
+            shape,
+            vec![alpha],
+        )
     }
 
     fn mlp(&mut self, m: &MlpBlock, mut x: u32) -> u32 {
@@ -1061,6 +1102,7 @@ impl Emitter<'_> {
             kind: l0.act.kind,
             alpha: l0.act.alpha,
             slope: None,
+            dice: None,
         };
         let lname0 = format!("{name}.layer0");
         let mut logits = Vec::new();
@@ -1187,6 +1229,7 @@ impl Emitter<'_> {
                 kind: l.act.kind,
                 alpha: l.act.alpha,
                 slope: None,
+                dice: None,
             };
             h = self.post(&lname, &norm, &act, l.dropout, y);
         }

@@ -35,7 +35,7 @@ fn param_count_ok(kind: OpKind, n: usize) -> bool {
         OpKind::BatchNorm => n == 4,
         OpKind::LayerNorm => n == 2,
         OpKind::Activation => n <= 1,
-        OpKind::VariationalDropout => n == 1,
+        OpKind::VariationalDropout | OpKind::Dice => n == 1,
         _ => n == 0,
     }
 }
@@ -69,6 +69,7 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
             | OpKind::DotScores
             | OpKind::SequencePool
             | OpKind::Mul
+            | OpKind::Dice
             | OpKind::WindowInput => 2,
             OpKind::AttentionPool => 3,
             OpKind::WindowPool => 4,
@@ -86,6 +87,7 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 | OpKind::SequencePool
                 | OpKind::AttentionPool
                 | OpKind::Mul
+                | OpKind::Dice
                 | OpKind::StopGradient
                 | OpKind::WindowInput
                 | OpKind::WindowPool

@@ -813,6 +813,16 @@ impl<'a> Lowering<'a> {
                     self.b.node("Mul", &[&y, &alpha], vec![], hint)
                 }
             }
+            OpKind::Dice => {
+                // x * (p + alpha * (1 - p)), alpha [C] broadcast over rows.
+                let (x, p) = (input(0)?, input(1)?);
+                let alpha = self.init(op, 0, Layout::Plain)?;
+                let one = self.b.float_scalar(1.0);
+                let open = self.b.node("Sub", &[&one, &p], vec![], hint);
+                let scaled = self.b.node("Mul", &[&open, &alpha], vec![], hint);
+                let gate = self.b.node("Add", &[&p, &scaled], vec![], hint);
+                self.b.node("Mul", &[&x, &gate], vec![], hint)
+            }
             OpKind::VariationalDropout => {
                 // Evaluation: each column times 1 - sigmoid(feature_p) of
                 // its feature.

@@ -22,6 +22,7 @@ fn act(kind: plan::Activation) -> Act {
         kind,
         alpha: 0.0,
         slope: None,
+        dice: None,
     }
 }
 

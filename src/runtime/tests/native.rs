@@ -361,6 +361,83 @@ model_config {
     }
 }
 
+/// Dice (TorchEasyRec's `activation: "Dice"`) in a DIN attention MLP (its
+/// batch norm over the steps), in unfused experts and in a tower: logits
+/// and gradients agree between the engines, and so do four SGD steps'
+/// losses, trained alphas and batch-norm running statistics.
+#[test]
+fn dice_matches_the_candle_path() {
+    let source = r#"
+data_config { batch_size: 32 label_fields: "clk" label_fields: "buy" }
+feature_configs { id_feature { feature_name: "item_id" num_buckets: 60 embedding_dim: 6 } }
+feature_configs { id_feature { feature_name: "user" num_buckets: 40 embedding_dim: 4 } }
+feature_configs { sequence_id_feature { feature_name: "click_items" num_buckets: 60 embedding_dim: 6 sequence_length: 7 } }
+model_config {
+  feature_groups {
+    group_name: "all"
+    feature_names: "item_id"
+    feature_names: "user"
+    group_type: DEEP
+    sequence_groups { group_name: "clicks" feature_names: "item_id" feature_names: "click_items" }
+    sequence_encoders { din_encoder { input: "clicks" attn_mlp { hidden_units: [8, 4] activation: "Dice" } } }
+  }
+  mmoe {
+    expert_mlp { hidden_units: [16, 8] activation: "Dice" }
+    num_expert: 2
+    task_towers { tower_name: "ctr" label_name: "clk" mlp { hidden_units: [6] activation: "Dice" } losses { binary_cross_entropy {} } }
+    task_towers { tower_name: "cvr" label_name: "buy" losses { binary_cross_entropy {} } }
+  }
+}
+"#;
+    let mut plan = build(source, BuildOptions::default())
+        .unwrap_or_else(|e| panic!("dice compiles: {e:?}"))
+        .plan;
+    let dice_ops = plan
+        .ops
+        .iter()
+        .filter(|o| o.kind == OpKind::Dice as i32)
+        .count();
+    // attention MLP 2 + experts 2 x 2 + tower 1.
+    assert_eq!(dice_ops, 7, "one DICE op per Dice layer");
+    let batch = super::runs::random_batch(&plan, 37, 9);
+    compare("dice", &plan, &batch, 2e-4);
+    let train = plan.train.as_mut().unwrap();
+    train.dense_optimizer = Some(optimizer(OptimizerKind::Sgd, 0.5));
+    train.sparse_optimizer = Some(optimizer(OptimizerKind::Sgd, 0.5));
+    let run = |native: bool| {
+        let mut t = Trainer::new(&plan, 3, &Device::Cpu).unwrap();
+        t.model.set_native(native).unwrap();
+        assert_eq!(t.model.uses_native(), native);
+        let losses: Vec<f32> = (0..4).map(|_| t.step(&batch, 0).unwrap().total).collect();
+        (losses, t.to_plan().unwrap())
+    };
+    let ((ln, pn), (lc, pc)) = (run(true), run(false));
+    assert_close("dice losses", &ln, &lc, 1e-4);
+    let mut moved = 0;
+    for ((a, b), init) in pn.params.iter().zip(&pc.params).zip(&plan.params) {
+        assert_close(
+            &format!("trained {}", a.name),
+            &f32s(&a.data),
+            &f32s(&b.data),
+            1e-4,
+        );
+        if a.name.contains(".dice.") && f32s(&a.data) != f32s(&init.data) {
+            moved += 1;
+        }
+    }
+    // Every alpha trains and every running statistic moves; gamma and
+    // beta stay frozen at 1 and 0 (affine=False).
+    let frozen = pn
+        .params
+        .iter()
+        .filter(|p| p.name.ends_with(".dice.bn.gamma") || p.name.ends_with(".dice.bn.beta"));
+    for p in frozen {
+        let want = if p.name.ends_with("gamma") { 1.0 } else { 0.0 };
+        assert!(f32s(&p.data).iter().all(|&v| v == want), "{} moved", p.name);
+    }
+    assert_eq!(moved, 7 * 3, "alpha, running mean and variance of each Dice");
+}
+
 /// DBMTL's mask net, parallel and serial blocks with a top MLP: the
 /// standalone layer norm, the mask products and the block layers agree
 /// between the engines.

@@ -396,6 +396,7 @@ impl Executor for CandleExec {
                     ops::window_pool(input(0)?, input(1)?, input(2)?, input(3)?, &windows)?
                 }
                 OpKind::Mul => ops::mul(input(0)?, input(1)?, op.alpha)?,
+                OpKind::Dice => ops::dice_gate(input(0)?, input(1)?, param(m.params, op, 0))?,
                 OpKind::StopGradient => input(0)?.detach(),
                 OpKind::OpUnspecified => {
                     return Err(invalid_plan!("op \"{}\" has no kind", op.name))

@@ -239,6 +239,13 @@ pub fn mul(a: &Tensor, b: &Tensor, alpha: f32) -> Result<Tensor> {
     (a * b)?.affine(f64::from(alpha), 0.0)
 }
 
+/// The gate of TorchEasyRec's Dice (the plan's DICE): `x * (p + alpha *
+/// (1 - p))`, `alpha [C]` over the last axis of `x` and `p`.
+pub fn dice_gate(x: &Tensor, p: &Tensor, alpha: &Tensor) -> Result<Tensor> {
+    let open = p.affine(-1.0, 1.0)?.broadcast_mul(alpha)?;
+    x * (p + open)?
+}
+
 /// TorchEasyRec's variational dropout of one feature group (the plan's
 /// VARIATIONAL_DROPOUT): `x [B, W]` times each column's keep factor.
 /// `columns [W]` (u32) names each column's feature; `noise [B, F]`,

@@ -603,6 +603,24 @@ impl Engine {
                         }
                     }
                 }
+                Step::Dice { x, p, y, alpha } => {
+                    let a = ps.get(*alpha);
+                    let (xs, pv) = (&prog.bufs[x.buf], &prog.bufs[p.buf]);
+                    let dy = &prog.gbufs[prog.gslot[y.buf]];
+                    if let Some(da) = pg.added(*alpha) {
+                        kernels::dice_alpha_grad(da, dy, y, xs, x, pv, p);
+                    }
+                    // One input at a time: both may be views of one buffer.
+                    for (v, is_x) in [(x, true), (p, false)] {
+                        if needs(v) {
+                            let mut dv = std::mem::take(&mut prog.gbufs[prog.gslot[v.buf]]);
+                            let dy = &prog.gbufs[prog.gslot[y.buf]];
+                            let (xs, pv) = (&prog.bufs[x.buf], &prog.bufs[p.buf]);
+                            kernels::dice_backward(&mut dv, v, dy, y, xs, x, pv, p, a, is_x, acc(v));
+                            prog.gbufs[prog.gslot[v.buf]] = dv;
+                        }
+                    }
+                }
                 Step::Softmax { x, y, axis } => {
                     if needs(x) {
                         let mut dx = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);

@@ -180,6 +180,19 @@ impl Engine {
                     );
                     prog.bufs[y.buf] = buf;
                 }
+                Step::Dice { x, p, y, alpha } => {
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    kernels::dice(
+                        &mut buf,
+                        y,
+                        &prog.bufs[x.buf],
+                        x,
+                        &prog.bufs[p.buf],
+                        p,
+                        ps.get(*alpha),
+                    );
+                    prog.bufs[y.buf] = buf;
+                }
                 Step::SeqEmbed { out } => {
                     let mut buf = std::mem::take(&mut prog.bufs[out.buf]);
                     let cols =

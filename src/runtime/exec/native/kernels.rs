@@ -349,6 +349,63 @@ pub(super) fn mul(
     });
 }
 
+/// Dice's gate: `y = x * (p + alpha * (1 - p))`, `alpha` per column.
+pub(super) fn dice(y: &mut [f32], yv: &View, x: &[f32], xv: &View, p: &[f32], pv: &View, alpha: &[f32]) {
+    rows_mut(y, yv, |r, out| {
+        let (xs, ps) = (row(x, xv, r), row(p, pv, r));
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = xs[j] * (ps[j] + alpha[j] * (1.0 - ps[j]));
+        }
+    });
+}
+
+/// One input's gradient of [`dice`]: for `x` (`is_x`), `dy * (p + alpha
+/// * (1 - p))`; for `p`, `dy * x * (1 - alpha)`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dice_backward(
+    dv: &mut [f32],
+    dvv: &View,
+    dy: &[f32],
+    dyv: &View,
+    x: &[f32],
+    xv: &View,
+    p: &[f32],
+    pv: &View,
+    alpha: &[f32],
+    is_x: bool,
+    acc: bool,
+) {
+    rows_mut(dv, dvv, |r, out| {
+        let (g, xs, ps) = (row(dy, dyv, r), row(x, xv, r), row(p, pv, r));
+        for (j, d) in out.iter_mut().enumerate() {
+            let v = if is_x {
+                g[j] * (ps[j] + alpha[j] * (1.0 - ps[j]))
+            } else {
+                g[j] * xs[j] * (1.0 - alpha[j])
+            };
+            put(d, v, acc);
+        }
+    });
+}
+
+/// Dice's alpha gradient: `sum dy * x * (1 - p)` per column, added.
+pub(super) fn dice_alpha_grad(
+    da: &mut [f32],
+    dy: &[f32],
+    dyv: &View,
+    x: &[f32],
+    xv: &View,
+    p: &[f32],
+    pv: &View,
+) {
+    for r in 0..dyv.rows() {
+        let (g, xs, ps) = (row(dy, dyv, r), row(x, xv, r), row(p, pv, r));
+        for (j, d) in da.iter_mut().enumerate().take(g.len()) {
+            *d += g[j] * xs[j] * (1.0 - ps[j]);
+        }
+    }
+}
+
 /// `dx (+)= alpha * dy * other`: one input's gradient of [`mul`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn mul_backward(

@@ -46,7 +46,9 @@ impl ParamGrads {
                         count(&mut others, *b);
                     }
                 }
-                Step::Act { slope: Some(s), .. } | Step::VarDrop { fp: s, .. } => {
+                Step::Act { slope: Some(s), .. }
+                | Step::VarDrop { fp: s, .. }
+                | Step::Dice { alpha: s, .. } => {
                     count(&mut others, *s)
                 }
                 Step::Norm { params: ps, .. } => ps.iter().for_each(|&p| count(&mut others, p)),

@@ -480,6 +480,26 @@ impl Program {
                     let y = b.fresh(&a.logical(), b.needs[a.buf] || b.needs[x.buf])?;
                     (Step::Mul { a, b: x, y }, y)
                 }
+                OpKind::Dice => {
+                    let (x, p) = (input(&b, 0)?, input(&b, 1)?);
+                    let width = x.logical().last().copied().unwrap_or(0);
+                    let alpha = op.params.first().map(|&p| p as usize);
+                    let (Some(alpha), true, true) = (
+                        alpha,
+                        x.logical() == p.logical(),
+                        param_shape(0) == [width],
+                    ) else {
+                        return Err(invalid_plan!(
+                            "dice \"{}\" gates {:?} by {:?} with a {:?} alpha",
+                            op.name,
+                            x.logical(),
+                            p.logical(),
+                            param_shape(0)
+                        ));
+                    };
+                    let y = b.fresh(&x.logical(), b.needs[x.buf] || b.needs[p.buf] || trainable)?;
+                    (Step::Dice { x, p, y, alpha }, y)
+                }
                 OpKind::StopGradient => {
                     let x = input(&b, 0)?;
                     let y = b.fresh(&x.logical(), false)?;
@@ -743,6 +763,7 @@ fn views_of(step: &mut Step) -> Vec<&mut View> {
         | Step::Softmax { x, y, .. }
         | Step::Norm { x, y, .. } => vec![x, y],
         Step::Mul { a, b, y } => vec![a, b, y],
+        Step::Dice { x, p, y, .. } => vec![x, p, y],
         Step::VarDrop { x, y, .. } => vec![x, y],
         Step::SeqEmbed { out } | Step::SeqMask { out } => vec![out],
         Step::DinInput { q, s, y }
@@ -811,6 +832,7 @@ fn gradient_read(step: &Step) -> Option<View> {
     match step {
         Step::Alias | Step::Detach { .. } | Step::SeqMask { .. } => None,
         Step::Mul { y, .. }
+        | Step::Dice { y, .. }
         | Step::VarDrop { y, .. }
         | Step::DinInput { y, .. }
         | Step::DotScores { y, .. }

@@ -44,6 +44,14 @@ pub(super) enum Step {
         b: View,
         y: View,
     },
+    /// Dice's gate: `y = x * (p + alpha * (1 - p))`, `alpha` the param
+    /// over the last axis.
+    Dice {
+        x: View,
+        p: View,
+        y: View,
+        alpha: usize,
+    },
     /// TorchEasyRec's variational dropout: `y[r, c] = x[r, c] * keep[r, f]`,
     /// `f = columns[c]` the column's feature, its drop logits param `fp`.
     VarDrop {
@@ -150,6 +158,7 @@ pub(super) fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
         Step::AttnPool { scores, s, .. } => vec![*scores, *s],
         Step::SeqPool { s, .. } => vec![*s],
         Step::Mul { a, b, .. } => vec![*a, *b],
+        Step::Dice { x, p, .. } => vec![*x, *p],
         Step::VarDrop { x, .. } => vec![*x],
         Step::Linear { x, .. } => vec![*x],
         // A shared input takes one gradient per expert; a stacked one, one

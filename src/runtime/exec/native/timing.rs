@@ -45,6 +45,7 @@ pub(super) fn record(
         Step::Act { .. } => "activation".into(),
         Step::Dropout { .. } => "dropout".into(),
         Step::Mul { .. } => "multiply".into(),
+        Step::Dice { .. } => "dice".into(),
         Step::Detach { .. } => "stop gradient".into(),
         Step::VarDrop { .. } => "variational dropout".into(),
         Step::Copy { .. } => "copy".into(),
