@@ -434,6 +434,30 @@ pub enum EncoderKind {
         act: Box<Act>,
         windows: Vec<u64>,
     },
+    /// TorchEasyRec's self-attention encoder: the steps through three
+    /// linears (`query`, `key`, `value`, sequence width to `dim`), then
+    /// torch's `MultiheadAttention` (its in-projections `in_q`, `in_k`,
+    /// `in_v`, `heads` heads attending among the valid steps, dropout on
+    /// the weights, the out-projection `out`), rows of padded steps zero,
+    /// summed over the steps and divided by the row's length.
+    SelfAttention(Box<SelfAttentionParams>),
+}
+
+/// See [`EncoderKind::SelfAttention`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfAttentionParams {
+    /// `multihead_attn_dim`: the width of the projections and the output.
+    pub dim: u64,
+    pub heads: u64,
+    /// Dropout on the attention weights (training only).
+    pub dropout: f32,
+    pub query: LinearParams,
+    pub key: LinearParams,
+    pub value: LinearParams,
+    pub in_q: LinearParams,
+    pub in_k: LinearParams,
+    pub in_v: LinearParams,
+    pub out: LinearParams,
 }
 
 /// See [`Node::SeqEncoder`].
@@ -451,12 +475,13 @@ pub struct SeqEncoderBlock {
 impl SeqEncoderBlock {
     /// Output width: the sequence width for the encoders that pool all
     /// steps into one; one sequence width per window plus the query's for
-    /// multi-window DIN.
+    /// multi-window DIN; `multihead_attn_dim` for self-attention.
     pub fn width(&self) -> u64 {
         match &self.kind {
             EncoderKind::MultiWindowDin { windows, .. } => {
                 self.seq_width * (windows.len() as u64 + 1)
             }
+            EncoderKind::SelfAttention(a) => a.dim,
             _ => self.seq_width,
         }
     }

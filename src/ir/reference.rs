@@ -359,6 +359,14 @@ pub(crate) fn evaluate(
                 [scores, s, m, q] => window_pool(scores, s, m, q, &op.widths).map_err(err)?,
                 _ => return Err(err("needs four inputs".into())),
             },
+            OpKind::MultiHeadAttention => match inputs.as_slice() {
+                [q, k, v, m] => multi_head_attention(q, k, v, m, op.heads as usize).map_err(err)?,
+                _ => return Err(err("needs four inputs".into())),
+            },
+            OpKind::MaskedMean => match inputs.as_slice() {
+                [x, m, len] => masked_mean(x, m, len).map_err(err)?,
+                _ => return Err(err("needs three inputs".into())),
+            },
             OpKind::Mul => match inputs.as_slice() {
                 [a, b] if a.shape == b.shape => Tensor::new(
                     a.shape.clone(),
@@ -580,6 +588,81 @@ fn attention_pool(scores: &Tensor, s: &Tensor, mask: &Tensor) -> Result<Tensor, 
                 .sum();
             out[r * d + j] = acc as f32;
         }
+    }
+    Ok(Tensor::new(vec![b, d], out))
+}
+
+/// Multi-head attention among the valid steps (evaluation: no dropout);
+/// rows of masked steps are zero.
+fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+) -> Result<Tensor, String> {
+    let (b, l, e) = seq_dims(q)?;
+    if k.shape != q.shape || v.shape != q.shape || mask.shape != [b, l] {
+        return Err(format!(
+            "q {:?}, k {:?}, v {:?} and mask {:?} do not fit",
+            q.shape, k.shape, v.shape, mask.shape
+        ));
+    }
+    if heads == 0 || e % heads != 0 {
+        return Err(format!("{heads} heads over {e} columns"));
+    }
+    let hd = e / heads;
+    let valid = |r: usize, i: usize| mask.data[r * l + i] >= 0.5;
+    let at = |t: &Tensor, r: usize, i: usize, c: usize| t.data[(r * l + i) * e + c] as f64;
+    let mut out = vec![0.0f32; b * l * e];
+    for r in 0..b {
+        for h in 0..heads {
+            let cols = h * hd..(h + 1) * hd;
+            for i in (0..l).filter(|&i| valid(r, i)) {
+                let z: Vec<(usize, f64)> = (0..l)
+                    .filter(|&j| valid(r, j))
+                    .map(|j| {
+                        let dot: f64 = cols.clone().map(|c| at(q, r, i, c) * at(k, r, j, c)).sum();
+                        (j, dot / (hd as f64).sqrt())
+                    })
+                    .collect();
+                let max = z.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = z.iter().map(|x| (x.1 - max).exp()).sum();
+                for c in cols.clone() {
+                    let y: f64 = z
+                        .iter()
+                        .map(|&(j, s)| (s - max).exp() / sum * at(v, r, j, c))
+                        .sum();
+                    out[(r * l + i) * e + c] = y as f32;
+                }
+            }
+        }
+    }
+    Ok(Tensor::new(vec![b, l, e], out))
+}
+
+/// The sum of the valid steps over the row's whole length, at least 1.
+fn masked_mean(x: &Tensor, mask: &Tensor, length: &Tensor) -> Result<Tensor, String> {
+    let (b, l, d) = seq_dims(x)?;
+    if mask.shape != [b, l] || length.shape.first() != Some(&b) {
+        return Err(format!(
+            "mask {:?} or length {:?} do not fit steps {:?}",
+            mask.shape, length.shape, x.shape
+        ));
+    }
+    let l0 = length.data.len() / b.max(1);
+    let mut out = vec![0.0f32; b * d];
+    for r in 0..b {
+        let count: f32 = length.data[r * l0..(r + 1) * l0]
+            .iter()
+            .sum::<f32>()
+            .max(1.0);
+        for k in (0..l).filter(|&k| mask.data[r * l + k] >= 0.5) {
+            for j in 0..d {
+                out[r * d + j] += x.data[(r * l + k) * d + j];
+            }
+        }
+        out[r * d..(r + 1) * d].iter_mut().for_each(|o| *o /= count);
     }
     Ok(Tensor::new(vec![b, d], out))
 }

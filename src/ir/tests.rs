@@ -66,9 +66,12 @@ fn every_example_lowers_compiles_and_round_trips() {
             assert_eq!(plan.format_version, file::FORMAT_VERSION);
             assert_eq!(plan.source_config_sha256.len(), 64);
             assert_eq!(plan.tasks.len(), 2, "{name}");
-            // 16 plain features; the sequence example adds its group's
-            // 3 query and 3 sequence features; the PEPNet one has 10.
-            let want = if source.contains("sequence_groups") {
+            // 16 plain features; the DIN example adds its group's 3
+            // query and 3 sequence features, the self-attention one 3
+            // sequence features; the PEPNet one has 10.
+            let want = if source.contains("self_attention_encoder") {
+                19
+            } else if source.contains("sequence_groups") {
                 22
             } else if source.contains("pepnet {") {
                 10

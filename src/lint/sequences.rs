@@ -1,5 +1,6 @@
 //! Sequence groups and their encoders: an attention encoder's query fits
-//! its steps. (Encoder inputs are `plec::sequence-encoder`'s.)
+//! its steps, a self-attention encoder's heads divide its width. (Encoder
+//! inputs are `plec::sequence-encoder`'s.)
 
 use std::collections::HashMap;
 
@@ -11,11 +12,12 @@ use crate::proto::tzrec::protos::{
     seq_feature_config::Feature as SeqFeature, FeatureConfig,
 };
 
-pub(super) const RULES: &[Rule] = &[Rule {
-    code: "plec::sequence-query-width",
-    severity: Severity::Error,
-    summary: "an attention encoder's query does not fit the width of its sequence",
-    explain: "\
+pub(super) const RULES: &[Rule] = &[
+    Rule {
+        code: "plec::sequence-query-width",
+        severity: Severity::Error,
+        summary: "an attention encoder's query does not fit the width of its sequence",
+        explain: "\
 DIN compares the query (the sequence group's plain features, concatenated)
 with every step (its sequence features, concatenated): the query may be
 narrower (it is padded with zeros) but not wider, and not empty. Simple
@@ -30,8 +32,27 @@ Example:
 Fix: give the query features and the sequence features matching
 `embedding_dim`s, or list the query's features in the same order as the
 steps'.",
-    check: sequence_query_width,
-}];
+        check: sequence_query_width,
+    },
+    Rule {
+        code: "plec::attention-heads",
+        severity: Severity::Error,
+        summary: "a self-attention encoder's width is not a positive multiple of its heads",
+        explain: "\
+`self_attention_encoder` projects every step to `multihead_attn_dim`
+columns (default 512) and splits them into `num_heads` heads (default 8)
+of equal width, so the width must be a positive multiple of the heads.
+TorchEasyRec stops with `multihead_attn_dim must be divisible by num_heads`
+when it builds the model.
+
+Example:
+    self_attention_encoder { input: \"click_seq\" multihead_attn_dim: 30 num_heads: 8 }
+
+Fix: pick a width the heads divide (`multihead_attn_dim: 32`), or fewer
+heads.",
+        check: attention_heads,
+    },
+];
 
 /// Output width of every feature by the name a group uses for it,
 /// including the sub-features of grouped sequences (`seq__name`).
@@ -182,6 +203,35 @@ fn sequence_query_width(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
                 .with_help(
                     "make the embedding_dims of the query features and the sequence features match",
                 ),
+            );
+        }
+    }
+}
+
+fn attention_heads(rule: &Rule, cx: &Ctx, out: &mut Vec<Diagnostic>) {
+    for (g, group) in cx.groups.iter().enumerate() {
+        for (e, enc) in group.sequence_encoders.iter().enumerate() {
+            let Some(SeqModule::SelfAttentionEncoder(m)) = &enc.seq_module else {
+                continue;
+            };
+            let (dim, heads) = (m.multihead_attn_dim(), m.num_heads());
+            if dim > 0 && heads > 0 && dim % heads == 0 {
+                continue;
+            }
+            let path = format!(
+                "model_config.feature_groups[{g}].sequence_encoders[{e}].self_attention_encoder"
+            );
+            let at = |field: &str| {
+                cx.value(&format!("{path}.{field}"))
+                    .or_else(|| cx.name(&path))
+            };
+            out.push(
+                rule.diag(format!(
+                    "multihead_attn_dim {dim} is not a positive multiple of num_heads {heads}"
+                ))
+                .primary_at(at("multihead_attn_dim"), format!("{dim} columns"))
+                .secondary_at(at("num_heads"), format!("{heads} heads"))
+                .with_help("pick a multihead_attn_dim that num_heads divides"),
             );
         }
     }

@@ -115,7 +115,7 @@ fn emit_with(
 }
 
 /// Forward FLOPs per sample (2 per multiply-add) of linears, batched
-/// linears and gate mixes; element-wise ops are not counted. Any plan,
+/// linears, gate mixes and multi-head attention; element-wise ops are not counted. Any plan,
 /// valid or not (a value or parameter it names may be missing; absurd
 /// shapes saturate).
 pub fn forward_flops(plan: &Plan) -> u64 {
@@ -145,6 +145,14 @@ pub fn forward_flops(plan: &Plan) -> u64 {
                     };
                     let n = product([2, per_row, product(shape(w))]);
                     flops = flops.saturating_add(n);
+                }
+            }
+            Ok(OpKind::MultiHeadAttention) => {
+                // Scores and the weighted sum: 2 L^2 E multiply-adds.
+                let s = op.inputs.first().and_then(|&x| plan.values.get(x as usize));
+                if let Some(s) = s.map(|v| &v.shape).filter(|s| s.len() == 3) {
+                    let (l, e) = (s[1].max(0) as u64, s[2].max(0) as u64);
+                    flops = flops.saturating_add(product([4, l, l, e]));
                 }
             }
             Ok(OpKind::GateMix) => {
@@ -679,8 +687,11 @@ impl Emitter<'_> {
     fn seq_encoder(&mut self, n: NodeIndex, e: &SeqEncoderBlock) -> Result<u32, EmitError> {
         let mut seq = self.input(n, 1)?;
         let mut mask = self.input(n, 2)?;
+        let full_mask = mask;
         let d = e.seq_width as i64;
-        if e.max_steps < e.steps {
+        // Self-attention cuts its projections instead of the steps.
+        let cut_steps = !matches!(e.kind, EncoderKind::SelfAttention(_));
+        if e.max_steps < e.steps && cut_steps {
             let m = e.max_steps as i64;
             seq = self.op(
                 &format!("{}.steps", e.name),
@@ -691,6 +702,9 @@ impl Emitter<'_> {
             );
             let op = self.last_op();
             (op.axis, op.start, op.length) = (1, 0, m);
+        }
+        if e.max_steps < e.steps {
+            let m = e.max_steps as i64;
             mask = self.op(
                 &format!("{}.mask", e.name),
                 OpKind::Slice,
@@ -755,6 +769,10 @@ impl Emitter<'_> {
                 self.last_op().widths = windows.iter().map(|&w| w as u32).collect();
                 return Ok(out);
             }
+            EncoderKind::SelfAttention(a) => {
+                let steps = (e.steps as i64, e.max_steps as i64);
+                return Ok(self.self_attention(&e.name, a, seq, steps, mask, full_mask));
+            }
             EncoderKind::Din { mlp, score } => {
                 let q = self.input(n, 0)?;
                 let x = self.op(
@@ -775,6 +793,70 @@ impl Emitter<'_> {
             batch_shape(e.seq_width),
             vec![],
         ))
+    }
+
+    /// A self-attention encoder's ops over `seq` `[B, L, D]` and its
+    /// `mask` (cut to `max_seq_length` M): the projections as linears over
+    /// the steps, the attention among the first M, the out-projection,
+    /// then the mean of the valid rows over the whole length (`full_mask`,
+    /// uncut, as tzrec divides by the row's `sequence_length`). Returns the
+    /// `[B, dim]` output.
+    ///
+    /// The projections run on all L steps and their outputs are cut to M
+    /// (the same rows as cutting the steps first): a cut of the steps is a
+    /// view whose rows are no single strided matrix, which the native
+    /// engine's multiplies do not read; the attention reads any view.
+    fn self_attention(
+        &mut self,
+        name: &str,
+        a: &SelfAttentionParams,
+        seq: u32,
+        (steps, max_steps): (i64, i64),
+        mask: u32,
+        full_mask: u32,
+    ) -> u32 {
+        let mha = format!("{name}.multihead_attn");
+        let dim = a.dim as i64;
+        let mut project = |outer: &LinearParams, inner: &LinearParams, part: &str| {
+            let x = self.linear(&format!("{name}.{part}"), outer, seq);
+            let short = &part[..1];
+            let y = self.linear(&format!("{mha}.in_proj_{short}"), inner, x);
+            if max_steps >= steps {
+                return y;
+            }
+            let cut = self.op(
+                &format!("{mha}.{short}_steps"),
+                OpKind::Slice,
+                vec![y],
+                vec![BATCH, max_steps, dim],
+                vec![],
+            );
+            let op = self.last_op();
+            (op.axis, op.start, op.length) = (1, 0, max_steps);
+            cut
+        };
+        let q = project(&a.query, &a.in_q, "query");
+        let k = project(&a.key, &a.in_k, "key");
+        let v = project(&a.value, &a.in_v, "value");
+        let shape = self.shape(q);
+        let att = self.op(
+            &format!("{mha}.attention"),
+            OpKind::MultiHeadAttention,
+            vec![q, k, v, mask],
+            shape,
+            vec![],
+        );
+        let op = self.last_op();
+        op.heads = a.heads as u32;
+        op.ratio = a.dropout;
+        let y = self.linear(&format!("{mha}.out_proj"), &a.out, att);
+        self.op(
+            name,
+            OpKind::MaskedMean,
+            vec![y, mask, full_mask],
+            batch_shape(a.dim),
+            vec![],
+        )
     }
 
     /// Feature specs and tables for the group's inputs; returns the

@@ -71,8 +71,8 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
             | OpKind::Mul
             | OpKind::Dice
             | OpKind::WindowInput => 2,
-            OpKind::AttentionPool => 3,
-            OpKind::WindowPool => 4,
+            OpKind::AttentionPool | OpKind::MaskedMean => 3,
+            OpKind::WindowPool | OpKind::MultiHeadAttention => 4,
             _ => 1,
         };
         // Ops of a fixed arity; the others read at least `needs_inputs`.
@@ -91,6 +91,8 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 | OpKind::StopGradient
                 | OpKind::WindowInput
                 | OpKind::WindowPool
+                | OpKind::MultiHeadAttention
+                | OpKind::MaskedMean
         );
         if op.inputs.len() < needs_inputs || (exact && op.inputs.len() != needs_inputs) {
             return Err(invalid!(
@@ -136,6 +138,15 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 op.name,
                 op.widths.len(),
                 op.feature_names.len()
+            ));
+        }
+        if kind == OpKind::MultiHeadAttention && (op.heads == 0 || !(0.0..1.0).contains(&op.ratio))
+        {
+            return Err(invalid!(
+                "attention \"{}\" has {} heads and dropout {} (it needs a head or more and a dropout in [0, 1))",
+                op.name,
+                op.heads,
+                op.ratio
             ));
         }
         if kind == OpKind::Dropout && !(0.0..1.0).contains(&op.ratio) {

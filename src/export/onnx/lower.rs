@@ -853,6 +853,13 @@ impl<'a> Lowering<'a> {
                     .node("Gather", &[&keep, &cols], vec![attr_i("axis", 0)], hint);
                 self.b.node("Mul", &[&x, &keep], vec![], hint)
             }
+            OpKind::MultiHeadAttention | OpKind::MaskedMean => {
+                return Err(unsupported(
+                    op,
+                    kind,
+                    "the self-attention encoder has no ONNX form in plec yet",
+                ));
+            }
             OpKind::OpUnspecified => {
                 return Err(unsupported(op, kind, "the op has no kind"));
             }

@@ -221,16 +221,6 @@ impl Builder {
                     .push(IrError::invalid("the encoder names no kind", epath));
                 continue;
             };
-            if matches!(module, SeqModule::SelfAttentionEncoder(_)) {
-                self.errors.push(IrError::unsupported(
-                    format!(
-                        "sequence encoder `{}`",
-                        crate::ir::coverage::encoder_kind(module)
-                    ),
-                    epath,
-                ));
-                continue;
-            }
             let input = match module {
                 SeqModule::DinEncoder(m) => m.input.clone(),
                 SeqModule::SimpleAttention(m) => m.input.clone(),
@@ -538,9 +528,13 @@ impl Builder {
                     seq.steps,
                 )
             }
-            SeqModule::SelfAttentionEncoder(_) => {
-                // Reported by `sequences` before the group was resolved.
-                return None;
+            SeqModule::SelfAttentionEncoder(m) => {
+                let at = format!("{epath}.{kind_name}");
+                let params = self.self_attention(&name, &at, m, d)?;
+                (
+                    EncoderKind::SelfAttention(Box::new(params)),
+                    max_len(m.max_seq_length()),
+                )
             }
         };
         let block = SeqEncoderBlock {
@@ -564,6 +558,76 @@ impl Builder {
             node,
             port: 0,
             width,
+        })
+    }
+}
+
+impl Builder {
+    /// The parameters of a self-attention encoder over `d`-wide steps, as
+    /// tzrec's `SelfAttentionEncoder` creates them: `query`, `key` and
+    /// `value` are `nn.Linear(d, dim)` (torch's default init), then
+    /// `nn.MultiheadAttention(dim, heads)`, whose packed in-projection
+    /// `[3 dim, dim]` is Xavier-uniform (each third here is one `[dim,
+    /// dim]` parameter with the packed matrix's bound) with zero biases,
+    /// and whose out-projection is a default `nn.Linear(dim, dim)` with
+    /// its bias zeroed. `None` after an error.
+    fn self_attention(
+        &mut self,
+        name: &str,
+        at: &str,
+        m: &crate::proto::tzrec::protos::SelfAttentionEncoder,
+        d: u64,
+    ) -> Option<SelfAttentionParams> {
+        let (dim, heads) = (m.multihead_attn_dim(), m.num_heads());
+        if dim <= 0 || heads <= 0 || dim % heads != 0 {
+            self.errors.push(IrError::invalid(
+                format!(
+                    "multihead_attn_dim {dim} must be a positive multiple of num_heads {heads}"
+                ),
+                format!("{at}.multihead_attn_dim"),
+            ));
+            return None;
+        }
+        let dropout = m.dropout();
+        if !(0.0..1.0).contains(&dropout) {
+            self.errors.push(IrError::invalid(
+                format!("dropout {dropout} of the attention weights is not in [0, 1)"),
+                format!("{at}.dropout"),
+            ));
+            return None;
+        }
+        let (dim, heads) = (dim as u64, heads as u64);
+        let linear = |part: &str| super::linear(&format!("{name}.{part}"), d, dim, true);
+        let mha = format!("{name}.multihead_attn");
+        // Xavier-uniform over the packed [3 dim, dim] matrix.
+        let xavier = (6.0 / (4 * dim) as f32).sqrt();
+        let zero_bias = |mut l: LinearParams| {
+            if let Some(b) = l.bias.as_mut() {
+                b.init = Init::Constant(0.0);
+            }
+            l
+        };
+        let in_proj = |part: &str| {
+            let mut l = zero_bias(super::linear(
+                &format!("{mha}.in_proj_{part}"),
+                dim,
+                dim,
+                true,
+            ));
+            l.weight.init = Init::Uniform { bound: xavier };
+            l
+        };
+        Some(SelfAttentionParams {
+            dim,
+            heads,
+            dropout,
+            query: linear("query"),
+            key: linear("key"),
+            value: linear("value"),
+            in_q: in_proj("q"),
+            in_k: in_proj("k"),
+            in_v: in_proj("v"),
+            out: zero_bias(super::linear(&format!("{mha}.out_proj"), dim, dim, true)),
         })
     }
 }

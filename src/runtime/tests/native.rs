@@ -241,6 +241,7 @@ fn example_plans() -> Vec<(String, Plan)> {
         "simple_multi_task_taobao",
         "pepnet_taobao",
         "ple_has_sequence",
+        "mmoe_self_attention",
     ] {
         let path = format!("{}/examples/{name}.config", env!("CARGO_MANIFEST_DIR"));
         let source = std::fs::read_to_string(&path).unwrap();
@@ -308,6 +309,45 @@ model_config {
         .plan;
     let batch = super::runs::random_batch(&plan, 37, 9);
     compare("sequence encoders", &plan, &batch, 2e-4);
+}
+
+/// Self-attention encoders on the native engine: two heads with dropout
+/// on the weights (the candle path's mask, bit for bit) over embedded
+/// steps cut to `max_seq_length`, and one head over dense steps, with rows
+/// longer and shorter than others and empty ones: logits, parameter
+/// gradients (both projections, the attention's and the out-projection's)
+/// and the gathered rows' gradients agree with the candle path.
+#[test]
+fn self_attention_encoders_match_the_candle_path() {
+    let source = r#"
+data_config { batch_size: 32 label_fields: "clk" }
+feature_configs { id_feature { feature_name: "user" num_buckets: 40 embedding_dim: 4 } }
+feature_configs { sequence_id_feature { feature_name: "click_items" num_buckets: 60 embedding_dim: 6 sequence_length: 7 } }
+feature_configs { sequence_raw_feature { feature_name: "click_prices" sequence_length: 5 } }
+model_config {
+  feature_groups {
+    group_name: "all"
+    feature_names: "user"
+    group_type: DEEP
+    sequence_groups { group_name: "clicks" feature_names: "user" feature_names: "click_items" }
+    sequence_groups { group_name: "prices" feature_names: "click_prices" }
+    sequence_encoders { self_attention_encoder { input: "clicks" multihead_attn_dim: 8 num_heads: 2 dropout: 0.3 max_seq_length: 5 } }
+    sequence_encoders { self_attention_encoder { input: "prices" multihead_attn_dim: 4 num_heads: 1 } }
+  }
+  mmoe {
+    expert_mlp { hidden_units: [16] }
+    num_expert: 2
+    task_towers { tower_name: "ctr" label_name: "clk" losses { binary_cross_entropy {} } }
+  }
+}
+"#;
+    let plan = build(source, BuildOptions::default())
+        .unwrap_or_else(|e| panic!("self-attention encoders compile: {e:?}"))
+        .plan;
+    for rows in [37, 1] {
+        let batch = super::runs::random_batch(&plan, rows, 9);
+        compare("self-attention encoders", &plan, &batch, 2e-4);
+    }
 }
 
 /// Variational dropout on the native engine: its keep factors (the candle

@@ -269,6 +269,13 @@ fn din_with_batch_norm_over_steps_gradients() {
 }
 
 fn whole_model_gradients(plan: Plan) {
+    whole_model_gradients_of(plan, "seq:cate_emb", ".attn.");
+}
+
+/// Central differences of the loss against autograd for every trainable
+/// parameter (one whose name holds `param_part` must exist) and the
+/// gathered rows of `table`.
+fn whole_model_gradients_of(plan: Plan, table: &str, param_part: &str) {
     let batch = din_batch(&plan);
     let dev = Device::Cpu;
     let mut tr = Trainer::with_dtype(&plan, 3, &dev, DType::F64).unwrap();
@@ -299,7 +306,7 @@ fn whole_model_gradients(plan: Plan) {
         .collect();
     assert!(vars
         .iter()
-        .any(|(i, _)| plan.params[*i].name.contains(".attn.")));
+        .any(|(i, _)| plan.params[*i].name.contains(param_part)));
     for (i, var) in &vars {
         let g = host(
             grads
@@ -326,7 +333,7 @@ fn whole_model_gradients(plan: Plan) {
             );
         }
     }
-    let shared = plan.tables.iter().position(|t| t.name == "seq:cate_emb");
+    let shared = plan.tables.iter().position(|t| t.name == table);
     let ga = gathered
         .iter()
         .find(|g| Some(g.table) == shared)
@@ -365,4 +372,192 @@ fn native_engine_runs_sequence_plans() {
     if let Err(e) = crate::runtime::exec::native::Engine::new(&plan, &analysis) {
         panic!("the native engine refused a DIN plan: {e}");
     }
+}
+
+/// The self-attention encoder's ops against central differences: the
+/// attention with two heads over rows of every kind (full, padded, one
+/// step, none), with and without a dropout mask, and the masked mean over
+/// a length longer than the steps it sums (a `max_seq_length` cut).
+#[test]
+fn self_attention_op_gradients() {
+    let m = mask(&[4, 2, 1, 0], 4);
+    let inputs = [r(&[4, 4, 6], 11), r(&[4, 4, 6], 12), r(&[4, 4, 6], 13)];
+    check("multi-head attention", &inputs, &|x| {
+        ops::multi_head_attention(&x[0], &x[1], &x[2], &m, 2, None)
+    });
+    let keep: Vec<f64> = randv(4 * 2 * 4 * 4, 14, 0.0)
+        .iter()
+        .map(|&u| if u < 0.4 { 1.0 } else { 0.0 })
+        .collect();
+    let keep = t64(&keep, &[4, 2, 4, 4]);
+    check("multi-head attention with dropout", &inputs, &|x| {
+        ops::multi_head_attention(&x[0], &x[1], &x[2], &m, 2, Some((&keep, 0.3)))
+    });
+    let cut = mask(&[3, 2, 1, 0], 2);
+    let whole = mask(&[3, 2, 1, 0], 5);
+    check("masked mean", &[r(&[4, 2, 3], 15)], &|x| {
+        ops::masked_mean(&x[0], &cut, &whole)
+    });
+}
+
+/// Self-attention over three steps by hand, with identity projections
+/// (heads of width 2 and then of width 1) and an out-projection bias
+/// `b = [0.5, -1]`. Row 0 has two steps, s1 = [1, 0] and s2 = [0, 2], and
+/// one padded step; row 1 one step [3, 4]; row 2 none.
+///
+/// One head (scale 1/sqrt(2)): s1 attends to (s1, s2) with scores (1, 0)
+/// / sqrt(2), weights (a, 1 - a), a = sigmoid(1/sqrt(2)), giving
+/// [a, 2 (1 - a)]; s2 with scores (0, 4) / sqrt(2), weights (1 - c, c),
+/// c = sigmoid(2 sqrt(2)), giving [1 - c, 2c]. The padded step's row is
+/// zero (torch's NaN row, zeroed by tzrec), so it gets no bias; the two
+/// valid rows plus b each, over the length 2: [(a - c) / 2 + 1, c - a].
+/// Row 1: its one step attends to itself, [3, 4] + b over 1. Row 2: 0.
+///
+/// Two heads (scale 1): head 0 sees column 0, scores (1, 0) for s1 and
+/// (0, 0) for s2: [sigmoid(1)] and [1/2]; head 1 sees column 1, scores
+/// (0, 0) and (0, 4): [1] and [2 sigmoid(4)]; row 0 is then
+/// [(sigmoid(1) + 1/2) / 2 + 0.5, (1 + 2 sigmoid(4)) / 2 - 1].
+#[test]
+fn tiny_self_attention_by_hand() {
+    let s = t64(
+        &[
+            1.0, 0.0, 0.0, 2.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+            0.0,
+        ],
+        &[3, 3, 2],
+    );
+    let m = mask(&[2, 1, 0], 3);
+    let eye = t64(&[1.0, 0.0, 0.0, 1.0], &[2, 2]);
+    let zero = t64(&[0.0, 0.0], &[2]);
+    let b = t64(&[0.5, -1.0], &[2]);
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let run = |heads: usize| -> Vec<f64> {
+        // query/key/value, then the in-projections: all the identity.
+        let project = |x: &Tensor| {
+            let y = ops::linear(x, &eye, Some(&zero)).unwrap();
+            ops::linear(&y, &eye, Some(&zero)).unwrap()
+        };
+        let (q, k, v) = (project(&s), project(&s), project(&s));
+        let att = ops::multi_head_attention(&q, &k, &v, &m, heads, None).unwrap();
+        let att_rows = host(&att);
+        assert_eq!(&att_rows[4..6], &[0.0, 0.0], "the padded step's row");
+        let y = ops::linear(&att, &eye, Some(&b)).unwrap();
+        host(&ops::masked_mean(&y, &m, &m).unwrap())
+    };
+    let (a, c) = (sig(1.0 / 2f64.sqrt()), sig(2.0 * 2f64.sqrt()));
+    let one_head = [(a - c) / 2.0 + 1.0, c - a, 3.5, 3.0, 0.0, 0.0];
+    let two_heads = [
+        (sig(1.0) + 0.5) / 2.0 + 0.5,
+        (1.0 + 2.0 * sig(4.0)) / 2.0 - 1.0,
+        3.5,
+        3.0,
+        0.0,
+        0.0,
+    ];
+    for (heads, want) in [(1, one_head), (2, two_heads)] {
+        let got = run(heads);
+        for (k, (x, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (x - w).abs() < 1e-12,
+                "{heads} head(s), element {k}: {x} vs {w}"
+            );
+        }
+    }
+}
+
+/// A self-attention encoder over a grouped sequence of an id and a raw
+/// sub-feature (4 wide), with dropout on its weights and a
+/// `max_seq_length` cut below the sequence_length, beside a plain feature.
+pub(super) const SELF_ATTENTION_CONFIG: &str = r#"
+data_config { batch_size: 4 label_fields: "clk" }
+feature_configs { id_feature { feature_name: "user" num_buckets: 5 embedding_dim: 2 } }
+feature_configs {
+  sequence_feature {
+    sequence_name: "seq"
+    sequence_length: 3
+    sequence_delim: ";"
+    features { id_feature { feature_name: "cate" num_buckets: 6 embedding_dim: 3 } }
+    features { raw_feature { feature_name: "price" } }
+  }
+}
+model_config {
+  feature_groups {
+    group_name: "all"
+    feature_names: "user"
+    group_type: DEEP
+    sequence_groups {
+      group_name: "seq"
+      feature_names: "seq__cate"
+      feature_names: "seq__price"
+    }
+    sequence_encoders {
+      self_attention_encoder { input: "seq" multihead_attn_dim: 6 num_heads: 2 dropout: 0.25 max_seq_length: 2 }
+    }
+  }
+  simple_multi_task {
+    task_towers { tower_name: "ctr" label_name: "clk" losses { binary_cross_entropy {} } }
+  }
+}
+"#;
+
+/// The self-attention plan: its ops, parameters as torch lays them out
+/// (shapes, the zeroed in- and out-projection biases) and its width.
+#[test]
+fn self_attention_plan_shape_and_params() {
+    let plan = crate::pipeline::build(SELF_ATTENTION_CONFIG, Default::default())
+        .unwrap()
+        .plan;
+    let att = plan
+        .ops
+        .iter()
+        .find(|o| o.kind == OpKind::MultiHeadAttention as i32)
+        .expect("an attention op");
+    assert_eq!((att.heads, att.ratio), (2, 0.25));
+    // The steps are cut to max_seq_length 2; the mean divides by the
+    // whole length (the uncut mask of 3 steps).
+    let mean = plan
+        .ops
+        .iter()
+        .find(|o| o.kind == OpKind::MaskedMean as i32)
+        .expect("a masked mean");
+    let shape = |v: u32| plan.values[v as usize].shape.clone();
+    assert_eq!(shape(mean.inputs[0]), vec![-1, 2, 6]);
+    assert_eq!(shape(mean.inputs[1]), vec![-1, 2]);
+    assert_eq!(shape(mean.inputs[2]), vec![-1, 3]);
+    let param = |suffix: &str| {
+        plan.params
+            .iter()
+            .find(|p| p.name.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no parameter {suffix}"))
+    };
+    assert_eq!(param(".query.weight").shape, vec![6, 4]);
+    assert_eq!(param(".multihead_attn.in_proj_k.weight").shape, vec![6, 6]);
+    for zero in [
+        ".multihead_attn.in_proj_q.bias",
+        ".multihead_attn.in_proj_v.bias",
+        ".multihead_attn.out_proj.bias",
+    ] {
+        let p = param(zero);
+        assert!(p.data.iter().all(|&b| b == 0), "{zero} starts at zero");
+    }
+    // Xavier bound of the packed [18, 6] matrix: sqrt(6 / 24) = 0.5.
+    let w = crate::ir::init::from_le_bytes(&param(".in_proj_q.weight").data);
+    assert!(w.iter().all(|x| x.abs() <= 0.5) && w.iter().any(|x| x.abs() > 0.3));
+    let tower_in = plan
+        .ops
+        .iter()
+        .find(|o| o.name == "all.with_sequences")
+        .map(|o| plan.values[o.output as usize].shape.clone());
+    assert_eq!(tower_in, Some(vec![-1, 2 + 6]), "user, then the encoder");
+}
+
+/// Whole-model gradients of the self-attention plan (dropout on, one
+/// fixed mask): every parameter and the gathered embedding rows against
+/// central differences of the loss, over rows of 3, 1, 0 and 2 steps.
+#[test]
+fn self_attention_whole_model_gradients() {
+    let plan = crate::pipeline::build(SELF_ATTENTION_CONFIG, Default::default())
+        .unwrap()
+        .plan;
+    whole_model_gradients_of(plan, "seq:seq__cate", ".multihead_attn.");
 }

@@ -395,6 +395,30 @@ impl Executor for CandleExec {
                     let windows: Vec<usize> = op.widths.iter().map(|&w| w as usize).collect();
                     ops::window_pool(input(0)?, input(1)?, input(2)?, input(3)?, &windows)?
                 }
+                OpKind::MultiHeadAttention => {
+                    let heads = op.heads as usize;
+                    let q = input(0)?;
+                    let keep = match mode {
+                        Mode::Train { seed, step } if op.ratio > 0.0 => {
+                            let (b, l, _) = q.dims3()?;
+                            let mut rng = SplitMix64::derive(seed, &[step, oi as u64]);
+                            let shape = [b, heads, l, l];
+                            Some(ops::dropout_mask(
+                                &shape, op.ratio, &mut rng, m.dtype, m.device,
+                            )?)
+                        }
+                        _ => None,
+                    };
+                    ops::multi_head_attention(
+                        q,
+                        input(1)?,
+                        input(2)?,
+                        input(3)?,
+                        heads,
+                        keep.as_ref().map(|k| (k, op.ratio)),
+                    )?
+                }
+                OpKind::MaskedMean => ops::masked_mean(input(0)?, input(1)?, input(2)?)?,
                 OpKind::Mul => ops::mul(input(0)?, input(1)?, op.alpha)?,
                 OpKind::Dice => ops::dice_gate(input(0)?, input(1)?, param(m.params, op, 0))?,
                 OpKind::StopGradient => input(0)?.detach(),

@@ -347,3 +347,64 @@ pub fn window_pool(
     });
     Tensor::cat(&parts, 1)
 }
+
+/// What a masked-out key's score becomes before the softmax: its weight is
+/// then exactly zero (torch writes `-inf`; a finite value keeps a row
+/// with no valid key finite, and such rows are zeroed afterwards).
+const EXCLUDED_KEY: f64 = -1e30;
+
+/// Multi-head self-attention among the valid steps (the plan's
+/// MULTI_HEAD_ATTENTION): `q`, `k`, `v` `[B, L, E]` split into `heads`
+/// heads of `E / heads` columns, `mask` `[B, L]` (1 valid). Per head the
+/// scores `q_i . k_j / sqrt(E / heads)` over valid `j` are softmaxed,
+/// multiplied by `dropout`'s keep-mask `[B, heads, L, L]` over
+/// `1 - ratio` when given, and weight the `v_j`; rows `i` that are not
+/// valid are zero. Output `[B, L, E]`.
+pub fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    dropout: Option<(&Tensor, f32)>,
+) -> Result<Tensor> {
+    let (b, l, e) = q.dims3()?;
+    if heads == 0 || e % heads != 0 {
+        candle_core::bail!("attention over {e} columns cannot have {heads} heads");
+    }
+    let hd = e / heads;
+    let split = |x: &Tensor| -> Result<Tensor> {
+        x.contiguous()?
+            .reshape((b, l, heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
+    let scores = (qh.matmul(&kh.transpose(2, 3)?.contiguous()?)? / (hd as f64).sqrt())?;
+    let valid = mask.ge(0.5)?;
+    let keys = valid
+        .reshape((b, 1, 1, l))?
+        .broadcast_as((b, heads, l, l))?
+        .contiguous()?;
+    let excluded = Tensor::full(EXCLUDED_KEY, (b, heads, l, l), q.device())?.to_dtype(q.dtype())?;
+    let w = softmax(&keys.where_cond(&scores, &excluded)?, 3)?;
+    let w = match dropout {
+        Some((keep, ratio)) => dropout_with_mask(&w, keep, ratio)?,
+        None => w,
+    };
+    let out = w
+        .matmul(&vh)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, l, e))?;
+    out.broadcast_mul(&mask.unsqueeze(2)?)
+}
+
+/// The mean of the valid steps over the whole length (the plan's
+/// MASKED_MEAN): `x` `[B, L, D]` summed over the steps where `mask`
+/// `[B, L]` is 1, divided by `max(sum(length), 1)` of `length` `[B, L0]`.
+pub fn masked_mean(x: &Tensor, mask: &Tensor, length: &Tensor) -> Result<Tensor> {
+    let summed = x.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
+    let count = length.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?;
+    summed.broadcast_div(&count)
+}

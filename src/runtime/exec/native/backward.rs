@@ -2,6 +2,7 @@
 //! through the tape of the last training forward pass, into parameter and
 //! embedding-row gradients for candle's `GradStore`.
 
+use super::attention;
 use super::kernels;
 use super::param_grads::ParamGrads;
 use super::sequence;
@@ -560,6 +561,70 @@ impl Engine {
                             acc(s),
                         );
                         prog.gbufs[prog.gslot[s.buf]] = d;
+                    }
+                }
+                Step::Attention {
+                    q,
+                    k,
+                    v,
+                    mask,
+                    y,
+                    heads,
+                } => {
+                    let targets = [q, k, v];
+                    let slots: Vec<Option<usize>> = targets
+                        .iter()
+                        .map(|t| needs(t).then(|| prog.gslot[t.buf]))
+                        .collect();
+                    let live: Vec<usize> = slots.iter().flatten().copied().collect();
+                    if (1..live.len()).any(|i| live[..i].contains(&live[i])) {
+                        return Err(invalid_plan!(
+                            "attention \"{}\": its inputs share a gradient slot",
+                            op.name
+                        ));
+                    }
+                    let mut taken: Vec<Option<Vec<f32>>> = slots
+                        .iter()
+                        .map(|s| s.map(|s| std::mem::take(&mut prog.gbufs[s])))
+                        .collect();
+                    {
+                        let a = attention::AttentionInputs {
+                            q: (&prog.bufs[q.buf], q),
+                            k: (&prog.bufs[k.buf], k),
+                            v: (&prog.bufs[v.buf], v),
+                            mask: (&prog.bufs[mask.buf], mask),
+                            heads: *heads,
+                            keep: tape.masks[oi]
+                                .as_deref()
+                                .map(|m| (m, 1.0 / (1.0 - op.ratio))),
+                        };
+                        let mut it = taken.iter_mut().zip(targets).map(|(t, view)| {
+                            t.as_mut().map(|b| (b.as_mut_slice(), view, acc(view)))
+                        });
+                        let (dq, dk, dv) = (
+                            it.next().flatten(),
+                            it.next().flatten(),
+                            it.next().flatten(),
+                        );
+                        let g = (&prog.gbufs[prog.gslot[y.buf]][..], y);
+                        attention::backward(&a, g, dq, dk, dv);
+                    }
+                    for (s, t) in slots.into_iter().zip(taken) {
+                        if let (Some(s), Some(t)) = (s, t) {
+                            prog.gbufs[s] = t;
+                        }
+                    }
+                }
+                Step::MaskedMean { x, mask, length, y } => {
+                    if needs(x) {
+                        let mut d = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        attention::masked_mean_grad(
+                            (&mut d, x, acc(x)),
+                            (&prog.gbufs[prog.gslot[y.buf]], y),
+                            (&prog.bufs[mask.buf], mask),
+                            (&prog.bufs[length.buf], length),
+                        );
+                        prog.gbufs[prog.gslot[x.buf]] = d;
                     }
                 }
                 Step::VarDrop { x, y, fp, columns } => {

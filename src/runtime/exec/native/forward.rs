@@ -1,6 +1,7 @@
 //! The native engine's forward pass: every op of the program on one
 //! batch, keeping in training what the backward pass needs (the tape).
 
+use super::attention;
 use super::kernels;
 use super::sequence;
 use super::timing::record;
@@ -278,6 +279,50 @@ impl Engine {
                         (&prog.bufs[mask.buf], mask),
                         (&prog.bufs[q.buf], q),
                         windows,
+                    );
+                    prog.bufs[y.buf] = buf;
+                }
+                Step::Attention {
+                    q,
+                    k,
+                    v,
+                    mask,
+                    y,
+                    heads,
+                } => {
+                    let keep = match mode {
+                        Mode::Train { seed, step } if op.ratio > 0.0 => {
+                            // The candle path's stream: the same mask bit for bit.
+                            let mut rng = SplitMix64::derive(seed, &[step, oi as u64]);
+                            let n = q.dims[0] * heads * q.dims[1] * q.dims[1];
+                            let keep: Vec<u8> = (0..n)
+                                .map(|_| u8::from(rng.next_f64() >= op.ratio as f64))
+                                .collect();
+                            Some(keep)
+                        }
+                        _ => None,
+                    };
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    let a = attention::AttentionInputs {
+                        q: (&prog.bufs[q.buf], q),
+                        k: (&prog.bufs[k.buf], k),
+                        v: (&prog.bufs[v.buf], v),
+                        mask: (&prog.bufs[mask.buf], mask),
+                        heads: *heads,
+                        keep: keep.as_deref().map(|m| (m, 1.0 / (1.0 - op.ratio))),
+                    };
+                    attention::forward(&mut buf, y, &a);
+                    prog.bufs[y.buf] = buf;
+                    tape.masks[oi] = keep;
+                }
+                Step::MaskedMean { x, mask, length, y } => {
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    attention::masked_mean(
+                        &mut buf,
+                        y,
+                        (&prog.bufs[x.buf], x),
+                        (&prog.bufs[mask.buf], mask),
+                        (&prog.bufs[length.buf], length),
                     );
                     prog.bufs[y.buf] = buf;
                 }

@@ -26,6 +26,7 @@
 //! and `--engine candle` (or `PLEC_ENGINE=candle`) selects it at run time
 //! (`runtime::engine_choice`).
 
+mod attention;
 mod backward;
 mod embed;
 mod forward;

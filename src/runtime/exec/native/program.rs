@@ -404,6 +404,56 @@ impl Program {
                     let y = b.fresh(&[rows, s.dims[2]], b.needs[s.buf])?;
                     (Step::SeqPool { s, mask, y, mean }, y)
                 }
+                OpKind::MultiHeadAttention => {
+                    let (q, k, v) = (input(&b, 0)?, input(&b, 1)?, input(&b, 2)?);
+                    let mask = input(&b, 3)?;
+                    let heads = op.heads as usize;
+                    let (rows, steps, e) = (q.dims[0], q.dims[1], q.dims[2]);
+                    if q.rank != 3
+                        || k.dims != q.dims
+                        || v.dims != q.dims
+                        || mask.rank != 2
+                        || mask.dims[1..] != [rows, steps]
+                        || heads == 0
+                        || e % heads != 0
+                    {
+                        return Err(invalid_plan!(
+                            "attention \"{}\" of {heads} heads over {:?}, {:?}, {:?} and mask {:?}",
+                            op.name,
+                            q.logical(),
+                            k.logical(),
+                            v.logical(),
+                            mask.logical()
+                        ));
+                    }
+                    let needs = b.needs[q.buf] || b.needs[k.buf] || b.needs[v.buf];
+                    let y = b.fresh(&q.logical(), needs)?;
+                    (
+                        Step::Attention {
+                            q,
+                            k,
+                            v,
+                            mask,
+                            y,
+                            heads,
+                        },
+                        y,
+                    )
+                }
+                OpKind::MaskedMean => {
+                    let (x, mask, length) = (input(&b, 0)?, input(&b, 1)?, input(&b, 2)?);
+                    let (rows, steps) = (x.dims[0], x.dims[1]);
+                    if x.rank != 3
+                        || mask.rank != 2
+                        || mask.dims[1..] != [rows, steps]
+                        || length.rank != 2
+                        || length.dims[1] != rows
+                    {
+                        return Err(invalid_plan!("masked mean \"{}\" shapes", op.name));
+                    }
+                    let y = b.fresh(&[rows, x.dims[2]], b.needs[x.buf])?;
+                    (Step::MaskedMean { x, mask, length, y }, y)
+                }
                 OpKind::WindowInput => {
                     let (q, s) = (input(&b, 0)?, input(&b, 1)?);
                     if q.rank != 2 || s.rank != 3 || q.dims[1] != s.dims[0] || q.dims[2] > s.dims[2]
@@ -779,6 +829,10 @@ fn views_of(step: &mut Step) -> Vec<&mut View> {
         } => vec![scores, s, mask, q, y],
         Step::AttnPool { scores, s, mask, y } => vec![scores, s, mask, y],
         Step::SeqPool { s, mask, y, .. } => vec![s, mask, y],
+        Step::Attention {
+            q, k, v, mask, y, ..
+        } => vec![q, k, v, mask, y],
+        Step::MaskedMean { x, mask, length, y } => vec![x, mask, length, y],
         Step::Copy { parts, out } => parts
             .iter_mut()
             .flat_map(|(s, d)| [s, d])
@@ -839,7 +893,9 @@ fn gradient_read(step: &Step) -> Option<View> {
         | Step::AttnPool { y, .. }
         | Step::WindowInput { y, .. }
         | Step::WindowPool { y, .. }
-        | Step::SeqPool { y, .. } => Some(*y),
+        | Step::SeqPool { y, .. }
+        | Step::Attention { y, .. }
+        | Step::MaskedMean { y, .. } => Some(*y),
         Step::SeqEmbed { out } => Some(*out),
         Step::Group { out }
         | Step::Linear { out, .. }

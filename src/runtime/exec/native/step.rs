@@ -131,6 +131,24 @@ pub(super) enum Step {
         y: View,
         windows: Vec<usize>,
     },
+    /// Multi-head attention among the valid steps (`mask`) of `q`, `k`,
+    /// `v`, `heads` heads.
+    Attention {
+        q: View,
+        k: View,
+        v: View,
+        mask: View,
+        y: View,
+        heads: usize,
+    },
+    /// The valid steps (`mask`) of `x` summed, over the row's whole
+    /// length (`length`, a mask over all its steps).
+    MaskedMean {
+        x: View,
+        mask: View,
+        length: View,
+        y: View,
+    },
     /// Batch norm (lanes along the batch axis, affine per lane) or layer
     /// norm (lanes along the last axis, affine per position).
     Norm {
@@ -157,6 +175,8 @@ pub(super) fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
         Step::WindowPool { scores, s, q, .. } => vec![*scores, *s, *q],
         Step::AttnPool { scores, s, .. } => vec![*scores, *s],
         Step::SeqPool { s, .. } => vec![*s],
+        Step::Attention { q, k, v, .. } => vec![*q, *k, *v],
+        Step::MaskedMean { x, .. } => vec![*x],
         Step::Mul { a, b, .. } => vec![*a, *b],
         Step::Dice { x, p, .. } => vec![*x, *p],
         Step::VarDrop { x, .. } => vec![*x],
