@@ -194,7 +194,8 @@ pub(crate) fn layer_activation(text: &str, name: &str, width: u64) -> Result<Act
     }
     // tzrec's Dice: BatchNorm1d(width, affine=False) (eps 1e-5, momentum
     // 0.1, as every batch norm plec builds) and alpha zeros.
-    let frozen = |what: &str, v: f32| constant(format!("{name}.dice.bn.{what}"), vec![width], v, false);
+    let frozen =
+        |what: &str, v: f32| constant(format!("{name}.dice.bn.{what}"), vec![width], v, false);
     Ok(Act {
         kind: plan::Activation::ActNone,
         alpha: 0.0,

@@ -202,16 +202,22 @@ fn activations() {
 /// values against the formula computed here by hand.
 #[test]
 fn dice() {
-    check("dice gate", &[r(&[4, 5], 21), r(&[4, 5], 22), r(&[5], 23)], &|x| {
-        ops::dice_gate(&x[0], &x[1], &x[2])
-    });
+    check(
+        "dice gate",
+        &[r(&[4, 5], 21), r(&[4, 5], 22), r(&[5], 23)],
+        &|x| ops::dice_gate(&x[0], &x[1], &x[2]),
+    );
     let (ones, zeros) = (t64(&[1.0; 5], &[5]), t64(&[0.0; 5], &[5]));
-    check("dice", &[(r(&[6, 5], 24) * 4.0).unwrap(), r(&[5], 25)], &|x| {
-        let (m, v) = ops::batch_moments(&x[0], 0)?;
-        let normed = ops::batch_norm_apply(&x[0], &m, &v, &ones, &zeros, 0, 1e-5)?;
-        let p = ops::activation(&normed, crate::proto::plan::Activation::Sigmoid, 0.0, None)?;
-        ops::dice_gate(&x[0], &p, &x[1])
-    });
+    check(
+        "dice",
+        &[(r(&[6, 5], 24) * 4.0).unwrap(), r(&[5], 25)],
+        &|x| {
+            let (m, v) = ops::batch_moments(&x[0], 0)?;
+            let normed = ops::batch_norm_apply(&x[0], &m, &v, &ones, &zeros, 0, 1e-5)?;
+            let p = ops::activation(&normed, crate::proto::plan::Activation::Sigmoid, 0.0, None)?;
+            ops::dice_gate(&x[0], &p, &x[1])
+        },
+    );
     // Two rows, one channel: mean 1, biased variance 1, so the normed
     // values are -1 and 1 (eps aside) and p = sigmoid(-1), sigmoid(1).
     let x = t64(&[0.0, 2.0], &[2, 1]);

@@ -377,28 +377,36 @@ model_config {
         .plan;
     let batch = super::runs::random_batch(&plan, 33, 5);
     compare("variational dropout", &plan, &batch, 2e-4);
-    // SGD, so each step moves the drop logits by their gradient, the
-    // penalty's share included (a large lambda makes that share count).
+    // SGD moves the drop logits by their gradient, the penalty's share
+    // included (a large lambda makes that share count).
+    sgd_on_both_engines("variational dropout", &mut plan, &batch);
+}
+
+/// Four SGD steps (rate 0.5) of `plan` on `batch` on each engine: the
+/// losses and every trained parameter agree; returns the native engine's
+/// trained plan.
+fn sgd_on_both_engines(name: &str, plan: &mut Plan, batch: &Batch) -> Plan {
     let train = plan.train.as_mut().unwrap();
     train.dense_optimizer = Some(optimizer(OptimizerKind::Sgd, 0.5));
     train.sparse_optimizer = Some(optimizer(OptimizerKind::Sgd, 0.5));
     let run = |native: bool| {
-        let mut t = Trainer::new(&plan, 3, &Device::Cpu).unwrap();
+        let mut t = Trainer::new(plan, 3, &Device::Cpu).unwrap();
         t.model.set_native(native).unwrap();
         assert_eq!(t.model.uses_native(), native);
-        let losses: Vec<f32> = (0..4).map(|_| t.step(&batch, 0).unwrap().total).collect();
+        let losses: Vec<f32> = (0..4).map(|_| t.step(batch, 0).unwrap().total).collect();
         (losses, t.to_plan().unwrap())
     };
     let ((ln, pn), (lc, pc)) = (run(true), run(false));
-    assert_close("variational dropout losses", &ln, &lc, 1e-4);
+    assert_close(&format!("{name} losses"), &ln, &lc, 1e-4);
     for (a, b) in pn.params.iter().zip(&pc.params) {
         assert_close(
-            &format!("trained {}", a.name),
+            &format!("{name}: trained {}", a.name),
             &f32s(&a.data),
             &f32s(&b.data),
             1e-4,
         );
     }
+    pn
 }
 
 /// Dice (TorchEasyRec's `activation: "Dice"`) in a DIN attention MLP (its
@@ -441,33 +449,16 @@ model_config {
     assert_eq!(dice_ops, 7, "one DICE op per Dice layer");
     let batch = super::runs::random_batch(&plan, 37, 9);
     compare("dice", &plan, &batch, 2e-4);
-    let train = plan.train.as_mut().unwrap();
-    train.dense_optimizer = Some(optimizer(OptimizerKind::Sgd, 0.5));
-    train.sparse_optimizer = Some(optimizer(OptimizerKind::Sgd, 0.5));
-    let run = |native: bool| {
-        let mut t = Trainer::new(&plan, 3, &Device::Cpu).unwrap();
-        t.model.set_native(native).unwrap();
-        assert_eq!(t.model.uses_native(), native);
-        let losses: Vec<f32> = (0..4).map(|_| t.step(&batch, 0).unwrap().total).collect();
-        (losses, t.to_plan().unwrap())
-    };
-    let ((ln, pn), (lc, pc)) = (run(true), run(false));
-    assert_close("dice losses", &ln, &lc, 1e-4);
-    let mut moved = 0;
-    for ((a, b), init) in pn.params.iter().zip(&pc.params).zip(&plan.params) {
-        assert_close(
-            &format!("trained {}", a.name),
-            &f32s(&a.data),
-            &f32s(&b.data),
-            1e-4,
-        );
-        if a.name.contains(".dice.") && f32s(&a.data) != f32s(&init.data) {
-            moved += 1;
-        }
-    }
+    let trained = sgd_on_both_engines("dice", &mut plan, &batch);
+    let moved = trained
+        .params
+        .iter()
+        .zip(&plan.params)
+        .filter(|(a, init)| a.name.contains(".dice.") && f32s(&a.data) != f32s(&init.data))
+        .count();
     // Every alpha trains and every running statistic moves; gamma and
     // beta stay frozen at 1 and 0 (affine=False).
-    let frozen = pn
+    let frozen = trained
         .params
         .iter()
         .filter(|p| p.name.ends_with(".dice.bn.gamma") || p.name.ends_with(".dice.bn.beta"));
@@ -475,7 +466,11 @@ model_config {
         let want = if p.name.ends_with("gamma") { 1.0 } else { 0.0 };
         assert!(f32s(&p.data).iter().all(|&v| v == want), "{} moved", p.name);
     }
-    assert_eq!(moved, 7 * 3, "alpha, running mean and variance of each Dice");
+    assert_eq!(
+        moved,
+        7 * 3,
+        "alpha, running mean and variance of each Dice"
+    );
 }
 
 /// DBMTL's mask net, parallel and serial blocks with a top MLP: the

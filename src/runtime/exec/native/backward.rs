@@ -681,7 +681,19 @@ impl Engine {
                             let mut dv = std::mem::take(&mut prog.gbufs[prog.gslot[v.buf]]);
                             let dy = &prog.gbufs[prog.gslot[y.buf]];
                             let (xs, pv) = (&prog.bufs[x.buf], &prog.bufs[p.buf]);
-                            kernels::dice_backward(&mut dv, v, dy, y, xs, x, pv, p, a, is_x, acc(v));
+                            kernels::dice_backward(
+                                &mut dv,
+                                v,
+                                dy,
+                                y,
+                                xs,
+                                x,
+                                pv,
+                                p,
+                                a,
+                                is_x,
+                                acc(v),
+                            );
                             prog.gbufs[prog.gslot[v.buf]] = dv;
                         }
                     }

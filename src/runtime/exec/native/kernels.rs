@@ -350,7 +350,15 @@ pub(super) fn mul(
 }
 
 /// Dice's gate: `y = x * (p + alpha * (1 - p))`, `alpha` per column.
-pub(super) fn dice(y: &mut [f32], yv: &View, x: &[f32], xv: &View, p: &[f32], pv: &View, alpha: &[f32]) {
+pub(super) fn dice(
+    y: &mut [f32],
+    yv: &View,
+    x: &[f32],
+    xv: &View,
+    p: &[f32],
+    pv: &View,
+    alpha: &[f32],
+) {
     rows_mut(y, yv, |r, out| {
         let (xs, ps) = (row(x, xv, r), row(p, pv, r));
         for (j, o) in out.iter_mut().enumerate() {

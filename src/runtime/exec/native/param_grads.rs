@@ -48,9 +48,7 @@ impl ParamGrads {
                 }
                 Step::Act { slope: Some(s), .. }
                 | Step::VarDrop { fp: s, .. }
-                | Step::Dice { alpha: s, .. } => {
-                    count(&mut others, *s)
-                }
+                | Step::Dice { alpha: s, .. } => count(&mut others, *s),
                 Step::Norm { params: ps, .. } => ps.iter().for_each(|&p| count(&mut others, p)),
                 _ => {}
             }

@@ -534,11 +534,9 @@ impl Program {
                     let (x, p) = (input(&b, 0)?, input(&b, 1)?);
                     let width = x.logical().last().copied().unwrap_or(0);
                     let alpha = op.params.first().map(|&p| p as usize);
-                    let (Some(alpha), true, true) = (
-                        alpha,
-                        x.logical() == p.logical(),
-                        param_shape(0) == [width],
-                    ) else {
+                    let (Some(alpha), true, true) =
+                        (alpha, x.logical() == p.logical(), param_shape(0) == [width])
+                    else {
                         return Err(invalid_plan!(
                             "dice \"{}\" gates {:?} by {:?} with a {:?} alpha",
                             op.name,
