@@ -36,6 +36,7 @@ fn param_count_ok(kind: OpKind, n: usize) -> bool {
         OpKind::LayerNorm => n == 2,
         OpKind::Activation => n <= 1,
         OpKind::VariationalDropout => n == 1,
+        OpKind::Intervention => n == 4,
         _ => n == 0,
     }
 }
@@ -69,7 +70,8 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
             | OpKind::DotScores
             | OpKind::SequencePool
             | OpKind::Mul
-            | OpKind::WindowInput => 2,
+            | OpKind::WindowInput
+            | OpKind::Intervention => 2,
             OpKind::AttentionPool | OpKind::MaskedMean => 3,
             OpKind::WindowPool | OpKind::MultiHeadAttention => 4,
             _ => 1,
@@ -91,6 +93,7 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 | OpKind::WindowPool
                 | OpKind::MultiHeadAttention
                 | OpKind::MaskedMean
+                | OpKind::Intervention
         );
         if op.inputs.len() < needs_inputs || (exact && op.inputs.len() != needs_inputs) {
             return Err(invalid!(
