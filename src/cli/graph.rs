@@ -146,6 +146,13 @@ pub(crate) fn to_dot(g: &ModelGraph, with_inputs: bool) -> String {
                 "shape=box",
             ),
             Node::Norm { name, .. } => (format!("{name}\\nnorm"), "shape=box"),
+            Node::Intervention(v) => (
+                format!(
+                    "{}\\nintervention {} by {}, rank {}",
+                    v.name, v.base_dim, v.source_dim, v.rank
+                ),
+                "shape=box",
+            ),
             Node::StopGradient { name } => (format!("{name}\\nstop gradient"), "shape=box"),
             Node::Loss { .. } | Node::Metric { .. } => (node.name(), "shape=note"),
             Node::SequenceGroup(sg) => (

@@ -61,6 +61,10 @@ pub enum Init {
     Normal,
     /// Every element equal.
     Constant(f32),
+    /// A square matrix with orthonormal columns: the Q of the QR
+    /// decomposition (R's diagonal positive) of a standard normal one,
+    /// uniform over the orthogonal matrices as torch's `orthogonal_`.
+    Orthogonal,
     /// The row-major concatenation of the parts along axis 0 (also how
     /// `[out, in]` weights stack into `[E, out, in]`).
     Concat(Vec<ParamSpec>),
@@ -370,6 +374,10 @@ pub enum Node {
     StopGradient {
         name: String,
     },
+    /// DC2VR's intervention of a tower's input (port 0, `[B, n]`) by its
+    /// source towers' outputs (port 1, `[B, m]`, which get no gradient
+    /// back); see the plan's INTERVENTION op. Output `[B, n]`.
+    Intervention(InterventionBlock),
     /// Variational dropout over a feature group's output (see the plan's
     /// VARIATIONAL_DROPOUT op).
     VariationalDropout(VariationalDropoutBlock),
@@ -380,6 +388,23 @@ pub enum Node {
         norm: Norm,
         width: u64,
     },
+}
+
+/// See [`Node::Intervention`]: one orthogonal parametrization per side,
+/// each its trained matrix `x` (`[n, r]`) and its fixed base `q`
+/// (`[n, n]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InterventionBlock {
+    pub name: String,
+    pub base_dim: u64,
+    pub source_dim: u64,
+    pub rank: u64,
+    pub base_x: ParamSpec,
+    pub base_q: ParamSpec,
+    pub source_x: ParamSpec,
+    pub source_q: ParamSpec,
+    /// Dropout on the output (`dropout_ratio`; training only).
+    pub dropout: f32,
 }
 
 /// See [`Node::VariationalDropout`].
@@ -507,6 +532,7 @@ impl Node {
             Node::GateNu(g) => g.name.clone(),
             Node::Product { name, .. } | Node::StopGradient { name } => name.clone(),
             Node::VariationalDropout(v) => v.name.clone(),
+            Node::Intervention(v) => v.name.clone(),
             Node::Norm { name, .. } => name.clone(),
         }
     }
@@ -598,6 +624,20 @@ impl Node {
                 one(*width)?;
                 Ok(vec![batch_shape(*width)])
             }
+            Node::Intervention(v) => match inputs {
+                [a, b]
+                    if a.shape == batch_shape(v.base_dim)
+                        && b.shape == batch_shape(v.source_dim) =>
+                {
+                    Ok(vec![batch_shape(v.base_dim)])
+                }
+                _ => Err(format!(
+                    "expects [B, {}] and [B, {}], got {:?}",
+                    v.base_dim,
+                    v.source_dim,
+                    inputs.iter().map(|e| &e.shape).collect::<Vec<_>>()
+                )),
+            },
             Node::VariationalDropout(v) => {
                 one(v.width())?;
                 Ok(vec![batch_shape(v.width())])

@@ -31,6 +31,16 @@ pub(crate) fn materialize(spec: &ParamSpec, seed: u64) -> Vec<f32> {
             let mut rng = SplitMix64::new(name_seed(seed, &spec.name));
             (0..n).map(|_| rng.next_normal() as f32).collect()
         }
+        Init::Orthogonal => {
+            let mut rng = SplitMix64::new(name_seed(seed, &spec.name));
+            let rows = spec.shape.first().copied().unwrap_or(0) as usize;
+            let cols = n / rows.max(1);
+            let normal: Vec<f64> = (0..rows * cols).map(|_| rng.next_normal()).collect();
+            orthonormal_columns(&normal, rows, cols)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect()
+        }
         Init::Concat(parts) => {
             let mut out = Vec::with_capacity(n);
             for p in parts {
@@ -39,6 +49,36 @@ pub(crate) fn materialize(spec: &ParamSpec, seed: u64) -> Vec<f32> {
             out
         }
     }
+}
+
+/// The Q of the QR decomposition of `a` (`rows x cols`, row-major, at
+/// least as many rows as columns) with R's diagonal positive, by
+/// Gram-Schmidt done twice per column (orthogonal to rounding). A column
+/// that vanishes (probability 0 for normal draws) is left zero.
+fn orthonormal_columns(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut q = a.to_vec();
+    for c in 0..cols {
+        for _ in 0..2 {
+            for p in 0..c {
+                let dot: f64 = (0..rows).map(|i| q[i * cols + p] * q[i * cols + c]).sum();
+                for i in 0..rows {
+                    q[i * cols + c] -= dot * q[i * cols + p];
+                }
+            }
+        }
+        let norm = (0..rows)
+            .map(|i| q[i * cols + c] * q[i * cols + c])
+            .sum::<f64>()
+            .sqrt();
+        for i in 0..rows {
+            q[i * cols + c] = if norm > 0.0 {
+                q[i * cols + c] / norm
+            } else {
+                0.0
+            };
+        }
+    }
+    q
 }
 
 /// Little-endian f32 bytes.

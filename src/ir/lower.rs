@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use petgraph::stable_graph::NodeIndex;
 
+mod dc2vr;
 mod masknet;
 mod pepnet;
 mod sequence;
@@ -38,6 +39,7 @@ pub(crate) fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> 
         Some(Model::Dbmtl(_)) => "dbmtl",
         Some(Model::SimpleMultiTask(_)) => "simple_multi_task",
         Some(Model::Pepnet(_)) => "pepnet",
+        Some(Model::Dc2vr(_)) => "dc2vr",
         Some(other) => {
             let name = format!("{other:?}");
             let name = name.split('(').next().unwrap_or("this model").to_string();
@@ -48,9 +50,9 @@ pub(crate) fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> 
         }
         None => {
             return Err(vec![IrError::invalid(
-                "model_config names no model (ple, mmoe, dbmtl, pepnet or simple_multi_task)",
-                "model_config",
-            )])
+            "model_config names no model (ple, mmoe, dbmtl, dc2vr, pepnet or simple_multi_task)",
+            "model_config",
+        )])
         }
     };
     let mut b = Builder {
@@ -64,6 +66,7 @@ pub(crate) fn lower(config: &EasyRecConfig) -> Result<ModelGraph, Vec<IrError>> 
             Some(Model::Ple(m)) => b.ple(m, group),
             Some(Model::Mmoe(m)) => b.mmoe(m, group),
             Some(Model::Dbmtl(m)) => b.dbmtl(m, group),
+            Some(Model::Dc2vr(m)) => b.dc2vr(m, group),
             Some(Model::SimpleMultiTask(m)) => {
                 for (t, tower) in m.task_towers.iter().enumerate() {
                     let path = format!("model_config.simple_multi_task.task_towers[{t}]");

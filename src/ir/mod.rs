@@ -14,6 +14,7 @@ pub(crate) mod error;
 pub(crate) mod graph;
 pub(crate) mod init;
 pub(crate) mod lower;
+pub(crate) mod orthogonal;
 #[cfg(test)]
 pub(crate) mod reference;
 pub(crate) mod shape;

@@ -363,6 +363,13 @@ pub(crate) fn evaluate(
                 [q, k, v, m] => multi_head_attention(q, k, v, m, op.heads as usize).map_err(err)?,
                 _ => return Err(err("needs four inputs".into())),
             },
+            OpKind::Intervention => match inputs.as_slice() {
+                [x, s] => {
+                    let ps = [p(0)?, p(1)?, p(2)?, p(3)?];
+                    intervention(x, s, ps).map_err(err)?
+                }
+                _ => return Err(err("needs two inputs".into())),
+            },
             OpKind::MaskedMean => match inputs.as_slice() {
                 [x, m, len] => masked_mean(x, m, len).map_err(err)?,
                 _ => return Err(err("needs three inputs".into())),
@@ -639,6 +646,36 @@ fn multi_head_attention(
         }
     }
     Ok(Tensor::new(vec![b, l, e], out))
+}
+
+/// DC2VR's intervention `(x Wb - s Ws) Wb^T + x`, the weights from
+/// `params` `[xb, qb, xs, qs]` by the orthogonal parametrization.
+fn intervention(x: &Tensor, s: &Tensor, params: [&Tensor; 4]) -> Result<Tensor, String> {
+    let [xb, qb, xs, qs] = params;
+    let (b, n, m) = match (x.shape.as_slice(), s.shape.as_slice()) {
+        ([b, n], [b2, m]) if b == b2 => (*b, *n, *m),
+        _ => return Err(format!("inputs {:?} and {:?}", x.shape, s.shape)),
+    };
+    let r = xb.shape.get(1).copied().unwrap_or(0);
+    if xb.shape != [n, r] || qb.shape != [n, n] || xs.shape != [m, r] || qs.shape != [m, m] {
+        return Err("parameter shapes do not fit the inputs".into());
+    }
+    let wb = crate::ir::orthogonal::weight(&xb.data, &qb.data, n, r);
+    let ws = crate::ir::orthogonal::weight(&xs.data, &qs.data, m, r);
+    let mut out = x.data.clone();
+    for row in 0..b {
+        let t: Vec<f32> = (0..r)
+            .map(|k| {
+                let a: f32 = (0..n).map(|j| x.data[row * n + j] * wb[j * r + k]).sum();
+                let c: f32 = (0..m).map(|j| s.data[row * m + j] * ws[j * r + k]).sum();
+                a - c
+            })
+            .collect();
+        for j in 0..n {
+            out[row * n + j] += (0..r).map(|k| t[k] * wb[j * r + k]).sum::<f32>();
+        }
+    }
+    Ok(Tensor::new(vec![b, n], out))
 }
 
 /// The sum of the valid steps over the row's whole length, at least 1.

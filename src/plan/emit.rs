@@ -115,7 +115,7 @@ fn emit_with(
 }
 
 /// Forward FLOPs per sample (2 per multiply-add) of linears, batched
-/// linears, gate mixes and multi-head attention; element-wise ops are not counted. Any plan,
+/// linears, gate mixes, multi-head attention and interventions; element-wise ops are not counted. Any plan,
 /// valid or not (a value or parameter it names may be missing; absurd
 /// shapes saturate).
 pub fn forward_flops(plan: &Plan) -> u64 {
@@ -153,6 +153,14 @@ pub fn forward_flops(plan: &Plan) -> u64 {
                 if let Some(s) = s.map(|v| &v.shape).filter(|s| s.len() == 3) {
                     let (l, e) = (s[1].max(0) as u64, s[2].max(0) as u64);
                     flops = flops.saturating_add(product([4, l, l, e]));
+                }
+            }
+            Ok(OpKind::Intervention) => {
+                // x Wb, s Ws and (..) Wb^T: (2n + m) r multiply-adds.
+                let dims = |i: usize| shape(op.params.get(i).copied().unwrap_or(u32::MAX));
+                if let ([n, r], [m, _]) = (dims(0).as_slice(), dims(2).as_slice()) {
+                    let n = product([2, (2 * n).saturating_add(*m), *r]);
+                    flops = flops.saturating_add(n);
                 }
             }
             Ok(OpKind::GateMix) => {
@@ -584,6 +592,28 @@ impl Emitter<'_> {
                 let shape = self.shape(a);
                 let out = self.op(name, OpKind::Mul, vec![a, b], shape, vec![]);
                 self.last_op().alpha = *scale;
+                self.values.insert((n, 0), out);
+            }
+            Node::Intervention(v) => {
+                let (x, s) = (self.input(n, 0)?, self.input(n, 1)?);
+                let params = [&v.base_x, &v.base_q, &v.source_x, &v.source_q]
+                    .into_iter()
+                    .map(|p| self.param(p))
+                    .collect();
+                let y = self.op(
+                    &v.name,
+                    OpKind::Intervention,
+                    vec![x, s],
+                    batch_shape(v.base_dim),
+                    params,
+                );
+                let none = Act {
+                    kind: Activation::ActNone,
+                    alpha: 0.0,
+                    slope: None,
+                    dice: None,
+                };
+                let out = self.post(&v.name, &Norm::None, &none, v.dropout, y);
                 self.values.insert((n, 0), out);
             }
             Node::VariationalDropout(v) => {

@@ -36,6 +36,7 @@ fn param_count_ok(kind: OpKind, n: usize) -> bool {
         OpKind::LayerNorm => n == 2,
         OpKind::Activation => n <= 1,
         OpKind::VariationalDropout | OpKind::Dice => n == 1,
+        OpKind::Intervention => n == 4,
         _ => n == 0,
     }
 }
@@ -70,7 +71,8 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
             | OpKind::SequencePool
             | OpKind::Mul
             | OpKind::Dice
-            | OpKind::WindowInput => 2,
+            | OpKind::WindowInput
+            | OpKind::Intervention => 2,
             OpKind::AttentionPool | OpKind::MaskedMean => 3,
             OpKind::WindowPool | OpKind::MultiHeadAttention => 4,
             _ => 1,
@@ -93,6 +95,7 @@ pub fn analyze(plan: &Plan) -> Result<Analysis, InvalidPlan> {
                 | OpKind::WindowPool
                 | OpKind::MultiHeadAttention
                 | OpKind::MaskedMean
+                | OpKind::Intervention
         );
         if op.inputs.len() < needs_inputs || (exact && op.inputs.len() != needs_inputs) {
             return Err(invalid!(

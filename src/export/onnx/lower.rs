@@ -860,6 +860,13 @@ impl<'a> Lowering<'a> {
                     "the self-attention encoder has no ONNX form in plec yet",
                 ));
             }
+            OpKind::Intervention => {
+                return Err(unsupported(
+                    op,
+                    kind,
+                    "DC2VR's intervention has no ONNX form in plec yet",
+                ));
+            }
             OpKind::OpUnspecified => {
                 return Err(unsupported(op, kind, "the op has no kind"));
             }

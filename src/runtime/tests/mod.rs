@@ -1,6 +1,7 @@
 //! Runtime tests: gradient checks, hand-computed steps, sparse updates,
 //! loss values, plan round trips, determinism, and a throughput benchmark.
 
+mod dc2vr;
 mod gradcheck;
 mod hand;
 mod kernels;

@@ -242,6 +242,7 @@ fn example_plans() -> Vec<(String, Plan)> {
         "pepnet_taobao",
         "ple_has_sequence",
         "mmoe_self_attention",
+        "dc2vr_taobao",
     ] {
         let path = format!("{}/examples/{name}.config", env!("CARGO_MANIFEST_DIR"));
         let source = std::fs::read_to_string(&path).unwrap();
@@ -348,6 +349,47 @@ model_config {
         let batch = super::runs::random_batch(&plan, rows, 9);
         compare("self-attention encoders", &plan, &batch, 2e-4);
     }
+}
+
+/// DC2VR on the native engine: the interventions (their orthogonal
+/// weights made from the trained matrices each pass, the detached
+/// sources, the dropout after them), the bottom MLP, MMoE and the towers:
+/// logits and every gradient, the trained matrices' included, agree with
+/// the candle path, before and after the trained matrices move off their
+/// start.
+#[test]
+fn dc2vr_matches_the_candle_path() {
+    let mut plan = build(super::dc2vr::DC2VR_CONFIG, BuildOptions::default())
+        .unwrap_or_else(|e| panic!("dc2vr compiles: {e:?}"))
+        .plan;
+    let batch = super::runs::random_batch(&plan, 37, 9);
+    compare("dc2vr", &plan, &batch, 2e-4);
+    // Off minus the identity: random strictly lower parts, diagonals that
+    // truncate to -1 and to -2.
+    for (k, p) in plan.params.iter_mut().enumerate() {
+        if !p.name.ends_with(".original") {
+            continue;
+        }
+        let r = p.shape[1] as usize;
+        let noise = randv(p.data.len() / 4, 70 + k as u64, 0.0);
+        let v: Vec<f32> = noise
+            .iter()
+            .enumerate()
+            .map(|(e, &u)| match (e / r, e % r) {
+                (i, j) if i == j => {
+                    if j == 0 {
+                        -2.5
+                    } else {
+                        -1.2
+                    }
+                }
+                (i, j) if i > j => (0.5 * u) as f32,
+                _ => u as f32,
+            })
+            .collect();
+        p.data = crate::ir::init::to_le_bytes(&v);
+    }
+    compare("dc2vr, trained matrices moved", &plan, &batch, 2e-4);
 }
 
 /// Variational dropout on the native engine: its keep factors (the candle

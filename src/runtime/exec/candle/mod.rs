@@ -419,6 +419,12 @@ impl Executor for CandleExec {
                     )?
                 }
                 OpKind::MaskedMean => ops::masked_mean(input(0)?, input(1)?, input(2)?)?,
+                OpKind::Intervention => ops::intervention(
+                    input(0)?,
+                    input(1)?,
+                    (param(m.params, op, 0), param(m.params, op, 1)),
+                    (param(m.params, op, 2), param(m.params, op, 3)),
+                )?,
                 OpKind::Mul => ops::mul(input(0)?, input(1)?, op.alpha)?,
                 OpKind::Dice => ops::dice_gate(input(0)?, input(1)?, param(m.params, op, 0))?,
                 OpKind::StopGradient => input(0)?.detach(),

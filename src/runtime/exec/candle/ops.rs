@@ -408,3 +408,54 @@ pub fn masked_mean(x: &Tensor, mask: &Tensor, length: &Tensor) -> Result<Tensor>
     let count = length.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?;
     summed.broadcast_div(&count)
 }
+
+/// torch's orthogonal parametrization of `x` `[n, r]` over the base `q`
+/// `[n, n]` (the plan's INTERVENTION; `ir::orthogonal` states the map):
+/// `q H_0 .. H_{r-1} E D`, differentiable in the strictly lower triangle
+/// of `x` (its diagonal only gives the signs `D`, truncated, as torch's
+/// `.int()`).
+pub fn orthogonal(x: &Tensor, q: &Tensor) -> Result<Tensor> {
+    let (n, r) = x.dims2()?;
+    let (dev, dt) = (x.device(), x.dtype());
+    let pattern = |keep: fn(usize, usize) -> bool| -> Result<Tensor> {
+        let v: Vec<f32> = (0..n * r)
+            .map(|e| if keep(e / r, e % r) { 1.0 } else { 0.0 })
+            .collect();
+        Tensor::from_vec(v, (n, r), dev)?.to_dtype(dt)
+    };
+    let eye = pattern(|i, j| i == j)?;
+    // Column i is v_i: 1 at row i, x below it.
+    let v = (x.mul(&pattern(|i, j| i > j)?)? + &eye)?;
+    let host = x.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+    let signs: Vec<f64> = (0..r)
+        .map(|c| {
+            host.get(c)
+                .and_then(|row| row.get(c))
+                .map_or(0.0, |d| d.trunc())
+        })
+        .collect();
+    let signs = Tensor::from_vec(signs, (1, r), dev)?.to_dtype(dt)?;
+    let mut y = eye.broadcast_mul(&signs)?;
+    for i in (0..r.min(n)).rev() {
+        let vi = v.narrow(1, i, 1)?.contiguous()?;
+        let c = (vi.sqr()?.sum_all()?.recip()? * 2.0)?;
+        let proj = vi.t()?.contiguous()?.matmul(&y)?;
+        y = (y - vi.matmul(&proj)?.broadcast_mul(&c)?)?;
+    }
+    q.matmul(&y)
+}
+
+/// DC2VR's intervention (the plan's INTERVENTION): `(x Wb - s Ws) Wb^T +
+/// x` with `Wb`, `Ws` the orthogonal parametrizations of `(xb, qb)` and
+/// `(xs, qs)`; `s` is detached, as tzrec does.
+pub fn intervention(
+    x: &Tensor,
+    s: &Tensor,
+    (xb, qb): (&Tensor, &Tensor),
+    (xs, qs): (&Tensor, &Tensor),
+) -> Result<Tensor> {
+    let wb = orthogonal(xb, qb)?;
+    let ws = orthogonal(xs, qs)?;
+    let t = (x.matmul(&wb)? - s.detach().matmul(&ws)?)?;
+    t.matmul(&wb.t()?.contiguous()?)? + x
+}

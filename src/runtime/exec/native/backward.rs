@@ -3,6 +3,7 @@
 //! embedding-row gradients for candle's `GradStore`.
 
 use super::attention;
+use super::intervention;
 use super::kernels;
 use super::param_grads::ParamGrads;
 use super::sequence;
@@ -613,6 +614,34 @@ impl Engine {
                         if let (Some(s), Some(t)) = (s, t) {
                             prog.gbufs[s] = t;
                         }
+                    }
+                }
+                Step::Intervention { x, s, y, params } => {
+                    let (n, m) = (x.dims[2], s.dims[2]);
+                    let w = intervention::Weights::new(params.map(|p| ps.get(p)), n, m);
+                    let g = (&prog.gbufs[prog.gslot[y.buf]][..], y);
+                    let (xs, ss) = ((&prog.bufs[x.buf][..], x), (&prog.bufs[s.buf][..], s));
+                    let (dwb, dws) = intervention::weight_grads(g, xs, ss, &w);
+                    let [xb, qb, xsrc, qs] = *params;
+                    for (p, q, dw, width) in [(xb, qb, dwb, n), (xsrc, qs, dws, m)] {
+                        let mut dp = pg.take(p);
+                        if !dp.is_empty() {
+                            let dx = crate::ir::orthogonal::weight_grad(
+                                ps.get(p),
+                                ps.get(q),
+                                width,
+                                w.rank,
+                                &dw,
+                            );
+                            dp.iter_mut().zip(dx).for_each(|(a, b)| *a += b);
+                        }
+                        pg.put(p, dp);
+                    }
+                    if needs(x) {
+                        let mut d = std::mem::take(&mut prog.gbufs[prog.gslot[x.buf]]);
+                        let g = (&prog.gbufs[prog.gslot[y.buf]][..], y);
+                        intervention::input_grad((&mut d, x, acc(x)), g, &w);
+                        prog.gbufs[prog.gslot[x.buf]] = d;
                     }
                 }
                 Step::MaskedMean { x, mask, length, y } => {

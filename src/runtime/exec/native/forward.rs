@@ -2,6 +2,7 @@
 //! batch, keeping in training what the backward pass needs (the tape).
 
 use super::attention;
+use super::intervention;
 use super::kernels;
 use super::sequence;
 use super::timing::record;
@@ -314,6 +315,19 @@ impl Engine {
                     attention::forward(&mut buf, y, &a);
                     prog.bufs[y.buf] = buf;
                     tape.masks[oi] = keep;
+                }
+                Step::Intervention { x, s, y, params } => {
+                    let w =
+                        intervention::Weights::new(params.map(|p| ps.get(p)), x.dims[2], s.dims[2]);
+                    let mut buf = std::mem::take(&mut prog.bufs[y.buf]);
+                    intervention::forward(
+                        &mut buf,
+                        y,
+                        (&prog.bufs[x.buf], x),
+                        (&prog.bufs[s.buf], s),
+                        &w,
+                    );
+                    prog.bufs[y.buf] = buf;
                 }
                 Step::MaskedMean { x, mask, length, y } => {
                     let mut buf = std::mem::take(&mut prog.bufs[y.buf]);

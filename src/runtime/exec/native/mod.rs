@@ -32,6 +32,7 @@ mod embed;
 mod forward;
 pub(crate) mod gemm;
 pub(crate) mod host;
+mod intervention;
 pub(crate) mod isa;
 mod kernels;
 mod param_grads;

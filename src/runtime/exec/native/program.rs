@@ -454,6 +454,37 @@ impl Program {
                     let y = b.fresh(&[rows, x.dims[2]], b.needs[x.buf])?;
                     (Step::MaskedMean { x, mask, length, y }, y)
                 }
+                OpKind::Intervention => {
+                    let (x, s) = (input(&b, 0)?, input(&b, 1)?);
+                    let (n, m) = (x.dims[2], s.dims[2]);
+                    let ps: Vec<usize> = op.params.iter().map(|&p| p as usize).collect();
+                    let r = param_shape(0).get(1).copied().unwrap_or(0);
+                    let fits = x.rank == 2
+                        && s.rank == 2
+                        && s.dims[1] == x.dims[1]
+                        && param_shape(0) == [n, r]
+                        && param_shape(1) == [n, n]
+                        && param_shape(2) == [m, r]
+                        && param_shape(3) == [m, m];
+                    let (Ok([xb, qb, xs, qs]), true) = (<[usize; 4]>::try_from(ps), fits) else {
+                        return Err(invalid_plan!(
+                            "intervention \"{}\" of {:?} by {:?} and its parameters",
+                            op.name,
+                            x.logical(),
+                            s.logical()
+                        ));
+                    };
+                    let y = b.fresh(&x.logical(), b.needs[x.buf] || trainable)?;
+                    (
+                        Step::Intervention {
+                            x,
+                            s,
+                            y,
+                            params: [xb, qb, xs, qs],
+                        },
+                        y,
+                    )
+                }
                 OpKind::WindowInput => {
                     let (q, s) = (input(&b, 0)?, input(&b, 1)?);
                     if q.rank != 2 || s.rank != 3 || q.dims[1] != s.dims[0] || q.dims[2] > s.dims[2]
@@ -831,6 +862,7 @@ fn views_of(step: &mut Step) -> Vec<&mut View> {
             q, k, v, mask, y, ..
         } => vec![q, k, v, mask, y],
         Step::MaskedMean { x, mask, length, y } => vec![x, mask, length, y],
+        Step::Intervention { x, s, y, .. } => vec![x, s, y],
         Step::Copy { parts, out } => parts
             .iter_mut()
             .flat_map(|(s, d)| [s, d])
@@ -893,7 +925,8 @@ fn gradient_read(step: &Step) -> Option<View> {
         | Step::WindowPool { y, .. }
         | Step::SeqPool { y, .. }
         | Step::Attention { y, .. }
-        | Step::MaskedMean { y, .. } => Some(*y),
+        | Step::MaskedMean { y, .. }
+        | Step::Intervention { y, .. } => Some(*y),
         Step::SeqEmbed { out } => Some(*out),
         Step::Group { out }
         | Step::Linear { out, .. }

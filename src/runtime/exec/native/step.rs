@@ -149,6 +149,14 @@ pub(super) enum Step {
         length: View,
         y: View,
     },
+    /// DC2VR's intervention of `x` by `s` (no gradient to `s`), its
+    /// params `[xb, qb, xs, qs]`.
+    Intervention {
+        x: View,
+        s: View,
+        y: View,
+        params: [usize; 4],
+    },
     /// Batch norm (lanes along the batch axis, affine per lane) or layer
     /// norm (lanes along the last axis, affine per position).
     Norm {
@@ -176,7 +184,7 @@ pub(super) fn gradient_writes(step: &Step, needs: &[bool]) -> Vec<View> {
         Step::AttnPool { scores, s, .. } => vec![*scores, *s],
         Step::SeqPool { s, .. } => vec![*s],
         Step::Attention { q, k, v, .. } => vec![*q, *k, *v],
-        Step::MaskedMean { x, .. } => vec![*x],
+        Step::MaskedMean { x, .. } | Step::Intervention { x, .. } => vec![*x],
         Step::Mul { a, b, .. } => vec![*a, *b],
         Step::Dice { x, p, .. } => vec![*x, *p],
         Step::VarDrop { x, .. } => vec![*x],

@@ -62,6 +62,7 @@ pub(super) fn record(
         Step::WindowPool { .. } => "window pool".into(),
         Step::Attention { .. } => "multi-head attention".into(),
         Step::MaskedMean { .. } => "masked mean".into(),
+        Step::Intervention { .. } => "intervention".into(),
     };
     let e = times.entry(format!("{dir} {label}")).or_insert((0.0, 0));
     e.0 += t0.elapsed().as_secs_f64();
