@@ -18,6 +18,7 @@ pub(crate) mod lower;
 pub(crate) mod reference;
 pub(crate) mod shape;
 pub(crate) mod summary;
+pub(crate) mod torch_names;
 
 #[cfg(test)]
 pub(crate) mod tests;

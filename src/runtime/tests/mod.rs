@@ -26,6 +26,7 @@ pub(crate) fn param(name: &str, shape: &[u64], data: &[f32], trainable: bool) ->
         data: bytes(data),
         trainable,
         no_decay: false,
+        torch: Vec::new(),
     }
 }
 
@@ -258,6 +259,7 @@ pub(crate) fn complex_plan(seed: u64, dropout: f32) -> Plan {
             init_scale: 0.5,
             init_seed: seed,
             data: vec![],
+            torch_name: String::new(),
         },
         EmbeddingTable {
             name: "t1".into(),
@@ -267,6 +269,7 @@ pub(crate) fn complex_plan(seed: u64, dropout: f32) -> Plan {
             init_scale: 0.5,
             init_seed: seed + 1,
             data: vec![],
+            torch_name: String::new(),
         },
     ];
     let mut cls = bce_task("cls", "cls", 17);
