@@ -30,13 +30,13 @@ const BASE_DATA_GROUP: &str = "__BASE__";
 
 /// plec name -> TorchEasyRec key, for dense parameters and for tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TorchNames {
+pub(crate) struct TorchNames {
     /// By plec parameter name (the unfused one, as `lower.rs` gives it).
-    pub params: HashMap<String, String>,
+    pub(crate) params: HashMap<String, String>,
     /// By plan table name.
-    pub tables: HashMap<String, String>,
+    pub(crate) tables: HashMap<String, String>,
     /// Why nothing is named, when nothing is.
-    pub unsupported: Option<String>,
+    pub(crate) unsupported: Option<String>,
 }
 
 /// Collects pairs; a plec name paired twice with different keys is
@@ -142,7 +142,7 @@ fn unsupported(why: impl Into<String>) -> TorchNames {
 }
 
 /// TorchEasyRec's names for the parameters and tables of `config`'s model.
-pub fn torch_names(config: &EasyRecConfig) -> TorchNames {
+pub(crate) fn torch_names(config: &EasyRecConfig) -> TorchNames {
     let Some(mc) = &config.model_config else {
         return unsupported("the config has no model_config");
     };
