@@ -10,7 +10,7 @@
 //! under CI (`CI` set), where it fails: CI installs it from
 //! `tests/export/requirements.txt`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use candle_core::Tensor;

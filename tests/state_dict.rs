@@ -262,14 +262,7 @@ fn import_reports_missing_and_misshapen_tensors() {
     safetensors::serialize_to_file(views, None, &broken).unwrap();
 
     let out = d.join("imported.bin");
-    let o = plec(&[
-        "import",
-        s(&broken),
-        "--config",
-        s(&config),
-        "-o",
-        s(&out),
-    ]);
+    let o = plec(&["import", s(&broken), "--config", s(&config), "-o", s(&out)]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(2), "{t}");
     assert!(t.contains("2 tables or parameters"), "{t}");
@@ -304,14 +297,7 @@ fn import_reports_missing_and_misshapen_tensors() {
     // Not a safetensors file: the file named, nothing written.
     let junk = write(d, "junk.safetensors", "not a safetensors file");
     let out2 = d.join("junk.bin");
-    let o = plec(&[
-        "import",
-        s(&junk),
-        "--config",
-        s(&config),
-        "-o",
-        s(&out2),
-    ]);
+    let o = plec(&["import", s(&junk), "--config", s(&config), "-o", s(&out2)]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("junk.safetensors"), "{}", text(&o));
     assert!(!out2.exists());
@@ -349,14 +335,7 @@ fn export_refuses_models_without_torch_names() {
 /// the encoded eval rows against `plec predict`.
 fn numpy_reference(d: &Path, trained: &Path, file: &Path, eval: &Path) {
     let inputs = d.join("inputs.npz");
-    ok(&[
-        "export",
-        s(trained),
-        "--inputs",
-        s(eval),
-        "-o",
-        s(&inputs),
-    ]);
+    ok(&["export", s(trained), "--inputs", s(eval), "-o", s(&inputs)]);
     if !python_available("numpy, safetensors", "the NumPy PLE reference") {
         return;
     }
