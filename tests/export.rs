@@ -10,7 +10,7 @@
 //! under CI (`CI` set), where it fails: CI installs it from
 //! `tests/export/requirements.txt`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use candle_core::Tensor;
@@ -33,28 +33,7 @@ const VARIATIONAL: &str = include_str!("data/dbmtl_variational_dropout.config");
 /// Batch norm over fused experts (`[E, B, D]`) and over a tower, layer
 /// norm, dropout, leaky relu, gelu, prelu and silu, a bucketized and a
 /// dense raw feature, and a regression task (`y_gmv`).
-const NORMS: &str = r#"
-train_config {
-  sparse_optimizer { adagrad_optimizer { lr: 0.05 } constant_learning_rate {} }
-  dense_optimizer { adam_optimizer { lr: 0.003 } constant_learning_rate {} }
-  num_epochs: 1
-}
-data_config { batch_size: 128 label_fields: "clk" label_fields: "buy" label_fields: "gmv" }
-feature_configs { id_feature { feature_name: "user_id" num_buckets: 500 embedding_dim: 8 } }
-feature_configs { id_feature { feature_name: "cate_id" num_buckets: 300 embedding_dim: 8 } }
-feature_configs { raw_feature { feature_name: "price" } }
-feature_configs { raw_feature { feature_name: "age" boundaries: [10, 20, 30] embedding_dim: 4 } }
-model_config {
-  feature_groups { group_name: "all" feature_names: "user_id" feature_names: "cate_id" feature_names: "price" feature_names: "age" group_type: DEEP }
-  mmoe {
-    expert_mlp { hidden_units: [32, 16] use_bn: true activation: "nn.LeakyReLU(negative_slope=0.2)" dropout_ratio: [0.1] }
-    num_expert: 3
-    task_towers { tower_name: "ctr" label_name: "clk" mlp { hidden_units: [8] use_ln: true activation: "nn.GELU" } losses { binary_cross_entropy {} } metrics { auc {} } }
-    task_towers { tower_name: "cvr" label_name: "buy" mlp { hidden_units: [8, 4] use_bn: true activation: "nn.PReLU" } losses { binary_cross_entropy {} } metrics { auc {} } }
-    task_towers { tower_name: "gmv" label_name: "gmv" mlp { hidden_units: [8] activation: "nn.SiLU" } losses { l2_loss {} } metrics { mean_squared_error {} } }
-  }
-}
-"#;
+const NORMS: &str = include_str!("data/mmoe_norms.config");
 
 /// A grouped sequence of an id and a dense sub-feature (a shared table),
 /// read by two DIN encoders (one with Dice in its attention MLP, as the
@@ -98,67 +77,9 @@ model_config {
 }
 "#;
 
-/// Whether python3 can import every module in `modules`.
-fn python_has(modules: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// Whether the onnxruntime comparison can run; under CI it must.
 fn onnxruntime_available() -> bool {
-    if python_has("numpy, onnxruntime") {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI needs python3 with numpy and onnxruntime (pip install -r tests/export/requirements.txt)"
-    );
-    eprintln!(
-        "skipped: the onnxruntime comparison needs python3 with numpy and onnxruntime \
-         (pip install -r tests/export/requirements.txt)"
-    );
-    false
-}
-
-fn read_plan(p: &Path) -> Plan {
-    let bytes = std::fs::read(p).expect("plan.bin");
-    plec::plan::file::decode(&bytes, p).expect("a plan")
-}
-
-/// Trains `config` a few steps on generated data; returns the trained
-/// plan's path and the eval data's.
-fn train(dir: &Path, config: &Path) -> (PathBuf, PathBuf) {
-    let data = dir.join("data");
-    ok(&[
-        "gen-data",
-        s(config),
-        "--rows",
-        "2000",
-        "--eval-rows",
-        &ROWS.to_string(),
-        "-o",
-        s(&data),
-        "--seed",
-        "3",
-    ]);
-    let out = dir.join("out");
-    ok(&[
-        "run",
-        s(config),
-        "--data",
-        s(&data.join("train.parquet")),
-        "--steps",
-        "4",
-        "--threads",
-        "1",
-        "--out",
-        s(&out),
-        "-q",
-    ]);
-    (out.join("plan.bin"), data.join("eval.parquet"))
+    python_available("numpy, onnxruntime", "the onnxruntime comparison")
 }
 
 fn dims(v: &ValueInfoProto) -> Vec<String> {
@@ -288,7 +209,7 @@ fn column(rb: &arrow_array::RecordBatch, name: &str) -> Vec<f64> {
 fn export_and_compare(config_name: &str, config: &Path, external: bool) -> Option<f64> {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (plan_path, eval) = train(d, config);
+    let (plan_path, eval) = train(d, config, ROWS);
     let plan = read_plan(&plan_path);
     let model = d.join("model.onnx");
     let mut args = vec!["export", s(&plan_path), "--format", "onnx", "-o", s(&model)];

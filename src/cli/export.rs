@@ -1,7 +1,8 @@
-//! `plec export`: a trained plan as an ONNX model (`--format onnx`), or a
-//! parquet file's rows encoded as that model's inputs (`--inputs`, an
-//! `.npz` NumPy reads). Both files are written to a temporary sibling and
-//! renamed into place, so a failure leaves nothing behind.
+//! `plec export`: a trained plan as an ONNX model (`--format onnx`) or as
+//! TorchEasyRec's state_dict (`--format safetensors`), or a parquet file's
+//! rows encoded as the model's inputs (`--inputs`, an `.npz` NumPy reads).
+//! Every file is written to a temporary sibling and renamed into place, so
+//! a failure leaves nothing behind.
 
 use std::path::PathBuf;
 
@@ -10,6 +11,8 @@ use crate::export::inputs::{self, InputsError};
 use crate::export::npz;
 use crate::export::onnx::write::{write_model, ExternalData};
 use crate::export::onnx::{self, ExportError};
+use crate::export::state_dict::write::{write_safetensors, WriteError};
+use crate::export::state_dict::NamingError;
 
 use super::run;
 use super::{Outcome, RunError};
@@ -20,6 +23,10 @@ pub enum ExportFormat {
     /// An ONNX model (IR 8, opset 17): encoded inputs to each task's
     /// logits and probabilities.
     Onnx,
+    /// Every table and parameter under the name TorchEasyRec's model of the
+    /// same config gives it in its state_dict (f32, PyTorch layouts), with
+    /// the feature contract in the header.
+    Safetensors,
 }
 
 #[derive(Debug, clap::Args)]
@@ -34,7 +41,8 @@ pub struct ExportArgs {
     /// inputs, rows in file order, as `plec predict` reads them).
     #[arg(long, num_args = 1..)]
     pub inputs: Vec<String>,
-    /// Output file (`model.onnx`, or `inputs.npz` with --inputs).
+    /// Output file (`model.onnx`, `model.safetensors`, or `inputs.npz`
+    /// with --inputs).
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
     /// Write the parameters and tables to ONNX external data
@@ -66,6 +74,23 @@ fn export_error(e: ExportError) -> RunError {
         }
         ExportError::InvalidPlan(_) => "recompile the plan from its config with `plec compile`",
         ExportError::Contract(c) => contract_help(c),
+    };
+    RunError::from_error(e).with_help(help)
+}
+
+fn safetensors_error(e: WriteError) -> RunError {
+    let help = match &e {
+        WriteError::Naming(NamingError::NotRecorded) => {
+            "compile the config again with this plec and take the trained values over with \
+             `plec run NEW.bin --init-from OLD.bin` (or export from a newer run)"
+        }
+        WriteError::Naming(_) => {
+            "plec names the parameters of PLE, MMoE and DBMTL models with one DEEP feature group; \
+             `--format onnx` exports every model (see the README's \"Serving and scaling out\")"
+        }
+        WriteError::Contract(c) => contract_help(c),
+        WriteError::InvalidPlan(_) => "recompile the plan from its config with `plec compile`",
+        WriteError::Write { .. } => "check that the output's folder exists and is writable",
     };
     RunError::from_error(e).with_help(help)
 }
@@ -107,6 +132,16 @@ pub(crate) fn execute(args: &ExportArgs) -> Result<Outcome, RunError> {
         return Ok(Outcome::Clean);
     }
     match args.format {
+        ExportFormat::Safetensors => {
+            let written = write_safetensors(&plan, &args.output).map_err(safetensors_error)?;
+            println!(
+                "plec export: {} ({} tensors, {:.2}M values; TorchEasyRec {} state_dict names)",
+                args.output.display(),
+                written.tensors,
+                written.values as f64 / 1e6,
+                plan.model_kind
+            );
+        }
         ExportFormat::Onnx => {
             let model = onnx::to_onnx(&plan).map_err(export_error)?;
             let names = |v: &[onnx::proto::ValueInfoProto]| {

@@ -15,6 +15,7 @@ pub(crate) mod export;
 pub(crate) mod fmt;
 pub(crate) mod gen_data;
 pub(crate) mod graph;
+pub(crate) mod import;
 pub(crate) mod inspect;
 pub(crate) mod lsp;
 pub(crate) mod predict;
@@ -62,9 +63,12 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Write each task's predictions for parquet data to a parquet file.
     Predict(predict::PredictArgs),
-    /// Export a trained plan as an ONNX model, or parquet data as its
-    /// encoded inputs (`--inputs`, an .npz).
+    /// Export a trained plan as an ONNX model or a TorchEasyRec state_dict
+    /// (safetensors), or parquet data as its encoded inputs (`--inputs`, an .npz).
     Export(export::ExportArgs),
+    /// Compile a config and fill its parameters from a safetensors
+    /// state_dict (TorchEasyRec names), writing a plan.
+    Import(import::ImportArgs),
     /// Generate synthetic parquet data for a config, with a planted model.
     GenData(gen_data::GenDataArgs),
     /// The PLE example end to end: check, compile, gen-data, train, evaluate.
@@ -169,6 +173,7 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval::execute(&args),
         Command::Predict(args) => predict::execute(&args),
         Command::Export(args) => export::execute(&args),
+        Command::Import(args) => import::execute(&args),
         Command::GenData(args) => gen_data::execute(&args),
         Command::Demo(args) => demo::execute(&args),
         Command::Bench(args) => bench::execute(&args),

@@ -753,16 +753,54 @@ fn init_from(plan: &mut Plan, from: &Path, partial: bool) -> Result<(), RunError
             .with_help("--init-from takes a plan file: an earlier run's plan.bin")
     })?;
     let warm = crate::plan::warm::warm_start(plan, &source);
+    report_warm_start(
+        &warm,
+        plan.tables.len() + plan.params.len(),
+        &WarmLabels {
+            from,
+            ours: "this run",
+            theirs: "--init-from",
+            units: "tables and parameters",
+            flag: "--allow-partial",
+        },
+        partial,
+    )
+}
+
+/// How a warm start's report names its two sides.
+pub(crate) struct WarmLabels<'a> {
+    /// The file the values came from.
+    pub from: &'a Path,
+    /// Column header of the plan being filled (`this run`).
+    pub ours: &'a str,
+    /// Column header of the source (`--init-from`).
+    pub theirs: &'a str,
+    /// What was counted (`tables and parameters`).
+    pub units: &'a str,
+    /// The flag that accepts a partial copy.
+    pub flag: &'a str,
+}
+
+/// Reports a warm start (`--init-from`, `plec import`): how much was
+/// copied, and the table of names that are not in both with one shape,
+/// which is an error unless `partial`.
+pub(crate) fn report_warm_start(
+    warm: &crate::plan::warm::WarmStart,
+    total: usize,
+    labels: &WarmLabels<'_>,
+    partial: bool,
+) -> Result<(), RunError> {
     eprintln!(
-        "init from {}: copied {} of {} tables and parameters",
-        from.display(),
+        "init from {}: copied {} of {} {}",
+        labels.from.display(),
         warm.copied,
-        plan.tables.len() + plan.params.len()
+        total,
+        labels.units
     );
     if warm.mismatched.is_empty() {
         return Ok(());
     }
-    let rows = crate::plan::compare::difference_rows(&warm.mismatched, "this run", "--init-from");
+    let rows = crate::plan::compare::difference_rows(&warm.mismatched, labels.ours, labels.theirs);
     let table = render_table(&rows);
     if partial {
         eprintln!(
@@ -772,16 +810,18 @@ fn init_from(plan: &mut Plan, from: &Path, partial: bool) -> Result<(), RunError
         return Ok(());
     }
     Err(RunError::new(format!(
-        "{} tables or parameters of {} do not match this run's by name and shape:\n{}",
+        "{} tables or parameters of {} do not match {}'s by name and shape:\n{}",
         warm.mismatched.len(),
-        from.display(),
+        labels.from.display(),
+        labels.ours,
         table.trim_end()
     ))
-    .with_help(
-        "pass --allow-partial to train with these starting from their initial values, \
+    .with_help(format!(
+        "pass {} to go on with these starting from their initial values, \
          or change the config back (embedding_dim, hash_bucket_size, hidden_units); \
          `plec diff` compares two plans",
-    ))
+        labels.flag
+    )))
 }
 
 /// Progress mode from the flags.

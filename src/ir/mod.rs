@@ -19,6 +19,7 @@ pub(crate) mod orthogonal;
 pub(crate) mod reference;
 pub(crate) mod shape;
 pub(crate) mod summary;
+pub(crate) mod torch_names;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ir::graph::*;
 use crate::ir::init;
+use crate::ir::torch_names::{torch_names, TorchNames};
 use crate::proto::plan::*;
 use crate::proto::tzrec::protos::{dense_optimizer, sparse_optimizer, EasyRecConfig, TrainConfig};
 
@@ -88,6 +89,7 @@ fn emit_with(
             ..Default::default()
         },
         values: HashMap::new(),
+        torch: torch_names(config),
     };
     let order = petgraph::algo::toposort(&graph.graph, None).map_err(|_| EmitError::Cycle)?;
     for n in order {
@@ -110,6 +112,7 @@ fn emit_with(
             .position(|name| *name == t.tower_name)
             .unwrap_or(usize::MAX)
     });
+    e.plan.torch_unnamed_reason = e.torch.unsupported.clone().unwrap_or_default();
     e.plan.forward_flops_per_sample = forward_flops(&e.plan);
     Ok(e.plan)
 }
@@ -404,6 +407,16 @@ struct Emitter<'a> {
     plan: Plan,
     /// (node, output port) -> value index.
     values: HashMap<(NodeIndex, u32), u32>,
+    /// TorchEasyRec's names, recorded on each parameter and table.
+    torch: TorchNames,
+}
+
+/// The tensors a parameter concatenates (itself when it is not fused).
+fn leaves(spec: &ParamSpec) -> Vec<&ParamSpec> {
+    match &spec.init {
+        Init::Concat(parts) => parts.iter().flat_map(leaves).collect(),
+        _ => vec![spec],
+    }
 }
 
 /// One contribution of experts to a gate.
@@ -435,12 +448,23 @@ impl Emitter<'_> {
             true => init::to_le_bytes(&init::materialize(spec, self.seed)),
             false => Vec::new(),
         };
+        // Named only when every part has a TorchEasyRec name.
+        let torch: Option<Vec<TorchTensor>> = leaves(spec)
+            .into_iter()
+            .map(|l| {
+                self.torch.params.get(&l.name).map(|name| TorchTensor {
+                    name: name.clone(),
+                    shape: l.shape.clone(),
+                })
+            })
+            .collect();
         self.plan.params.push(Parameter {
             name: spec.name.clone(),
             shape: spec.shape.clone(),
             data,
             trainable: spec.trainable,
             no_decay: spec.no_decay,
+            torch: torch.unwrap_or_default(),
         });
         (self.plan.params.len() - 1) as u32
     }
@@ -927,6 +951,7 @@ impl Emitter<'_> {
                             init_scale: (1.0 / rows.max(1) as f64).sqrt() as f32,
                             init_seed: init::name_seed(self.seed, &format!("table:{t}")),
                             data: Vec::new(),
+                            torch_name: self.torch.tables.get(t).cloned().unwrap_or_default(),
                         });
                         self.plan.tables.len() - 1
                     }

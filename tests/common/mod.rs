@@ -1,5 +1,6 @@
 //! Helpers shared by the tests that drive the built `plec` binary
-//! (`cli_run`, `cli_resume`, `sequences`). Each test crate uses a subset.
+//! (`cli_run`, `cli_resume`, `sequences`, `export`, `state_dict`). Each
+//! test crate uses a subset.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -60,4 +61,70 @@ pub fn read_parquet(p: &Path) -> RecordBatch {
         .expect("reader");
     let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).collect();
     arrow_select::concat::concat_batches(&batches[0].schema(), &batches).expect("concat")
+}
+
+/// Whether python3 can import every module in `modules`.
+pub fn python_has(modules: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Whether a check that needs the Python `modules` can run: skipped with a
+/// notice when they are missing, except under CI (`CI` set), which installs
+/// them from `tests/export/requirements.txt` and must run it.
+pub fn python_available(modules: &str, what: &str) -> bool {
+    if python_has(modules) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI needs python3 with {modules} for {what} (pip install -r tests/export/requirements.txt)"
+    );
+    eprintln!(
+        "skipped: {what} needs python3 with {modules} (pip install -r tests/export/requirements.txt)"
+    );
+    false
+}
+
+/// A plan file, decoded.
+pub fn read_plan(p: &Path) -> plec::proto::plan::Plan {
+    let bytes = std::fs::read(p).expect("plan.bin");
+    plec::plan::file::decode(&bytes, p).expect("a plan")
+}
+
+/// Trains `config` four steps on generated data (2,000 training rows,
+/// `eval_rows` evaluation rows); returns the trained plan's path and the
+/// eval data's.
+pub fn train(dir: &Path, config: &Path, eval_rows: usize) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
+    ok(&[
+        "gen-data",
+        s(config),
+        "--rows",
+        "2000",
+        "--eval-rows",
+        &eval_rows.to_string(),
+        "-o",
+        s(&data),
+        "--seed",
+        "3",
+    ]);
+    let out = dir.join("out");
+    ok(&[
+        "run",
+        s(config),
+        "--data",
+        s(&data.join("train.parquet")),
+        "--steps",
+        "4",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
+        "-q",
+    ]);
+    (out.join("plan.bin"), data.join("eval.parquet"))
 }

@@ -67,7 +67,7 @@ pub fn to_onnx(plan: &Plan) -> Result<ModelProto, ExportError> {
         model_version: Some(1),
         doc_string: Some(format!(
             "{} model exported by plec from a plan trained {} steps; inputs are encoded \
-             features (see the metadata key plec.inputs and plec's README, \"Serving: ONNX\")",
+             features (see the metadata key plec.inputs and plec's README, \"Serving and scaling out\")",
             plan.model_kind, plan.trained_steps
         )),
         graph: Some(graph),

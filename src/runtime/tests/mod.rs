@@ -27,6 +27,7 @@ pub(crate) fn param(name: &str, shape: &[u64], data: &[f32], trainable: bool) ->
         data: bytes(data),
         trainable,
         no_decay: false,
+        torch: Vec::new(),
     }
 }
 
@@ -259,6 +260,7 @@ pub(crate) fn complex_plan(seed: u64, dropout: f32) -> Plan {
             init_scale: 0.5,
             init_seed: seed,
             data: vec![],
+            torch_name: String::new(),
         },
         EmbeddingTable {
             name: "t1".into(),
@@ -268,6 +270,7 @@ pub(crate) fn complex_plan(seed: u64, dropout: f32) -> Plan {
             init_scale: 0.5,
             init_seed: seed + 1,
             data: vec![],
+            torch_name: String::new(),
         },
     ];
     let mut cls = bce_task("cls", "cls", 17);

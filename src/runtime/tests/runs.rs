@@ -233,6 +233,7 @@ fn mid_plan() -> Plan {
         init_scale: 0.05,
         init_seed: rows,
         data: vec![],
+        torch_name: String::new(),
     };
     Plan {
         format_version: 1,

@@ -1,0 +1,179 @@
+//! A plan's parameters as TorchEasyRec's `state_dict`, in safetensors
+//! files: `write` exports a trained plan, `read` fills a compiled plan from
+//! such a file (`plec import`).
+//!
+//! The names and shapes are the ones `plan::emit` recorded from
+//! `ir::torch_names` (`Parameter.torch`, `EmbeddingTable.torch_name`): a
+//! fused plan parameter holds several TorchEasyRec tensors back to back, so
+//! each is a contiguous range of its values ([`slots`]). Besides the
+//! trained values, a `state_dict` holds buffers plec has no parameter for:
+//! BatchNorm's `num_batches_tracked` and VariationalDropout's
+//! `feature_dim_repeat`. They follow from the plan ([`derived`]); export
+//! writes them and import accepts them without reading them.
+
+pub mod read;
+pub mod write;
+
+use crate::proto::plan::{OpKind, Plan};
+
+/// Where a TorchEasyRec tensor's values live in a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// All of table `index`.
+    Table(usize),
+    /// Parameter `index`, `offset` values in.
+    Param { index: usize, offset: usize },
+}
+
+/// One f32 tensor of the `state_dict` and where it lives in the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub place: Place,
+}
+
+impl Slot {
+    /// Number of values.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product::<u64>() as usize
+    }
+}
+
+/// A non-f32 buffer of the `state_dict` that plec derives from the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derived {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub value: DerivedValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DerivedValue {
+    /// int64 (BatchNorm's `num_batches_tracked`).
+    I64(Vec<i64>),
+    /// int32 (VariationalDropout's `feature_dim_repeat`).
+    I32(Vec<i32>),
+}
+
+/// Why a plan has no TorchEasyRec `state_dict`.
+#[derive(Debug, thiserror::Error)]
+pub enum NamingError {
+    #[error("{kind} model has no TorchEasyRec parameter names: {reason}")]
+    Unsupported { kind: String, reason: String },
+    #[error("{count} of the plan's tables and parameters have no TorchEasyRec name ({}), so the state_dict would be incomplete", names.join(", "))]
+    Unnamed { count: usize, names: Vec<String> },
+    #[error(
+        "parameter \"{name}\" holds {have} values, but its TorchEasyRec tensors add up to {want}"
+    )]
+    PartsMismatch { name: String, have: u64, want: u64 },
+    #[error("the TorchEasyRec name \"{0}\" is given to two tensors")]
+    Duplicate(String),
+    #[error("the plan records no TorchEasyRec names: it was compiled by a plec older than the safetensors export")]
+    NotRecorded,
+}
+
+/// Every f32 tensor of TorchEasyRec's `state_dict` for `plan`: tables
+/// first, then parameters, in plan order.
+pub fn slots(plan: &Plan) -> Result<Vec<Slot>, NamingError> {
+    if !plan.torch_unnamed_reason.is_empty() {
+        return Err(NamingError::Unsupported {
+            kind: plan.model_kind.clone(),
+            reason: plan.torch_unnamed_reason.clone(),
+        });
+    }
+    let mut out = Vec::new();
+    let mut unnamed = Vec::new();
+    for (index, t) in plan.tables.iter().enumerate() {
+        if t.torch_name.is_empty() {
+            unnamed.push(format!("table {}", t.name));
+            continue;
+        }
+        out.push(Slot {
+            name: t.torch_name.clone(),
+            shape: vec![t.num_rows, t.dim as u64],
+            place: Place::Table(index),
+        });
+    }
+    for (index, p) in plan.params.iter().enumerate() {
+        if p.torch.is_empty() {
+            unnamed.push(p.name.clone());
+            continue;
+        }
+        let have: u64 = p.shape.iter().product();
+        let want: u64 = p
+            .torch
+            .iter()
+            .map(|t| t.shape.iter().product::<u64>())
+            .sum();
+        if have != want {
+            return Err(NamingError::PartsMismatch {
+                name: p.name.clone(),
+                have,
+                want,
+            });
+        }
+        let mut offset = 0;
+        for t in &p.torch {
+            let slot = Slot {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                place: Place::Param { index, offset },
+            };
+            offset += slot.numel();
+            out.push(slot);
+        }
+    }
+    if out.is_empty() && !unnamed.is_empty() {
+        return Err(NamingError::NotRecorded);
+    }
+    if !unnamed.is_empty() {
+        return Err(NamingError::Unnamed {
+            count: unnamed.len(),
+            names: unnamed,
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in &out {
+        if !seen.insert(s.name.as_str()) {
+            return Err(NamingError::Duplicate(s.name.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// The buffers TorchEasyRec's model has beside the slots: a BatchNorm's
+/// `num_batches_tracked` (the training steps taken: each step is one
+/// training-mode forward) next to each running mean, and a
+/// VariationalDropout's `feature_dim_repeat` (its features' widths).
+pub fn derived(plan: &Plan, slots: &[Slot]) -> Vec<Derived> {
+    let mut out = Vec::new();
+    for s in slots {
+        if let Some(module) = s.name.strip_suffix(".running_mean") {
+            out.push(Derived {
+                name: format!("{module}.num_batches_tracked"),
+                shape: Vec::new(),
+                value: DerivedValue::I64(vec![plan.trained_steps as i64]),
+            });
+        }
+    }
+    for op in &plan.ops {
+        if op.kind != OpKind::VariationalDropout as i32 {
+            continue;
+        }
+        let named = op
+            .params
+            .first()
+            .and_then(|&i| plan.params.get(i as usize))
+            .and_then(|p| p.torch.first())
+            .and_then(|t| t.name.strip_suffix(".feature_p"));
+        if let Some(module) = named {
+            out.push(Derived {
+                name: format!("{module}.feature_dim_repeat"),
+                shape: vec![op.widths.len() as u64],
+                value: DerivedValue::I32(op.widths.iter().map(|&w| w as i32).collect()),
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,390 @@
+//! TorchEasyRec's names for plec's parameters and tables: the keys the
+//! `state_dict` of TorchEasyRec's model of the same config gives them.
+//!
+//! plec names a parameter by its place in the model (`layer1.ctr.expert0.
+//! layer2.weight`, see `lower.rs`); TorchEasyRec by its module path
+//! (`_extraction_nets.0._task_layers.0.0.mlp.2.perceptron.0.weight`). This
+//! module walks the config the way both lowerings do and pairs the two, so
+//! `plan::emit` can record each parameter's TorchEasyRec name in the plan
+//! and `plec export --format safetensors` / `plec import` need nothing but
+//! the plan. The facts come from TorchEasyRec's source (`tzrec/models/
+//! ple.py`, `mmoe.py`, `dbmtl.py`, `rank_model.py`; `tzrec/modules/mlp.py`,
+//! `task_tower.py`, `extraction_net.py`, `mmoe.py`, `embedding.py`,
+//! `variational_dropout.py`).
+//!
+//! A name is given only where it is certain. Model kinds whose modules plec
+//! does not mirror one to one (PEPNet, DBMTL's mask net, SimpleMultiTask,
+//! which has no model class in TorchEasyRec) and configs whose tables
+//! TorchEasyRec lays out differently (sequence features, several feature
+//! groups, WIDE groups, zero-collision hashing) get no names at all, and
+//! the export says so.
+
+use std::collections::HashMap;
+
+use crate::proto::tzrec::protos::{
+    feature_config::Feature, model_config::Model, EasyRecConfig, FeatureGroupType, Mlp,
+};
+
+/// TorchEasyRec's data group of ranking features (`BASE_DATA_GROUP`).
+const BASE_DATA_GROUP: &str = "__BASE__";
+
+/// plec name -> TorchEasyRec key, for dense parameters and for tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TorchNames {
+    /// By plec parameter name (the unfused one, as `lower.rs` gives it).
+    pub(crate) params: HashMap<String, String>,
+    /// By plan table name.
+    pub(crate) tables: HashMap<String, String>,
+    /// Why nothing is named, when nothing is.
+    pub(crate) unsupported: Option<String>,
+}
+
+/// Collects pairs; a plec name paired twice with different keys is
+/// ambiguous and loses its name.
+#[derive(Default)]
+struct Pairs {
+    map: HashMap<String, String>,
+    ambiguous: Vec<String>,
+}
+
+impl Pairs {
+    fn add(&mut self, plec: String, torch: String) {
+        match self.map.get(&plec) {
+            Some(t) if *t != torch => self.ambiguous.push(plec),
+            _ => {
+                self.map.insert(plec, torch);
+            }
+        }
+    }
+
+    fn finish(mut self) -> HashMap<String, String> {
+        for a in &self.ambiguous {
+            self.map.remove(a);
+        }
+        self.map
+    }
+
+    /// `nn.Linear` at `torch` (`<torch>.weight`, `<torch>.bias`).
+    fn linear(&mut self, plec: &str, torch: &str) {
+        for p in ["weight", "bias"] {
+            self.add(format!("{plec}.{p}"), format!("{torch}.{p}"));
+        }
+    }
+
+    /// tzrec's `MLP` at `torch`: `mlp.<i>` is a `Perceptron` whose
+    /// `perceptron` Sequential holds the Linear (0), then BatchNorm1d or
+    /// LayerNorm (1) when asked, then the activation module (PReLU's
+    /// weight), then dropout.
+    fn mlp(&mut self, plec: &str, torch: &str, mlp: &Mlp) {
+        let norm = mlp.use_bn() || mlp.use_ln();
+        for i in 0..mlp.hidden_units.len() {
+            let p = format!("{plec}.layer{i}");
+            let t = format!("{torch}.mlp.{i}.perceptron");
+            self.linear(&p, &format!("{t}.0"));
+            if mlp.use_bn() {
+                for (ours, theirs) in [
+                    ("gamma", "weight"),
+                    ("beta", "bias"),
+                    ("running_mean", "running_mean"),
+                    ("running_var", "running_var"),
+                ] {
+                    self.add(format!("{p}.bn.{ours}"), format!("{t}.1.{theirs}"));
+                }
+            } else if mlp.use_ln() {
+                self.add(format!("{p}.ln.gamma"), format!("{t}.1.weight"));
+                self.add(format!("{p}.ln.beta"), format!("{t}.1.bias"));
+            }
+            let act = if norm { 2 } else { 1 };
+            self.add(format!("{p}.prelu.slope"), format!("{t}.{act}.weight"));
+        }
+    }
+
+    /// tzrec's `TaskTower` at `torch`: `tower_mlp`, then `linear`.
+    fn task_tower(&mut self, plec: &str, torch: &str, mlp: Option<&Mlp>) {
+        if let Some(m) = mlp {
+            self.mlp(&format!("{plec}.mlp"), &format!("{torch}.tower_mlp"), m);
+        }
+        self.linear(&format!("{plec}.logits"), &format!("{torch}.linear"));
+    }
+
+    /// tzrec's `MMoE` module at `mmoe`: `expert_mlps.<k>`, `gate_mlps.<t>`,
+    /// `gate_finals.<t>` (`lower.rs`'s `moe` names experts `expert<k>` and
+    /// gates after their tower).
+    fn mmoe(&mut self, expert: &Mlp, gate: Option<&Mlp>, experts: u32, towers: &[&str]) {
+        for k in 0..experts {
+            self.mlp(
+                &format!("expert{k}"),
+                &format!("mmoe.expert_mlps.{k}"),
+                expert,
+            );
+        }
+        for (t, name) in towers.iter().enumerate() {
+            if let Some(g) = gate {
+                self.mlp(
+                    &format!("{name}.gate_mlp"),
+                    &format!("mmoe.gate_mlps.{t}"),
+                    g,
+                );
+            }
+            self.linear(
+                &format!("{name}.gate.linear"),
+                &format!("mmoe.gate_finals.{t}"),
+            );
+        }
+    }
+}
+
+fn unsupported(why: impl Into<String>) -> TorchNames {
+    TorchNames {
+        unsupported: Some(why.into()),
+        ..Default::default()
+    }
+}
+
+/// TorchEasyRec's names for the parameters and tables of `config`'s model.
+pub(crate) fn torch_names(config: &EasyRecConfig) -> TorchNames {
+    let Some(mc) = &config.model_config else {
+        return unsupported("the config has no model_config");
+    };
+    match &mc.model {
+        Some(Model::SimpleMultiTask(_)) => {
+            return unsupported(
+                "TorchEasyRec has no SimpleMultiTask model class (only its config message), \
+                 so its parameters have no state_dict names",
+            )
+        }
+        Some(Model::Pepnet(_)) => {
+            return unsupported(
+                "PEPNet's EPNet/PPNet parameters are not named yet (plec's gate units are not \
+                 checked against tzrec/modules/personalized_net.py)",
+            )
+        }
+        _ => {}
+    }
+    let [group] = mc.feature_groups.as_slice() else {
+        return unsupported(
+            "TorchEasyRec builds tables for every feature group, plec for the first only: \
+             only configs with one feature group are named",
+        );
+    };
+    if group.group_type != FeatureGroupType::Deep as i32 {
+        return unsupported("only a DEEP feature group is named");
+    }
+    if !group.sequence_groups.is_empty() || !group.sequence_encoders.is_empty() {
+        return unsupported(
+            "sequence groups and encoders live in TorchEasyRec's sequence embedding modules, \
+             which plec does not name yet",
+        );
+    }
+    let mut p = Pairs::default();
+    match &mc.model {
+        Some(Model::Ple(m)) => {
+            let towers: Vec<&str> = m
+                .task_towers
+                .iter()
+                .map(|t| t.tower_name.as_str())
+                .collect();
+            let layers = m.extraction_networks.len();
+            for (l, net) in m.extraction_networks.iter().enumerate() {
+                let lname = &net.network_name;
+                let torch = format!("_extraction_nets.{l}");
+                for (t, tower) in towers.iter().enumerate() {
+                    for k in 0..net.expert_num_per_task {
+                        p.mlp(
+                            &format!("{lname}.{tower}.expert{k}"),
+                            &format!("{torch}._task_layers.{t}.{k}"),
+                            &net.task_expert_net,
+                        );
+                    }
+                    p.linear(
+                        &format!("{lname}.{tower}.gate.linear"),
+                        &format!("{torch}._task_gates.{t}"),
+                    );
+                }
+                if let Some(share) = &net.share_expert_net {
+                    for k in 0..net.share_num() {
+                        p.mlp(
+                            &format!("{lname}.shared.expert{k}"),
+                            &format!("{torch}._shared_layers.{k}"),
+                            share,
+                        );
+                    }
+                }
+                if l + 1 < layers {
+                    p.linear(
+                        &format!("{lname}.shared.gate.linear"),
+                        &format!("{torch}._shared_gate"),
+                    );
+                }
+            }
+            for (t, tower) in m.task_towers.iter().enumerate() {
+                p.task_tower(
+                    &tower.tower_name,
+                    &format!("_task_tower.{t}"),
+                    tower.mlp.as_ref(),
+                );
+            }
+        }
+        Some(Model::Mmoe(m)) => {
+            let towers: Vec<&str> = m
+                .task_towers
+                .iter()
+                .map(|t| t.tower_name.as_str())
+                .collect();
+            p.mmoe(&m.expert_mlp, m.gate_mlp.as_ref(), m.num_expert, &towers);
+            for (t, tower) in m.task_towers.iter().enumerate() {
+                p.task_tower(
+                    &tower.tower_name,
+                    &format!("_task_tower.{t}"),
+                    tower.mlp.as_ref(),
+                );
+            }
+        }
+        Some(Model::Dbmtl(m)) => {
+            if m.mask_net.is_some() {
+                return unsupported(
+                    "DBMTL's mask net is not named yet (plec's MaskNet blocks are not checked \
+                     against tzrec/modules/masknet.py)",
+                );
+            }
+            if let Some(b) = &m.bottom_mlp {
+                p.mlp("bottom", "bottom_mlp", b);
+            }
+            let towers: Vec<&str> = m
+                .task_towers
+                .iter()
+                .map(|t| t.tower_name.as_str())
+                .collect();
+            if let Some(e) = &m.expert_mlp {
+                p.mmoe(e, m.gate_mlp.as_ref(), m.num_expert(), &towers);
+            }
+            for (t, tower) in m.task_towers.iter().enumerate() {
+                let name = &tower.tower_name;
+                if let Some(mlp) = &tower.mlp {
+                    p.mlp(&format!("{name}.mlp"), &format!("task_mlps.{name}"), mlp);
+                }
+                if let Some(r) = &tower.relation_mlp {
+                    p.mlp(
+                        &format!("{name}.relation_mlp"),
+                        &format!("relation_mlps.{name}"),
+                        r,
+                    );
+                }
+                p.linear(&format!("{name}.logits"), &format!("task_outputs.{t}"));
+            }
+        }
+        // SimpleMultiTask and PEPNet returned above.
+        _ => return unsupported("plec does not name this model kind"),
+    }
+    // tzrec's `init_input`: a group of more than one feature gets a
+    // `VariationalDropout` under `group_variational_dropouts.<group>`.
+    if mc.variational_dropout.is_some() && group.feature_names.len() > 1 {
+        p.add(
+            format!("{}.variational_dropout.feature_p", group.group_name),
+            format!("group_variational_dropouts.{}.feature_p", group.group_name),
+        );
+    }
+    TorchNames {
+        params: p.finish(),
+        tables: table_names(config, group),
+        unsupported: None,
+    }
+}
+
+/// Plan table name -> `embedding_group.emb_impls.__BASE__.ebc.embedding_bags.
+/// <embedding name>.weight`, the embedding name being `embedding_name` or
+/// `<feature_name>_emb` (tzrec's `emb_bag_config`), plus the group's
+/// `embedding_name_suffix`. Features with zero-collision hashing (tzrec's
+/// `mc_ebc`) or of other kinds stay unnamed.
+fn table_names(
+    config: &EasyRecConfig,
+    group: &crate::proto::tzrec::protos::FeatureGroupConfig,
+) -> HashMap<String, String> {
+    let mut p = Pairs::default();
+    let suffix = group
+        .embedding_name_suffix
+        .as_deref()
+        .filter(|s| !s.is_empty());
+    for name in &group.feature_names {
+        let found = config.feature_configs.iter().find_map(|fc| {
+            let (fname, emb_name, zch, embedded) = match fc.feature.as_ref()? {
+                Feature::IdFeature(f) => {
+                    (&f.feature_name, &f.embedding_name, f.zch.is_some(), true)
+                }
+                Feature::RawFeature(f) => (
+                    &f.feature_name,
+                    &f.embedding_name,
+                    false,
+                    !f.boundaries.is_empty(),
+                ),
+                Feature::ComboFeature(f) => {
+                    (&f.feature_name, &f.embedding_name, f.zch.is_some(), true)
+                }
+                _ => return None,
+            };
+            (fname == name).then_some((fname, emb_name.clone(), zch, embedded))
+        });
+        let Some((fname, emb_name, zch, embedded)) = found else {
+            continue;
+        };
+        if !embedded || zch {
+            continue;
+        }
+        // plec's table: the embedding name, else the feature name.
+        let plec = emb_name.clone().unwrap_or_else(|| fname.clone());
+        let mut torch = emb_name.unwrap_or_else(|| format!("{fname}_emb"));
+        if let Some(s) = suffix {
+            torch = format!("{torch}_{s}");
+        }
+        p.add(
+            plec,
+            format!(
+                "embedding_group.emb_impls.{BASE_DATA_GROUP}.ebc.embedding_bags.{torch}.weight"
+            ),
+        );
+    }
+    p.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mlp(units: &[u32], bn: bool, ln: bool) -> Mlp {
+        Mlp {
+            hidden_units: units.to_vec(),
+            use_bn: Some(bn),
+            use_ln: Some(ln),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn perceptron_indices_follow_the_norm() {
+        let mut p = Pairs::default();
+        p.mlp("e", "m", &mlp(&[4, 2], true, false));
+        p.mlp("t", "n", &mlp(&[3], false, false));
+        let m = p.finish();
+        assert_eq!(m["e.layer1.weight"], "m.mlp.1.perceptron.0.weight");
+        assert_eq!(m["e.layer0.bn.gamma"], "m.mlp.0.perceptron.1.weight");
+        assert_eq!(
+            m["e.layer0.bn.running_var"],
+            "m.mlp.0.perceptron.1.running_var"
+        );
+        assert_eq!(m["e.layer0.prelu.slope"], "m.mlp.0.perceptron.2.weight");
+        assert_eq!(m["t.layer0.prelu.slope"], "n.mlp.0.perceptron.1.weight");
+        assert!(!m.contains_key("t.layer0.bn.gamma"));
+    }
+
+    #[test]
+    fn a_name_paired_twice_differently_loses_it() {
+        let mut p = Pairs::default();
+        p.add("a".into(), "x".into());
+        p.add("a".into(), "y".into());
+        p.add("b".into(), "z".into());
+        p.add("b".into(), "z".into());
+        let m = p.finish();
+        assert!(!m.contains_key("a"));
+        assert_eq!(m["b"], "z");
+    }
+}
