@@ -9,7 +9,8 @@
 
 /// `$m!(0); $m!(1); ... $m!(13);`: the 14-row micro-kernels unroll their rows
 /// through it (a rolled loop over rows may index the accumulators in memory,
-/// inside the k loop: 2.5x slower).
+/// inside the k loop: 2.5x slower). x86-64 only, as its users are.
+#[cfg(target_arch = "x86_64")]
 macro_rules! unroll_rows14 {
     ($m:ident) => {
         $m!(0);
