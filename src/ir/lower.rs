@@ -215,6 +215,14 @@ pub(crate) fn layer_activation(text: &str, name: &str, width: u64) -> Result<Act
     })
 }
 
+/// The bottom MLP and MMoE settings DBMTL and DC2VR share.
+pub(super) struct SharedBottom<'a> {
+    pub bottom: Option<&'a Mlp>,
+    pub experts: Option<&'a Mlp>,
+    pub gate: Option<&'a Mlp>,
+    pub num_expert: u32,
+}
+
 /// Everything a tower needs besides its input and MLPs.
 struct TaskDesc {
     name: String,
@@ -905,6 +913,52 @@ impl Builder {
 
     /// Experts on `input` and one gate per task (after an optional gate
     /// MLP); returns each task's mixed output.
+    /// DBMTL's and DC2VR's shared part: the optional bottom MLP, then
+    /// MMoE experts with a gate per tower (or the bottom's output for
+    /// every tower).
+    pub(super) fn shared_bottom(
+        &mut self,
+        base: &str,
+        s: &SharedBottom<'_>,
+        tower_names: &[String],
+        group: Out,
+    ) -> Vec<Out> {
+        let input = match s.bottom {
+            Some(b) => self.mlp(
+                "bottom",
+                MlpRole::Bottom,
+                &format!("{base}.bottom_mlp"),
+                b,
+                group,
+            ),
+            None => group,
+        };
+        match s.experts {
+            Some(e) => self.moe(base, e, s.gate, s.num_expert, tower_names, input),
+            None => vec![input; tower_names.len()],
+        }
+    }
+
+    /// A tower's own MLP over its input (the input itself without one).
+    pub(super) fn task_mlp(
+        &mut self,
+        name: &str,
+        path: &str,
+        mlp: Option<&Mlp>,
+        input: Out,
+    ) -> Out {
+        match mlp {
+            Some(mlp) => self.mlp(
+                &format!("{name}.mlp"),
+                MlpRole::TaskMlp,
+                &format!("{path}.mlp"),
+                mlp,
+                input,
+            ),
+            None => input,
+        }
+    }
+
     fn moe(
         &mut self,
         base: &str,
@@ -968,35 +1022,19 @@ impl Builder {
             Some(net) => self.mask_net(&format!("{base}.mask_net"), net, group),
             None => group,
         };
-        let input = match &m.bottom_mlp {
-            Some(b) => self.mlp(
-                "bottom",
-                MlpRole::Bottom,
-                &format!("{base}.bottom_mlp"),
-                b,
-                group,
-            ),
-            None => group,
-        };
         let names: Vec<String> = m.task_towers.iter().map(|t| t.tower_name.clone()).collect();
-        let inputs = match &m.expert_mlp {
-            Some(e) => self.moe(base, e, m.gate_mlp.as_ref(), m.num_expert(), &names, input),
-            None => vec![input; names.len()],
+        let shared = SharedBottom {
+            bottom: m.bottom_mlp.as_ref(),
+            experts: m.expert_mlp.as_ref(),
+            gate: m.gate_mlp.as_ref(),
+            num_expert: m.num_expert(),
         };
+        let inputs = self.shared_bottom(base, &shared, &names, group);
         let mut rel: HashMap<&str, Out> = HashMap::new();
         for (t, tower) in m.task_towers.iter().enumerate() {
             let path = format!("{base}.task_towers[{t}]");
             let name = &tower.tower_name;
-            let task_out = match &tower.mlp {
-                Some(mlp) => self.mlp(
-                    &format!("{name}.mlp"),
-                    MlpRole::TaskMlp,
-                    &format!("{path}.mlp"),
-                    mlp,
-                    inputs[t],
-                ),
-                None => inputs[t],
-            };
+            let task_out = self.task_mlp(name, &path, tower.mlp.as_ref(), inputs[t]);
             let rel_out = match &tower.relation_mlp {
                 Some(rmlp) => {
                     let mut parts = vec![task_out];

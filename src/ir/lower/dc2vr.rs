@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use super::{Builder, Out, TaskDesc};
+use super::{Builder, Out, SharedBottom, TaskDesc};
 use crate::ir::error::IrError;
 use crate::ir::graph::*;
 use crate::proto::tzrec::protos::{Dc2vr, InterventionTaskTower};
@@ -45,36 +45,20 @@ impl TaskDesc {
 
 impl Builder {
     pub(super) fn dc2vr(&mut self, m: &Dc2vr, group: Out) {
-        let input = match &m.bottom_mlp {
-            Some(b) => self.mlp(
-                "bottom",
-                MlpRole::Bottom,
-                &format!("{BASE}.bottom_mlp"),
-                b,
-                group,
-            ),
-            None => group,
-        };
         let names: Vec<String> = m.task_towers.iter().map(|t| t.tower_name.clone()).collect();
-        let inputs = match &m.expert_mlp {
-            Some(e) => self.moe(BASE, e, m.gate_mlp.as_ref(), m.num_expert(), &names, input),
-            None => vec![input; names.len()],
+        let shared = SharedBottom {
+            bottom: m.bottom_mlp.as_ref(),
+            experts: m.expert_mlp.as_ref(),
+            gate: m.gate_mlp.as_ref(),
+            num_expert: m.num_expert(),
         };
+        let inputs = self.shared_bottom(BASE, &shared, &names, group);
         // Each tower's output as later towers' interventions read it.
         let mut outputs: HashMap<&str, Out> = HashMap::new();
         for (t, tower) in m.task_towers.iter().enumerate() {
             let path = format!("{BASE}.task_towers[{t}]");
             let name = &tower.tower_name;
-            let task_out = match &tower.mlp {
-                Some(mlp) => self.mlp(
-                    &format!("{name}.mlp"),
-                    MlpRole::TaskMlp,
-                    &format!("{path}.mlp"),
-                    mlp,
-                    inputs[t],
-                ),
-                None => inputs[t],
-            };
+            let task_out = self.task_mlp(name, &path, tower.mlp.as_ref(), inputs[t]);
             // `low_rank_dim` is proto2 `required`, so prost keeps no
             // presence: 0 stands for tzrec's unset field (no intervention).
             let out = match tower.low_rank_dim {
