@@ -126,12 +126,17 @@ fn dbmtl_taobao_round_trip() {
     round_trip("dbmtl_taobao", &example("dbmtl_taobao"));
 }
 
+/// [`round_trip`] of a config given as text; the exported file's bytes.
+fn inline_round_trip(name: &str, body: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), &format!("{name}.config"), body);
+    let (_d, _, file, _) = round_trip(name, &config);
+    std::fs::read(&file).unwrap()
+}
+
 #[test]
 fn variational_dropout_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write(dir.path(), "variational.config", VARIATIONAL);
-    let (_d, _, file, _) = round_trip("variational", &config);
-    let bytes = std::fs::read(&file).unwrap();
+    let bytes = inline_round_trip("variational", VARIATIONAL);
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let repeat = st
         .tensor("group_variational_dropouts.all.feature_dim_repeat")
@@ -145,10 +150,7 @@ fn variational_dropout_round_trip() {
 /// Batch norm (with `num_batches_tracked`), layer norm and PReLU.
 #[test]
 fn norms_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write(dir.path(), "norms.config", NORMS);
-    let (_d, _, file, _) = round_trip("norms", &config);
-    let bytes = std::fs::read(&file).unwrap();
+    let bytes = inline_round_trip("norms", NORMS);
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let tracked = st
         .tensor("mmoe.expert_mlps.0.mlp.0.perceptron.1.num_batches_tracked")
