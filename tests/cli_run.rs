@@ -905,34 +905,49 @@ fn a_closed_output_pipe_ends_plec_without_a_panic() {
     assert_eq!(status.signal(), Some(13), "{status:?}: {stderr}");
 }
 
-/// Pages the parquet crate panics on (found by fuzzing `parquet_read`,
-/// kept in `fuzz/pending/`): `plec run` stops with a damaged-row-group
-/// error naming the file, not a plec bug report.
+/// Pages the parquet crate would panic on (found by fuzzing
+/// `parquet_read`): parquet 60 divides by zero on a dictionary page that
+/// declares no values but holds bytes, and arrow-buffer indexes past a
+/// bit-packed run of definition levels longer than its bytes. plec checks
+/// each page before the crate decodes it (`data::pages`), for training and
+/// for `check --data`: a damaged-row-group error naming the file and the
+/// column, no panic.
 #[test]
-fn a_page_the_parquet_decoder_panics_on_is_a_damaged_file() {
+fn pages_the_parquet_crate_would_panic_on_are_a_damaged_file() {
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("plan.bin");
-    ok(&[
-        "compile",
-        "examples/ple_has_sequence.config",
-        "-o",
-        s(&plan),
-    ]);
-    for (name, why) in [
-        ("byte-array-page-divide-by-zero", "divide by zero"),
-        ("validity-bitmap-short", "out of bounds"),
+    let config = "examples/ple_has_sequence.config";
+    ok(&["compile", config, "-o", s(&plan)]);
+    for (name, row_group, why) in [
+        (
+            "byte-array-page-divide-by-zero",
+            1,
+            "a dictionary page declares no values but holds 5323 bytes",
+        ),
+        (
+            "validity-bitmap-short",
+            0,
+            "definition levels: a bit-packed run of 1016 levels needs 1 bytes, 0 are left",
+        ),
     ] {
-        let data = format!("fuzz/pending/parquet_read/{name}");
+        let data = format!("fuzz/regressions/parquet_read/{name}");
+        let expected = format!(
+            "`{data}` row group {row_group}: reading failed: \
+             column `click_50_seq__adgroup_id`: {why}"
+        );
         let o = plec(&["run", s(&plan), "--data", &data, "--steps", "1"]);
         let err = text(&o);
         assert_eq!(o.status.code(), Some(2), "{name}: {err}");
         assert!(
-            err.contains(&format!("`{data}` row group"))
-                && err.contains("the parquet decoder failed on a malformed page")
-                && err.contains(why)
-                && err.contains("rewrite it")
-                && !err.contains("bug in plec"),
+            err.contains(&expected) && err.contains("rewrite it") && !err.contains("panicked"),
             "{name}: {err}"
+        );
+        let o = plec(&["check", config, "--data", &data, "--format", "json"]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {out}");
+        assert!(
+            out.contains("plec::data::corrupt") && out.contains(why) && !out.contains("panicked"),
+            "{name}: {out}"
         );
     }
 }

@@ -20,9 +20,8 @@ use std::path::Path;
 
 use arrow_array::{ArrayRef, RecordBatch};
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
 };
-use parquet::arrow::ProjectionMask;
 use rayon::prelude::*;
 
 use super::batch::FeatureInput;
@@ -30,6 +29,7 @@ use super::column::{classify, ColumnView, Item, LeafKind};
 use super::encode::{BatchLoc, FeatureEncoder, DEFAULT_SEPARATOR, VOCAB_OOV_ID};
 use super::error::DataError;
 use super::fields::{number_shape_ok, NUMBER_EXPECTED};
+use super::pages;
 use super::reader::{check_step_counts, resolve_inputs};
 use crate::diag::Severity;
 use crate::proto::plan::{FeatureKind, FeatureSpec, Plan};
@@ -275,6 +275,7 @@ impl FileScan<'_> {
                 }
             }
         }
+        let projection: Vec<usize> = projection.into_iter().collect();
         let md = meta.metadata();
         let total: u64 = md
             .row_groups()
@@ -294,18 +295,19 @@ impl FileScan<'_> {
                 row_group: rg,
                 detail,
             };
+            // Only the rows left in the budget.
+            let selection = (budget < rg_rows).then(|| {
+                let take = budget as usize;
+                RowSelection::from(vec![
+                    RowSelector::select(take),
+                    RowSelector::skip(rg_rows as usize - take),
+                ])
+            });
             let reader = File::open(self.path)
                 .map_err(|e| corrupt(e.to_string()))
                 .and_then(|input| {
-                    let mask =
-                        ProjectionMask::roots(meta.parquet_schema(), projection.iter().copied());
-                    ParquetRecordBatchReaderBuilder::new_with_metadata(input, meta.clone())
-                        .with_projection(mask)
-                        .with_row_groups(vec![rg])
-                        .with_batch_size(READ_ROWS)
-                        .with_limit(usize::try_from(budget).unwrap_or(usize::MAX))
-                        .build()
-                        .map_err(|e| corrupt(e.to_string()))
+                    pages::row_group_reader(input, &meta, &projection, rg, READ_ROWS, selection)
+                        .map_err(corrupt)
                 });
             let reader = match reader {
                 Ok(r) => r,

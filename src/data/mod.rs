@@ -11,6 +11,7 @@ pub mod encode;
 pub mod error;
 pub mod fields;
 mod footer;
+mod pages;
 pub mod reader;
 pub mod seek;
 pub mod synth;

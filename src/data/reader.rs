@@ -19,10 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use arrow_array::{ArrayRef, RecordBatch};
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
-};
-use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 
 use super::assemble::{Assembler, Chunk, RowId};
 use super::batch::{Batch, FeatureInput};
@@ -32,6 +29,7 @@ use super::error::{DataError, Result};
 use super::fields::{
     key_shape_ok, number_shape_ok, read_keys, read_numbers, KEY_EXPECTED, NUMBER_EXPECTED,
 };
+use super::pages;
 use super::seek::{self, SeekPoint};
 use crate::proto::plan::{MetricKind, Plan};
 use crate::rng::SplitMix64;
@@ -474,24 +472,20 @@ impl Inner {
                     detail,
                 };
                 let input = file.try_clone().map_err(|e| corrupt(e.to_string()))?;
-                let mask = ProjectionMask::roots(
-                    info.meta.parquet_schema(),
-                    info.projection.iter().copied(),
-                );
-                let mut builder =
-                    ParquetRecordBatchReaderBuilder::new_with_metadata(input, info.meta.clone())
-                        .with_projection(mask)
-                        .with_row_groups(vec![rg])
-                        .with_batch_size(read_size);
-                if first > 0 {
-                    builder = builder.with_row_selection(seek::from_row(first, rg_rows));
-                }
-                let mut reader = builder.build().map_err(|e| corrupt(e.to_string()))?;
+                let selection = (first > 0).then(|| seek::from_row(first, rg_rows));
+                let mut reader = pages::row_group_reader(
+                    input,
+                    &info.meta,
+                    &info.projection,
+                    rg,
+                    read_size,
+                    selection,
+                )
+                .map_err(corrupt)?;
                 let mut row = first;
                 loop {
-                    // The parquet crate panics on some malformed pages (one
-                    // that declares no values but holds bytes, a validity
-                    // bitmap shorter than its array; found by fuzzing): the
+                    // Pages are checked before the crate decodes them
+                    // (`pages`); a panic left in the crate is still the
                     // file's fault, reported as a damaged row group.
                     let next =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next()))
@@ -506,7 +500,7 @@ impl Inner {
                                 ))
                             })?;
                     let Some(rb) = next else { break };
-                    let rb = rb.map_err(|e| corrupt(e.to_string()))?;
+                    let rb = rb.map_err(corrupt)?;
                     let first_row = info.rg_start[rg] + row;
                     row += rb.num_rows() as u64;
                     pending.push(Pending {

@@ -18,12 +18,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
-use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
 use super::assemble::{gather, Chunk, RowId};
 use super::encode::BatchLoc;
 use super::error::{DataError, Result};
+use super::pages;
 use super::reader::{FileInfo, Inner, ReadOptions};
 use crate::rng::SplitMix64;
 
@@ -158,20 +158,18 @@ impl Inner {
                 path: info.path.clone(),
                 detail: e.to_string(),
             })?;
-            let reader =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(file, info.meta.clone())
-                    .with_projection(ProjectionMask::roots(
-                        info.meta.parquet_schema(),
-                        info.projection.iter().copied(),
-                    ))
-                    .with_row_groups(vec![rg])
-                    .with_row_selection(selection(&rows, rg_rows(info, rg)))
-                    .with_batch_size(rows.len())
-                    .build()
-                    .map_err(|e| corrupt(e.to_string()))?;
+            let reader = pages::row_group_reader(
+                file,
+                &info.meta,
+                &info.projection,
+                rg,
+                rows.len(),
+                Some(selection(&rows, rg_rows(info, rg))),
+            )
+            .map_err(corrupt)?;
             let mut next = rows.iter();
             for rb in reader {
-                let rb = rb.map_err(|e| corrupt(e.to_string()))?;
+                let rb = rb.map_err(corrupt)?;
                 let origin: Vec<RowId> = next
                     .by_ref()
                     .take(rb.num_rows())
