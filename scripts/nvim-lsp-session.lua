@@ -28,21 +28,21 @@ local function req(method, params)
   return r.result
 end
 local function at(line, col) return { textDocument = { uri = uri }, position = { line = line, character = col } } end
-say('--- hover on hash_bucket_size (line 37)')
-say(req('textDocument/hover', at(36, 6)).contents.value)
-say('--- hover on "pid" in feature_names (line 88)')
-say(req('textDocument/hover', at(87, 21)).contents.value)
-say('--- completion inside "cat_id" (line 87)')
-local items = req('textDocument/completion', at(86, 21))
+say('--- hover on hash_bucket_size (line 35)')
+say(req('textDocument/hover', at(34, 6)).contents.value)
+say('--- hover on "pid" in feature_names (line 86)')
+say(req('textDocument/hover', at(85, 21)).contents.value)
+say('--- completion inside "cat_id" (line 85)')
+local items = req('textDocument/completion', at(84, 21))
 local labels = {}
 for _, i in ipairs(items) do table.insert(labels, i.label) end
 say(table.concat(labels, ', '))
-say('--- completion after group_type: (line 90)')
+say('--- completion after group_type: (line 88)')
 labels = {}
-for _, i in ipairs(req('textDocument/completion', at(89, 16))) do table.insert(labels, i.label) end
+for _, i in ipairs(req('textDocument/completion', at(87, 16))) do table.insert(labels, i.label) end
 say(table.concat(labels, ', '))
-say('--- definition of "pid" (line 88)')
-local d = req('textDocument/definition', at(87, 21))
+say('--- definition of "pid" (line 86)')
+local d = req('textDocument/definition', at(85, 21))
 say(string.format('%s %d:%d', d.uri, d.range.start.line + 1, d.range.start.character + 1))
 say('--- document symbols')
 labels = {}
@@ -50,13 +50,13 @@ for _, s in ipairs(req('textDocument/documentSymbol', { textDocument = { uri = u
 say(table.concat(labels, ', '))
 say('--- code actions on the unknown feature')
 local diags = {}
-for _, dd in ipairs(vim.lsp.diagnostic.get_line_diagnostics(buf, 86)) do table.insert(diags, dd) end
-local actions = req('textDocument/codeAction', { textDocument = { uri = uri }, range = { start = { line = 86, character = 19 }, ['end'] = { line = 86, character = 27 } }, context = { diagnostics = diags } })
+for _, dd in ipairs(vim.lsp.diagnostic.get_line_diagnostics(buf, 84)) do table.insert(diags, dd) end
+local actions = req('textDocument/codeAction', { textDocument = { uri = uri }, range = { start = { line = 84, character = 19 }, ['end'] = { line = 84, character = 27 } }, context = { diagnostics = diags } })
 for _, a in ipairs(actions) do
   say(a.title .. ' -> ' .. vim.inspect(a.edit.changes[uri][1].newText))
   vim.lsp.util.apply_workspace_edit(a.edit, 'utf-16')
 end
-say('--- line 87 after applying the fix (unsaved): ' .. vim.api.nvim_buf_get_lines(buf, 86, 87, false)[1])
+say('--- line 85 after applying the fix (unsaved): ' .. vim.api.nvim_buf_get_lines(buf, 84, 85, false)[1])
 ok = vim.wait(10000, function()
   for _, dd in ipairs(vim.diagnostic.get(buf)) do if dd.code == 'plec::unknown-feature' then return false end end
   return true

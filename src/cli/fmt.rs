@@ -46,6 +46,7 @@ pub(crate) fn execute(args: &FmtArgs) -> Result<Outcome, RunError> {
             Err(errors) => {
                 // A file that does not parse is left as it is.
                 eprint!("{}", diag::render_human(&name, &source, &errors, color));
+                eprintln!("not formatted {name}: it does not parse; fix the errors above first");
                 problems = true;
                 continue;
             }
