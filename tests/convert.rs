@@ -414,3 +414,74 @@ fn torcheasyrec_input_is_refused() {
     assert!(err.contains("TorchEasyRec config already"), "{err}");
     assert!(!out.exists());
 }
+
+/// The EasyRec models TorchEasyRec has no class for (ESMM; the component
+/// form with `backbone` blocks that AITM and the `*_backbone` samples use)
+/// are one error each saying so, at the model block, and the backbone
+/// blocks are not reported again as a dropped field.
+#[test]
+fn models_torcheasyrec_lacks_are_one_error_saying_so() {
+    let features = r#"
+feature_config {
+  features { input_names: "user_id" feature_type: IdFeature hash_bucket_size: 10 embedding_dim: 4 }
+}
+"#;
+    let esmm = format!(
+        r#"{features}
+model_config {{
+  model_class: "ESMM"
+  feature_groups {{ group_name: "all" feature_names: "user_id" wide_deep: DEEP }}
+  esmm {{
+    groups {{ input: "all" dnn {{ hidden_units: [8] }} }}
+    ctr_tower {{ tower_name: "ctr" label_name: "clk" }}
+    cvr_tower {{ tower_name: "cvr" label_name: "buy" }}
+  }}
+}}
+"#
+    );
+    let backbone = format!(
+        r#"{features}
+model_config {{
+  model_class: "MultiTaskModel"
+  feature_groups {{ group_name: "all" feature_names: "user_id" wide_deep: DEEP }}
+  backbone {{
+    blocks {{ name: "all" inputs {{ feature_group_name: "all" }} input_layer {{ only_output_feature_list: false }} }}
+  }}
+  model_params {{
+    task_towers {{ tower_name: "ctr" label_name: "clk" }}
+  }}
+}}
+"#
+    );
+    for (source, message, not) in [
+        (
+            esmm.as_str(),
+            "TorchEasyRec has no `esmm` model",
+            "no converter",
+        ),
+        (
+            backbone.as_str(),
+            "EasyRec's backbone model (`model_class: \"MultiTaskModel\"` with `backbone` blocks) \
+             has no TorchEasyRec counterpart",
+            "model_config.backbone",
+        ),
+    ] {
+        let converted = easyrec_to_tzrec(source);
+        let errors: Vec<&str> = converted
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| d.message.as_str())
+            .collect();
+        assert_eq!(errors, vec![message], "{source}");
+        let all = render_human("in.config", source, &converted.diagnostics, false);
+        assert!(!all.contains(not), "{all}");
+        let helps: Vec<String> = converted
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .filter_map(|d| d.help.clone())
+            .collect();
+        assert!(helps[0].contains("its own converter leaves"), "{all}");
+    }
+}

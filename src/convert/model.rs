@@ -16,6 +16,14 @@ const MODELS: &[(&str, &str)] = &[
     ("simple_multi_task", "SimpleMultiTask"),
 ];
 
+/// Whether TorchEasyRec's `ModelConfig` has a model called `kind`.
+fn tzrec_has_model(out: &DynamicMessage, kind: &str) -> bool {
+    out.descriptor()
+        .get_field_by_name("model_config")
+        .and_then(|f| f.kind().as_message().cloned())
+        .is_some_and(|mc| mc.get_field_by_name(kind).is_some())
+}
+
 pub(crate) fn model(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
     let Some(m) = src.child("model_config") else {
         ctx.unsupported(
@@ -64,12 +72,45 @@ pub(crate) fn model(ctx: &mut Ctx, src: &Src, out: &mut DynamicMessage) {
         return;
     };
     let Some((_, class)) = MODELS.iter().find(|(k, _)| *k == kind) else {
+        let written_class = m
+            .peek("model_class")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         m.consume("model_class");
-        ctx.unsupported(
-            &m.field_path(&kind),
-            format!("model `{kind}` has no converter in plec convert yet"),
-            "plec convert maps the multi-task models PLE, MMoE, DBMTL and SimpleMultiTask",
-        );
+        let (message, help) = if kind == "model_params" {
+            // EasyRec's component form: `backbone { blocks ... }` wires
+            // the model, `model_params` configures its heads. Reported once,
+            // here, not again as a dropped `backbone`.
+            if m.peek("backbone").is_some() {
+                ctx.reported.push(m.field_path("backbone"));
+            }
+            (
+                format!(
+                    "EasyRec's backbone model (`model_class: {written_class:?}` with `backbone` \
+                     blocks) has no TorchEasyRec counterpart"
+                ),
+                "TorchEasyRec builds only its own model classes and has no backbone \
+                 component graph (its own converter leaves this model out too); rewrite it by \
+                 hand as one of them (`ple`, `mmoe`, `dbmtl`, `pepnet`...)"
+                    .to_string(),
+            )
+        } else if !tzrec_has_model(out, &kind) {
+            (
+                format!("TorchEasyRec has no `{kind}` model"),
+                format!(
+                    "no TorchEasyRec config can describe EasyRec's `{kind}` (its own converter \
+                     leaves it out too); rewrite the model by hand as one of TorchEasyRec's \
+                     (`ple`, `mmoe`, `dbmtl`, `pepnet`...)"
+                ),
+            )
+        } else {
+            (
+                format!("model `{kind}` has no converter in plec convert yet"),
+                "plec convert maps the multi-task models PLE, MMoE, DBMTL and SimpleMultiTask"
+                    .to_string(),
+            )
+        };
+        ctx.unsupported(&m.field_path(&kind), message, &help);
         return;
     };
     let written_class = m
