@@ -380,6 +380,18 @@ fn ple_has_sequence_matches_onnxruntime() {
     example("ple_has_sequence");
 }
 
+/// The self-attention encoder (multi-head attention, masked mean).
+#[test]
+fn mmoe_self_attention_matches_onnxruntime() {
+    example("mmoe_self_attention");
+}
+
+/// DC2VR's intervention (orthogonal weights computed at export).
+#[test]
+fn dc2vr_taobao_matches_onnxruntime() {
+    example("dc2vr_taobao");
+}
+
 #[test]
 fn variational_dropout_matches_onnxruntime() {
     inline("variational", VARIATIONAL, false);

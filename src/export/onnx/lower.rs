@@ -853,24 +853,154 @@ impl<'a> Lowering<'a> {
                     .node("Gather", &[&keep, &cols], vec![attr_i("axis", 0)], hint);
                 self.b.node("Mul", &[&x, &keep], vec![], hint)
             }
-            OpKind::MultiHeadAttention | OpKind::MaskedMean => {
-                return Err(unsupported(
-                    op,
-                    kind,
-                    "the self-attention encoder has no ONNX form in plec yet",
-                ));
+            OpKind::MultiHeadAttention => {
+                let (q, k, v, mask) = (input(0)?, input(1)?, input(2)?, input(3)?);
+                self.multi_head_attention(op, kind, [&q, &k, &v], &mask)?
+            }
+            OpKind::MaskedMean => {
+                // As the engines: the masked steps summed, over
+                // max(sum(length), 1).
+                let (x, mask, length) = (input(0)?, input(1)?, input(2)?);
+                let axes1 = self.b.ints(&[1]);
+                let axes2 = self.b.ints(&[2]);
+                let m3 = self.b.node("Unsqueeze", &[&mask, &axes2], vec![], hint);
+                let kept = self.b.node("Mul", &[&x, &m3], vec![], hint);
+                let sum = self.b.node(
+                    "ReduceSum",
+                    &[&kept, &axes1],
+                    vec![attr_i("keepdims", 0)],
+                    hint,
+                );
+                let count = self.b.node(
+                    "ReduceSum",
+                    &[&length, &axes1],
+                    vec![attr_i("keepdims", 1)],
+                    hint,
+                );
+                let one = self.b.float_scalar(1.0);
+                let count = self.b.node("Max", &[&count, &one], vec![], hint);
+                self.b.node("Div", &[&sum, &count], vec![], hint)
             }
             OpKind::Intervention => {
-                return Err(unsupported(
-                    op,
-                    kind,
-                    "DC2VR's intervention has no ONNX form in plec yet",
-                ));
+                // The orthogonal weights depend on parameters only: computed
+                // here once, by the function the native engine uses.
+                let (x, s) = (input(0)?, input(1)?);
+                let (n, m) = (self.width(op.inputs[0]), self.width(op.inputs[1]));
+                let mut ps = Vec::with_capacity(4);
+                for i in 0..4 {
+                    ps.push(crate::runtime::embedding::f32s_from_le(
+                        &self.param(op, i)?.1.data,
+                    ));
+                }
+                let (n, m) = (
+                    usize::try_from(n)
+                        .map_err(|_| invalid(format!("op \"{hint}\" input width")))?,
+                    usize::try_from(m)
+                        .map_err(|_| invalid(format!("op \"{hint}\" input width")))?,
+                );
+                let r = ps[0].len() / n.max(1);
+                if n == 0
+                    || r == 0
+                    || ps[0].len() != n * r
+                    || ps[1].len() != n * n
+                    || ps[2].len() != m * r
+                    || ps[3].len() != m * m
+                {
+                    return Err(invalid(format!(
+                        "intervention \"{hint}\" has parameters of the wrong sizes for widths {n} and {m}"
+                    )));
+                }
+                let wb = crate::ir::orthogonal::weight(&ps[0], &ps[1], n, r);
+                let ws = crate::ir::orthogonal::weight(&ps[2], &ps[3], m, r);
+                let wbt: Vec<f32> = (0..r * n).map(|e| wb[(e % n) * r + e / n]).collect();
+                let le = crate::runtime::embedding::f32s_to_le;
+                let (ni, mi, ri) = (n as i64, m as i64, r as i64);
+                let wb = self
+                    .b
+                    .init_f32(&format!("{hint}.base_weight"), &[ni, ri], le(&wb));
+                let ws = self
+                    .b
+                    .init_f32(&format!("{hint}.selection_weight"), &[mi, ri], le(&ws));
+                let wbt = self
+                    .b
+                    .init_f32(&format!("{hint}.base_weight.T"), &[ri, ni], le(&wbt));
+                let xb = self.b.node("MatMul", &[&x, &wb], vec![], hint);
+                let sw = self.b.node("MatMul", &[&s, &ws], vec![], hint);
+                let t = self.b.node("Sub", &[&xb, &sw], vec![], hint);
+                let back = self.b.node("MatMul", &[&t, &wbt], vec![], hint);
+                self.b.node("Add", &[&x, &back], vec![], hint)
             }
             OpKind::OpUnspecified => {
                 return Err(unsupported(op, kind, "the op has no kind"));
             }
         })
+    }
+
+    /// Multi-head self-attention at evaluation (`runtime::exec::native::
+    /// attention`): per head `softmax(q k^T / sqrt(head_dim))` over the
+    /// valid keys, times v, heads joined, padded query steps zeroed.
+    fn multi_head_attention(
+        &mut self,
+        op: &Op,
+        kind: OpKind,
+        [q, k, v]: [&str; 3],
+        mask: &str,
+    ) -> Result<String, ExportError> {
+        let hint = op.name.as_str();
+        let shape = self
+            .plan
+            .values
+            .get(op.inputs[0] as usize)
+            .map(|v| v.shape.clone())
+            .unwrap_or_default();
+        let heads = i64::from(op.heads);
+        let (l, e) = match shape.as_slice() {
+            [_, l, e] if *l > 0 && *e > 0 && heads > 0 && e % heads == 0 => (*l, *e),
+            _ => {
+                return Err(unsupported(
+                    op,
+                    kind,
+                    format!("{heads} heads over a query of shape {shape:?}"),
+                ))
+            }
+        };
+        let hd = e / heads;
+        let split = self.b.ints(&[0, l, heads, hd]);
+        let heads_of = |b: &mut super::graph::Builder, x: &str, perm: &[i64]| {
+            let r = b.node("Reshape", &[x, &split], vec![], hint);
+            b.node("Transpose", &[&r], vec![attr_ints("perm", perm)], hint)
+        };
+        let qh = heads_of(&mut self.b, q, &[0, 2, 1, 3]);
+        let kt = heads_of(&mut self.b, k, &[0, 2, 3, 1]);
+        let vh = heads_of(&mut self.b, v, &[0, 2, 1, 3]);
+        let scores = self.b.node("MatMul", &[&qh, &kt], vec![], hint);
+        let scale = self.b.float_scalar(1.0 / (hd as f32).sqrt());
+        let scores = self.b.node("Mul", &[&scores, &scale], vec![], hint);
+        let half = self.b.float_scalar(0.5);
+        let valid = self.b.node("GreaterOrEqual", &[mask, &half], vec![], hint);
+        let axes12 = self.b.ints(&[1, 2]);
+        let keys = self.b.node("Unsqueeze", &[&valid, &axes12], vec![], hint);
+        // Finite, so a row with no valid key (a padded query, zeroed
+        // below) stays finite.
+        let excluded = self.b.float_scalar(-1e30);
+        let scores = self
+            .b
+            .node("Where", &[&keys, &scores, &excluded], vec![], hint);
+        let w = self
+            .b
+            .node("Softmax", &[&scores], vec![attr_i("axis", 3)], hint);
+        let out = self.b.node("MatMul", &[&w, &vh], vec![], hint);
+        let out = self.b.node(
+            "Transpose",
+            &[&out],
+            vec![attr_ints("perm", &[0, 2, 1, 3])],
+            hint,
+        );
+        let join = self.b.ints(&[0, l, e]);
+        let out = self.b.node("Reshape", &[&out, &join], vec![], hint);
+        let axes2 = self.b.ints(&[2]);
+        let m3 = self.b.node("Unsqueeze", &[mask, &axes2], vec![], hint);
+        Ok(self.b.node("Mul", &[&out, &m3], vec![], hint))
     }
 
     fn activation(
