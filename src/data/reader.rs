@@ -762,6 +762,20 @@ impl ChunkStream {
     }
 }
 
+/// Dropping the stream stops the reader thread and waits for it: with the
+/// receiver gone its next send fails, so it ends after the chunk it is
+/// encoding. No reader outlives its stream (a file is not read after the
+/// caller is done with it; the fuzzer's leak check saw such a thread's
+/// thread-locals as leaked).
+impl Drop for ChunkStream {
+    fn drop(&mut self) {
+        self.rx = None;
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
 /// Encoded batches of one pass, read ahead on a background thread. After
 /// an error the iterator ends. Dropping it stops the thread.
 pub struct Batches {
