@@ -8,21 +8,24 @@
 //! `plan::emit` can record each parameter's TorchEasyRec name in the plan
 //! and `plec export --format safetensors` / `plec import` need nothing but
 //! the plan. The facts come from TorchEasyRec's source (`tzrec/models/
-//! ple.py`, `mmoe.py`, `dbmtl.py`, `rank_model.py`; `tzrec/modules/mlp.py`,
-//! `task_tower.py`, `extraction_net.py`, `mmoe.py`, `embedding.py`,
-//! `variational_dropout.py`).
+//! ple.py`, `mmoe.py`, `dbmtl.py`, `pepnet.py`, `rank_model.py`;
+//! `tzrec/modules/mlp.py`, `task_tower.py`, `extraction_net.py`, `mmoe.py`,
+//! `masknet.py`, `personalized_net.py`, `embedding.py`,
+//! `variational_dropout.py`), and the key lists and shapes are checked
+//! against the `state_dict` of the model a real TorchEasyRec builds from
+//! the same config (`scripts/tzrec-state-dict-keys.sh`).
 //!
-//! A name is given only where it is certain. Model kinds whose modules plec
-//! does not mirror one to one (PEPNet, DBMTL's mask net, SimpleMultiTask,
-//! which has no model class in TorchEasyRec) and configs whose tables
-//! TorchEasyRec lays out differently (sequence features, several feature
-//! groups, WIDE groups, zero-collision hashing) get no names at all, and
-//! the export says so.
+//! A name is given only where it is certain. SimpleMultiTask (no model
+//! class in TorchEasyRec) and configs whose tables or modules TorchEasyRec
+//! lays out differently (sequence features and encoders, feature groups
+//! the model does not read, WIDE groups, zero-collision hashing) get no
+//! names at all, and the export says so.
 
 use std::collections::HashMap;
 
 use crate::proto::tzrec::protos::{
-    feature_config::Feature, model_config::Model, EasyRecConfig, FeatureGroupType, Mlp,
+    feature_config::Feature, model_config::Model, EasyRecConfig, FeatureGroupConfig,
+    FeatureGroupType, MaskNetModule, Mlp, PepNet,
 };
 
 /// TorchEasyRec's data group of ranking features (`BASE_DATA_GROUP`).
@@ -132,6 +135,108 @@ impl Pairs {
             );
         }
     }
+
+    /// tzrec's `MaskNetModule` at `mask_net` (DBMTL): `ln_emb`, then
+    /// `mask_blocks.<i>` (`mask_generator`: Linear 0, ReLU, Linear 2;
+    /// `ffn`: Linear 0, LayerNorm 1, ReLU), then `top_mlp`. plec's
+    /// `lower/masknet.rs` names the same modules `mask_net.ln_emb`,
+    /// `mask_net.block<i>.{mask_generator.layer0,layer1, ffn.layer0}`.
+    fn mask_net(&mut self, net: &MaskNetModule) {
+        self.add(
+            "mask_net.ln_emb.gamma".into(),
+            "mask_net.ln_emb.weight".into(),
+        );
+        self.add("mask_net.ln_emb.beta".into(), "mask_net.ln_emb.bias".into());
+        for i in 0..net.n_mask_blocks {
+            let (p, t) = (
+                format!("mask_net.block{i}"),
+                format!("mask_net.mask_blocks.{i}"),
+            );
+            self.linear(
+                &format!("{p}.mask_generator.layer0"),
+                &format!("{t}.mask_generator.0"),
+            );
+            self.linear(
+                &format!("{p}.mask_generator.layer1"),
+                &format!("{t}.mask_generator.2"),
+            );
+            self.linear(&format!("{p}.ffn.layer0"), &format!("{t}.ffn.0"));
+            self.add(
+                format!("{p}.ffn.layer0.ln.gamma"),
+                format!("{t}.ffn.1.weight"),
+            );
+            self.add(format!("{p}.ffn.layer0.ln.beta"), format!("{t}.ffn.1.bias"));
+        }
+        if let Some(top) = &net.top_mlp {
+            self.mlp("mask_net.top_mlp", "mask_net.top_mlp", top);
+        }
+    }
+
+    /// tzrec's PEPNet (`tzrec/models/pepnet.py`,
+    /// `tzrec/modules/personalized_net.py`): `epnet.gate_nu` when there is
+    /// a "domain" group, `ppnet` when there is a "uia" group, and
+    /// `_task_tower.<t * D + d>` (D towers per task with
+    /// `domain_input_name`, else one). A `GateNU`'s `dense_layers` is
+    /// Linear 0, ReLU, Linear 2, Sigmoid; PPNet keeps flat ModuleLists
+    /// (`linears`, `activations`, `gate_nus`) indexed `t * L + j` for task
+    /// `t`'s layer `j` of `L`.
+    fn pepnet(&mut self, m: &PepNet, read: &[&FeatureGroupConfig]) {
+        let has = |name: &str| read.iter().any(|g| g.group_name == name);
+        let gate_nu = |p: &mut Self, plec: &str, torch: &str| {
+            p.linear(
+                &format!("{plec}.layer0"),
+                &format!("{torch}.dense_layers.0"),
+            );
+            p.linear(
+                &format!("{plec}.layer1"),
+                &format!("{torch}.dense_layers.2"),
+            );
+        };
+        if has("domain") {
+            gate_nu(self, "epnet.gate", "epnet.gate_nu");
+        }
+        let layers = m.ppnet_hidden_units.len();
+        if has("uia") {
+            for (t, tower) in m.task_towers.iter().enumerate() {
+                let name = format!("ppnet.{}", tower.tower_name);
+                for j in 0..layers {
+                    let k = t * layers + j;
+                    let lname = format!("{name}.layer{j}");
+                    self.linear(&lname, &format!("ppnet.linears.{k}"));
+                    // nn.PReLU()'s one slope; other activations hold none.
+                    self.add(
+                        format!("{lname}.prelu.slope"),
+                        format!("ppnet.activations.{k}.weight"),
+                    );
+                    gate_nu(
+                        self,
+                        &format!("{name}.gate{j}"),
+                        &format!("ppnet.gate_nus.{k}"),
+                    );
+                }
+            }
+        }
+        // plec builds one tower per domain only for more than one domain;
+        // tzrec's index `t * D + d` is `t` for one domain either way.
+        let domains = match m.domain_input_name {
+            Some(_) => m.task_domain_num() as usize,
+            None => 1,
+        };
+        for (t, tower) in m.task_towers.iter().enumerate() {
+            let name = &tower.tower_name;
+            if domains > 1 {
+                for d in 0..domains {
+                    self.task_tower(
+                        &format!("{name}.domain{d}"),
+                        &format!("_task_tower.{}", t * domains + d),
+                        tower.mlp.as_ref(),
+                    );
+                }
+            } else if domains == 1 {
+                self.task_tower(name, &format!("_task_tower.{t}"), tower.mlp.as_ref());
+            }
+        }
+    }
 }
 
 fn unsupported(why: impl Into<String>) -> TorchNames {
@@ -146,31 +251,40 @@ pub(crate) fn torch_names(config: &EasyRecConfig) -> TorchNames {
     let Some(mc) = &config.model_config else {
         return unsupported("the config has no model_config");
     };
-    match &mc.model {
-        Some(Model::SimpleMultiTask(_)) => {
-            return unsupported(
-                "TorchEasyRec has no SimpleMultiTask model class (only its config message), \
-                 so its parameters have no state_dict names",
-            )
-        }
-        Some(Model::Pepnet(_)) => {
-            return unsupported(
-                "PEPNet's EPNet/PPNet parameters are not named yet (plec's gate units are not \
-                 checked against tzrec/modules/personalized_net.py)",
-            )
-        }
-        _ => {}
-    }
-    let [group] = mc.feature_groups.as_slice() else {
+    if let Some(Model::SimpleMultiTask(_)) = &mc.model {
         return unsupported(
-            "TorchEasyRec builds tables for every feature group, plec for the first only: \
-             only configs with one feature group are named",
+            "TorchEasyRec has no SimpleMultiTask model class (only its config message), \
+             so its parameters have no state_dict names",
         );
-    };
-    if group.group_type != FeatureGroupType::Deep as i32 {
-        return unsupported("only a DEEP feature group is named");
     }
-    if !group.sequence_groups.is_empty() || !group.sequence_encoders.is_empty() {
+    // The groups the model reads: PEPNet finds "all", "domain" and "uia"
+    // by name (tzrec/models/pepnet.py), the others read the first group
+    // (`embedding_group.group_names()[0]`).
+    let read: Vec<&FeatureGroupConfig> = match &mc.model {
+        Some(Model::Pepnet(_)) => ["all", "domain", "uia"]
+            .iter()
+            .filter_map(|n| mc.feature_groups.iter().find(|g| g.group_name == *n))
+            .collect(),
+        _ => mc.feature_groups.iter().take(1).collect(),
+    };
+    if read.len() < mc.feature_groups.len() {
+        return unsupported(
+            "TorchEasyRec builds tables (and variational dropouts) for every feature group, \
+             but the model reads only some of them (the first group; PEPNet's \"all\", \
+             \"domain\" and \"uia\"), and plec builds only those: configs with feature \
+             groups the model does not read are not named",
+        );
+    }
+    if read
+        .iter()
+        .any(|g| g.group_type != FeatureGroupType::Deep as i32)
+    {
+        return unsupported("only DEEP feature groups are named");
+    }
+    if read
+        .iter()
+        .any(|g| !g.sequence_groups.is_empty() || !g.sequence_encoders.is_empty())
+    {
         return unsupported(
             "sequence groups and encoders live in TorchEasyRec's sequence embedding modules, \
              which plec does not name yet",
@@ -241,11 +355,8 @@ pub(crate) fn torch_names(config: &EasyRecConfig) -> TorchNames {
             }
         }
         Some(Model::Dbmtl(m)) => {
-            if m.mask_net.is_some() {
-                return unsupported(
-                    "DBMTL's mask net is not named yet (plec's MaskNet blocks are not checked \
-                     against tzrec/modules/masknet.py)",
-                );
+            if let Some(net) = &m.mask_net {
+                p.mask_net(net);
             }
             if let Some(b) = &m.bottom_mlp {
                 p.mlp("bottom", "bottom_mlp", b);
@@ -273,20 +384,25 @@ pub(crate) fn torch_names(config: &EasyRecConfig) -> TorchNames {
                 p.linear(&format!("{name}.logits"), &format!("task_outputs.{t}"));
             }
         }
-        // SimpleMultiTask and PEPNet returned above.
+        Some(Model::Pepnet(m)) => p.pepnet(m, &read),
+        // SimpleMultiTask returned above.
         _ => return unsupported("plec does not name this model kind"),
     }
-    // tzrec's `init_input`: a group of more than one feature gets a
+    // tzrec's `init_input`: every group of more than one feature gets a
     // `VariationalDropout` under `group_variational_dropouts.<group>`.
-    if mc.variational_dropout.is_some() && group.feature_names.len() > 1 {
-        p.add(
-            format!("{}.variational_dropout.feature_p", group.group_name),
-            format!("group_variational_dropouts.{}.feature_p", group.group_name),
-        );
+    if mc.variational_dropout.is_some() {
+        for group in &read {
+            if group.feature_names.len() > 1 {
+                p.add(
+                    format!("{}.variational_dropout.feature_p", group.group_name),
+                    format!("group_variational_dropouts.{}.feature_p", group.group_name),
+                );
+            }
+        }
     }
     TorchNames {
         params: p.finish(),
-        tables: table_names(config, group),
+        tables: table_names(config, &read),
         unsupported: None,
     }
 }
@@ -294,13 +410,19 @@ pub(crate) fn torch_names(config: &EasyRecConfig) -> TorchNames {
 /// Plan table name -> `embedding_group.emb_impls.__BASE__.ebc.embedding_bags.
 /// <embedding name>.weight`, the embedding name being `embedding_name` or
 /// `<feature_name>_emb` (tzrec's `emb_bag_config`), plus the group's
-/// `embedding_name_suffix`. Features with zero-collision hashing (tzrec's
+/// `embedding_name_suffix`, over the groups the model reads: one
+/// `EmbeddingBagCollection` holds them all, a feature in several groups
+/// looking up one table. Features with zero-collision hashing (tzrec's
 /// `mc_ebc`) or of other kinds stay unnamed.
-fn table_names(
-    config: &EasyRecConfig,
-    group: &crate::proto::tzrec::protos::FeatureGroupConfig,
-) -> HashMap<String, String> {
+fn table_names(config: &EasyRecConfig, groups: &[&FeatureGroupConfig]) -> HashMap<String, String> {
     let mut p = Pairs::default();
+    for group in groups {
+        group_tables(config, group, &mut p);
+    }
+    p.finish()
+}
+
+fn group_tables(config: &EasyRecConfig, group: &FeatureGroupConfig, p: &mut Pairs) {
     let suffix = group
         .embedding_name_suffix
         .as_deref()
@@ -343,7 +465,6 @@ fn table_names(
             ),
         );
     }
-    p.finish()
 }
 
 #[cfg(test)]

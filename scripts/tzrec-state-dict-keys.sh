@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Compares plec's safetensors export (`plec export --format safetensors`)
+# with the state_dict of the model a real TorchEasyRec builds from the same
+# config (tests/export/tzrec_keys.py): keys, shapes, dtypes, then a strict
+# load_state_dict of the file into that model. Benchmark-side, not CI.
+#
+#   scripts/tzrec-state-dict-keys.sh [CONFIG...]
+#
+# Environment:
+#   PYTHON      python with TorchEasyRec, torch, torchrec, safetensors
+#               (default /work/tzrec-venv/bin/python; see the venv recipe
+#               below)
+#   TZREC_SRC   optional: a TorchEasyRec source tree (protos compiled) put
+#               first on PYTHONPATH instead of the installed tzrec-sekai
+#   PLEC        the plec binary (default $CARGO_TARGET_DIR/release/plec)
+#   OUT         folder for plans, files and JSON reports (default a temp dir)
+#
+# The venv this was run with (PyPI; the PyTorch CPU index was unreachable):
+#   python3 -m venv /work/tzrec-venv
+#   /work/tzrec-venv/bin/pip install torch==2.8.0 torchrec==1.3.0 \
+#       fbgemm-gpu-cpu==1.3.0 torchmetrics==1.0.3 safetensors ...
+#   /work/tzrec-venv/bin/pip install --no-deps tzrec-sekai==0.9.6
+# (tzrec-sekai's own requirements pin pyfg, graphlearn and common_io wheels
+# from Alibaba's OSS bucket; tzrec_keys.py installs stand-ins for them.)
+#
+# Exit 0 when every config that plec exports matches exactly; 1 otherwise.
+set -u
+root=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-/work/tzrec-venv/bin/python}
+plec=${PLEC:-${CARGO_TARGET_DIR:-$root/target}/release/plec}
+out=${OUT:-$(mktemp -d)}
+mkdir -p "$out"
+if [ ! -x "$plec" ]; then
+    echo "no plec binary at $plec (cargo build --release first)" >&2
+    exit 2
+fi
+if [ $# -eq 0 ]; then
+    set -- "$root"/examples/ple_taobao.config "$root"/examples/ple_demo.config \
+        "$root"/examples/mmoe_taobao.config "$root"/examples/dbmtl_taobao.config \
+        "$root"/tests/data/dbmtl_variational_dropout.config \
+        "$root"/tests/data/mmoe_norms.config "$root"/tests/data/dbmtl_mask_net.config \
+        "$root"/tests/data/dbmtl_mask_net_parallel.config "$root"/examples/pepnet_taobao.config \
+        "$root"/tests/data/pepnet_prelu.config "$root"/examples/ple_has_sequence.config \
+        "$root"/examples/mmoe_self_attention.config "$root"/examples/dc2vr_taobao.config
+fi
+if [ -n "${TZREC_SRC:-}" ]; then
+    export PYTHONPATH="$TZREC_SRC${PYTHONPATH:+:$PYTHONPATH}"
+fi
+status=0
+summary=()
+for cfg in "$@"; do
+    name=$(basename "$cfg" .config)
+    plan="$out/$name.plan.bin"
+    file="$out/$name.safetensors"
+    echo "=== $name"
+    if ! "$plec" compile "$cfg" -o "$plan" >"$out/$name.compile.log" 2>&1; then
+        echo "plec compile failed:"; cat "$out/$name.compile.log"
+        summary+=("$name: plec compile failed")
+        status=1
+        continue
+    fi
+    if ! "$plec" export "$plan" --format safetensors -o "$file" >"$out/$name.export.log" 2>&1; then
+        echo "plec export refused:"; cat "$out/$name.export.log"
+        summary+=("$name: plec refuses the export")
+        continue
+    fi
+    "$python" -W ignore "$root/tests/export/tzrec_keys.py" "$cfg" "$file" --json "$out/$name.json" \
+        2>"$out/$name.tzrec.log" | tee "$out/$name.txt"
+    line=$(grep '^SUMMARY: ' "$out/$name.txt" | sed 's/^SUMMARY: //')
+    if [ -z "$line" ]; then
+        echo "TorchEasyRec could not build the model:"; tail -5 "$out/$name.tzrec.log"
+        summary+=("$name: TorchEasyRec could not build the model ($(tail -1 "$out/$name.tzrec.log"))")
+        status=1
+        continue
+    fi
+    case $line in MATCH*) ;; *) status=1 ;; esac
+    summary+=("$name: $line")
+done
+echo
+echo "summary (reports in $out):"
+printf '  %s\n' "${summary[@]}"
+exit $status

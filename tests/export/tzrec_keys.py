@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Compare plec's safetensors export with a real TorchEasyRec model's state_dict.
+
+Benchmark-side, not CI: it needs TorchEasyRec (the `tzrec-sekai` package,
+or a source checkout on PYTHONPATH with its protos compiled), torch and
+torchrec. `scripts/tzrec-state-dict-keys.sh` sets that up and runs it for
+the example configs.
+
+    python tests/export/tzrec_keys.py CONFIG MODEL.safetensors [--json OUT]
+
+It builds TorchEasyRec's model for CONFIG on the CPU the way
+`tzrec.main` does (features, then the model class the config names), with
+`data_config.fg_mode` set to FG_NONE, and compares the *bare* model's
+`state_dict()` (no `model.` prefix of TorchEasyRec's `TrainWrapper`, which
+only wraps it) with the tensors in MODEL.safetensors: keys, shapes and
+dtypes. Then it loads the file into the model with `load_state_dict(...,
+strict=True)` (after `to_empty(device="cpu")`: torchrec builds the tables
+on the meta device) and reads every tensor back to check the values
+arrived unchanged.
+
+TorchEasyRec imports three packages that are not on PyPI (`pyfg`, the
+feature generator; `graphlearn`, for negative samplers; `common_io`, for
+ODPS tables). None of them is used to build a model under FG_NONE, so
+stand-in modules are installed for them: any attribute is a placeholder
+class that raises if it is ever called. If building the model needed one
+of them, the run fails loudly; nothing is faked.
+
+Exit status: 0 when the key sets, shapes and dtypes agree exactly and the
+strict load succeeds; 1 otherwise.
+"""
+
+import argparse
+import importlib.abc
+import importlib.machinery
+import json
+import struct
+import sys
+import types
+
+STANDINS = ("pyfg", "graphlearn", "common_io")
+
+
+class _UnavailableMeta(type):
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Unavailable
+
+
+class _Unavailable(metaclass=_UnavailableMeta):
+    """Placeholder for anything of a stand-in module (its attributes too,
+    for annotations such as `common_io.table.TableReader`)."""
+
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError(
+            "tzrec_keys.py: a stand-in module (pyfg/graphlearn/common_io) was "
+            "called while building the model; the comparison is not valid"
+        )
+
+
+class _StandinModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Unavailable
+
+
+class _StandinFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path, target=None):
+        if fullname.split(".")[0] in STANDINS:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        m = _StandinModule(spec.name)
+        m.__path__ = []
+        return m
+
+    def exec_module(self, module):
+        pass
+
+
+def install_standins():
+    for name in STANDINS:
+        try:
+            __import__(name)
+            continue  # the real package is there
+        except Exception:
+            pass
+    sys.meta_path.append(_StandinFinder())
+
+
+def safetensors_header(path):
+    """{key: (dtype, shape)} of a safetensors file, read from its header."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return {k: (v["dtype"], list(v["shape"])) for k, v in header.items()}
+
+
+TORCH_TO_ST = {
+    "torch.float32": "F32",
+    "torch.int64": "I64",
+    "torch.int32": "I32",
+    "torch.float64": "F64",
+}
+
+
+def build_model(config_path):
+    from tzrec import main as tz_main
+    from tzrec.protos import data_pb2
+    from tzrec.utils import config_util
+
+    config = config_util.load_pipeline_config(config_path)
+    data_config = config.data_config
+    data_config.fg_mode = data_config_fg_none(data_pb2)
+    features = tz_main._create_features(list(config.feature_configs), data_config)
+    model = tz_main._create_model(
+        config.model_config,
+        features,
+        list(data_config.label_fields),
+        sample_weights=list(data_config.sample_weight_fields),
+    )
+    return model
+
+
+def data_config_fg_none(data_pb2):
+    return data_pb2.FgMode.Value("FG_NONE")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config")
+    ap.add_argument("safetensors")
+    ap.add_argument("--json", help="write the comparison here")
+    ap.add_argument("--show", type=int, default=40, help="keys listed per kind")
+    args = ap.parse_args()
+
+    install_standins()
+    import torch
+
+    import tzrec
+
+    model = build_model(args.config)
+    sd = model.state_dict()
+    tz = {
+        k: (TORCH_TO_ST.get(str(v.dtype), str(v.dtype)), list(v.shape))
+        for k, v in sd.items()
+    }
+    pl = safetensors_header(args.safetensors)
+
+    matched = sorted(k for k in tz if k in pl and tz[k] == pl[k])
+    shape_mismatch = sorted(k for k in tz if k in pl and tz[k] != pl[k])
+    only_tz = sorted(k for k in tz if k not in pl)
+    only_pl = sorted(k for k in pl if k not in tz)
+
+    # The TrainWrapper only prefixes: check it on the same model.
+    from tzrec.models.model import TrainWrapper
+
+    wrapped = list(TrainWrapper(model).state_dict().keys())
+    wrapper_prefix_only = sorted(wrapped) == sorted("model." + k for k in tz)
+
+    load_ok, load_error, values_equal = False, "", False
+    if not (shape_mismatch or only_tz or only_pl):
+        from safetensors.torch import load_file
+
+        loaded = load_file(args.safetensors)
+        # torchrec builds the tables on the meta device (DistributedModel-
+        # Parallel allocates them); give every tensor CPU storage first.
+        if any(t.is_meta for t in model.state_dict().values()):
+            model = model.to_empty(device="cpu")
+        try:
+            model.load_state_dict(loaded, strict=True)
+            load_ok = True
+            after = model.state_dict()
+            values_equal = all(torch.equal(after[k], loaded[k]) for k in loaded)
+        except Exception as e:  # a strict-load failure is a result
+            load_error = f"{type(e).__name__}: {e}"
+
+    version = getattr(tzrec, "__version__", None)
+    if version is None:
+        try:
+            from tzrec.version import __version__ as version
+        except Exception:
+            version = "?"
+    import torchrec
+
+    result = {
+        "config": args.config,
+        "model_class": type(model).__name__,
+        "tzrec": version,
+        "tzrec_path": tzrec.__file__,
+        "torch": torch.__version__,
+        "torchrec": getattr(torchrec, "__version__", "?"),
+        "tzrec_keys": len(tz),
+        "plec_keys": len(pl),
+        "matched": len(matched),
+        "only_in_tzrec": only_tz,
+        "only_in_plec": only_pl,
+        "shape_mismatches": {k: {"tzrec": tz[k], "plec": pl[k]} for k in shape_mismatch},
+        "train_wrapper_adds_only_model_prefix": wrapper_prefix_only,
+        "strict_load": load_ok,
+        "strict_load_error": load_error,
+        "values_equal_after_load": values_equal,
+        "tzrec_state_dict": {k: tz[k] for k in sorted(tz)},
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+    print(f"config: {args.config}  ({type(model).__name__}, tzrec {version}, "
+          f"torch {torch.__version__}, torchrec {result['torchrec']})")
+    print(f"  tzrec state_dict keys: {len(tz)}   plec safetensors keys: {len(pl)}")
+    print(f"  matched (key, shape, dtype): {len(matched)}")
+    print(f"  only in tzrec: {len(only_tz)}   only in plec: {len(only_pl)}   "
+          f"shape/dtype mismatches: {len(shape_mismatch)}")
+    for title, keys in (("only in tzrec", only_tz), ("only in plec", only_pl)):
+        for k in keys[: args.show]:
+            src = tz if title == "only in tzrec" else pl
+            print(f"    {title}: {k} {src[k][0]} {src[k][1]}")
+        if len(keys) > args.show:
+            print(f"    ... {len(keys) - args.show} more")
+    for k in shape_mismatch[: args.show]:
+        print(f"    mismatch: {k} tzrec {tz[k]} plec {pl[k]}")
+    print(f"  TrainWrapper(model).state_dict() = 'model.' + model.state_dict(): "
+          f"{wrapper_prefix_only}")
+    if load_ok:
+        print(f"  load_state_dict(strict=True): ok; values equal after load: {values_equal}")
+    elif load_error:
+        print(f"  load_state_dict(strict=True) FAILED: {load_error}")
+    ok = not (shape_mismatch or only_tz or only_pl) and load_ok and values_equal
+    print("  RESULT: " + ("MATCH" if ok else "MISMATCH"))
+    print(
+        f"SUMMARY: {'MATCH' if ok else 'MISMATCH'} {type(model).__name__}: "
+        f"matched {len(matched)}/{len(tz)}, only in tzrec {len(only_tz)}, "
+        f"only in plec {len(only_pl)}, shape/dtype mismatches {len(shape_mismatch)}, "
+        f"strict load {'ok' if load_ok else 'failed'}, values equal {values_equal}"
+    )
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
