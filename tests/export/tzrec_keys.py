@@ -108,20 +108,48 @@ TORCH_TO_ST = {
 
 
 def build_model(config_path):
-    from tzrec import main as tz_main
+    """TorchEasyRec's model for the config, built as `tzrec.main`'s
+    `_create_features` and `_create_model` build it (called through them
+    when `tzrec.main` imports; a source tree newer than the installed
+    torchrec may fail to import `tzrec.main` for its planner imports,
+    then the same two calls are made directly)."""
     from tzrec.protos import data_pb2
     from tzrec.utils import config_util
 
     config = config_util.load_pipeline_config(config_path)
     data_config = config.data_config
     data_config.fg_mode = data_config_fg_none(data_pb2)
-    features = tz_main._create_features(list(config.feature_configs), data_config)
-    model = tz_main._create_model(
-        config.model_config,
-        features,
-        list(data_config.label_fields),
-        sample_weights=list(data_config.sample_weight_fields),
+    labels = list(data_config.label_fields)
+    weights = list(data_config.sample_weight_fields)
+    try:
+        from tzrec import main as tz_main
+    except ImportError as e:
+        print(f"  (tzrec.main does not import here: {e}; building directly)")
+        tz_main = None
+    if tz_main is not None:
+        features = tz_main._create_features(list(config.feature_configs), data_config)
+        return tz_main._create_model(
+            config.model_config, features, labels, sample_weights=weights
+        )
+    from tzrec.features.feature import create_features
+    from tzrec.models.model import BaseModel
+    from tzrec.protos.model_pb2 import Kernel as KernelProto
+    from tzrec.utils.config_util import which_msg
+
+    features = create_features(
+        list(config.feature_configs),
+        fg_mode=data_config.fg_mode,
+        fg_encoded_multival_sep=data_config.fg_encoded_multival_sep,
+        force_base_data_group=data_config.force_base_data_group,
     )
+    model_cls = BaseModel.create_class(which_msg(config.model_config, "model"))
+    model = model_cls(config.model_config, features, labels, sample_weights=weights)
+    try:
+        from tzrec.ops import Kernel
+
+        model.set_kernel(Kernel[KernelProto.Name(config.model_config.kernel)])
+    except (ImportError, AttributeError, ValueError):
+        pass  # kernels pick fused ops; they hold no parameters
     return model
 
 
