@@ -2,7 +2,10 @@
 # Compares plec's safetensors export (`plec export --format safetensors`)
 # with the state_dict of the model a real TorchEasyRec builds from the same
 # config (tests/export/tzrec_keys.py): keys, shapes, dtypes, then a strict
-# load_state_dict of the file into that model. Benchmark-side, not CI.
+# load_state_dict of the file into that model, then TorchEasyRec's forward
+# pass with those weights on rows plec encoded against `plec predict` (the
+# plan trained 4 steps on `plec gen-data` rows first). Benchmark-side, not
+# CI.
 #
 #   scripts/tzrec-state-dict-keys.sh [CONFIG...]
 #
@@ -53,19 +56,35 @@ for cfg in "$@"; do
     plan="$out/$name.plan.bin"
     file="$out/$name.safetensors"
     echo "=== $name"
-    if ! "$plec" compile "$cfg" -o "$plan" >"$out/$name.compile.log" 2>&1; then
-        echo "plec compile failed:"; cat "$out/$name.compile.log"
-        summary+=("$name: plec compile failed")
-        status=1
-        continue
+    # A few training steps on generated rows (so biases, norms and
+    # dropouts hold trained values), then plec's predictions on held-out
+    # rows and those rows as model inputs.
+    if ! { "$plec" gen-data "$cfg" --rows 2000 --eval-rows 500 -o "$out/$name.data" --seed 3 &&
+        "$plec" run "$cfg" --data "$out/$name.data/train.parquet" --steps 4 --threads 1 \
+            --out "$out/$name.run" -q &&
+        cp "$out/$name.run/plan.bin" "$plan" &&
+        "$plec" predict "$plan" --data "$out/$name.data/eval.parquet" -o "$out/$name.pred.parquet" &&
+        "$plec" export "$plan" --inputs "$out/$name.data/eval.parquet" -o "$out/$name.inputs.npz"; } \
+        >"$out/$name.compile.log" 2>&1; then
+        echo "plec could not train, predict or export inputs:"; tail -5 "$out/$name.compile.log"
+        if ! "$plec" compile "$cfg" -o "$plan" >>"$out/$name.compile.log" 2>&1; then
+            echo "plec compile failed:"; tail -5 "$out/$name.compile.log"
+            summary+=("$name: plec compile failed")
+            status=1
+            continue
+        fi
     fi
     if ! "$plec" export "$plan" --format safetensors -o "$file" >"$out/$name.export.log" 2>&1; then
         echo "plec export refused:"; cat "$out/$name.export.log"
         summary+=("$name: plec refuses the export")
         continue
     fi
+    fwd=()
+    if [ -f "$out/$name.pred.parquet" ] && [ -f "$out/$name.inputs.npz" ]; then
+        fwd=(--inputs "$out/$name.inputs.npz" --predictions "$out/$name.pred.parquet")
+    fi
     "$python" -W ignore "$root/tests/export/tzrec_keys.py" "$cfg" "$file" --json "$out/$name.json" \
-        2>"$out/$name.tzrec.log" | tee "$out/$name.txt"
+        ${fwd[@]+"${fwd[@]}"} 2>"$out/$name.tzrec.log" | tee "$out/$name.txt"
     line=$(grep '^SUMMARY: ' "$out/$name.txt" | sed 's/^SUMMARY: //')
     if [ -z "$line" ]; then
         echo "TorchEasyRec could not build the model:"; tail -5 "$out/$name.tzrec.log"

@@ -29,6 +29,10 @@ const RTOL: f64 = 1e-5;
 const VARIATIONAL: &str = include_str!("data/dbmtl_variational_dropout.config");
 const NORMS: &str = include_str!("data/mmoe_norms.config");
 
+fn test_config(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/{name}.config"))
+}
+
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.config"))
 }
@@ -124,6 +128,82 @@ fn mmoe_taobao_round_trip() {
 #[test]
 fn dbmtl_taobao_round_trip() {
     round_trip("dbmtl_taobao", &example("dbmtl_taobao"));
+}
+
+/// The exported file's keys.
+fn keys(file: &Path) -> Vec<String> {
+    let bytes = std::fs::read(file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut k: Vec<String> = st.names().into_iter().cloned().collect();
+    k.sort();
+    k
+}
+
+/// Serial mask blocks with a batch-normed top MLP, then the bottom MLP,
+/// MMoE experts and a relation tower.
+#[test]
+fn dbmtl_mask_net_round_trip() {
+    let (_d, _, file, _) = round_trip("dbmtl_mask_net", &test_config("dbmtl_mask_net"));
+    let k = keys(&file);
+    for key in [
+        "mask_net.ln_emb.weight",
+        "mask_net.mask_blocks.1.mask_generator.2.weight",
+        "mask_net.mask_blocks.1.ffn.1.bias",
+        "mask_net.top_mlp.mlp.0.perceptron.1.num_batches_tracked",
+        "mmoe.expert_mlps.1.mlp.0.perceptron.0.weight",
+    ] {
+        assert!(k.iter().any(|x| x == key), "no {key} in {k:#?}");
+    }
+}
+
+/// Parallel mask blocks sized by `aggregation_dim`, no top MLP.
+#[test]
+fn dbmtl_mask_net_parallel_round_trip() {
+    let (_d, _, file, _) = round_trip(
+        "dbmtl_mask_net_parallel",
+        &test_config("dbmtl_mask_net_parallel"),
+    );
+    let k = keys(&file);
+    assert!(k.iter().any(|x| x == "mask_net.mask_blocks.2.ffn.0.weight"));
+    assert!(!k.iter().any(|x| x.starts_with("mask_net.top_mlp")));
+}
+
+/// PEPNet over three groups (tables shared between them), one tower per
+/// domain: `_task_tower.<task * 3 + domain>`.
+#[test]
+fn pepnet_taobao_round_trip() {
+    let (_d, _, file, _) = round_trip("pepnet_taobao", &example("pepnet_taobao"));
+    let k = keys(&file);
+    for key in [
+        "epnet.gate_nu.dense_layers.2.weight",
+        "ppnet.linears.3.weight",
+        "ppnet.gate_nus.3.dense_layers.0.bias",
+        "_task_tower.5.linear.weight",
+        "embedding_group.emb_impls.__BASE__.ebc.embedding_bags.pid_emb.weight",
+    ] {
+        assert!(k.iter().any(|x| x == key), "no {key} in {k:#?}");
+    }
+    assert!(!k.iter().any(|x| x.starts_with("_task_tower.6.")));
+}
+
+/// PEPNet with a PReLU PPNet, one tower per task and variational dropout
+/// over the two groups of more than one feature.
+#[test]
+fn pepnet_prelu_round_trip() {
+    let (_d, _, file, _) = round_trip("pepnet_prelu", &test_config("pepnet_prelu"));
+    let k = keys(&file);
+    for key in [
+        "ppnet.activations.3.weight",
+        "group_variational_dropouts.all.feature_p",
+        "group_variational_dropouts.uia.feature_dim_repeat",
+        "embedding_group.emb_impls.__BASE__.ebc.embedding_bags.cate_table.weight",
+        "_task_tower.1.linear.bias",
+    ] {
+        assert!(k.iter().any(|x| x == key), "no {key} in {k:#?}");
+    }
+    assert!(!k
+        .iter()
+        .any(|x| x.starts_with("group_variational_dropouts.domain")));
 }
 
 /// [`round_trip`] of a config given as text; the exported file's bytes.
@@ -313,8 +393,9 @@ fn export_refuses_models_without_torch_names() {
     let d = dir.path();
     for (name, reason) in [
         ("simple_multi_task_taobao", "no SimpleMultiTask model class"),
-        ("pepnet_taobao", "PEPNet"),
         ("ple_has_sequence", "sequence"),
+        ("mmoe_self_attention", "sequence"),
+        ("dc2vr_taobao", "does not name this model kind"),
     ] {
         let plan_path = d.join(format!("{name}.bin"));
         ok(&["compile", s(&example(name)), "-o", s(&plan_path)]);
@@ -331,6 +412,32 @@ fn export_refuses_models_without_torch_names() {
         assert!(text(&o).contains(reason), "{name}: {}", text(&o));
         assert!(!file.exists(), "{name}");
     }
+    // A second group MMoE does not read: TorchEasyRec still builds its
+    // tables, plec does not.
+    let first = "feature_names: \"age\" group_type: DEEP }\n";
+    assert!(NORMS.contains(first));
+    let body = NORMS.replacen(
+        first,
+        &format!(
+            "{first}  feature_groups {{ group_name: \"extra\" feature_names: \"user_id\" group_type: DEEP }}\n"
+        ),
+        1,
+    );
+    let config = write(d, "two_groups.config", &body);
+    let plan_path = d.join("two_groups.bin");
+    ok(&["compile", s(&config), "-o", s(&plan_path)]);
+    let file = d.join("two_groups.safetensors");
+    let o = plec(&[
+        "export",
+        s(&plan_path),
+        "--format",
+        "safetensors",
+        "-o",
+        s(&file),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("does not read"), "{}", text(&o));
+    assert!(!file.exists());
 }
 
 /// The NumPy PLE of `tests/export/ple_numpy.py` on the exported file and

@@ -157,12 +157,113 @@ def data_config_fg_none(data_pb2):
     return data_pb2.FgMode.Value("FG_NONE")
 
 
+def compare_forward(model, inputs_path, predictions_path, rtol):
+    """TorchEasyRec's forward pass (eval mode) on the rows plec encoded, its
+    probabilities against `plec predict`'s.
+
+    The batch is built the way TorchEasyRec's data parser hands features to
+    the model: one KeyedJaggedTensor of the sparse features' ids (plec's
+    `-1` padding dropped) and one KeyedTensor of the dense values, both
+    under the `__BASE__` data group. With PEPNet's `domain_input_name`
+    TorchEasyRec scores each row with every domain's tower
+    (`probs_<tower>_<d>`); the row's domain (plec's `domain_<label>` input)
+    picks the one plec predicts."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+    from tzrec.datasets.utils import Batch
+
+    with np.load(inputs_path) as data:
+        inputs = {k: data[k] for k in data.files}
+    impl = model.embedding_group.emb_impls["__BASE__"]
+    sparse_names = []
+    for cfg in impl.ebc.embedding_bag_configs():
+        sparse_names.extend(n for n in cfg.feature_names if n not in sparse_names)
+    dense_names = [
+        n for n, v in inputs.items() if v.dtype.kind == "f" and n not in sparse_names
+    ]
+    rows = next(iter(inputs.values())).shape[0]
+    sparse = None
+    if sparse_names:
+        values, lengths = [], []
+        for n in sparse_names:
+            x = inputs[n].reshape(rows, -1)
+            valid = x >= 0
+            values.append(x[valid])
+            lengths.append(valid.sum(axis=1))
+        sparse = KeyedJaggedTensor.from_lengths_sync(
+            keys=sparse_names,
+            values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
+            lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32)),
+        )
+    dense = None
+    if dense_names:
+        parts = [inputs[n].reshape(rows, -1).astype(np.float32) for n in dense_names]
+        dense = KeyedTensor(
+            keys=dense_names,
+            length_per_key=[p.shape[1] for p in parts],
+            values=torch.from_numpy(np.concatenate(parts, axis=1)),
+        )
+    batch = Batch(
+        sparse_features={"__BASE__": sparse} if sparse is not None else {},
+        dense_features={"__BASE__": dense} if dense is not None else {},
+    )
+    model.eval()
+    with torch.no_grad():
+        pred = {k: v.detach().numpy() for k, v in model.predict(batch).items()}
+    table = pq.read_table(predictions_path)
+    domain = {k[len("domain_"):]: v for k, v in inputs.items() if k.startswith("domain_")}
+    towers = {}
+    ok = True
+    worst = 0.0
+    for column in table.column_names:
+        if not column.startswith("probs_"):
+            continue
+        want = np.asarray(table.column(column).to_pylist(), dtype=np.float64)
+        tower = column[len("probs_"):]
+        if column in pred:
+            got = pred[column].astype(np.float64)
+        elif f"{column}_0" in pred and len(domain) == 1:
+            (picks,) = domain.values()
+            per = np.stack(
+                [pred[f"{column}_{d}"] for d in range(int(picks.max()) + 1)], axis=1
+            )
+            got = per[np.arange(rows), picks.reshape(-1)].astype(np.float64)
+        else:
+            towers[tower] = {"rows": 0, "max_abs": float("nan"), "max_rel": float("nan"),
+                             "error": f"TorchEasyRec predicts no {column}: {sorted(pred)}"}
+            ok = False
+            continue
+        got = got.reshape(want.shape)
+        diff = np.abs(got - want)
+        rel = diff / np.maximum(np.maximum(np.abs(got), np.abs(want)), 1e-30)
+        towers[tower] = {"rows": int(want.size), "max_abs": float(diff.max()),
+                         "max_rel": float(rel.max())}
+        worst = max(worst, float(rel.max()))
+        ok = ok and bool(rel.max() <= rtol)
+    if not towers:
+        ok = False
+    return {"ok": ok, "max_rel": worst, "towers": towers, "tzrec_outputs": sorted(pred)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("config")
     ap.add_argument("safetensors")
     ap.add_argument("--json", help="write the comparison here")
     ap.add_argument("--show", type=int, default=40, help="keys listed per kind")
+    ap.add_argument(
+        "--inputs",
+        help="`plec export PLAN --inputs DATA -o INPUTS.npz` of the same plan: "
+        "also run TorchEasyRec's forward pass on these rows",
+    )
+    ap.add_argument(
+        "--predictions",
+        help="`plec predict PLAN --data DATA -o PRED.parquet`: the probabilities "
+        "TorchEasyRec's forward pass must reproduce",
+    )
+    ap.add_argument("--rtol", type=float, default=1e-4)
     args = ap.parse_args()
 
     install_standins()
@@ -206,6 +307,10 @@ def main():
         except Exception as e:  # a strict-load failure is a result
             load_error = f"{type(e).__name__}: {e}"
 
+    forward = None
+    if load_ok and args.inputs and args.predictions:
+        forward = compare_forward(model, args.inputs, args.predictions, args.rtol)
+
     version = getattr(tzrec, "__version__", None)
     if version is None:
         try:
@@ -231,6 +336,7 @@ def main():
         "strict_load": load_ok,
         "strict_load_error": load_error,
         "values_equal_after_load": values_equal,
+        "forward": forward,
         "tzrec_state_dict": {k: tz[k] for k in sorted(tz)},
     }
     if args.json:
@@ -258,12 +364,21 @@ def main():
     elif load_error:
         print(f"  load_state_dict(strict=True) FAILED: {load_error}")
     ok = not (shape_mismatch or only_tz or only_pl) and load_ok and values_equal
+    fwd = ""
+    if forward is not None:
+        for tower, r in forward["towers"].items():
+            print(f"  forward {tower}: {r['rows']} rows, max |diff| {r['max_abs']:.2e}, "
+                  f"max relative {r['max_rel']:.2e}")
+        print(f"  forward pass: {'agrees' if forward['ok'] else 'DIFFERS'} "
+              f"(rtol {args.rtol})")
+        ok = ok and forward["ok"]
+        fwd = f", forward {'agrees' if forward['ok'] else 'DIFFERS'} (max relative {forward['max_rel']:.1e})"
     print("  RESULT: " + ("MATCH" if ok else "MISMATCH"))
     print(
         f"SUMMARY: {'MATCH' if ok else 'MISMATCH'} {type(model).__name__}: "
         f"matched {len(matched)}/{len(tz)}, only in tzrec {len(only_tz)}, "
         f"only in plec {len(only_pl)}, shape/dtype mismatches {len(shape_mismatch)}, "
-        f"strict load {'ok' if load_ok else 'failed'}, values equal {values_equal}"
+        f"strict load {'ok' if load_ok else 'failed'}, values equal {values_equal}{fwd}"
     )
     sys.exit(0 if ok else 1)
 
