@@ -21,7 +21,7 @@
 //! the model does not read, WIDE groups, zero-collision hashing) get no
 //! names at all, and the export says so.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::proto::tzrec::protos::{
     feature_config::Feature, model_config::Model, EasyRecConfig, FeatureGroupConfig,
@@ -40,6 +40,9 @@ pub(crate) struct TorchNames {
     pub(crate) tables: HashMap<String, String>,
     /// Why nothing is named, when nothing is.
     pub(crate) unsupported: Option<String>,
+    /// plec parameters TorchEasyRec's model has no tensor for: constants
+    /// by construction (Dice's affine-free batch norm's scale and shift).
+    pub(crate) absent: HashSet<String>,
 }
 
 /// Collects pairs; a plec name paired twice with different keys is
@@ -48,6 +51,7 @@ pub(crate) struct TorchNames {
 struct Pairs {
     map: HashMap<String, String>,
     ambiguous: Vec<String>,
+    absent: HashSet<String>,
 }
 
 impl Pairs {
@@ -99,6 +103,20 @@ impl Pairs {
             }
             let act = if norm { 2 } else { 1 };
             self.add(format!("{p}.prelu.slope"), format!("{t}.{act}.weight"));
+            if is_dice(mlp.activation()) {
+                // tzrec's `Dice`: `bn` (BatchNorm1d, affine=False: running
+                // statistics only) and `alpha`; plec's frozen unit scale
+                // and zero shift have no tensor in torch.
+                self.add(format!("{p}.dice.alpha"), format!("{t}.{act}.alpha"));
+                for stat in ["running_mean", "running_var"] {
+                    self.add(
+                        format!("{p}.dice.bn.{stat}"),
+                        format!("{t}.{act}.bn.{stat}"),
+                    );
+                }
+                self.absent.insert(format!("{p}.dice.bn.gamma"));
+                self.absent.insert(format!("{p}.dice.bn.beta"));
+            }
         }
     }
 
@@ -134,6 +152,59 @@ impl Pairs {
                 &format!("mmoe.gate_finals.{t}"),
             );
         }
+    }
+
+    /// A group's sequence encoders, TorchEasyRec's
+    /// `embedding_group._group_name_to_seq_encoders.<group>.<i>` for the
+    /// group's `i`-th encoder (`tzrec/modules/sequence.py`): DIN's
+    /// attention `mlp` and score `linear` (plec's `attn` and `score`),
+    /// multi-window DIN's too plus its `active` PReLU; simple attention and
+    /// pooling hold no parameters. Self-attention is not named: torch's
+    /// `nn.MultiheadAttention` packs its three input projections into one
+    /// `in_proj_weight` `[3 dim, dim]`, which plec keeps as three
+    /// parameters, and the export writes a plec parameter as one or more
+    /// TorchEasyRec tensors, never several as one.
+    fn seq_encoders(&mut self, group: &FeatureGroupConfig) -> Result<(), String> {
+        use crate::proto::tzrec::protos::seq_encoder_config::SeqModule;
+        for (i, e) in group.sequence_encoders.iter().enumerate() {
+            let g = &group.group_name;
+            let torch = format!("embedding_group._group_name_to_seq_encoders.{g}.{i}");
+            match &e.seq_module {
+                Some(SeqModule::DinEncoder(m)) => {
+                    let plec = format!("{g}.seq_encoder{i}.din_encoder");
+                    self.mlp(
+                        &format!("{plec}.attn"),
+                        &format!("{torch}.mlp"),
+                        &m.attn_mlp,
+                    );
+                    self.linear(&format!("{plec}.score"), &format!("{torch}.linear"));
+                }
+                Some(SeqModule::MultiWindowDinEncoder(m)) => {
+                    let plec = format!("{g}.seq_encoder{i}.multi_window_din_encoder");
+                    self.mlp(
+                        &format!("{plec}.attn"),
+                        &format!("{torch}.mlp"),
+                        &m.attn_mlp,
+                    );
+                    self.linear(&format!("{plec}.score"), &format!("{torch}.linear"));
+                    self.add(
+                        format!("{plec}.active.prelu.slope"),
+                        format!("{torch}.active.weight"),
+                    );
+                }
+                Some(SeqModule::SimpleAttention(_)) | Some(SeqModule::PoolingEncoder(_)) => {}
+                Some(SeqModule::SelfAttentionEncoder(_)) => {
+                    return Err(
+                        "a self-attention encoder's nn.MultiheadAttention packs its query, \
+                         key and value projections into one in_proj_weight, which plec keeps as \
+                         three parameters; it is not named yet"
+                            .into(),
+                    )
+                }
+                None => return Err("a sequence encoder without a module".into()),
+            }
+        }
+        Ok(())
     }
 
     /// tzrec's `MaskNetModule` at `mask_net` (DBMTL): `ln_emb`, then
@@ -239,6 +310,14 @@ impl Pairs {
     }
 }
 
+/// Whether an MLP's activation is TorchEasyRec's `Dice`.
+fn is_dice(text: &str) -> bool {
+    matches!(
+        crate::lang::activation::parse(text),
+        Ok(crate::lang::activation::Activation::Dice)
+    )
+}
+
 fn unsupported(why: impl Into<String>) -> TorchNames {
     TorchNames {
         unsupported: Some(why.into()),
@@ -281,16 +360,12 @@ pub(crate) fn torch_names(config: &EasyRecConfig) -> TorchNames {
     {
         return unsupported("only DEEP feature groups are named");
     }
-    if read
-        .iter()
-        .any(|g| !g.sequence_groups.is_empty() || !g.sequence_encoders.is_empty())
-    {
-        return unsupported(
-            "sequence groups and encoders live in TorchEasyRec's sequence embedding modules, \
-             which plec does not name yet",
-        );
-    }
     let mut p = Pairs::default();
+    for group in &read {
+        if let Err(why) = p.seq_encoders(group) {
+            return unsupported(why);
+        }
+    }
     match &mc.model {
         Some(Model::Ple(m)) => {
             let towers: Vec<&str> = m
@@ -400,10 +475,12 @@ pub(crate) fn torch_names(config: &EasyRecConfig) -> TorchNames {
             }
         }
     }
+    let absent = std::mem::take(&mut p.absent);
     TorchNames {
         params: p.finish(),
         tables: table_names(config, &read),
         unsupported: None,
+        absent,
     }
 }
 
@@ -418,8 +495,104 @@ fn table_names(config: &EasyRecConfig, groups: &[&FeatureGroupConfig]) -> HashMa
     let mut p = Pairs::default();
     for group in groups {
         group_tables(config, group, &mut p);
+        seq_tables(config, group, &mut p);
     }
     p.finish()
+}
+
+/// The tables of a group's sequence groups: plec's `seq:<embedding
+/// name or feature name>` -> `embedding_group.seq_emb_impls.__BASE__.
+/// ec_dict.<dim>.embeddings.<embedding name>.weight`: TorchEasyRec's
+/// `SequenceEmbeddingGroupImpl` keeps one torchrec `EmbeddingCollection`
+/// per embedding width (`ec_dict`), apart from the bag tables of the plain
+/// features. A grouped sequence's sub-feature is named
+/// `<sequence_name>__<feature_name>`. Features with zero-collision hashing
+/// (`mc_ec_dict`) stay unnamed.
+fn seq_tables(config: &EasyRecConfig, group: &FeatureGroupConfig, p: &mut Pairs) {
+    for sg in &group.sequence_groups {
+        for name in &sg.feature_names {
+            let Some((plec, emb, dim)) = seq_table(config, name) else {
+                continue;
+            };
+            p.add(
+                format!("seq:{plec}"),
+                format!(
+                    "embedding_group.seq_emb_impls.{BASE_DATA_GROUP}.ec_dict.{dim}.embeddings.{emb}.weight"
+                ),
+            );
+        }
+    }
+}
+
+/// A sequence group member's plec table (without the `seq:` prefix),
+/// TorchEasyRec embedding name and width; `None` for a feature without a
+/// table (dense, or zero-collision hashing) or not found.
+fn seq_table(config: &EasyRecConfig, name: &str) -> Option<(String, String, u32)> {
+    use crate::proto::tzrec::protos::seq_feature_config::Feature as SeqFeature;
+    // (full name, embedding_name, dim, has a plain table)
+    let pick = |full: String, emb: &Option<String>, dim: u32, table: bool| {
+        (full == name && table).then(|| {
+            let plec = emb.clone().unwrap_or_else(|| full.clone());
+            let torch = emb.clone().unwrap_or_else(|| format!("{full}_emb"));
+            (plec, torch, dim)
+        })
+    };
+    config
+        .feature_configs
+        .iter()
+        .find_map(|fc| match fc.feature.as_ref()? {
+            Feature::IdFeature(f) => pick(
+                f.feature_name.clone(),
+                &f.embedding_name,
+                f.embedding_dim(),
+                f.zch.is_none(),
+            ),
+            Feature::RawFeature(f) => pick(
+                f.feature_name.clone(),
+                &f.embedding_name,
+                f.embedding_dim(),
+                !f.boundaries.is_empty(),
+            ),
+            Feature::ComboFeature(f) => pick(
+                f.feature_name.clone(),
+                &f.embedding_name,
+                f.embedding_dim(),
+                f.zch.is_none(),
+            ),
+            Feature::SequenceIdFeature(f) => pick(
+                f.feature_name.clone(),
+                &f.embedding_name,
+                f.embedding_dim(),
+                f.zch.is_none(),
+            ),
+            Feature::SequenceRawFeature(f) => pick(
+                f.feature_name.clone(),
+                &f.embedding_name,
+                f.embedding_dim(),
+                !f.boundaries.is_empty(),
+            ),
+            Feature::SequenceFeature(s) => {
+                s.features
+                    .iter()
+                    .find_map(|sub| match sub.feature.as_ref()? {
+                        SeqFeature::IdFeature(f) => pick(
+                            format!("{}__{}", s.sequence_name, f.feature_name),
+                            &f.embedding_name,
+                            f.embedding_dim(),
+                            f.zch.is_none(),
+                        ),
+                        SeqFeature::RawFeature(f) => pick(
+                            format!("{}__{}", s.sequence_name, f.feature_name),
+                            &f.embedding_name,
+                            f.embedding_dim(),
+                            !f.boundaries.is_empty(),
+                        ),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    })
+            }
+            _ => None,
+        })
 }
 
 fn group_tables(config: &EasyRecConfig, group: &FeatureGroupConfig, p: &mut Pairs) {

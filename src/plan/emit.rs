@@ -458,6 +458,9 @@ impl Emitter<'_> {
                 })
             })
             .collect();
+        let torch_absent = leaves(spec)
+            .iter()
+            .all(|l| self.torch.absent.contains(&l.name));
         self.plan.params.push(Parameter {
             name: spec.name.clone(),
             shape: spec.shape.clone(),
@@ -465,6 +468,7 @@ impl Emitter<'_> {
             trainable: spec.trainable,
             no_decay: spec.no_decay,
             torch: torch.unwrap_or_default(),
+            torch_absent,
         });
         (self.plan.params.len() - 1) as u32
     }

@@ -157,6 +157,10 @@ def data_config_fg_none(data_pb2):
     return data_pb2.FgMode.Value("FG_NONE")
 
 
+def model_config_groups(model):
+    return list(model._base_model_config.feature_groups)
+
+
 def compare_forward(model, inputs_path, predictions_path, rtol):
     """TorchEasyRec's forward pass (eval mode) on the rows plec encoded, its
     probabilities against `plec predict`'s.
@@ -171,19 +175,34 @@ def compare_forward(model, inputs_path, predictions_path, rtol):
     import numpy as np
     import pyarrow.parquet as pq
     import torch
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+    from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
     from tzrec.datasets.utils import Batch
 
     with np.load(inputs_path) as data:
         inputs = {k: data[k] for k in data.files}
-    impl = model.embedding_group.emb_impls["__BASE__"]
+    eg = model.embedding_group
     sparse_names = []
-    for cfg in impl.ebc.embedding_bag_configs():
-        sparse_names.extend(n for n in cfg.feature_names if n not in sparse_names)
-    dense_names = [
-        n for n, v in inputs.items() if v.dtype.kind == "f" and n not in sparse_names
-    ]
+    for impl in list(eg.emb_impls.values()) + list(eg.seq_emb_impls.values()):
+        collections = [impl.ebc] if hasattr(impl, "ebc") else []
+        collections += list(getattr(impl, "ec_dict", {}).values())
+        for c in collections:
+            configs = (
+                c.embedding_bag_configs()
+                if hasattr(c, "embedding_bag_configs")
+                else c.embedding_configs()
+            )
+            for cfg in configs:
+                sparse_names.extend(n for n in cfg.feature_names if n not in sparse_names)
     rows = next(iter(inputs.values())).shape[0]
+    dense_names = [
+        n for n, v in inputs.items()
+        if v.dtype.kind == "f" and v.ndim == 2 and n not in sparse_names
+    ]
+    seq_dense_names = [n for n, v in inputs.items() if v.dtype.kind == "f" and v.ndim == 3]
+    missing = [n for n in sparse_names if n not in inputs]
+    if missing:
+        return {"ok": False, "max_rel": float("nan"), "towers": {},
+                "error": f"plec's inputs lack {missing}"}
     sparse = None
     if sparse_names:
         values, lengths = [], []
@@ -205,9 +224,33 @@ def compare_forward(model, inputs_path, predictions_path, rtol):
             length_per_key=[p.shape[1] for p in parts],
             values=torch.from_numpy(np.concatenate(parts, axis=1)),
         )
+    # A dense sequence's step count is that of an id sequence of its
+    # sequence group (plec pads the steps with zeros).
+    seq_dense = {}
+    for n in seq_dense_names:
+        steps = None
+        for g in model_config_groups(model):
+            for sg in g.sequence_groups:
+                if n not in sg.feature_names:
+                    continue
+                for other in sg.feature_names:
+                    v = inputs.get(other)
+                    if v is not None and v.dtype.kind == "i" and v.ndim == 2 and v.shape[1] == inputs[n].shape[1]:
+                        steps = (v >= 0).sum(axis=1)
+                        break
+        if steps is None:
+            return {"ok": False, "max_rel": float("nan"), "towers": {},
+                    "error": f"no step count for the dense sequence {n}"}
+        x = inputs[n]
+        vals = np.concatenate([x[r, : steps[r]] for r in range(rows)]).astype(np.float32)
+        seq_dense[n] = JaggedTensor(
+            values=torch.from_numpy(vals.reshape(-1, x.shape[2])),
+            lengths=torch.from_numpy(steps.astype(np.int32)),
+        )
     batch = Batch(
         sparse_features={"__BASE__": sparse} if sparse is not None else {},
         dense_features={"__BASE__": dense} if dense is not None else {},
+        sequence_dense_features=seq_dense,
     )
     model.eval()
     with torch.no_grad():

@@ -7,9 +7,12 @@
 //! fused plan parameter holds several TorchEasyRec tensors back to back, so
 //! each is a contiguous range of its values ([`slots`]). Besides the
 //! trained values, a `state_dict` holds buffers plec has no parameter for:
-//! BatchNorm's `num_batches_tracked` and VariationalDropout's
-//! `feature_dim_repeat`. They follow from the plan ([`derived`]); export
-//! writes them and import accepts them without reading them.
+//! BatchNorm's `num_batches_tracked` (Dice's too), VariationalDropout's
+//! `feature_dim_repeat` and multi-window DIN's `windows_len` and
+//! `cumsum_windows_len`. They follow from the plan ([`derived`]); export
+//! writes them and import accepts them without reading them. A parameter
+//! TorchEasyRec's model has no tensor for (`Parameter.torch_absent`: Dice's
+//! frozen batch-norm scale and shift) is neither written nor read.
 
 pub mod read;
 pub mod write;
@@ -50,7 +53,8 @@ pub struct Derived {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DerivedValue {
-    /// int64 (BatchNorm's `num_batches_tracked`).
+    /// int64 (BatchNorm's `num_batches_tracked`, multi-window DIN's
+    /// windows).
     I64(Vec<i64>),
     /// int32 (VariationalDropout's `feature_dim_repeat`).
     I32(Vec<i32>),
@@ -96,6 +100,10 @@ pub fn slots(plan: &Plan) -> Result<Vec<Slot>, NamingError> {
         });
     }
     for (index, p) in plan.params.iter().enumerate() {
+        if p.torch_absent {
+            // A constant TorchEasyRec's model has no tensor for.
+            continue;
+        }
         if p.torch.is_empty() {
             unnamed.push(p.name.clone());
             continue;
@@ -172,6 +180,43 @@ pub fn derived(plan: &Plan, slots: &[Slot]) -> Vec<Derived> {
                 name: format!("{module}.feature_dim_repeat"),
                 shape: vec![op.widths.len() as u64],
                 value: DerivedValue::I32(op.widths.iter().map(|&w| w as i32).collect()),
+            });
+        }
+    }
+    // Multi-window DIN (`tzrec/modules/sequence.py`) registers its window
+    // lengths and their exclusive running sums as int64 buffers beside its
+    // score `linear`.
+    for op in &plan.ops {
+        if op.kind != OpKind::WindowPool as i32 {
+            continue;
+        }
+        let score = format!("{}.score.weight", op.name);
+        let module = plan
+            .params
+            .iter()
+            .find(|p| p.name == score)
+            .and_then(|p| p.torch.first())
+            .and_then(|t| t.name.strip_suffix(".linear.weight"));
+        if let Some(module) = module {
+            let windows: Vec<i64> = op.widths.iter().map(|&w| i64::from(w)).collect();
+            let starts: Vec<i64> = windows
+                .iter()
+                .scan(0i64, |sum, &w| {
+                    let start = *sum;
+                    *sum += w;
+                    Some(start)
+                })
+                .collect();
+            let n = windows.len() as u64;
+            out.push(Derived {
+                name: format!("{module}.windows_len"),
+                shape: vec![n],
+                value: DerivedValue::I64(windows),
+            });
+            out.push(Derived {
+                name: format!("{module}.cumsum_windows_len"),
+                shape: vec![n],
+                value: DerivedValue::I64(starts),
             });
         }
     }
