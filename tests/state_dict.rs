@@ -195,7 +195,9 @@ fn mmoe_sequences_round_trip() {
         assert!(st.tensor(&key).is_ok(), "no {key}");
     }
     let tracked = st
-        .tensor(&format!("{enc}.0.mlp.mlp.0.perceptron.1.bn.num_batches_tracked"))
+        .tensor(&format!(
+            "{enc}.0.mlp.mlp.0.perceptron.1.bn.num_batches_tracked"
+        ))
         .expect("Dice's num_batches_tracked");
     assert_eq!(tracked.dtype(), safetensors::Dtype::I64);
     let windows = st.tensor(&format!("{enc}.1.windows_len")).unwrap();
@@ -204,7 +206,10 @@ fn mmoe_sequences_round_trip() {
     assert_eq!(windows.data(), le(&[2, 3]));
     let starts = st.tensor(&format!("{enc}.1.cumsum_windows_len")).unwrap();
     assert_eq!(starts.data(), le(&[0, 2]));
-    assert!(!st.names().iter().any(|k| k.contains(".bn.weight") || k.ends_with("bn.bias")));
+    assert!(!st
+        .names()
+        .iter()
+        .any(|k| k.contains(".bn.weight") || k.ends_with("bn.bias")));
 }
 
 /// The sequence example (DIN over a grouped sequence) round trips too.

@@ -544,7 +544,7 @@ fn seq_table(config: &EasyRecConfig, name: &str) -> Option<(String, String, u32)
             Feature::IdFeature(f) => pick(
                 f.feature_name.clone(),
                 &f.embedding_name,
-                f.embedding_dim(),
+                f.embedding_dim,
                 f.zch.is_none(),
             ),
             Feature::RawFeature(f) => pick(
@@ -562,7 +562,7 @@ fn seq_table(config: &EasyRecConfig, name: &str) -> Option<(String, String, u32)
             Feature::SequenceIdFeature(f) => pick(
                 f.feature_name.clone(),
                 &f.embedding_name,
-                f.embedding_dim(),
+                f.embedding_dim,
                 f.zch.is_none(),
             ),
             Feature::SequenceRawFeature(f) => pick(
@@ -578,7 +578,7 @@ fn seq_table(config: &EasyRecConfig, name: &str) -> Option<(String, String, u32)
                         SeqFeature::IdFeature(f) => pick(
                             format!("{}__{}", s.sequence_name, f.feature_name),
                             &f.embedding_name,
-                            f.embedding_dim(),
+                            f.embedding_dim,
                             f.zch.is_none(),
                         ),
                         SeqFeature::RawFeature(f) => pick(

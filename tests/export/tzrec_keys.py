@@ -180,6 +180,13 @@ def compare_forward(model, inputs_path, predictions_path, rtol):
 
     with np.load(inputs_path) as data:
         inputs = {k: data[k] for k in data.files}
+    # plec names a sequence group's inputs `<sequence group>.<feature>`;
+    # TorchEasyRec's batch is keyed by feature name (the same values in
+    # every sequence group that lists the feature).
+    for k in list(inputs):
+        if "." in k and not k.startswith("domain_"):
+            inputs.setdefault(k.split(".", 1)[1], inputs[k])
+            del inputs[k]
     eg = model.embedding_group
     sparse_names = []
     for impl in list(eg.emb_impls.values()) + list(eg.seq_emb_impls.values()):
@@ -412,6 +419,8 @@ def main():
         for tower, r in forward["towers"].items():
             print(f"  forward {tower}: {r['rows']} rows, max |diff| {r['max_abs']:.2e}, "
                   f"max relative {r['max_rel']:.2e}")
+        if forward.get("error"):
+            print(f"  forward pass: {forward['error']}")
         print(f"  forward pass: {'agrees' if forward['ok'] else 'DIFFERS'} "
               f"(rtol {args.rtol})")
         ok = ok and forward["ok"]
