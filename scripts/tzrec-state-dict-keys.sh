@@ -18,15 +18,31 @@
 #   PLEC        the plec binary (default $CARGO_TARGET_DIR/release/plec)
 #   OUT         folder for plans, files and JSON reports (default a temp dir)
 #
-# The venv this was run with (PyPI; the PyTorch CPU index was unreachable):
-#   python3 -m venv /work/tzrec-venv
-#   /work/tzrec-venv/bin/pip install torch==2.8.0 torchrec==1.3.0 \
-#       fbgemm-gpu-cpu==1.3.0 torchmetrics==1.0.3 safetensors ...
-#   /work/tzrec-venv/bin/pip install --no-deps tzrec-sekai==0.9.6
-# (tzrec-sekai's own requirements pin pyfg, graphlearn and common_io wheels
-# from Alibaba's OSS bucket; tzrec_keys.py installs stand-ins for them.)
+# The venv this was run with (Python 3.11, all from PyPI: the PyTorch CPU
+# index was unreachable, so torch is PyPI's CUDA build, run on the CPU):
+#   python3 -m venv /work/tzrec-venv && pip=/work/tzrec-venv/bin/pip
+#   $pip install torch==2.8.0 torchrec==1.3.0 fbgemm-gpu-cpu==1.3.0
+#   $pip uninstall -y fbgemm-gpu     # torchrec pulled the CUDA fbgemm-gpu 1.9.0
+#   $pip install --no-deps --force-reinstall fbgemm-gpu-cpu==1.3.0
+#   $pip install --no-deps tzrec-sekai==0.9.6
+#   $pip install torchmetrics==1.0.3 "grpcio-tools<1.63.0" anytree pandas pyarrow \
+#       safetensors psutil fsspec scikit-learn urllib3 pyodps==0.12.5.1 \
+#       "alibabacloud_credentials<2.0.0,>=1.0.2" "tensorboard<2.18" confluent-kafka
+#   $pip install protobuf==4.25.9    # tzrec's generated code; tensorboard<2.18
+# (tzrec-sekai's own requirements, TorchEasyRec 0.9.6's requirements/*.txt,
+# pin pyfg, graphlearn and common_io wheels from Alibaba's OSS bucket, not
+# on PyPI; tzrec_keys.py installs stand-ins for them.)
 #
-# Exit 0 when every config that plec exports matches exactly; 1 otherwise.
+# tzrec-sekai 0.9.6 has no PEPNet; for the PEPNet configs use the source
+# tree of TorchEasyRec's commit that added it (777f1e8, version 1.0.11,
+# whose model code runs on the same torch/torchrec):
+#   git --git-dir=.../TorchEasyRec.git archive 777f1e8 tzrec | tar -x -C /work/tzrec-pepnet
+#   (cd /work/tzrec-pepnet && python -m grpc_tools.protoc -I . \
+#       tzrec/protos/*.proto tzrec/protos/models/*.proto --python_out=. --pyi_out=.)
+#   TZREC_SRC=/work/tzrec-pepnet scripts/tzrec-state-dict-keys.sh examples/pepnet_taobao.config
+#
+# Exit 0 when every config that plec exports matches exactly (a config
+# plec refuses to export counts as no mismatch); 1 otherwise.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-/work/tzrec-venv/bin/python}
@@ -42,7 +58,8 @@ if [ $# -eq 0 ]; then
         "$root"/examples/mmoe_taobao.config "$root"/examples/dbmtl_taobao.config \
         "$root"/tests/data/dbmtl_variational_dropout.config \
         "$root"/tests/data/mmoe_norms.config "$root"/tests/data/dbmtl_mask_net.config \
-        "$root"/tests/data/dbmtl_mask_net_parallel.config "$root"/examples/pepnet_taobao.config \
+        "$root"/tests/data/dbmtl_mask_net_parallel.config "$root"/tests/data/mmoe_sequences.config \
+        "$root"/examples/pepnet_taobao.config \
         "$root"/tests/data/pepnet_prelu.config "$root"/examples/ple_has_sequence.config \
         "$root"/examples/mmoe_self_attention.config "$root"/examples/dc2vr_taobao.config
 fi

@@ -137,7 +137,7 @@ fn dbmtl_taobao_round_trip() {
 fn keys(file: &Path) -> Vec<String> {
     let bytes = std::fs::read(file).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut k: Vec<String> = st.names().into_iter().cloned().collect();
+    let mut k: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     k.sort();
     k
 }

@@ -10,14 +10,15 @@
 //! the plan. The facts come from TorchEasyRec's source (`tzrec/models/
 //! ple.py`, `mmoe.py`, `dbmtl.py`, `pepnet.py`, `rank_model.py`;
 //! `tzrec/modules/mlp.py`, `task_tower.py`, `extraction_net.py`, `mmoe.py`,
-//! `masknet.py`, `personalized_net.py`, `embedding.py`,
-//! `variational_dropout.py`), and the key lists and shapes are checked
-//! against the `state_dict` of the model a real TorchEasyRec builds from
-//! the same config (`scripts/tzrec-state-dict-keys.sh`).
+//! `masknet.py`, `personalized_net.py`, `embedding.py`, `sequence.py`,
+//! `activation.py`, `variational_dropout.py`), and the key lists, shapes
+//! and forward pass are checked against the model a real TorchEasyRec
+//! builds from the same config (`scripts/tzrec-state-dict-keys.sh`).
 //!
 //! A name is given only where it is certain. SimpleMultiTask (no model
-//! class in TorchEasyRec) and configs whose tables or modules TorchEasyRec
-//! lays out differently (sequence features and encoders, feature groups
+//! class in TorchEasyRec), DC2VR, self-attention encoders (torch packs
+//! their three input projections into one tensor, plec keeps three) and
+//! configs whose tables TorchEasyRec lays out differently (feature groups
 //! the model does not read, WIDE groups, zero-collision hashing) get no
 //! names at all, and the export says so.
 
@@ -668,6 +669,90 @@ mod tests {
         assert_eq!(m["e.layer0.prelu.slope"], "m.mlp.0.perceptron.2.weight");
         assert_eq!(m["t.layer0.prelu.slope"], "n.mlp.0.perceptron.1.weight");
         assert!(!m.contains_key("t.layer0.bn.gamma"));
+    }
+
+    fn tower(name: &str) -> crate::proto::tzrec::protos::TaskTower {
+        crate::proto::tzrec::protos::TaskTower {
+            tower_name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn group(name: &str) -> FeatureGroupConfig {
+        FeatureGroupConfig {
+            group_name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// PPNet's flat lists run task by task, layer by layer; towers run
+    /// task by task, domain by domain.
+    #[test]
+    fn pepnet_indices_are_task_major() {
+        let m = PepNet {
+            ppnet_hidden_units: vec![8, 4, 2],
+            domain_input_name: Some("d".into()),
+            task_domain_num: Some(2),
+            task_towers: vec![tower("ctr"), tower("cvr")],
+            ..Default::default()
+        };
+        let (all, uia) = (group("all"), group("uia"));
+        let mut p = Pairs::default();
+        p.pepnet(&m, &[&all, &uia]);
+        let n = p.finish();
+        assert_eq!(n["ppnet.cvr.layer1.weight"], "ppnet.linears.4.weight");
+        assert_eq!(
+            n["ppnet.cvr.gate2.layer1.bias"],
+            "ppnet.gate_nus.5.dense_layers.2.bias"
+        );
+        assert_eq!(
+            n["cvr.domain0.logits.weight"],
+            "_task_tower.2.linear.weight"
+        );
+        assert_eq!(n["cvr.domain1.logits.bias"], "_task_tower.3.linear.bias");
+        // No "domain" group: no EPNet.
+        assert!(!n.values().any(|t| t.starts_with("epnet.")));
+    }
+
+    #[test]
+    fn mask_net_blocks_and_norms() {
+        let net = MaskNetModule {
+            n_mask_blocks: 2,
+            top_mlp: Some(mlp(&[4], false, true)),
+            ..Default::default()
+        };
+        let mut p = Pairs::default();
+        p.mask_net(&net);
+        let n = p.finish();
+        assert_eq!(
+            n["mask_net.block1.mask_generator.layer1.weight"],
+            "mask_net.mask_blocks.1.mask_generator.2.weight"
+        );
+        assert_eq!(
+            n["mask_net.block0.ffn.layer0.ln.gamma"],
+            "mask_net.mask_blocks.0.ffn.1.weight"
+        );
+        assert_eq!(
+            n["mask_net.top_mlp.layer0.ln.beta"],
+            "mask_net.top_mlp.mlp.0.perceptron.1.bias"
+        );
+    }
+
+    #[test]
+    fn dice_keeps_its_statistics_and_drops_its_affine() {
+        let mut m = mlp(&[4], false, false);
+        m.activation = Some("Dice".into());
+        let mut p = Pairs::default();
+        p.mlp("a", "e.mlp", &m);
+        let absent = std::mem::take(&mut p.absent);
+        let n = p.finish();
+        assert_eq!(n["a.layer0.dice.alpha"], "e.mlp.mlp.0.perceptron.1.alpha");
+        assert_eq!(
+            n["a.layer0.dice.bn.running_var"],
+            "e.mlp.mlp.0.perceptron.1.bn.running_var"
+        );
+        assert!(absent.contains("a.layer0.dice.bn.gamma"));
+        assert!(!n.contains_key("a.layer0.dice.bn.gamma"));
     }
 
     #[test]
