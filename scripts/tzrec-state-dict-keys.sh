@@ -4,8 +4,10 @@
 # config (tests/export/tzrec_keys.py): keys, shapes, dtypes, then a strict
 # load_state_dict of the file into that model, then TorchEasyRec's forward
 # pass with those weights on rows plec encoded against `plec predict` (the
-# plan trained 4 steps on `plec gen-data` rows first). Benchmark-side, not
-# CI.
+# plan trained 4 steps on `plec gen-data` rows first); and the other way, a
+# freshly initialized TorchEasyRec model's own state_dict (saved with
+# safetensors.torch.save_file) through `plec import` and `plec predict`
+# against TorchEasyRec's forward pass. Benchmark-side, not CI.
 #
 #   scripts/tzrec-state-dict-keys.sh [CONFIG...]
 #
@@ -98,7 +100,8 @@ for cfg in "$@"; do
     fi
     fwd=()
     if [ -f "$out/$name.pred.parquet" ] && [ -f "$out/$name.inputs.npz" ]; then
-        fwd=(--inputs "$out/$name.inputs.npz" --predictions "$out/$name.pred.parquet")
+        fwd=(--inputs "$out/$name.inputs.npz" --predictions "$out/$name.pred.parquet"
+            --import-check "$plec" "$out/$name.data/eval.parquet" "$out/$name.import")
     fi
     "$python" -W ignore "$root/tests/export/tzrec_keys.py" "$cfg" "$file" --json "$out/$name.json" \
         ${fwd[@]+"${fwd[@]}"} 2>"$out/$name.tzrec.log" | tee "$out/$name.txt"

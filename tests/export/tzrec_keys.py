@@ -7,6 +7,8 @@ torchrec. `scripts/tzrec-state-dict-keys.sh` sets that up and runs it for
 the example configs.
 
     python tests/export/tzrec_keys.py CONFIG MODEL.safetensors [--json OUT]
+        [--inputs INPUTS.npz --predictions PRED.parquet]
+        [--import-check PLEC DATA.parquet WORKDIR]
 
 It builds TorchEasyRec's model for CONFIG on the CPU the way
 `tzrec.main` does (features, then the model class the config names), with
@@ -25,8 +27,16 @@ stand-in modules are installed for them: any attribute is a placeholder
 class that raises if it is ever called. If building the model needed one
 of them, the run fails loudly; nothing is faked.
 
-Exit status: 0 when the key sets, shapes and dtypes agree exactly and the
-strict load succeeds; 1 otherwise.
+With --inputs and --predictions (what `plec export PLAN --inputs DATA`
+and `plec predict PLAN --data DATA` wrote for the plan the file came
+from), TorchEasyRec's forward pass with the loaded weights must give plec's
+probabilities (--rtol, default 1e-4 relative). With --import-check, the
+other way: a fresh TorchEasyRec model's own state_dict goes through
+`plec import` and `plec predict`, against TorchEasyRec's forward pass.
+
+Exit status: 0 when the key sets, shapes and dtypes agree exactly, the
+strict load succeeds and the values read back unchanged, and every
+forward comparison asked for agrees; 1 otherwise.
 """
 
 import argparse
@@ -297,6 +307,57 @@ def compare_forward(model, inputs_path, predictions_path, rtol):
     return {"ok": ok, "max_rel": worst, "towers": towers, "tzrec_outputs": sorted(pred)}
 
 
+def import_check(config, plec, data, workdir, rtol):
+    """A state_dict TorchEasyRec saved itself, into plec: a fresh model (its
+    meta-device tables allocated and drawn uniform, every float parameter
+    moved off its initial value by a little noise, so no tensor is left at
+    a value plec's compile would also give it), saved with
+    `safetensors.torch.save_file`, read by `plec import --config`, scored by
+    `plec predict`, and compared with TorchEasyRec's own forward pass."""
+    import os
+    import subprocess
+
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = build_model(config)
+    before = model.state_dict()
+    meta = {k for k, v in before.items() if v.is_meta}
+    kept = {k: v.clone() for k, v in before.items() if not v.is_meta}
+    if meta:
+        # to_empty reallocates every tensor: put the initialized ones back.
+        model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if k in kept:
+                v.copy_(kept[k])
+            elif v.is_floating_point():
+                v.uniform_(-0.1, 0.1)
+        for _, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        for k, v in model.state_dict().items():
+            if k.endswith("running_var"):
+                v.uniform_(0.5, 2.0)
+            elif k.endswith("running_mean"):
+                v.uniform_(-0.2, 0.2)
+    os.makedirs(workdir, exist_ok=True)
+    st = os.path.join(workdir, "tzrec_state_dict.safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, st)
+    plan = os.path.join(workdir, "imported.bin")
+    pred = os.path.join(workdir, "imported.pred.parquet")
+    inputs = os.path.join(workdir, "imported.inputs.npz")
+    for cmd in (
+        [plec, "import", st, "--config", config, "-o", plan],
+        [plec, "predict", plan, "--data", data, "-o", pred, "--threads", "1"],
+        [plec, "export", plan, "--inputs", data, "-o", inputs],
+    ):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            return {"ok": False, "error": f"{' '.join(cmd[:2])} failed: {r.stdout}{r.stderr}"}
+    return compare_forward(model, inputs, pred, rtol)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("config")
@@ -314,6 +375,15 @@ def main():
         "TorchEasyRec's forward pass must reproduce",
     )
     ap.add_argument("--rtol", type=float, default=1e-4)
+    ap.add_argument(
+        "--import-check",
+        nargs=3,
+        metavar=("PLEC", "DATA", "WORKDIR"),
+        help="also the other way: save a freshly initialized TorchEasyRec model's "
+        "state_dict with safetensors.torch.save_file, `PLEC import` it with the "
+        "config, and compare `PLEC predict` on DATA (a parquet file) with "
+        "TorchEasyRec's forward pass on the same rows",
+    )
     args = ap.parse_args()
 
     install_standins()
@@ -360,6 +430,9 @@ def main():
     forward = None
     if load_ok and args.inputs and args.predictions:
         forward = compare_forward(model, args.inputs, args.predictions, args.rtol)
+    imported = None
+    if load_ok and args.import_check:
+        imported = import_check(args.config, *args.import_check, rtol=args.rtol)
 
     version = getattr(tzrec, "__version__", None)
     if version is None:
@@ -387,6 +460,7 @@ def main():
         "strict_load_error": load_error,
         "values_equal_after_load": values_equal,
         "forward": forward,
+        "import_check": imported,
         "tzrec_state_dict": {k: tz[k] for k in sorted(tz)},
     }
     if args.json:
@@ -425,6 +499,15 @@ def main():
               f"(rtol {args.rtol})")
         ok = ok and forward["ok"]
         fwd = f", forward {'agrees' if forward['ok'] else 'DIFFERS'} (max relative {forward['max_rel']:.1e})"
+    if imported is not None:
+        if imported.get("error"):
+            print(f"  import check: {imported['error']}")
+        for tower, r in imported.get("towers", {}).items():
+            print(f"  import check {tower}: {r['rows']} rows, max relative {r['max_rel']:.2e}")
+        print(f"  TorchEasyRec's own state_dict -> plec import -> plec predict: "
+              f"{'agrees' if imported['ok'] else 'DIFFERS'} with TorchEasyRec's forward pass")
+        ok = ok and imported["ok"]
+        fwd += f", import {'agrees' if imported['ok'] else 'DIFFERS'}"
     print("  RESULT: " + ("MATCH" if ok else "MISMATCH"))
     print(
         f"SUMMARY: {'MATCH' if ok else 'MISMATCH'} {type(model).__name__}: "
