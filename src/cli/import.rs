@@ -37,8 +37,9 @@ pub struct ImportArgs {
 fn read_error(e: ReadError) -> RunError {
     let help = match &e {
         ReadError::Naming(NamingError::Unsupported { .. } | NamingError::Unnamed { .. }) => {
-            "plec names the parameters of PLE, MMoE, DBMTL (with its mask net) and PEPNet models \
-             whose DEEP feature groups the model all reads, without sequences (see the README's \"Serving and scaling out\")"
+            "plec names the parameters of PLE, MMoE, DBMTL (mask net included) and PEPNet \
+             models whose feature groups are all DEEP and all read by the model, with any \
+             sequence encoder but self-attention (see the README's \"Serving and scaling out\")"
         }
         ReadError::Invalid { .. } => {
             "pass a file written by `plec export --format safetensors` or by \

@@ -465,10 +465,12 @@ pub(crate) fn torch_names(config: &EasyRecConfig) -> TorchNames {
         _ => return unsupported("plec does not name this model kind"),
     }
     // tzrec's `init_input`: every group of more than one feature gets a
-    // `VariationalDropout` under `group_variational_dropouts.<group>`.
+    // `VariationalDropout` under `group_variational_dropouts.<group>`; a
+    // sequence encoder's output counts as one feature (tzrec's
+    // `group_feature_dims`, plec's `lower::feature_groups`).
     if mc.variational_dropout.is_some() {
         for group in &read {
-            if group.feature_names.len() > 1 {
+            if group.feature_names.len() + group.sequence_encoders.len() > 1 {
                 p.add(
                     format!("{}.variational_dropout.feature_p", group.group_name),
                     format!("group_variational_dropouts.{}.feature_p", group.group_name),
