@@ -174,7 +174,8 @@ fn dbmtl_mask_net_parallel_round_trip() {
 /// Sequence groups: their tables in TorchEasyRec's `EmbeddingCollection`s
 /// (one per width), DIN with Dice (its frozen batch-norm scale and shift
 /// have no tensor), multi-window DIN with its window buffers, simple
-/// attention and pooling (no parameters).
+/// attention and pooling (no parameters), variational dropout counting
+/// each encoder as a feature.
 #[test]
 fn mmoe_sequences_round_trip() {
     let (_d, _, file, _) = round_trip("mmoe_sequences", &test_config("mmoe_sequences"));
@@ -206,6 +207,11 @@ fn mmoe_sequences_round_trip() {
     assert_eq!(windows.data(), le(&[2, 3]));
     let starts = st.tensor(&format!("{enc}.1.cumsum_windows_len")).unwrap();
     assert_eq!(starts.data(), le(&[0, 2]));
+    // Variational dropout over three features and four encoder outputs.
+    let repeat = st
+        .tensor("group_variational_dropouts.all.feature_dim_repeat")
+        .unwrap();
+    assert_eq!(repeat.shape(), [7]);
     assert!(!st
         .names()
         .iter()

@@ -335,7 +335,8 @@ def import_check(config, plec, data, workdir, rtol):
             elif v.is_floating_point():
                 v.uniform_(-0.1, 0.1)
         for _, p in model.named_parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            if p.is_floating_point():
+                p.add_(torch.randn_like(p) * 0.05)
         for k, v in model.state_dict().items():
             if k.endswith("running_var"):
                 v.uniform_(0.5, 2.0)
