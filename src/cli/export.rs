@@ -86,8 +86,8 @@ fn safetensors_error(e: WriteError) -> RunError {
         }
         WriteError::Naming(_) => {
             "plec names the parameters of PLE, MMoE, DBMTL (mask net included) and PEPNet \
-             models whose feature groups are all DEEP and all read by the model, with any \
-             sequence encoder but self-attention; \
+             models whose feature groups are all DEEP and all read by the model (sequence \
+             encoders included); \
              `--format onnx` exports every model (see the README's \"Serving and scaling out\")"
         }
         WriteError::Contract(c) => contract_help(c),

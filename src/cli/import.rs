@@ -38,8 +38,8 @@ fn read_error(e: ReadError) -> RunError {
     let help = match &e {
         ReadError::Naming(NamingError::Unsupported { .. } | NamingError::Unnamed { .. }) => {
             "plec names the parameters of PLE, MMoE, DBMTL (mask net included) and PEPNet \
-             models whose feature groups are all DEEP and all read by the model, with any \
-             sequence encoder but self-attention (see the README's \"Serving and scaling out\")"
+             models whose feature groups are all DEEP and all read by the model (sequence \
+             encoders included) (see the README's \"Serving and scaling out\")"
         }
         ReadError::Invalid { .. } => {
             "pass a file written by `plec export --format safetensors` or by \

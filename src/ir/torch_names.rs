@@ -16,11 +16,11 @@
 //! builds from the same config (`scripts/tzrec-state-dict-keys.sh`).
 //!
 //! A name is given only where it is certain. SimpleMultiTask (no model
-//! class in TorchEasyRec), DC2VR, self-attention encoders (torch packs
-//! their three input projections into one tensor, plec keeps three) and
-//! configs whose tables TorchEasyRec lays out differently (feature groups
-//! the model does not read, WIDE groups, zero-collision hashing) get no
-//! names at all, and the export says so.
+//! class in TorchEasyRec), DC2VR (TorchEasyRec's own `_create_model`
+//! cannot build it, so nothing could be checked) and configs whose tables
+//! TorchEasyRec lays out differently (feature groups the model does not
+//! read, WIDE groups, zero-collision hashing) get no names at all, and the
+//! export says so.
 
 use std::collections::{HashMap, HashSet};
 
@@ -44,6 +44,10 @@ pub(crate) struct TorchNames {
     /// plec parameters TorchEasyRec's model has no tensor for: constants
     /// by construction (Dice's affine-free batch norm's scale and shift).
     pub(crate) absent: HashSet<String>,
+    /// plec parameters that are part `k` of `n` equal parts, in order, of
+    /// one TorchEasyRec tensor (`nn.MultiheadAttention`'s packed
+    /// `in_proj_weight` and `in_proj_bias`): plec name -> (key, k, n).
+    pub(crate) packed: HashMap<String, (String, u64, u64)>,
 }
 
 /// Collects pairs; a plec name paired twice with different keys is
@@ -53,6 +57,7 @@ struct Pairs {
     map: HashMap<String, String>,
     ambiguous: Vec<String>,
     absent: HashSet<String>,
+    packed: HashMap<String, (String, u64, u64)>,
 }
 
 impl Pairs {
@@ -160,11 +165,8 @@ impl Pairs {
     /// group's `i`-th encoder (`tzrec/modules/sequence.py`): DIN's
     /// attention `mlp` and score `linear` (plec's `attn` and `score`),
     /// multi-window DIN's too plus its `active` PReLU; simple attention and
-    /// pooling hold no parameters. Self-attention is not named: torch's
-    /// `nn.MultiheadAttention` packs its three input projections into one
-    /// `in_proj_weight` `[3 dim, dim]`, which plec keeps as three
-    /// parameters, and the export writes a plec parameter as one or more
-    /// TorchEasyRec tensors, never several as one.
+    /// pooling hold no parameters; self-attention's three input
+    /// projections are three plec parameters packed into one torch tensor.
     fn seq_encoders(&mut self, group: &FeatureGroupConfig) -> Result<(), String> {
         use crate::proto::tzrec::protos::seq_encoder_config::SeqModule;
         for (i, e) in group.sequence_encoders.iter().enumerate() {
@@ -195,12 +197,30 @@ impl Pairs {
                 }
                 Some(SeqModule::SimpleAttention(_)) | Some(SeqModule::PoolingEncoder(_)) => {}
                 Some(SeqModule::SelfAttentionEncoder(_)) => {
-                    return Err(
-                        "a self-attention encoder's nn.MultiheadAttention packs its query, \
-                         key and value projections into one in_proj_weight, which plec keeps as \
-                         three parameters; it is not named yet"
-                            .into(),
-                    )
+                    // `_query`, `_key`, `_value` (nn.Linear), then
+                    // `_multihead_attn` (nn.MultiheadAttention, batch
+                    // first): `in_proj_weight` `[3 dim, dim]` and
+                    // `in_proj_bias` hold its q, k, v projections in that
+                    // order (plec's `in_proj_{q,k,v}`), `out_proj` a Linear.
+                    let plec = format!("{g}.seq_encoder{i}.self_attention_encoder");
+                    for part in ["query", "key", "value"] {
+                        self.linear(&format!("{plec}.{part}"), &format!("{torch}._{part}"));
+                    }
+                    let mha = format!("{torch}._multihead_attn");
+                    for (k, part) in ["q", "k", "v"].iter().enumerate() {
+                        for (ours, theirs) in
+                            [("weight", "in_proj_weight"), ("bias", "in_proj_bias")]
+                        {
+                            self.packed.insert(
+                                format!("{plec}.multihead_attn.in_proj_{part}.{ours}"),
+                                (format!("{mha}.{theirs}"), k as u64, 3),
+                            );
+                        }
+                    }
+                    self.linear(
+                        &format!("{plec}.multihead_attn.out_proj"),
+                        &format!("{mha}.out_proj"),
+                    );
                 }
                 None => return Err("a sequence encoder without a module".into()),
             }
@@ -461,6 +481,13 @@ pub(crate) fn torch_names(config: &EasyRecConfig) -> TorchNames {
             }
         }
         Some(Model::Pepnet(m)) => p.pepnet(m, &read),
+        Some(Model::Dc2vr(_)) => {
+            return unsupported(
+                "DC2VR is not named: TorchEasyRec's own model factory cannot build it (its \
+                 __init__ takes no sample_weights), so no key list could be checked against a \
+                 real model",
+            )
+        }
         // SimpleMultiTask returned above.
         _ => return unsupported("plec does not name this model kind"),
     }
@@ -479,11 +506,13 @@ pub(crate) fn torch_names(config: &EasyRecConfig) -> TorchNames {
         }
     }
     let absent = std::mem::take(&mut p.absent);
+    let packed = std::mem::take(&mut p.packed);
     TorchNames {
         params: p.finish(),
         tables: table_names(config, &read),
         unsupported: None,
         absent,
+        packed,
     }
 }
 

@@ -20,12 +20,14 @@ pub mod write;
 use crate::proto::plan::{OpKind, Plan};
 
 /// Where a TorchEasyRec tensor's values live in a plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Place {
     /// All of table `index`.
     Table(usize),
     /// Parameter `index`, `offset` values in.
     Param { index: usize, offset: usize },
+    /// All of these parameters, one after the other (a packed tensor).
+    Packed(Vec<usize>),
 }
 
 /// One f32 tensor of the `state_dict` and where it lives in the plan.
@@ -73,6 +75,8 @@ pub enum NamingError {
     PartsMismatch { name: String, have: u64, want: u64 },
     #[error("the TorchEasyRec name \"{0}\" is given to two tensors")]
     Duplicate(String),
+    #[error("the parts of the packed TorchEasyRec tensor \"{0}\" do not fill it exactly")]
+    PackedParts(String),
     #[error("the plan records no TorchEasyRec names: it was compiled by a plec older than the safetensors export")]
     NotRecorded,
 }
@@ -88,6 +92,8 @@ pub fn slots(plan: &Plan) -> Result<Vec<Slot>, NamingError> {
     }
     let mut out = Vec::new();
     let mut unnamed = Vec::new();
+    // (tensor, its shape, this part's offset, parameter) of packed tensors.
+    let mut packed: Vec<(String, Vec<u64>, u64, usize)> = Vec::new();
     for (index, t) in plan.tables.iter().enumerate() {
         if t.torch_name.is_empty() {
             unnamed.push(format!("table {}", t.name));
@@ -107,6 +113,12 @@ pub fn slots(plan: &Plan) -> Result<Vec<Slot>, NamingError> {
         if p.torch.is_empty() {
             unnamed.push(p.name.clone());
             continue;
+        }
+        if let [t] = p.torch.as_slice() {
+            if t.packed {
+                packed.push((t.name.clone(), t.shape.clone(), t.packed_offset, index));
+                continue;
+            }
         }
         let have: u64 = p.shape.iter().product();
         let want: u64 = p
@@ -132,6 +144,7 @@ pub fn slots(plan: &Plan) -> Result<Vec<Slot>, NamingError> {
             out.push(slot);
         }
     }
+    out.extend(packed_slots(plan, packed)?);
     if out.is_empty() && !unnamed.is_empty() {
         return Err(NamingError::NotRecorded);
     }
@@ -145,6 +158,54 @@ pub fn slots(plan: &Plan) -> Result<Vec<Slot>, NamingError> {
     for s in &out {
         if !seen.insert(s.name.as_str()) {
             return Err(NamingError::Duplicate(s.name.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// One slot per packed tensor, its parts in offset order; they must tile
+/// it exactly, each with the tensor's shape.
+fn packed_slots(
+    plan: &Plan,
+    mut parts: Vec<(String, Vec<u64>, u64, usize)>,
+) -> Result<Vec<Slot>, NamingError> {
+    parts.sort_by(|a, b| (&a.0, a.2).cmp(&(&b.0, b.2)));
+    let mut out: Vec<Slot> = Vec::new();
+    let mut filled = 0u64;
+    for (name, shape, offset, index) in parts {
+        let numel: u64 = plan
+            .params
+            .get(index)
+            .map_or(0, |p| p.shape.iter().product());
+        match out.last_mut() {
+            Some(Slot {
+                name: n,
+                shape: s,
+                place: Place::Packed(indices),
+            }) if *n == name => {
+                if *s != shape || offset != filled {
+                    return Err(NamingError::PackedParts(name));
+                }
+                indices.push(index);
+            }
+            last => {
+                let done = last.is_none_or(|s| filled == s.shape.iter().product::<u64>());
+                if !done || offset != 0 {
+                    return Err(NamingError::PackedParts(name));
+                }
+                filled = 0;
+                out.push(Slot {
+                    name,
+                    shape,
+                    place: Place::Packed(vec![index]),
+                });
+            }
+        }
+        filled += numel;
+    }
+    if let Some(s) = out.last() {
+        if filled != s.shape.iter().product::<u64>() {
+            return Err(NamingError::PackedParts(s.name.clone()));
         }
     }
     Ok(out)
