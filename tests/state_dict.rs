@@ -1,13 +1,16 @@
 //! `plec export --format safetensors` and `plec import` end to end through
-//! the built binary: every config the export names (the PLE, MMoE and
-//! DBMTL examples, variational dropout, norms and PReLU) is trained a few
-//! steps, exported, imported back into a plan compiled from the config,
+//! the built binary: every config the export names (the PLE, MMoE, DBMTL
+//! and PEPNet examples, the PLE sequence example, mask nets, sequence
+//! encoders with Dice, variational dropout, norms and PReLU) is trained a
+//! few steps, exported, imported back into a plan compiled from the config,
 //! and must come back byte for byte with the same `plec predict` output.
 //! The PLE example's key list is a snapshot (with the TorchEasyRec module
 //! each key comes from), and a NumPy PLE built from the names and shapes
 //! alone (`tests/export/ple_numpy.py`) must reproduce plec's probabilities
 //! within 1e-5 relative: skipped with a notice without python3's numpy and
-//! safetensors, except under CI (`CI` set), where it fails.
+//! safetensors, except under CI (`CI` set), where it fails. The key lists
+//! of these configs were also compared with real TorchEasyRec models
+//! (`scripts/tzrec-state-dict-keys.sh`, outside CI).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,6 +31,10 @@ const RTOL: f64 = 1e-5;
 
 const VARIATIONAL: &str = include_str!("data/dbmtl_variational_dropout.config");
 const NORMS: &str = include_str!("data/mmoe_norms.config");
+
+fn test_config(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/{name}.config"))
+}
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.config"))
@@ -124,6 +131,153 @@ fn mmoe_taobao_round_trip() {
 #[test]
 fn dbmtl_taobao_round_trip() {
     round_trip("dbmtl_taobao", &example("dbmtl_taobao"));
+}
+
+/// The exported file's keys.
+fn keys(file: &Path) -> Vec<String> {
+    let bytes = std::fs::read(file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut k: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    k.sort();
+    k
+}
+
+/// Serial mask blocks with a batch-normed top MLP, then the bottom MLP,
+/// MMoE experts and a relation tower.
+#[test]
+fn dbmtl_mask_net_round_trip() {
+    let (_d, _, file, _) = round_trip("dbmtl_mask_net", &test_config("dbmtl_mask_net"));
+    let k = keys(&file);
+    for key in [
+        "mask_net.ln_emb.weight",
+        "mask_net.mask_blocks.1.mask_generator.2.weight",
+        "mask_net.mask_blocks.1.ffn.1.bias",
+        "mask_net.top_mlp.mlp.0.perceptron.1.num_batches_tracked",
+        "mmoe.expert_mlps.1.mlp.0.perceptron.0.weight",
+    ] {
+        assert!(k.iter().any(|x| x == key), "no {key} in {k:#?}");
+    }
+}
+
+/// Parallel mask blocks sized by `aggregation_dim`, no top MLP.
+#[test]
+fn dbmtl_mask_net_parallel_round_trip() {
+    let (_d, _, file, _) = round_trip(
+        "dbmtl_mask_net_parallel",
+        &test_config("dbmtl_mask_net_parallel"),
+    );
+    let k = keys(&file);
+    assert!(k.iter().any(|x| x == "mask_net.mask_blocks.2.ffn.0.weight"));
+    assert!(!k.iter().any(|x| x.starts_with("mask_net.top_mlp")));
+}
+
+/// Sequence groups: their tables in TorchEasyRec's `EmbeddingCollection`s
+/// (one per width), DIN with Dice (its frozen batch-norm scale and shift
+/// have no tensor), multi-window DIN with its window buffers, simple
+/// attention and pooling (no parameters), variational dropout counting
+/// each encoder as a feature.
+#[test]
+fn mmoe_sequences_round_trip() {
+    let (_d, _, file, _) = round_trip("mmoe_sequences", &test_config("mmoe_sequences"));
+    let bytes = std::fs::read(&file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let enc = "embedding_group._group_name_to_seq_encoders.all";
+    let seq = "embedding_group.seq_emb_impls.__BASE__.ec_dict";
+    for key in [
+        format!("{seq}.8.embeddings.item_id_emb.weight"),
+        format!("{seq}.8.embeddings.click_seq__item_id_emb.weight"),
+        format!("{seq}.4.embeddings.seq_cate.weight"),
+        format!("{seq}.8.embeddings.buy_items_emb.weight"),
+        format!("{enc}.0.mlp.mlp.1.perceptron.1.alpha"),
+        format!("{enc}.0.mlp.mlp.0.perceptron.1.bn.running_var"),
+        format!("{enc}.0.linear.weight"),
+        format!("{enc}.1.active.weight"),
+    ] {
+        assert!(st.tensor(&key).is_ok(), "no {key}");
+    }
+    let tracked = st
+        .tensor(&format!(
+            "{enc}.0.mlp.mlp.0.perceptron.1.bn.num_batches_tracked"
+        ))
+        .expect("Dice's num_batches_tracked");
+    assert_eq!(tracked.dtype(), safetensors::Dtype::I64);
+    let windows = st.tensor(&format!("{enc}.1.windows_len")).unwrap();
+    assert_eq!(windows.dtype(), safetensors::Dtype::I64);
+    let le = |v: &[i64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    assert_eq!(windows.data(), le(&[2, 3]));
+    let starts = st.tensor(&format!("{enc}.1.cumsum_windows_len")).unwrap();
+    assert_eq!(starts.data(), le(&[0, 2]));
+    // Variational dropout over three features and four encoder outputs.
+    let repeat = st
+        .tensor("group_variational_dropouts.all.feature_dim_repeat")
+        .unwrap();
+    assert_eq!(repeat.shape(), [7]);
+    assert!(!st
+        .names()
+        .iter()
+        .any(|k| k.contains(".bn.weight") || k.ends_with("bn.bias")));
+}
+
+/// Self-attention: plec's three input projections are one packed
+/// `in_proj_weight` `[3 dim, dim]` (and `in_proj_bias`) in torch.
+#[test]
+fn mmoe_self_attention_round_trip() {
+    let (_d, _, file, _) = round_trip("mmoe_self_attention", &example("mmoe_self_attention"));
+    let bytes = std::fs::read(&file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mha = "embedding_group._group_name_to_seq_encoders.all.0._multihead_attn";
+    let w = st.tensor(&format!("{mha}.in_proj_weight")).unwrap();
+    let b = st.tensor(&format!("{mha}.in_proj_bias")).unwrap();
+    assert_eq!(w.shape()[0], 3 * w.shape()[1]);
+    assert_eq!(b.shape(), [w.shape()[0]]);
+    assert!(st.tensor(&format!("{mha}.out_proj.weight")).is_ok());
+    assert!(st
+        .tensor("embedding_group._group_name_to_seq_encoders.all.0._query.bias")
+        .is_ok());
+}
+
+/// The sequence example (DIN over a grouped sequence) round trips too.
+#[test]
+fn ple_has_sequence_round_trip() {
+    round_trip("ple_has_sequence", &example("ple_has_sequence"));
+}
+
+/// PEPNet over three groups (tables shared between them), one tower per
+/// domain: `_task_tower.<task * 3 + domain>`.
+#[test]
+fn pepnet_taobao_round_trip() {
+    let (_d, _, file, _) = round_trip("pepnet_taobao", &example("pepnet_taobao"));
+    let k = keys(&file);
+    for key in [
+        "epnet.gate_nu.dense_layers.2.weight",
+        "ppnet.linears.3.weight",
+        "ppnet.gate_nus.3.dense_layers.0.bias",
+        "_task_tower.5.linear.weight",
+        "embedding_group.emb_impls.__BASE__.ebc.embedding_bags.pid_emb.weight",
+    ] {
+        assert!(k.iter().any(|x| x == key), "no {key} in {k:#?}");
+    }
+    assert!(!k.iter().any(|x| x.starts_with("_task_tower.6.")));
+}
+
+/// PEPNet with a PReLU PPNet, one tower per task and variational dropout
+/// over the two groups of more than one feature.
+#[test]
+fn pepnet_prelu_round_trip() {
+    let (_d, _, file, _) = round_trip("pepnet_prelu", &test_config("pepnet_prelu"));
+    let k = keys(&file);
+    for key in [
+        "ppnet.activations.3.weight",
+        "group_variational_dropouts.all.feature_p",
+        "group_variational_dropouts.uia.feature_dim_repeat",
+        "embedding_group.emb_impls.__BASE__.ebc.embedding_bags.cate_table.weight",
+        "_task_tower.1.linear.bias",
+    ] {
+        assert!(k.iter().any(|x| x == key), "no {key} in {k:#?}");
+    }
+    assert!(!k
+        .iter()
+        .any(|x| x.starts_with("group_variational_dropouts.domain")));
 }
 
 /// [`round_trip`] of a config given as text; the exported file's bytes.
@@ -313,8 +467,7 @@ fn export_refuses_models_without_torch_names() {
     let d = dir.path();
     for (name, reason) in [
         ("simple_multi_task_taobao", "no SimpleMultiTask model class"),
-        ("pepnet_taobao", "PEPNet"),
-        ("ple_has_sequence", "sequence"),
+        ("dc2vr_taobao", "DC2VR is not named"),
     ] {
         let plan_path = d.join(format!("{name}.bin"));
         ok(&["compile", s(&example(name)), "-o", s(&plan_path)]);
@@ -331,6 +484,32 @@ fn export_refuses_models_without_torch_names() {
         assert!(text(&o).contains(reason), "{name}: {}", text(&o));
         assert!(!file.exists(), "{name}");
     }
+    // A second group MMoE does not read: TorchEasyRec still builds its
+    // tables, plec does not.
+    let first = "feature_names: \"age\" group_type: DEEP }\n";
+    assert!(NORMS.contains(first));
+    let body = NORMS.replacen(
+        first,
+        &format!(
+            "{first}  feature_groups {{ group_name: \"extra\" feature_names: \"user_id\" group_type: DEEP }}\n"
+        ),
+        1,
+    );
+    let config = write(d, "two_groups.config", &body);
+    let plan_path = d.join("two_groups.bin");
+    ok(&["compile", s(&config), "-o", s(&plan_path)]);
+    let file = d.join("two_groups.safetensors");
+    let o = plec(&[
+        "export",
+        s(&plan_path),
+        "--format",
+        "safetensors",
+        "-o",
+        s(&file),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("does not read"), "{}", text(&o));
+    assert!(!file.exists());
 }
 
 /// The NumPy PLE of `tests/export/ple_numpy.py` on the exported file and

@@ -85,7 +85,9 @@ fn safetensors_error(e: WriteError) -> RunError {
              `plec run NEW.bin --init-from OLD.bin` (or export from a newer run)"
         }
         WriteError::Naming(_) => {
-            "plec names the parameters of PLE, MMoE and DBMTL models with one DEEP feature group; \
+            "plec names the parameters of PLE, MMoE, DBMTL (mask net included) and PEPNet \
+             models whose feature groups are all DEEP and all read by the model (sequence \
+             encoders included); \
              `--format onnx` exports every model (see the README's \"Serving and scaling out\")"
         }
         WriteError::Contract(c) => contract_help(c),

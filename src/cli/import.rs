@@ -37,8 +37,9 @@ pub struct ImportArgs {
 fn read_error(e: ReadError) -> RunError {
     let help = match &e {
         ReadError::Naming(NamingError::Unsupported { .. } | NamingError::Unnamed { .. }) => {
-            "plec names the parameters of PLE, MMoE and DBMTL models with one DEEP feature group \
-             (see the README's \"Serving and scaling out\")"
+            "plec names the parameters of PLE, MMoE, DBMTL (mask net included) and PEPNet \
+             models whose feature groups are all DEEP and all read by the model (sequence \
+             encoders included) (see the README's \"Serving and scaling out\")"
         }
         ReadError::Invalid { .. } => {
             "pass a file written by `plec export --format safetensors` or by \

@@ -448,16 +448,41 @@ impl Emitter<'_> {
             true => init::to_le_bytes(&init::materialize(spec, self.seed)),
             false => Vec::new(),
         };
-        // Named only when every part has a TorchEasyRec name.
-        let torch: Option<Vec<TorchTensor>> = leaves(spec)
-            .into_iter()
-            .map(|l| {
-                self.torch.params.get(&l.name).map(|name| TorchTensor {
+        // Named only when every part has a TorchEasyRec name; a part of a
+        // packed TorchEasyRec tensor only when it is the whole parameter.
+        let parts = leaves(spec);
+        let packed = match parts.as_slice() {
+            [l] => self.torch.packed.get(&l.name).map(|(name, k, n)| {
+                let numel: u64 = l.shape.iter().product();
+                let mut shape = l.shape.clone();
+                if let Some(rows) = shape.first_mut() {
+                    *rows *= n;
+                }
+                TorchTensor {
                     name: name.clone(),
-                    shape: l.shape.clone(),
+                    shape,
+                    packed: true,
+                    packed_offset: k * numel,
+                }
+            }),
+            _ => None,
+        };
+        let torch: Option<Vec<TorchTensor>> = match packed {
+            Some(t) => Some(vec![t]),
+            None => parts
+                .iter()
+                .map(|l| {
+                    self.torch.params.get(&l.name).map(|name| TorchTensor {
+                        name: name.clone(),
+                        shape: l.shape.clone(),
+                        ..Default::default()
+                    })
                 })
-            })
-            .collect();
+                .collect(),
+        };
+        let torch_absent = leaves(spec)
+            .iter()
+            .all(|l| self.torch.absent.contains(&l.name));
         self.plan.params.push(Parameter {
             name: spec.name.clone(),
             shape: spec.shape.clone(),
@@ -465,6 +490,7 @@ impl Emitter<'_> {
             trainable: spec.trainable,
             no_decay: spec.no_decay,
             torch: torch.unwrap_or_default(),
+            torch_absent,
         });
         (self.plan.params.len() - 1) as u32
     }

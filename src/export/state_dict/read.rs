@@ -50,7 +50,7 @@ pub fn import(plan: &mut Plan, bytes: &[u8], path: &Path) -> Result<WarmStart, R
         known.insert(&s.name);
         let kind = match s.place {
             Place::Table(_) => Kind::Table,
-            Place::Param { .. } => Kind::Param,
+            Place::Param { .. } | Place::Packed(_) => Kind::Param,
         };
         let view = file.tensor(&s.name).ok();
         let shape = view
@@ -73,10 +73,23 @@ pub fn import(plan: &mut Plan, bytes: &[u8], path: &Path) -> Result<WarmStart, R
             });
         }
         let data = view.data();
-        match s.place {
-            Place::Table(i) => plan.tables[i].data = data.to_vec(),
+        match &s.place {
+            Place::Table(i) => plan.tables[*i].data = data.to_vec(),
+            Place::Packed(indices) => {
+                let mut rest = data;
+                for &index in indices {
+                    let p = &mut plan.params[index];
+                    let n = p.data.len();
+                    if n == 0 || n > rest.len() {
+                        return Err(ReadError::Unmaterialized(p.name.clone()));
+                    }
+                    let (part, tail) = rest.split_at(n);
+                    p.data.copy_from_slice(part);
+                    rest = tail;
+                }
+            }
             Place::Param { index, offset } => {
-                let p = &mut plan.params[index];
+                let p = &mut plan.params[*index];
                 let range = offset * 4..offset * 4 + data.len();
                 match p.data.get_mut(range) {
                     Some(dst) => dst.copy_from_slice(data),

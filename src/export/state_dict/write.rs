@@ -54,9 +54,9 @@ fn le_bytes_f32(v: &[f32]) -> Vec<u8> {
 /// The values of `slot`, little-endian f32.
 fn slot_bytes(plan: &Plan, slot: &Slot) -> Result<Vec<u8>, WriteError> {
     let n = slot.numel();
-    match slot.place {
+    match &slot.place {
         Place::Table(i) => {
-            let t = &plan.tables[i];
+            let t = &plan.tables[*i];
             if t.data.is_empty() {
                 // Never trained: the rows the runtime would start from.
                 return Ok(le_bytes_f32(&crate::runtime::embedding::init_values(t, n)));
@@ -72,6 +72,7 @@ fn slot_bytes(plan: &Plan, slot: &Slot) -> Result<Vec<u8>, WriteError> {
             Ok(t.data.clone())
         }
         Place::Param { index, offset } => {
+            let (index, offset) = (*index, *offset);
             let p = &plan.params[index];
             p.data
                 .get(offset * 4..(offset + n) * 4)
@@ -83,6 +84,30 @@ fn slot_bytes(plan: &Plan, slot: &Slot) -> Result<Vec<u8>, WriteError> {
                         p.data.len()
                     ))
                 })
+        }
+        Place::Packed(indices) => {
+            let mut bytes = Vec::with_capacity(n * 4);
+            for &index in indices {
+                let p = &plan.params[index];
+                let want = p.shape.iter().product::<u64>() as usize * 4;
+                if p.data.len() != want {
+                    return Err(WriteError::InvalidPlan(format!(
+                        "parameter \"{}\" holds {} bytes, expected {want}",
+                        p.name,
+                        p.data.len()
+                    )));
+                }
+                bytes.extend_from_slice(&p.data);
+            }
+            if bytes.len() != n * 4 {
+                return Err(WriteError::InvalidPlan(format!(
+                    "the parts of \"{}\" hold {} bytes, expected {}",
+                    slot.name,
+                    bytes.len(),
+                    n * 4
+                )));
+            }
+            Ok(bytes)
         }
     }
 }

@@ -28,6 +28,7 @@ pub(crate) fn param(name: &str, shape: &[u64], data: &[f32], trainable: bool) ->
         trainable,
         no_decay: false,
         torch: Vec::new(),
+        torch_absent: false,
     }
 }
 
