@@ -147,16 +147,25 @@ fn keys(file: &Path) -> Vec<String> {
 #[test]
 fn dbmtl_mask_net_round_trip() {
     let (_d, _, file, _) = round_trip("dbmtl_mask_net", &test_config("dbmtl_mask_net"));
-    let k = keys(&file);
-    for key in [
-        "mask_net.ln_emb.weight",
-        "mask_net.mask_blocks.1.mask_generator.2.weight",
-        "mask_net.mask_blocks.1.ffn.1.bias",
-        "mask_net.top_mlp.mlp.0.perceptron.1.num_batches_tracked",
-        "mmoe.expert_mlps.1.mlp.0.perceptron.0.weight",
-    ] {
+    keys_with(
+        &file,
+        &[
+            "mask_net.ln_emb.weight",
+            "mask_net.mask_blocks.1.mask_generator.2.weight",
+            "mask_net.mask_blocks.1.ffn.1.bias",
+            "mask_net.top_mlp.mlp.0.perceptron.1.num_batches_tracked",
+            "mmoe.expert_mlps.1.mlp.0.perceptron.0.weight",
+        ],
+    );
+}
+
+/// The exported file's keys, which must include every one of `wanted`.
+fn keys_with(file: &Path, wanted: &[&str]) -> Vec<String> {
+    let k = keys(file);
+    for key in wanted {
         assert!(k.iter().any(|x| x == key), "no {key} in {k:#?}");
     }
+    k
 }
 
 /// Parallel mask blocks sized by `aggregation_dim`, no top MLP.
@@ -247,16 +256,16 @@ fn ple_has_sequence_round_trip() {
 #[test]
 fn pepnet_taobao_round_trip() {
     let (_d, _, file, _) = round_trip("pepnet_taobao", &example("pepnet_taobao"));
-    let k = keys(&file);
-    for key in [
-        "epnet.gate_nu.dense_layers.2.weight",
-        "ppnet.linears.3.weight",
-        "ppnet.gate_nus.3.dense_layers.0.bias",
-        "_task_tower.5.linear.weight",
-        "embedding_group.emb_impls.__BASE__.ebc.embedding_bags.pid_emb.weight",
-    ] {
-        assert!(k.iter().any(|x| x == key), "no {key} in {k:#?}");
-    }
+    let k = keys_with(
+        &file,
+        &[
+            "epnet.gate_nu.dense_layers.2.weight",
+            "ppnet.linears.3.weight",
+            "ppnet.gate_nus.3.dense_layers.0.bias",
+            "_task_tower.5.linear.weight",
+            "embedding_group.emb_impls.__BASE__.ebc.embedding_bags.pid_emb.weight",
+        ],
+    );
     assert!(!k.iter().any(|x| x.starts_with("_task_tower.6.")));
 }
 
@@ -265,16 +274,16 @@ fn pepnet_taobao_round_trip() {
 #[test]
 fn pepnet_prelu_round_trip() {
     let (_d, _, file, _) = round_trip("pepnet_prelu", &test_config("pepnet_prelu"));
-    let k = keys(&file);
-    for key in [
-        "ppnet.activations.3.weight",
-        "group_variational_dropouts.all.feature_p",
-        "group_variational_dropouts.uia.feature_dim_repeat",
-        "embedding_group.emb_impls.__BASE__.ebc.embedding_bags.cate_table.weight",
-        "_task_tower.1.linear.bias",
-    ] {
-        assert!(k.iter().any(|x| x == key), "no {key} in {k:#?}");
-    }
+    let k = keys_with(
+        &file,
+        &[
+            "ppnet.activations.3.weight",
+            "group_variational_dropouts.all.feature_p",
+            "group_variational_dropouts.uia.feature_dim_repeat",
+            "embedding_group.emb_impls.__BASE__.ebc.embedding_bags.cate_table.weight",
+            "_task_tower.1.linear.bias",
+        ],
+    );
     assert!(!k
         .iter()
         .any(|x| x.starts_with("group_variational_dropouts.domain")));

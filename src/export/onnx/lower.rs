@@ -781,23 +781,9 @@ impl<'a> Lowering<'a> {
             }
             OpKind::SequencePool => {
                 let (s, mask) = (input(0)?, input(1)?);
-                let axes1 = self.b.ints(&[1]);
-                let sum = self.b.node(
-                    "ReduceSum",
-                    &[&s, &axes1],
-                    vec![attr_i("keepdims", 0)],
-                    hint,
-                );
+                let sum = self.sum_steps(&s, false, hint);
                 if Pooling::try_from(op.pooling) == Ok(Pooling::Mean) {
-                    let len = self.b.node(
-                        "ReduceSum",
-                        &[&mask, &axes1],
-                        vec![attr_i("keepdims", 1)],
-                        hint,
-                    );
-                    let one = self.b.float_scalar(1.0);
-                    let len = self.b.node("Max", &[&len, &one], vec![], hint);
-                    self.b.node("Div", &[&sum, &len], vec![], hint)
+                    self.over_count(&sum, &mask, hint)
                 } else {
                     sum
                 }
@@ -861,25 +847,11 @@ impl<'a> Lowering<'a> {
                 // As the engines: the masked steps summed, over
                 // max(sum(length), 1).
                 let (x, mask, length) = (input(0)?, input(1)?, input(2)?);
-                let axes1 = self.b.ints(&[1]);
                 let axes2 = self.b.ints(&[2]);
                 let m3 = self.b.node("Unsqueeze", &[&mask, &axes2], vec![], hint);
                 let kept = self.b.node("Mul", &[&x, &m3], vec![], hint);
-                let sum = self.b.node(
-                    "ReduceSum",
-                    &[&kept, &axes1],
-                    vec![attr_i("keepdims", 0)],
-                    hint,
-                );
-                let count = self.b.node(
-                    "ReduceSum",
-                    &[&length, &axes1],
-                    vec![attr_i("keepdims", 1)],
-                    hint,
-                );
-                let one = self.b.float_scalar(1.0);
-                let count = self.b.node("Max", &[&count, &one], vec![], hint);
-                self.b.node("Div", &[&sum, &count], vec![], hint)
+                let sum = self.sum_steps(&kept, false, hint);
+                self.over_count(&sum, &length, hint)
             }
             OpKind::Intervention => {
                 // The orthogonal weights depend on parameters only: computed
@@ -934,6 +906,26 @@ impl<'a> Lowering<'a> {
                 return Err(unsupported(op, kind, "the op has no kind"));
             }
         })
+    }
+
+    /// `x` summed over axis 1 (the steps).
+    fn sum_steps(&mut self, x: &str, keepdims: bool, hint: &str) -> String {
+        let axes1 = self.b.ints(&[1]);
+        self.b.node(
+            "ReduceSum",
+            &[x, &axes1],
+            vec![attr_i("keepdims", i64::from(keepdims))],
+            hint,
+        )
+    }
+
+    /// `sum / max(n, 1)` with `n` the row sums of `counts` `[B, L]`, as the
+    /// engines divide a mean over steps.
+    fn over_count(&mut self, sum: &str, counts: &str, hint: &str) -> String {
+        let n = self.sum_steps(counts, true, hint);
+        let one = self.b.float_scalar(1.0);
+        let n = self.b.node("Max", &[&n, &one], vec![], hint);
+        self.b.node("Div", &[sum, &n], vec![], hint)
     }
 
     /// Multi-head self-attention at evaluation (`runtime::exec::native::
