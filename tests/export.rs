@@ -10,7 +10,7 @@
 //! under CI (`CI` set), where it fails: CI installs it from
 //! `tests/export/requirements.txt`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::Tensor;
@@ -204,21 +204,45 @@ fn column(rb: &arrow_array::RecordBatch, name: &str) -> Vec<f64> {
         .collect()
 }
 
-/// Exports `config`'s trained plan, scores the eval rows with onnxruntime
-/// and with `plec predict`; returns the largest relative difference.
-fn export_and_compare(config_name: &str, config: &Path, external: bool) -> Option<f64> {
+/// Where an export keeps its tensors.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// In the model file.
+    Inline,
+    /// In external data because `--external-data` asks for it.
+    Forced,
+    /// In external data because they pass protobuf's 2 GiB limit; the plan
+    /// is compiled, not trained (its tables hold what the runtime would
+    /// initialize them with), so the test stays cheap.
+    PastTwoGib,
+}
+
+/// Exports `config`'s plan (trained a few steps, except for
+/// [`Layout::PastTwoGib`]), scores the eval rows with onnxruntime and with
+/// `plec predict`; returns the largest relative difference.
+fn export_and_compare(config_name: &str, config: &Path, layout: Layout) -> Option<f64> {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (plan_path, eval) = train(d, config, ROWS);
+    let (plan_path, eval) = if layout == Layout::PastTwoGib {
+        compile_untrained(d, config, ROWS)
+    } else {
+        train(d, config, ROWS)
+    };
     let plan = read_plan(&plan_path);
     let model = d.join("model.onnx");
     let mut args = vec!["export", s(&plan_path), "--format", "onnx", "-o", s(&model)];
-    if external {
+    if layout == Layout::Forced {
         args.push("--external-data");
     }
     let out = ok(&args);
     assert!(out.contains("outputs: "), "{out}");
+    let external = layout != Layout::Inline;
     assert_eq!(d.join("model.onnx.data").exists(), external, "{out}");
+    if layout == Layout::PastTwoGib {
+        let data = std::fs::metadata(d.join("model.onnx.data")).unwrap().len();
+        let graph = std::fs::metadata(&model).unwrap().len();
+        assert!(data > 1 << 31 && graph < 1 << 20, "{data} / {graph} bytes");
+    }
     check_structure(&model, &plan, external);
     let inputs = d.join("inputs.npz");
     ok(&[
@@ -334,15 +358,36 @@ fn export_and_compare(config_name: &str, config: &Path, external: bool) -> Optio
     Some(worst)
 }
 
-fn example(name: &str) {
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.config"));
-    export_and_compare(name, &config, false);
+/// A compiled, untrained plan of `config` and generated eval rows.
+fn compile_untrained(dir: &Path, config: &Path, eval_rows: usize) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
+    let rows = eval_rows.to_string();
+    ok(&[
+        "gen-data",
+        s(config),
+        "--rows",
+        "10",
+        "--eval-rows",
+        &rows,
+        "-o",
+        s(&data),
+        "--seed",
+        "3",
+    ]);
+    let plan = dir.join("plan.bin");
+    ok(&["compile", s(config), "-o", s(&plan)]);
+    (plan, data.join("eval.parquet"))
 }
 
-fn inline(name: &str, body: &str, external: bool) {
+fn example(name: &str) {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.config"));
+    export_and_compare(name, &config, Layout::Inline);
+}
+
+fn inline(name: &str, body: &str, layout: Layout) {
     let dir = tempfile::tempdir().unwrap();
     let config = write(dir.path(), &format!("{name}.config"), body);
-    export_and_compare(name, &config, external);
+    export_and_compare(name, &config, layout);
 }
 
 #[test]
@@ -394,18 +439,43 @@ fn dc2vr_taobao_matches_onnxruntime() {
 
 #[test]
 fn variational_dropout_matches_onnxruntime() {
-    inline("variational", VARIATIONAL, false);
+    inline("variational", VARIATIONAL, Layout::Inline);
 }
 
 /// Also the external-data layout (forced: the model is small).
 #[test]
 fn norms_activations_and_regression_match_onnxruntime() {
-    inline("norms", NORMS, true);
+    inline("norms", NORMS, Layout::Forced);
 }
 
 #[test]
 fn dense_sequences_match_onnxruntime() {
-    inline("dense_sequence", DENSE_SEQUENCE, false);
+    inline("dense_sequence", DENSE_SEQUENCE, Layout::Inline);
+}
+
+/// One table of 35M x 16 floats (2.24 GB): past protobuf's 2 GiB, so the
+/// export keeps the tensors in `model.onnx.data` without being asked, and
+/// onnxruntime still scores it as `plec predict` does.
+const PAST_TWO_GIB: &str = r#"
+train_config {
+  sparse_optimizer { adagrad_optimizer { lr: 0.05 } constant_learning_rate {} }
+  dense_optimizer { adam_optimizer { lr: 0.003 } constant_learning_rate {} }
+  num_epochs: 1
+}
+data_config { batch_size: 128 label_fields: "clk" }
+feature_configs { id_feature { feature_name: "user" hash_bucket_size: 35000000 embedding_dim: 16 } }
+feature_configs { id_feature { feature_name: "item" num_buckets: 100 embedding_dim: 8 } }
+model_config {
+  feature_groups { group_name: "all" feature_names: "user" feature_names: "item" group_type: DEEP }
+  simple_multi_task {
+    task_towers { tower_name: "ctr" label_name: "clk" mlp { hidden_units: [8] } losses { binary_cross_entropy {} } }
+  }
+}
+"#;
+
+#[test]
+fn a_model_past_two_gib_takes_the_external_data_path() {
+    inline("past_two_gib", PAST_TWO_GIB, Layout::PastTwoGib);
 }
 
 #[test]
