@@ -475,7 +475,33 @@ model_config {
 
 #[test]
 fn a_model_past_two_gib_takes_the_external_data_path() {
+    // The export writes 2.24 GB and `plec predict` maps the plan; a machine
+    // without the room is the environment's limit, not a failure of plec.
+    let free = free_bytes(&std::env::temp_dir());
+    if free.is_some_and(|f| f < 8 << 30) {
+        eprintln!(
+            "skipped: {} GiB free under {} (8 needed)",
+            free.unwrap_or(0) >> 30,
+            std::env::temp_dir().display()
+        );
+        return;
+    }
     inline("past_two_gib", PAST_TWO_GIB, Layout::PastTwoGib);
+}
+
+/// Bytes available to this user on the filesystem of `dir` (`df -Pk`), when
+/// `df` answers.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let out = Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 #[test]
