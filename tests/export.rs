@@ -191,19 +191,6 @@ fn prediction(outputs: &[String], tower: &str) -> String {
     }
 }
 
-/// One column of a predict file as f64.
-fn column(rb: &arrow_array::RecordBatch, name: &str) -> Vec<f64> {
-    rb.column_by_name(name)
-        .unwrap_or_else(|| panic!("predict wrote no column {name}"))
-        .as_any()
-        .downcast_ref::<arrow_array::Float32Array>()
-        .expect("float predictions")
-        .values()
-        .iter()
-        .map(|&v| v as f64)
-        .collect()
-}
-
 /// Where an export keeps its tensors.
 #[derive(Clone, Copy, PartialEq)]
 enum Layout {

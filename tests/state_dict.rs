@@ -556,16 +556,7 @@ fn numpy_reference(d: &Path, trained: &Path, file: &Path, eval: &Path) {
             .and_then(|p| p.to_vec1::<f64>())
             .expect("f64 probabilities");
         let column = format!("probs_{}", task.tower_name);
-        let want: Vec<f64> = predicted
-            .column_by_name(&column)
-            .unwrap_or_else(|| panic!("predict wrote no {column}"))
-            .as_any()
-            .downcast_ref::<arrow_array::Float32Array>()
-            .expect("float predictions")
-            .values()
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
+        let want = common::column(&predicted, &column);
         assert_eq!(probs.len(), want.len(), "{column}");
         for (r, (&a, &b)) in probs.iter().zip(&want).enumerate() {
             let rel = (a - b).abs() / a.abs().max(b.abs()).max(f64::MIN_POSITIVE);

@@ -128,3 +128,16 @@ pub fn train(dir: &Path, config: &Path, eval_rows: usize) -> (PathBuf, PathBuf) 
     ]);
     (out.join("plan.bin"), data.join("eval.parquet"))
 }
+
+/// One float column of a predict file as f64.
+pub fn column(rb: &RecordBatch, name: &str) -> Vec<f64> {
+    rb.column_by_name(name)
+        .unwrap_or_else(|| panic!("predict wrote no column {name}"))
+        .as_any()
+        .downcast_ref::<arrow_array::Float32Array>()
+        .expect("float predictions")
+        .values()
+        .iter()
+        .map(|&v| v as f64)
+        .collect()
+}

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use super::gradcheck::{check, r};
 use super::*;
 use crate::runtime::exec::candle::ops;
-use crate::runtime::model::{Mode, ParamSlot};
+use crate::runtime::model::Mode;
 use crate::runtime::{loss, Trainer};
 
 /// Three towers: "ctr" without an intervention, "cvr" intervened by
@@ -95,16 +95,7 @@ fn dc2vr_whole_model_gradients() {
     assert!(!tr.model.uses_native());
     let data = plan.data.clone().unwrap();
     let mode = Mode::Train { seed: 3, step: 0 };
-    let vars: Vec<(usize, candle_core::Var)> = tr
-        .model
-        .params()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| match p {
-            ParamSlot::Trainable(v) => Some((i, v.clone())),
-            ParamSlot::Buffer(_) => None,
-        })
-        .collect();
+    let vars = super::trainable_vars(&tr.model);
     let h = 1e-5;
     let mut checked = 0;
     for (k, task) in plan.tasks.iter().enumerate() {

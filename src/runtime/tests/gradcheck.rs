@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::*;
 use crate::runtime::embedding::{lookup, Table};
 use crate::runtime::exec::candle::ops;
-use crate::runtime::model::{Mode, ParamSlot};
+use crate::runtime::model::Mode;
 use crate::runtime::{loss, Trainer};
 
 type F<'a> = &'a dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>;
@@ -450,16 +450,7 @@ fn whole_model() {
     let (l0, gathered) = total(&mut tr.model);
     let grads = l0.backward().unwrap();
     let h = 1e-5;
-    let vars: Vec<(usize, Var)> = tr
-        .model
-        .params()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| match p {
-            ParamSlot::Trainable(v) => Some((i, v.clone())),
-            ParamSlot::Buffer(_) => None,
-        })
-        .collect();
+    let vars = super::trainable_vars(&tr.model);
     for (i, var) in &vars {
         let g = host(
             grads

@@ -132,6 +132,22 @@ pub(crate) fn t64(v: &[f64], shape: &[usize]) -> Tensor {
     Tensor::from_slice(v, shape, &Device::Cpu).unwrap()
 }
 
+/// The model's trainable parameters with their indices (buffers skipped),
+/// for finite-difference checks.
+pub(crate) fn trainable_vars(
+    model: &crate::runtime::model::Model,
+) -> Vec<(usize, candle_core::Var)> {
+    model
+        .params()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match p {
+            crate::runtime::model::ParamSlot::Trainable(v) => Some((i, v.clone())),
+            crate::runtime::model::ParamSlot::Buffer(_) => None,
+        })
+        .collect()
+}
+
 pub(crate) fn host(t: &Tensor) -> Vec<f64> {
     t.to_dtype(DType::F64)
         .unwrap()

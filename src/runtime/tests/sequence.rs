@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use super::gradcheck::{check, r};
 use super::*;
 use crate::runtime::exec::candle::ops;
-use crate::runtime::model::{Mode, ParamSlot};
+use crate::runtime::model::Mode;
 use crate::runtime::{loss, Trainer};
 
 /// A `[B, L]` mask of 0/1 from per-row lengths.
@@ -294,16 +294,7 @@ fn whole_model_gradients_of(plan: Plan, table: &str, param_part: &str) {
     let (l0, gathered) = total(&mut tr.model);
     let grads = l0.backward().unwrap();
     let h = 1e-5;
-    let vars: Vec<(usize, candle_core::Var)> = tr
-        .model
-        .params()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| match p {
-            ParamSlot::Trainable(v) => Some((i, v.clone())),
-            ParamSlot::Buffer(_) => None,
-        })
-        .collect();
+    let vars = super::trainable_vars(&tr.model);
     assert!(vars
         .iter()
         .any(|(i, _)| plan.params[*i].name.contains(param_part)));
