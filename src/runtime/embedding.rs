@@ -79,6 +79,24 @@ impl Table {
     }
 }
 
+/// A table's `n` values as little-endian f32 bytes, for the exports: its
+/// trained rows, or for a plan never trained the rows the runtime would
+/// initialize it with. Err says how the stored bytes disagree with `n`.
+pub(crate) fn table_le_bytes(t: &EmbeddingTable, n: usize) -> Result<Vec<u8>, String> {
+    if t.data.is_empty() {
+        return Ok(f32s_to_le(&init_values(t, n)));
+    }
+    if t.data.len() as u64 != n as u64 * 4 {
+        return Err(format!(
+            "table \"{}\" holds {} bytes, expected {}",
+            t.name,
+            t.data.len(),
+            n as u64 * 4
+        ));
+    }
+    Ok(t.data.clone())
+}
+
 /// Deterministic initial values of a never-trained table.
 pub(crate) fn init_values(t: &EmbeddingTable, n: usize) -> Vec<f32> {
     let mut rng = SplitMix64::new(t.init_seed);

@@ -362,19 +362,7 @@ impl<'a> Lowering<'a> {
             .num_rows
             .checked_mul(table.dim as u64)
             .ok_or_else(|| invalid(format!("table \"{}\" is too large", table.name)))?;
-        let data = if table.data.is_empty() {
-            let values = crate::runtime::embedding::init_values(table, n as usize);
-            crate::runtime::embedding::f32s_to_le(&values)
-        } else if table.data.len() as u64 == n * 4 {
-            table.data.clone()
-        } else {
-            return Err(invalid(format!(
-                "table \"{}\" holds {} bytes, expected {}",
-                table.name,
-                table.data.len(),
-                n * 4
-            )));
-        };
+        let data = crate::runtime::embedding::table_le_bytes(table, n as usize).map_err(invalid)?;
         let dims = [table.num_rows as i64, table.dim as i64];
         let name = self
             .b
@@ -1171,17 +1159,13 @@ fn transpose_last2(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::transpose_last2;
+    use crate::runtime::embedding::{f32s_from_le, f32s_to_le};
 
     #[test]
     fn transposes_each_matrix_of_a_stack() {
         let v: Vec<f32> = (0..12).map(|i| i as f32).collect();
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         // Two [2, 3] matrices.
-        let t = transpose_last2(&bytes, 2, 3);
-        let t: Vec<f32> = t
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let t = f32s_from_le(&transpose_last2(&f32s_to_le(&v), 2, 3));
         assert_eq!(t, [0., 3., 1., 4., 2., 5., 6., 9., 7., 10., 8., 11.]);
     }
 }

@@ -47,30 +47,12 @@ struct Owned {
     bytes: Vec<u8>,
 }
 
-fn le_bytes_f32(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 /// The values of `slot`, little-endian f32.
 fn slot_bytes(plan: &Plan, slot: &Slot) -> Result<Vec<u8>, WriteError> {
     let n = slot.numel();
     match &slot.place {
-        Place::Table(i) => {
-            let t = &plan.tables[*i];
-            if t.data.is_empty() {
-                // Never trained: the rows the runtime would start from.
-                return Ok(le_bytes_f32(&crate::runtime::embedding::init_values(t, n)));
-            }
-            if t.data.len() != n * 4 {
-                return Err(WriteError::InvalidPlan(format!(
-                    "table \"{}\" holds {} bytes, expected {}",
-                    t.name,
-                    t.data.len(),
-                    n * 4
-                )));
-            }
-            Ok(t.data.clone())
-        }
+        Place::Table(i) => crate::runtime::embedding::table_le_bytes(&plan.tables[*i], n)
+            .map_err(WriteError::InvalidPlan),
         Place::Param { index, offset } => {
             let (index, offset) = (*index, *offset);
             let p = &plan.params[index];
