@@ -49,6 +49,13 @@ pub(crate) fn execute(args: &EvalArgs) -> Result<Outcome, RunError> {
     let t0 = Instant::now();
     let metrics = runtime::evaluate(&mut model, &mut source).map_err(run::runtime_error)?;
     let seconds = t0.elapsed().as_secs_f64();
+    if crate::runtime::profile::enabled() {
+        // Per-op times of the evaluation passes (`PLEC_PROFILE`), as `plec run` prints
+        // them for training; on stderr, so `--format json` stays one object.
+        if let Some(table) = model.native_profile() {
+            eprint!("{table}");
+        }
+    }
     match args.format {
         Format::Json => {
             let obj: serde_json::Map<String, serde_json::Value> =

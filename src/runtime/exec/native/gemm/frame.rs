@@ -488,6 +488,14 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
     // Balanced blocks: K blocks rounded up to a multiple of 8, N blocks to K::NR, M to K::MR.
     let nkb = k.div_ceil(kc_max);
     let kc_b = (k.div_ceil(nkb).div_ceil(8) * 8).min(k);
+    // A packed A panel is packed again for every N block, so with short K blocks the N
+    // blocks widen to keep the kc x nc B block at its designed size (the B block's
+    // footprint is what bounds nc, and it is kc * nc).
+    let nc_max = if direct {
+        nc_max
+    } else {
+        nc_max * (kc_max / kc_b.max(1)).max(1)
+    };
     let nnb = n.div_ceil(nc_max);
     let nc_b = n.div_ceil(nnb).div_ceil(K::NR) * K::NR;
     let nmb = m.div_ceil(mb_max);
