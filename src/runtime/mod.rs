@@ -28,6 +28,7 @@ pub(crate) mod optim;
 pub(crate) mod params;
 pub(crate) mod precision;
 pub(crate) mod profile;
+pub(crate) mod row_parallel;
 pub(crate) mod source;
 pub(crate) mod train;
 

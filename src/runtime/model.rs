@@ -16,6 +16,7 @@ use super::error::{bad_batch, invalid_plan, Result, RuntimeError};
 use super::exec::candle::CandleExec;
 use super::exec::{Executor, ModelState};
 use super::precision::Precision;
+use super::row_parallel::{self, RowWorkers};
 use crate::data::batch::Batch;
 use crate::proto::plan::Plan;
 
@@ -38,6 +39,11 @@ pub struct Model {
     exec: Box<dyn Executor>,
     /// Wall time spent in `forward` (benchmarks report model-only speed).
     forward_time: std::time::Duration,
+    /// The precision last set (`set_precision`), for engines made later.
+    precision: Option<Precision>,
+    /// Native engines that evaluate chunks of a batch side by side, one per
+    /// thread (`row_parallel`); made on the first evaluation that uses them.
+    row_workers: Option<RowWorkers>,
 }
 
 /// A tensor's values as little-endian f32 bytes. f32 CPU tensors are read
@@ -151,24 +157,44 @@ impl Model {
             analysis,
             exec,
             forward_time: std::time::Duration::ZERO,
+            precision: None,
+            row_workers: None,
         })
     }
 
     /// Sets the precision of the native engine's matrix multiplies; bf16
     /// needs the native engine (f32 on the CPU).
     pub fn set_precision(&mut self, p: Precision) -> std::result::Result<(), String> {
-        self.exec.set_precision(p)
+        self.exec.set_precision(p)?;
+        self.precision = Some(p);
+        Ok(())
     }
 
-    /// The native engine's per-op profile (with `PLEC_PROFILE`).
+    /// The native engine's per-op profile (with `PLEC_PROFILE`), and that
+    /// of the engines evaluating rows side by side when they ran.
     pub fn native_profile(&self) -> Option<String> {
-        self.exec.profile()
+        let own = self.exec.profile();
+        let rows = self.row_workers.as_ref().and_then(|w| {
+            crate::runtime::exec::native::profile_of(
+                w.engines(),
+                &format!(
+                    "native engine profile, evaluation on {} threads side by side \
+                     (ms per call on one thread, calls, share)",
+                    w.len()
+                ),
+            )
+        });
+        match (own, rows) {
+            (Some(a), Some(b)) => Some(a + &b),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Frees the executor's activation and gradient buffers (rebuilt on
     /// the next pass); the trainer calls it when training is over.
     pub fn release_buffers(&mut self) {
         self.exec.release_buffers();
+        self.row_workers = None;
     }
 
     /// The executor's name: "native" or "candle".
@@ -312,12 +338,56 @@ impl Model {
                 plan.features.len()
             ));
         }
-        if mode == Mode::Eval && rows > EVAL_CHUNK_ROWS && self.uses_native() && batch.splittable()
-        {
-            return self.forward_in_chunks(batch);
+        if mode == Mode::Eval && self.uses_native() && batch.splittable() {
+            let threads = rayon::current_num_threads();
+            if let Some(chunk) = row_parallel::chunk_rows(rows, threads) {
+                return self.forward_rows_side_by_side(batch, chunk, threads);
+            }
+            if rows > EVAL_CHUNK_ROWS {
+                return self.forward_in_chunks(batch);
+            }
         }
         let (exec, m) = self.lend();
         exec.forward(m, batch, mode)
+    }
+
+    /// An evaluation pass with chunks of `chunk` rows spread over `threads`
+    /// single-threaded engines (`row_parallel`), the logits joined in row order.
+    fn forward_rows_side_by_side(
+        &mut self,
+        batch: &Batch,
+        chunk: usize,
+        threads: usize,
+    ) -> Result<Forward> {
+        if self.row_workers.as_ref().map(RowWorkers::len) != Some(threads) {
+            self.row_workers = Some(RowWorkers::new(&self.structure, &self.analysis, threads)?);
+        }
+        let Model {
+            structure,
+            params,
+            tables,
+            analysis,
+            device,
+            precision,
+            row_workers,
+            ..
+        } = self;
+        let lent = row_parallel::Lent {
+            plan: structure,
+            analysis,
+            params,
+            tables,
+        };
+        let workers = row_workers
+            .as_mut()
+            .ok_or_else(|| invalid_plan!("no evaluation threads"))?;
+        let logits = workers.logits(&lent, batch, chunk, *precision)?;
+        Ok(Forward {
+            logits: row_parallel::tensors(logits, batch.rows, device)?,
+            gathered: Vec::new(),
+            logit_vars: Vec::new(),
+            penalties: Vec::new(),
+        })
     }
 
     /// An evaluation pass over `EVAL_CHUNK_ROWS` rows at a time, the logits joined:

@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use super::*;
 use crate::pipeline::{build, BuildOptions};
 use crate::runtime::model::{Mode, Model, ParamSlot};
+use crate::runtime::precision::Precision;
 use crate::runtime::Trainer;
 
 fn host32(t: &Tensor) -> Vec<f32> {
@@ -718,6 +719,55 @@ fn evaluation_in_chunks_matches_one_pass() {
         assert_eq!(x.dims(), y.dims());
         assert_eq!(x.dims()[0], 2500);
         assert_close("chunked logits", &host32(x), &host32(y), 1e-4);
+    }
+}
+
+/// Evaluation with the batch's rows spread over the threads (one engine per
+/// thread, `runtime::row_parallel`) gives the logits of the one-thread pass,
+/// in row order, for every thread count and chunking, in f32 and (where the
+/// CPU has a bf16 kernel) bf16; the per-row arithmetic is the same, so the
+/// values agree to f32 rounding.
+#[test]
+fn evaluation_with_rows_side_by_side_matches_one_thread() {
+    let path = format!("{}/examples/ple_demo.config", env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(path).unwrap();
+    let plan = build(&source, BuildOptions::default()).unwrap().plan;
+    let mut precisions = vec![Precision::F32];
+    if Precision::Bf16.runs_bf16() {
+        precisions.push(Precision::Bf16);
+    }
+    for precision in precisions {
+        for rows in [300, 2500] {
+            let batch = super::runs::random_batch(&plan, rows, 4);
+            let logits = |threads: usize| -> Vec<Vec<f32>> {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let (mut n, _) = models(&plan);
+                n.set_precision(precision).unwrap();
+                let out = pool.install(|| n.forward(&batch, Mode::Eval)).unwrap();
+                out.logits.iter().map(host32).collect()
+            };
+            let one = logits(1);
+            assert_eq!(one[0].len(), rows);
+            for threads in [2, 3] {
+                assert!(
+                    crate::runtime::row_parallel::chunk_rows(rows, threads).is_some(),
+                    "{rows} rows on {threads} threads should run side by side"
+                );
+                let many = logits(threads);
+                assert_eq!(many.len(), one.len());
+                for (a, b) in many.iter().zip(&one) {
+                    assert_close(
+                        &format!("{precision:?} logits, {rows} rows on {threads} threads"),
+                        a,
+                        b,
+                        1e-5,
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -43,6 +43,7 @@ mod sequence;
 mod shared;
 mod step;
 mod timing;
+pub(crate) use self::timing::profile_of;
 mod view;
 
 use candle_core::{backprop::GradStore, Device, Tensor};
@@ -223,6 +224,21 @@ impl Engine {
             Program::build_inference(plan, analysis, rows)?
         });
         Ok(self.programs.len() - 1)
+    }
+
+    /// The logits of an evaluation pass over `batch` (checked by the model:
+    /// its rows and features), per task `[B, C]` row-major.
+    pub(crate) fn eval_logits(
+        &mut self,
+        plan: &Plan,
+        analysis: &Analysis,
+        params: &[ParamSlot],
+        tables: &[Table],
+        batch: &Batch,
+    ) -> Result<Vec<Vec<f32>>> {
+        Ok(self
+            .forward_pass(plan, analysis, params, tables, batch, Mode::Eval)?
+            .logits)
     }
 
     /// The gathered embedding rows of the last training forward pass.

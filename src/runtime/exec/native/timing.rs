@@ -6,23 +6,42 @@ use super::Engine;
 
 impl Engine {
     /// With `PLEC_PROFILE`: milliseconds per call and share of the total
-    /// per step label, largest first.
+    /// per step label, largest first; `None` when nothing was timed.
     pub(crate) fn profile_table(&self) -> Option<String> {
-        let times = self.times.as_ref()?;
-        let total: f64 = times.values().map(|t| t.0).sum();
-        let mut rows: Vec<_> = times.iter().collect();
-        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
-        let mut out = String::from("native engine profile (ms per call, calls, share):\n");
-        for (label, (s, n)) in rows {
-            out.push_str(&format!(
-                "  {label:<32} {:>9.3} {:>7} {:>5.1}%\n",
-                1e3 * s / *n as f64,
-                n,
-                100.0 * s / total.max(1e-12)
-            ));
-        }
-        Some(out)
+        profile_of([self], "native engine profile (ms per call, calls, share)")
     }
+}
+
+/// The merged per-label times of `engines` as a table headed `title`
+/// (`None` without `PLEC_PROFILE` or when nothing was timed).
+pub(crate) fn profile_of<'a>(
+    engines: impl IntoIterator<Item = &'a Engine>,
+    title: &str,
+) -> Option<String> {
+    let mut times: std::collections::BTreeMap<&str, (f64, u64)> = Default::default();
+    for e in engines {
+        for (label, (s, n)) in e.times.iter().flatten() {
+            let t = times.entry(label).or_default();
+            t.0 += s;
+            t.1 += n;
+        }
+    }
+    if times.is_empty() {
+        return None;
+    }
+    let total: f64 = times.values().map(|t| t.0).sum();
+    let mut rows: Vec<_> = times.into_iter().collect();
+    rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    let mut out = format!("{title}:\n");
+    for (label, (s, n)) in rows {
+        out.push_str(&format!(
+            "  {label:<32} {:>9.3} {:>7} {:>5.1}%\n",
+            1e3 * s / n as f64,
+            n,
+            100.0 * s / total.max(1e-12)
+        ));
+    }
+    Some(out)
 }
 
 /// Adds the time since `t0` to `step`'s label (profiling only).
