@@ -165,10 +165,13 @@ def main():
         precisions = [p for p in precisions if p != "bf16"]
         print("note: this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): bf16 "
               "skipped (PyTorch's bf16 matmul would be a slow reference path)")
+    # The bf16 ceiling only where bf16 is measured: without bf16 instructions (or with
+    # PyTorch capped below them, e.g. ONEDNN_MAX_CPU_ISA=AVX2) it is a slow reference path.
+    bf16_ceiling = bf16_ok and "bf16" in precisions
     def measure_ceiling():
         c = json.loads(run([args.python, "-W", "ignore", ref, "--ceiling",
                             "--threads", str(args.threads)]
-                           + ([] if bf16_ok else ["--no-bf16-ceiling"]))[0])
+                           + ([] if bf16_ceiling else ["--no-bf16-ceiling"]))[0])
         c.setdefault("bf16_gflops", float("nan"))
         return c
 
