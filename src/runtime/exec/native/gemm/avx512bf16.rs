@@ -24,7 +24,7 @@
 use std::arch::x86_64::*;
 
 use super::f32::avx512::{lane_mask, store_acc};
-use super::frame::{epilogue_value, run, Backend, Epi, Prob, Problem};
+use super::frame::{epilogue_value, prefetch_step, run, Backend, Epi, Prob, Problem, PACK_AHEAD};
 use super::vnni::{cvt_pair, interleave_idx, transpose16};
 
 /// Micro-tile rows.
@@ -309,6 +309,9 @@ unsafe fn pack_lanes_contiguous(
         let perm = interleave_idx();
         let mut acc = _mm512_setzero_ps();
         for q in 0..kc.div_ceil(2) {
+            let row = src.wrapping_offset(2 * q as isize * k_stride);
+            prefetch_step(row, k_stride, PACK_AHEAD);
+            prefetch_step(row, k_stride, PACK_AHEAD + 1);
             let even = _mm512_maskz_loadu_ps(load, src.offset(2 * q as isize * k_stride));
             let odd = if 2 * q + 1 < kc {
                 _mm512_maskz_loadu_ps(load, src.offset((2 * q + 1) as isize * k_stride))

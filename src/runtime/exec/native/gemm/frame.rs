@@ -448,6 +448,25 @@ pub(super) unsafe fn masked(pr: &Prob, i: usize, j: usize, v: f32) -> f32 {
     }
 }
 
+/// K steps ahead that the packers of a column-major A (a weight gradient's dY^T: each k
+/// step a row of dY, kilobytes from the last) prefetch, and the bf16 packer of a row-major
+/// B too: the hardware prefetchers do not run that far ahead on such strides. Weight
+/// gradient 8192 x 1024 -> 512 on an AMD EPYC Zen 5, 2 threads, best of 3 interleaved:
+/// bf16 575 -> 726 GFLOP/s, AVX2 f32 213 -> 222; AVX-512 f32 unchanged with the A
+/// prefetch, 20% slower with a B prefetch as well (so its B packer has none).
+#[cfg(target_arch = "x86_64")]
+pub(super) const PACK_AHEAD: usize = 16;
+
+/// Prefetches the k step `steps` steps after `row` (steps `stride` floats apart) into L1.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn prefetch_step(row: *const f32, stride: isize, steps: usize) {
+    let at = row.wrapping_offset(stride.wrapping_mul(steps as isize));
+    // SAFETY: a prefetch only hints the cache and never faults, whatever the address (it is
+    // formed with wrapping arithmetic and never dereferenced); SSE is baseline on x86-64.
+    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast()) }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Packing buffers (grow-only, 64-byte aligned views).
 

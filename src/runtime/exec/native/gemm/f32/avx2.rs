@@ -18,7 +18,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::frame::{masked, pack_strided, Backend, Epi, Prob};
+use super::super::frame::{masked, pack_strided, prefetch_step, Backend, Epi, Prob, PACK_AHEAD};
 
 /// Micro-tile rows.
 const MR: usize = 6;
@@ -439,6 +439,7 @@ unsafe fn pack_a_panel(
             let wide = mr == MR && i + 8 <= pr.m;
             let mut acc = _mm256_setzero_ps();
             for p in 0..kc {
+                prefetch_step(src, pr.acs, PACK_AHEAD);
                 // SAFETY: rows i..i+mr (i..i+8 when `wide`) of column pc+p are inside A.
                 let x = if wide {
                     _mm256_loadu_ps(src)

@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::frame::{masked, pack_strided, Backend, Epi, Prob};
+use super::super::frame::{masked, pack_strided, prefetch_step, Backend, Epi, Prob, PACK_AHEAD};
 
 /// Micro-tile rows.
 const MR: usize = 14;
@@ -419,6 +419,7 @@ unsafe fn pack_a_panel(
             let sm = lane_mask(MR);
             let mut src = pr.a.offset(pc as isize * pr.acs + i as isize);
             for p in 0..kc {
+                prefetch_step(src, pr.acs, PACK_AHEAD);
                 // SAFETY: rows i..i+mr of column pc+p are valid (masked).
                 let x = _mm512_maskz_loadu_ps(lm, src);
                 _mm512_mask_storeu_ps(out.add(p * MR), sm, x);
