@@ -17,7 +17,7 @@ use candle_core::Device;
 use super::embedding::Table;
 use super::error::{invalid_plan, Result};
 use super::exec::native::{Engine, Precision};
-use super::params::ParamSlot;
+use super::params::{Mode, ParamSlot};
 use crate::data::batch::Batch;
 use crate::plan::validate::Analysis;
 use crate::proto::plan::Plan;
@@ -108,7 +108,17 @@ impl RowWorkers {
                 break;
             };
             let part = batch.rows_range(start, (start + chunk).min(batch.rows));
-            let out = engine.eval_logits(lent.plan, lent.analysis, lent.params, lent.tables, &part);
+            // The model checked the batch's rows and features; a chunk of it holds.
+            let out = engine
+                .forward_pass(
+                    lent.plan,
+                    lent.analysis,
+                    lent.params,
+                    lent.tables,
+                    &part,
+                    Mode::Eval,
+                )
+                .map(|f| f.logits);
             let failed = out.is_err();
             if let Ok(mut slot) = results[c].lock() {
                 *slot = Some(out);

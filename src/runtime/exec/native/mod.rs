@@ -226,21 +226,6 @@ impl Engine {
         Ok(self.programs.len() - 1)
     }
 
-    /// The logits of an evaluation pass over `batch` (checked by the model:
-    /// its rows and features), per task `[B, C]` row-major.
-    pub(crate) fn eval_logits(
-        &mut self,
-        plan: &Plan,
-        analysis: &Analysis,
-        params: &[ParamSlot],
-        tables: &[Table],
-        batch: &Batch,
-    ) -> Result<Vec<Vec<f32>>> {
-        Ok(self
-            .forward_pass(plan, analysis, params, tables, batch, Mode::Eval)?
-            .logits)
-    }
-
     /// The gathered embedding rows of the last training forward pass.
     pub(crate) fn gathered(&self, tables: &[Table], device: &Device) -> Result<Vec<Gathered>> {
         match &self.tape {
