@@ -33,6 +33,11 @@ const MR: usize = 14;
 const NR: usize = 32;
 /// B prefetch distance in pair steps.
 const PF_DIST: usize = 8;
+/// How far ahead (in floats: two 32-value blocks) the k-contiguous packer prefetches each
+/// row. PLE example, AMD EPYC Zen 5, 2 threads, best of 3 interleaved: bf16 input gradient
+/// 8192 x 256 -> 6158 770 -> 872 GFLOP/s; bf16 training at batch 8192 12748/14110 ->
+/// 14174/14956 samples/s, evaluation 51875 -> 53531.
+const ROW_AHEAD: usize = 64;
 
 /// Whether this CPU runs the backend (AVX-512F/BW for the packers, AVX512-BF16 for the
 /// conversions and the dot products).
@@ -261,6 +266,11 @@ unsafe fn pack_k_contiguous(
             let mut v = [_mm512_setzero_si512(); 16];
             for (t, x) in v.iter_mut().enumerate().take(rows) {
                 let row = src.offset(t as isize * ld).add(p);
+                // Each of the up to 16 rows is a stream of its own; the hardware keeps too
+                // few of them running ahead, so fetch this row's two lines of the block
+                // after next.
+                prefetch_step(row, 1, ROW_AHEAD);
+                prefetch_step(row, 1, ROW_AHEAD + 16);
                 let lo = _mm512_maskz_loadu_ps(m0, row);
                 let hi = _mm512_maskz_loadu_ps(m1, row.wrapping_add(16));
                 *x = cvt_pair(lo, hi);
