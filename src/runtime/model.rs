@@ -341,10 +341,7 @@ impl Model {
         if mode == Mode::Eval && self.uses_native() && batch.splittable() {
             let threads = rayon::current_num_threads();
             if let Some(chunk) = row_parallel::chunk_rows(rows, threads) {
-                return self.forward_rows_side_by_side(batch, chunk, threads);
-            }
-            if rows > EVAL_CHUNK_ROWS {
-                return self.forward_in_chunks(batch);
+                return self.forward_in_chunks(batch, chunk, threads);
             }
         }
         let (exec, m) = self.lend();
@@ -352,8 +349,10 @@ impl Model {
     }
 
     /// An evaluation pass with chunks of `chunk` rows spread over `threads`
-    /// single-threaded engines (`row_parallel`), the logits joined in row order.
-    fn forward_rows_side_by_side(
+    /// single-threaded engines (`row_parallel`), the logits joined in row order:
+    /// the values of one pass (evaluation treats every row on its own: batch
+    /// norm reads its running statistics).
+    fn forward_in_chunks(
         &mut self,
         batch: &Batch,
         chunk: usize,
@@ -389,36 +388,4 @@ impl Model {
             penalties: Vec::new(),
         })
     }
-
-    /// An evaluation pass over `EVAL_CHUNK_ROWS` rows at a time, the logits joined:
-    /// the same values as one pass (evaluation treats every row on its own: batch norm
-    /// reads its running statistics), with each layer's activations small enough to stay
-    /// in the CPU's caches until the next layer reads them.
-    fn forward_in_chunks(&mut self, batch: &Batch) -> Result<Forward> {
-        let mut parts: Vec<Vec<Tensor>> = Vec::new();
-        for start in (0..batch.rows).step_by(EVAL_CHUNK_ROWS) {
-            let chunk = batch.rows_range(start, (start + EVAL_CHUNK_ROWS).min(batch.rows));
-            let (exec, m) = self.lend();
-            parts.push(exec.forward(m, &chunk, Mode::Eval)?.logits);
-        }
-        let tasks = parts.first().map_or(0, Vec::len);
-        let logits = (0..tasks)
-            .map(|t| {
-                let column: Vec<&Tensor> = parts.iter().filter_map(|p| p.get(t)).collect();
-                Tensor::cat(&column, 0)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Forward {
-            logits,
-            gathered: Vec::new(),
-            logit_vars: Vec::new(),
-            penalties: Vec::new(),
-        })
-    }
 }
-
-/// Rows the native engine evaluates at a time (`Model::forward_in_chunks`). Measured on
-/// the PLE example (bf16, AMD EPYC Zen 4, 2 threads): model-only evaluation ran 22.4k
-/// samples/s in 1024-row batches and 18.2k in 8192-row ones, whose activations (~400 MB)
-/// stream through memory between layers.
-const EVAL_CHUNK_ROWS: usize = 1024;

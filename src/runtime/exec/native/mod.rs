@@ -205,8 +205,8 @@ impl Engine {
         {
             return Ok(i);
         }
-        // Evaluation runs a batch in chunks of at most `EVAL_CHUNK_ROWS` rows (`Model`),
-        // so an inference program is small, and a batch's last, shorter chunk needs a
+        // Evaluation runs a large batch in chunks (`runtime::row_parallel`), so an
+        // inference program is small, and a batch's last, shorter chunk needs a
         // second one: keep both rather than rebuild one per chunk.
         let kept = if training { PROGRAMS_KEPT } else { 2 };
         if self.programs.iter().filter(|p| same(p)).count() >= kept {
