@@ -35,16 +35,26 @@ const VARIATIONAL: &str = include_str!("data/dbmtl_variational_dropout.config");
 /// dense raw feature, and a regression task (`y_gmv`).
 const NORMS: &str = include_str!("data/mmoe_norms.config");
 
-/// A grouped sequence of an id and a dense sub-feature (a shared table),
-/// read by two DIN encoders (one with Dice in its attention MLP, as the
-/// tower is) and a mean pooling encoder.
-const DENSE_SEQUENCE: &str = r#"
+/// The training and data settings the inline configs below share.
+macro_rules! train_and_data {
+    () => {
+        r#"
 train_config {
   sparse_optimizer { adagrad_optimizer { lr: 0.05 } constant_learning_rate {} }
   dense_optimizer { adam_optimizer { lr: 0.003 } constant_learning_rate {} }
   num_epochs: 1
 }
 data_config { batch_size: 128 label_fields: "clk" }
+"#
+    };
+}
+
+/// A grouped sequence of an id and a dense sub-feature (a shared table),
+/// read by two DIN encoders (one with Dice in its attention MLP, as the
+/// tower is) and a mean pooling encoder.
+const DENSE_SEQUENCE: &str = concat!(
+    train_and_data!(),
+    r#"
 feature_configs { id_feature { feature_name: "user" num_buckets: 50 embedding_dim: 4 } }
 feature_configs { id_feature { feature_name: "cate" num_buckets: 60 embedding_dim: 6 embedding_name: "cate_emb" } }
 feature_configs {
@@ -75,7 +85,8 @@ model_config {
     task_towers { tower_name: "ctr" label_name: "clk" mlp { hidden_units: [8] activation: "Dice" } losses { binary_cross_entropy {} } }
   }
 }
-"#;
+"#
+);
 
 /// Whether the onnxruntime comparison can run; under CI it must.
 fn onnxruntime_available() -> bool {
@@ -443,13 +454,9 @@ fn dense_sequences_match_onnxruntime() {
 /// One table of 35M x 16 floats (2.24 GB): past protobuf's 2 GiB, so the
 /// export keeps the tensors in `model.onnx.data` without being asked, and
 /// onnxruntime still scores it as `plec predict` does.
-const PAST_TWO_GIB: &str = r#"
-train_config {
-  sparse_optimizer { adagrad_optimizer { lr: 0.05 } constant_learning_rate {} }
-  dense_optimizer { adam_optimizer { lr: 0.003 } constant_learning_rate {} }
-  num_epochs: 1
-}
-data_config { batch_size: 128 label_fields: "clk" }
+const PAST_TWO_GIB: &str = concat!(
+    train_and_data!(),
+    r#"
 feature_configs { id_feature { feature_name: "user" hash_bucket_size: 35000000 embedding_dim: 16 } }
 feature_configs { id_feature { feature_name: "item" num_buckets: 100 embedding_dim: 8 } }
 model_config {
@@ -458,7 +465,8 @@ model_config {
     task_towers { tower_name: "ctr" label_name: "clk" mlp { hidden_units: [8] } losses { binary_cross_entropy {} } }
   }
 }
-"#;
+"#
+);
 
 #[test]
 fn a_model_past_two_gib_takes_the_external_data_path() {
