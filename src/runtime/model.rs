@@ -14,9 +14,10 @@ use super::embedding::{f32s_from_le, f32s_to_le, Table};
 use super::engine_choice::{announce_once, engine_choice, fallback_notice, EngineChoice};
 use super::error::{bad_batch, invalid_plan, Result, RuntimeError};
 use super::exec::candle::CandleExec;
+use super::exec::native;
 use super::exec::{Executor, ModelState};
 use super::precision::Precision;
-use super::row_parallel::{self, RowWorkers};
+use super::row_parallel::{self, PartsTape, RowWorkers};
 use crate::data::batch::Batch;
 use crate::proto::plan::Plan;
 
@@ -41,9 +42,14 @@ pub struct Model {
     forward_time: std::time::Duration,
     /// The precision last set (`set_precision`), for engines made later.
     precision: Option<Precision>,
-    /// Native engines that evaluate chunks of a batch side by side, one per
-    /// thread (`row_parallel`); made on the first evaluation that uses them.
+    /// Native engines that run parts of a batch side by side, one per
+    /// thread (`row_parallel`); made on the first pass that uses them.
     row_workers: Option<RowWorkers>,
+    /// Whether a native training pass may run a batch's rows side by side
+    /// (`row_parallel::train`): the plan allows it and no test turned it off.
+    train_in_parts: bool,
+    /// What the last training forward pass in parts left for its backward.
+    parts: Option<PartsTape>,
 }
 
 /// A tensor's values as little-endian f32 bytes. f32 CPU tensors are read
@@ -159,7 +165,16 @@ impl Model {
             forward_time: std::time::Duration::ZERO,
             precision: None,
             row_workers: None,
+            train_in_parts: row_parallel::rows_apart_in_training(plan),
+            parts: None,
         })
+    }
+
+    /// Whether native training passes may run a batch's rows side by side,
+    /// one part per thread (on by default where the plan allows it; tests
+    /// compare it with one pass).
+    pub fn set_train_in_parts(&mut self, on: bool) {
+        self.train_in_parts = on && row_parallel::rows_apart_in_training(&self.structure);
     }
 
     /// Sets the precision of the native engine's matrix multiplies; bf16
@@ -178,7 +193,7 @@ impl Model {
             crate::runtime::exec::native::profile_of(
                 w.engines(),
                 &format!(
-                    "native engine profile, evaluation on {} threads side by side \
+                    "native engine profile, rows side by side on {} threads \
                      (ms per call on one thread, calls, share)",
                     w.len()
                 ),
@@ -253,6 +268,28 @@ impl Model {
     /// adds every parameter's and gathered table's gradient to `grads`.
     /// Nothing to do on the candle path (autograd already did it).
     pub fn backward_native(&mut self, fwd: &Forward, grads: &mut GradStore) -> Result<()> {
+        if let Some(tape) = self.parts.take() {
+            let dlogits = native::logit_grads(fwd, grads)?;
+            let workers = self
+                .row_workers
+                .as_mut()
+                .ok_or_else(|| invalid_plan!("backward without its training threads"))?;
+            let pass = workers.train_backward(
+                &self.structure,
+                &self.params,
+                &tape,
+                &dlogits,
+                self.precision,
+            )?;
+            return native::store_grads(
+                &self.structure,
+                &self.params,
+                pass,
+                &fwd.gathered,
+                grads,
+                &self.device,
+            );
+        }
         let (exec, m) = self.lend();
         exec.backward(m, fwd, grads)
     }
@@ -338,14 +375,72 @@ impl Model {
                 plan.features.len()
             ));
         }
-        if mode == Mode::Eval && self.uses_native() && batch.splittable() {
+        self.parts = None;
+        if self.uses_native() && batch.splittable() {
             let threads = rayon::current_num_threads();
-            if let Some(chunk) = row_parallel::chunk_rows(rows, threads) {
-                return self.forward_in_chunks(batch, chunk, threads);
+            if mode == Mode::Eval {
+                if let Some(chunk) = row_parallel::chunk_rows(rows, threads) {
+                    return self.forward_in_chunks(batch, chunk, threads);
+                }
+            } else if let Some(parts) = row_parallel::train_parts(rows, threads) {
+                if self.train_in_parts {
+                    return self.train_forward_in_parts(batch, mode, parts);
+                }
             }
         }
         let (exec, m) = self.lend();
         exec.forward(m, batch, mode)
+    }
+
+    /// `threads` side-by-side engines (`row_parallel`), kept between passes.
+    fn workers(&mut self, threads: usize) -> Result<()> {
+        if self.row_workers.as_ref().map(RowWorkers::len) != Some(threads) {
+            self.row_workers = Some(RowWorkers::new(&self.structure, &self.analysis, threads)?);
+        }
+        Ok(())
+    }
+
+    /// A training forward pass with the batch's rows in `parts` parts side
+    /// by side (`row_parallel::train`); `backward_native` finishes it.
+    fn train_forward_in_parts(
+        &mut self,
+        batch: &Batch,
+        mode: Mode,
+        parts: usize,
+    ) -> Result<Forward> {
+        self.workers(parts)?;
+        let Model {
+            structure,
+            params,
+            tables,
+            analysis,
+            device,
+            precision,
+            row_workers,
+            parts,
+            ..
+        } = self;
+        let lent = row_parallel::Lent {
+            plan: structure,
+            analysis,
+            params,
+            tables,
+        };
+        let workers = row_workers
+            .as_mut()
+            .ok_or_else(|| invalid_plan!("no training threads"))?;
+        let out = workers.train_forward(&lent, batch, mode, *precision)?;
+        let penalties = native::penalty_tensors(params, &out.penalties, batch.rows)?;
+        let (logits, logit_vars) =
+            super::exec::logits_tensors(out.logits, batch.rows, device, true)?;
+        let gathered = native::gathered_tensors(&out.gathered, tables, device)?;
+        *parts = Some(out.tape);
+        Ok(Forward {
+            logits,
+            gathered,
+            logit_vars,
+            penalties,
+        })
     }
 
     /// An evaluation pass with chunks of `chunk` rows spread over `threads`
@@ -358,9 +453,7 @@ impl Model {
         chunk: usize,
         threads: usize,
     ) -> Result<Forward> {
-        if self.row_workers.as_ref().map(RowWorkers::len) != Some(threads) {
-            self.row_workers = Some(RowWorkers::new(&self.structure, &self.analysis, threads)?);
-        }
+        self.workers(threads)?;
         let Model {
             structure,
             params,

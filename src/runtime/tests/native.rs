@@ -771,6 +771,129 @@ fn evaluation_with_rows_side_by_side_matches_one_thread() {
     }
 }
 
+/// One training step's results on `threads` threads: the logits, each
+/// parameter's gradient and each gathered table's (ids, rows' gradient),
+/// under the loss `loss_of`.
+type StepResult = (
+    Vec<Vec<f32>>,
+    Vec<Option<Vec<f32>>>,
+    Vec<(usize, Vec<u32>, Vec<f32>)>,
+);
+
+fn train_step_on(plan: &Plan, batch: &Batch, threads: usize, precision: Precision) -> StepResult {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    let (mut n, _) = models(plan);
+    n.set_precision(precision).unwrap();
+    pool.install(|| {
+        // A first step, so the compared one reuses the buffers and the
+        // gathered-row merge of a step before it.
+        for step in [2, 3] {
+            let f = n.forward(batch, Mode::Train { seed: 11, step }).unwrap();
+            let mut g = loss_of(&f.logits).backward().unwrap();
+            n.backward_native(&f, &mut g).unwrap();
+            if step < 3 {
+                continue;
+            }
+            let params = n
+                .params()
+                .iter()
+                .map(|p| match p {
+                    ParamSlot::Trainable(v) => g.get(v.as_tensor()).map(host32),
+                    ParamSlot::Buffer(_) => None,
+                })
+                .collect();
+            let rows = f
+                .gathered
+                .iter()
+                .map(|r| {
+                    let zeros = vec![0.0; r.rows.as_tensor().elem_count()];
+                    let d = g.get(r.rows.as_tensor()).map_or(zeros, host32);
+                    (r.table, r.host_ids.clone(), d)
+                })
+                .collect();
+            return (f.logits.iter().map(host32).collect(), params, rows);
+        }
+        unreachable!()
+    })
+}
+
+/// Training with a batch's rows side by side (one part per thread on its
+/// own engine, `runtime::row_parallel::train`) gives the one-thread pass's
+/// step: the same logits (dropout, attention dropout and variational
+/// dropout draw the one pass's masks), the same gathered rows in the same
+/// order, and the same gradients up to the order of f32 sums, on every
+/// example plan without batch norm (those train as one pass), in f32 and
+/// (where the CPU has a bf16 kernel) bf16.
+#[test]
+fn training_with_rows_side_by_side_matches_one_pass() {
+    let vd = r#"
+data_config { batch_size: 32 label_fields: "clk" label_fields: "buy" }
+feature_configs { id_feature { feature_name: "u" num_buckets: 50 embedding_dim: 4 } }
+feature_configs { id_feature { feature_name: "i" num_buckets: 50 embedding_dim: 3 } }
+feature_configs { raw_feature { feature_name: "p" } }
+model_config {
+  feature_groups { group_name: "all" feature_names: "u" feature_names: "i" feature_names: "p" group_type: DEEP }
+  variational_dropout { regularization_lambda: 20.0 }
+  mmoe {
+    expert_mlp { hidden_units: [8] dropout_ratio: [0.3] }
+    num_expert: 2
+    task_towers { tower_name: "ctr" label_name: "clk" losses { binary_cross_entropy {} } }
+    task_towers { tower_name: "cvr" label_name: "buy" losses { binary_cross_entropy {} } }
+  }
+}
+"#;
+    let mut plans = example_plans();
+    plans.push((
+        "variational dropout".into(),
+        build(vd, BuildOptions::default()).unwrap().plan,
+    ));
+    let rows = 800;
+    let mut in_parts = 0;
+    for (name, plan) in &plans {
+        if !crate::runtime::row_parallel::rows_apart_in_training(plan) {
+            continue;
+        }
+        in_parts += 1;
+        let batch = super::runs::random_batch(plan, rows, 9);
+        let mut precisions = vec![Precision::F32];
+        if Precision::Bf16.runs_bf16() && name.starts_with("ple_demo") {
+            precisions.push(Precision::Bf16);
+        }
+        for precision in precisions {
+            let (logits, params, gathered) = train_step_on(plan, &batch, 1, precision);
+            for threads in [2, 3] {
+                assert_eq!(
+                    crate::runtime::row_parallel::train_parts(rows, threads),
+                    Some(threads)
+                );
+                let what = format!("{name}, {precision:?}, {threads} threads");
+                let (l, p, g) = train_step_on(plan, &batch, threads, precision);
+                for (k, (a, b)) in l.iter().zip(&logits).enumerate() {
+                    assert_close(&format!("{what}: logits {k}"), a, b, 1e-5);
+                }
+                assert_eq!(p.len(), params.len());
+                for (i, (a, b)) in p.iter().zip(&params).enumerate() {
+                    match (a, b) {
+                        (Some(a), Some(b)) => {
+                            assert_close(&format!("{what}: gradient of param {i}"), a, b, 1e-4)
+                        }
+                        (a, b) => assert_eq!(a.is_some(), b.is_some(), "{what}: param {i}"),
+                    }
+                }
+                assert_eq!(g.len(), gathered.len(), "{what}: gathered tables");
+                for ((ta, ia, da), (tb, ib, db)) in g.iter().zip(&gathered) {
+                    assert_eq!((ta, ia), (tb, ib), "{what}: gathered ids of table {tb}");
+                    assert_close(&format!("{what}: rows of table {tb}"), da, db, 1e-4);
+                }
+            }
+        }
+    }
+    assert!(in_parts >= 10, "only {in_parts} plans trained in parts");
+}
+
 /// A valid plan with an op the native engine cannot run: a linear over a
 /// stack of column slices (candle multiplies it as a rank-3 tensor; the
 /// native engine would need its rows as one strided matrix).

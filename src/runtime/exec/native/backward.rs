@@ -10,11 +10,18 @@ use super::sequence;
 use super::timing::{record, record_label};
 use super::*;
 
+/// The gradients of one backward pass: per plan parameter (empty where it
+/// is not trained), and per gathered table slot its rows' (`[U, dim]`).
+#[derive(Debug)]
+pub(crate) struct PassGrads {
+    pub params: Vec<Vec<f32>>,
+    pub rows: Vec<Vec<f32>>,
+}
+
 impl Engine {
     /// Backpropagates `dlogits` (per task, `[B, C]`) through the last
     /// training forward pass and inserts every trainable parameter's and
     /// every gathered table's gradient into `grads`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn backward_pass(
         &mut self,
         plan: &Plan,
@@ -24,6 +31,21 @@ impl Engine {
         grads: &mut GradStore,
         device: &Device,
     ) -> Result<()> {
+        let pass = self.backward_grads(plan, params, dlogits)?;
+        let t_out = self.times.is_some().then(std::time::Instant::now);
+        store_grads(plan, params, pass, gathered, grads, device)?;
+        record_label(&mut self.times, "bwd gradients out", t_out);
+        Ok(())
+    }
+
+    /// Backpropagates `dlogits` (per task, `[B, C]`) through the last
+    /// training forward pass: every parameter's and gathered row's gradient.
+    pub(crate) fn backward_grads(
+        &mut self,
+        plan: &Plan,
+        params: &[ParamSlot],
+        dlogits: &[Option<Vec<f32>>],
+    ) -> Result<PassGrads> {
         let nt = self.gemm();
         let tape = self
             .tape
@@ -818,26 +840,39 @@ impl Engine {
             }
             record(&mut self.times, "bwd", step, t0);
         }
-        let t_out = self.times.is_some().then(std::time::Instant::now);
-        for ((slot, p), g) in params.iter().zip(&plan.params).zip(pg.finish()) {
-            if let ParamSlot::Trainable(var) = slot {
-                let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
-                let mut t = Tensor::from_vec(g, shape, device)?;
-                // A term of the loss outside the logits (variational
-                // dropout's penalty) already has its gradient here.
-                if let Some(prev) = grads.get(var.as_tensor()) {
-                    t = (prev + t)?;
-                }
-                grads.insert(var.as_tensor(), t);
-            }
-        }
-        for (g, d) in gathered.iter().zip(drows) {
-            let dims = g.rows.as_tensor().dims().to_vec();
-            grads.insert(g.rows.as_tensor(), Tensor::from_vec(d, dims, device)?);
-        }
-        record_label(&mut self.times, "bwd gradients out", t_out);
-        Ok(())
+        Ok(PassGrads {
+            params: pg.finish(),
+            rows: drows,
+        })
     }
+}
+
+/// Inserts a pass's gradients into `grads`: each trainable parameter's
+/// (added to what a term of the loss outside the logits, variational
+/// dropout's penalty, already put there) and each gathered slot's rows'.
+pub(crate) fn store_grads(
+    plan: &Plan,
+    params: &[ParamSlot],
+    pass: PassGrads,
+    gathered: &[Gathered],
+    grads: &mut GradStore,
+    device: &Device,
+) -> Result<()> {
+    for ((slot, p), g) in params.iter().zip(&plan.params).zip(pass.params) {
+        if let ParamSlot::Trainable(var) = slot {
+            let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+            let mut t = Tensor::from_vec(g, shape, device)?;
+            if let Some(prev) = grads.get(var.as_tensor()) {
+                t = (prev + t)?;
+            }
+            grads.insert(var.as_tensor(), t);
+        }
+    }
+    for (g, d) in gathered.iter().zip(pass.rows) {
+        let dims = g.rows.as_tensor().dims().to_vec();
+        grads.insert(g.rows.as_tensor(), Tensor::from_vec(d, dims, device)?);
+    }
+    Ok(())
 }
 
 /// Calls `f` with each embedded feature of a FEATURE_GROUP or

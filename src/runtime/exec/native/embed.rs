@@ -36,7 +36,7 @@ pub(super) struct Bag {
 pub(super) struct Lookup {
     pub bags: Vec<Bag>,
     /// Training: (table, unique ids, rows `[U, dim]`) per touched table.
-    pub rows: Vec<(usize, Vec<u32>, Vec<f32>)>,
+    pub rows: Vec<super::GatheredRows>,
 }
 
 /// Validates the ids of every `needed` feature and, in training, gathers
@@ -145,13 +145,11 @@ pub(super) fn scatter(drows: &mut [f32], g: &[f32], width: usize, col: usize, ba
 
 /// The gathered rows as the sparse optimizer takes them.
 pub(super) fn gathered(
-    lookup: &Lookup,
+    rows: &[super::GatheredRows],
     tables: &[Table],
     device: &Device,
 ) -> Result<Vec<Gathered>> {
-    lookup
-        .rows
-        .iter()
+    rows.iter()
         .map(|(t, list, rows)| {
             let dim = tables[*t].dim;
             Ok(Gathered {

@@ -2,6 +2,7 @@
 //! batch, keeping in training what the backward pass needs (the tape).
 
 use super::attention;
+use super::draws::{self, Layout, RowSpan};
 use super::intervention;
 use super::kernels;
 use super::sequence;
@@ -21,6 +22,21 @@ impl Engine {
     ) -> Result<NativeForward> {
         // `Model::forward` checked the batch's rows and features.
         let rows = batch.rows;
+        let span = match self.span {
+            Some(s) if s.first + rows <= s.total => s,
+            Some(s) => {
+                return Err(invalid_plan!(
+                    "native engine: rows {}..{} of a {}-row batch",
+                    s.first,
+                    s.first + rows,
+                    s.total
+                ))
+            }
+            None => RowSpan {
+                first: 0,
+                total: rows,
+            },
+        };
         let train = matches!(mode, Mode::Train { .. });
         let nt = self.gemm();
         let lookup = embed::lookup(
@@ -146,10 +162,11 @@ impl Engine {
                     match mode {
                         Mode::Train { seed, step } if op.ratio > 0.0 => {
                             // The candle path's stream: the same mask bit for bit.
-                            let mut rng = SplitMix64::derive(seed, &[step, oi as u64]);
-                            let keep: Vec<u8> = (0..x.len())
-                                .map(|_| u8::from(rng.next_f64() >= op.ratio as f64))
-                                .collect();
+                            let rng = SplitMix64::derive(seed, &[step, oi as u64]);
+                            let axis = x.internal_axis(analysis.batch_axis[oi]);
+                            let keep = draws::draws(&rng, Layout::of(x.dims, axis), span, |u| {
+                                u8::from(u >= op.ratio as f64)
+                            });
                             let scale = 1.0 / (1.0 - op.ratio);
                             kernels::dropout(&mut buf, y, &prog.bufs[x.buf], x, &keep, scale);
                             tape.masks[oi] = Some(keep);
@@ -294,12 +311,13 @@ impl Engine {
                     let keep = match mode {
                         Mode::Train { seed, step } if op.ratio > 0.0 => {
                             // The candle path's stream: the same mask bit for bit.
-                            let mut rng = SplitMix64::derive(seed, &[step, oi as u64]);
-                            let n = q.dims[0] * heads * q.dims[1] * q.dims[1];
-                            let keep: Vec<u8> = (0..n)
-                                .map(|_| u8::from(rng.next_f64() >= op.ratio as f64))
-                                .collect();
-                            Some(keep)
+                            let rng = SplitMix64::derive(seed, &[step, oi as u64]);
+                            // Weights `[B, heads, L, L]`, the batch first.
+                            let l = q.dims[1];
+                            let layout = Layout::of([1, q.dims[0], heads * l * l], 1);
+                            Some(draws::draws(&rng, layout, span, |u| {
+                                u8::from(u >= op.ratio as f64)
+                            }))
                         }
                         _ => None,
                     };
@@ -345,10 +363,9 @@ impl Engine {
                     let keep = match mode {
                         Mode::Train { seed, step } => {
                             // The candle path's stream: the same noise bit for bit.
-                            let mut rng = SplitMix64::derive(seed, &[step, oi as u64]);
-                            let u: Vec<f32> = (0..rows * features)
-                                .map(|_| rng.next_f64() as f32)
-                                .collect();
+                            let rng = SplitMix64::derive(seed, &[step, oi as u64]);
+                            let layout = Layout::of([1, rows, features], 1);
+                            let u = draws::draws(&rng, layout, span, |u| u as f32);
                             penalties.push((*fp, op.alpha));
                             kernels::vd_keep(ps.get(*fp), rows, Some(&u))
                         }

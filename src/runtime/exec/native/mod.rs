@@ -28,6 +28,9 @@
 
 mod attention;
 mod backward;
+pub(crate) use self::backward::{store_grads, PassGrads};
+mod draws;
+pub(crate) use self::draws::RowSpan;
 mod embed;
 mod forward;
 pub(crate) mod gemm;
@@ -125,6 +128,9 @@ pub(crate) struct Engine {
     precision: Precision,
     /// With `PLEC_PROFILE`: seconds and calls per step label.
     times: Option<std::collections::BTreeMap<String, (f64, u64)>>,
+    /// Where the rows of its passes lie in a larger batch (`set_span`);
+    /// None: each pass is a batch of its own.
+    span: Option<RowSpan>,
 }
 
 /// Parameter data of the model, borrowed for one pass.
@@ -165,7 +171,14 @@ impl Engine {
             tape: None,
             precision: default_precision(),
             times: crate::runtime::profile::enabled().then(Default::default),
+            span: None,
         })
+    }
+
+    /// Declares the next passes' rows part of a larger batch (`None`: a
+    /// batch of their own), so that their random draws are that batch's.
+    pub(crate) fn set_span(&mut self, span: Option<RowSpan>) {
+        self.span = span;
     }
 
     /// Frees every program's buffers and the tape (they are rebuilt on
@@ -228,11 +241,61 @@ impl Engine {
 
     /// The gathered embedding rows of the last training forward pass.
     pub(crate) fn gathered(&self, tables: &[Table], device: &Device) -> Result<Vec<Gathered>> {
-        match &self.tape {
-            Some(t) => embed::gathered(&t.lookup, tables, device),
-            None => Ok(Vec::new()),
-        }
+        gathered_tensors(self.gathered_rows(), tables, device)
     }
+
+    /// The last training forward pass's gathered rows per table slot:
+    /// (table, unique ids in first-seen order, rows `[U, dim]`).
+    pub(crate) fn gathered_rows(&self) -> &[GatheredRows] {
+        self.tape.as_ref().map_or(&[], |t| &t.lookup.rows)
+    }
+}
+
+/// One table slot's gathered rows: (table, unique ids, rows `[U, dim]`).
+pub(crate) type GatheredRows = (usize, Vec<u32>, Vec<f32>);
+
+/// Gathered rows as the sparse optimizer takes them.
+pub(crate) fn gathered_tensors(
+    rows: &[GatheredRows],
+    tables: &[Table],
+    device: &Device,
+) -> Result<Vec<Gathered>> {
+    embed::gathered(rows, tables, device)
+}
+
+/// The training loss's terms besides the tasks' (variational dropout's
+/// penalty per `(param, lambda)`), on the param's tensor so that candle's
+/// autograd gives its gradient; `rows` the batch's.
+pub(crate) fn penalty_tensors(
+    params: &[ParamSlot],
+    penalties: &[(usize, f32)],
+    rows: usize,
+) -> Result<Vec<Tensor>> {
+    penalties
+        .iter()
+        .map(|&(p, lambda)| {
+            let t = params
+                .get(p)
+                .ok_or_else(|| invalid_plan!("a variational dropout reads no parameter {p}"))?;
+            crate::runtime::exec::candle::ops::variational_dropout_penalty(t.tensor(), lambda, rows)
+                .map_err(Into::into)
+        })
+        .collect()
+}
+
+/// The gradient of each task's logits (`[B, C]` row-major) from `grads`,
+/// None for a task the loss did not reach.
+pub(crate) fn logit_grads(fwd: &Forward, grads: &GradStore) -> Result<Vec<Option<Vec<f32>>>> {
+    Ok(fwd
+        .logit_vars
+        .iter()
+        .map(|v| {
+            grads
+                .get(v.as_tensor())
+                .map(|g| g.flatten_all()?.to_vec1::<f32>())
+                .transpose()
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?)
 }
 
 /// Rows up to which a batched layer multiplies its experts in parallel on
@@ -315,18 +378,7 @@ impl Executor for Engine {
             params[i] = ParamSlot::Buffer(Tensor::from_vec(v, shape, device)?);
         }
         let train = matches!(mode, Mode::Train { .. });
-        let penalties = out
-            .penalties
-            .iter()
-            .map(|&(p, lambda)| {
-                crate::runtime::exec::candle::ops::variational_dropout_penalty(
-                    params[p].tensor(),
-                    lambda,
-                    batch.rows,
-                )
-                .map_err(Into::into)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let penalties = penalty_tensors(params, &out.penalties, batch.rows)?;
         let (logits, logit_vars) = logits_tensors(out.logits, batch.rows, device, train)?;
         let gathered = match train {
             true => self.gathered(tables, device)?,
@@ -346,16 +398,7 @@ impl Executor for Engine {
         if fwd.logit_vars.is_empty() {
             return Ok(());
         }
-        let dlogits = fwd
-            .logit_vars
-            .iter()
-            .map(|v| {
-                grads
-                    .get(v.as_tensor())
-                    .map(|g| g.flatten_all()?.to_vec1::<f32>())
-                    .transpose()
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let dlogits = logit_grads(fwd, grads)?;
         self.backward_pass(
             m.structure,
             m.params,

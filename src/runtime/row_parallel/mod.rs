@@ -28,6 +28,9 @@ use crate::data::batch::Batch;
 use crate::plan::validate::Analysis;
 use crate::proto::plan::Plan;
 
+mod train;
+pub(crate) use train::{rows_apart_in_training, train_parts, PartsTape};
+
 /// Most rows one thread evaluates at a time when several share a batch: its
 /// activations stay in the caches between layers.
 pub(crate) const ROW_CHUNK_MAX: usize = 512;
@@ -116,50 +119,37 @@ impl RowWorkers {
         let results: Vec<Mutex<Option<Result<TaskLogits>>>> =
             starts.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
-        let work = |engine: &mut Engine| loop {
-            let c = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&start) = starts.get(c) else {
-                break;
-            };
-            let part = batch.rows_range(start, (start + chunk).min(batch.rows));
-            // The model checked the batch's rows and features; a chunk of it holds.
-            let out = engine
-                .forward_pass(
-                    lent.plan,
-                    lent.analysis,
-                    lent.params,
-                    lent.tables,
-                    &part,
-                    Mode::Eval,
-                )
-                .map(|f| f.logits);
-            let failed = out.is_err();
-            if let Ok(mut slot) = results[c].lock() {
-                *slot = Some(out);
-            }
-            if failed {
-                // The batch fails as a whole: stop handing out chunks.
-                next.store(starts.len(), Ordering::Relaxed);
-                break;
-            }
-        };
-        std::thread::scope(|s| {
-            let mut workers = self.workers.iter_mut();
-            let first = workers.next();
-            for w in workers {
-                if let Some(p) = precision {
-                    w.engine.use_precision(p);
+        self.on_each(precision, |_, engine| {
+            engine.set_span(None);
+            loop {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&start) = starts.get(c) else {
+                    break;
+                };
+                let part = batch.rows_range(start, (start + chunk).min(batch.rows));
+                // The model checked the batch's rows and features; a chunk of it holds.
+                let out = engine
+                    .forward_pass(
+                        lent.plan,
+                        lent.analysis,
+                        lent.params,
+                        lent.tables,
+                        &part,
+                        Mode::Eval,
+                    )
+                    .map(|f| f.logits);
+                let failed = out.is_err();
+                if let Ok(mut slot) = results[c].lock() {
+                    *slot = Some(out);
                 }
-                let (pool, engine) = (&w.pool, &mut w.engine);
-                s.spawn(|| pool.install(|| work(engine)));
-            }
-            if let Some(w) = first {
-                if let Some(p) = precision {
-                    w.engine.use_precision(p);
+                if failed {
+                    // The batch fails as a whole: stop handing out chunks.
+                    next.store(starts.len(), Ordering::Relaxed);
+                    break;
                 }
-                w.pool.install(|| work(&mut w.engine));
             }
-        });
+            Ok(())
+        })?;
         let results: Vec<Option<Result<TaskLogits>>> = results
             .into_iter()
             .map(|slot| slot.into_inner().ok().flatten())
@@ -190,6 +180,42 @@ impl RowWorkers {
             }
         }
         Ok(tasks)
+    }
+
+    /// Runs `work(i, engine)` on every worker `i` at once, each in its
+    /// one-thread pool (the first on the calling thread), its engine set to
+    /// `precision`; their results in worker order, or the first error.
+    fn on_each<T: Send>(
+        &mut self,
+        precision: Option<Precision>,
+        work: impl Fn(usize, &mut Engine) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
+        let work = &work;
+        let mut results: Vec<Option<Result<T>>> = (0..self.workers.len()).map(|_| None).collect();
+        std::thread::scope(|s| {
+            let mut slots = results.iter_mut();
+            let mut workers = self.workers.iter_mut().enumerate();
+            let first = workers.next().zip(slots.next());
+            for ((i, w), slot) in workers.zip(slots) {
+                if let Some(p) = precision {
+                    w.engine.use_precision(p);
+                }
+                let (pool, engine) = (&w.pool, &mut w.engine);
+                s.spawn(move || *slot = Some(pool.install(|| work(i, engine))));
+            }
+            if let Some(((i, w), slot)) = first {
+                if let Some(p) = precision {
+                    w.engine.use_precision(p);
+                }
+                *slot = Some(w.pool.install(|| work(i, &mut w.engine)));
+            }
+        });
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(invalid_plan!("a worker thread stopped without a result")))
+            })
+            .collect()
     }
 
     /// The workers' engines (their profiles, with `PLEC_PROFILE`).
