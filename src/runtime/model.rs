@@ -383,7 +383,7 @@ impl Model {
                     return self.forward_in_chunks(batch, chunk, threads);
                 }
             } else if let Some(parts) = row_parallel::train_parts(rows, threads) {
-                if self.train_in_parts {
+                if self.train_in_parts && native::trains_in_parts(self.precision) {
                     return self.train_forward_in_parts(batch, mode, parts);
                 }
             }

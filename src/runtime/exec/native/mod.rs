@@ -325,6 +325,18 @@ fn experts_in_parallel(how: gemm::Gemm, rows: usize, experts: usize) -> bool {
     frame_kernel || rows <= AMX_EXPERT_PARALLEL_MAX_ROWS
 }
 
+/// Whether training may run a batch's rows in parts, one per thread
+/// (`runtime::row_parallel::train`), with multiplies of precision
+/// `precision` (None: the engines' default). Measured on the frame's own
+/// kernels (AVX-512 and AVX2 f32, AVX512-BF16: faster or level at every
+/// batch size). bf16 on AMX tiles keeps one pass: there a multiply split over
+/// the threads measured faster than independent ones at large batches (see
+/// `AMX_EXPERT_PARALLEL_MAX_ROWS`), and parts have not been measured.
+pub(crate) fn trains_in_parts(precision: Option<Precision>) -> bool {
+    let p = precision.unwrap_or_else(default_precision);
+    !(p.runs_bf16() && isa::chosen().bf16_kernel() == Some(isa::Bf16Kernel::Amx))
+}
+
 /// Into how many equal row blocks each expert's multiply is cut when the
 /// experts run in parallel, so that the tasks share out evenly over the
 /// threads: three experts on two threads would leave one thread idle a
