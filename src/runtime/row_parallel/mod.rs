@@ -22,7 +22,8 @@ use candle_core::Device;
 
 use super::embedding::Table;
 use super::error::{invalid_plan, Result};
-use super::exec::native::{Engine, Precision};
+use super::exec::native::gemm::fixed_b::with_fixed_b;
+use super::exec::native::{self as native, Engine, Precision};
 use super::params::{Mode, ParamSlot};
 use crate::data::batch::Batch;
 use crate::plan::validate::Analysis;
@@ -119,9 +120,16 @@ impl RowWorkers {
         let results: Vec<Mutex<Option<Result<TaskLogits>>>> =
             starts.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
+        // A worker with several chunks to run packs each weight once for all of
+        // them (the weights are lent read-only for the whole batch).
+        let ranges = if starts.len() > self.len() {
+            native::param_ranges(lent.params)?
+        } else {
+            Vec::new()
+        };
         self.on_each(precision, |_, engine| {
             engine.set_span(None);
-            loop {
+            with_fixed_b(ranges.clone(), || loop {
                 let c = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&start) = starts.get(c) else {
                     break;
@@ -147,7 +155,7 @@ impl RowWorkers {
                     next.store(starts.len(), Ordering::Relaxed);
                     break;
                 }
-            }
+            });
             Ok(())
         })?;
         let results: Vec<Option<Result<TaskLogits>>> = results

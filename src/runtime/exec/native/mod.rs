@@ -263,6 +263,21 @@ pub(crate) fn gathered_tensors(
     embed::gathered(rows, tables, device)
 }
 
+/// The byte ranges of the parameters' values: what a forward pass that
+/// changes none of them can declare unchanged (`gemm::fixed_b`).
+pub(crate) fn param_ranges(params: &[ParamSlot]) -> Result<Vec<(usize, usize)>> {
+    let ps = Params::borrow(params)?;
+    Ok(ps
+        .hosts
+        .iter()
+        .map(|h| {
+            let s = h.slice();
+            let start = s.as_ptr() as usize;
+            (start, start + std::mem::size_of_val(s))
+        })
+        .collect())
+}
+
 /// The training loss's terms besides the tasks' (variational dropout's
 /// penalty per `(param, lambda)`), on the param's tensor so that candle's
 /// autograd gives its gradient; `rows` the batch's.

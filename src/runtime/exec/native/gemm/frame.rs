@@ -141,7 +141,7 @@ impl Kernel {
 ///
 /// The implementations (`f32::avx2`, `f32::avx512`) rely on exactly this, and each
 /// implementing method's `# Safety` is the one here.
-pub(super) trait Backend {
+pub(super) trait Backend: 'static {
     /// Micro-tile rows.
     const MR: usize;
     /// Micro-tile columns.
@@ -330,6 +330,8 @@ pub(super) unsafe fn run<K: Backend>(pr: &Prob, threads: usize) {
                 }
                 d => d == 2,
             };
+            // A B packed once for a scope (`fixed_b`) is laid out for the first driver.
+            let use2 = use2 && !(workers == 1 && super::fixed_b::is_fixed(pr));
             if use2 {
                 // SAFETY: a valid problem (this function's contract) with m, n, k > 0; the
                 // CPU runs K; workers >= 1.
@@ -521,6 +523,12 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
     let mb_b = m.div_ceil(nmb).div_ceil(K::MR) * K::MR;
     let b_len = nc_b * kc_b;
     let a_len = if direct { 0 } else { mb_b * kc_b };
+    let fixed = match w {
+        // SAFETY: `pr` is valid and the CPU runs K (this function's contract); the panels
+        // stay valid until the scope closes, after this call returns.
+        1 => unsafe { super::fixed_b::panels::<K>(pr, kc_b, nc_b) }.map(Shared::new),
+        _ => None,
+    };
 
     let run = |abuf: Shared<*mut f32>, bbuf: Shared<*mut f32>| {
         let mut jc = 0;
@@ -532,21 +540,32 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
                 let kc = kc_b.min(k - pc);
                 let first = pc == 0;
                 let last = pc + kc == k;
-                par_tasks(w, npan, &|jp| {
-                    let j = jc + jp * K::NR;
-                    // SAFETY: panel jp of the B buffer (npan*kc*K::NR <= b_len), written by this
-                    // task only; columns j..j+nr are inside B.
-                    unsafe {
-                        K::pack_b_panel(
-                            pr,
-                            pc,
-                            kc,
-                            j,
-                            K::NR.min(jc + nc - j),
-                            bbuf.get().add(jp * kc * K::NR),
-                        )
-                    };
-                });
+                let bblock = match fixed {
+                    // The block's panels, packed when the scope first met this B.
+                    Some(base) => Shared::new(
+                        base.get()
+                            .wrapping_add(super::fixed_b::offset::<K>(k, n, nc_b, jc, pc))
+                            .cast_mut(),
+                    ),
+                    None => {
+                        par_tasks(w, npan, &|jp| {
+                            let j = jc + jp * K::NR;
+                            // SAFETY: panel jp of the B buffer (npan*kc*K::NR <= b_len), written
+                            // by this task only; columns j..j+nr are inside B.
+                            unsafe {
+                                K::pack_b_panel(
+                                    pr,
+                                    pc,
+                                    kc,
+                                    j,
+                                    K::NR.min(jc + nc - j),
+                                    bbuf.get().add(jp * kc * K::NR),
+                                )
+                            };
+                        });
+                        bbuf
+                    }
+                };
                 let mut ic = 0;
                 while ic < m {
                     let mb = mb_b.min(m - ic);
@@ -602,7 +621,7 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
                             for jp in jp0..jp1 {
                                 let j = jc + jp * K::NR;
                                 let nr = K::NR.min(jc + nc - j);
-                                let bp = bbuf.get().wrapping_add(jp * kc * K::NR);
+                                let bp = bblock.get().wrapping_add(jp * kc * K::NR);
                                 // SAFETY: packed panels are complete for kc (their phase joined
                                 // above, or packed just before by this task); the tile
                                 // (i..i+mr, j..j+nr) is computed by this task only.

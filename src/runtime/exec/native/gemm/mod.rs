@@ -34,6 +34,8 @@ pub(crate) mod amx;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512bf16;
 mod f32;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) mod fixed_b;
 // Off x86-64 no backend exists, so the frame's drivers go unused.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) mod frame;

@@ -566,3 +566,81 @@ fn general_strides() {
         }
     }
 }
+
+/// A multiply whose B lies in a `fixed_b` scope packs B on the first call and
+/// reads those panels on later ones (one packing per B and shape), with the
+/// values of packing per call, on every frame kernel: several N and K blocks,
+/// B transposed or not, a column range of B (a packing of its own), and a B
+/// outside the scope (never kept). The scope's packings go when it closes.
+#[test]
+fn fixed_b_packs_once_per_scope() {
+    use super::fixed_b::{packed_count, with_fixed_b};
+    for target in targets() {
+        if !matches!(target, Target::F32(_) | Target::Avx512Bf16) {
+            continue;
+        }
+        for (seed, (m, n, k, b_t)) in [
+            (40, 2200, 600, true),
+            (30, 700, 1100, false),
+            (17, 45, 9, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut rng = Rng(seed as u64 * 7 + 3);
+            let (b_rs, b_cs) = if b_t {
+                (1isize, k as isize + 1)
+            } else {
+                (n as isize + 5, 1isize)
+            };
+            let b = rng.vec(span(k, n, b_rs, b_cs));
+            let (a1, a2) = (rng.vec(m * k), rng.vec(m * k));
+            let run = |a: &[f32], b: &[f32], first_col: usize| -> Vec<f32> {
+                let cols = n - first_col;
+                let mut d = vec![f32::NAN; m * cols];
+                // SAFETY: a is m x k row-major, b holds k x n at (b_rs, b_cs) and columns
+                // first_col.. of it stay inside; d is m x cols row-major and its own buffer.
+                unsafe {
+                    call(
+                        target,
+                        m,
+                        cols,
+                        k,
+                        d.as_mut_ptr(),
+                        cols as isize,
+                        1,
+                        false,
+                        a.as_ptr(),
+                        k as isize,
+                        1,
+                        b.as_ptr().add(first_col * b_cs as usize),
+                        b_rs,
+                        b_cs,
+                        1,
+                        std::ptr::null(),
+                        true,
+                        std::ptr::null(),
+                        std::ptr::null_mut(),
+                    )
+                };
+                d
+            };
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            let what = format!("{target:?} m{m} n{n} k{k} bt={b_t}");
+            let plain = [run(&a1, &b, 0), run(&a2, &b, 0), run(&a1, &b, n / 2)].map(bits);
+            let copy = b.clone();
+            let range = (b.as_ptr() as usize, b.as_ptr() as usize + 4 * b.len());
+            with_fixed_b(vec![range], || {
+                assert_eq!(bits(run(&a1, &b, 0)), plain[0], "{what}: first call");
+                assert_eq!(packed_count(), 1, "{what}: B packed on the first call");
+                assert_eq!(bits(run(&a2, &b, 0)), plain[1], "{what}: from the packing");
+                assert_eq!(packed_count(), 1, "{what}: B not packed again");
+                assert_eq!(bits(run(&a1, &b, n / 2)), plain[2], "{what}: columns");
+                assert_eq!(packed_count(), 2, "{what}: a column range packs its own");
+                assert_eq!(bits(run(&a1, &copy, 0)), plain[0], "{what}: outside");
+                assert_eq!(packed_count(), 2, "{what}: B outside the scope not kept");
+            });
+            assert_eq!(packed_count(), 0, "{what}: the scope's packings dropped");
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Packed B operands kept for the length of a scope: a multiply whose B lies
+//! in memory the caller declared unchanged for the scope (`with_fixed_b`:
+//! the weights, while one evaluation batch runs its chunks) packs B once, the
+//! first time, and every later multiply by the same B on this thread reads
+//! those panels instead of packing them again.
+//!
+//! Why: evaluation runs a batch in 512-row chunks on single-threaded engines
+//! (`runtime::row_parallel`), and each chunk's multiplies packed every weight
+//! again, as much packing as for the chunk's activations (a PLE's 256 -> 6158
+//! layer: 1.6 M weight values against 131 k input values per chunk).
+//!
+//! The panels are laid out as the frame's first driver walks them (N blocks,
+//! then K blocks, then NR-wide panels; `offset`), for the blocking the driver
+//! computes from the problem, which is part of the key.
+
+use std::any::TypeId;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use super::frame::{Backend, Prob};
+
+/// What identifies one packing of B: the backend, B's place and strides, the
+/// problem's k and n and the blocking.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    backend: TypeId,
+    b: usize,
+    brs: isize,
+    bcs: isize,
+    k: usize,
+    n: usize,
+    kc: usize,
+    nc: usize,
+}
+
+/// A 64-byte aligned run of f32 slots (the kernels load B panels aligned).
+struct Panels {
+    buf: Vec<f32>,
+    start: usize,
+}
+
+impl Panels {
+    fn new(len: usize) -> Self {
+        let buf = vec![0.0f32; len + 16];
+        let start = buf.as_ptr().align_offset(64).min(16);
+        Self { buf, start }
+    }
+
+    fn ptr(&mut self) -> *mut f32 {
+        self.buf[self.start..].as_mut_ptr()
+    }
+}
+
+/// The open scope of this thread: the address ranges declared unchanged,
+/// and what was packed from them.
+struct Scope {
+    ranges: Vec<(usize, usize)>,
+    packed: HashMap<Key, Panels>,
+}
+
+thread_local! {
+    static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
+}
+
+/// Closes the scope, dropping its panels, however `with_fixed_b` leaves.
+struct Close(Option<Scope>);
+
+impl Drop for Close {
+    fn drop(&mut self) {
+        let outer = self.0.take();
+        SCOPE.with(|s| *s.borrow_mut() = outer);
+    }
+}
+
+/// Runs `f` with the memory of `ranges` (byte addresses, `[start, end)`)
+/// declared unchanged until it returns: single-threaded multiplies on this
+/// thread whose B lies inside one range pack it once. The caller keeps that
+/// promise; nothing checks it. A scope opened inside another replaces it
+/// until it closes.
+pub(crate) fn with_fixed_b<T>(ranges: Vec<(usize, usize)>, f: impl FnOnce() -> T) -> T {
+    let scope = Scope {
+        ranges,
+        packed: HashMap::new(),
+    };
+    let outer = SCOPE.with(|s| s.replace(Some(scope)));
+    let _close = Close(outer);
+    f()
+}
+
+/// The first and one-past-last byte addresses of B's `k x n` elements.
+fn extent(pr: &Prob) -> Option<(usize, usize)> {
+    if pr.brs < 0 || pr.bcs < 0 || pr.k == 0 || pr.n == 0 {
+        return None;
+    }
+    let last = (pr.k - 1) * pr.brs as usize + (pr.n - 1) * pr.bcs as usize;
+    let start = pr.b as usize;
+    Some((start, start + (last + 1) * std::mem::size_of::<f32>()))
+}
+
+/// Whether a scope is open on this thread and B lies inside one of its
+/// ranges.
+pub(super) fn is_fixed(pr: &Prob) -> bool {
+    let Some((lo, hi)) = extent(pr) else {
+        return false;
+    };
+    SCOPE.with(|s| {
+        s.try_borrow().is_ok_and(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.ranges.iter().any(|&(a, b)| a <= lo && hi <= b))
+        })
+    })
+}
+
+/// Where the panels of N block `jc` (a multiple of the N block) and K block
+/// `pc` start, in f32 slots from the first.
+pub(super) fn offset<K: Backend>(k: usize, n: usize, nc: usize, jc: usize, pc: usize) -> usize {
+    let npan = nc.min(n - jc).div_ceil(K::NR);
+    jc * k + pc * npan * K::NR
+}
+
+/// B's panels for blocks of `kc` K steps and `nc` columns, packed on first
+/// use in this thread's scope; None when no scope is open, B is not inside
+/// it, or the scope is borrowed (a multiply inside a packer).
+///
+/// # Safety
+/// As `Backend::pack_b_panel` for every panel of B (`pr` a valid problem, the CPU runs
+/// `K`); the memory the scope declared unchanged stays unchanged while the scope is open.
+/// The pointer stays valid until the scope closes.
+pub(super) unsafe fn panels<K: Backend + 'static>(
+    pr: &Prob,
+    kc: usize,
+    nc: usize,
+) -> Option<*const f32> {
+    if !is_fixed(pr) {
+        return None;
+    }
+    let (k, n) = (pr.k, pr.n);
+    let key = Key {
+        backend: TypeId::of::<K>(),
+        b: pr.b as usize,
+        brs: pr.brs,
+        bcs: pr.bcs,
+        k,
+        n,
+        kc,
+        nc,
+    };
+    SCOPE.with(|s| {
+        let mut s = s.try_borrow_mut().ok()?;
+        let scope = s.as_mut()?;
+        let panels = scope.packed.entry(key).or_insert_with(|| {
+            let mut p = Panels::new(n.div_ceil(K::NR) * K::NR * k);
+            let base = p.ptr();
+            let mut jc = 0;
+            while jc < n {
+                let cols = nc.min(n - jc);
+                let mut pc = 0;
+                while pc < k {
+                    let kcb = kc.min(k - pc);
+                    let block = base.wrapping_add(offset::<K>(k, n, nc, jc, pc));
+                    for jp in 0..cols.div_ceil(K::NR) {
+                        let j = jc + jp * K::NR;
+                        // SAFETY: panel jp of block (jc, pc) lies inside the buffer
+                        // (`offset` plus cols.div_ceil(NR) panels of kcb * NR slots end by
+                        // (jc + cols rounded up to NR) * k <= its length), 64-byte aligned
+                        // (every offset is a multiple of 16 slots from an aligned base);
+                        // the columns are inside B; the CPU runs K (this contract).
+                        unsafe {
+                            K::pack_b_panel(
+                                pr,
+                                pc,
+                                kcb,
+                                j,
+                                K::NR.min(jc + cols - j),
+                                block.add(jp * kcb * K::NR),
+                            )
+                        };
+                    }
+                    pc += kcb;
+                }
+                jc += cols;
+            }
+            p
+        });
+        Some(panels.ptr() as *const f32)
+    })
+}
+
+/// How many packings the open scope holds (tests).
+#[cfg(test)]
+pub(super) fn packed_count() -> usize {
+    SCOPE.with(|s| s.borrow().as_ref().map_or(0, |s| s.packed.len()))
+}
