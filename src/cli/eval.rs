@@ -46,6 +46,7 @@ pub(crate) fn execute(args: &EvalArgs) -> Result<Outcome, RunError> {
     let mut source = EvalSource::new(run::open_data(&plan, &args.data)?, batch);
     let rows = source.num_rows();
     let mut model = Model::from_plan(&plan, &device).map_err(run::runtime_error)?;
+    model.freeze();
     let t0 = Instant::now();
     let metrics = runtime::evaluate(&mut model, &mut source).map_err(run::runtime_error)?;
     let seconds = t0.elapsed().as_secs_f64();

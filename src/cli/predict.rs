@@ -162,6 +162,7 @@ pub(crate) fn execute(args: &PredictArgs) -> Result<Outcome, RunError> {
     let source = DataSource::open_with_keep(&plan, &args.data, &args.keep)
         .map_err(|e| run::data_error(&e))?;
     let mut model = Model::from_plan(&plan, &device).map_err(run::runtime_error)?;
+    model.freeze();
     let t0 = Instant::now();
     let rows = write_predictions(&plan, &mut model, &source, batch, &args.output)?;
     let seconds = t0.elapsed().as_secs_f64();

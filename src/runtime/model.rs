@@ -50,6 +50,9 @@ pub struct Model {
     train_in_parts: bool,
     /// What the last training forward pass in parts left for its backward.
     parts: Option<PartsTape>,
+    /// The model only evaluates and predicts (`freeze`): its weights stay as
+    /// loaded.
+    frozen: bool,
 }
 
 /// A tensor's values as little-endian f32 bytes. f32 CPU tensors are read
@@ -167,7 +170,16 @@ impl Model {
             row_workers: None,
             train_in_parts: row_parallel::rows_apart_in_training(plan),
             parts: None,
+            frozen: false,
         })
+    }
+
+    /// Declares that this model will only evaluate and predict: its weights
+    /// stay as loaded, so the threads evaluating rows side by side keep each
+    /// weight packed for their multiplies across batches instead of packing
+    /// it again per batch. A training pass is an error from then on.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
     }
 
     /// Whether native training passes may run a batch's rows side by side,
@@ -376,6 +388,11 @@ impl Model {
             ));
         }
         self.parts = None;
+        if self.frozen && mode != Mode::Eval {
+            return Err(invalid_plan!(
+                "a model loaded only to evaluate (frozen) cannot train"
+            ));
+        }
         if self.uses_native() && batch.splittable() {
             let threads = rayon::current_num_threads();
             if mode == Mode::Eval {
@@ -462,6 +479,7 @@ impl Model {
             device,
             precision,
             row_workers,
+            frozen,
             ..
         } = self;
         let lent = row_parallel::Lent {
@@ -473,7 +491,7 @@ impl Model {
         let workers = row_workers
             .as_mut()
             .ok_or_else(|| invalid_plan!("no evaluation threads"))?;
-        let logits = workers.logits(&lent, batch, chunk, *precision)?;
+        let logits = workers.logits(&lent, batch, chunk, *precision, *frozen)?;
         Ok(Forward {
             logits: row_parallel::tensors(logits, batch.rows, device)?,
             gathered: Vec::new(),

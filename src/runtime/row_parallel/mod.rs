@@ -22,7 +22,7 @@ use candle_core::Device;
 
 use super::embedding::Table;
 use super::error::{invalid_plan, Result};
-use super::exec::native::gemm::fixed_b::with_fixed_b;
+use super::exec::native::gemm::fixed_b::{with_fixed_b, FixedB};
 use super::exec::native::{self as native, Engine, Precision};
 use super::params::{Mode, ParamSlot};
 use crate::data::batch::Batch;
@@ -70,6 +70,9 @@ struct Worker {
     /// multiplies included, sees one thread and runs inline.
     pool: rayon::ThreadPool,
     engine: Engine,
+    /// The weights as this thread's multiplies packed them, kept between
+    /// batches while the model's weights stay as they are (`logits`'s `frozen`).
+    packed: Option<FixedB>,
 }
 
 /// Per task, `[rows, C]` row-major.
@@ -96,6 +99,7 @@ impl RowWorkers {
                 Ok(Worker {
                     pool,
                     engine: Engine::new(plan, analysis)?,
+                    packed: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -109,27 +113,41 @@ impl RowWorkers {
 
     /// The logits of `batch` (per task, row-major `[rows, C]`), chunks of
     /// `chunk` rows handed out to the workers as they finish their last.
+    /// `frozen`: the lent weights are those of every earlier and later call
+    /// (a model that only evaluates), so each worker keeps them packed.
     pub(crate) fn logits(
         &mut self,
         lent: &Lent<'_>,
         batch: &Batch,
         chunk: usize,
         precision: Option<Precision>,
+        frozen: bool,
     ) -> Result<TaskLogits> {
         let starts: Vec<usize> = (0..batch.rows).step_by(chunk.max(1)).collect();
         let results: Vec<Mutex<Option<Result<TaskLogits>>>> =
             starts.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
-        // A worker with several chunks to run packs each weight once for all of
-        // them (the weights are lent read-only for the whole batch).
-        let ranges = if starts.len() > self.len() {
+        // Each worker packs each weight once: for the whole run when the weights
+        // never change, else for all its chunks of this batch (the weights are
+        // lent read-only for the whole call) when it runs several.
+        let pack_once = frozen || starts.len() > self.len();
+        let ranges = if pack_once {
             native::param_ranges(lent.params)?
         } else {
             Vec::new()
         };
-        self.on_each(precision, |_, engine| {
+        self.on_each(precision, |_, engine, packed| {
             engine.set_span(None);
-            with_fixed_b(ranges.clone(), || loop {
+            if !frozen || !pack_once {
+                *packed = None;
+            }
+            let mut none = FixedB::new(Vec::new());
+            let fixed = match packed {
+                _ if !pack_once => &mut none,
+                Some(p) => p,
+                None => packed.insert(FixedB::new(ranges.clone())),
+            };
+            with_fixed_b(fixed, || loop {
                 let c = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&start) = starts.get(c) else {
                     break;
@@ -156,6 +174,9 @@ impl RowWorkers {
                     break;
                 }
             });
+            if !frozen {
+                *packed = None;
+            }
             Ok(())
         })?;
         let results: Vec<Option<Result<TaskLogits>>> = results
@@ -190,13 +211,13 @@ impl RowWorkers {
         Ok(tasks)
     }
 
-    /// Runs `work(i, engine)` on every worker `i` at once, each in its
-    /// one-thread pool (the first on the calling thread), its engine set to
-    /// `precision`; their results in worker order, or the first error.
+    /// Runs `work(i, engine, packed)` on every worker `i` at once, each in
+    /// its one-thread pool (the first on the calling thread), its engine set
+    /// to `precision`; their results in worker order, or the first error.
     fn on_each<T: Send>(
         &mut self,
         precision: Option<Precision>,
-        work: impl Fn(usize, &mut Engine) -> Result<T> + Sync,
+        work: impl Fn(usize, &mut Engine, &mut Option<FixedB>) -> Result<T> + Sync,
     ) -> Result<Vec<T>> {
         let work = &work;
         let mut results: Vec<Option<Result<T>>> = (0..self.workers.len()).map(|_| None).collect();
@@ -208,14 +229,23 @@ impl RowWorkers {
                 if let Some(p) = precision {
                     w.engine.use_precision(p);
                 }
-                let (pool, engine) = (&w.pool, &mut w.engine);
-                s.spawn(move || *slot = Some(pool.install(|| work(i, engine))));
+                let Worker {
+                    pool,
+                    engine,
+                    packed,
+                } = w;
+                s.spawn(move || *slot = Some(pool.install(|| work(i, engine, packed))));
             }
             if let Some(((i, w), slot)) = first {
                 if let Some(p) = precision {
                     w.engine.use_precision(p);
                 }
-                *slot = Some(w.pool.install(|| work(i, &mut w.engine)));
+                let Worker {
+                    pool,
+                    engine,
+                    packed,
+                } = w;
+                *slot = Some(pool.install(|| work(i, engine, packed)));
             }
         });
         results

@@ -91,7 +91,7 @@ impl RowWorkers {
         let parts = self.len();
         let total = batch.rows;
         let bounds: Vec<usize> = (0..=parts).map(|i| total * i / parts).collect();
-        let outs = self.on_each(precision, |i, engine| {
+        let outs = self.on_each(precision, |i, engine, _| {
             let (first, end) = (bounds[i], bounds[i + 1]);
             engine.set_span(Some(RowSpan { first, total }));
             let part = batch.rows_range(first, end);
@@ -156,7 +156,7 @@ impl RowWorkers {
             ));
         }
         let total = bounds.last().copied().unwrap_or(0);
-        let grads = self.on_each(precision, |i, engine| {
+        let grads = self.on_each(precision, |i, engine, _| {
             let (first, end) = (bounds[i], bounds[i + 1]);
             let mine: Vec<Option<Vec<f32>>> = dlogits
                 .iter()

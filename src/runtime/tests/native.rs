@@ -771,6 +771,53 @@ fn evaluation_with_rows_side_by_side_matches_one_thread() {
     }
 }
 
+/// A frozen model (one loaded only to evaluate) keeps each weight packed
+/// on each evaluation thread from batch to batch: over batches of several
+/// chunks per thread and of one, its logits are an unfrozen model's to the
+/// bit, in f32 and (where the CPU has a bf16 kernel) bf16; and it refuses to
+/// train.
+#[test]
+fn frozen_model_evaluates_as_an_unfrozen_one_and_refuses_to_train() {
+    let path = format!("{}/examples/ple_demo.config", env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(path).unwrap();
+    let plan = build(&source, BuildOptions::default()).unwrap().plan;
+    let batches =
+        [2500, 600, 2500, 700].map(|rows| super::runs::random_batch(&plan, rows, rows as u64));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let mut precisions = vec![Precision::F32];
+    if Precision::Bf16.runs_bf16() {
+        precisions.push(Precision::Bf16);
+    }
+    for precision in precisions {
+        let (mut frozen, _) = models(&plan);
+        let (mut open, _) = models(&plan);
+        frozen.freeze();
+        for m in [&mut frozen, &mut open] {
+            m.set_precision(precision).unwrap();
+        }
+        for (i, batch) in batches.iter().enumerate() {
+            let logits = |m: &mut Model| -> Vec<Vec<u32>> {
+                let out = pool.install(|| m.forward(batch, Mode::Eval)).unwrap();
+                out.logits
+                    .iter()
+                    .map(|t| host32(t).into_iter().map(f32::to_bits).collect())
+                    .collect()
+            };
+            assert_eq!(
+                logits(&mut frozen),
+                logits(&mut open),
+                "{precision:?}: batch {i} of {} rows",
+                batch.rows
+            );
+        }
+        let train = frozen.forward(&batches[1], Mode::Train { seed: 1, step: 0 });
+        assert!(train.is_err(), "a frozen model trained");
+    }
+}
+
 /// One training step's results on `threads` threads: the logits, each
 /// parameter's gradient and each gathered table's (ids, rows' gradient),
 /// under the loss `loss_of`.

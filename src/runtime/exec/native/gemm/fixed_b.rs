@@ -1,8 +1,9 @@
-//! Packed B operands kept for the length of a scope: a multiply whose B lies
-//! in memory the caller declared unchanged for the scope (`with_fixed_b`:
-//! the weights, while one evaluation batch runs its chunks) packs B once, the
-//! first time, and every later multiply by the same B on this thread reads
-//! those panels instead of packing them again.
+//! Packed B operands kept while their memory stays unchanged: a multiply
+//! whose B lies in memory the caller declared unchanged (`with_fixed_b`: the
+//! weights, while one evaluation batch runs its chunks, or for a whole run
+//! of a model that only evaluates) packs B once, the first time, and every
+//! later multiply by the same B on this thread reads those panels instead
+//! of packing them again.
 //!
 //! Why: evaluation runs a batch in 512-row chunks on single-threaded engines
 //! (`runtime::row_parallel`), and each chunk's multiplies packed every weight
@@ -51,39 +52,66 @@ impl Panels {
     }
 }
 
-/// The open scope of this thread: the address ranges declared unchanged,
-/// and what was packed from them.
-struct Scope {
+/// Memory declared unchanged (byte address ranges, `[start, end)`) and the
+/// B operands packed from it: what a scope (`with_fixed_b`) reads, kept by
+/// its owner between scopes for as long as that memory stays unchanged.
+pub(crate) struct FixedB {
     ranges: Vec<(usize, usize)>,
     packed: HashMap<Key, Panels>,
 }
 
-thread_local! {
-    static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
-}
-
-/// Closes the scope, dropping its panels, however `with_fixed_b` leaves.
-struct Close(Option<Scope>);
-
-impl Drop for Close {
-    fn drop(&mut self) {
-        let outer = self.0.take();
-        SCOPE.with(|s| *s.borrow_mut() = outer);
+impl FixedB {
+    /// Nothing packed yet from `ranges`.
+    pub(crate) fn new(ranges: Vec<(usize, usize)>) -> Self {
+        Self {
+            ranges,
+            packed: HashMap::new(),
+        }
     }
 }
 
-/// Runs `f` with the memory of `ranges` (byte addresses, `[start, end)`)
-/// declared unchanged until it returns: single-threaded multiplies on this
-/// thread whose B lies inside one range pack it once. The caller keeps that
-/// promise; nothing checks it. A scope opened inside another replaces it
-/// until it closes.
-pub(crate) fn with_fixed_b<T>(ranges: Vec<(usize, usize)>, f: impl FnOnce() -> T) -> T {
-    let scope = Scope {
-        ranges,
-        packed: HashMap::new(),
+impl std::fmt::Debug for FixedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FixedB")
+            .field("ranges", &self.ranges.len())
+            .field("packed", &self.packed.len())
+            .finish()
+    }
+}
+
+thread_local! {
+    static SCOPE: RefCell<Option<FixedB>> = const { RefCell::new(None) };
+}
+
+/// Puts the scope back in its owner's hands, and the outer one in place,
+/// however `with_fixed_b` leaves.
+struct Close<'a> {
+    owner: &'a mut FixedB,
+    outer: Option<FixedB>,
+}
+
+impl Drop for Close<'_> {
+    fn drop(&mut self) {
+        let outer = self.outer.take();
+        if let Some(mine) = SCOPE.with(|s| s.replace(outer)) {
+            *self.owner = mine;
+        }
+    }
+}
+
+/// Runs `f` with the memory of `fixed`'s ranges declared unchanged until
+/// it returns: single-threaded multiplies on this thread whose B lies
+/// inside one range pack it once, into `fixed`, and read it from there on
+/// (in this scope and in later ones with the same `fixed`). The caller
+/// keeps the promise, for as long as it keeps `fixed`; nothing checks it.
+/// A scope opened inside another replaces it until it closes.
+pub(crate) fn with_fixed_b<T>(fixed: &mut FixedB, f: impl FnOnce() -> T) -> T {
+    let mine = std::mem::replace(fixed, FixedB::new(Vec::new()));
+    let outer = SCOPE.with(|s| s.replace(Some(mine)));
+    let _close = Close {
+        owner: fixed,
+        outer,
     };
-    let outer = SCOPE.with(|s| s.replace(Some(scope)));
-    let _close = Close(outer);
     f()
 }
 
@@ -190,4 +218,12 @@ pub(super) unsafe fn panels<K: Backend + 'static>(
 #[cfg(test)]
 pub(super) fn packed_count() -> usize {
     SCOPE.with(|s| s.borrow().as_ref().map_or(0, |s| s.packed.len()))
+}
+
+impl FixedB {
+    /// How many packings it holds (tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.packed.len()
+    }
 }

@@ -571,10 +571,11 @@ fn general_strides() {
 /// reads those panels on later ones (one packing per B and shape), with the
 /// values of packing per call, on every frame kernel: several N and K blocks,
 /// B transposed or not, a column range of B (a packing of its own), and a B
-/// outside the scope (never kept). The scope's packings go when it closes.
+/// outside the scope (never kept). The packings go back to their owner when
+/// the scope closes, and a later scope with that owner reads them.
 #[test]
 fn fixed_b_packs_once_per_scope() {
-    use super::fixed_b::{packed_count, with_fixed_b};
+    use super::fixed_b::{packed_count, with_fixed_b, FixedB};
     for target in targets() {
         if !matches!(target, Target::F32(_) | Target::Avx512Bf16) {
             continue;
@@ -630,7 +631,8 @@ fn fixed_b_packs_once_per_scope() {
             let plain = [run(&a1, &b, 0), run(&a2, &b, 0), run(&a1, &b, n / 2)].map(bits);
             let copy = b.clone();
             let range = (b.as_ptr() as usize, b.as_ptr() as usize + 4 * b.len());
-            with_fixed_b(vec![range], || {
+            let mut fixed = FixedB::new(vec![range]);
+            with_fixed_b(&mut fixed, || {
                 assert_eq!(bits(run(&a1, &b, 0)), plain[0], "{what}: first call");
                 assert_eq!(packed_count(), 1, "{what}: B packed on the first call");
                 assert_eq!(bits(run(&a2, &b, 0)), plain[1], "{what}: from the packing");
@@ -640,7 +642,13 @@ fn fixed_b_packs_once_per_scope() {
                 assert_eq!(bits(run(&a1, &copy, 0)), plain[0], "{what}: outside");
                 assert_eq!(packed_count(), 2, "{what}: B outside the scope not kept");
             });
-            assert_eq!(packed_count(), 0, "{what}: the scope's packings dropped");
+            assert_eq!(packed_count(), 0, "{what}: no scope open");
+            assert_eq!(fixed.len(), 2, "{what}: the packings back with their owner");
+            // A later scope with the same owner reads them.
+            with_fixed_b(&mut fixed, || {
+                assert_eq!(bits(run(&a2, &b, 0)), plain[1], "{what}: a later scope");
+                assert_eq!(packed_count(), 2, "{what}: nothing packed again");
+            });
         }
     }
 }
