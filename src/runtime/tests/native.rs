@@ -818,6 +818,58 @@ fn frozen_model_evaluates_as_an_unfrozen_one_and_refuses_to_train() {
     }
 }
 
+/// A training step on a program rebuilt over an earlier program's memory
+/// (a shorter batch after a longer one and the longer one again: the end
+/// of an epoch and the start of the next) gives the step of a fresh model:
+/// the same logits and gradients to the bit, on one thread and with rows
+/// side by side on two.
+#[test]
+fn programs_built_on_old_memory_compute_as_fresh_ones() {
+    let path = format!("{}/examples/ple_demo.config", env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(path).unwrap();
+    let plan = build(&source, BuildOptions::default()).unwrap().plan;
+    let long = super::runs::random_batch(&plan, 700, 3);
+    let short = super::runs::random_batch(&plan, 530, 4);
+    let step = |m: &mut Model, batch: &Batch| -> Vec<Vec<u32>> {
+        let f = m.forward(batch, Mode::Train { seed: 5, step: 1 }).unwrap();
+        let mut g = loss_of(&f.logits).backward().unwrap();
+        m.backward_native(&f, &mut g).unwrap();
+        let bits = |t: &Tensor| host32(t).into_iter().map(f32::to_bits).collect();
+        let mut out: Vec<Vec<u32>> = f.logits.iter().map(bits).collect();
+        for p in m.params() {
+            if let ParamSlot::Trainable(v) = p {
+                out.push(g.get(v.as_tensor()).map(bits).unwrap_or_default());
+            }
+        }
+        for r in &f.gathered {
+            out.push(g.get(r.rows.as_tensor()).map(bits).unwrap_or_default());
+        }
+        out
+    };
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (mut reused, _) = models(&plan);
+            let first = step(&mut reused, &long);
+            let after_short = step(&mut reused, &short);
+            let again = step(&mut reused, &long);
+            let (mut fresh, _) = models(&plan);
+            assert_eq!(
+                after_short,
+                step(&mut fresh, &short),
+                "{threads} threads: short"
+            );
+            let (mut fresh, _) = models(&plan);
+            let want = step(&mut fresh, &long);
+            assert_eq!(first, want, "{threads} threads: first");
+            assert_eq!(again, want, "{threads} threads: long again");
+        });
+    }
+}
+
 /// One training step's results on `threads` threads: the logits, each
 /// parameter's gradient and each gathered table's (ids, rows' gradient),
 /// under the loss `loss_of`.

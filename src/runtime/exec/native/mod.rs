@@ -222,20 +222,24 @@ impl Engine {
         // inference program is small, and a batch's last, shorter chunk needs a
         // second one: keep both rather than rebuild one per chunk.
         let kept = if training { PROGRAMS_KEPT } else { 2 };
-        if self.programs.iter().filter(|p| same(p)).count() >= kept {
-            // Drop the least recently built (the tape never outlives a
-            // step), handing its pages back to the OS: otherwise the new
-            // program's buffers, of other sizes, would not all fit in the
-            // freed ones and the run's resident memory would grow.
-            if let Some(i) = self.programs.iter().position(same) {
-                crate::alloc::returning_freed_memory(|| drop(self.programs.remove(i)));
-            }
-        }
-        self.programs.push(if training {
+        // The least recently built goes (the tape never outlives a step).
+        let old = match self.programs.iter().filter(|p| same(p)).count() >= kept {
+            true => self.programs.iter().position(same),
+            false => None,
+        };
+        let mut new = if training {
             Program::build(plan, analysis, rows)?
         } else {
             Program::build_inference(plan, analysis, rows)?
-        });
+        };
+        if let Some(i) = old {
+            let old = self.programs.remove(i);
+            // The new program takes over the old one's memory, and what it
+            // leaves goes back to the OS with the new one's unused buffers:
+            // otherwise the run's resident memory would grow.
+            crate::alloc::returning_freed_memory(|| new.recycle(old));
+        }
+        self.programs.push(new);
         Ok(self.programs.len() - 1)
     }
 

@@ -700,6 +700,54 @@ impl Program {
         self.exclusive = vec![false; n];
     }
 
+    /// Takes over `old`'s memory, which the batches before touched: each of
+    /// this program's buffers (and, in training, gradient slots, allocated now
+    /// rather than at the first backward pass) becomes the smallest of `old`'s
+    /// buffers and slots that holds it, zeroed as a new one would be. What is
+    /// not taken over is dropped. Why: a program's memory is faulted in and
+    /// cleared by the kernel page by page when first written (the PLE at batch
+    /// 8192 touches ~1 GB); the last, shorter batch of every epoch and the full
+    /// batch after it each built a program on fresh memory.
+    pub(super) fn recycle(&mut self, old: Program) {
+        let mut pool: Vec<Vec<f32>> = old.bufs.into_iter().chain(old.gbufs).collect();
+        pool.sort_by_key(Vec::capacity);
+        let mut take = |n: usize| -> Vec<f32> {
+            let i = pool.partition_point(|v| v.capacity() < n);
+            if n == 0 || i == pool.len() {
+                return vec![0.0; n];
+            }
+            let mut v = pool.remove(i);
+            v.clear();
+            v.resize(n, 0.0);
+            v
+        };
+        // The largest first, so that they get the largest old buffers.
+        let mut wants: Vec<(usize, bool, usize)> = self
+            .bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.len(), false, i))
+            .collect();
+        if self.training {
+            wants.extend(
+                self.slot_sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| (n, true, i)),
+            );
+            self.gbufs = vec![Vec::new(); self.slot_sizes.len()];
+        }
+        wants.sort_by_key(|w| std::cmp::Reverse(w.0));
+        for (n, gradient, i) in wants {
+            let v = take(n);
+            if gradient {
+                self.gbufs[i] = v;
+            } else {
+                self.bufs[i] = v;
+            }
+        }
+    }
+
     /// Floats of gradient memory (all slots).
     #[cfg(test)]
     pub(super) fn gradient_floats(&self) -> usize {
