@@ -24,6 +24,16 @@ use crate::proto::plan::Plan;
 pub(crate) use super::exec::Forward;
 pub(crate) use super::params::{Mode, ParamSlot};
 
+/// What a pass with a batch's rows side by side borrows from the model.
+struct RowPass<'a> {
+    lent: row_parallel::Lent<'a>,
+    workers: &'a mut RowWorkers,
+    device: &'a Device,
+    precision: Option<Precision>,
+    frozen: bool,
+    parts: &'a mut Option<PartsTape>,
+}
+
 /// A plan loaded onto a device.
 #[derive(Debug)]
 pub struct Model {
@@ -409,12 +419,40 @@ impl Model {
         exec.forward(m, batch, mode)
     }
 
-    /// `threads` side-by-side engines (`row_parallel`), kept between passes.
-    fn workers(&mut self, threads: usize) -> Result<()> {
+    /// What a pass with rows side by side on `threads` engines borrows from
+    /// the model; the engines (`row_parallel`) are kept between passes.
+    fn row_pass(&mut self, threads: usize) -> Result<RowPass<'_>> {
         if self.row_workers.as_ref().map(RowWorkers::len) != Some(threads) {
             self.row_workers = Some(RowWorkers::new(&self.structure, &self.analysis, threads)?);
         }
-        Ok(())
+        let Model {
+            structure,
+            params,
+            tables,
+            analysis,
+            device,
+            precision,
+            row_workers,
+            frozen,
+            parts,
+            ..
+        } = self;
+        let workers = row_workers
+            .as_mut()
+            .ok_or_else(|| invalid_plan!("no threads to run rows side by side"))?;
+        Ok(RowPass {
+            lent: row_parallel::Lent {
+                plan: structure,
+                analysis,
+                params,
+                tables,
+            },
+            workers,
+            device,
+            precision: *precision,
+            frozen: *frozen,
+            parts,
+        })
     }
 
     /// A training forward pass with the batch's rows in `parts` parts side
@@ -425,33 +463,13 @@ impl Model {
         mode: Mode,
         parts: usize,
     ) -> Result<Forward> {
-        self.workers(parts)?;
-        let Model {
-            structure,
-            params,
-            tables,
-            analysis,
-            device,
-            precision,
-            row_workers,
-            parts,
-            ..
-        } = self;
-        let lent = row_parallel::Lent {
-            plan: structure,
-            analysis,
-            params,
-            tables,
-        };
-        let workers = row_workers
-            .as_mut()
-            .ok_or_else(|| invalid_plan!("no training threads"))?;
-        let out = workers.train_forward(&lent, batch, mode, *precision)?;
-        let penalties = native::penalty_tensors(params, &out.penalties, batch.rows)?;
+        let p = self.row_pass(parts)?;
+        let out = p.workers.train_forward(&p.lent, batch, mode, p.precision)?;
+        let penalties = native::penalty_tensors(p.lent.params, &out.penalties, batch.rows)?;
         let (logits, logit_vars) =
-            super::exec::logits_tensors(out.logits, batch.rows, device, true)?;
-        let gathered = native::gathered_tensors(&out.gathered, tables, device)?;
-        *parts = Some(out.tape);
+            super::exec::logits_tensors(out.logits, batch.rows, p.device, true)?;
+        let gathered = native::gathered_tensors(&out.gathered, p.lent.tables, p.device)?;
+        *p.parts = Some(out.tape);
         Ok(Forward {
             logits,
             gathered,
@@ -470,30 +488,12 @@ impl Model {
         chunk: usize,
         threads: usize,
     ) -> Result<Forward> {
-        self.workers(threads)?;
-        let Model {
-            structure,
-            params,
-            tables,
-            analysis,
-            device,
-            precision,
-            row_workers,
-            frozen,
-            ..
-        } = self;
-        let lent = row_parallel::Lent {
-            plan: structure,
-            analysis,
-            params,
-            tables,
-        };
-        let workers = row_workers
-            .as_mut()
-            .ok_or_else(|| invalid_plan!("no evaluation threads"))?;
-        let logits = workers.logits(&lent, batch, chunk, *precision, *frozen)?;
+        let p = self.row_pass(threads)?;
+        let logits = p
+            .workers
+            .logits(&p.lent, batch, chunk, p.precision, p.frozen)?;
         Ok(Forward {
-            logits: row_parallel::tensors(logits, batch.rows, device)?,
+            logits: row_parallel::tensors(logits, batch.rows, p.device)?,
             gathered: Vec::new(),
             logit_vars: Vec::new(),
             penalties: Vec::new(),

@@ -221,31 +221,25 @@ impl RowWorkers {
     ) -> Result<Vec<T>> {
         let work = &work;
         let mut results: Vec<Option<Result<T>>> = (0..self.workers.len()).map(|_| None).collect();
-        std::thread::scope(|s| {
-            let mut slots = results.iter_mut();
-            let mut workers = self.workers.iter_mut().enumerate();
-            let first = workers.next().zip(slots.next());
-            for ((i, w), slot) in workers.zip(slots) {
-                if let Some(p) = precision {
-                    w.engine.use_precision(p);
-                }
-                let Worker {
-                    pool,
-                    engine,
-                    packed,
-                } = w;
-                s.spawn(move || *slot = Some(pool.install(|| work(i, engine, packed))));
+        let run = move |i: usize, w: &mut Worker, slot: &mut Option<Result<T>>| {
+            if let Some(p) = precision {
+                w.engine.use_precision(p);
             }
-            if let Some(((i, w), slot)) = first {
-                if let Some(p) = precision {
-                    w.engine.use_precision(p);
-                }
-                let Worker {
-                    pool,
-                    engine,
-                    packed,
-                } = w;
-                *slot = Some(pool.install(|| work(i, engine, packed)));
+            let Worker {
+                pool,
+                engine,
+                packed,
+            } = w;
+            *slot = Some(pool.install(|| work(i, engine, packed)));
+        };
+        std::thread::scope(|s| {
+            let mut jobs = self.workers.iter_mut().zip(results.iter_mut()).enumerate();
+            let first = jobs.next();
+            for (i, (w, slot)) in jobs {
+                s.spawn(move || run(i, w, slot));
+            }
+            if let Some((i, (w, slot))) = first {
+                run(i, w, slot);
             }
         });
         results

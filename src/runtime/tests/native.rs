@@ -393,13 +393,9 @@ fn dc2vr_matches_the_candle_path() {
     compare("dc2vr, trained matrices moved", &plan, &batch, 2e-4);
 }
 
-/// Variational dropout on the native engine: its keep factors (the candle
-/// path's noise, bit for bit), its input and drop-logit gradients, and in
-/// training its penalty, whose gradient candle's autograd adds to the
-/// engine's: logits, gradients, losses and trained parameters agree.
-#[test]
-fn variational_dropout_matches_the_candle_path() {
-    let source = r#"
+/// An MMoE with variational dropout over its features and dropout in its
+/// experts.
+const VARIATIONAL_DROPOUT: &str = r#"
 data_config { batch_size: 32 label_fields: "clk" label_fields: "buy" }
 feature_configs { id_feature { feature_name: "u" num_buckets: 50 embedding_dim: 4 } }
 feature_configs { id_feature { feature_name: "i" num_buckets: 50 embedding_dim: 3 } }
@@ -408,14 +404,21 @@ model_config {
   feature_groups { group_name: "all" feature_names: "u" feature_names: "i" feature_names: "p" group_type: DEEP }
   variational_dropout { regularization_lambda: 20.0 }
   mmoe {
-    expert_mlp { hidden_units: [8] }
+    expert_mlp { hidden_units: [8] dropout_ratio: [0.3] }
     num_expert: 2
     task_towers { tower_name: "ctr" label_name: "clk" losses { binary_cross_entropy {} } }
     task_towers { tower_name: "cvr" label_name: "buy" losses { binary_cross_entropy {} } }
   }
 }
 "#;
-    let mut plan = build(source, BuildOptions::default())
+
+/// Variational dropout on the native engine: its keep factors (the candle
+/// path's noise, bit for bit), its input and drop-logit gradients, and in
+/// training its penalty, whose gradient candle's autograd adds to the
+/// engine's: logits, gradients, losses and trained parameters agree.
+#[test]
+fn variational_dropout_matches_the_candle_path() {
+    let mut plan = build(VARIATIONAL_DROPOUT, BuildOptions::default())
         .unwrap_or_else(|e| panic!("variational dropout compiles: {e:?}"))
         .plan;
     let batch = super::runs::random_batch(&plan, 33, 5);
@@ -928,26 +931,12 @@ fn train_step_on(plan: &Plan, batch: &Batch, threads: usize, precision: Precisio
 /// (where the CPU has a bf16 kernel that trains in parts) bf16.
 #[test]
 fn training_with_rows_side_by_side_matches_one_pass() {
-    let vd = r#"
-data_config { batch_size: 32 label_fields: "clk" label_fields: "buy" }
-feature_configs { id_feature { feature_name: "u" num_buckets: 50 embedding_dim: 4 } }
-feature_configs { id_feature { feature_name: "i" num_buckets: 50 embedding_dim: 3 } }
-feature_configs { raw_feature { feature_name: "p" } }
-model_config {
-  feature_groups { group_name: "all" feature_names: "u" feature_names: "i" feature_names: "p" group_type: DEEP }
-  variational_dropout { regularization_lambda: 20.0 }
-  mmoe {
-    expert_mlp { hidden_units: [8] dropout_ratio: [0.3] }
-    num_expert: 2
-    task_towers { tower_name: "ctr" label_name: "clk" losses { binary_cross_entropy {} } }
-    task_towers { tower_name: "cvr" label_name: "buy" losses { binary_cross_entropy {} } }
-  }
-}
-"#;
     let mut plans = example_plans();
     plans.push((
         "variational dropout".into(),
-        build(vd, BuildOptions::default()).unwrap().plan,
+        build(VARIATIONAL_DROPOUT, BuildOptions::default())
+            .unwrap()
+            .plan,
     ));
     let rows = 800;
     let mut in_parts = 0;

@@ -18,7 +18,8 @@ use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use super::frame::{Backend, Prob};
+use super::super::shared::Shared;
+use super::frame::{pack_b_block, Backend, Prob};
 
 /// What identifies one packing of B: the backend, B's place and strides, the
 /// problem's k and n and the blocking.
@@ -186,24 +187,12 @@ pub(super) unsafe fn panels<K: Backend + 'static>(
                 while pc < k {
                     let kcb = kc.min(k - pc);
                     let block = base.wrapping_add(offset::<K>(k, n, nc, jc, pc));
-                    for jp in 0..cols.div_ceil(K::NR) {
-                        let j = jc + jp * K::NR;
-                        // SAFETY: panel jp of block (jc, pc) lies inside the buffer
-                        // (`offset` plus cols.div_ceil(NR) panels of kcb * NR slots end by
-                        // (jc + cols rounded up to NR) * k <= its length), 64-byte aligned
-                        // (every offset is a multiple of 16 slots from an aligned base);
-                        // the columns are inside B; the CPU runs K (this contract).
-                        unsafe {
-                            K::pack_b_panel(
-                                pr,
-                                pc,
-                                kcb,
-                                j,
-                                K::NR.min(jc + cols - j),
-                                block.add(jp * kcb * K::NR),
-                            )
-                        };
-                    }
+                    // SAFETY: block (jc, pc) lies inside the buffer (`offset` plus
+                    // cols.div_ceil(NR) panels of kcb * NR slots end by (jc + cols rounded
+                    // up to NR) * k <= its length), 64-byte aligned (every offset is a
+                    // multiple of 16 slots from an aligned base); the block is inside B;
+                    // the CPU runs K (this function's contract).
+                    unsafe { pack_b_block::<K>(pr, 1, jc, cols, pc, kcb, Shared::new(block)) };
                     pc += kcb;
                 }
                 jc += cols;

@@ -548,21 +548,9 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
                             .cast_mut(),
                     ),
                     None => {
-                        par_tasks(w, npan, &|jp| {
-                            let j = jc + jp * K::NR;
-                            // SAFETY: panel jp of the B buffer (npan*kc*K::NR <= b_len), written
-                            // by this task only; columns j..j+nr are inside B.
-                            unsafe {
-                                K::pack_b_panel(
-                                    pr,
-                                    pc,
-                                    kc,
-                                    j,
-                                    K::NR.min(jc + nc - j),
-                                    bbuf.get().add(jp * kc * K::NR),
-                                )
-                            };
-                        });
+                        // SAFETY: the B buffer holds npan * kc * NR <= b_len slots, 64-byte
+                        // aligned, this call's alone; the block is inside B.
+                        unsafe { pack_b_block::<K>(pr, w, jc, nc, pc, kc, bbuf) };
                         bbuf
                     }
                 };
@@ -654,6 +642,38 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
             let bbuf = Shared::new(aligned(&mut vb, b_len));
             run(abuf, bbuf);
         }
+    });
+}
+
+/// Packs block (columns `jc..jc + nc`, K steps `pc..pc + kc`) of B into its
+/// NR-wide panels at `out` (panel p at `out + p * kc * NR`), on up to `w` jobs.
+///
+/// # Safety
+/// As `Backend::pack_b_panel` for each panel: the block is inside B, `out` is 64-byte
+/// aligned with `nc.div_ceil(NR) * kc * NR` writable slots no one else touches.
+pub(super) unsafe fn pack_b_block<K: Backend>(
+    pr: &Prob,
+    w: usize,
+    jc: usize,
+    nc: usize,
+    pc: usize,
+    kc: usize,
+    out: Shared<*mut f32>,
+) {
+    par_tasks(w, nc.div_ceil(K::NR), &|jp| {
+        let j = jc + jp * K::NR;
+        // SAFETY: panel jp of the block (inside `out`, written by this task only);
+        // columns j..j+nr are inside B (this function's contract).
+        unsafe {
+            K::pack_b_panel(
+                pr,
+                pc,
+                kc,
+                j,
+                K::NR.min(jc + nc - j),
+                out.get().add(jp * kc * K::NR),
+            )
+        };
     });
 }
 
