@@ -13,7 +13,11 @@
 //! evaluation samples/s, best of 3-4 interleaved runs, one pass per layer
 //! before vs side by side: bf16 batch 8192 44585 -> 51534, batch 1024
 //! 40156 -> 49925; fp32 batch 8192 28173 -> 29584, batch 1024 24849 ->
-//! 29703; 256-row chunks measured the same as 512.
+//! 29703. With each weight packed once per batch (`gemm::fixed_b`) rather than
+//! per chunk, 256-row chunks beat 512-row ones (best of 4 interleaved: bf16
+//! batch 8192 51119/54901 -> 54505/55691, batch 1024 53373 -> 55301; fp32 batch
+//! 8192 31765 -> 32667, batch 1024 31138 -> 32079): a chunk's activations and
+//! the packed weights fit the shared L3 together.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -33,8 +37,8 @@ mod train;
 pub(crate) use train::{rows_apart_in_training, train_parts, PartsTape};
 
 /// Most rows one thread evaluates at a time when several share a batch: its
-/// activations stay in the caches between layers.
-pub(crate) const ROW_CHUNK_MAX: usize = 512;
+/// activations stay in the caches between layers (see the module doc).
+pub(crate) const ROW_CHUNK_MAX: usize = 256;
 /// Fewest rows worth a chunk of their own: below it, splitting each
 /// multiply over the threads is the better use of them.
 const ROW_CHUNK_MIN: usize = 128;
@@ -276,8 +280,8 @@ mod tests {
         assert_eq!(chunk_rows(255, 2), None);
         assert_eq!(chunk_rows(256, 2), Some(128));
         assert_eq!(chunk_rows(300, 3), Some(128));
-        assert_eq!(chunk_rows(1024, 2), Some(512));
-        assert_eq!(chunk_rows(8192, 2), Some(512));
+        assert_eq!(chunk_rows(1024, 2), Some(256));
+        assert_eq!(chunk_rows(8192, 2), Some(256));
         assert_eq!(chunk_rows(8192, 32), Some(256));
     }
 }

@@ -5,10 +5,11 @@
 //! later multiply by the same B on this thread reads those panels instead
 //! of packing them again.
 //!
-//! Why: evaluation runs a batch in 512-row chunks on single-threaded engines
-//! (`runtime::row_parallel`), and each chunk's multiplies packed every weight
-//! again, as much packing as for the chunk's activations (a PLE's 256 -> 6158
-//! layer: 1.6 M weight values against 131 k input values per chunk).
+//! Why: evaluation runs a batch in chunks of a few hundred rows on
+//! single-threaded engines (`runtime::row_parallel`), and each chunk's
+//! multiplies packed every weight again, as much packing as for the chunk's
+//! activations or more (a PLE's 256 -> 6158 layer: 1.6 M weight values
+//! against 131 k input values per 512-row chunk).
 //!
 //! The panels are laid out as the frame's first driver walks them (N blocks,
 //! then K blocks, then NR-wide panels; `offset`), for the blocking the driver
