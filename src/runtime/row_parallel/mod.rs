@@ -62,7 +62,7 @@ pub(crate) fn chunk_rows(rows: usize, threads: usize) -> Option<usize> {
 }
 
 /// One single-threaded native engine per thread, kept between batches (each
-/// holds the inference program its chunks need).
+/// holds the programs its chunks and training parts need).
 #[derive(Debug)]
 pub(crate) struct RowWorkers {
     workers: Vec<Worker>,
@@ -75,7 +75,7 @@ struct Worker {
     pool: rayon::ThreadPool,
     engine: Engine,
     /// The weights as this thread's multiplies packed them, kept between
-    /// batches while the model's weights stay as they are (`logits`'s `frozen`).
+    /// batches of a model whose weights never change (`logits`'s `frozen`).
     packed: Option<FixedB>,
 }
 
@@ -97,9 +97,9 @@ impl RowWorkers {
             .map(|i| {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(1)
-                    .thread_name(move |_| format!("plec-eval-{i}"))
+                    .thread_name(move |_| format!("plec-rows-{i}"))
                     .build()
-                    .map_err(|e| invalid_plan!("cannot start an evaluation thread: {e}"))?;
+                    .map_err(|e| invalid_plan!("cannot start a worker thread: {e}"))?;
                 Ok(Worker {
                     pool,
                     engine: Engine::new(plan, analysis)?,
@@ -134,22 +134,17 @@ impl RowWorkers {
         // Each worker packs each weight once: for the whole run when the weights
         // never change, else for all its chunks of this batch (the weights are
         // lent read-only for the whole call) when it runs several.
-        let pack_once = frozen || starts.len() > self.len();
-        let ranges = if pack_once {
-            native::param_ranges(lent.params)?
-        } else {
-            Vec::new()
-        };
+        let ranges = native::param_ranges(lent.params)?;
+        let several = starts.len() > self.len();
         self.on_each(precision, |_, engine, packed| {
             engine.set_span(None);
-            if !frozen || !pack_once {
-                *packed = None;
-            }
-            let mut none = FixedB::new(Vec::new());
-            let fixed = match packed {
-                _ if !pack_once => &mut none,
-                Some(p) => p,
-                None => packed.insert(FixedB::new(ranges.clone())),
+            let mut this_batch = FixedB::new(match several {
+                true => ranges.clone(),
+                false => Vec::new(),
+            });
+            let fixed = match frozen {
+                true => packed.get_or_insert_with(|| FixedB::new(ranges.clone())),
+                false => &mut this_batch,
             };
             with_fixed_b(fixed, || loop {
                 let c = next.fetch_add(1, Ordering::Relaxed);
@@ -178,9 +173,6 @@ impl RowWorkers {
                     break;
                 }
             });
-            if !frozen {
-                *packed = None;
-            }
             Ok(())
         })?;
         let results: Vec<Option<Result<TaskLogits>>> = results
