@@ -42,11 +42,14 @@ pub(crate) const ROW_CHUNK_MAX: usize = 256;
 /// Fewest rows worth a chunk of their own: below it, splitting each
 /// multiply over the threads is the better use of them.
 const ROW_CHUNK_MIN: usize = 128;
-/// Rows per chunk on one thread. Measured on the PLE example (bf16, AMD EPYC
-/// Zen 4, 2 threads, one pass per chunk then): model-only evaluation ran
-/// 22.4k samples/s in 1024-row batches and 18.2k in 8192-row ones, whose
-/// activations (~400 MB) stream through memory between layers.
-const ONE_THREAD_CHUNK: usize = 1024;
+/// Rows per chunk on one thread. PLE example, AMD EPYC Zen 5, `--threads 1`,
+/// model-only evaluation, weights kept packed (`plec eval`), 1024 -> 256-row
+/// chunks: bf16 batch 8192 24306/26258/24627 -> 30056/29848/30042, fp32 batch
+/// 1024 14898/15342 -> 16300/16721, batch 8192 15502/16797 -> 16884/16963.
+/// (Before, on an AMD EPYC Zen 4 in one pass per batch: 22.4k samples/s in
+/// 1024-row batches and 18.2k in 8192-row ones, whose activations stream
+/// through memory between layers.)
+const ONE_THREAD_CHUNK: usize = 256;
 
 /// The rows per chunk when `threads` threads evaluate `rows` rows, or `None`
 /// when the batch is better run as one pass (several threads but too few rows
@@ -267,8 +270,9 @@ mod tests {
 
     #[test]
     fn chunks_only_where_each_thread_gets_enough_rows() {
-        assert_eq!(chunk_rows(1024, 1), None);
-        assert_eq!(chunk_rows(8192, 1), Some(1024));
+        assert_eq!(chunk_rows(256, 1), None);
+        assert_eq!(chunk_rows(1024, 1), Some(256));
+        assert_eq!(chunk_rows(8192, 1), Some(256));
         assert_eq!(chunk_rows(255, 2), None);
         assert_eq!(chunk_rows(256, 2), Some(128));
         assert_eq!(chunk_rows(300, 3), Some(128));

@@ -703,7 +703,7 @@ fn bf16_training_follows_the_f32_losses() {
     }
 }
 
-/// An evaluation batch larger than the native engine's chunk (1024 rows) runs in
+/// An evaluation batch larger than the native engine's chunk (256 rows on one thread) runs in
 /// chunks, the last one shorter; the joined logits are those of the candle path's
 /// single pass, row for row, on every task.
 #[test]
