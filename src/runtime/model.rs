@@ -55,9 +55,9 @@ pub struct Model {
     /// Native engines that run parts of a batch side by side, one per
     /// thread (`row_parallel`); made on the first pass that uses them.
     row_workers: Option<RowWorkers>,
-    /// Whether a native training pass may run a batch's rows side by side
-    /// (`row_parallel::train`): the plan allows it and no test turned it off.
-    train_in_parts: bool,
+    /// The plan's training pass treats every row on its own, so a native
+    /// one may run a batch's rows side by side (`row_parallel::train`).
+    rows_apart: bool,
     /// What the last training forward pass in parts left for its backward.
     parts: Option<PartsTape>,
     /// The model only evaluates and predicts (`freeze`): its weights stay as
@@ -178,7 +178,7 @@ impl Model {
             forward_time: std::time::Duration::ZERO,
             precision: None,
             row_workers: None,
-            train_in_parts: row_parallel::rows_apart_in_training(plan),
+            rows_apart: row_parallel::rows_apart_in_training(plan),
             parts: None,
             frozen: false,
         })
@@ -190,13 +190,6 @@ impl Model {
     /// it again per batch. A training pass is an error from then on.
     pub fn freeze(&mut self) {
         self.frozen = true;
-    }
-
-    /// Whether native training passes may run a batch's rows side by side,
-    /// one part per thread (on by default where the plan allows it; tests
-    /// compare it with one pass).
-    pub fn set_train_in_parts(&mut self, on: bool) {
-        self.train_in_parts = on && row_parallel::rows_apart_in_training(&self.structure);
     }
 
     /// Sets the precision of the native engine's matrix multiplies; bf16
@@ -410,7 +403,7 @@ impl Model {
                     return self.forward_in_chunks(batch, chunk, threads);
                 }
             } else if let Some(parts) = row_parallel::train_parts(rows, threads) {
-                if self.train_in_parts && native::trains_in_parts(self.precision) {
+                if self.rows_apart && native::trains_in_parts(self.precision) {
                     return self.train_forward_in_parts(batch, mode, parts);
                 }
             }

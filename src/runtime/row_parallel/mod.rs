@@ -85,6 +85,21 @@ struct Worker {
 /// Per task, `[rows, C]` row-major.
 type TaskLogits = Vec<Vec<f32>>;
 
+/// The per-task logits of consecutive parts of a batch, joined in row order.
+fn join_rows(parts: impl IntoIterator<Item = TaskLogits>) -> TaskLogits {
+    let mut tasks: TaskLogits = Vec::new();
+    for part in parts {
+        if tasks.is_empty() {
+            tasks = part;
+        } else {
+            for (all, p) in tasks.iter_mut().zip(part) {
+                all.extend_from_slice(&p);
+            }
+        }
+    }
+    tasks
+}
+
 /// What the model lends the workers for one batch (read only).
 pub(crate) struct Lent<'a> {
     pub plan: &'a Plan,
@@ -197,17 +212,7 @@ impl RowWorkers {
                 "an evaluation thread stopped without a result"
             ));
         }
-        let mut tasks: TaskLogits = Vec::new();
-        for part in parts {
-            if tasks.is_empty() {
-                tasks = part;
-            } else {
-                for (all, p) in tasks.iter_mut().zip(part) {
-                    all.extend_from_slice(&p);
-                }
-            }
-        }
-        Ok(tasks)
+        Ok(join_rows(parts))
     }
 
     /// Runs `work(i, engine, packed)` on every worker `i` at once, each in

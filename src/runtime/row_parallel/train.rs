@@ -26,7 +26,7 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use super::{Lent, RowWorkers, TaskLogits};
+use super::{join_rows, Lent, RowWorkers, TaskLogits};
 use crate::data::batch::Batch;
 use crate::proto::plan::{OpKind, Plan};
 use crate::runtime::error::{invalid_plan, Result};
@@ -57,7 +57,8 @@ pub(crate) fn rows_apart_in_training(plan: &Plan) -> bool {
 pub(crate) struct PartsTape {
     /// Where each part starts, then the batch's rows.
     bounds: Vec<usize>,
-    /// Per part, per gathered slot: each of the part's rows' index in the
+    /// Per part after the first (whose rows head the merged lists, in
+    /// order), per gathered slot: each of the part's rows' index in the
     /// merged rows.
     maps: Vec<Vec<Vec<u32>>>,
     /// Per merged slot: its rows' width and count.
@@ -110,29 +111,15 @@ impl RowWorkers {
             }
             Ok((out.logits, out.penalties))
         })?;
-        let mut logits: TaskLogits = Vec::new();
-        let mut penalties = Vec::new();
-        for (i, (part, pens)) in outs.into_iter().enumerate() {
-            if i == 0 {
-                (logits, penalties) = (part, pens);
-            } else {
-                for (all, p) in logits.iter_mut().zip(part) {
-                    all.extend_from_slice(&p);
-                }
-            }
-        }
-        let (gathered, maps, dims) = merge_gathered(self, lent)?;
-        let lens = gathered.iter().map(|(_, ids, _)| ids.len()).collect();
+        // Every part finds the same penalty terms.
+        let penalties = outs.first().map(|(_, p)| p.clone()).unwrap_or_default();
+        let logits = join_rows(outs.into_iter().map(|(l, _)| l));
+        let (gathered, tape) = merge_gathered(self, lent, bounds)?;
         Ok(PartsForward {
             logits,
             penalties,
             gathered,
-            tape: PartsTape {
-                bounds,
-                maps,
-                dims,
-                lens,
-            },
+            tape,
         })
     }
 
@@ -183,8 +170,7 @@ impl RowWorkers {
                 add(total, p);
             }
             for (slot, rows) in g.rows.iter().enumerate() {
-                let (Some(dst), Some(map)) =
-                    (sum.rows.get_mut(slot), tape.maps[part + 1].get(slot))
+                let (Some(dst), Some(map)) = (sum.rows.get_mut(slot), tape.maps[part].get(slot))
                 else {
                     continue;
                 };
@@ -216,13 +202,13 @@ fn add(total: &mut [f32], part: &[f32]) {
 }
 
 /// The parts' gathered rows merged per table slot (first part's first,
-/// then each later part's new ids), with each part's map onto the merged
-/// rows and each slot's row width.
-#[allow(clippy::type_complexity)]
+/// then each later part's new ids), and the tape that maps each later
+/// part's rows onto them.
 fn merge_gathered(
     workers: &RowWorkers,
     lent: &Lent<'_>,
-) -> Result<(Vec<GatheredRows>, Vec<Vec<Vec<u32>>>, Vec<usize>)> {
+    bounds: Vec<usize>,
+) -> Result<(Vec<GatheredRows>, PartsTape)> {
     let parts: Vec<&[GatheredRows]> = workers.engines().map(|e| e.gathered_rows()).collect();
     let first = parts.first().copied().unwrap_or(&[]);
     let mut merged: Vec<GatheredRows> = first.to_vec();
@@ -230,10 +216,7 @@ fn merge_gathered(
         .iter()
         .map(|(t, _, _)| lent.tables.get(*t).map_or(0, |t| t.dim))
         .collect();
-    let mut maps = vec![first
-        .iter()
-        .map(|(_, ids, _)| (0..ids.len() as u32).collect())
-        .collect::<Vec<Vec<u32>>>()];
+    let mut maps = Vec::with_capacity(parts.len().saturating_sub(1));
     let mut index: Vec<HashMap<u32, u32>> = first
         .iter()
         .map(|(_, ids, _)| {
@@ -269,5 +252,12 @@ fn merge_gathered(
         }
         maps.push(part_maps);
     }
-    Ok((merged, maps, dims))
+    let lens = merged.iter().map(|(_, ids, _)| ids.len()).collect();
+    let tape = PartsTape {
+        bounds,
+        maps,
+        dims,
+        lens,
+    };
+    Ok((merged, tape))
 }

@@ -59,6 +59,24 @@ pub(super) fn draws<T>(
     out
 }
 
+/// The noise of op `op` in training step `step` (the candle path's stream).
+pub(super) fn op_stream(seed: u64, step: u64, op: usize) -> SplitMix64 {
+    SplitMix64::derive(seed, &[step, op as u64])
+}
+
+/// A dropout keep mask of op `op` in training step `step` over the pass's
+/// rows: 1 where the draw is at least `ratio`.
+pub(super) fn keep_mask(
+    (seed, step, op): (u64, u64, usize),
+    layout: Layout,
+    span: RowSpan,
+    ratio: f32,
+) -> Vec<u8> {
+    draws(&op_stream(seed, step, op), layout, span, |u| {
+        u8::from(u >= f64::from(ratio))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -144,7 +144,7 @@ pub(super) fn scatter(drows: &mut [f32], g: &[f32], width: usize, col: usize, ba
 }
 
 /// The gathered rows as the sparse optimizer takes them.
-pub(super) fn gathered(
+pub(crate) fn gathered(
     rows: &[super::GatheredRows],
     tables: &[Table],
     device: &Device,

@@ -162,11 +162,9 @@ impl Engine {
                     match mode {
                         Mode::Train { seed, step } if op.ratio > 0.0 => {
                             // The candle path's stream: the same mask bit for bit.
-                            let rng = SplitMix64::derive(seed, &[step, oi as u64]);
                             let axis = x.internal_axis(analysis.batch_axis[oi]);
-                            let keep = draws::draws(&rng, Layout::of(x.dims, axis), span, |u| {
-                                u8::from(u >= op.ratio as f64)
-                            });
+                            let layout = Layout::of(x.dims, axis);
+                            let keep = draws::keep_mask((seed, step, oi), layout, span, op.ratio);
                             let scale = 1.0 / (1.0 - op.ratio);
                             kernels::dropout(&mut buf, y, &prog.bufs[x.buf], x, &keep, scale);
                             tape.masks[oi] = Some(keep);
@@ -311,13 +309,10 @@ impl Engine {
                     let keep = match mode {
                         Mode::Train { seed, step } if op.ratio > 0.0 => {
                             // The candle path's stream: the same mask bit for bit.
-                            let rng = SplitMix64::derive(seed, &[step, oi as u64]);
                             // Weights `[B, heads, L, L]`, the batch first.
                             let l = q.dims[1];
                             let layout = Layout::of([1, q.dims[0], heads * l * l], 1);
-                            Some(draws::draws(&rng, layout, span, |u| {
-                                u8::from(u >= op.ratio as f64)
-                            }))
+                            Some(draws::keep_mask((seed, step, oi), layout, span, op.ratio))
                         }
                         _ => None,
                     };
@@ -363,7 +358,7 @@ impl Engine {
                     let keep = match mode {
                         Mode::Train { seed, step } => {
                             // The candle path's stream: the same noise bit for bit.
-                            let rng = SplitMix64::derive(seed, &[step, oi as u64]);
+                            let rng = draws::op_stream(seed, step, oi);
                             let layout = Layout::of([1, rows, features], 1);
                             let u = draws::draws(&rng, layout, span, |u| u as f32);
                             penalties.push((*fp, op.alpha));

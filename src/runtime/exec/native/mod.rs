@@ -32,6 +32,7 @@ pub(crate) use self::backward::{store_grads, PassGrads};
 mod draws;
 pub(crate) use self::draws::RowSpan;
 mod embed;
+pub(crate) use self::embed::gathered as gathered_tensors;
 mod forward;
 pub(crate) mod gemm;
 pub(crate) mod host;
@@ -59,7 +60,6 @@ use super::{logits_tensors, Executor, Forward, ModelState};
 use crate::data::batch::{Batch, FeatureInput};
 use crate::plan::validate::Analysis;
 use crate::proto::plan::{Activation, Plan};
-use crate::rng::SplitMix64;
 use crate::runtime::embedding::{Gathered, Table};
 use crate::runtime::error::{bad_batch, invalid_plan, Result};
 use crate::runtime::params::{Mode, ParamSlot, DEFAULT_BN_MOMENTUM, DEFAULT_NORM_EPS};
@@ -257,15 +257,6 @@ impl Engine {
 
 /// One table slot's gathered rows: (table, unique ids, rows `[U, dim]`).
 pub(crate) type GatheredRows = (usize, Vec<u32>, Vec<f32>);
-
-/// Gathered rows as the sparse optimizer takes them.
-pub(crate) fn gathered_tensors(
-    rows: &[GatheredRows],
-    tables: &[Table],
-    device: &Device,
-) -> Result<Vec<Gathered>> {
-    embed::gathered(rows, tables, device)
-}
 
 /// The byte ranges of the parameters' values: what a forward pass that
 /// changes none of them can declare unchanged (`gemm::fixed_b`).

@@ -711,15 +711,16 @@ impl Program {
     pub(super) fn recycle(&mut self, old: Program) {
         let mut pool: Vec<Vec<f32>> = old.bufs.into_iter().chain(old.gbufs).collect();
         pool.sort_by_key(Vec::capacity);
-        let mut take = |n: usize| -> Vec<f32> {
+        // The smallest old buffer that holds `n` floats, zeroed to `n`.
+        let mut take = |n: usize| -> Option<Vec<f32>> {
             let i = pool.partition_point(|v| v.capacity() < n);
             if n == 0 || i == pool.len() {
-                return vec![0.0; n];
+                return None;
             }
             let mut v = pool.remove(i);
             v.clear();
             v.resize(n, 0.0);
-            v
+            Some(v)
         };
         // The largest first, so that they get the largest old buffers.
         let mut wants: Vec<(usize, bool, usize)> = self
@@ -739,11 +740,13 @@ impl Program {
         }
         wants.sort_by_key(|w| std::cmp::Reverse(w.0));
         for (n, gradient, i) in wants {
-            let v = take(n);
-            if gradient {
-                self.gbufs[i] = v;
-            } else {
-                self.bufs[i] = v;
+            match (take(n), gradient) {
+                (Some(v), false) => self.bufs[i] = v,
+                (Some(v), true) => self.gbufs[i] = v,
+                // A buffer keeps the one `build` gave it; a slot gets one
+                // as `start_backward` would.
+                (None, false) => {}
+                (None, true) => self.gbufs[i] = vec![0.0; n],
             }
         }
     }

@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use super::super::shared::Shared;
-use super::frame::{pack_b_block, Backend, Prob};
+use super::frame::{aligned, pack_b_block, Backend, Prob};
 
 /// What identifies one packing of B: the backend, B's place and strides, the
 /// problem's k and n and the blocking.
@@ -36,30 +36,13 @@ struct Key {
     nc: usize,
 }
 
-/// A 64-byte aligned run of f32 slots (the kernels load B panels aligned).
-struct Panels {
-    buf: Vec<f32>,
-    start: usize,
-}
-
-impl Panels {
-    fn new(len: usize) -> Self {
-        let buf = vec![0.0f32; len + 16];
-        let start = buf.as_ptr().align_offset(64).min(16);
-        Self { buf, start }
-    }
-
-    fn ptr(&mut self) -> *mut f32 {
-        self.buf[self.start..].as_mut_ptr()
-    }
-}
-
 /// Memory declared unchanged (byte address ranges, `[start, end)`) and the
 /// B operands packed from it: what a scope (`with_fixed_b`) reads, kept by
 /// its owner between scopes for as long as that memory stays unchanged.
 pub(crate) struct FixedB {
     ranges: Vec<(usize, usize)>,
-    packed: HashMap<Key, Panels>,
+    /// Each packing's panels, from the 64-byte aligned start `aligned` gives.
+    packed: HashMap<Key, Vec<f32>>,
 }
 
 impl FixedB {
@@ -178,9 +161,10 @@ pub(super) unsafe fn panels<K: Backend + 'static>(
     SCOPE.with(|s| {
         let mut s = s.try_borrow_mut().ok()?;
         let scope = s.as_mut()?;
+        let len = n.div_ceil(K::NR) * K::NR * k;
         let panels = scope.packed.entry(key).or_insert_with(|| {
-            let mut p = Panels::new(n.div_ceil(K::NR) * K::NR * k);
-            let base = p.ptr();
+            let mut p = Vec::new();
+            let base = aligned(&mut p, len);
             let mut jc = 0;
             while jc < n {
                 let cols = nc.min(n - jc);
@@ -200,7 +184,8 @@ pub(super) unsafe fn panels<K: Backend + 'static>(
             }
             p
         });
-        Some(panels.ptr() as *const f32)
+        // The same start as when packed: the buffer already holds `len`.
+        Some(aligned(panels, len) as *const f32)
     })
 }
 

@@ -477,7 +477,7 @@ thread_local! {
 }
 
 /// Returns a 64-byte aligned pointer to at least `len` floats inside `v` (grows `v` if needed).
-fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
+pub(super) fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
     let need = len + 16;
     if v.len() < need {
         v.resize(need, 0.0);
