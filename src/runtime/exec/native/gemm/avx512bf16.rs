@@ -24,7 +24,10 @@
 use std::arch::x86_64::*;
 
 use super::f32::avx512::{lane_mask, store_acc};
-use super::frame::{epilogue_value, prefetch_step, run, Backend, Epi, Prob, Problem, PACK_AHEAD};
+use super::frame::{
+    epilogue_value, pack_a_panels_each, pack_b_panels_each, prefetch_step, run, Backend, Epi, Prob,
+    Problem, PACK_AHEAD,
+};
 use super::vnni::{cvt_pair, interleave_idx, transpose16};
 
 /// Micro-tile rows.
@@ -130,6 +133,45 @@ impl Backend for Avx512Bf16 {
                 pack_lanes_contiguous(src, pr.acs, mr, kc, out, MR, MR, sums);
             } else {
                 pack_strided(src, pr.acs, pr.ars, kc, mr, MR, out, sums);
+            }
+        }
+    }
+
+    // The lane-contiguous operands of a weight's gradient (dY^T and X) read rows of the
+    // source kilobytes apart; a task's panels packed together walk each row pair once.
+    const PACK_A_AHEAD: bool = true;
+
+    unsafe fn pack_a_panels(
+        pr: &Prob,
+        i: usize,
+        rows: usize,
+        pc: usize,
+        kc: usize,
+        out: *mut f32,
+        sum: bool,
+    ) {
+        // SAFETY: `Backend::pack_a_panels`'s contract: rows i..i+rows and k steps pc..pc+kc
+        // are inside A, `out` has the panels' slots, the sums of those rows are this call's.
+        unsafe {
+            if pr.ars == 1 && pr.acs != 1 {
+                let sums = (sum && !pr.a_sums.is_null()).then(|| pr.a_sums.add(i));
+                let src = pr.a.offset(i as isize + pc as isize * pr.acs);
+                pack_lanes_panels(src, pr.acs, rows, kc, out.cast(), MR, kc * MR, sums);
+            } else {
+                pack_a_panels_each::<Self>(pr, i, rows, pc, kc, out, sum);
+            }
+        }
+    }
+
+    unsafe fn pack_b_panels(pr: &Prob, pc: usize, kc: usize, j: usize, cols: usize, out: *mut f32) {
+        // SAFETY: `Backend::pack_b_panels`'s contract: columns j..j+cols and k steps
+        // pc..pc+kc are inside B, `out` is 64-byte aligned with the panels' slots.
+        unsafe {
+            if pr.bcs == 1 && pr.brs != 1 {
+                let src = pr.b.offset(pc as isize * pr.brs + j as isize);
+                pack_lanes_panels(src, pr.brs, cols, kc, out.cast(), NR, kc * NR, None);
+            } else {
+                pack_b_panels_each::<Self>(pr, pc, kc, j, cols, out);
             }
         }
     }
@@ -340,6 +382,99 @@ unsafe fn pack_lanes_contiguous(
     }
 }
 
+/// [`pack_lanes_contiguous`] for `lanes` lanes (any number) cut into panels of `width`
+/// lanes (14 or 32), panel p at `out + p * panel_len`: lanes p*width.. of pair step q at
+/// `out[p * panel_len + q * width ..]`, the last panel zero padded. Walks each pair of k
+/// rows across up to 128 lanes (eight vectors) at a time, so the source streams row after
+/// row instead of one panel's narrow column at a time. The values, and the sums (each
+/// lane's, in k order, added to `sums[t]` at the end), are those of the panel packer.
+///
+/// # Safety
+/// The CPU runs this backend; `width` is 14 or 32; lane t of k step p is readable at
+/// `src + p*k_stride + t` for t < `lanes`, p < kc; `out` has `lanes.div_ceil(width)`
+/// panels of ceil(kc / 2) * width writable lanes no one else touches; `sums`, when given,
+/// has `lanes` values that are the caller's.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_lanes_panels(
+    src: *const f32,
+    k_stride: isize,
+    lanes: usize,
+    kc: usize,
+    out: *mut u32,
+    width: usize,
+    panel_len: usize,
+    sums: Option<*mut f32>,
+) {
+    const MAX_VECS: usize = 8;
+    let per_panel = width.div_ceil(16);
+    let panels_per_pass = MAX_VECS / per_panel;
+    let npan = lanes.div_ceil(width);
+    // SAFETY: loads are masked to lanes t < `lanes` of k steps p < kc; stores go to the
+    // `width` lanes of pair steps q < ceil(kc / 2) of panels p < npan; prefetches never
+    // fault; the sums are read and written for lanes t < `lanes` only.
+    unsafe {
+        let perm = interleave_idx();
+        let mut p0 = 0;
+        while p0 < npan {
+            let p1 = (p0 + panels_per_pass).min(npan);
+            let nvec = (p1 - p0) * per_panel;
+            // Each vector's first lane, and its lanes to load and to store.
+            let mut first = [0usize; MAX_VECS];
+            let mut load = [0u16; MAX_VECS];
+            let mut store = [0u16; MAX_VECS];
+            let mut dst = [0usize; MAX_VECS];
+            for v in 0..nvec {
+                let (p, h) = (p0 + v / per_panel, v % per_panel);
+                let t = p * width + 16 * h;
+                first[v] = t;
+                load[v] = lane_mask(lanes.saturating_sub(t).min(16).min(width - 16 * h));
+                store[v] = lane_mask((width - 16 * h).min(16));
+                dst[v] = p * panel_len + 16 * h;
+            }
+            let span = (lanes.min(p1 * width) - p0 * width) as isize;
+            let mut acc = [_mm512_setzero_ps(); MAX_VECS];
+            for q in 0..kc.div_ceil(2) {
+                let even_row = src.wrapping_offset(2 * q as isize * k_stride);
+                let odd_row = even_row.wrapping_offset(k_stride);
+                let has_odd = 2 * q + 1 < kc;
+                let ahead = even_row.wrapping_offset((p0 * width) as isize);
+                let mut off = 0;
+                while off < span {
+                    prefetch_step(ahead.wrapping_offset(off), k_stride, PACK_AHEAD);
+                    prefetch_step(ahead.wrapping_offset(off), k_stride, PACK_AHEAD + 1);
+                    off += 16;
+                }
+                for v in 0..nvec {
+                    let even = _mm512_maskz_loadu_ps(load[v], even_row.wrapping_add(first[v]));
+                    let odd = if has_odd {
+                        _mm512_maskz_loadu_ps(load[v], odd_row.wrapping_add(first[v]))
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    let pairs = _mm512_permutexvar_epi16(perm, cvt_pair(even, odd));
+                    _mm512_mask_storeu_epi32(
+                        out.add(dst[v] + q * width) as *mut _,
+                        store[v],
+                        pairs,
+                    );
+                    if sums.is_some() {
+                        acc[v] = _mm512_add_ps(_mm512_add_ps(acc[v], even), odd);
+                    }
+                }
+            }
+            if let Some(s) = sums {
+                for v in 0..nvec {
+                    let at = s.wrapping_add(first[v]);
+                    let old = _mm512_maskz_loadu_ps(load[v], at);
+                    _mm512_mask_storeu_ps(at, load[v], _mm512_add_ps(old, acc[v]));
+                }
+            }
+            p0 = p1;
+        }
+    }
+}
+
 /// Element by element for operands with no unit stride: lane t of pair step q holds k
 /// steps 2q and 2q + 1 of `src + p*k_stride + t*t_stride` for t < `valid`, zeros elsewhere
 /// up to `width`; with `sums`, each lane's f32 sum in k order.
@@ -447,4 +582,84 @@ pub(crate) unsafe fn gemm(problem: &Problem, threads: usize) -> bool {
     // function's contract, which is `frame::run`'s.
     unsafe { run::<Avx512Bf16>(&Prob::new(problem), threads) };
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task's panels packed together (`pack_lanes_panels`) hold the bits, and leave the
+    /// row sums, that packing each panel alone (`pack_lanes_contiguous`) does: A panels
+    /// (14 lanes, with sums) and B panels (32 lanes as two 16-lane halves), every lane
+    /// count around a panel or pass boundary, odd and even k.
+    #[test]
+    fn panels_packed_together_match_panels_packed_alone() {
+        if !available() {
+            eprintln!("skipped: this CPU has no avx512_bf16");
+            return;
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Values from -8 to 8 with all 23 mantissa bits in play (rounding ties too).
+            (seed >> 40) as f32 / (1u64 << 20) as f32 - 8.0
+        };
+        for width in [MR, NR] {
+            for lanes in [1usize, 13, 14, 15, 16, 17, 31, 32, 33, 98, 112, 113, 127, 128, 129, 300] {
+                for kc in [1usize, 2, 7, 64, 257] {
+                    let stride = lanes + 5;
+                    let src: Vec<f32> = (0..kc * stride).map(|_| next()).collect();
+                    let npan = lanes.div_ceil(width);
+                    let panel_len = kc * width;
+                    let mut together = vec![0xdead_beefu32; npan * panel_len];
+                    let mut alone = together.clone();
+                    let start: Vec<f32> = (0..lanes).map(|t| t as f32 * 0.25).collect();
+                    let (mut sums_together, mut sums_alone) = (start.clone(), start);
+                    // SAFETY: the CPU runs the backend (checked above); the source has kc
+                    // rows of `stride` >= lanes values, each output npan panels of
+                    // panel_len >= ceil(kc / 2) * width lanes, the sums `lanes` values.
+                    unsafe {
+                        pack_lanes_panels(
+                            src.as_ptr(),
+                            stride as isize,
+                            lanes,
+                            kc,
+                            together.as_mut_ptr(),
+                            width,
+                            panel_len,
+                            Some(sums_together.as_mut_ptr()),
+                        );
+                        for p in 0..npan {
+                            let t = p * width;
+                            let valid = (lanes - t).min(width);
+                            for h in 0..width.div_ceil(16) {
+                                let first = t + 16 * h;
+                                let n = valid.saturating_sub(16 * h).min(16);
+                                let sums = (n > 0).then(|| sums_alone.as_mut_ptr().add(first));
+                                pack_lanes_contiguous(
+                                    src.as_ptr().wrapping_add(first),
+                                    stride as isize,
+                                    n,
+                                    kc,
+                                    alone.as_mut_ptr().add(p * panel_len + 16 * h),
+                                    width,
+                                    (width - 16 * h).min(16),
+                                    sums,
+                                );
+                            }
+                        }
+                    }
+                    assert_eq!(together, alone, "width {width}, {lanes} lanes, kc {kc}");
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&sums_together),
+                        bits(&sums_alone),
+                        "sums: width {width}, {lanes} lanes, kc {kc}"
+                    );
+                }
+            }
+        }
+    }
 }

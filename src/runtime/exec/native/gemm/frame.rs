@@ -184,6 +184,44 @@ pub(super) trait Backend: 'static {
         sum: bool,
     );
 
+    /// Whether a task packs all its A panels before computing with any (`pack_a_panels`),
+    /// instead of packing each just before its tiles. For a backend whose block packers
+    /// read better than its panel packers.
+    const PACK_A_AHEAD: bool = false;
+
+    /// Packs A rows i..i+rows (k steps pc..pc+kc) as consecutive MR-tall panels at `out`
+    /// (panel p at `out + p * kc * MR`), each as `pack_a_panel` packs it. A backend whose
+    /// operand layout reads better a whole k step at a time overrides it.
+    ///
+    /// # Safety
+    /// As `pack_a_panel` for each panel: `i + rows <= pr.m`, `rows >= 1`, and `out` has
+    /// `rows.div_ceil(MR) * kc * MR` writable floats no one else touches.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pack_a_panels(
+        pr: &Prob,
+        i: usize,
+        rows: usize,
+        pc: usize,
+        kc: usize,
+        out: *mut f32,
+        sum: bool,
+    ) {
+        // SAFETY: this method's contract, panel by panel.
+        unsafe { pack_a_panels_each::<Self>(pr, i, rows, pc, kc, out, sum) }
+    }
+
+    /// Packs columns j..j+cols of B (k steps pc..pc+kc) as consecutive NR-wide panels at
+    /// `out` (panel p at `out + p * kc * NR`), each as `pack_b_panel` packs it; overridden
+    /// as `pack_a_panels` is.
+    ///
+    /// # Safety
+    /// As `pack_b_panel` for each panel: `j + cols <= pr.n`, `cols >= 1`, `out` 64-byte
+    /// aligned with `cols.div_ceil(NR) * kc * NR` writable floats no one else touches.
+    unsafe fn pack_b_panels(pr: &Prob, pc: usize, kc: usize, j: usize, cols: usize, out: *mut f32) {
+        // SAFETY: this method's contract, panel by panel.
+        unsafe { pack_b_panels_each::<Self>(pr, pc, kc, j, cols, out) }
+    }
+
     /// The micro-kernel for an mr x nr tile (mr <= MR, nr <= NR) over kc k-steps: `ap` a
     /// packed A panel or (direct) &A[i, pc] of row-major A with row stride `lda`; `bp` a
     /// packed B panel; C row r at c + r*c_rs (unit column stride), stored with `epi`.
@@ -216,6 +254,65 @@ pub(super) trait Backend: 'static {
     /// `pr.n == 1` and `i0 <= i1 <= pr.m`; rows i0..i1 of dst are the caller's alone during
     /// the call.
     unsafe fn gemv_rows(pr: &Prob, i0: usize, i1: usize);
+}
+
+/// `Backend::pack_a_panels` one panel at a time.
+///
+/// # Safety
+/// As `Backend::pack_a_panels`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn pack_a_panels_each<K: Backend + ?Sized>(
+    pr: &Prob,
+    i: usize,
+    rows: usize,
+    pc: usize,
+    kc: usize,
+    out: *mut f32,
+    sum: bool,
+) {
+    for (p, r) in (0..rows).step_by(K::MR).enumerate() {
+        // SAFETY: panel p covers rows i+r..i+r+mr, inside the caller's range, and its slots
+        // inside `out` (the contract).
+        unsafe {
+            K::pack_a_panel(
+                pr,
+                i + r,
+                K::MR.min(rows - r),
+                pc,
+                kc,
+                out.add(p * kc * K::MR),
+                sum,
+            )
+        };
+    }
+}
+
+/// `Backend::pack_b_panels` one panel at a time.
+///
+/// # Safety
+/// As `Backend::pack_b_panels`.
+pub(super) unsafe fn pack_b_panels_each<K: Backend + ?Sized>(
+    pr: &Prob,
+    pc: usize,
+    kc: usize,
+    j: usize,
+    cols: usize,
+    out: *mut f32,
+) {
+    for (p, c) in (0..cols).step_by(K::NR).enumerate() {
+        // SAFETY: panel p covers columns j+c..j+c+nr, inside the caller's range, and its
+        // 64-byte aligned slots inside `out` (kc * NR floats each, a multiple of 16).
+        unsafe {
+            K::pack_b_panel(
+                pr,
+                pc,
+                kc,
+                j + c,
+                K::NR.min(cols - c),
+                out.add(p * kc * K::NR),
+            )
+        };
+    }
 }
 
 /// A [`Problem`] flattened for the kernels: raw pointers, null for an absent epilogue part.
@@ -593,6 +690,23 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
                         let (mi, ni) = (t / n_chunks, t % n_chunks);
                         let (ip0, ip1) = (mpan * mi / m_chunks, mpan * (mi + 1) / m_chunks);
                         let (jp0, jp1) = (npan * ni / n_chunks, npan * (ni + 1) / n_chunks);
+                        let ahead = pack_in_task && K::PACK_A_AHEAD;
+                        if ahead && ip0 < ip1 {
+                            let i = ic + ip0 * K::MR;
+                            // SAFETY: A panels ip0..ip1 are this task's alone (n_chunks == 1)
+                            // and lie inside the A buffer; their rows are inside the M block.
+                            unsafe {
+                                K::pack_a_panels(
+                                    pr,
+                                    i,
+                                    (ic + mb).min(ic + ip1 * K::MR) - i,
+                                    pc,
+                                    kc,
+                                    abuf.get().add(ip0 * kc * K::MR),
+                                    jc == 0,
+                                )
+                            };
+                        }
                         for ip in ip0..ip1 {
                             let i = ic + ip * K::MR;
                             let mr = K::MR.min(ic + mb - i);
@@ -600,7 +714,7 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
                                 pr.a.wrapping_offset(i as isize * pr.ars + pc as isize)
                             } else {
                                 let ap = abuf.get().wrapping_add(ip * kc * K::MR);
-                                if pack_in_task {
+                                if pack_in_task && !ahead {
                                     // SAFETY: A panel ip is used by this task only (n_chunks == 1).
                                     unsafe { K::pack_a_panel(pr, i, mr, pc, kc, ap, jc == 0) };
                                 }
@@ -660,6 +774,11 @@ pub(super) unsafe fn pack_b_block<K: Backend>(
     kc: usize,
     out: Shared<*mut f32>,
 ) {
+    if w == 1 {
+        // SAFETY: the whole block, on this thread (this function's contract).
+        unsafe { K::pack_b_panels(pr, pc, kc, jc, nc, out.get()) };
+        return;
+    }
     par_tasks(w, nc.div_ceil(K::NR), &|jp| {
         let j = jc + jp * K::NR;
         // SAFETY: panel jp of the block (inside `out`, written by this task only);
@@ -721,23 +840,28 @@ unsafe fn gemm_driver2<K: Backend>(pr: &Prob, w: usize) {
         n_chunks = want.div_ceil(m_chunks).min(npan_all);
     }
     let run = |bbuf: Shared<*mut f32>| {
-        // Phase 1: pack B (K block q, panel jp) at bbuf + pc*n_pad + jp*kc*K::NR.
-        par_tasks(w, nkb * npan_all, &|t| {
-            let (q, jp) = (t / npan_all, t % npan_all);
+        // Phase 1: pack B (K block q, panel jp) at bbuf + pc*n_pad + jp*kc*K::NR, in tasks
+        // of one panel, or of a whole K block on one thread (the backend may pack a block
+        // better than its panels one by one).
+        let group = if w == 1 { npan_all } else { 1 };
+        let ngroups = npan_all.div_ceil(group);
+        par_tasks(w, nkb * ngroups, &|t| {
+            let (q, g) = (t / ngroups, t % ngroups);
             let pc = q * kc_b;
             if pc < k {
                 let kc = kc_b.min(k - pc);
-                let j = jp * K::NR;
-                // SAFETY: region pc*n_pad + jp*kc*K::NR .. + kc*K::NR lies inside b_len = n_pad*k and
-                // is written by this task only.
+                let j = g * group * K::NR;
+                // SAFETY: the group's panels lie at pc*n_pad + g*group*kc*K::NR, inside
+                // b_len = n_pad*k, and are written by this task only; its columns are
+                // inside B.
                 unsafe {
-                    K::pack_b_panel(
+                    K::pack_b_panels(
                         pr,
                         pc,
                         kc,
                         j,
-                        K::NR.min(n - j),
-                        bbuf.get().add(pc * n_pad + jp * kc * K::NR),
+                        (group * K::NR).min(n - j),
+                        bbuf.get().add(pc * n_pad + g * group * kc * K::NR),
                     )
                 };
             }
@@ -752,23 +876,22 @@ unsafe fn gemm_driver2<K: Backend>(pr: &Prob, w: usize) {
                 while pc < k {
                     let kc = kc_b.min(k - pc);
                     let (first, last) = (pc == 0, pc + kc == k);
-                    if !direct {
-                        for ip in ip0..ip1 {
-                            let i = ip * K::MR;
-                            // SAFETY: abuf holds (ip1-ip0) panels of kc*K::MR floats (this worker's).
-                            unsafe {
-                                K::pack_a_panel(
-                                    pr,
-                                    i,
-                                    K::MR.min(m - i),
-                                    pc,
-                                    kc,
-                                    abuf.add((ip - ip0) * kc * K::MR),
-                                    // Column chunks > 0 pack the same rows again.
-                                    ni == 0,
-                                )
-                            };
-                        }
+                    if !direct && ip0 < ip1 {
+                        let i = ip0 * K::MR;
+                        // SAFETY: abuf holds (ip1-ip0) panels of kc*K::MR floats (this
+                        // worker's); rows i..min(m, ip1*MR) are inside A.
+                        unsafe {
+                            K::pack_a_panels(
+                                pr,
+                                i,
+                                m.min(ip1 * K::MR) - i,
+                                pc,
+                                kc,
+                                abuf,
+                                // Column chunks > 0 pack the same rows again.
+                                ni == 0,
+                            )
+                        };
                     }
                     for ip in ip0..ip1 {
                         let i = ip * K::MR;
