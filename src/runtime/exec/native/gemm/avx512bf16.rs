@@ -438,7 +438,7 @@ unsafe fn pack_lanes_panels(
                 let even_row = src.wrapping_offset(2 * q as isize * k_stride);
                 let odd_row = even_row.wrapping_offset(k_stride);
                 let has_odd = 2 * q + 1 < kc;
-                let ahead = even_row.wrapping_offset((p0 * width) as isize);
+                let ahead = even_row.wrapping_add(p0 * width);
                 let mut off = 0;
                 while off < span {
                     prefetch_step(ahead.wrapping_offset(off), k_stride, PACK_AHEAD);
