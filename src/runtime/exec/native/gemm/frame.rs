@@ -668,18 +668,19 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
                     // Packed A: pack inside the task when the task is the panel's only user.
                     let pack_in_task = !direct && n_chunks == 1;
                     if !direct && !pack_in_task {
-                        par_tasks(w, mpan, &|ip| {
-                            let i = ic + ip * K::MR;
-                            // SAFETY: panel ip of the A buffer (mpan*kc*K::MR <= a_len), written by
-                            // this task only.
+                        let g = panel_group(mpan, w);
+                        par_tasks(w, mpan.div_ceil(g), &|t| {
+                            let i = ic + t * g * K::MR;
+                            // SAFETY: panels t*g.. of the A buffer (mpan*kc*K::MR <= a_len),
+                            // written by this task only; their rows are inside the M block.
                             unsafe {
-                                K::pack_a_panel(
+                                K::pack_a_panels(
                                     pr,
                                     i,
-                                    K::MR.min(ic + mb - i),
+                                    (g * K::MR).min(ic + mb - i),
                                     pc,
                                     kc,
-                                    abuf.get().add(ip * kc * K::MR),
+                                    abuf.get().add(t * g * kc * K::MR),
                                     // Each column block packs the same rows again.
                                     jc == 0,
                                 )
@@ -774,26 +775,34 @@ pub(super) unsafe fn pack_b_block<K: Backend>(
     kc: usize,
     out: Shared<*mut f32>,
 ) {
-    if w == 1 {
-        // SAFETY: the whole block, on this thread (this function's contract).
-        unsafe { K::pack_b_panels(pr, pc, kc, jc, nc, out.get()) };
-        return;
-    }
-    par_tasks(w, nc.div_ceil(K::NR), &|jp| {
-        let j = jc + jp * K::NR;
-        // SAFETY: panel jp of the block (inside `out`, written by this task only);
-        // columns j..j+nr are inside B (this function's contract).
+    let npan = nc.div_ceil(K::NR);
+    let g = panel_group(npan, w);
+    par_tasks(w, npan.div_ceil(g), &|t| {
+        let j = jc + t * g * K::NR;
+        // SAFETY: panels t*g.. of the block (inside `out`, written by this task only);
+        // their columns are inside B (this function's contract).
         unsafe {
-            K::pack_b_panel(
+            K::pack_b_panels(
                 pr,
                 pc,
                 kc,
                 j,
-                K::NR.min(jc + nc - j),
-                out.get().add(jp * kc * K::NR),
+                (g * K::NR).min(jc + nc - j),
+                out.get().add(t * g * kc * K::NR),
             )
         };
     });
+}
+
+/// Panels per packing task when `w` jobs pack `npan` panels: all of them on one thread,
+/// else about four tasks per job (the dynamic hand-out balances them), as many panels
+/// each as that leaves (a backend's block packer reads better the more it has).
+fn panel_group(npan: usize, w: usize) -> usize {
+    if w <= 1 {
+        npan.max(1)
+    } else {
+        (npan / (4 * w)).max(1)
+    }
 }
 
 /// Driver override for tests/benchmarks: 0 = automatic choice, 1 = per-K-block phases
@@ -841,9 +850,8 @@ unsafe fn gemm_driver2<K: Backend>(pr: &Prob, w: usize) {
     }
     let run = |bbuf: Shared<*mut f32>| {
         // Phase 1: pack B (K block q, panel jp) at bbuf + pc*n_pad + jp*kc*K::NR, in tasks
-        // of one panel, or of a whole K block on one thread (the backend may pack a block
-        // better than its panels one by one).
-        let group = if w == 1 { npan_all } else { 1 };
+        // of a group of panels (`panel_group`).
+        let group = panel_group(npan_all, w);
         let ngroups = npan_all.div_ceil(group);
         par_tasks(w, nkb * ngroups, &|t| {
             let (q, g) = (t / ngroups, t % ngroups);

@@ -652,3 +652,90 @@ fn fixed_b_packs_once_per_scope() {
         }
     }
 }
+
+/// A task's panels packed together (`Backend::pack_a_panels` / `pack_b_panels`, which
+/// backends override for lane-contiguous operands) hold the bits, and leave the row
+/// sums, of packing each panel alone: for every frame backend this CPU runs, A = dY^T
+/// (a weight gradient's, with sums) and row-major B, lane counts around a panel's and a
+/// pass's width, odd and even k, a k block that starts past the first step.
+#[test]
+fn panels_packed_together_match_panels_packed_alone() {
+    fn check<K: Backend>(name: &str) {
+        let mut rng = Rng(11);
+        for lanes in [
+            1usize, 5, 6, 7, 13, 14, 15, 16, 17, 31, 32, 33, 48, 49, 98, 113, 128, 129, 300,
+        ] {
+            for (pc, kc) in [(0usize, 1usize), (0, 2), (3, 7), (0, 64), (1, 257)] {
+                let k = pc + kc;
+                let stride = lanes + 5;
+                // One source read both ways: as A = dY^T (m = lanes rows, unit row stride)
+                // and as B (n = lanes columns, unit column stride).
+                let src = rng.vec(k * stride);
+                let pr = Prob::new(&test_problem(
+                    (lanes, lanes, k),
+                    std::ptr::null_mut(),
+                    (lanes as isize, 1),
+                    false,
+                    src.as_ptr(),
+                    (1, stride as isize),
+                    src.as_ptr(),
+                    (stride as isize, 1),
+                    Epilogue::default(),
+                ));
+                let what = format!("{name}: {lanes} lanes, k steps {pc}..{k}");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                // A, with its row sums.
+                let len = lanes.div_ceil(K::MR) * kc * K::MR;
+                let (mut together, mut alone) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                let start: Vec<f32> = (0..lanes).map(|t| t as f32 * 0.25).collect();
+                let (mut s1, mut s2) = (start.clone(), start);
+                for (out, sums, each) in
+                    [(&mut together, &mut s1, false), (&mut alone, &mut s2, true)]
+                {
+                    let pr = Prob {
+                        a_sums: sums.as_mut_ptr(),
+                        ..pr
+                    };
+                    // SAFETY: rows 0..lanes and k steps pc..pc+kc are inside A (src holds k
+                    // rows of `stride` >= lanes values); `out` holds every panel; the sums
+                    // are `lanes` values of this test's; the CPU runs K (checked).
+                    unsafe {
+                        if each {
+                            pack_a_panels_each::<K>(&pr, 0, lanes, pc, kc, out.as_mut_ptr(), true)
+                        } else {
+                            K::pack_a_panels(&pr, 0, lanes, pc, kc, out.as_mut_ptr(), true)
+                        }
+                    }
+                }
+                assert_eq!(bits(&together), bits(&alone), "{what}: A panels");
+                assert_eq!(bits(&s1), bits(&s2), "{what}: A's row sums");
+                // B, into 64-byte aligned panels.
+                let len = lanes.div_ceil(K::NR) * kc * K::NR;
+                let (mut v1, mut v2) = (Vec::new(), Vec::new());
+                let (b1, b2) = (aligned(&mut v1, len), aligned(&mut v2, len));
+                // SAFETY: columns 0..lanes and k steps pc..pc+kc are inside B; each output
+                // is 64-byte aligned with every panel's slots; the CPU runs K.
+                let (together, alone) = unsafe {
+                    std::slice::from_raw_parts_mut(b1, len).fill(f32::NAN);
+                    std::slice::from_raw_parts_mut(b2, len).fill(f32::NAN);
+                    K::pack_b_panels(&pr, pc, kc, 0, lanes, b1);
+                    pack_b_panels_each::<K>(&pr, pc, kc, 0, lanes, b2);
+                    (
+                        std::slice::from_raw_parts(b1, len),
+                        std::slice::from_raw_parts(b2, len),
+                    )
+                };
+                assert_eq!(bits(together), bits(alone), "{what}: B panels");
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    for target in targets() {
+        match target {
+            Target::F32(Kernel::Avx512) => check::<super::f32::avx512::Avx512>("AVX-512"),
+            Target::F32(Kernel::Avx2) => check::<super::f32::avx2::Avx2>("AVX2"),
+            Target::Avx512Bf16 => check::<super::avx512bf16::Avx512Bf16>("AVX512-BF16"),
+            _ => {}
+        }
+    }
+}

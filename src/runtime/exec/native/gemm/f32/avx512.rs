@@ -11,7 +11,10 @@
 
 use std::arch::x86_64::*;
 
-use super::super::frame::{masked, pack_strided, prefetch_step, Backend, Epi, Prob, PACK_AHEAD};
+use super::super::frame::{
+    masked, pack_a_panels_each, pack_b_panels_each, pack_strided, prefetch_step, Backend, Epi,
+    Prob, PACK_AHEAD,
+};
 
 /// Micro-tile rows.
 const MR: usize = 14;
@@ -55,6 +58,43 @@ impl Backend for Avx512 {
         // SAFETY: `Backend::pack_a_panel`'s contract, which the caller upholds, is the inner
         // function's, CPU features included.
         unsafe { pack_a_panel(pr, i, mr, pc, kc, out, sum) }
+    }
+
+    const PACK_A_AHEAD: bool = true;
+
+    unsafe fn pack_a_panels(
+        pr: &Prob,
+        i: usize,
+        rows: usize,
+        pc: usize,
+        kc: usize,
+        out: *mut f32,
+        sum: bool,
+    ) {
+        // SAFETY: `Backend::pack_a_panels`'s contract: rows i..i+rows and k steps pc..pc+kc
+        // are inside A, `out` has the panels' slots, the sums of those rows are this call's.
+        unsafe {
+            if pr.acs != 1 && pr.ars == 1 {
+                let sums = (sum && !pr.a_sums.is_null()).then(|| pr.a_sums.add(i));
+                let src = pr.a.offset(i as isize + pc as isize * pr.acs);
+                pack_lanes_panels(src, pr.acs, rows, kc, out, MR, kc * MR, sums, true);
+            } else {
+                pack_a_panels_each::<Self>(pr, i, rows, pc, kc, out, sum);
+            }
+        }
+    }
+
+    unsafe fn pack_b_panels(pr: &Prob, pc: usize, kc: usize, j: usize, cols: usize, out: *mut f32) {
+        // SAFETY: `Backend::pack_b_panels`'s contract: columns j..j+cols and k steps
+        // pc..pc+kc are inside B, `out` is 64-byte aligned with the panels' slots.
+        unsafe {
+            if pr.bcs == 1 {
+                let src = pr.b.offset(pc as isize * pr.brs + j as isize);
+                pack_lanes_panels(src, pr.brs, cols, kc, out, NR, kc * NR, None, false);
+            } else {
+                pack_b_panels_each::<Self>(pr, pc, kc, j, cols, out);
+            }
+        }
     }
 
     unsafe fn kernel(
@@ -384,6 +424,83 @@ unsafe fn pack_b_panel(pr: &Prob, pc: usize, kc: usize, j: usize, nr: usize, out
         } else {
             let src = pr.b.offset(pc as isize * pr.brs + j as isize * pr.bcs);
             pack_strided(src, pr.brs, pr.bcs, kc, nr, NR, out);
+        }
+    }
+}
+
+/// The lane-contiguous route of [`pack_a_panel`] (A = dY^T, 14-lane panels, with sums
+/// and prefetching) and [`pack_b_panel`] (B = X or W, 32-lane panels) for `lanes` lanes
+/// cut into panels of `width`, panel p at `out + p * panel_len`: each k step's row is
+/// walked across up to 128 lanes (several panels) at a time, so the source streams row
+/// after row instead of one panel's narrow column at a time. Same values and sums (each
+/// lane's, in k order, added to `sums[t]` at the end) as the panel routes.
+///
+/// # Safety
+/// The CPU has AVX-512F; `width` is MR or NR; lane t of k step p is readable at
+/// `src + p*k_stride + t` for t < `lanes`, p < kc; `out` has `lanes.div_ceil(width)`
+/// panels of kc * width writable floats no one else touches; `sums`, when given, has
+/// `lanes` values that are the caller's.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_lanes_panels(
+    src: *const f32,
+    k_stride: isize,
+    lanes: usize,
+    kc: usize,
+    out: *mut f32,
+    width: usize,
+    panel_len: usize,
+    sums: Option<*mut f32>,
+    prefetch: bool,
+) {
+    const MAX_VECS: usize = 8;
+    let per_panel = width.div_ceil(16);
+    let npan = lanes.div_ceil(width);
+    // SAFETY: loads are masked to lanes t < `lanes` of k steps p < kc; stores go to the
+    // `width` lanes of steps p < kc of panels < npan; prefetches never fault; the sums
+    // are read and written for lanes t < `lanes` only.
+    unsafe {
+        let mut p0 = 0;
+        while p0 < npan {
+            let p1 = (p0 + MAX_VECS / per_panel).min(npan);
+            let nvec = (p1 - p0) * per_panel;
+            let mut first = [0usize; MAX_VECS];
+            let mut load = [0u16; MAX_VECS];
+            let mut store = [0u16; MAX_VECS];
+            let mut dst = [0usize; MAX_VECS];
+            for v in 0..nvec {
+                let (p, h) = (p0 + v / per_panel, v % per_panel);
+                let t = p * width + 16 * h;
+                first[v] = t;
+                load[v] = lane_mask(lanes.saturating_sub(t).min(16).min(width - 16 * h));
+                store[v] = lane_mask((width - 16 * h).min(16));
+                dst[v] = p * panel_len + 16 * h;
+            }
+            let span = lanes.min(p1 * width) - p0 * width;
+            let mut acc = [_mm512_setzero_ps(); MAX_VECS];
+            for p in 0..kc {
+                let row = src.wrapping_offset(p as isize * k_stride);
+                if prefetch {
+                    for off in (0..span).step_by(16) {
+                        prefetch_step(row.wrapping_add(p0 * width + off), k_stride, PACK_AHEAD);
+                    }
+                }
+                for v in 0..nvec {
+                    let x = _mm512_maskz_loadu_ps(load[v], row.wrapping_add(first[v]));
+                    _mm512_mask_storeu_ps(out.add(dst[v] + p * width), store[v], x);
+                    if sums.is_some() {
+                        acc[v] = _mm512_add_ps(acc[v], x);
+                    }
+                }
+            }
+            if let Some(s) = sums {
+                for v in 0..nvec {
+                    let at = s.wrapping_add(first[v]);
+                    let old = _mm512_maskz_loadu_ps(load[v], at);
+                    _mm512_mask_storeu_ps(at, load[v], _mm512_add_ps(old, acc[v]));
+                }
+            }
+            p0 = p1;
         }
     }
 }
