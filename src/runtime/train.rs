@@ -221,6 +221,13 @@ impl Trainer {
         })
     }
 
+    /// Allocates the optimizers' state that does not depend on the data
+    /// before the first step (see `SparseOptimizer::allocate_state`); state
+    /// restored from a checkpoint is kept.
+    pub fn allocate_optimizer_state(&mut self) {
+        self.sparse.allocate_state(self.model.tables());
+    }
+
     /// One optimizer step on `batch` during epoch `epoch`.
     pub fn step(&mut self, batch: &Batch, epoch: u64) -> Result<StepLoss> {
         let step = self.global_step;
@@ -637,6 +644,7 @@ pub fn train_with(
         train_time = t;
         reporter.resume_at(report.steps);
     }
+    trainer.allocate_optimizer_state();
     let mut writer = opts
         .checkpoint_dir
         .as_ref()

@@ -275,7 +275,7 @@ fn fused_sparse_step_matches_tensor_path() {
                 initial_accumulator_value: 0.1,
                 ..Default::default()
             };
-            let mut tables: Vec<Vec<Table>> = (0..2)
+            let mut tables: Vec<Vec<Table>> = (0..3)
                 .map(
                     |_| vec![Table::from_plan(&table_plan, candle_core::DType::F32, &dev).unwrap()],
                 )
@@ -283,10 +283,14 @@ fn fused_sparse_step_matches_tensor_path() {
             let mut fused = SparseOptimizer::new(&cfg, 1).unwrap();
             let mut plain = SparseOptimizer::new(&cfg, 1).unwrap();
             plain.set_fused(false);
+            // The fused kernel's state allocated before the first step (as a
+            // training run does) rather than at it.
+            let mut ahead = SparseOptimizer::new(&cfg, 1).unwrap();
+            ahead.allocate_state(&tables[2]);
             for step in 0..4u32 {
                 let ids: Vec<u32> = vec![step, 7, 20 + step, 49];
                 let g = Tensor::randn(0f32, 1.0, (4, 4), &dev).unwrap();
-                for (opt, t) in [(&mut fused, 0), (&mut plain, 1)] {
+                for (opt, t) in [(&mut fused, 0), (&mut plain, 1), (&mut ahead, 2)] {
                     let ts = &mut tables[t];
                     let idx = Tensor::from_slice(&ids, 4, &dev).unwrap();
                     let rows =
@@ -318,6 +322,21 @@ fn fused_sparse_step_matches_tensor_path() {
                 .unwrap()
                 .to_vec1::<f32>()
                 .unwrap();
+            let c = tables[2][0]
+                .weight
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(
+                a, c,
+                "{kind:?} wd {wd}: state allocated ahead changed the update"
+            );
+            assert_eq!(
+                fused.export().unwrap(),
+                ahead.export().unwrap(),
+                "{kind:?} wd {wd}: state allocated ahead differs after the steps"
+            );
             let diff = a
                 .iter()
                 .zip(&b)
