@@ -139,7 +139,10 @@ impl Backend for Avx512Bf16 {
 
     // The lane-contiguous operands of a weight's gradient (dY^T and X) read rows of the
     // source kilobytes apart; a task's panels packed together walk each row pair once.
-    const PACK_A_AHEAD: bool = true;
+    // A row-major A (X, dY) is still packed panel by panel, each just before its tiles.
+    fn packs_a_ahead(pr: &Prob) -> bool {
+        pr.ars == 1 && pr.acs != 1
+    }
 
     unsafe fn pack_a_panels(
         pr: &Prob,

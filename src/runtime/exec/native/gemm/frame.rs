@@ -185,9 +185,11 @@ pub(super) trait Backend: 'static {
     );
 
     /// Whether a task packs all its A panels before computing with any (`pack_a_panels`),
-    /// instead of packing each just before its tiles. For a backend whose block packers
-    /// read better than its panel packers.
-    const PACK_A_AHEAD: bool = false;
+    /// instead of packing each just before its tiles (while it is in L1). For the A
+    /// operands a backend's block packer reads better than its panel packer.
+    fn packs_a_ahead(_pr: &Prob) -> bool {
+        false
+    }
 
     /// Packs A rows i..i+rows (k steps pc..pc+kc) as consecutive MR-tall panels at `out`
     /// (panel p at `out + p * kc * MR`), each as `pack_a_panel` packs it. A backend whose
@@ -691,7 +693,7 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
                         let (mi, ni) = (t / n_chunks, t % n_chunks);
                         let (ip0, ip1) = (mpan * mi / m_chunks, mpan * (mi + 1) / m_chunks);
                         let (jp0, jp1) = (npan * ni / n_chunks, npan * (ni + 1) / n_chunks);
-                        let ahead = pack_in_task && K::PACK_A_AHEAD;
+                        let ahead = pack_in_task && K::packs_a_ahead(pr);
                         if ahead && ip0 < ip1 {
                             let i = ic + ip0 * K::MR;
                             // SAFETY: A panels ip0..ip1 are this task's alone (n_chunks == 1)

@@ -60,7 +60,10 @@ impl Backend for Avx512 {
         unsafe { pack_a_panel(pr, i, mr, pc, kc, out, sum) }
     }
 
-    const PACK_A_AHEAD: bool = true;
+    fn packs_a_ahead(pr: &Prob) -> bool {
+        // The lane-contiguous A (dY^T) that `pack_a_panels` packs a row at a time.
+        pr.ars == 1 && pr.acs != 1
+    }
 
     unsafe fn pack_a_panels(
         pr: &Prob,
