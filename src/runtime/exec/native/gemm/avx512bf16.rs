@@ -23,11 +23,8 @@
 
 use std::arch::x86_64::*;
 
-use super::f32::avx512::{lane_mask, store_acc};
-use super::frame::{
-    epilogue_value, pack_a_panels_each, pack_b_panels_each, prefetch_step, run, Backend, Epi, Prob,
-    Problem, PACK_AHEAD,
-};
+use super::f32::avx512::{add_lane_sums, lane_mask, lane_passes, store_acc, PASS_VECS};
+use super::frame::{epilogue_value, prefetch_step, run, Backend, Epi, Prob, Problem, PACK_AHEAD};
 use super::vnni::{cvt_pair, interleave_idx, transpose16};
 
 /// Micro-tile rows.
@@ -139,43 +136,30 @@ impl Backend for Avx512Bf16 {
 
     // The lane-contiguous operands of a weight's gradient (dY^T and X) read rows of the
     // source kilobytes apart; a task's panels packed together walk each row pair once.
-    // A row-major A (X, dY) is still packed panel by panel, each just before its tiles.
-    fn packs_a_ahead(pr: &Prob) -> bool {
-        pr.ars == 1 && pr.acs != 1
-    }
+    const LANES_BLOCK: bool = true;
 
-    unsafe fn pack_a_panels(
-        pr: &Prob,
-        i: usize,
-        rows: usize,
-        pc: usize,
+    unsafe fn pack_lanes_block(
+        src: *const f32,
+        k_stride: isize,
+        lanes: usize,
         kc: usize,
         out: *mut f32,
-        sum: bool,
+        width: usize,
+        sums: Option<*mut f32>,
     ) {
-        // SAFETY: `Backend::pack_a_panels`'s contract: rows i..i+rows and k steps pc..pc+kc
-        // are inside A, `out` has the panels' slots, the sums of those rows are this call's.
+        // SAFETY: `Backend::pack_lanes_block`'s contract is the inner function's (in u32
+        // pair slots: ceil(kc / 2) * width of each panel's kc * width).
         unsafe {
-            if pr.ars == 1 && pr.acs != 1 {
-                let sums = (sum && !pr.a_sums.is_null()).then(|| pr.a_sums.add(i));
-                let src = pr.a.offset(i as isize + pc as isize * pr.acs);
-                pack_lanes_panels(src, pr.acs, rows, kc, out.cast(), MR, kc * MR, sums);
-            } else {
-                pack_a_panels_each::<Self>(pr, i, rows, pc, kc, out, sum);
-            }
-        }
-    }
-
-    unsafe fn pack_b_panels(pr: &Prob, pc: usize, kc: usize, j: usize, cols: usize, out: *mut f32) {
-        // SAFETY: `Backend::pack_b_panels`'s contract: columns j..j+cols and k steps
-        // pc..pc+kc are inside B, `out` is 64-byte aligned with the panels' slots.
-        unsafe {
-            if pr.bcs == 1 && pr.brs != 1 {
-                let src = pr.b.offset(pc as isize * pr.brs + j as isize);
-                pack_lanes_panels(src, pr.brs, cols, kc, out.cast(), NR, kc * NR, None);
-            } else {
-                pack_b_panels_each::<Self>(pr, pc, kc, j, cols, out);
-            }
+            pack_lanes_panels(
+                src,
+                k_stride,
+                lanes,
+                kc,
+                out.cast(),
+                width,
+                kc * width,
+                sums,
+            )
         }
     }
 
@@ -409,71 +393,41 @@ unsafe fn pack_lanes_panels(
     panel_len: usize,
     sums: Option<*mut f32>,
 ) {
-    const MAX_VECS: usize = 8;
-    let per_panel = width.div_ceil(16);
-    let panels_per_pass = MAX_VECS / per_panel;
-    let npan = lanes.div_ceil(width);
     // SAFETY: loads are masked to lanes t < `lanes` of k steps p < kc; stores go to the
-    // `width` lanes of pair steps q < ceil(kc / 2) of panels p < npan; prefetches never
-    // fault; the sums are read and written for lanes t < `lanes` only.
+    // `width` lanes of pair steps q < ceil(kc / 2) of the panels; prefetches never fault;
+    // the sums are read and written for lanes t < `lanes` only.
     unsafe {
         let perm = interleave_idx();
-        let mut p0 = 0;
-        while p0 < npan {
-            let p1 = (p0 + panels_per_pass).min(npan);
-            let nvec = (p1 - p0) * per_panel;
-            // Each vector's first lane, and its lanes to load and to store.
-            let mut first = [0usize; MAX_VECS];
-            let mut load = [0u16; MAX_VECS];
-            let mut store = [0u16; MAX_VECS];
-            let mut dst = [0usize; MAX_VECS];
-            for v in 0..nvec {
-                let (p, h) = (p0 + v / per_panel, v % per_panel);
-                let t = p * width + 16 * h;
-                first[v] = t;
-                load[v] = lane_mask(lanes.saturating_sub(t).min(16).min(width - 16 * h));
-                store[v] = lane_mask((width - 16 * h).min(16));
-                dst[v] = p * panel_len + 16 * h;
-            }
-            let span = (lanes.min(p1 * width) - p0 * width) as isize;
-            let mut acc = [_mm512_setzero_ps(); MAX_VECS];
+        for pass in lane_passes(lanes, width, panel_len) {
+            let mut acc = [_mm512_setzero_ps(); PASS_VECS];
             for q in 0..kc.div_ceil(2) {
                 let even_row = src.wrapping_offset(2 * q as isize * k_stride);
                 let odd_row = even_row.wrapping_offset(k_stride);
                 let has_odd = 2 * q + 1 < kc;
-                let ahead = even_row.wrapping_add(p0 * width);
-                let mut off = 0;
-                while off < span {
-                    prefetch_step(ahead.wrapping_offset(off), k_stride, PACK_AHEAD);
-                    prefetch_step(ahead.wrapping_offset(off), k_stride, PACK_AHEAD + 1);
-                    off += 16;
+                for off in (0..pass.span).step_by(16) {
+                    let at = even_row.wrapping_add(pass.first[0] + off);
+                    prefetch_step(at, k_stride, PACK_AHEAD);
+                    prefetch_step(at, k_stride, PACK_AHEAD + 1);
                 }
-                for v in 0..nvec {
-                    let even = _mm512_maskz_loadu_ps(load[v], even_row.wrapping_add(first[v]));
+                for (v, a) in acc.iter_mut().enumerate().take(pass.nvec) {
+                    let (load, first) = (pass.load[v], pass.first[v]);
+                    let even = _mm512_maskz_loadu_ps(load, even_row.wrapping_add(first));
                     let odd = if has_odd {
-                        _mm512_maskz_loadu_ps(load[v], odd_row.wrapping_add(first[v]))
+                        _mm512_maskz_loadu_ps(load, odd_row.wrapping_add(first))
                     } else {
                         _mm512_setzero_ps()
                     };
                     let pairs = _mm512_permutexvar_epi16(perm, cvt_pair(even, odd));
-                    _mm512_mask_storeu_epi32(
-                        out.add(dst[v] + q * width) as *mut _,
-                        store[v],
-                        pairs,
-                    );
+                    let to = out.add(pass.dst[v] + q * width) as *mut _;
+                    _mm512_mask_storeu_epi32(to, pass.store[v], pairs);
                     if sums.is_some() {
-                        acc[v] = _mm512_add_ps(_mm512_add_ps(acc[v], even), odd);
+                        *a = _mm512_add_ps(_mm512_add_ps(*a, even), odd);
                     }
                 }
             }
             if let Some(s) = sums {
-                for v in 0..nvec {
-                    let at = s.wrapping_add(first[v]);
-                    let old = _mm512_maskz_loadu_ps(load[v], at);
-                    _mm512_mask_storeu_ps(at, load[v], _mm512_add_ps(old, acc[v]));
-                }
+                add_lane_sums(s, &pass, &acc);
             }
-            p0 = p1;
         }
     }
 }

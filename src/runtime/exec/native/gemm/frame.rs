@@ -184,44 +184,37 @@ pub(super) trait Backend: 'static {
         sum: bool,
     );
 
-    /// Whether a task packs all its A panels before computing with any (`pack_a_panels`),
-    /// instead of packing each just before its tiles (while it is in L1). For the A
-    /// operands a backend's block packer reads better than its panel packer.
-    fn packs_a_ahead(_pr: &Prob) -> bool {
-        false
-    }
+    /// Whether the backend packs an operand whose lanes are contiguous (a weight gradient's
+    /// dY^T as A, a row-major B) a k step's row at a time across several panels
+    /// (`pack_lanes_block`), and a task packs such an A before computing with any of it
+    /// (other A panels are packed each just before its tiles, while in L1).
+    const LANES_BLOCK: bool = false;
 
-    /// Packs A rows i..i+rows (k steps pc..pc+kc) as consecutive MR-tall panels at `out`
-    /// (panel p at `out + p * kc * MR`), each as `pack_a_panel` packs it. A backend whose
-    /// operand layout reads better a whole k step at a time overrides it.
+    /// Packs `lanes` lanes of `kc` k steps (lane t of step p at `src + p*k_stride + t`) as
+    /// consecutive panels of `width` lanes (MR for A, NR for B; panel q at
+    /// `out + q * kc * width`), each as `pack_a_panel` / `pack_b_panel` packs it, the last
+    /// zero padded; with `sums`, adds each lane's sum over the steps (of the f32 inputs, in
+    /// k order) to `sums[t]`. Called only when `LANES_BLOCK` is set.
     ///
     /// # Safety
-    /// As `pack_a_panel` for each panel: `i + rows <= pr.m`, `rows >= 1`, and `out` has
-    /// `rows.div_ceil(MR) * kc * MR` writable floats no one else touches.
+    /// Lane t < `lanes` of step p < kc is readable; `out` has `lanes.div_ceil(width)`
+    /// panels of kc * width writable floats no one else touches (64-byte aligned for B);
+    /// `sums`, when given, has `lanes` values that are the caller's.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn pack_a_panels(
-        pr: &Prob,
-        i: usize,
-        rows: usize,
-        pc: usize,
+    unsafe fn pack_lanes_block(
+        src: *const f32,
+        k_stride: isize,
+        lanes: usize,
         kc: usize,
         out: *mut f32,
-        sum: bool,
+        width: usize,
+        sums: Option<*mut f32>,
     ) {
-        // SAFETY: this method's contract, panel by panel.
-        unsafe { pack_a_panels_each::<Self>(pr, i, rows, pc, kc, out, sum) }
-    }
-
-    /// Packs columns j..j+cols of B (k steps pc..pc+kc) as consecutive NR-wide panels at
-    /// `out` (panel p at `out + p * kc * NR`), each as `pack_b_panel` packs it; overridden
-    /// as `pack_a_panels` is.
-    ///
-    /// # Safety
-    /// As `pack_b_panel` for each panel: `j + cols <= pr.n`, `cols >= 1`, `out` 64-byte
-    /// aligned with `cols.div_ceil(NR) * kc * NR` writable floats no one else touches.
-    unsafe fn pack_b_panels(pr: &Prob, pc: usize, kc: usize, j: usize, cols: usize, out: *mut f32) {
-        // SAFETY: this method's contract, panel by panel.
-        unsafe { pack_b_panels_each::<Self>(pr, pc, kc, j, cols, out) }
+        let _ = (src, k_stride, lanes, kc, out, width, sums);
+        debug_assert!(
+            !Self::LANES_BLOCK,
+            "a LANES_BLOCK backend packs its own blocks"
+        );
     }
 
     /// The micro-kernel for an mr x nr tile (mr <= MR, nr <= NR) over kc k-steps: `ap` a
@@ -258,12 +251,21 @@ pub(super) trait Backend: 'static {
     unsafe fn gemv_rows(pr: &Prob, i0: usize, i1: usize);
 }
 
-/// `Backend::pack_a_panels` one panel at a time.
+/// Whether a task packs all its A panels before computing with any: an A the backend
+/// packs a row at a time (`Backend::LANES_BLOCK`).
+fn packs_a_ahead<K: Backend>(pr: &Prob) -> bool {
+    K::LANES_BLOCK && pr.ars == 1 && pr.acs != 1
+}
+
+/// Packs A rows i..i+rows (k steps pc..pc+kc) as consecutive MR-tall panels at `out`
+/// (panel p at `out + p * kc * MR`), each as `pack_a_panel` packs it: a row at a time
+/// where the backend can (`Backend::pack_lanes_block`), else panel by panel.
 ///
 /// # Safety
-/// As `Backend::pack_a_panels`.
+/// As `Backend::pack_a_panel` for each panel: `i + rows <= pr.m`, `rows >= 1`, and `out`
+/// has `rows.div_ceil(MR) * kc * MR` writable floats no one else touches.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn pack_a_panels_each<K: Backend + ?Sized>(
+pub(super) unsafe fn pack_a_panels<K: Backend>(
     pr: &Prob,
     i: usize,
     rows: usize,
@@ -272,28 +274,29 @@ pub(super) unsafe fn pack_a_panels_each<K: Backend + ?Sized>(
     out: *mut f32,
     sum: bool,
 ) {
-    for (p, r) in (0..rows).step_by(K::MR).enumerate() {
-        // SAFETY: panel p covers rows i+r..i+r+mr, inside the caller's range, and its slots
-        // inside `out` (the contract).
-        unsafe {
-            K::pack_a_panel(
-                pr,
-                i + r,
-                K::MR.min(rows - r),
-                pc,
-                kc,
-                out.add(p * kc * K::MR),
-                sum,
-            )
-        };
+    // SAFETY: this function's contract, for the block or panel by panel.
+    unsafe {
+        if packs_a_ahead::<K>(pr) {
+            let sums = (sum && !pr.a_sums.is_null()).then(|| pr.a_sums.add(i));
+            let src = pr.a.offset(i as isize + pc as isize * pr.acs);
+            K::pack_lanes_block(src, pr.acs, rows, kc, out, K::MR, sums);
+            return;
+        }
+        for (p, r) in (0..rows).step_by(K::MR).enumerate() {
+            let out = out.add(p * kc * K::MR);
+            K::pack_a_panel(pr, i + r, K::MR.min(rows - r), pc, kc, out, sum);
+        }
     }
 }
 
-/// `Backend::pack_b_panels` one panel at a time.
+/// Packs columns j..j+cols of B (k steps pc..pc+kc) as consecutive NR-wide panels at
+/// `out` (panel p at `out + p * kc * NR`), each as `pack_b_panel` packs it: a row at a
+/// time where the backend can (`Backend::pack_lanes_block`), else panel by panel.
 ///
 /// # Safety
-/// As `Backend::pack_b_panels`.
-pub(super) unsafe fn pack_b_panels_each<K: Backend + ?Sized>(
+/// As `Backend::pack_b_panel` for each panel: `j + cols <= pr.n`, `cols >= 1`, `out`
+/// 64-byte aligned with `cols.div_ceil(NR) * kc * NR` writable floats no one else touches.
+pub(super) unsafe fn pack_b_panels<K: Backend>(
     pr: &Prob,
     pc: usize,
     kc: usize,
@@ -301,10 +304,15 @@ pub(super) unsafe fn pack_b_panels_each<K: Backend + ?Sized>(
     cols: usize,
     out: *mut f32,
 ) {
-    for (p, c) in (0..cols).step_by(K::NR).enumerate() {
-        // SAFETY: panel p covers columns j+c..j+c+nr, inside the caller's range, and its
-        // 64-byte aligned slots inside `out` (kc * NR floats each, a multiple of 16).
-        unsafe {
+    // SAFETY: this function's contract, for the block or panel by panel (each panel's
+    // slots are a multiple of 16 floats, so every panel stays 64-byte aligned).
+    unsafe {
+        if K::LANES_BLOCK && pr.bcs == 1 && pr.brs != 1 {
+            let src = pr.b.offset(pc as isize * pr.brs + j as isize);
+            K::pack_lanes_block(src, pr.brs, cols, kc, out, K::NR, None);
+            return;
+        }
+        for (p, c) in (0..cols).step_by(K::NR).enumerate() {
             K::pack_b_panel(
                 pr,
                 pc,
@@ -312,8 +320,8 @@ pub(super) unsafe fn pack_b_panels_each<K: Backend + ?Sized>(
                 j + c,
                 K::NR.min(cols - c),
                 out.add(p * kc * K::NR),
-            )
-        };
+            );
+        }
     }
 }
 
@@ -676,7 +684,7 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
                             // SAFETY: panels t*g.. of the A buffer (mpan*kc*K::MR <= a_len),
                             // written by this task only; their rows are inside the M block.
                             unsafe {
-                                K::pack_a_panels(
+                                pack_a_panels::<K>(
                                     pr,
                                     i,
                                     (g * K::MR).min(ic + mb - i),
@@ -693,13 +701,13 @@ unsafe fn gemm_driver<K: Backend>(pr: &Prob, w: usize) {
                         let (mi, ni) = (t / n_chunks, t % n_chunks);
                         let (ip0, ip1) = (mpan * mi / m_chunks, mpan * (mi + 1) / m_chunks);
                         let (jp0, jp1) = (npan * ni / n_chunks, npan * (ni + 1) / n_chunks);
-                        let ahead = pack_in_task && K::packs_a_ahead(pr);
+                        let ahead = pack_in_task && packs_a_ahead::<K>(pr);
                         if ahead && ip0 < ip1 {
                             let i = ic + ip0 * K::MR;
                             // SAFETY: A panels ip0..ip1 are this task's alone (n_chunks == 1)
                             // and lie inside the A buffer; their rows are inside the M block.
                             unsafe {
-                                K::pack_a_panels(
+                                pack_a_panels::<K>(
                                     pr,
                                     i,
                                     (ic + mb).min(ic + ip1 * K::MR) - i,
@@ -784,7 +792,7 @@ pub(super) unsafe fn pack_b_block<K: Backend>(
         // SAFETY: panels t*g.. of the block (inside `out`, written by this task only);
         // their columns are inside B (this function's contract).
         unsafe {
-            K::pack_b_panels(
+            pack_b_panels::<K>(
                 pr,
                 pc,
                 kc,
@@ -865,7 +873,7 @@ unsafe fn gemm_driver2<K: Backend>(pr: &Prob, w: usize) {
                 // b_len = n_pad*k, and are written by this task only; its columns are
                 // inside B.
                 unsafe {
-                    K::pack_b_panels(
+                    pack_b_panels::<K>(
                         pr,
                         pc,
                         kc,
@@ -891,7 +899,7 @@ unsafe fn gemm_driver2<K: Backend>(pr: &Prob, w: usize) {
                         // SAFETY: abuf holds (ip1-ip0) panels of kc*K::MR floats (this
                         // worker's); rows i..min(m, ip1*MR) are inside A.
                         unsafe {
-                            K::pack_a_panels(
+                            pack_a_panels::<K>(
                                 pr,
                                 i,
                                 m.min(ip1 * K::MR) - i,

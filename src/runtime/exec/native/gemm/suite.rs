@@ -653,8 +653,8 @@ fn fixed_b_packs_once_per_scope() {
     }
 }
 
-/// A task's panels packed together (`Backend::pack_a_panels` / `pack_b_panels`, which
-/// backends override for lane-contiguous operands) hold the bits, and leave the row
+/// A task's panels packed together (`pack_a_panels` / `pack_b_panels`, a row at a time
+/// where the backend has `pack_lanes_block`) hold the bits, and leave the row
 /// sums, of packing each panel alone: for every frame backend this CPU runs, A = dY^T
 /// (a weight gradient's, with sums) and row-major B, lane counts around a panel's and a
 /// pass's width, odd and even k, a k block that starts past the first step.
@@ -701,9 +701,12 @@ fn panels_packed_together_match_panels_packed_alone() {
                     // are `lanes` values of this test's; the CPU runs K (checked).
                     unsafe {
                         if each {
-                            pack_a_panels_each::<K>(&pr, 0, lanes, pc, kc, out.as_mut_ptr(), true)
+                            for (p, r) in (0..lanes).step_by(K::MR).enumerate() {
+                                let at = out.as_mut_ptr().add(p * kc * K::MR);
+                                K::pack_a_panel(&pr, r, K::MR.min(lanes - r), pc, kc, at, true);
+                            }
                         } else {
-                            K::pack_a_panels(&pr, 0, lanes, pc, kc, out.as_mut_ptr(), true)
+                            pack_a_panels::<K>(&pr, 0, lanes, pc, kc, out.as_mut_ptr(), true)
                         }
                     }
                 }
@@ -718,8 +721,17 @@ fn panels_packed_together_match_panels_packed_alone() {
                 let (together, alone) = unsafe {
                     std::slice::from_raw_parts_mut(b1, len).fill(f32::NAN);
                     std::slice::from_raw_parts_mut(b2, len).fill(f32::NAN);
-                    K::pack_b_panels(&pr, pc, kc, 0, lanes, b1);
-                    pack_b_panels_each::<K>(&pr, pc, kc, 0, lanes, b2);
+                    pack_b_panels::<K>(&pr, pc, kc, 0, lanes, b1);
+                    for (p, c) in (0..lanes).step_by(K::NR).enumerate() {
+                        K::pack_b_panel(
+                            &pr,
+                            pc,
+                            kc,
+                            c,
+                            K::NR.min(lanes - c),
+                            b2.add(p * kc * K::NR),
+                        );
+                    }
                     (
                         std::slice::from_raw_parts(b1, len),
                         std::slice::from_raw_parts(b2, len),

@@ -11,10 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::frame::{
-    masked, pack_a_panels_each, pack_b_panels_each, pack_strided, prefetch_step, Backend, Epi,
-    Prob, PACK_AHEAD,
-};
+use super::super::frame::{masked, pack_strided, prefetch_step, Backend, Epi, Prob, PACK_AHEAD};
 
 /// Micro-tile rows.
 const MR: usize = 14;
@@ -60,44 +57,20 @@ impl Backend for Avx512 {
         unsafe { pack_a_panel(pr, i, mr, pc, kc, out, sum) }
     }
 
-    fn packs_a_ahead(pr: &Prob) -> bool {
-        // The lane-contiguous A (dY^T) that `pack_a_panels` packs a row at a time.
-        pr.ars == 1 && pr.acs != 1
-    }
+    const LANES_BLOCK: bool = true;
 
-    unsafe fn pack_a_panels(
-        pr: &Prob,
-        i: usize,
-        rows: usize,
-        pc: usize,
+    unsafe fn pack_lanes_block(
+        src: *const f32,
+        k_stride: isize,
+        lanes: usize,
         kc: usize,
         out: *mut f32,
-        sum: bool,
+        width: usize,
+        sums: Option<*mut f32>,
     ) {
-        // SAFETY: `Backend::pack_a_panels`'s contract: rows i..i+rows and k steps pc..pc+kc
-        // are inside A, `out` has the panels' slots, the sums of those rows are this call's.
-        unsafe {
-            if pr.acs != 1 && pr.ars == 1 {
-                let sums = (sum && !pr.a_sums.is_null()).then(|| pr.a_sums.add(i));
-                let src = pr.a.offset(i as isize + pc as isize * pr.acs);
-                pack_lanes_panels(src, pr.acs, rows, kc, out, MR, kc * MR, sums, true);
-            } else {
-                pack_a_panels_each::<Self>(pr, i, rows, pc, kc, out, sum);
-            }
-        }
-    }
-
-    unsafe fn pack_b_panels(pr: &Prob, pc: usize, kc: usize, j: usize, cols: usize, out: *mut f32) {
-        // SAFETY: `Backend::pack_b_panels`'s contract: columns j..j+cols and k steps
-        // pc..pc+kc are inside B, `out` is 64-byte aligned with the panels' slots.
-        unsafe {
-            if pr.bcs == 1 {
-                let src = pr.b.offset(pc as isize * pr.brs + j as isize);
-                pack_lanes_panels(src, pr.brs, cols, kc, out, NR, kc * NR, None, false);
-            } else {
-                pack_b_panels_each::<Self>(pr, pc, kc, j, cols, out);
-            }
-        }
+        // SAFETY: `Backend::pack_lanes_block`'s contract is the inner function's. Only A
+        // (dY^T) is prefetched: a B prefetch measured slower (see `PACK_AHEAD`).
+        unsafe { pack_lanes_panels(src, k_stride, lanes, kc, out, width, sums, width == MR) }
     }
 
     unsafe fn kernel(
@@ -431,9 +404,57 @@ unsafe fn pack_b_panel(pr: &Prob, pc: usize, kc: usize, j: usize, nr: usize, out
     }
 }
 
+/// Vectors per pass of a lane-contiguous block packer (`lane_passes`).
+pub(in super::super) const PASS_VECS: usize = 8;
+
+/// One pass of a lane-contiguous block packer over up to `PASS_VECS` 16-lane vectors of
+/// whole panels: per vector its first source lane, its load mask (the lanes that exist),
+/// its store mask (the panel's lanes) and its offset in the output; `span`, the source
+/// lanes the pass covers from `first[0]`.
+pub(in super::super) struct LanePass {
+    pub nvec: usize,
+    pub first: [usize; PASS_VECS],
+    pub load: [u16; PASS_VECS],
+    pub store: [u16; PASS_VECS],
+    pub dst: [usize; PASS_VECS],
+    pub span: usize,
+}
+
+/// The passes over `lanes` lanes cut into panels of `width` (<= 16 * PASS_VECS) lanes,
+/// `panel_len` output slots apart, each pass as many whole panels as fit.
+pub(in super::super) fn lane_passes(
+    lanes: usize,
+    width: usize,
+    panel_len: usize,
+) -> impl Iterator<Item = LanePass> {
+    let per_panel = width.div_ceil(16).max(1);
+    let per_pass = (PASS_VECS / per_panel).max(1);
+    let npan = lanes.div_ceil(width.max(1));
+    (0..npan).step_by(per_pass).map(move |p0| {
+        let p1 = (p0 + per_pass).min(npan);
+        let mut pass = LanePass {
+            nvec: ((p1 - p0) * per_panel).min(PASS_VECS),
+            first: [0; PASS_VECS],
+            load: [0; PASS_VECS],
+            store: [0; PASS_VECS],
+            dst: [0; PASS_VECS],
+            span: lanes.min(p1 * width) - p0 * width,
+        };
+        for v in 0..pass.nvec {
+            let (p, h) = (p0 + v / per_panel, v % per_panel);
+            let t = p * width + 16 * h;
+            pass.first[v] = t;
+            pass.load[v] = lane_mask(lanes.saturating_sub(t).min(16).min(width - 16 * h));
+            pass.store[v] = lane_mask((width - 16 * h).min(16));
+            pass.dst[v] = p * panel_len + 16 * h;
+        }
+        pass
+    })
+}
+
 /// The lane-contiguous route of [`pack_a_panel`] (A = dY^T, 14-lane panels, with sums
 /// and prefetching) and [`pack_b_panel`] (B = X or W, 32-lane panels) for `lanes` lanes
-/// cut into panels of `width`, panel p at `out + p * panel_len`: each k step's row is
+/// cut into panels of `width`, panel p at `out + p * kc * width`: each k step's row is
 /// walked across up to 128 lanes (several panels) at a time, so the source streams row
 /// after row instead of one panel's narrow column at a time. Same values and sums (each
 /// lane's, in k order, added to `sums[t]` at the end) as the panel routes.
@@ -452,58 +473,50 @@ unsafe fn pack_lanes_panels(
     kc: usize,
     out: *mut f32,
     width: usize,
-    panel_len: usize,
     sums: Option<*mut f32>,
     prefetch: bool,
 ) {
-    const MAX_VECS: usize = 8;
-    let per_panel = width.div_ceil(16);
-    let npan = lanes.div_ceil(width);
     // SAFETY: loads are masked to lanes t < `lanes` of k steps p < kc; stores go to the
-    // `width` lanes of steps p < kc of panels < npan; prefetches never fault; the sums
-    // are read and written for lanes t < `lanes` only.
+    // `width` lanes of steps p < kc of the panels; prefetches never fault; the sums are
+    // read and written for lanes t < `lanes` only.
     unsafe {
-        let mut p0 = 0;
-        while p0 < npan {
-            let p1 = (p0 + MAX_VECS / per_panel).min(npan);
-            let nvec = (p1 - p0) * per_panel;
-            let mut first = [0usize; MAX_VECS];
-            let mut load = [0u16; MAX_VECS];
-            let mut store = [0u16; MAX_VECS];
-            let mut dst = [0usize; MAX_VECS];
-            for v in 0..nvec {
-                let (p, h) = (p0 + v / per_panel, v % per_panel);
-                let t = p * width + 16 * h;
-                first[v] = t;
-                load[v] = lane_mask(lanes.saturating_sub(t).min(16).min(width - 16 * h));
-                store[v] = lane_mask((width - 16 * h).min(16));
-                dst[v] = p * panel_len + 16 * h;
-            }
-            let span = lanes.min(p1 * width) - p0 * width;
-            let mut acc = [_mm512_setzero_ps(); MAX_VECS];
+        for pass in lane_passes(lanes, width, kc * width) {
+            let mut acc = [_mm512_setzero_ps(); PASS_VECS];
             for p in 0..kc {
                 let row = src.wrapping_offset(p as isize * k_stride);
                 if prefetch {
-                    for off in (0..span).step_by(16) {
-                        prefetch_step(row.wrapping_add(p0 * width + off), k_stride, PACK_AHEAD);
+                    for off in (0..pass.span).step_by(16) {
+                        let at = row.wrapping_add(pass.first[0] + off);
+                        prefetch_step(at, k_stride, PACK_AHEAD);
                     }
                 }
-                for v in 0..nvec {
-                    let x = _mm512_maskz_loadu_ps(load[v], row.wrapping_add(first[v]));
-                    _mm512_mask_storeu_ps(out.add(dst[v] + p * width), store[v], x);
+                for (v, a) in acc.iter_mut().enumerate().take(pass.nvec) {
+                    let x = _mm512_maskz_loadu_ps(pass.load[v], row.wrapping_add(pass.first[v]));
+                    _mm512_mask_storeu_ps(out.add(pass.dst[v] + p * width), pass.store[v], x);
                     if sums.is_some() {
-                        acc[v] = _mm512_add_ps(acc[v], x);
+                        *a = _mm512_add_ps(*a, x);
                     }
                 }
             }
             if let Some(s) = sums {
-                for v in 0..nvec {
-                    let at = s.wrapping_add(first[v]);
-                    let old = _mm512_maskz_loadu_ps(load[v], at);
-                    _mm512_mask_storeu_ps(at, load[v], _mm512_add_ps(old, acc[v]));
-                }
+                add_lane_sums(s, &pass, &acc);
             }
-            p0 = p1;
+        }
+    }
+}
+
+/// Adds a pass's per-vector sums to the lanes' `sums`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `sums` has a value for every lane the pass loads.
+#[target_feature(enable = "avx512f")]
+pub(in super::super) unsafe fn add_lane_sums(sums: *mut f32, pass: &LanePass, acc: &[__m512]) {
+    for (v, &a) in acc.iter().enumerate().take(pass.nvec) {
+        let at = sums.wrapping_add(pass.first[v]);
+        // SAFETY: masked to the vector's loaded lanes, which have sums (the contract).
+        unsafe {
+            let old = _mm512_maskz_loadu_ps(pass.load[v], at);
+            _mm512_mask_storeu_ps(at, pass.load[v], _mm512_add_ps(old, a));
         }
     }
 }
