@@ -208,8 +208,8 @@ impl Model {
             crate::runtime::exec::native::profile_of(
                 w.engines(),
                 &format!(
-                    "native engine profile, rows side by side on {} threads \
-                     (ms per call on one thread, calls, share)",
+                    "native engine profile, rows side by side on {} threads, \
+                     times on one thread",
                     w.len()
                 ),
             )

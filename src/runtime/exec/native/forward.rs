@@ -20,6 +20,9 @@ impl Engine {
         batch: &Batch,
         mode: Mode,
     ) -> Result<NativeForward> {
+        if let Some(t) = self.times.as_mut() {
+            t.begin_pass();
+        }
         // `Model::forward` checked the batch's rows and features.
         let rows = batch.rows;
         let span = match self.span {

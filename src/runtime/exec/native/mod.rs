@@ -127,7 +127,7 @@ pub(crate) struct Engine {
     tape: Option<Tape>,
     precision: Precision,
     /// With `PLEC_PROFILE`: seconds and calls per step label.
-    times: Option<std::collections::BTreeMap<String, (f64, u64)>>,
+    times: Option<timing::OpTimes>,
     /// Where the rows of its passes lie in a larger batch (`set_span`);
     /// None: each pass is a batch of its own.
     span: Option<RowSpan>,
