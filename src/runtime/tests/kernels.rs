@@ -310,24 +310,12 @@ fn fused_sparse_step_matches_tensor_path() {
                     opt.step(ts, &gathered, &grads, 0.1).unwrap();
                 }
             }
-            let a = tables[0][0]
-                .weight
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let b = tables[1][0]
-                .weight
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let c = tables[2][0]
-                .weight
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let values = |t: &Table| t.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (a, b, c) = (
+                values(&tables[0][0]),
+                values(&tables[1][0]),
+                values(&tables[2][0]),
+            );
             assert_eq!(
                 a, c,
                 "{kind:?} wd {wd}: state allocated ahead changed the update"
@@ -346,8 +334,8 @@ fn fused_sparse_step_matches_tensor_path() {
                 diff <= 1e-5,
                 "{kind:?} wd {wd}: fused and tensor paths differ by {diff}"
             );
-            let init = Table::from_plan(&table_plan, candle_core::DType::F32, &dev).unwrap();
-            let init = init.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let init =
+                values(&Table::from_plan(&table_plan, candle_core::DType::F32, &dev).unwrap());
             assert_eq!(
                 a[10 * 4..11 * 4],
                 init[10 * 4..11 * 4],

@@ -24,7 +24,9 @@
 use std::arch::x86_64::*;
 
 use super::f32::avx512::{add_lane_sums, lane_mask, lane_passes, store_acc, PASS_VECS};
-use super::frame::{epilogue_value, prefetch_step, run, Backend, Epi, Prob, Problem, PACK_AHEAD};
+use super::frame::{
+    epilogue_value, prefetch_step, run, Backend, Epi, LaneBlock, Prob, Problem, PACK_AHEAD,
+};
 use super::vnni::{cvt_pair, interleave_idx, transpose16};
 
 /// Micro-tile rows.
@@ -138,29 +140,9 @@ impl Backend for Avx512Bf16 {
     // source kilobytes apart; a task's panels packed together walk each row pair once.
     const LANES_BLOCK: bool = true;
 
-    unsafe fn pack_lanes_block(
-        src: *const f32,
-        k_stride: isize,
-        lanes: usize,
-        kc: usize,
-        out: *mut f32,
-        width: usize,
-        sums: Option<*mut f32>,
-    ) {
-        // SAFETY: `Backend::pack_lanes_block`'s contract is the inner function's (in u32
-        // pair slots: ceil(kc / 2) * width of each panel's kc * width).
-        unsafe {
-            pack_lanes_panels(
-                src,
-                k_stride,
-                lanes,
-                kc,
-                out.cast(),
-                width,
-                kc * width,
-                sums,
-            )
-        }
+    unsafe fn pack_lanes_block(block: &LaneBlock) {
+        // SAFETY: `Backend::pack_lanes_block`'s contract is the inner function's.
+        unsafe { pack_lanes_panels(block) }
     }
 
     unsafe fn kernel(
@@ -369,30 +351,30 @@ unsafe fn pack_lanes_contiguous(
     }
 }
 
-/// [`pack_lanes_contiguous`] for `lanes` lanes (any number) cut into panels of `width`
-/// lanes (14 or 32), panel p at `out + p * panel_len`: lanes p*width.. of pair step q at
-/// `out[p * panel_len + q * width ..]`, the last panel zero padded. Walks each pair of k
-/// rows across up to 128 lanes (eight vectors) at a time, so the source streams row after
-/// row instead of one panel's narrow column at a time. The values, and the sums (each
-/// lane's, in k order, added to `sums[t]` at the end), are those of the panel packer.
+/// [`pack_lanes_contiguous`] for a [`LaneBlock`] (any number of lanes, panels of 14 or
+/// 32): lanes p*width.. of pair step q at `out[p * kc * width + q * width ..]` as u32
+/// pairs (a panel's ceil(kc / 2) * width pair slots within its kc * width f32 slots), the
+/// last panel zero padded. Walks each pair of k rows across up to 128 lanes (eight
+/// vectors) at a time, so the source streams row after row instead of one panel's narrow
+/// column at a time. The values, and the sums (each lane's, in k order, added to
+/// `sums[t]` at the end), are those of the panel packer.
 ///
 /// # Safety
-/// The CPU runs this backend; `width` is 14 or 32; lane t of k step p is readable at
-/// `src + p*k_stride + t` for t < `lanes`, p < kc; `out` has `lanes.div_ceil(width)`
-/// panels of ceil(kc / 2) * width writable lanes no one else touches; `sums`, when given,
-/// has `lanes` values that are the caller's.
-#[allow(clippy::too_many_arguments)]
+/// The CPU runs this backend; `block.width` is 14 or 32; `block` satisfies
+/// [`LaneBlock`]'s contract.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_lanes_panels(
-    src: *const f32,
-    k_stride: isize,
-    lanes: usize,
-    kc: usize,
-    out: *mut u32,
-    width: usize,
-    panel_len: usize,
-    sums: Option<*mut f32>,
-) {
+unsafe fn pack_lanes_panels(block: &LaneBlock) {
+    let LaneBlock {
+        src,
+        k_stride,
+        lanes,
+        kc,
+        width,
+        sums,
+        ..
+    } = *block;
+    let out = block.out.cast::<u32>();
+    let panel_len = kc * width;
     // SAFETY: loads are masked to lanes t < `lanes` of k steps p < kc; stores go to the
     // `width` lanes of pair steps q < ceil(kc / 2) of the panels; prefetches never fault;
     // the sums are read and written for lanes t < `lanes` only.

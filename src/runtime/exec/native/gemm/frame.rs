@@ -190,27 +190,13 @@ pub(super) trait Backend: 'static {
     /// (other A panels are packed each just before its tiles, while in L1).
     const LANES_BLOCK: bool = false;
 
-    /// Packs `lanes` lanes of `kc` k steps (lane t of step p at `src + p*k_stride + t`) as
-    /// consecutive panels of `width` lanes (MR for A, NR for B; panel q at
-    /// `out + q * kc * width`), each as `pack_a_panel` / `pack_b_panel` packs it, the last
-    /// zero padded; with `sums`, adds each lane's sum over the steps (of the f32 inputs, in
-    /// k order) to `sums[t]`. Called only when `LANES_BLOCK` is set.
+    /// Packs `block` (see [`LaneBlock`]) as its panels, each as `pack_a_panel` /
+    /// `pack_b_panel` packs it. Called only when `LANES_BLOCK` is set.
     ///
     /// # Safety
-    /// Lane t < `lanes` of step p < kc is readable; `out` has `lanes.div_ceil(width)`
-    /// panels of kc * width writable floats no one else touches (64-byte aligned for B);
-    /// `sums`, when given, has `lanes` values that are the caller's.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn pack_lanes_block(
-        src: *const f32,
-        k_stride: isize,
-        lanes: usize,
-        kc: usize,
-        out: *mut f32,
-        width: usize,
-        sums: Option<*mut f32>,
-    ) {
-        let _ = (src, k_stride, lanes, kc, out, width, sums);
+    /// `block` satisfies its type's contract.
+    unsafe fn pack_lanes_block(block: &LaneBlock) {
+        let _ = block;
         debug_assert!(
             !Self::LANES_BLOCK,
             "a LANES_BLOCK backend packs its own blocks"
@@ -251,6 +237,27 @@ pub(super) trait Backend: 'static {
     unsafe fn gemv_rows(pr: &Prob, i0: usize, i1: usize);
 }
 
+/// An operand block whose lanes are contiguous, to pack as panels: `lanes` lanes of `kc`
+/// k steps, lane t of step p at `src + p*k_stride + t`, as consecutive panels of `width`
+/// lanes (MR for A, NR for B; panel q at `out + q * kc * width`), the last zero padded;
+/// with `sums`, each lane's sum over the steps (of the f32 inputs, in k order) is added
+/// to `sums[t]`.
+///
+/// Contract (for `Backend::pack_lanes_block`): lane t < `lanes` of step p < kc is
+/// readable; `out` has `lanes.div_ceil(width)` panels of kc * width writable floats no
+/// one else touches (64-byte aligned for B); `sums`, when given, has `lanes` values that
+/// are the caller's.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LaneBlock {
+    pub src: *const f32,
+    pub k_stride: isize,
+    pub lanes: usize,
+    pub kc: usize,
+    pub out: *mut f32,
+    pub width: usize,
+    pub sums: Option<*mut f32>,
+}
+
 /// Whether a task packs all its A panels before computing with any: an A the backend
 /// packs a row at a time (`Backend::LANES_BLOCK`).
 fn packs_a_ahead<K: Backend>(pr: &Prob) -> bool {
@@ -277,9 +284,15 @@ pub(super) unsafe fn pack_a_panels<K: Backend>(
     // SAFETY: this function's contract, for the block or panel by panel.
     unsafe {
         if packs_a_ahead::<K>(pr) {
-            let sums = (sum && !pr.a_sums.is_null()).then(|| pr.a_sums.add(i));
-            let src = pr.a.offset(i as isize + pc as isize * pr.acs);
-            K::pack_lanes_block(src, pr.acs, rows, kc, out, K::MR, sums);
+            K::pack_lanes_block(&LaneBlock {
+                src: pr.a.offset(i as isize + pc as isize * pr.acs),
+                k_stride: pr.acs,
+                lanes: rows,
+                kc,
+                out,
+                width: K::MR,
+                sums: (sum && !pr.a_sums.is_null()).then(|| pr.a_sums.add(i)),
+            });
             return;
         }
         for (p, r) in (0..rows).step_by(K::MR).enumerate() {
@@ -308,8 +321,15 @@ pub(super) unsafe fn pack_b_panels<K: Backend>(
     // slots are a multiple of 16 floats, so every panel stays 64-byte aligned).
     unsafe {
         if K::LANES_BLOCK && pr.bcs == 1 && pr.brs != 1 {
-            let src = pr.b.offset(pc as isize * pr.brs + j as isize);
-            K::pack_lanes_block(src, pr.brs, cols, kc, out, K::NR, None);
+            K::pack_lanes_block(&LaneBlock {
+                src: pr.b.offset(pc as isize * pr.brs + j as isize),
+                k_stride: pr.brs,
+                lanes: cols,
+                kc,
+                out,
+                width: K::NR,
+                sums: None,
+            });
             return;
         }
         for (p, c) in (0..cols).step_by(K::NR).enumerate() {

@@ -11,7 +11,9 @@
 
 use std::arch::x86_64::*;
 
-use super::super::frame::{masked, pack_strided, prefetch_step, Backend, Epi, Prob, PACK_AHEAD};
+use super::super::frame::{
+    masked, pack_strided, prefetch_step, Backend, Epi, LaneBlock, Prob, PACK_AHEAD,
+};
 
 /// Micro-tile rows.
 const MR: usize = 14;
@@ -59,18 +61,10 @@ impl Backend for Avx512 {
 
     const LANES_BLOCK: bool = true;
 
-    unsafe fn pack_lanes_block(
-        src: *const f32,
-        k_stride: isize,
-        lanes: usize,
-        kc: usize,
-        out: *mut f32,
-        width: usize,
-        sums: Option<*mut f32>,
-    ) {
+    unsafe fn pack_lanes_block(block: &LaneBlock) {
         // SAFETY: `Backend::pack_lanes_block`'s contract is the inner function's. Only A
         // (dY^T) is prefetched: a B prefetch measured slower (see `PACK_AHEAD`).
-        unsafe { pack_lanes_panels(src, k_stride, lanes, kc, out, width, sums, width == MR) }
+        unsafe { pack_lanes_panels(block, block.width == MR) }
     }
 
     unsafe fn kernel(
@@ -460,22 +454,19 @@ pub(in super::super) fn lane_passes(
 /// lane's, in k order, added to `sums[t]` at the end) as the panel routes.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `width` is MR or NR; lane t of k step p is readable at
-/// `src + p*k_stride + t` for t < `lanes`, p < kc; `out` has `lanes.div_ceil(width)`
-/// panels of kc * width writable floats no one else touches; `sums`, when given, has
-/// `lanes` values that are the caller's.
-#[allow(clippy::too_many_arguments)]
+/// The CPU has AVX-512F; `block.width` is MR or NR; `block` satisfies [`LaneBlock`]'s
+/// contract.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_lanes_panels(
-    src: *const f32,
-    k_stride: isize,
-    lanes: usize,
-    kc: usize,
-    out: *mut f32,
-    width: usize,
-    sums: Option<*mut f32>,
-    prefetch: bool,
-) {
+unsafe fn pack_lanes_panels(block: &LaneBlock, prefetch: bool) {
+    let LaneBlock {
+        src,
+        k_stride,
+        lanes,
+        kc,
+        out,
+        width,
+        sums,
+    } = *block;
     // SAFETY: loads are masked to lanes t < `lanes` of k steps p < kc; stores go to the
     // `width` lanes of steps p < kc of the panels; prefetches never fault; the sums are
     // read and written for lanes t < `lanes` only.
